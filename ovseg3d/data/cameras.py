@@ -1,0 +1,130 @@
+"""Pinhole cameras, pose conventions and ray generation.
+
+Conventions (REFERENCE.md §1, §7):
+
+* Internally every camera-to-world matrix is **OpenGL / nerfstudio**: the camera looks down its
+  ``-z`` axis, ``+x`` points right in the image and ``+y`` up. World coordinates and units are
+  exactly those of the input poses; nothing is recentred or rescaled.
+* LLFF ``poses_bounds.npy`` stores per view a 3x5 matrix whose columns are
+  ``[down, right, back, position, (H, W, focal)]`` followed by ``near, far``.
+* Pixel ``(u, v)`` has its centre at ``(u + 0.5, v + 0.5)``; ``v`` grows downwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def llff_to_opengl(rot_llff: np.ndarray) -> np.ndarray:
+    """Rotation columns ``[down, right, back]`` -> ``[right, up, back]``. Shapes ``[..., 3, 3]``."""
+    down, right, back = rot_llff[..., 0], rot_llff[..., 1], rot_llff[..., 2]
+    return np.stack([right, -down, back], axis=-1)
+
+
+def opengl_to_llff(rot_gl: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`llff_to_opengl`. Shapes ``[..., 3, 3]``."""
+    right, up, back = rot_gl[..., 0], rot_gl[..., 1], rot_gl[..., 2]
+    return np.stack([-up, right, back], axis=-1)
+
+
+def opencv_to_opengl(c2w_cv: np.ndarray) -> np.ndarray:
+    """OpenCV camera axes ``[right, down, forward]`` -> OpenGL ``[right, up, back]``; ``[..., 3, 4]``."""
+    out = np.array(c2w_cv, dtype=np.float64, copy=True)
+    out[..., :3, 1:3] *= -1.0
+    return out
+
+
+@dataclass
+class Cameras:
+    """A set of pinhole cameras sharing one image size.
+
+    Attributes:
+        c2w: ``[N, 3, 4]`` float32 camera-to-world, OpenGL convention.
+        fx, fy, cx, cy: ``[N]`` float32 intrinsics in pixels.
+        width, height: image size in pixels.
+    """
+
+    c2w: Tensor
+    fx: Tensor
+    fy: Tensor
+    cx: Tensor
+    cy: Tensor
+    width: int
+    height: int
+
+    def __len__(self) -> int:
+        return int(self.c2w.shape[0])
+
+    @property
+    def centers(self) -> Tensor:
+        """``[N, 3]`` camera positions in world coordinates."""
+        return self.c2w[:, :, 3]
+
+    def scaled(self, factor: float) -> Cameras:
+        """Cameras for images resized by ``factor`` (e.g. 0.25 for a 4x downscale)."""
+        return Cameras(
+            c2w=self.c2w,
+            fx=self.fx * factor,
+            fy=self.fy * factor,
+            cx=self.cx * factor,
+            cy=self.cy * factor,
+            width=int(round(self.width * factor)),
+            height=int(round(self.height * factor)),
+        )
+
+    def subset(self, ids: list[int] | Tensor) -> Cameras:
+        idx = torch.as_tensor(ids, dtype=torch.long)
+        return Cameras(
+            self.c2w[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx], self.width, self.height
+        )
+
+    def to(self, device: torch.device | str) -> Cameras:
+        return Cameras(
+            self.c2w.to(device),
+            self.fx.to(device),
+            self.fy.to(device),
+            self.cx.to(device),
+            self.cy.to(device),
+            self.width,
+            self.height,
+        )
+
+
+def pixel_rays(
+    cameras: Cameras, cam_ids: Tensor, u: Tensor, v: Tensor, jitter: bool = False
+) -> tuple[Tensor, Tensor]:
+    """World-space rays through pixels.
+
+    Args:
+        cam_ids: ``[R]`` long, camera of each ray.
+        u, v: ``[R]`` pixel column / row (integers or floats, before the +0.5 centre offset).
+        jitter: sample a random point inside the pixel instead of its centre.
+
+    Returns:
+        origins ``[R, 3]`` and unit directions ``[R, 3]``; a ray's ``t`` is a world distance.
+    """
+    off_u = torch.rand_like(u, dtype=torch.float32) if jitter else 0.5
+    off_v = torch.rand_like(v, dtype=torch.float32) if jitter else 0.5
+    x = (u.float() + off_u - cameras.cx[cam_ids]) / cameras.fx[cam_ids]
+    y = -(v.float() + off_v - cameras.cy[cam_ids]) / cameras.fy[cam_ids]
+    d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)
+    c2w = cameras.c2w[cam_ids]
+    dirs = torch.einsum("rij,rj->ri", c2w[:, :, :3], d_cam)
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    return c2w[:, :, 3].expand_as(dirs).contiguous(), dirs
+
+
+def image_rays(cameras: Cameras, cam_id: int) -> tuple[Tensor, Tensor]:
+    """All rays of one image in row-major pixel order: ``[H*W, 3]`` origins and directions."""
+    device = cameras.c2w.device
+    v, u = torch.meshgrid(
+        torch.arange(cameras.height, device=device),
+        torch.arange(cameras.width, device=device),
+        indexing="ij",
+    )
+    ids = torch.full((u.numel(),), cam_id, dtype=torch.long, device=device)
+    return pixel_rays(cameras, ids, u.reshape(-1), v.reshape(-1))

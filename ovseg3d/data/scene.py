@@ -1,0 +1,85 @@
+"""The in-memory scene every stage reads: images, cameras, splits and optional ground truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ovseg3d.data.cameras import Cameras
+
+
+class SceneError(ValueError):
+    """Bad scene input. The message is one line and names the offending file."""
+
+
+@dataclass
+class SceneObject:
+    """One annotated object of ``objects.json`` (world frame and units of the poses)."""
+
+    cls: str
+    instance: int
+    center: tuple[float, float, float]
+    size: tuple[float, float, float]  # extents along the object's own x, y, z (z = up)
+    yaw: float  # radians about the scene's up vector
+    symmetric: bool
+
+
+@dataclass
+class Scene:
+    """A loaded scene. All images share one size; colours are uint8 to keep memory low.
+
+    Attributes:
+        root: the scene folder.
+        format: ``"llff"`` (3D-OVS / LLFF ``poses_bounds.npy``) or ``"transforms"`` (nerfstudio).
+        image_paths: one per view, in view-index order.
+        images: ``[N, H, W, 3]`` uint8.
+        cameras: ``N`` cameras, OpenGL convention, input frame and units.
+        near_far: ``[N, 2]`` float32 depth bounds when the format gives them, else ``None``.
+        aabb: ``[6]`` float32 ``(xmin, ymin, zmin, xmax, ymax, zmax)`` enclosing the content.
+        train_ids / eval_ids: view indices used for training / held out.
+        classes: scene class names (``segmentations/classes.txt``), empty if none.
+        segmentations: view index -> ``[C, H, W]`` bool 3D-OVS masks (one per class in ``classes``).
+        labels: view index -> ``[H, W]`` uint8 class index (255 = none), from ``labels/``.
+        instances: view index -> ``[H, W]`` int32 instance id (0 = none), from ``instances/``.
+        objects: annotated objects from ``objects.json``.
+        up: unit up vector from ``objects.json`` (or estimated from the cameras).
+    """
+
+    root: Path
+    format: str
+    image_paths: list[Path]
+    images: Tensor
+    cameras: Cameras
+    near_far: Tensor | None
+    aabb: Tensor
+    train_ids: list[int]
+    eval_ids: list[int]
+    classes: list[str] = field(default_factory=list)
+    segmentations: dict[int, Tensor] = field(default_factory=dict)
+    labels: dict[int, Tensor] = field(default_factory=dict)
+    instances: dict[int, Tensor] = field(default_factory=dict)
+    objects: list[SceneObject] = field(default_factory=list)
+    up: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 1.0]))
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def height(self) -> int:
+        return self.cameras.height
+
+    @property
+    def width(self) -> int:
+        return self.cameras.width
+
+    def image_float(self, idx: int) -> Tensor:
+        """``[H, W, 3]`` float32 in [0, 1]."""
+        return self.images[idx].float() / 255.0
+
+    def extent(self) -> float:
+        """Length of the aabb diagonal: the scene's scale for tolerances."""
+        return float(torch.linalg.norm(self.aabb[3:] - self.aabb[:3]))

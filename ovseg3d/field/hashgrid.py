@@ -1,0 +1,276 @@
+"""Multi-resolution hash encoding with tiny-cuda-nn's indexing and parameter layout (REFERENCE.md §7).
+
+The parameters are one flat vector ``params`` laid out exactly as tiny-cuda-nn's ``HashGrid``
+(levels one after another, ``F`` features per entry, element ``(offset_l + index) * F + f``), so
+a field trained with tinycudann on a GPU loads and renders here on a CPU, and the other way round.
+
+Per level ``l``::
+
+    scale_l = 2 ** (l * log2(per_level_scale)) * base_resolution - 1
+    res_l   = ceil(scale_l) + 1
+    size_l  = min(next_multiple_of_8(res_l ** 3), 2 ** log2_hashmap_size)
+    pos     = scale_l * x + 0.5            (x in [0, 1]^3)
+    index   = dense  x + y*res + z*res^2   if res_l ** 3 <= size_l
+              else   (x*1) ^ (y*2654435761) ^ (z*805459861)  in uint32
+              then % size_l
+
+The torch path is written for CPU speed: the forward is one ``embedding_bag`` over all levels and
+corners, and the backward scatters into the flat gradient with 1-D ``scatter_add_`` split across
+threads by level (REFERENCE.md §7, "CPU speed facts").
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PRIMES = (1, 2654435761, 805459861)
+_UINT32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class HashGridConfig:
+    """tiny-cuda-nn ``HashGrid`` hyper-parameters (same names as its JSON config)."""
+
+    n_levels: int = 16
+    n_features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    base_resolution: int = 16
+    per_level_scale: float = 2.0
+
+    def tcnn_config(self) -> dict:
+        return {
+            "otype": "HashGrid",
+            "n_levels": self.n_levels,
+            "n_features_per_level": self.n_features_per_level,
+            "log2_hashmap_size": self.log2_hashmap_size,
+            "base_resolution": self.base_resolution,
+            "per_level_scale": self.per_level_scale,
+        }
+
+    @property
+    def output_dim(self) -> int:
+        return self.n_levels * self.n_features_per_level
+
+
+@dataclass(frozen=True)
+class LevelLayout:
+    """Per-level constants of a hash grid, as plain Python lists."""
+
+    scales: list[float]
+    resolutions: list[int]
+    sizes: list[int]  # table entries per level
+    offsets: list[int]  # first entry of each level in the flat table
+    dense: list[bool]
+
+    @property
+    def n_entries(self) -> int:
+        return self.offsets[-1] + self.sizes[-1]
+
+
+def level_layout(cfg: HashGridConfig, dims: int = 3) -> LevelLayout:
+    """The tiny-cuda-nn layout of ``cfg``: scale, resolution, table size and offset of each level."""
+    scales, resolutions, sizes, offsets, dense = [], [], [], [], []
+    offset = 0
+    max_size = 2**cfg.log2_hashmap_size
+    for level in range(cfg.n_levels):
+        scale = 2.0 ** (level * math.log2(cfg.per_level_scale)) * cfg.base_resolution - 1.0
+        res = int(math.ceil(scale)) + 1
+        full = res**dims
+        size = min((full + 7) // 8 * 8, max_size)
+        scales.append(scale)
+        resolutions.append(res)
+        sizes.append(size)
+        offsets.append(offset)
+        dense.append(full <= size)
+        offset += size
+    return LevelLayout(scales, resolutions, sizes, offsets, dense)
+
+
+def grid_index(cells: Tensor, res: int, size: int, dense: bool) -> Tensor:
+    """Table index of integer grid vertices at one level, as tiny-cuda-nn computes it.
+
+    Args:
+        cells: ``[..., 3]`` int64 vertex coordinates (non-negative).
+    Returns:
+        ``[...]`` int64 index in ``[0, size)``.
+    """
+    if dense:
+        idx = cells[..., 0] + cells[..., 1] * res + cells[..., 2] * (res * res)
+    else:
+        idx = (cells[..., 0] * PRIMES[0]) & _UINT32
+        idx = idx ^ ((cells[..., 1] * PRIMES[1]) & _UINT32)
+        idx = idx ^ ((cells[..., 2] * PRIMES[2]) & _UINT32)
+    return idx % size
+
+
+def _as_int32(value: int) -> int:
+    """The int32 with the same bits as the uint32 ``value`` (products wrap identically)."""
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+class _Buffers:
+    """Per-level constants as tensors on one device, built once per (layout, device).
+
+    Dense levels form a prefix of the levels (resolution grows with the level); hashed levels all
+    have ``2 ** log2_hashmap_size`` entries, so their ``% size`` is a bit mask, which lets the whole
+    index computation run in int32 (uint32 products keep their low 32 bits under int32 wrap-around).
+    """
+
+    def __init__(self, layout: LevelLayout, device: torch.device):
+        n_dense = sum(layout.dense)
+        self.n_dense = n_dense
+        self.scales = torch.tensor(layout.scales, dtype=torch.float32, device=device)  # [L]
+        res = torch.tensor(layout.resolutions[:n_dense], dtype=torch.int32, device=device)
+        self.dense_strides = torch.stack([torch.ones_like(res), res, res * res], dim=-1)  # [Ld, 3]
+        self.dense_sizes = torch.tensor(layout.sizes[:n_dense], dtype=torch.int32, device=device)
+        self.hash_mask = (layout.sizes[-1] - 1) if n_dense < len(layout.sizes) else 0
+        self.primes = [_as_int32(p) for p in PRIMES]
+        self.offsets = torch.tensor(layout.offsets, dtype=torch.int32, device=device)
+
+
+def corner_indices_and_weights(x: Tensor, layout: LevelLayout, buf: _Buffers) -> tuple[Tensor, Tensor]:
+    """Flat-table rows and trilinear weights of the 8 corners of every point at every level.
+
+    Corner ``c`` = ``4*bx + 2*by + bz`` (``b`` = 1: upper neighbour in that dimension).
+
+    Args:
+        x: ``[N, 3]`` float32 positions in ``[0, 1]``.
+    Returns:
+        rows ``[N, L, 8]`` int32 (``offset_l + index``), weights ``[N, L, 8]`` float32.
+    """
+    n = x.shape[0]
+    pos = x[:, None, :] * buf.scales[None, :, None] + 0.5  # [N, L, 3]
+    cell = pos.floor()
+    frac = pos - cell
+    lo = cell.int()
+    both = torch.stack([lo, lo + 1], dim=-1)  # [N, L, 3, 2]
+    wt = torch.stack([1.0 - frac, frac], dim=-1)  # [N, L, 3, 2]
+    weights = wt[:, :, 0, :, None, None] * wt[:, :, 1, None, :, None] * wt[:, :, 2, None, None, :]
+    nd = buf.n_dense
+    parts = []
+    if nd > 0:
+        d = both[:, :nd] * buf.dense_strides[None, :, :, None]
+        idx = d[:, :, 0, :, None, None] + d[:, :, 1, None, :, None] + d[:, :, 2, None, None, :]
+        parts.append(idx.reshape(n, nd, 8) % buf.dense_sizes[None, :, None])
+    if nd < len(layout.sizes):
+        h = both[:, nd:]
+        hx = h[:, :, 0] * buf.primes[0]
+        hy = h[:, :, 1] * buf.primes[1]
+        hz = h[:, :, 2] * buf.primes[2]
+        idx = hx[:, :, :, None, None] ^ hy[:, :, None, :, None] ^ hz[:, :, None, None, :]
+        parts.append(idx.reshape(n, -1, 8) & buf.hash_mask)
+    idx = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    rows = idx + buf.offsets[None, :, None]
+    return rows, weights.reshape(n, -1, 8)
+
+
+_POOL = ThreadPoolExecutor(max_workers=2)
+
+
+def _scatter_levels(grad: Tensor, rows: Tensor, weights: Tensor, grad_out: Tensor, levels: range) -> None:
+    """``grad[rows*F + f] += weights * grad_out[..., f]`` for some levels, one 1-D scatter per level.
+
+    Pairs of features are added as one complex64 (two float32 side by side): half the scatter
+    elements, and 1-D ``scatter_add_`` is far faster on CPU than row-wise ``index_add_``.
+
+    Shapes: rows, weights ``[N, L, 8]``; grad_out ``[N, L, F]``; grad ``[n_entries * F]``.
+    """
+    n_feat = grad_out.shape[-1]
+    pack = 2 if n_feat % 2 == 0 else 1
+    target = grad.view(torch.complex64) if pack == 2 else grad
+    per_entry = n_feat // pack
+    sub = torch.arange(per_entry, device=rows.device)
+    for level in levels:
+        contrib = weights[:, level, :, None] * grad_out[:, level, None, :]  # [N, 8, F]
+        if pack == 2:
+            contrib = contrib.view(torch.complex64)
+        index = rows[:, level, :, None].long() * per_entry + sub
+        target.scatter_add_(0, index.reshape(-1), contrib.reshape(-1))
+
+
+class _HashGridFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, params: Tensor, rows: Tensor, weights: Tensor, n_feat: int) -> Tensor:  # type: ignore[override]
+        n, n_levels, _ = rows.shape
+        table = params.view(-1, n_feat)
+        out = F.embedding_bag(
+            rows.reshape(n * n_levels, 8), table, per_sample_weights=weights.reshape(n * n_levels, 8), mode="sum"
+        )
+        ctx.save_for_backward(rows, weights)
+        ctx.n_params = params.numel()
+        return out.view(n, n_levels * n_feat)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        rows, weights = ctx.saved_tensors
+        n, n_levels, _ = rows.shape
+        grad = torch.zeros(ctx.n_params, dtype=torch.float32, device=grad_out.device)
+        g = grad_out.float().reshape(n, n_levels, -1).contiguous()
+        if grad.device.type == "cpu" and n_levels > 1:
+            # levels write disjoint slices of the table: interleave them over two threads
+            jobs = [_POOL.submit(_scatter_levels, grad, rows, weights, g, range(k, n_levels, 2)) for k in (0, 1)]
+            for job in jobs:
+                job.result()
+        else:
+            _scatter_levels(grad, rows, weights, g, range(n_levels))
+        return grad, None, None, None
+
+
+class TorchHashGrid(nn.Module):
+    """Pure-PyTorch multi-resolution hash encoding, parameter-compatible with tiny-cuda-nn.
+
+    ``forward(x)``: ``[N, 3]`` positions in ``[0, 1]`` -> ``[N, n_levels * F]`` float32, level-major.
+    Gradients flow to ``params`` only (positions are treated as constants).
+    """
+
+    def __init__(self, cfg: HashGridConfig, seed: int = 1337):
+        super().__init__()
+        self.cfg = cfg
+        self.layout = level_layout(cfg)
+        gen = torch.Generator().manual_seed(seed)
+        n_params = self.layout.n_entries * cfg.n_features_per_level
+        init = (torch.rand(n_params, generator=gen) * 2.0 - 1.0) * 1e-4
+        self.params = nn.Parameter(init)
+        self._buffers_cache: dict[torch.device, _Buffers] = {}
+
+    @property
+    def output_dim(self) -> int:
+        return self.cfg.output_dim
+
+    def _buf(self, device: torch.device) -> _Buffers:
+        if device not in self._buffers_cache:
+            self._buffers_cache[device] = _Buffers(self.layout, device)
+        return self._buffers_cache[device]
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows, weights = corner_indices_and_weights(x.float(), self.layout, self._buf(x.device))
+        return _HashGridFunction.apply(self.params, rows, weights, self.cfg.n_features_per_level)
+
+
+def reference_encode(params: Tensor, x: Tensor, cfg: HashGridConfig) -> Tensor:
+    """Slow per-level, per-corner reference of the encoding (for tests). Same shapes as forward."""
+    layout = level_layout(cfg)
+    n_feat = cfg.n_features_per_level
+    table = params.view(-1, n_feat)
+    feats = []
+    for level in range(cfg.n_levels):
+        pos = x * layout.scales[level] + 0.5
+        cell = torch.floor(pos)
+        frac = pos - cell
+        acc = torch.zeros(x.shape[0], n_feat, dtype=params.dtype)
+        for corner in range(8):
+            bits = [(corner >> d) & 1 for d in range(3)]
+            vert = cell.long() + torch.tensor(bits)
+            w = torch.ones(x.shape[0])
+            for d in range(3):
+                w = w * (frac[:, d] if bits[d] else 1.0 - frac[:, d])
+            idx = grid_index(vert, layout.resolutions[level], layout.sizes[level], layout.dense[level])
+            acc = acc + w[:, None] * table[layout.offsets[level] + idx]
+        feats.append(acc)
+    return torch.cat(feats, dim=-1)

@@ -274,3 +274,19 @@ def reference_encode(params: Tensor, x: Tensor, cfg: HashGridConfig) -> Tensor:
             acc = acc + w[:, None] * table[layout.offsets[level] + idx]
         feats.append(acc)
     return torch.cat(feats, dim=-1)
+
+
+def make_hash_grid(cfg: HashGridConfig, device: torch.device | str, implementation: str = "auto") -> nn.Module:
+    """A hash grid whose parameter is called ``params`` in either implementation.
+
+    ``implementation``: ``"tcnn"`` (requires tinycudann on a CUDA device), ``"torch"``, or ``"auto"``
+    (tinycudann when usable, else torch). Input ``[N, 3]`` in ``[0, 1]``; output ``[N, L*F]``.
+    """
+    from ovseg3d import accel
+
+    tcnn = accel.tcnn(device) if implementation in ("auto", "tcnn") else None
+    if implementation == "tcnn" and tcnn is None:
+        raise RuntimeError("implementation='tcnn' needs tinycudann and a CUDA device; use 'torch' or 'auto'")
+    if tcnn is None:
+        return TorchHashGrid(cfg).to(device)
+    return tcnn.Encoding(3, cfg.tcnn_config()).to(device)

@@ -1,0 +1,130 @@
+"""The ``ovseg3d`` command: one subcommand per stage (``ovseg3d COMMAND --help`` for its options)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+
+from ovseg3d import __version__
+
+
+@dataclass
+class EvalArgs:
+    """Render the held-out views of a run, print PSNR / SSIM, and write RUN/eval.json."""
+
+    run: Path = Path("runs/demo")
+    """Run folder written by ovseg3d train."""
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda'."""
+    renders: bool = True
+    """Also write ground truth | render | depth panels to RUN/renders/."""
+
+
+def _positional(args: list[str], flag: str) -> list[str]:
+    """Let the first bare argument stand for ``flag`` (``ovseg3d train SCENE`` = ``--scene SCENE``)."""
+    if args and not args[0].startswith("-"):
+        return [flag, args[0], *args[1:]]
+    return args
+
+
+def cmd_synth(args: list[str]) -> int:
+    from ovseg3d.data.synth import SynthConfig, synthesize
+
+    out = None
+    if args and not args[0].startswith("-"):
+        out, args = Path(args[0]), args[1:]
+    cfg = tyro.cli(
+        SynthConfig,
+        args=args,
+        prog="ovseg3d synth OUT",
+        description="Render a procedural scene (textured objects of named classes in a room) with full "
+        "ground truth to the folder OUT, in 3D-OVS/LLFF or nerfstudio format.",
+    )
+    if out is None:
+        print("ovseg3d synth: error: give the output folder: ovseg3d synth OUT [options]", file=sys.stderr)
+        return 2
+    path = synthesize(cfg, out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_train(args: list[str]) -> int:
+    from ovseg3d.config import TrainConfig, resolve_base
+    from ovseg3d.run import load_run_config
+    from ovseg3d.train import train
+
+    args = _positional(args, "--scene")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="cpu")
+    pre.add_argument("--config", type=Path, default=None)
+    pre.add_argument("--output", type=Path, default=None)
+    pre.add_argument("--resume", action="store_true")
+    known, _ = pre.parse_known_args(args)
+    if known.resume and known.output is not None and (known.output / "config.toml").exists():
+        base = dataclasses.replace(load_run_config(known.output), resume=True)
+    else:
+        base = resolve_base(known.preset, known.config)
+    cfg = tyro.cli(TrainConfig, args=args, default=base, prog="ovseg3d train SCENE")
+    train(cfg)
+    return 0
+
+
+def cmd_eval(args: list[str]) -> int:
+    from ovseg3d.evaluate import evaluate_run, format_table
+
+    a = tyro.cli(EvalArgs, args=_positional(args, "--run"), prog="ovseg3d eval RUN")
+    metrics = evaluate_run(a.run, a.device, a.renders)
+    print(format_table(metrics))
+    print(f"wrote {a.run / 'eval.json'}")
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "synth": (cmd_synth, "render a procedural scene with ground truth (3D-OVS/LLFF or transforms.json)"),
+    "train": (cmd_train, "fit a hash-grid radiance field to a scene folder"),
+    "eval": (cmd_eval, "score a run's held-out views (PSNR, SSIM) into RUN/eval.json"),
+}
+
+
+def _usage() -> str:
+    lines = [f"ovseg3d {__version__}: open-vocabulary 3D scene understanding from posed photos", "",
+             "usage: ovseg3d COMMAND [options]   (ovseg3d COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "quickstart: ovseg3d train scenes/demo --output runs/demo && ovseg3d eval runs/demo"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ovseg3d.config import ConfigError
+    from ovseg3d.data.scene import SceneError
+    from ovseg3d.run import RunError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"ovseg3d: error: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[name][0](rest)
+    except (SceneError, RunError, ConfigError, ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"ovseg3d {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ovseg3d {name}: interrupted (the last checkpoint is kept; --resume continues)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

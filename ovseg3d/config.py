@@ -1,0 +1,204 @@
+"""Flat run configuration, presets in ``configs/*.toml``, and reading / writing config files.
+
+A train config is resolved in this order, each layer overriding the one before:
+dataclass defaults < preset file (``--preset NAME`` -> ``configs/NAME.toml``) < ``--config FILE``
+< command-line flags. The resolved config is written to ``RUN/config.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ovseg3d.field.hashgrid import HashGridConfig
+from ovseg3d.field.radiance import FieldConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class TrainConfig:
+    """Fit a hash-grid radiance field to a scene."""
+
+    scene: Path = Path("scenes/demo")
+    """Scene folder: 3D-OVS / LLFF (poses_bounds.npy) or nerfstudio (transforms.json)."""
+    output: Path = Path("runs/demo")
+    """Run folder: config, checkpoints, log, renders and metrics are written here."""
+    preset: str = "cpu"
+    """Named preset from configs/ (tiny, cpu, gpu); --config and flags override it."""
+    config: Path | None = None
+    """A TOML config file (e.g. a copy of configs/cpu.toml or RUN/config.toml) applied over the preset."""
+    resume: bool = False
+    """Continue the run in --output from its latest checkpoint (its saved config is the base)."""
+
+    # schedule
+    steps: int = 4000
+    """Training steps."""
+    max_minutes: float = 0.0
+    """Stop after this much training time (minutes; 0 = no limit). The lr schedule follows it."""
+    seed: int = 0
+    """Random seed for ray sampling and initialisation."""
+    device: str = "auto"
+    """'auto' (cuda if available), 'cpu' or 'cuda'."""
+    threads: int = 0
+    """CPU threads for torch (0 = all cores)."""
+
+    # data
+    downscale: int = 1
+    """Train on images downscaled by this integer factor."""
+    train_on_annotated: bool = False
+    """Also train on the views with 3D-OVS masks (the 3D-OVS protocol); by default they are held out."""
+    holdout_every: int = 8
+    """Without annotated views, hold out every N-th view for evaluation."""
+
+    # field
+    grid_impl: Literal["auto", "torch", "tcnn"] = "auto"
+    """Hash-grid implementation: tinycudann on CUDA when installed ('auto'), or the PyTorch path."""
+    n_levels: int = 8
+    """Hash-grid levels."""
+    n_features_per_level: int = 4
+    """Features per level (1, 2, 4 or 8)."""
+    log2_hashmap_size: int = 17
+    """log2 of the entries per level."""
+    base_resolution: int = 16
+    """Coarsest grid resolution."""
+    max_resolution: int = 1024
+    """Finest grid resolution (sets per_level_scale)."""
+    hidden_dim: int = 64
+    """Width of the density MLP."""
+    geo_feat_dim: int = 15
+    """Geometry features passed from the density MLP to the colour MLP."""
+    color_hidden_dim: int = 64
+    """Width of the colour MLP."""
+    sh_degree: int = 4
+    """Spherical-harmonics degree of the view-direction encoding (1-4)."""
+
+    # sampling and rendering
+    rays_per_step: int = 4096
+    """Rays per step (the starting value when target_samples > 0)."""
+    target_samples: int = 0
+    """Adapt the rays per step to evaluate about this many samples per step (0 = fixed rays)."""
+    render_steps: int = 256
+    """Marching step = scene box diagonal / render_steps."""
+    early_stop_eps: float = 1e-4
+    """Skip samples whose transmittance is below this (0 = never)."""
+    alpha_thre: float = 0.0
+    """Skip samples whose step opacity is below this."""
+    occ_resolution: int = 64
+    """Occupancy-grid cells per side."""
+    occ_update_every: int = 16
+    """Refresh the occupancy grid every N steps."""
+    occ_warmup: int = 256
+    """Steps during which every occupancy cell is refreshed."""
+    occ_threshold: float = 0.01
+    """Step opacity above which a cell is occupied."""
+    background: Literal["black", "white", "random"] = "black"
+    """Colour behind the field while training (evaluation uses black)."""
+
+    # optimisation
+    lr: float = 1e-2
+    """Adam learning rate at the start."""
+    lr_final_factor: float = 0.03
+    """Learning rate at the end, as a fraction of lr (exponential decay)."""
+    weight_decay: float = 1e-6
+    """Weight decay of the MLPs."""
+
+    # outputs
+    checkpoint_every: int = 500
+    """Save a checkpoint every N steps (and at the end)."""
+    log_every: int = 25
+    """Append a line to RUN/log.jsonl every N steps."""
+    eval_chunk: int = 8192
+    """Rays per chunk when rendering images."""
+
+    def field_config(self) -> FieldConfig:
+        scale = math.exp(math.log(self.max_resolution / self.base_resolution) / max(1, self.n_levels - 1))
+        grid = HashGridConfig(
+            self.n_levels, self.n_features_per_level, self.log2_hashmap_size, self.base_resolution, scale
+        )
+        return FieldConfig(grid, self.hidden_dim, self.geo_feat_dim, self.color_hidden_dim, self.sh_degree)
+
+
+_RUN_KEYS = ("scene", "output", "preset", "config", "resume")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; one line naming the file."""
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def apply_overrides(cfg: TrainConfig, values: dict[str, Any], source: Path | str) -> TrainConfig:
+    """A copy of ``cfg`` with ``values`` set; unknown keys are an error naming ``source``."""
+    names = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{source}: unknown config key(s) {', '.join(unknown)}")
+    typed = {k: Path(v) if k in ("scene", "output", "config") and v is not None else v for k, v in values.items()}
+    return dataclasses.replace(cfg, **typed)
+
+
+def preset_path(name: str) -> Path:
+    path = CONFIG_DIR / f"{name}.toml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+        raise ConfigError(f"unknown preset '{name}' (known: {known}; presets live in {CONFIG_DIR})")
+    return path
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_toml(cfg: TrainConfig, path: Path) -> None:
+    """Write the resolved config (every field, with its help as a comment) as TOML."""
+    lines = ["# ovseg3d resolved train config: pass it back with --config to repeat this run", ""]
+    docs = _field_docs()
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None or f.name in ("config", "resume"):
+            continue
+        if f.name in docs:
+            lines.append(f"# {docs[f.name]}")
+        lines.append(f"{f.name} = {_toml_value(value)}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _field_docs() -> dict[str, str]:
+    """Field docstrings of TrainConfig (the string literal after each field)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(TrainConfig))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value).strip()  # type: ignore[attr-defined]
+    return docs
+
+
+def resolve_base(preset: str, config_file: Path | None) -> TrainConfig:
+    """Defaults < preset < config file (command-line flags go on top, in the CLI)."""
+    cfg = apply_overrides(TrainConfig(), read_toml(preset_path(preset)), preset_path(preset))
+    cfg = dataclasses.replace(cfg, preset=preset)
+    if config_file is not None:
+        values = {k: v for k, v in read_toml(config_file).items() if k not in ("config", "resume")}
+        cfg = apply_overrides(cfg, values, config_file)
+    return cfg

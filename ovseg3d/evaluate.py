@@ -1,0 +1,96 @@
+"""Image metrics and ``ovseg3d eval``: render the held-out views of a run and score them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ovseg3d import accel
+
+
+def psnr(pred: Tensor, target: Tensor) -> float:
+    """Peak signal-to-noise ratio (dB) of images in [0, 1], any matching shapes."""
+    mse = F.mse_loss(pred.clamp(0, 1).float(), target.float())
+    return float(-10.0 * torch.log10(mse.clamp(min=1e-12)))
+
+
+def _gaussian_window(size: int, sigma: float) -> Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    return g / g.sum()
+
+
+def ssim(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5) -> float:
+    """Structural similarity (Wang et al. 2004) of ``[H, W, C]`` images in [0, 1].
+
+    Gaussian window (11, sigma 1.5), constants ``(0.01)^2`` and ``(0.03)^2``, valid filtering,
+    mean over pixels and channels: the variant NeRF papers report.
+    """
+    x = pred.clamp(0, 1).double().permute(2, 0, 1)[:, None]  # [C, 1, H, W]
+    y = target.double().permute(2, 0, 1)[:, None]
+    g = _gaussian_window(min(window, x.shape[-1], x.shape[-2]), sigma)
+    kx, ky = g.view(1, 1, 1, -1), g.view(1, 1, -1, 1)
+
+    def blur(z: Tensor) -> Tensor:
+        return F.conv2d(F.conv2d(z, kx), ky)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    return float((num / den).mean())
+
+
+def update_eval_json(run: Path, metrics: dict) -> Path:
+    """Merge ``metrics`` into ``RUN/eval.json`` (keys written by other stages are kept)."""
+    path = run / "eval.json"
+    current = json.loads(path.read_text()) if path.exists() else {}
+    current.update(metrics)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(current, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def evaluate_run(run: Path, device_name: str = "auto", save_renders: bool = True) -> dict:
+    """Render every held-out view of ``run`` and compute PSNR / SSIM; writes ``RUN/eval.json``."""
+    from ovseg3d.train import load_trainer, save_renders as write_panels
+
+    accel.configure_cpu_allocator()
+    trainer = load_trainer(run, device_name)
+    scene = trainer.scene
+    if not scene.eval_ids:
+        raise ValueError(f"{scene.root}: no held-out views to evaluate")
+    per_view = []
+    for i in scene.eval_ids:
+        out = trainer.render_view(scene.cameras, i)
+        gt = scene.image_float(i)
+        rgb = out.rgb.cpu()
+        per_view.append({"view": i, "psnr": psnr(rgb, gt), "ssim": ssim(rgb, gt)})
+    metrics = {
+        "psnr": sum(v["psnr"] for v in per_view) / len(per_view),
+        "ssim": sum(v["ssim"] for v in per_view) / len(per_view),
+        "n_views": len(per_view),
+        "step": trainer.step,
+        "train_seconds": round(trainer.elapsed, 2),
+        "per_view": per_view,
+    }
+    if save_renders:
+        write_panels(trainer, run)
+    update_eval_json(run, metrics)
+    return metrics
+
+
+def format_table(metrics: dict) -> str:
+    lines = [f"{'view':>6} {'PSNR':>8} {'SSIM':>7}"]
+    for v in metrics["per_view"]:
+        lines.append(f"{v['view']:>6} {v['psnr']:>8.2f} {v['ssim']:>7.4f}")
+    lines.append(f"{'mean':>6} {metrics['psnr']:>8.2f} {metrics['ssim']:>7.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""The radiance field: hash grid -> density MLP (+ geometry features) -> colour MLP with SH directions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ovseg3d.field.hashgrid import HashGridConfig, make_hash_grid
+
+
+class _TruncExp(torch.autograd.Function):
+    """``exp`` whose gradient is computed with the input clamped at 15 (Instant-NGP's density activation)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x.clamp(max=15.0))
+
+
+def trunc_exp(x: Tensor) -> Tensor:
+    return _TruncExp.apply(x)
+
+
+def spherical_harmonics(dirs: Tensor, degree: int) -> Tensor:
+    """Real SH basis of unit directions, ``[N, 3]`` -> ``[N, degree^2]`` (degree 1..4)."""
+    x, y, z = dirs.unbind(-1)
+    out = [torch.full_like(x, 0.28209479177387814)]
+    if degree > 1:
+        out += [-0.48860251190291987 * y, 0.48860251190291987 * z, -0.48860251190291987 * x]
+    if degree > 2:
+        xx, yy, zz = x * x, y * y, z * z
+        out += [
+            1.0925484305920792 * x * y,
+            -1.0925484305920792 * y * z,
+            0.94617469575755997 * zz - 0.31539156525251999,
+            -1.0925484305920792 * x * z,
+            0.54627421529603959 * (xx - yy),
+        ]
+    if degree > 3:
+        out += [
+            0.59004358992664352 * y * (-3.0 * xx + yy),
+            2.8906114426405538 * x * y * z,
+            0.45704579946446572 * y * (1.0 - 5.0 * zz),
+            0.3731763325901154 * z * (5.0 * zz - 3.0),
+            0.45704579946446572 * x * (1.0 - 5.0 * zz),
+            1.4453057213202769 * z * (xx - yy),
+            0.59004358992664352 * x * (-xx + 3.0 * yy),
+        ]
+    return torch.stack(out, dim=-1)
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    grid: HashGridConfig = field(default_factory=HashGridConfig)
+    hidden_dim: int = 64
+    geo_feat_dim: int = 15
+    color_hidden_dim: int = 64
+    sh_degree: int = 4
+
+
+def _mlp(dims: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class RadianceField(nn.Module):
+    """Density and colour at world points inside ``aabb`` (outside it the density is zero).
+
+    ``grid_impl``: ``"auto" | "torch" | "tcnn"`` (see :func:`make_hash_grid`); the state dict is the
+    same for both, so a GPU-trained field loads on a CPU.
+    """
+
+    def __init__(self, aabb: Tensor, cfg: FieldConfig, device: torch.device | str = "cpu", grid_impl: str = "auto"):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("aabb", aabb.float().clone())
+        self.grid = make_hash_grid(cfg.grid, device, grid_impl)
+        self.density_mlp = _mlp([cfg.grid.output_dim, cfg.hidden_dim, 1 + cfg.geo_feat_dim])
+        sh_dim = cfg.sh_degree**2
+        self.color_mlp = _mlp([cfg.geo_feat_dim + sh_dim, cfg.color_hidden_dim, cfg.color_hidden_dim, 3])
+        self.to(device)
+
+    def _features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``[P, 3]`` world points -> raw density ``[P]`` (masked outside) and geometry features ``[P, G]``."""
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        xn = (x - lo) / (hi - lo)
+        inside = ((xn >= 0) & (xn <= 1)).all(-1)
+        h = self.density_mlp(self.grid(xn.clamp(0.0, 1.0)).float())
+        sigma = trunc_exp(h[:, 0]) * inside
+        return sigma, h[:, 1:]
+
+    def density(self, x: Tensor) -> Tensor:
+        """``[P, 3]`` -> ``[P]`` volume density."""
+        return self._features(x)[0]
+
+    def forward(self, x: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
+        """``[P, 3]`` points and unit directions -> density ``[P]`` and colour ``[P, 3]`` in [0, 1]."""
+        sigma, geo = self._features(x)
+        sh = spherical_harmonics(dirs, self.cfg.sh_degree)
+        rgb = torch.sigmoid(self.color_mlp(torch.cat([geo, sh], dim=-1)))
+        return sigma, rgb

@@ -1,0 +1,162 @@
+"""Occupancy grid for empty-space skipping, and ray marching through it (Instant-NGP / nerfacc style).
+
+The grid covers the scene's aabb with ``R^3`` cells and keeps, per cell, an exponential moving
+maximum of the opacity of one marching step (``sigma * step_size``) at random points in the cell.
+Cells above a threshold are occupied; marching keeps only the samples that fall in them.
+
+The buffers match nerfacc's ``OccGridEstimator`` (``binaries [1, R, R, R]`` indexed ``[x, y, z]``,
+``aabbs [1, 6]``, flat ``occs``), so on CUDA nerfacc's ``traverse_grids`` marches the same grid;
+elsewhere the pure-PyTorch marcher below does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ovseg3d import accel
+from ovseg3d.render.volume import RaySamples
+
+
+def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor) -> tuple[Tensor, Tensor]:
+    """Slab test: ``[R]`` entry and exit distances of rays with a box (``t_far < t_near``: a miss)."""
+    inv = 1.0 / torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
+    t0 = (aabb[:3] - origins) * inv
+    t1 = (aabb[3:] - origins) * inv
+    t_near = torch.minimum(t0, t1).amax(-1).clamp(min=0.0)
+    t_far = torch.maximum(t0, t1).amin(-1)
+    return t_near, t_far
+
+
+class OccupancyGrid(nn.Module):
+    """A binary occupancy grid over ``aabb`` (``[6]``: min xyz, max xyz), ``resolution^3`` cells."""
+
+    def __init__(self, aabb: Tensor, resolution: int = 64):
+        super().__init__()
+        self.resolution = resolution
+        self.register_buffer("aabbs", aabb.float().reshape(1, 6).clone())
+        self.register_buffer("occs", torch.zeros(resolution**3))
+        self.register_buffer("binaries", torch.ones(1, resolution, resolution, resolution, dtype=torch.bool))
+
+    @property
+    def aabb(self) -> Tensor:
+        return self.aabbs[0]
+
+    def occupied_fraction(self) -> float:
+        return float(self.binaries.float().mean())
+
+    def _cell_coords(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """``[..., 3]`` world points -> ``[...]`` flat cell index (x-major) and ``[...]`` inside-grid mask."""
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        rel = (points - lo) / (hi - lo) * self.resolution
+        inside = ((rel >= 0) & (rel < self.resolution)).all(-1)
+        cell = rel.long().clamp(0, self.resolution - 1)
+        r = self.resolution
+        return (cell[..., 0] * r + cell[..., 1]) * r + cell[..., 2], inside
+
+    def query(self, points: Tensor) -> Tensor:
+        """``[...]`` bool: the points lie in occupied cells."""
+        flat, inside = self._cell_coords(points)
+        return self.binaries.view(-1)[flat] & inside
+
+    @torch.no_grad()
+    def update(
+        self,
+        step: int,
+        occ_eval_fn: Callable[[Tensor], Tensor],
+        occ_thre: float = 0.01,
+        ema_decay: float = 0.95,
+        warmup_steps: int = 256,
+        chunk: int = 1 << 16,
+    ) -> None:
+        """Re-estimate occupancy. ``occ_eval_fn``: ``[P, 3]`` world points -> ``[P]`` step opacity.
+
+        During warm-up every cell is visited; afterwards a quarter of the cells at random plus as
+        many occupied ones (nerfacc's schedule).
+        """
+        n_cells = self.occs.numel()
+        device = self.occs.device
+        if step < warmup_steps:
+            cells = torch.arange(n_cells, device=device)
+        else:
+            uniform = torch.randint(n_cells, (n_cells // 4,), device=device)
+            occupied = torch.nonzero(self.binaries.view(-1))[:, 0]
+            if occupied.numel() > n_cells // 4:
+                occupied = occupied[torch.randint(occupied.numel(), (n_cells // 4,), device=device)]
+            cells = torch.cat([uniform, occupied])
+        r = self.resolution
+        coords = torch.stack([cells // (r * r), (cells // r) % r, cells % r], dim=-1).float()
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        occ = torch.empty(cells.numel(), device=device)
+        for s in range(0, cells.numel(), chunk):
+            c = coords[s : s + chunk]
+            x = lo + (c + torch.rand_like(c)) / r * (hi - lo)
+            occ[s : s + chunk] = occ_eval_fn(x).reshape(-1)
+        self.occs[cells] = torch.maximum(self.occs[cells] * ema_decay, occ)
+        thre = torch.clamp(self.occs.mean(), max=occ_thre)
+        self.binaries = (self.occs > thre).view(self.binaries.shape)
+
+    @torch.no_grad()
+    def march(
+        self,
+        origins: Tensor,
+        dirs: Tensor,
+        step_size: float,
+        near: Tensor | None = None,
+        far: Tensor | None = None,
+        stratified: bool = False,
+    ) -> RaySamples:
+        """Samples every ``step_size`` along each ray inside the aabb, kept where the grid is occupied.
+
+        Args:
+            origins, dirs: ``[R, 3]`` rays (unit directions).
+            near, far: optional ``[R]`` limits on ``t``.
+            stratified: jitter each ray's first sample by ``U[0, step_size)``.
+        """
+        t_min, t_max = ray_aabb(origins, dirs, self.aabb)
+        if near is not None:
+            t_min = torch.maximum(t_min, near)
+        if far is not None:
+            t_max = torch.minimum(t_max, far)
+        if stratified:
+            t_min = t_min + torch.rand_like(t_min) * step_size
+        nerfacc = accel.nerfacc(origins.device)
+        if nerfacc is not None:
+            return self._march_nerfacc(nerfacc, origins, dirs, t_min, t_max, step_size)
+        return self._march_torch(origins, dirs, t_min, t_max, step_size)
+
+    def _march_torch(self, origins: Tensor, dirs: Tensor, t_min: Tensor, t_max: Tensor, step: float) -> RaySamples:
+        n_rays = origins.shape[0]
+        span = (t_max - t_min).clamp(min=0.0)
+        n_max = int(torch.ceil(span.max() / step).item()) if n_rays else 0
+        if n_max == 0:
+            empty = torch.zeros(0, device=origins.device)
+            return RaySamples(empty.long(), empty, empty, n_rays)
+        rows, starts = [], []
+        # chunk over rays so that the [rays, steps, 3] candidate tensor stays small
+        chunk = max(1, (1 << 21) // n_max)
+        ks = torch.arange(n_max, device=origins.device, dtype=torch.float32) * step
+        for s in range(0, n_rays, chunk):
+            sl = slice(s, s + chunk)
+            t_start = t_min[sl, None] + ks  # [r, K]
+            mid = t_start + 0.5 * step
+            pts = origins[sl, None, :] + mid[..., None] * dirs[sl, None, :]
+            keep = (mid < t_max[sl, None]) & self.query(pts)
+            r_idx, k_idx = torch.nonzero(keep, as_tuple=True)
+            rows.append(r_idx + s)
+            starts.append(t_start[r_idx, k_idx])
+        ray_indices = torch.cat(rows)
+        t_starts = torch.cat(starts)
+        return RaySamples(ray_indices, t_starts, t_starts + step, n_rays)
+
+    def _march_nerfacc(self, nerfacc, origins, dirs, t_min, t_max, step: float) -> RaySamples:  # noqa: ANN001
+        from nerfacc.grid import traverse_grids
+
+        intervals, samples, _ = traverse_grids(
+            origins, dirs, self.binaries, self.aabbs, near_planes=t_min, far_planes=t_max, step_size=step, cone_angle=0.0
+        )
+        t_starts = intervals.vals[intervals.is_left]
+        t_ends = intervals.vals[intervals.is_right]
+        return RaySamples(samples.ray_indices.long(), t_starts, t_ends, origins.shape[0])

@@ -1,0 +1,76 @@
+"""Render rays through a field: march the occupancy grid, drop hidden samples, composite."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ovseg3d.field.radiance import RadianceField
+from ovseg3d.render.occupancy import OccupancyGrid
+from ovseg3d.render.volume import accumulate, render_weights, visibility_mask
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    step_size: float  # marching step, world units
+    early_stop_eps: float = 1e-4  # drop samples whose transmittance is below this (0: keep all)
+    alpha_thre: float = 0.0  # drop samples whose step opacity is below this
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+@dataclass
+class RenderOutput:
+    """Per-ray results. rgb ``[R, 3]``, depth ``[R]`` (expected t), opacity ``[R]``, n_samples (evaluated)."""
+
+    rgb: Tensor
+    depth: Tensor
+    opacity: Tensor
+    n_samples: int
+
+
+def render_rays(
+    field: RadianceField,
+    grid: OccupancyGrid,
+    origins: Tensor,
+    dirs: Tensor,
+    opts: RenderOptions,
+    stratified: bool = False,
+    near: Tensor | None = None,
+    far: Tensor | None = None,
+    background: Tensor | None = None,
+) -> RenderOutput:
+    """Render ``[R, 3]`` rays. ``background``: optional ``[R, 3]`` colour behind each ray."""
+    n_rays = origins.shape[0]
+    samples = grid.march(origins, dirs, opts.step_size, near=near, far=far, stratified=stratified)
+    if len(samples) and (opts.early_stop_eps > 0 or opts.alpha_thre > 0):
+        with torch.no_grad():
+            sigma = field.density(samples.positions(origins, dirs))
+            keep = visibility_mask(
+                sigma, samples.deltas, samples.ray_indices, n_rays, opts.early_stop_eps, opts.alpha_thre
+            )
+        samples = samples.select(keep)
+    sigma, rgb = field(samples.positions(origins, dirs), dirs[samples.ray_indices])
+    weights = render_weights(sigma, samples.deltas, samples.ray_indices, n_rays)
+    color = accumulate(weights, rgb, samples.ray_indices, n_rays)
+    opacity = accumulate(weights, None, samples.ray_indices, n_rays)[:, 0]
+    depth = accumulate(weights, samples.t_mid[:, None], samples.ray_indices, n_rays)[:, 0]
+    if background is None:
+        background = torch.tensor(opts.background, device=origins.device).expand(n_rays, 3)
+    color = color + (1.0 - opacity[:, None]) * background
+    return RenderOutput(color, depth, opacity, len(samples))
+
+
+@torch.no_grad()
+def render_image_rays(
+    field: RadianceField, grid: OccupancyGrid, origins: Tensor, dirs: Tensor, opts: RenderOptions, chunk: int = 8192
+) -> RenderOutput:
+    """Render many rays in chunks without gradients (evaluation, images)."""
+    outs = [render_rays(field, grid, origins[s : s + chunk], dirs[s : s + chunk], opts) for s in range(0, len(origins), chunk)]
+    return RenderOutput(
+        torch.cat([o.rgb for o in outs]),
+        torch.cat([o.depth for o in outs]),
+        torch.cat([o.opacity for o in outs]),
+        sum(o.n_samples for o in outs),
+    )

@@ -1,0 +1,275 @@
+"""Training a radiance field on a scene: the Trainer (build, step, state) and the ``train`` loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from ovseg3d import accel
+from ovseg3d.config import TrainConfig, write_toml
+from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
+from ovseg3d.data.loader import load_scene
+from ovseg3d.data.scene import Scene
+from ovseg3d.field.radiance import RadianceField
+from ovseg3d.images import colorize_depth, save_png, side_by_side
+from ovseg3d.render.occupancy import OccupancyGrid
+from ovseg3d.render.renderer import RenderOptions, RenderOutput, render_image_rays, render_rays
+from ovseg3d.run import (
+    RunError,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    load_run_config,
+    save_checkpoint,
+    write_run_info,
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' requested but torch sees no CUDA GPU; use --device cpu")
+    return torch.device(name)
+
+
+def psnr(mse: float | Tensor) -> float:
+    return -10.0 * math.log10(max(float(mse), 1e-12))
+
+
+@dataclass
+class StepStats:
+    loss: float
+    psnr: float
+    n_rays: int
+    n_samples: int
+
+
+class Trainer:
+    """One scene's radiance field, occupancy grid and optimiser, stepped one batch at a time."""
+
+    def __init__(self, cfg: TrainConfig, scene: Scene, device: torch.device):
+        torch.manual_seed(cfg.seed)
+        self.cfg, self.scene, self.device = cfg, scene, device
+        aabb = scene.aabb.to(device)
+        self.field = RadianceField(aabb, cfg.field_config(), device, cfg.grid_impl)
+        self.grid = OccupancyGrid(aabb, cfg.occ_resolution).to(device)
+        diag = float(torch.linalg.norm(aabb[3:] - aabb[:3]))
+        self.opts = RenderOptions(diag / cfg.render_steps, cfg.early_stop_eps, cfg.alpha_thre)
+        mlp_params = [p for n, p in self.field.named_parameters() if not n.startswith("grid.")]
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": list(self.field.grid.parameters()), "weight_decay": 0.0},
+                {"params": mlp_params, "weight_decay": cfg.weight_decay},
+            ],
+            lr=cfg.lr,
+            betas=(0.9, 0.99),
+            eps=1e-15,
+        )
+        self.images = scene.images[scene.train_ids].to(device)  # [N, H, W, 3] uint8
+        self.cameras: Cameras = scene.cameras.subset(scene.train_ids).to(device)
+        self.step = 0
+        self.elapsed = 0.0  # training seconds so far
+        self.n_rays = cfg.rays_per_step
+
+    # -- schedule ---------------------------------------------------------------------------
+    def progress(self) -> float:
+        by_steps = self.step / max(1, self.cfg.steps)
+        by_time = self.elapsed / (60.0 * self.cfg.max_minutes) if self.cfg.max_minutes > 0 else 0.0
+        return min(1.0, max(by_steps, by_time))
+
+    def done(self) -> bool:
+        return self.progress() >= 1.0
+
+    def _set_lr(self) -> None:
+        lr = self.cfg.lr * self.cfg.lr_final_factor ** self.progress()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    # -- one step ---------------------------------------------------------------------------
+    def sample_batch(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Random pixels of the training views: origins, directions ``[R, 3]`` and colours ``[R, 3]``."""
+        n_img, h, w, _ = self.images.shape
+        flat = torch.randint(0, n_img * h * w, (self.n_rays,), device=self.device)
+        cam, v, u = flat // (h * w), (flat // w) % h, flat % w
+        origins, dirs = pixel_rays(self.cameras, cam, u, v)
+        target = self.images[cam, v, u].float() / 255.0
+        return origins, dirs, target
+
+    def update_grid(self) -> None:
+        step_size = self.opts.step_size
+        self.grid.update(
+            self.step,
+            lambda x: self.field.density(x) * step_size,
+            occ_thre=self.cfg.occ_threshold,
+            warmup_steps=self.cfg.occ_warmup,
+        )
+
+    def train_step(self) -> StepStats:
+        start = time.perf_counter()
+        self.field.train()
+        if self.step % self.cfg.occ_update_every == 0:
+            self.update_grid()
+        self._set_lr()
+        origins, dirs, target = self.sample_batch()
+        background = torch.rand_like(target) if self.cfg.background == "random" else None
+        if self.cfg.background == "white":
+            background = torch.ones_like(target)
+        out = render_rays(self.field, self.grid, origins, dirs, self.opts, stratified=True, background=background)
+        loss = F.mse_loss(out.rgb, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self._adapt_rays(out.n_samples)
+        self.step += 1
+        self.elapsed += time.perf_counter() - start
+        mse = float(loss)
+        return StepStats(mse, psnr(mse), len(origins), out.n_samples)
+
+    def _adapt_rays(self, n_samples: int) -> None:
+        """Move the ray count towards ``target_samples`` samples per step (nerfacc's dynamic batch)."""
+        target = self.cfg.target_samples
+        if target <= 0:
+            return
+        per_ray = max(n_samples, 1) / self.n_rays
+        wanted = int(target / per_ray)
+        self.n_rays = int(min(max(0.9 * self.n_rays + 0.1 * wanted, 256), 1 << 16))
+
+    # -- rendering ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def render_view(self, cameras: Cameras, idx: int) -> RenderOutput:
+        """Render one camera; fields reshaped to ``[H, W, ...]``."""
+        self.field.eval()
+        origins, dirs = image_rays(cameras.to(self.device), idx)
+        out = render_image_rays(self.field, self.grid, origins, dirs, self.opts, self.cfg.eval_chunk)
+        h, w = cameras.height, cameras.width
+        return RenderOutput(out.rgb.view(h, w, 3), out.depth.view(h, w), out.opacity.view(h, w), out.n_samples)
+
+    # -- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "n_rays": self.n_rays,
+            "field": self.field.state_dict(),
+            "grid": self.grid.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.field.load_state_dict(state["field"])
+        self.grid.load_state_dict(state["grid"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self.n_rays = int(state.get("n_rays", self.cfg.rays_per_step))
+        if "rng" in state:
+            torch.set_rng_state(state["rng"].cpu())
+
+
+def prepare_run(cfg: TrainConfig) -> Path:
+    """Create (or, with --resume, check) the run folder; never overwrites an existing run."""
+    run = Path(cfg.output)
+    ckpt = latest_checkpoint(run) if run.exists() else None
+    if cfg.resume:
+        if ckpt is None:
+            raise RunError(f"--resume: {run} has no checkpoint to resume from")
+        return run
+    if ckpt is not None or (run / "run.json").exists():
+        raise RunError(f"{run} already holds a run: pass --resume to continue it, or choose another --output")
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def save_renders(trainer: Trainer, run: Path) -> list[Path]:
+    """Held-out views as PNG panels: ground truth | render | depth."""
+    scene = trainer.scene
+    paths = []
+    for i in scene.eval_ids:
+        out = trainer.render_view(scene.cameras, i)
+        depth = colorize_depth(out.depth, out.opacity)
+        panel = side_by_side(scene.image_float(i), out.rgb.clamp(0, 1).cpu(), depth)
+        path = run / "renders" / f"view_{i:03d}.png"
+        save_png(path, panel)
+        paths.append(path)
+    return paths
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run ``ovseg3d train``: returns the run folder."""
+    accel.configure_cpu_allocator()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    cfg = dataclasses.replace(cfg, scene=Path(cfg.scene).resolve())
+    run = prepare_run(cfg)
+    if cfg.resume:
+        cfg = _resumed_config(cfg, run)
+    device = resolve_device(cfg.device)
+    scene = load_scene(cfg.scene, cfg.downscale, cfg.train_on_annotated, cfg.holdout_every)
+    trainer = Trainer(cfg, scene, device)
+    if cfg.resume:
+        trainer.load_state_dict(load_checkpoint(latest_checkpoint(run), device))  # type: ignore[arg-type]
+    else:
+        write_run_info(run, cfg)
+    write_toml(cfg, run / "config.toml")
+    tqdm.write(
+        f"ovseg3d train: {scene.root} ({scene.format}, {len(scene.train_ids)} train / {len(scene.eval_ids)} "
+        f"held-out views, {scene.width}x{scene.height}) -> {run}  [{accel.describe(device)}]"
+    )
+    _loop(trainer, run)
+    save_checkpoint(checkpoint_path(run, trainer.step), trainer.state_dict())
+    paths = save_renders(trainer, run)
+    tqdm.write(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; renders in {paths[0].parent if paths else run}")
+    return run
+
+
+def _resumed_config(cfg: TrainConfig, run: Path) -> TrainConfig:
+    """The run's saved config with this invocation's schedule (so a run can be extended)."""
+
+    saved = load_run_config(run)
+    return dataclasses.replace(saved, steps=cfg.steps, max_minutes=cfg.max_minutes, resume=True, output=run)
+
+
+def _loop(trainer: Trainer, run: Path) -> None:
+    cfg = trainer.cfg
+    with open(run / "log.jsonl", "a") as log, tqdm(total=cfg.steps, initial=trainer.step, unit="step") as bar:
+        while not trainer.done():
+            stats = trainer.train_step()
+            bar.update(1)
+            if trainer.step % cfg.log_every == 0 or trainer.done():
+                bar.set_postfix(loss=f"{stats.loss:.4f}", psnr=f"{stats.psnr:.2f}", rays=stats.n_rays,
+                                spr=f"{stats.n_samples / max(stats.n_rays, 1):.1f}")
+                record = {"step": trainer.step, "time": round(trainer.elapsed, 3), **vars(stats),
+                          "occupied": round(trainer.grid.occupied_fraction(), 4)}
+                log.write(json.dumps(record) + "\n")
+            if trainer.step % cfg.checkpoint_every == 0:
+                save_checkpoint(checkpoint_path(run, trainer.step), trainer.state_dict())
+
+
+def load_trainer(run: Path, device_name: str = "auto") -> Trainer:
+    """A Trainer restored from a run folder's latest checkpoint (for eval, render and export)."""
+    from ovseg3d.run import check_run
+
+    check_run(run)
+    cfg = load_run_config(run)
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise RunError(f"{run} has no checkpoint yet: train it first")
+    device = resolve_device(device_name)
+    scene = load_scene(cfg.scene, cfg.downscale, cfg.train_on_annotated, cfg.holdout_every)
+    trainer = Trainer(cfg, scene, device)
+    state = load_checkpoint(ckpt, device)
+    state.pop("optimizer", None)
+    trainer.load_state_dict(state)
+    return trainer

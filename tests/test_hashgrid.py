@@ -1,0 +1,104 @@
+import math
+
+import pytest
+import torch
+
+from ovseg3d.field.hashgrid import (
+    HashGridConfig,
+    TorchHashGrid,
+    corner_indices_and_weights,
+    grid_index,
+    level_layout,
+    make_hash_grid,
+    reference_encode,
+)
+
+
+def test_layout_matches_hand_computed_levels():
+    cfg = HashGridConfig(n_levels=3, n_features_per_level=2, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0)
+    lay = level_layout(cfg)
+    # scale = 2^l * 4 - 1 -> 3, 7, 15; res = ceil(scale) + 1 -> 4, 8, 16
+    assert lay.scales == [3.0, 7.0, 15.0]
+    assert lay.resolutions == [4, 8, 16]
+    # 4^3 = 64 and 8^3 = 512 fit (dense); 16^3 = 4096 > 2^10 is hashed into 1024 entries
+    assert lay.sizes == [64, 512, 1024]
+    assert lay.dense == [True, True, False]
+    assert lay.offsets == [0, 64, 576]
+    assert lay.n_entries == 1600
+
+
+def test_layout_rounds_dense_sizes_to_multiple_of_8():
+    cfg = HashGridConfig(n_levels=1, base_resolution=3, per_level_scale=2.0)  # scale 2 -> res 3 -> 27
+    assert level_layout(cfg).sizes == [32]
+
+
+def test_grid_index_hand_computed():
+    cells = torch.tensor([[1, 2, 3]])
+    assert grid_index(cells, res=4, size=64, dense=True).item() == 1 + 2 * 4 + 3 * 16
+    c = (3, 5, 7)
+    expected = (c[0] * 1) ^ ((c[1] * 2654435761) % 2**32) ^ ((c[2] * 805459861) % 2**32)
+    got = grid_index(torch.tensor([c]), res=100, size=2**19, dense=False).item()
+    assert got == expected % 2**19
+
+
+def test_fast_indices_match_reference_formula_with_wraparound():
+    # a fine level so products overflow 32 bits: the int32 path must wrap exactly like uint32
+    cfg = HashGridConfig(n_levels=6, n_features_per_level=2, log2_hashmap_size=14, base_resolution=16, per_level_scale=4.0)
+    lay = level_layout(cfg)
+    grid = TorchHashGrid(cfg)
+    x = torch.rand(500, 3)
+    rows, weights = corner_indices_and_weights(x, lay, grid._buf(x.device))
+    for level in range(cfg.n_levels):
+        pos = x * lay.scales[level] + 0.5
+        cell = pos.floor().long()
+        for corner in range(8):
+            bits = torch.tensor([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1])
+            ref = grid_index(cell + bits, lay.resolutions[level], lay.sizes[level], lay.dense[level])
+            assert torch.equal(rows[:, level, corner].long(), ref + lay.offsets[level])
+    torch.testing.assert_close(weights.sum(-1), torch.ones(500, cfg.n_levels))
+
+
+@pytest.mark.parametrize("n_feat", [1, 2, 4])
+def test_forward_and_gradient_match_brute_force(n_feat):
+    cfg = HashGridConfig(n_levels=5, n_features_per_level=n_feat, log2_hashmap_size=11, base_resolution=4, per_level_scale=2.0)
+    grid = TorchHashGrid(cfg)
+    with torch.no_grad():
+        grid.params.normal_()
+    x = torch.rand(400, 3)
+    x[:3] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 1.0, 0.0]])  # faces and corners of the box
+    params64 = grid.params.detach().double().requires_grad_()
+    ref = reference_encode(params64, x.double(), cfg)
+    grad_out = torch.randn_like(ref)
+    ref.backward(grad_out)
+    out = grid(x)
+    out.backward(grad_out.float())
+    assert out.shape == (400, 5 * n_feat)
+    torch.testing.assert_close(out.double(), ref.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grid.params.grad.double(), params64.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_init_is_uniform_small_like_tcnn():
+    grid = TorchHashGrid(HashGridConfig(n_levels=2, log2_hashmap_size=12))
+    assert grid.params.abs().max() <= 1e-4
+    assert grid.params.std() > 1e-5
+
+
+def test_per_level_scale_of_config_spans_resolutions():
+    cfg = HashGridConfig(n_levels=8, base_resolution=16, per_level_scale=math.exp(math.log(64) / 7))
+    assert level_layout(cfg).resolutions[-1] == 1024  # ceil(1023.0...) + 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tcnn_and_torch_grids_agree_on_the_same_parameters():
+    pytest.importorskip("tinycudann")
+    cfg = HashGridConfig(n_levels=16, n_features_per_level=2, log2_hashmap_size=19, base_resolution=16, per_level_scale=1.5)
+    tcnn_grid = make_hash_grid(cfg, "cuda", "tcnn")
+    torch_grid = TorchHashGrid(cfg).cuda()
+    with torch.no_grad():
+        torch_grid.params.copy_(torch.randn_like(torch_grid.params))
+        tcnn_grid.params.copy_(torch_grid.params.to(tcnn_grid.params.dtype))
+    x = torch.rand(10000, 3, device="cuda")
+    a = tcnn_grid(x).float()
+    b = torch_grid(x)
+    torch.testing.assert_close(a, b, atol=2e-2, rtol=1e-2)  # tcnn outputs half precision

@@ -1,0 +1,98 @@
+import math
+
+import torch
+
+from ovseg3d.field.hashgrid import HashGridConfig
+from ovseg3d.field.radiance import FieldConfig, RadianceField, spherical_harmonics
+from ovseg3d.render.occupancy import OccupancyGrid, ray_aabb
+from ovseg3d.render.renderer import RenderOptions, render_rays
+from ovseg3d.render.volume import accumulate, render_weights, transmittance_and_alpha, visibility_mask
+
+
+def test_weights_match_closed_form_for_constant_density():
+    sigma, delta, n = 2.0, 0.05, 40
+    w = render_weights(torch.full((n,), sigma), torch.full((n,), delta), torch.zeros(n, dtype=torch.long), 1)
+    i = torch.arange(n, dtype=torch.float64)
+    expected = torch.exp(-sigma * delta * i) * (1 - math.exp(-sigma * delta))
+    torch.testing.assert_close(w.double(), expected, atol=1e-6, rtol=1e-5)
+    assert abs(float(w.sum()) - (1 - math.exp(-sigma * delta * n))) < 1e-5
+
+
+def test_packed_rays_are_independent_and_precise():
+    # many dense rays before a short one: the short ray must not see their optical depth
+    counts = [200] * 50 + [3]
+    ray_indices = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    sigmas = torch.full((len(ray_indices),), 100.0)
+    sigmas[-3:] = torch.tensor([1.0, 2.0, 3.0])
+    deltas = torch.full_like(sigmas, 0.1)
+    trans, alpha = transmittance_and_alpha(sigmas, deltas, ray_indices, len(counts))
+    torch.testing.assert_close(trans[-3:], torch.tensor([1.0, math.exp(-0.1), math.exp(-0.3)]))
+    assert trans[0] == 1.0 and trans[200] == 1.0
+
+
+def test_visibility_mask_drops_hidden_and_empty_samples():
+    sigmas = torch.tensor([0.0, 50.0, 1.0, 1.0])
+    deltas = torch.full((4,), 0.5)
+    keep = visibility_mask(sigmas, deltas, torch.zeros(4, dtype=torch.long), 1, early_stop_eps=1e-4, alpha_thre=0.01)
+    assert keep.tolist() == [False, True, False, False]
+
+
+def test_accumulate_sums_per_ray():
+    w = torch.tensor([0.5, 0.25, 1.0])
+    v = torch.tensor([[2.0], [4.0], [3.0]])
+    out = accumulate(w, v, torch.tensor([0, 0, 2]), 3)
+    assert out[:, 0].tolist() == [2.0, 0.0, 3.0]
+
+
+def test_ray_aabb_known_answer():
+    aabb = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
+    t0, t1 = ray_aabb(torch.tensor([[0.0, 0.0, 5.0]]), torch.tensor([[0.0, 0.0, -1.0]]), aabb)
+    assert (t0.item(), t1.item()) == (4.0, 6.0)
+    t0, t1 = ray_aabb(torch.tensor([[5.0, 5.0, 5.0]]), torch.tensor([[0.0, 0.0, -1.0]]), aabb)
+    assert t1.item() < t0.item()  # a miss
+
+
+def test_march_keeps_only_occupied_cells():
+    aabb = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    grid = OccupancyGrid(aabb, resolution=4)
+    grid.binaries.zero_()
+    grid.binaries[0, 1, 2, 3] = True  # cell x in [.25,.5), y in [.5,.75), z in [.75,1)
+    o = torch.tensor([[0.3, 0.6, -1.0], [0.9, 0.9, -1.0]])
+    d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    s = grid.march(o, d, step_size=0.01)
+    pts = s.positions(o, d)
+    assert len(s) == 25 and (s.ray_indices == 0).all()
+    assert ((pts[:, 2] >= 0.75) & (pts[:, 2] < 1.0)).all()
+
+
+def test_grid_update_empties_free_space():
+    aabb = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    grid = OccupancyGrid(aabb, resolution=8)
+    ball = lambda x: ((x - 0.5).norm(dim=-1) < 0.2).float()  # noqa: E731
+    grid.update(0, ball, warmup_steps=10)
+    centers = (torch.stack(torch.meshgrid(*[torch.arange(8)] * 3, indexing="ij"), -1).reshape(-1, 3) + 0.5) / 8
+    inside = ((centers - 0.5).norm(dim=-1) < 0.1).reshape(8, 8, 8)
+    far = ((centers - 0.5).norm(dim=-1) > 0.4).reshape(8, 8, 8)
+    assert grid.binaries[0][inside].all() and not grid.binaries[0][far].any()
+
+
+def test_spherical_harmonics_are_orthonormal():
+    d = torch.randn(200000, 3, dtype=torch.float64)
+    d = d / d.norm(dim=-1, keepdim=True)
+    sh = spherical_harmonics(d, 4)
+    gram = sh.T @ sh / len(d) * 4 * math.pi  # Monte-Carlo integral over the sphere
+    torch.testing.assert_close(gram, torch.eye(16, dtype=torch.float64), atol=0.03, rtol=0)
+
+
+def test_render_rays_backpropagates_to_grid_and_mlps():
+    aabb = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
+    field = RadianceField(aabb, FieldConfig(HashGridConfig(4, 2, 12, 4, 2.0), 16, 7, 16, 2))
+    grid = OccupancyGrid(aabb, 8)
+    o = torch.tensor([[0.0, 0.0, 3.0]]).repeat(16, 1)
+    d = torch.nn.functional.normalize(torch.randn(16, 3) * 0.1 + torch.tensor([0.0, 0.0, -1.0]), dim=-1)
+    out = render_rays(field, grid, o, d, RenderOptions(step_size=0.05), stratified=True)
+    assert out.rgb.shape == (16, 3) and out.n_samples > 0
+    assert ((out.opacity > 0) & (out.opacity <= 1)).all()
+    out.rgb.sum().backward()
+    assert field.grid.params.grad.abs().sum() > 0
+    assert field.color_mlp[0].weight.grad.abs().sum() > 0

@@ -1,0 +1,448 @@
+"""Load a scene folder of either format into a :class:`~ovseg3d.data.scene.Scene`.
+
+Formats (REFERENCE.md §1): ``poses_bounds.npy`` + ``images/`` (3D-OVS / LLFF, :mod:`.llff`) or
+``transforms.json`` (nerfstudio / Blender, :mod:`.nerfstudio`). Optional ground truth, in either format:
+
+* ``segmentations/classes.txt`` and ``segmentations/<view index>/<class>.png`` (3D-OVS masks, >127 = class);
+* ``labels/<image stem>.png``: uint8 class index into ``classes.txt``, 255 = none;
+* ``instances/<image stem>.png``: 8- or 16-bit instance id, 0 = none;
+* ``objects.json``: ``{"up": [x, y, z], "objects": [{"class", "instance", "center", "size", "yaw",
+  "symmetric"}]}``.
+
+Every problem with the input raises :class:`SceneError` with one line naming the file; nothing is
+returned half loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ovseg3d.data.cameras import Cameras
+from ovseg3d.data.llff import (
+    POSES_FILE,
+    is_image_file,
+    list_images,
+    llff_cameras,
+    read_llff,
+)
+from ovseg3d.data.nerfstudio import (
+    TRANSFORMS_FILE,
+    as_array,
+    as_number,
+    read_json,
+    read_transforms,
+    transforms_cameras,
+)
+from ovseg3d.data.scene import Scene, SceneError, SceneObject
+
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the image header, without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except _IMAGE_ERRORS as exc:
+        raise SceneError(f"{path}: cannot read image ({_one_line(exc)})") from None
+
+
+def _decode(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except _IMAGE_ERRORS as exc:
+        raise SceneError(f"{path}: cannot read image ({_one_line(exc)})") from None
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """``[H, W, 3]`` uint8; transparent images are composited on white, grayscale repeated."""
+    im = _decode(path)
+    if im.mode.startswith("I"):  # 16/32-bit grayscale
+        gray = np.clip(np.asarray(im, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if "A" in im.mode or "transparency" in im.info:
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[:, :, 3:]
+        rgb = rgba[:, :, :3] * alpha + (1.0 - alpha)
+        return (rgb * 255.0).round().astype(np.uint8)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def common_size(paths: list[Path]) -> tuple[int, int]:
+    """The ``(width, height)`` shared by all images; the first one that differs is an error."""
+    width, height = image_size(paths[0])
+    for path in paths[1:]:
+        w, h = image_size(path)
+        if (w, h) != (width, height):
+            raise SceneError(f"{path}: image size {w}x{h} differs from {width}x{height} of {paths[0]}")
+    return width, height
+
+
+def resize_box(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``[H, W, 3]`` uint8 -> ``[height, width, 3]`` with PIL's box (area) filter."""
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BOX))
+
+
+def resize_nearest(arr: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Nearest-neighbour resize of the last two axes: ``[..., H, W]`` -> ``[..., height, width]``."""
+    h_in, w_in = arr.shape[-2:]
+    rows = np.minimum(((np.arange(height) + 0.5) * h_in / height).astype(np.int64), h_in - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w_in / width).astype(np.int64), w_in - 1)
+    return arr[..., rows[:, None], cols[None, :]]
+
+
+# ---------------------------------------------------------------------------------------------- views
+
+
+def detect_format(root: Path) -> str:
+    """``"llff"`` if ``poses_bounds.npy`` exists, else ``"transforms"`` if ``transforms.json`` does."""
+    if not root.is_dir():
+        raise SceneError(f"{root}: scene folder not found")
+    if (root / POSES_FILE).is_file():
+        return "llff"
+    if (root / TRANSFORMS_FILE).is_file():
+        return "transforms"
+    raise SceneError(
+        f"{root}: not a scene folder: expected {POSES_FILE} (LLFF / 3D-OVS) or {TRANSFORMS_FILE} (nerfstudio)"
+    )
+
+
+@dataclass
+class _Views:
+    """Image paths and full-resolution cameras of a scene, with what its format adds."""
+
+    image_paths: list[Path]
+    cameras: Cameras
+    near_far: np.ndarray | None  # [N, 2]
+    aabb: np.ndarray | None  # [6] from the file
+
+
+def _read_views(root: Path, fmt: str) -> _Views:
+    if fmt == "llff":
+        llff = read_llff(root)
+        width, height = common_size(llff.image_paths)
+        cameras = llff_cameras(llff.c2w, llff.hwf, width, height)
+        return _Views(llff.image_paths, cameras, llff.near_far, None)
+    tf = read_transforms(root / TRANSFORMS_FILE)
+    width, height = common_size(tf.image_paths)
+    return _Views(tf.image_paths, transforms_cameras(tf, width, height), None, tf.aabb)
+
+
+def _downscaled_files(root: Path, fmt: str, paths: list[Path], k: int) -> list[Path] | None:
+    """Pre-resized images: LLFF ``images_k/`` (same count), nerfstudio ``<folder>_k/<same name>``."""
+    if fmt == "llff":
+        folder = root / f"images_{k}"
+        files = list_images(folder) if folder.is_dir() else []
+        return files if len(files) == len(paths) else None
+    files = [p.parent.parent / f"{p.parent.name}_{k}" / p.name for p in paths]
+    return files if all(f.is_file() for f in files) else None
+
+
+def _load_images(root: Path, fmt: str, views: _Views, k: int) -> tuple[np.ndarray, Cameras]:
+    """``[N, H/k, W/k, 3]`` uint8 images and their cameras (``Cameras.scaled``)."""
+    cams = views.cameras
+    if k == 1:
+        return np.stack([read_rgb(p) for p in views.image_paths]), cams
+    small = _downscaled_files(root, fmt, views.image_paths, k)
+    if small is not None:
+        width, height = common_size(small)
+        scaled = cams.scaled(width / cams.width)
+        if (scaled.width, scaled.height) == (width, height):
+            return np.stack([read_rgb(p) for p in small]), scaled
+    scaled = cams.scaled(1.0 / k)
+    images = [resize_box(read_rgb(p), scaled.width, scaled.height) for p in views.image_paths]
+    return np.stack(images), scaled
+
+
+# ---------------------------------------------------------------------------------------- ground truth
+
+
+def read_classes(root: Path) -> list[str]:
+    """Lines of ``segmentations/classes.txt`` (stripped, empty lines skipped); ``[]`` if absent."""
+    path = root / "segmentations" / "classes.txt"
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SceneError(f"{path}: cannot read ({_one_line(exc)})") from None
+    classes = [line.strip() for line in lines if line.strip()]
+    for i, name in enumerate(classes):
+        if name in classes[:i]:
+            raise SceneError(f"{path}: class {name!r} is listed twice")
+    return classes
+
+
+def _segmentation_files(root: Path, classes: list[str], n_views: int) -> dict[int, dict[int, Path]]:
+    """view index -> {class index: mask file} from ``segmentations/<view index>/<class>.png``."""
+    seg_dir = root / "segmentations"
+    if not seg_dir.is_dir():
+        return {}
+    out: dict[int, dict[int, Path]] = {}
+    for folder in sorted(p for p in seg_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (folder.name.isascii() and folder.name.isdigit()):
+            raise SceneError(f"{folder}: a segmentation folder must be named by its integer view index")
+        view = int(folder.name)
+        if view >= n_views:
+            raise SceneError(f"{folder}: view index {view} is out of range (the scene has {n_views} images)")
+        if view in out:
+            raise SceneError(f"{folder}: a second segmentation folder for view {view}")
+        masks: dict[int, Path] = {}
+        for file in sorted(p for p in folder.iterdir() if is_image_file(p)):
+            if file.stem not in classes:
+                raise SceneError(f"{file}: class {file.stem!r} is not in {seg_dir / 'classes.txt'}")
+            masks[classes.index(file.stem)] = file
+        if masks:
+            out[view] = masks
+    return out
+
+
+def _check_size(path: Path, shape: tuple[int, ...], image: Path, width: int, height: int) -> None:
+    if tuple(shape[:2]) != (height, width):
+        raise SceneError(
+            f"{path}: size {shape[1]}x{shape[0]} differs from its image {image.name} ({width}x{height})"
+        )
+
+
+def _read_masks(files: dict[int, Path], n_classes: int, image: Path, width: int, height: int) -> np.ndarray:
+    """``[C, H, W]`` bool; classes without a mask file are all False."""
+    masks = np.zeros((n_classes, height, width), dtype=bool)
+    for c, path in files.items():
+        mask = np.asarray(_decode(path).convert("L")) > 127
+        _check_size(path, mask.shape, image, width, height)
+        masks[c] = mask
+    return masks
+
+
+def _index_map_files(folder: Path, paths: list[Path]) -> dict[int, Path]:
+    """view index -> ``<folder>/<image stem>.png``; a file that matches no image is an error."""
+    if not folder.is_dir():
+        return {}
+    view_of = {}
+    for i, p in enumerate(paths):
+        view_of.setdefault(p.stem, i)
+    out = {}
+    for file in sorted(p for p in folder.iterdir() if is_image_file(p) and p.suffix.lower() == ".png"):
+        if file.stem not in view_of:
+            raise SceneError(f"{file}: matches no image of the scene (expected <image stem>.png)")
+        out[view_of[file.stem]] = file
+    return out
+
+
+def _read_index_map(path: Path, max_bits: int) -> np.ndarray:
+    """``[H, W]`` integer map from a single-channel PNG of at most ``max_bits`` bits."""
+    im = _decode(path)
+    allowed = ("L", "P") if max_bits == 8 else ("L", "P", "I;16", "I;16B", "I;16L", "I")
+    if im.mode not in allowed:
+        raise SceneError(f"{path}: expected a single-channel {max_bits}-bit PNG, got mode {im.mode}")
+    arr = np.asarray(im).astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= 2**max_bits):
+        raise SceneError(f"{path}: values outside 0..{2**max_bits - 1}")
+    return arr
+
+
+def _read_labels(
+    files: dict[int, Path], classes: list[str], paths: list[Path], width: int, height: int
+) -> dict[int, np.ndarray]:
+    out = {}
+    for view, path in files.items():
+        labels = _read_index_map(path, 8)
+        _check_size(path, labels.shape, paths[view], width, height)
+        bad = (labels != 255) & (labels >= len(classes)) if classes else np.zeros(1, dtype=bool)
+        if bad.any():
+            raise SceneError(
+                f"{path}: label {int(labels[bad][0])} is not a class index (0..{len(classes) - 1}, 255 = none)"
+            )
+        out[view] = labels.astype(np.uint8)
+    return out
+
+
+def _read_instances(files: dict[int, Path], paths: list[Path], width: int, height: int) -> dict[int, np.ndarray]:
+    out = {}
+    for view, path in files.items():
+        ids = _read_index_map(path, 16)
+        _check_size(path, ids.shape, paths[view], width, height)
+        out[view] = ids.astype(np.int32)
+    return out
+
+
+def _required(obj: dict[str, Any], key: str, where: str) -> Any:
+    if key not in obj:
+        raise SceneError(f"{where}: missing \"{key}\"")
+    return obj[key]
+
+
+def _parse_object(obj: Any, classes: list[str], where: str, classes_file: Path) -> SceneObject:
+    if not isinstance(obj, dict):
+        raise SceneError(f"{where}: expected a JSON object")
+    cls = _required(obj, "class", where)
+    if not isinstance(cls, str) or not cls:
+        raise SceneError(f"{where}: \"class\" must be a non-empty string")
+    if classes and cls not in classes:
+        raise SceneError(f"{where}: class {cls!r} is not in {classes_file}")
+    instance = _required(obj, "instance", where)
+    if isinstance(instance, bool) or not isinstance(instance, int):
+        raise SceneError(f"{where}: \"instance\" must be an integer")
+    center = as_array(_required(obj, "center", where), (3,), f"{where}: center")
+    size = as_array(_required(obj, "size", where), (3,), f"{where}: size")
+    if (size <= 0).any():
+        raise SceneError(f"{where}: size must be positive")
+    yaw = as_number(_required(obj, "yaw", where), f"{where}: yaw")
+    symmetric = obj.get("symmetric", False)
+    if not isinstance(symmetric, bool):
+        raise SceneError(f"{where}: \"symmetric\" must be true or false")
+    return SceneObject(cls, instance, tuple(center.tolist()), tuple(size.tolist()), yaw, symmetric)
+
+
+def read_objects(root: Path, classes: list[str]) -> tuple[list[SceneObject], np.ndarray | None]:
+    """Objects and the unit up vector of ``objects.json`` (``[], None`` without the file)."""
+    path = root / "objects.json"
+    if not path.exists():
+        return [], None
+    meta = read_json(path)
+    if not isinstance(meta, dict):
+        raise SceneError(f"{path}: expected a JSON object at the top level")
+    up = None
+    if "up" in meta:
+        up = as_array(meta["up"], (3,), f"{path}: up")
+        if np.linalg.norm(up) < 1e-12:
+            raise SceneError(f"{path}: up must not be the zero vector")
+        up = up / np.linalg.norm(up)
+    objects = meta.get("objects", [])
+    if not isinstance(objects, list):
+        raise SceneError(f"{path}: \"objects\" must be a list")
+    classes_file = root / "segmentations" / "classes.txt"
+    parsed = [_parse_object(o, classes, f"{path}: object {i}", classes_file) for i, o in enumerate(objects)]
+    return parsed, up
+
+
+# ------------------------------------------------------------------------------------ geometry, splits
+
+
+def camera_up(c2w: Tensor | np.ndarray) -> np.ndarray:
+    """Normalised mean of the cameras' up vectors (column 1 of ``[N, 3, 4]`` c2w); +z if they cancel."""
+    up = np.asarray(c2w, dtype=np.float64)[:, :, 1].mean(axis=0)
+    norm = np.linalg.norm(up)
+    return up / norm if norm > 1e-9 else np.array([0.0, 0.0, 1.0])
+
+
+def frustum_corners(cameras: Cameras, depths: np.ndarray) -> np.ndarray:
+    """Image-corner points of each camera at depths along its viewing axis.
+
+    The corner of pixel edge ``(u, v)`` at depth ``d`` is ``c + d R ((u - cx)/fx, -(v - cy)/fy, -1)``
+    for ``u in {0, W}``, ``v in {0, H}``. depths ``[N, D]`` -> ``[N, D, 4, 3]`` float64.
+    """
+    c2w = cameras.c2w.double().numpy()
+    u = np.array([0.0, cameras.width, 0.0, cameras.width])
+    v = np.array([0.0, 0.0, cameras.height, cameras.height])
+    fx, fy, cx, cy = (t.double().numpy()[:, None] for t in (cameras.fx, cameras.fy, cameras.cx, cameras.cy))
+    d_cam = np.stack([(u - cx) / fx, -(v - cy) / fy, -np.ones((len(c2w), 4))], axis=-1)  # [N, 4, 3]
+    d_world = np.einsum("nij,nkj->nki", c2w[:, :, :3], d_cam)
+    return c2w[:, None, None, :, 3] + depths[:, :, None, None] * d_world[:, None]
+
+
+def llff_aabb(cameras: Cameras, near_far: np.ndarray) -> np.ndarray:
+    """``[6]`` box of every camera's frustum corners at its near and far depth, and of its centre."""
+    pts = np.concatenate([frustum_corners(cameras, near_far).reshape(-1, 3), cameras.centers.double().numpy()])
+    return np.concatenate([pts.min(axis=0), pts.max(axis=0)])
+
+
+def centers_aabb(centers: np.ndarray, grow: float = 1.5, min_side: float = 1e-3) -> np.ndarray:
+    """``[6]`` box of ``[N, 3]`` camera centres grown ``grow`` times about its centre, sides >= ``min_side``."""
+    lo, hi = centers.min(axis=0), centers.max(axis=0)
+    half = np.maximum((hi - lo) * grow, min_side) / 2.0
+    mid = (lo + hi) / 2.0
+    return np.concatenate([mid - half, mid + half])
+
+
+def split_views(
+    n_views: int, annotated: list[int], train_on_annotated: bool = False, holdout_every: int = 8
+) -> tuple[list[int], list[int]]:
+    """``(train_ids, eval_ids)``.
+
+    eval = the annotated views, or without any every ``holdout_every``-th view (``i % holdout_every == 0``);
+    train = the other views, or all views with ``train_on_annotated``; never empty (falls back to all views).
+    """
+    if holdout_every < 1:
+        raise ValueError(f"holdout_every must be >= 1, got {holdout_every}")
+    eval_ids = sorted(annotated) if annotated else [i for i in range(n_views) if i % holdout_every == 0]
+    held = set(eval_ids)
+    train_ids = [i for i in range(n_views) if train_on_annotated or i not in held]
+    return train_ids or list(range(n_views)), eval_ids
+
+
+# ------------------------------------------------------------------------------------------ the loader
+
+
+def load_scene(
+    root: str | Path, downscale: int = 1, train_on_annotated: bool = False, holdout_every: int = 8
+) -> Scene:
+    """Load a scene folder (format detected from its files).
+
+    Args:
+        root: folder holding ``poses_bounds.npy`` + ``images/`` or ``transforms.json``.
+        downscale: integer factor k; uses ``images_k/`` when it matches, else a box-filter resize.
+        train_on_annotated: also train on the evaluation views.
+        holdout_every: without 3D-OVS masks, hold out views with ``i % holdout_every == 0``.
+
+    Raises:
+        SceneError: any problem with the input (one line naming the file).
+    """
+    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
+        raise ValueError(f"downscale must be an integer >= 1, got {downscale!r}")
+    if holdout_every < 1:
+        raise ValueError(f"holdout_every must be >= 1, got {holdout_every}")
+    root = Path(root)
+    fmt = detect_format(root)
+    views = _read_views(root, fmt)
+    paths, width, height = views.image_paths, views.cameras.width, views.cameras.height
+
+    classes = read_classes(root)
+    seg_files = _segmentation_files(root, classes, len(paths))
+    segs = {v: _read_masks(f, len(classes), paths[v], width, height) for v, f in seg_files.items()}
+    labels = _read_labels(_index_map_files(root / "labels", paths), classes, paths, width, height)
+    instances = _read_instances(_index_map_files(root / "instances", paths), paths, width, height)
+    objects, up = read_objects(root, classes)
+
+    images, cameras = _load_images(root, fmt, views, downscale)
+    w, h = cameras.width, cameras.height
+    if views.near_far is not None:
+        aabb = llff_aabb(cameras, views.near_far)
+    elif views.aabb is not None:
+        aabb = views.aabb
+    else:
+        aabb = centers_aabb(cameras.centers.double().numpy())
+    train_ids, eval_ids = split_views(len(paths), list(segs), train_on_annotated, holdout_every)
+    return Scene(
+        root=root,
+        format=fmt,
+        image_paths=paths,
+        images=torch.from_numpy(images),
+        cameras=cameras,
+        near_far=None if views.near_far is None else torch.as_tensor(views.near_far, dtype=torch.float32),
+        aabb=torch.as_tensor(aabb, dtype=torch.float32),
+        train_ids=train_ids,
+        eval_ids=eval_ids,
+        classes=classes,
+        segmentations={v: torch.from_numpy(resize_nearest(m, w, h)) for v, m in segs.items()},
+        labels={v: torch.from_numpy(resize_nearest(m, w, h)) for v, m in labels.items()},
+        instances={v: torch.from_numpy(resize_nearest(m, w, h)) for v, m in instances.items()},
+        objects=objects,
+        up=up if up is not None else camera_up(views.cameras.c2w.numpy()),
+    )

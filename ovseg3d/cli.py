@@ -93,8 +93,13 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 
 def _usage() -> str:
-    lines = [f"ovseg3d {__version__}: open-vocabulary 3D scene understanding from posed photos", "",
-             "usage: ovseg3d COMMAND [options]   (ovseg3d COMMAND --help for its options)", "", "commands:"]
+    lines = [
+        f"ovseg3d {__version__}: open-vocabulary 3D scene understanding from posed photos",
+        "",
+        "usage: ovseg3d COMMAND [options]   (ovseg3d COMMAND --help for its options)",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "quickstart: ovseg3d train scenes/demo --output runs/demo && ovseg3d eval runs/demo"]
     return "\n".join(lines)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import tomllib
 
 from ovseg3d.field.hashgrid import HashGridConfig
 from ovseg3d.field.radiance import FieldConfig
@@ -58,6 +59,9 @@ class TrainConfig:
     # field
     grid_impl: Literal["auto", "torch", "tcnn"] = "auto"
     """Hash-grid implementation: tinycudann on CUDA when installed ('auto'), or the PyTorch path."""
+    compile_grid: bool = False
+    """torch.compile the torch hash grid's index arithmetic (faster steps after a one-off compile,
+    cached on disk for later runs)."""
     n_levels: int = 8
     """Hash-grid levels."""
     n_features_per_level: int = 4
@@ -81,9 +85,13 @@ class TrainConfig:
     rays_per_step: int = 4096
     """Rays per step (the starting value when target_samples > 0)."""
     target_samples: int = 0
-    """Adapt the rays per step to evaluate about this many samples per step (0 = fixed rays)."""
+    """Cap on marched samples per step: rays beyond it are dropped, and the next step's ray count
+    is set from the samples per ray (0 = fixed rays_per_step)."""
     render_steps: int = 256
     """Marching step = scene box diagonal / render_steps."""
+    max_samples_per_ray: int = 0
+    """While training, march at most about this many samples per ray (longer steps where the grid
+    is still mostly occupied; 0 = no limit)."""
     early_stop_eps: float = 1e-4
     """Skip samples whose transmittance is below this (0 = never)."""
     alpha_thre: float = 0.0
@@ -96,6 +104,11 @@ class TrainConfig:
     """Steps during which every occupancy cell is refreshed."""
     occ_threshold: float = 0.01
     """Step opacity above which a cell is occupied."""
+    occ_visibility_eps: float = 1e-3
+    """Empty cells that training rays only reach with transmittance below this (occluded or unseen
+    space; 0 = off, as in nerfacc)."""
+    occ_ema_decay: float = 0.95
+    """Per-update decay of a cell's remembered opacity (lower forgets empty space sooner)."""
     background: Literal["black", "white", "random"] = "black"
     """Colour behind the field while training (evaluation uses black)."""
 
@@ -175,7 +188,7 @@ def write_toml(cfg: TrainConfig, path: Path) -> None:
         if value is None or f.name in ("config", "resume"):
             continue
         if f.name in docs:
-            lines.append(f"# {docs[f.name]}")
+            lines += [f"# {line.strip()}" for line in docs[f.name].splitlines()]
         lines.append(f"{f.name} = {_toml_value(value)}")
     path.write_text("\n".join(lines) + "\n")
 

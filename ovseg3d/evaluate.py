@@ -61,7 +61,8 @@ def update_eval_json(run: Path, metrics: dict) -> Path:
 
 def evaluate_run(run: Path, device_name: str = "auto", save_renders: bool = True) -> dict:
     """Render every held-out view of ``run`` and compute PSNR / SSIM; writes ``RUN/eval.json``."""
-    from ovseg3d.train import load_trainer, save_renders as write_panels
+    from ovseg3d.train import load_trainer
+    from ovseg3d.train import save_renders as write_panels
 
     accel.configure_cpu_allocator()
     trainer = load_trainer(run, device_name)
@@ -70,7 +71,7 @@ def evaluate_run(run: Path, device_name: str = "auto", save_renders: bool = True
         raise ValueError(f"{scene.root}: no held-out views to evaluate")
     per_view = []
     for i in scene.eval_ids:
-        out = trainer.render_view(scene.cameras, i)
+        out = trainer.render_view(scene.cameras, i, scene.near_far)
         gt = scene.image_float(i)
         rgb = out.rgb.cpu()
         per_view.append({"view": i, "psnr": psnr(rgb, gt), "ssim": ssim(rgb, gt)})

@@ -39,7 +39,9 @@ def check_run(run: Path) -> dict[str, Any]:
     """Validate a run folder made by a compatible ovseg3d; returns run.json."""
     info_path = run / "run.json"
     if not info_path.exists():
-        raise RunError(f"{run} is not an ovseg3d run folder (no run.json); train one with: ovseg3d train SCENE --output {run}")
+        raise RunError(
+            f"{run} is not an ovseg3d run folder (no run.json); train one with: ovseg3d train SCENE --output {run}"
+        )
     try:
         info = json.loads(info_path.read_text())
     except json.JSONDecodeError as exc:

@@ -23,6 +23,7 @@ from ovseg3d.field.radiance import RadianceField
 from ovseg3d.images import colorize_depth, save_png, side_by_side
 from ovseg3d.render.occupancy import OccupancyGrid
 from ovseg3d.render.renderer import RenderOptions, RenderOutput, render_image_rays, render_rays
+from ovseg3d.render.volume import RaySamples
 from ovseg3d.run import (
     RunError,
     checkpoint_path,
@@ -61,10 +62,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.cfg, self.scene, self.device = cfg, scene, device
         aabb = scene.aabb.to(device)
-        self.field = RadianceField(aabb, cfg.field_config(), device, cfg.grid_impl)
+        self.field = RadianceField(aabb, cfg.field_config(), device, cfg.grid_impl, cfg.compile_grid)
         self.grid = OccupancyGrid(aabb, cfg.occ_resolution).to(device)
         diag = float(torch.linalg.norm(aabb[3:] - aabb[:3]))
         self.opts = RenderOptions(diag / cfg.render_steps, cfg.early_stop_eps, cfg.alpha_thre)
+        self._init_density_bias()
         mlp_params = [p for n, p in self.field.named_parameters() if not n.startswith("grid.")]
         self.optimizer = torch.optim.Adam(
             [
@@ -77,9 +79,18 @@ class Trainer:
         )
         self.images = scene.images[scene.train_ids].to(device)  # [N, H, W, 3] uint8
         self.cameras: Cameras = scene.cameras.subset(scene.train_ids).to(device)
+        self.near_far = scene.near_far[scene.train_ids] if scene.near_far is not None else None
         self.step = 0
         self.elapsed = 0.0  # training seconds so far
         self.n_rays = cfg.rays_per_step
+
+    def _init_density_bias(self) -> None:
+        """Start every cell's step opacity at twice the occupancy threshold: the grid begins fully
+        occupied, free space is then trained below the threshold, and occluded space is emptied
+        by the grid's visibility record (``occ_visibility_eps``)."""
+        sigma0 = 2.0 * self.cfg.occ_threshold / self.opts.step_size
+        with torch.no_grad():
+            self.field.density_mlp[-1].bias[0] = math.log(sigma0)
 
     # -- schedule ---------------------------------------------------------------------------
     def progress(self) -> float:
@@ -96,14 +107,22 @@ class Trainer:
             group["lr"] = lr
 
     # -- one step ---------------------------------------------------------------------------
-    def sample_batch(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Random pixels of the training views: origins, directions ``[R, 3]`` and colours ``[R, 3]``."""
+    def sample_batch(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Random pixels of the training views: origins, directions, colours ``[R, 3]``, camera ``[R]``."""
         n_img, h, w, _ = self.images.shape
         flat = torch.randint(0, n_img * h * w, (self.n_rays,), device=self.device)
         cam, v, u = flat // (h * w), (flat // w) % h, flat % w
         origins, dirs = pixel_rays(self.cameras, cam, u, v)
         target = self.images[cam, v, u].float() / 255.0
-        return origins, dirs, target
+        return origins, dirs, target, cam
+
+    def ray_limits(self, cameras: Cameras, near_far: Tensor | None, cam: Tensor, dirs: Tensor):
+        """Per-ray ``t`` limits from the views' depth bounds (z-depth -> distance along the ray)."""
+        if near_far is None:
+            return None, None
+        cos = -(dirs * cameras.c2w[cam, :, 2]).sum(-1)  # cosine to the viewing axis (-z)
+        bounds = near_far.to(dirs.device)[cam]
+        return bounds[:, 0] / cos, bounds[:, 1] / cos
 
     def update_grid(self) -> None:
         step_size = self.opts.step_size
@@ -111,6 +130,8 @@ class Trainer:
             self.step,
             lambda x: self.field.density(x) * step_size,
             occ_thre=self.cfg.occ_threshold,
+            ema_decay=self.cfg.occ_ema_decay,
+            visibility_eps=self.cfg.occ_visibility_eps,
             warmup_steps=self.cfg.occ_warmup,
         )
 
@@ -120,37 +141,57 @@ class Trainer:
         if self.step % self.cfg.occ_update_every == 0:
             self.update_grid()
         self._set_lr()
-        origins, dirs, target = self.sample_batch()
+        origins, dirs, target, cam = self.sample_batch()
+        near, far = self.ray_limits(self.cameras, self.near_far, cam, dirs)
+        samples = self.grid.march(
+            origins, dirs, self.opts.step_size, near, far, stratified=True, max_per_ray=self.cfg.max_samples_per_ray
+        )
+        origins, dirs, target, samples = self._cap_samples(origins, dirs, target, samples)
         background = torch.rand_like(target) if self.cfg.background == "random" else None
         if self.cfg.background == "white":
             background = torch.ones_like(target)
-        out = render_rays(self.field, self.grid, origins, dirs, self.opts, stratified=True, background=background)
+        observe = self.cfg.occ_visibility_eps > 0
+        out = render_rays(
+            self.field, self.grid, origins, dirs, self.opts, background=background, samples=samples, observe=observe
+        )
         loss = F.mse_loss(out.rgb, target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self._adapt_rays(out.n_samples)
         self.step += 1
         self.elapsed += time.perf_counter() - start
-        mse = float(loss)
+        mse = float(loss.detach())
         return StepStats(mse, psnr(mse), len(origins), out.n_samples)
 
-    def _adapt_rays(self, n_samples: int) -> None:
-        """Move the ray count towards ``target_samples`` samples per step (nerfacc's dynamic batch)."""
-        target = self.cfg.target_samples
-        if target <= 0:
-            return
-        per_ray = max(n_samples, 1) / self.n_rays
-        wanted = int(target / per_ray)
-        self.n_rays = int(min(max(0.9 * self.n_rays + 0.1 * wanted, 256), 1 << 16))
+    def _cap_samples(
+        self, origins: Tensor, dirs: Tensor, target: Tensor, samples: RaySamples
+    ) -> tuple[Tensor, Tensor, Tensor, RaySamples]:
+        """Keep the first rays whose marched samples fit in ``target_samples``, and set the next
+        step's ray count from this step's samples per ray (nerfacc's dynamic batch, but bounded)."""
+        cap = self.cfg.target_samples
+        if cap <= 0:
+            return origins, dirs, target, samples
+        counts = torch.bincount(samples.ray_indices, minlength=len(origins))
+        n_keep = max(1, int((torch.cumsum(counts, 0) <= cap).sum()))
+        per_ray = max(1.0, len(samples) / len(origins))
+        self.n_rays = int(min(max(cap / per_ray, 256), self.cfg.rays_per_step * 4))
+        if n_keep >= len(origins):
+            return origins, dirs, target, samples
+        kept = samples.select(samples.ray_indices < n_keep)
+        kept.n_rays = n_keep
+        return origins[:n_keep], dirs[:n_keep], target[:n_keep], kept
 
     # -- rendering ----------------------------------------------------------------------------
     @torch.no_grad()
-    def render_view(self, cameras: Cameras, idx: int) -> RenderOutput:
-        """Render one camera; fields reshaped to ``[H, W, ...]``."""
+    def render_view(self, cameras: Cameras, idx: int, near_far: Tensor | None = None) -> RenderOutput:
+        """Render camera ``idx``; ``near_far``: optional ``[N, 2]`` depth bounds of ``cameras``.
+        Fields come back shaped ``[H, W, ...]``."""
         self.field.eval()
-        origins, dirs = image_rays(cameras.to(self.device), idx)
-        out = render_image_rays(self.field, self.grid, origins, dirs, self.opts, self.cfg.eval_chunk)
+        cams = cameras.to(self.device)
+        origins, dirs = image_rays(cams, idx)
+        cam = torch.full((len(dirs),), idx, dtype=torch.long, device=self.device)
+        near, far = self.ray_limits(cams, near_far, cam, dirs)
+        out = render_image_rays(self.field, self.grid, origins, dirs, self.opts, self.cfg.eval_chunk, near, far)
         h, w = cameras.height, cameras.width
         return RenderOutput(out.rgb.view(h, w, 3), out.depth.view(h, w), out.opacity.view(h, w), out.n_samples)
 
@@ -197,7 +238,7 @@ def save_renders(trainer: Trainer, run: Path) -> list[Path]:
     scene = trainer.scene
     paths = []
     for i in scene.eval_ids:
-        out = trainer.render_view(scene.cameras, i)
+        out = trainer.render_view(scene.cameras, i, scene.near_far)
         depth = colorize_depth(out.depth, out.opacity)
         panel = side_by_side(scene.image_float(i), out.rgb.clamp(0, 1).cpu(), depth)
         path = run / "renders" / f"view_{i:03d}.png"
@@ -248,10 +289,18 @@ def _loop(trainer: Trainer, run: Path) -> None:
             stats = trainer.train_step()
             bar.update(1)
             if trainer.step % cfg.log_every == 0 or trainer.done():
-                bar.set_postfix(loss=f"{stats.loss:.4f}", psnr=f"{stats.psnr:.2f}", rays=stats.n_rays,
-                                spr=f"{stats.n_samples / max(stats.n_rays, 1):.1f}")
-                record = {"step": trainer.step, "time": round(trainer.elapsed, 3), **vars(stats),
-                          "occupied": round(trainer.grid.occupied_fraction(), 4)}
+                bar.set_postfix(
+                    loss=f"{stats.loss:.4f}",
+                    psnr=f"{stats.psnr:.2f}",
+                    rays=stats.n_rays,
+                    spr=f"{stats.n_samples / max(stats.n_rays, 1):.1f}",
+                )
+                record = {
+                    "step": trainer.step,
+                    "time": round(trainer.elapsed, 3),
+                    **vars(stats),
+                    "occupied": round(trainer.grid.occupied_fraction(), 4),
+                }
                 log.write(json.dumps(record) + "\n")
             if trainer.step % cfg.checkpoint_every == 0:
                 save_checkpoint(checkpoint_path(run, trainer.step), trainer.state_dict())

@@ -15,7 +15,9 @@ from ovseg3d.field.hashgrid import (
 
 
 def test_layout_matches_hand_computed_levels():
-    cfg = HashGridConfig(n_levels=3, n_features_per_level=2, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0)
+    cfg = HashGridConfig(
+        n_levels=3, n_features_per_level=2, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0
+    )
     lay = level_layout(cfg)
     # scale = 2^l * 4 - 1 -> 3, 7, 15; res = ceil(scale) + 1 -> 4, 8, 16
     assert lay.scales == [3.0, 7.0, 15.0]
@@ -43,7 +45,9 @@ def test_grid_index_hand_computed():
 
 def test_fast_indices_match_reference_formula_with_wraparound():
     # a fine level so products overflow 32 bits: the int32 path must wrap exactly like uint32
-    cfg = HashGridConfig(n_levels=6, n_features_per_level=2, log2_hashmap_size=14, base_resolution=16, per_level_scale=4.0)
+    cfg = HashGridConfig(
+        n_levels=6, n_features_per_level=2, log2_hashmap_size=14, base_resolution=16, per_level_scale=4.0
+    )
     lay = level_layout(cfg)
     grid = TorchHashGrid(cfg)
     x = torch.rand(500, 3)
@@ -60,7 +64,9 @@ def test_fast_indices_match_reference_formula_with_wraparound():
 
 @pytest.mark.parametrize("n_feat", [1, 2, 4])
 def test_forward_and_gradient_match_brute_force(n_feat):
-    cfg = HashGridConfig(n_levels=5, n_features_per_level=n_feat, log2_hashmap_size=11, base_resolution=4, per_level_scale=2.0)
+    cfg = HashGridConfig(
+        n_levels=5, n_features_per_level=n_feat, log2_hashmap_size=11, base_resolution=4, per_level_scale=2.0
+    )
     grid = TorchHashGrid(cfg)
     with torch.no_grad():
         grid.params.normal_()
@@ -92,7 +98,9 @@ def test_per_level_scale_of_config_spans_resolutions():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_tcnn_and_torch_grids_agree_on_the_same_parameters():
     pytest.importorskip("tinycudann")
-    cfg = HashGridConfig(n_levels=16, n_features_per_level=2, log2_hashmap_size=19, base_resolution=16, per_level_scale=1.5)
+    cfg = HashGridConfig(
+        n_levels=16, n_features_per_level=2, log2_hashmap_size=19, base_resolution=16, per_level_scale=1.5
+    )
     tcnn_grid = make_hash_grid(cfg, "cuda", "tcnn")
     torch_grid = TorchHashGrid(cfg).cuda()
     with torch.no_grad():

@@ -229,9 +229,12 @@ class TorchHashGrid(nn.Module):
     Gradients flow to ``params`` only (positions are treated as constants).
     """
 
-    def __init__(self, cfg: HashGridConfig, seed: int = 1337):
+    def __init__(self, cfg: HashGridConfig, seed: int = 1337, compile: bool = False):
         super().__init__()
         self.cfg = cfg
+        # torch.compile pays for the integer index/weight arithmetic (~5x here) but not for the
+        # gather or the scatter (REFERENCE.md §7), so only that part is compiled.
+        self._indices = torch.compile(corner_indices_and_weights, dynamic=True) if compile else corner_indices_and_weights
         self.layout = level_layout(cfg)
         gen = torch.Generator().manual_seed(seed)
         n_params = self.layout.n_entries * cfg.n_features_per_level
@@ -249,7 +252,7 @@ class TorchHashGrid(nn.Module):
         return self._buffers_cache[device]
 
     def forward(self, x: Tensor) -> Tensor:
-        rows, weights = corner_indices_and_weights(x.float(), self.layout, self._buf(x.device))
+        rows, weights = self._indices(x.float(), self.layout, self._buf(x.device))
         return _HashGridFunction.apply(self.params, rows, weights, self.cfg.n_features_per_level)
 
 
@@ -276,7 +279,9 @@ def reference_encode(params: Tensor, x: Tensor, cfg: HashGridConfig) -> Tensor:
     return torch.cat(feats, dim=-1)
 
 
-def make_hash_grid(cfg: HashGridConfig, device: torch.device | str, implementation: str = "auto") -> nn.Module:
+def make_hash_grid(
+    cfg: HashGridConfig, device: torch.device | str, implementation: str = "auto", compile: bool = False
+) -> nn.Module:
     """A hash grid whose parameter is called ``params`` in either implementation.
 
     ``implementation``: ``"tcnn"`` (requires tinycudann on a CUDA device), ``"torch"``, or ``"auto"``
@@ -288,5 +293,5 @@ def make_hash_grid(cfg: HashGridConfig, device: torch.device | str, implementati
     if implementation == "tcnn" and tcnn is None:
         raise RuntimeError("implementation='tcnn' needs tinycudann and a CUDA device; use 'torch' or 'auto'")
     if tcnn is None:
-        return TorchHashGrid(cfg).to(device)
+        return TorchHashGrid(cfg, compile=compile).to(device)
     return tcnn.Encoding(3, cfg.tcnn_config()).to(device)

@@ -81,11 +81,18 @@ class RadianceField(nn.Module):
     same for both, so a GPU-trained field loads on a CPU.
     """
 
-    def __init__(self, aabb: Tensor, cfg: FieldConfig, device: torch.device | str = "cpu", grid_impl: str = "auto"):
+    def __init__(
+        self,
+        aabb: Tensor,
+        cfg: FieldConfig,
+        device: torch.device | str = "cpu",
+        grid_impl: str = "auto",
+        compile_grid: bool = False,
+    ):
         super().__init__()
         self.cfg = cfg
         self.register_buffer("aabb", aabb.float().clone())
-        self.grid = make_hash_grid(cfg.grid, device, grid_impl)
+        self.grid = make_hash_grid(cfg.grid, device, grid_impl, compile_grid)
         self.density_mlp = _mlp([cfg.grid.output_dim, cfg.hidden_dim, 1 + cfg.geo_feat_dim])
         sh_dim = cfg.sh_degree**2
         self.color_mlp = _mlp([cfg.geo_feat_dim + sh_dim, cfg.color_hidden_dim, cfg.color_hidden_dim, 3])

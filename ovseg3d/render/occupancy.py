@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from ovseg3d import accel
 from ovseg3d.render.volume import RaySamples
 
+VISIBILITY_DECAY = 0.5  # a cell unseen for ~10 updates (1e-3) is emptied
+
 
 def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor) -> tuple[Tensor, Tensor]:
     """Slab test: ``[R]`` entry and exit distances of rays with a box (``t_far < t_near``: a miss)."""
@@ -39,6 +41,8 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("aabbs", aabb.float().reshape(1, 6).clone())
         self.register_buffer("occs", torch.zeros(resolution**3))
         self.register_buffer("binaries", torch.ones(1, resolution, resolution, resolution, dtype=torch.bool))
+        # running max of the transmittance at which training rays reached each cell (1 = not yet known)
+        self.register_buffer("visibility", torch.ones(resolution**3))
 
     @property
     def aabb(self) -> Tensor:
@@ -56,6 +60,12 @@ class OccupancyGrid(nn.Module):
         r = self.resolution
         return (cell[..., 0] * r + cell[..., 1]) * r + cell[..., 2], inside
 
+    @torch.no_grad()
+    def observe(self, points: Tensor, transmittance: Tensor) -> None:
+        """Record that rays reached ``points`` ``[P, 3]`` with ``transmittance`` ``[P]``."""
+        flat, inside = self._cell_coords(points)
+        self.visibility.scatter_reduce_(0, flat[inside], transmittance[inside], reduce="amax")
+
     def query(self, points: Tensor) -> Tensor:
         """``[...]`` bool: the points lie in occupied cells."""
         flat, inside = self._cell_coords(points)
@@ -70,11 +80,14 @@ class OccupancyGrid(nn.Module):
         ema_decay: float = 0.95,
         warmup_steps: int = 256,
         chunk: int = 1 << 16,
+        visibility_eps: float = 0.0,
     ) -> None:
         """Re-estimate occupancy. ``occ_eval_fn``: ``[P, 3]`` world points -> ``[P]`` step opacity.
 
         During warm-up every cell is visited; afterwards a quarter of the cells at random plus as
-        many occupied ones (nerfacc's schedule).
+        many occupied ones (nerfacc's schedule). With ``visibility_eps > 0`` a cell is also emptied
+        when no training ray has reached it with transmittance above that during the last updates
+        (occluded space, space outside every view): the remembered visibility halves each update.
         """
         n_cells = self.occs.numel()
         device = self.occs.device
@@ -96,7 +109,11 @@ class OccupancyGrid(nn.Module):
             occ[s : s + chunk] = occ_eval_fn(x).reshape(-1)
         self.occs[cells] = torch.maximum(self.occs[cells] * ema_decay, occ)
         thre = torch.clamp(self.occs.mean(), max=occ_thre)
-        self.binaries = (self.occs > thre).view(self.binaries.shape)
+        binaries = self.occs > thre
+        if visibility_eps > 0:
+            binaries &= self.visibility > visibility_eps
+            self.visibility.mul_(VISIBILITY_DECAY)
+        self.binaries = binaries.view(self.binaries.shape)
 
     @torch.no_grad()
     def march(
@@ -107,6 +124,7 @@ class OccupancyGrid(nn.Module):
         near: Tensor | None = None,
         far: Tensor | None = None,
         stratified: bool = False,
+        max_per_ray: int = 0,
     ) -> RaySamples:
         """Samples every ``step_size`` along each ray inside the aabb, kept where the grid is occupied.
 
@@ -114,6 +132,9 @@ class OccupancyGrid(nn.Module):
             origins, dirs: ``[R, 3]`` rays (unit directions).
             near, far: optional ``[R]`` limits on ``t``.
             stratified: jitter each ray's first sample by ``U[0, step_size)``.
+            max_per_ray: if > 0, a ray with more occupied steps keeps every k-th of them
+                (k = ceil(n / max_per_ray), random phase when stratified) with k-times longer
+                intervals: coarse marching while the grid is still mostly occupied.
         """
         t_min, t_max = ray_aabb(origins, dirs, self.aabb)
         if near is not None:
@@ -124,8 +145,10 @@ class OccupancyGrid(nn.Module):
             t_min = t_min + torch.rand_like(t_min) * step_size
         nerfacc = accel.nerfacc(origins.device)
         if nerfacc is not None:
-            return self._march_nerfacc(nerfacc, origins, dirs, t_min, t_max, step_size)
-        return self._march_torch(origins, dirs, t_min, t_max, step_size)
+            samples = self._march_nerfacc(nerfacc, origins, dirs, t_min, t_max, step_size)
+        else:
+            samples = self._march_torch(origins, dirs, t_min, t_max, step_size)
+        return thin_samples(samples, max_per_ray, stratified) if max_per_ray > 0 else samples
 
     def _march_torch(self, origins: Tensor, dirs: Tensor, t_min: Tensor, t_max: Tensor, step: float) -> RaySamples:
         n_rays = origins.shape[0]
@@ -155,8 +178,37 @@ class OccupancyGrid(nn.Module):
         from nerfacc.grid import traverse_grids
 
         intervals, samples, _ = traverse_grids(
-            origins, dirs, self.binaries, self.aabbs, near_planes=t_min, far_planes=t_max, step_size=step, cone_angle=0.0
+            origins,
+            dirs,
+            self.binaries,
+            self.aabbs,
+            near_planes=t_min,
+            far_planes=t_max,
+            step_size=step,
+            cone_angle=0.0,
         )
         t_starts = intervals.vals[intervals.is_left]
         t_ends = intervals.vals[intervals.is_right]
         return RaySamples(samples.ray_indices.long(), t_starts, t_ends, origins.shape[0])
+
+
+def thin_samples(samples: RaySamples, max_per_ray: int, stratified: bool) -> RaySamples:
+    """Keep at most about ``max_per_ray`` samples per ray: every k-th sample, its interval k times longer.
+
+    ``k = ceil(n_ray / max_per_ray)`` per ray; the phase is random per ray when ``stratified``.
+    """
+    n_rays = samples.n_rays
+    if len(samples) == 0:
+        return samples
+    counts = torch.bincount(samples.ray_indices, minlength=n_rays)
+    stride = torch.clamp(torch.ceil(counts / max_per_ray), min=1).long()  # [R]
+    if int(stride.max()) == 1:
+        return samples
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(samples), device=counts.device) - first[samples.ray_indices]
+    phase = (torch.rand(n_rays, device=counts.device) * stride).long() if stratified else torch.zeros_like(stride)
+    k = stride[samples.ray_indices]
+    keep = (rank % k) == phase[samples.ray_indices]
+    length = (samples.t_ends - samples.t_starts)[keep] * k[keep]
+    t_starts = samples.t_starts[keep]
+    return RaySamples(samples.ray_indices[keep], t_starts, t_starts + length, n_rays)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ovseg3d.field.radiance import RadianceField
 from ovseg3d.render.occupancy import OccupancyGrid
-from ovseg3d.render.volume import accumulate, render_weights, visibility_mask
+from ovseg3d.render.volume import RaySamples, accumulate, render_weights, transmittance_and_alpha
 
 
 @dataclass(frozen=True)
@@ -40,16 +40,25 @@ def render_rays(
     near: Tensor | None = None,
     far: Tensor | None = None,
     background: Tensor | None = None,
+    samples: RaySamples | None = None,
+    observe: bool = False,
 ) -> RenderOutput:
-    """Render ``[R, 3]`` rays. ``background``: optional ``[R, 3]`` colour behind each ray."""
+    """Render ``[R, 3]`` rays. ``background``: optional ``[R, 3]`` colour behind each ray;
+    ``samples``: already-marched samples of these rays (else they are marched here);
+    ``observe``: report the samples' transmittance to the grid (:meth:`OccupancyGrid.observe`)."""
     n_rays = origins.shape[0]
-    samples = grid.march(origins, dirs, opts.step_size, near=near, far=far, stratified=stratified)
+    if samples is None:
+        samples = grid.march(origins, dirs, opts.step_size, near=near, far=far, stratified=stratified)
     if len(samples) and (opts.early_stop_eps > 0 or opts.alpha_thre > 0):
         with torch.no_grad():
-            sigma = field.density(samples.positions(origins, dirs))
-            keep = visibility_mask(
-                sigma, samples.deltas, samples.ray_indices, n_rays, opts.early_stop_eps, opts.alpha_thre
-            )
+            points = samples.positions(origins, dirs)
+            sigma = field.density(points)
+            trans, alpha = transmittance_and_alpha(sigma, samples.deltas, samples.ray_indices, n_rays)
+            if observe:
+                grid.observe(points, trans)
+            keep = trans >= opts.early_stop_eps
+            if opts.alpha_thre > 0:
+                keep &= alpha >= opts.alpha_thre
         samples = samples.select(keep)
     sigma, rgb = field(samples.positions(origins, dirs), dirs[samples.ray_indices])
     weights = render_weights(sigma, samples.deltas, samples.ray_indices, n_rays)
@@ -64,10 +73,22 @@ def render_rays(
 
 @torch.no_grad()
 def render_image_rays(
-    field: RadianceField, grid: OccupancyGrid, origins: Tensor, dirs: Tensor, opts: RenderOptions, chunk: int = 8192
+    field: RadianceField,
+    grid: OccupancyGrid,
+    origins: Tensor,
+    dirs: Tensor,
+    opts: RenderOptions,
+    chunk: int = 8192,
+    near: Tensor | None = None,
+    far: Tensor | None = None,
 ) -> RenderOutput:
-    """Render many rays in chunks without gradients (evaluation, images)."""
-    outs = [render_rays(field, grid, origins[s : s + chunk], dirs[s : s + chunk], opts) for s in range(0, len(origins), chunk)]
+    """Render many rays in chunks without gradients (evaluation, images); ``near``/``far``: ``[R]``."""
+    outs = []
+    for s in range(0, len(origins), chunk):
+        sl = slice(s, s + chunk)
+        n = near[sl] if near is not None else None
+        f = far[sl] if far is not None else None
+        outs.append(render_rays(field, grid, origins[sl], dirs[sl], opts, near=n, far=f))
     return RenderOutput(
         torch.cat([o.rgb for o in outs]),
         torch.cat([o.depth for o in outs]),

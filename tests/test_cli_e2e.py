@@ -1,0 +1,140 @@
+"""End to end through the real CLI: synth a tiny scene, train it, evaluate, resume, refuse bad runs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ovseg3d.cli import main
+from ovseg3d.run import checkpoint_path, latest_checkpoint, load_checkpoint
+
+TINY_SCENE = ["--width", "40", "--height", "30", "--n-views", "8", "--n-annotated", "2", "--supersample", "1"]
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    assert main(["synth", str(root / "llff"), *TINY_SCENE]) == 0
+    assert main(["synth", str(root / "orbit"), *TINY_SCENE, "--cameras", "orbit", "--format", "transforms"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(scenes, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", str(scenes / "llff"), "--output", str(run), "--preset", "tiny", "--device", "cpu"]) == 0
+    return run
+
+
+def test_train_writes_every_file_a_user_looks_at(trained):
+    assert (trained / "run.json").exists() and (trained / "config.toml").exists()
+    assert latest_checkpoint(trained) == checkpoint_path(trained, 20)
+    log = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 20 and all(r["n_samples"] > 0 for r in log)
+    renders = sorted((trained / "renders").glob("view_*.png"))
+    assert len(renders) == 2  # the two annotated views are held out
+
+
+def test_eval_writes_psnr_and_ssim(trained, capsys):
+    assert main(["eval", str(trained), "--device", "cpu"]) == 0
+    metrics = json.loads((trained / "eval.json").read_text())
+    assert metrics["n_views"] == 2 and metrics["step"] == 20
+    assert 5.0 < metrics["psnr"] < 60.0 and -1.0 <= metrics["ssim"] <= 1.0
+    assert "mean" in capsys.readouterr().out
+
+
+def test_eval_keeps_keys_written_by_other_stages(trained):
+    path = trained / "eval.json"
+    data = json.loads(path.read_text())
+    data["miou"] = 0.5
+    path.write_text(json.dumps(data))
+    assert main(["eval", str(trained), "--device", "cpu", "--no-renders"]) == 0
+    assert json.loads(path.read_text())["miou"] == 0.5
+
+
+def test_resume_continues_from_the_checkpoint_step(scenes, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", str(scenes / "llff"), "--output", str(run), "--preset", "tiny", "--device", "cpu"]
+    assert main([*args, "--steps", "10"]) == 0
+    saved = load_checkpoint(latest_checkpoint(run))
+    assert saved["step"] == 10
+    assert main(["train", str(scenes / "llff"), "--output", str(run), "--resume", "--steps", "16"]) == 0
+    resumed = load_checkpoint(latest_checkpoint(run))
+    assert resumed["step"] == 16
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 16 and 10 in steps
+    # the resumed run started from the saved parameters, not from scratch
+    from ovseg3d.train import load_trainer
+
+    trainer = load_trainer(run, "cpu")
+    assert trainer.step == 16
+    assert not torch.equal(trainer.field.grid.params.detach(), saved["field"]["grid.params"])
+
+
+def test_a_checkpoint_restores_the_same_state(trained):
+    from ovseg3d.train import load_trainer
+
+    trainer = load_trainer(trained, "cpu")
+    state = load_checkpoint(latest_checkpoint(trained))
+    assert trainer.step == state["step"]
+    torch.testing.assert_close(trainer.field.grid.params.detach(), state["field"]["grid.params"])
+    assert torch.equal(trainer.grid.binaries, state["grid"]["binaries"])
+
+
+def test_orbit_transforms_scene_trains(scenes, tmp_path):
+    run = tmp_path / "orbit"
+    assert main(["train", str(scenes / "orbit"), "--output", str(run), "--preset", "tiny", "--steps", "6"]) == 0
+    assert latest_checkpoint(run) is not None
+
+
+def test_refuses_to_overwrite_a_run(trained, scenes, capsys):
+    assert main(["train", str(scenes / "llff"), "--output", str(trained), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds a run" in err and "--resume" in err and len(err.splitlines()) == 1
+
+
+def test_refuses_a_run_from_another_version(trained, tmp_path, capsys):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    info = json.loads((old / "run.json").read_text())
+    info["run_format"] = 0
+    (old / "run.json").write_text(json.dumps(info))
+    assert main(["eval", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert "run format" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_preset_and_bad_scene_are_one_line_errors(tmp_path, capsys):
+    assert main(["train", str(tmp_path), "--output", str(tmp_path / "r"), "--preset", "nope"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+    assert main(["train", str(tmp_path), "--output", str(tmp_path / "r"), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "poses_bounds.npy" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r" / "run.json").exists()  # nothing half-written
+
+
+def test_config_file_and_flags_override_the_preset(scenes, tmp_path):
+    cfg = tmp_path / "my.toml"
+    cfg.write_text("steps = 4\nlog_every = 2\n")
+    run = tmp_path / "run"
+    args = ["train", str(scenes / "llff"), "--output", str(run), "--preset", "tiny", "--config", str(cfg)]
+    assert main([*args, "--log-every", "1"]) == 0
+    import tomllib
+
+    saved = tomllib.loads((run / "config.toml").read_text())
+    assert saved["steps"] == 4 and saved["log_every"] == 1 and saved["preset"] == "tiny"
+    assert saved["n_levels"] == 4  # from the tiny preset
+
+
+def test_console_script_help_lists_commands():
+    out = subprocess.run([sys.executable, "-m", "ovseg3d.cli", "--help"], capture_output=True, text=True, check=True)
+    for name in ("synth", "train", "eval"):
+        assert name in out.stdout
+    help_train = subprocess.run(
+        [sys.executable, "-m", "ovseg3d.cli", "train", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--max-minutes" in help_train.stdout and "--preset" in help_train.stdout

@@ -61,8 +61,7 @@ def update_eval_json(run: Path, metrics: dict) -> Path:
 
 def evaluate_run(run: Path, device_name: str = "auto", save_renders: bool = True) -> dict:
     """Render every held-out view of ``run`` and compute PSNR / SSIM; writes ``RUN/eval.json``."""
-    from ovseg3d.train import load_trainer
-    from ovseg3d.train import save_renders as write_panels
+    from ovseg3d.train import load_trainer, save_panel
 
     accel.configure_cpu_allocator()
     trainer = load_trainer(run, device_name)
@@ -75,6 +74,8 @@ def evaluate_run(run: Path, device_name: str = "auto", save_renders: bool = True
         gt = scene.image_float(i)
         rgb = out.rgb.cpu()
         per_view.append({"view": i, "psnr": psnr(rgb, gt), "ssim": ssim(rgb, gt)})
+        if save_renders:
+            save_panel(run, scene, i, out)
     metrics = {
         "psnr": sum(v["psnr"] for v in per_view) / len(per_view),
         "ssim": sum(v["ssim"] for v in per_view) / len(per_view),
@@ -83,8 +84,6 @@ def evaluate_run(run: Path, device_name: str = "auto", save_renders: bool = True
         "train_seconds": round(trainer.elapsed, 2),
         "per_view": per_view,
     }
-    if save_renders:
-        write_panels(trainer, run)
     update_eval_json(run, metrics)
     return metrics
 

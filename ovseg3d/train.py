@@ -233,18 +233,19 @@ def prepare_run(cfg: TrainConfig) -> Path:
     return run
 
 
+def save_panel(run: Path, scene: Scene, view: int, out: RenderOutput) -> Path:
+    """Write ``RUN/renders/view_NNN.png``: ground truth | render | depth."""
+    depth = colorize_depth(out.depth, out.opacity)
+    panel = side_by_side(scene.image_float(view), out.rgb.clamp(0, 1).cpu(), depth)
+    path = run / "renders" / f"view_{view:03d}.png"
+    save_png(path, panel)
+    return path
+
+
 def save_renders(trainer: Trainer, run: Path) -> list[Path]:
-    """Held-out views as PNG panels: ground truth | render | depth."""
+    """Render every held-out view and write its panel."""
     scene = trainer.scene
-    paths = []
-    for i in scene.eval_ids:
-        out = trainer.render_view(scene.cameras, i, scene.near_far)
-        depth = colorize_depth(out.depth, out.opacity)
-        panel = side_by_side(scene.image_float(i), out.rgb.clamp(0, 1).cpu(), depth)
-        path = run / "renders" / f"view_{i:03d}.png"
-        save_png(path, panel)
-        paths.append(path)
-    return paths
+    return [save_panel(run, scene, i, trainer.render_view(scene.cameras, i, scene.near_far)) for i in scene.eval_ids]
 
 
 def train(cfg: TrainConfig) -> Path:

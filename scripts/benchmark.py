@@ -90,7 +90,8 @@ def bench_training(args: Args, device: torch.device) -> dict:
     for item in args.set:
         key, value = item.split("=", 1)
         overrides[key] = json.loads(value) if value not in ("true", "false") else value == "true"
-    cfg = apply_overrides(cfg, {**overrides, "max_minutes": 0.0, "steps": 10**9}, "--set")
+    # the learning-rate schedule runs over the whole curve (it ends at the last mark)
+    cfg = apply_overrides(cfg, {**overrides, "max_minutes": max(args.marks) / 60.0, "steps": 10**9}, "--set")
     scene = load_scene(args.scene, cfg.downscale, cfg.train_on_annotated, cfg.holdout_every)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

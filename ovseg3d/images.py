@@ -6,7 +6,6 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
-import torch
 from torch import Tensor
 
 # Turbo colour map, sampled at 9 points and interpolated (perceptual rainbow for depth)
@@ -70,6 +69,3 @@ def side_by_side(*images: np.ndarray | Tensor, gap: int = 2) -> np.ndarray:
         parts += [a, spacer]
     return np.concatenate(parts[:-1], axis=1)
 
-
-def as_tensor(img: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img))

@@ -12,7 +12,6 @@ Layout::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -90,6 +89,3 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
         raise RunError(f"{path} has run format {state.get('run_format')}, this ovseg3d reads {RUN_FORMAT}: retrain it")
     return state
 
-
-def config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}

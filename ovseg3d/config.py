@@ -120,6 +120,10 @@ class TrainConfig:
     weight_decay: float = 1e-6
     """Weight decay of the MLPs."""
 
+    distortion_weight: float = 0.0
+    """Weight of mip-NeRF 360's distortion loss (distances in units of the scene-box diagonal):
+    pulls each ray's weight onto one surface instead of a fog, which also means fewer samples."""
+
     # outputs
     checkpoint_every: int = 500
     """Save a checkpoint every N steps (and at the end)."""

@@ -64,8 +64,8 @@ class Trainer:
         aabb = scene.aabb.to(device)
         self.field = RadianceField(aabb, cfg.field_config(), device, cfg.grid_impl, cfg.compile_grid)
         self.grid = OccupancyGrid(aabb, cfg.occ_resolution).to(device)
-        diag = float(torch.linalg.norm(aabb[3:] - aabb[:3]))
-        self.opts = RenderOptions(diag / cfg.render_steps, cfg.early_stop_eps, cfg.alpha_thre)
+        self.diag = float(torch.linalg.norm(aabb[3:] - aabb[:3]))
+        self.opts = RenderOptions(self.diag / cfg.render_steps, cfg.early_stop_eps, cfg.alpha_thre)
         self._init_density_bias()
         mlp_params = [p for n, p in self.field.named_parameters() if not n.startswith("grid.")]
         self.optimizer = torch.optim.Adam(
@@ -76,6 +76,7 @@ class Trainer:
             lr=cfg.lr,
             betas=(0.9, 0.99),
             eps=1e-15,
+            fused=True,  # one kernel over the whole table: ~8x faster than the default on a CPU
         )
         self.images = scene.images[scene.train_ids].to(device)  # [N, H, W, 3] uint8
         self.cameras: Cameras = scene.cameras.subset(scene.train_ids).to(device)
@@ -151,16 +152,27 @@ class Trainer:
         if self.cfg.background == "white":
             background = torch.ones_like(target)
         observe = self.cfg.occ_visibility_eps > 0
+        dist_w = self.cfg.distortion_weight
         out = render_rays(
-            self.field, self.grid, origins, dirs, self.opts, background=background, samples=samples, observe=observe
+            self.field,
+            self.grid,
+            origins,
+            dirs,
+            self.opts,
+            background=background,
+            samples=samples,
+            observe=observe,
+            distortion=dist_w > 0,
         )
         loss = F.mse_loss(out.rgb, target)
+        if out.distortion is not None:
+            loss = loss + dist_w / self.diag * out.distortion.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.step += 1
         self.elapsed += time.perf_counter() - start
-        mse = float(loss.detach())
+        mse = float(F.mse_loss(out.rgb.detach(), target))
         return StepStats(mse, psnr(mse), len(origins), out.n_samples)
 
     def _cap_samples(

@@ -7,7 +7,13 @@ from ovseg3d.field.hashgrid import HashGridConfig
 from ovseg3d.field.radiance import FieldConfig, RadianceField, spherical_harmonics
 from ovseg3d.render.occupancy import OccupancyGrid, ray_aabb
 from ovseg3d.render.renderer import RenderOptions, render_rays
-from ovseg3d.render.volume import accumulate, render_weights, transmittance_and_alpha, visibility_mask
+from ovseg3d.render.volume import (
+    accumulate,
+    distortion_loss,
+    render_weights,
+    transmittance_and_alpha,
+    visibility_mask,
+)
 
 
 def test_weights_match_closed_form_for_constant_density():
@@ -113,3 +119,30 @@ def test_nerfacc_marching_matches_the_torch_marcher():
     # both keep only occupied steps; counts agree up to steps straddling cell borders
     assert abs(len(fast) - len(ref)) <= 0.02 * len(ref)
     assert grid.query(fast.positions(o, d)).float().mean() > 0.98
+
+
+def test_distortion_loss_matches_pairwise_definition():
+    # two rays: the O(M) scan must equal the O(M^2) double sum of mip-NeRF 360
+    ray_indices = torch.tensor([0, 0, 0, 1, 1])
+    t_starts = torch.tensor([0.0, 0.5, 2.0, 1.0, 1.1])
+    t_ends = torch.tensor([0.5, 1.0, 3.0, 1.1, 1.3])
+    weights = torch.tensor([0.2, 0.3, 0.4, 0.6, 0.3])
+    got = distortion_loss(weights, t_starts, t_ends, ray_indices, 2)
+    mid, d = (t_starts + t_ends) / 2, t_ends - t_starts
+    for r in range(2):
+        m = ray_indices == r
+        w, x = weights[m], mid[m]
+        expected = (w[:, None] * w[None, :] * (x[:, None] - x[None, :]).abs()).sum() + (w**2 * d[m]).sum() / 3
+        assert abs(float(got[r]) - float(expected)) < 1e-6
+
+
+def test_distortion_loss_prefers_a_surface_to_fog():
+    n = 20
+    t = torch.linspace(0.0, 2.0, n + 1)
+    rays = torch.zeros(n, dtype=torch.long)
+    fog = torch.full((n,), 1.0 / n)
+    surface = torch.zeros(n)
+    surface[10] = 1.0
+    loss_fog = distortion_loss(fog, t[:-1], t[1:], rays, 1)
+    loss_surface = distortion_loss(surface, t[:-1], t[1:], rays, 1)
+    assert float(loss_surface) < 0.1 * float(loss_fog)

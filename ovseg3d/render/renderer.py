@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ovseg3d.field.radiance import RadianceField
 from ovseg3d.render.occupancy import OccupancyGrid
-from ovseg3d.render.volume import RaySamples, accumulate, render_weights, transmittance_and_alpha
+from ovseg3d.render.volume import RaySamples, accumulate, distortion_loss, render_weights, transmittance_and_alpha
 
 
 @dataclass(frozen=True)
@@ -22,12 +22,14 @@ class RenderOptions:
 
 @dataclass
 class RenderOutput:
-    """Per-ray results. rgb ``[R, 3]``, depth ``[R]`` (expected t), opacity ``[R]``, n_samples (evaluated)."""
+    """Per-ray results. rgb ``[R, 3]``, depth ``[R]`` (expected t), opacity ``[R]``, n_samples (evaluated);
+    distortion ``[R]`` (:func:`distortion_loss`, in world units) when asked for."""
 
     rgb: Tensor
     depth: Tensor
     opacity: Tensor
     n_samples: int
+    distortion: Tensor | None = None
 
 
 def render_rays(
@@ -42,10 +44,12 @@ def render_rays(
     background: Tensor | None = None,
     samples: RaySamples | None = None,
     observe: bool = False,
+    distortion: bool = False,
 ) -> RenderOutput:
     """Render ``[R, 3]`` rays. ``background``: optional ``[R, 3]`` colour behind each ray;
     ``samples``: already-marched samples of these rays (else they are marched here);
-    ``observe``: report the samples' transmittance to the grid (:meth:`OccupancyGrid.observe`)."""
+    ``observe``: report the samples' transmittance to the grid (:meth:`OccupancyGrid.observe`);
+    ``distortion``: also return the per-ray distortion loss of the weights."""
     n_rays = origins.shape[0]
     if samples is None:
         samples = grid.march(origins, dirs, opts.step_size, near=near, far=far, stratified=stratified)
@@ -68,7 +72,10 @@ def render_rays(
     if background is None:
         background = torch.tensor(opts.background, device=origins.device).expand(n_rays, 3)
     color = color + (1.0 - opacity[:, None]) * background
-    return RenderOutput(color, depth, opacity, len(samples))
+    dist = None
+    if distortion:
+        dist = distortion_loss(weights, samples.t_starts, samples.t_ends, samples.ray_indices, n_rays)
+    return RenderOutput(color, depth, opacity, len(samples), dist)
 
 
 @torch.no_grad()

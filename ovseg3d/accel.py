@@ -34,9 +34,30 @@ def tcnn(device: torch.device | str) -> ModuleType | None:
     return _import("tinycudann") if _cuda(device) else None
 
 
+@functools.cache
+def _nerfacc_built() -> ModuleType | None:
+    """``nerfacc`` with its CUDA extension loaded, else ``None``.
+
+    nerfacc from PyPI compiles its CUDA ops on first use (a minute or more, once per machine);
+    doing it here, on the first question, keeps that one-off build out of timed training steps.
+    """
+    module = _import("nerfacc")
+    if module is None:
+        return None
+    try:
+        from nerfacc.cuda import _backend
+    except Exception as exc:  # a failed nvcc build surfaces as any of several exception types
+        log.warning("nerfacc's CUDA extension could not be built (%s): using the PyTorch marcher", exc)
+        return None
+    if _backend._C is None:
+        log.warning("nerfacc found no CUDA toolkit to build its extension: using the PyTorch marcher")
+        return None
+    return module
+
+
 def nerfacc(device: torch.device | str) -> ModuleType | None:
     """The ``nerfacc`` module when its CUDA ops can run on ``device``, else ``None``."""
-    return _import("nerfacc") if _cuda(device) else None
+    return _nerfacc_built() if _cuda(device) else None
 
 
 def describe(device: torch.device | str) -> str:

@@ -103,6 +103,7 @@ def test_tcnn_and_torch_grids_agree_on_the_same_parameters():
     )
     tcnn_grid = make_hash_grid(cfg, "cuda", "tcnn")
     torch_grid = TorchHashGrid(cfg).cuda()
+    assert tcnn_grid.params.numel() == torch_grid.params.numel()  # same level sizes (float32 scales)
     with torch.no_grad():
         torch_grid.params.copy_(torch.randn_like(torch_grid.params))
         tcnn_grid.params.copy_(torch_grid.params.to(tcnn_grid.params.dtype))
@@ -110,3 +111,16 @@ def test_tcnn_and_torch_grids_agree_on_the_same_parameters():
     a = tcnn_grid(x).float()
     b = torch_grid(x)
     torch.testing.assert_close(a, b, atol=2e-2, rtol=1e-2)  # tcnn outputs half precision
+
+
+@pytest.mark.parametrize(
+    ("cfg", "tcnn_n_params"),
+    [
+        # n_params() of tiny-cuda-nn 2.0's HashGrid for these configs, read on an H100 (torch bindings)
+        (HashGridConfig(16, 2, 19, 16, 1.5), 13026992),
+        (HashGridConfig(8, 4, 17, 16, 2.0), 3293184),
+    ],
+)
+def test_level_sizes_match_tiny_cuda_nn(cfg, tcnn_n_params):
+    # float64 scales give a smaller table for per_level_scale=1.5 (13044816): tcnn works in float32
+    assert TorchHashGrid(cfg).params.numel() == tcnn_n_params

@@ -25,6 +25,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -73,13 +74,22 @@ class LevelLayout:
         return self.offsets[-1] + self.sizes[-1]
 
 
+def level_scale(level: int, per_level_scale: float, base_resolution: int) -> float:
+    """``2 ** (level * log2(per_level_scale)) * base_resolution - 1`` in float32 arithmetic, as
+    tiny-cuda-nn computes it: in float64 a scale such as ``1.5 ** 2 * 16 - 1 = 35`` is an exact
+    integer, in float32 it is ``35.000004``, whose ``ceil`` gives tiny-cuda-nn's one-larger level."""
+    f32 = np.float32
+    log2_scale = np.log2(f32(per_level_scale))
+    return float(np.exp2(f32(level) * log2_scale) * f32(base_resolution) - f32(1.0))
+
+
 def level_layout(cfg: HashGridConfig, dims: int = 3) -> LevelLayout:
     """The tiny-cuda-nn layout of ``cfg``: scale, resolution, table size and offset of each level."""
     scales, resolutions, sizes, offsets, dense = [], [], [], [], []
     offset = 0
     max_size = 2**cfg.log2_hashmap_size
     for level in range(cfg.n_levels):
-        scale = 2.0 ** (level * math.log2(cfg.per_level_scale)) * cfg.base_resolution - 1.0
+        scale = level_scale(level, cfg.per_level_scale, cfg.base_resolution)
         res = int(math.ceil(scale)) + 1
         full = res**dims
         size = min((full + 7) // 8 * 8, max_size)

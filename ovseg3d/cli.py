@@ -8,10 +8,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import tyro
 
 from ovseg3d import __version__
+from ovseg3d.teachers.config import TeacherConfig
 
 
 @dataclass
@@ -24,6 +26,24 @@ class EvalArgs:
     """'auto', 'cpu' or 'cuda'."""
     renders: bool = True
     """Also write ground truth | render | depth panels to RUN/renders/."""
+
+
+@dataclass
+class ExtractArgs:
+    """Run the 2D teachers over every view of a scene and cache their features (float16, memory-mapped, with a
+    sidecar saying how they were made). A matching cache is reused, an interrupted one continued, a stale
+    one rebuilt. Previews go to CACHE/preview/."""
+
+    scene: Path = Path("scenes/demo")
+    """Scene folder: 3D-OVS / LLFF (poses_bounds.npy) or nerfstudio (transforms.json)."""
+    teachers: Annotated[TeacherConfig, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=TeacherConfig)
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda'."""
+    downscale: int = 1
+    """Load the scene downscaled by this factor (what the synthetic teacher sees; real teachers read the
+    original files, see --teacher-long-side). Use the same value as for train."""
+    force: bool = False
+    """Rebuild the cache even if it matches."""
 
 
 def _positional(args: list[str], flag: str) -> list[str]:
@@ -75,6 +95,28 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
+def cmd_extract(args: list[str]) -> int:
+    from ovseg3d.data.loader import load_scene
+    from ovseg3d.teachers.extract import describe, ensure_features, teacher_scores
+    from ovseg3d.train import resolve_device
+
+    a = tyro.cli(ExtractArgs, args=_positional(args, "--scene"), prog="ovseg3d extract SCENE")
+    scene = load_scene(a.scene, a.downscale)
+    features = ensure_features(scene, a.teachers, resolve_device(a.device), force=a.force)
+    info = describe(features)
+    print(
+        f"{info['views']} views -> {info['path']}: CLIP {info['clip_shape']} (h, w, scales, dim), "
+        f"DINO {info['dino_shape']}, {info['mib_per_view']} MiB per view, {info['seconds']} s to extract"
+    )
+    scores = teacher_scores(features, scene)
+    if scores is not None:
+        print(
+            f"2D teacher alone on {scores['n_views']} annotated views: mIoU {scores['miou']:.1f}, "
+            f"accuracy {scores['accuracy']:.1f}"
+        )
+    return 0
+
+
 def cmd_eval(args: list[str]) -> int:
     from ovseg3d.evaluate import evaluate_run, format_table
 
@@ -87,6 +129,7 @@ def cmd_eval(args: list[str]) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "synth": (cmd_synth, "render a procedural scene with ground truth (3D-OVS/LLFF or transforms.json)"),
+    "extract": (cmd_extract, "run the 2D teachers (CLIP, DINO, or simulated) over a scene into a feature cache"),
     "train": (cmd_train, "fit a hash-grid radiance field to a scene folder"),
     "eval": (cmd_eval, "score a run's held-out views (PSNR, SSIM) into RUN/eval.json"),
 }
@@ -109,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     from ovseg3d.config import ConfigError
     from ovseg3d.data.scene import SceneError
     from ovseg3d.run import RunError
+    from ovseg3d.teachers.config import TeacherError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -123,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[name][0](rest)
-    except (SceneError, RunError, ConfigError, ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (SceneError, RunError, ConfigError, TeacherError, ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"ovseg3d {name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

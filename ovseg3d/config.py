@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomllib
+import tyro
 
 from ovseg3d.field.hashgrid import HashGridConfig
 from ovseg3d.field.radiance import FieldConfig
+from ovseg3d.teachers.config import TeacherConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -132,6 +134,11 @@ class TrainConfig:
     eval_chunk: int = 8192
     """Rays per chunk when rendering images."""
 
+    # 2D teachers (their features are extracted, or reused from the cache, before training)
+    teachers: Annotated[TeacherConfig, tyro.conf.OmitArgPrefixes] = field(
+        default_factory=lambda: TeacherConfig(kind="none")
+    )
+
     def field_config(self) -> FieldConfig:
         scale = math.exp(math.log(self.max_resolution / self.base_resolution) / max(1, self.n_levels - 1))
         grid = HashGridConfig(
@@ -157,13 +164,28 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
-def apply_overrides(cfg: TrainConfig, values: dict[str, Any], source: Path | str) -> TrainConfig:
-    """A copy of ``cfg`` with ``values`` set; unknown keys are an error naming ``source``."""
-    names = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - set(names))
+_PATH_KEYS = ("scene", "output", "config", "cache_dir")
+
+
+def apply_overrides(cfg: Any, values: dict[str, Any], source: Path | str) -> Any:
+    """A copy of the config dataclass ``cfg`` with ``values`` set (a TOML table sets a nested config);
+    unknown keys are an error naming ``source``."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"{source}: unknown config key(s) {', '.join(unknown)}")
-    typed = {k: Path(v) if k in ("scene", "output", "config") and v is not None else v for k, v in values.items()}
+    typed = {}
+    for key, value in values.items():
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{key}' must be a table ([{key}])")
+            value = apply_overrides(current, value, source)
+        elif key in _PATH_KEYS and value is not None:
+            value = Path(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        typed[key] = value
     return dataclasses.replace(cfg, **typed)
 
 
@@ -180,29 +202,41 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def write_toml(cfg: TrainConfig, path: Path) -> None:
-    """Write the resolved config (every field, with its help as a comment) as TOML."""
+    """Write the resolved config (every field, with its help as a comment) as TOML; nested configs
+    (the teachers) become tables after the top-level keys."""
     lines = ["# ovseg3d resolved train config: pass it back with --config to repeat this run", ""]
-    docs = _field_docs()
+    tables = [f for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]
+    lines += _toml_lines(cfg, skip=("config", "resume", *(f.name for f in tables)))
+    for f in tables:
+        lines += ["", f"[{f.name}]", *_toml_lines(getattr(cfg, f.name))]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _toml_lines(cfg: Any, skip: tuple[str, ...] = ()) -> list[str]:
+    lines = []
+    docs = _field_docs(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if value is None or f.name in ("config", "resume"):
+        if value is None or f.name in skip:
             continue
         if f.name in docs:
             lines += [f"# {line.strip()}" for line in docs[f.name].splitlines()]
         lines.append(f"{f.name} = {_toml_value(value)}")
-    path.write_text("\n".join(lines) + "\n")
+    return lines
 
 
-def _field_docs() -> dict[str, str]:
-    """Field docstrings of TrainConfig (the string literal after each field)."""
+def _field_docs(cls: type) -> dict[str, str]:
+    """Field docstrings of a config dataclass (the string literal after each field)."""
     import ast
     import inspect
 
-    tree = ast.parse(inspect.getsource(TrainConfig))
+    tree = ast.parse(inspect.getsource(cls))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
     for node, nxt in zip(body, body[1:]):

@@ -94,3 +94,50 @@ def format_table(metrics: dict) -> str:
         lines.append(f"{v['view']:>6} {v['psnr']:>8.2f} {v['ssim']:>7.4f}")
     lines.append(f"{'mean':>6} {metrics['psnr']:>8.2f} {metrics['ssim']:>7.4f}")
     return "\n".join(lines)
+
+
+def class_ious(pred: Tensor, masks: Tensor) -> tuple[Tensor, int, int]:
+    """IoU per class of one view (3D-OVS protocol, REFERENCE.md §1).
+
+    Args:
+        pred: ``[H, W]`` predicted class index.
+        masks: ``[C, H, W]`` bool ground-truth masks; pixels in no mask are ignored.
+
+    Returns:
+        ``[C]`` IoU (NaN where the class is in neither the prediction nor the ground truth),
+        correctly labelled pixels, and labelled pixels.
+    """
+    n_cls = masks.shape[0]
+    valid = masks.any(0)
+    onehot = torch.nn.functional.one_hot(pred.long().clamp(0, n_cls - 1), n_cls).permute(2, 0, 1).bool()
+    onehot &= valid
+    inter = (onehot & masks).flatten(1).sum(1).double()
+    union = (onehot | masks).flatten(1).sum(1).double()
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(union, float("nan")))
+    gt = masks.double().argmax(0)
+    correct = int(((pred.long() == gt) & valid).sum())
+    return iou, correct, int(valid.sum())
+
+
+def segmentation_metrics(preds: dict[int, Tensor], masks: dict[int, Tensor], classes: list[str]) -> dict:
+    """mIoU (mean of every defined per-class, per-view IoU), pixel accuracy and per-class IoU, in percent."""
+    if not masks:
+        raise ValueError("no annotated views (segmentations/) to score segmentation on")
+    ious, correct, total = [], 0, 0
+    for view, gt in masks.items():
+        iou, c, t = class_ious(preds[view], gt)
+        ious.append(iou)
+        correct, total = correct + c, total + t
+    table = torch.stack(ious)  # [V, C]
+    defined = ~torch.isnan(table)
+    per_class = {
+        name: round(100 * float(table[defined[:, i], i].mean()), 2)
+        for i, name in enumerate(classes)
+        if defined[:, i].any()
+    }
+    return {
+        "miou": round(100 * float(table[defined].mean()), 2),
+        "accuracy": round(100 * correct / max(total, 1), 2),
+        "per_class_iou": per_class,
+        "n_views": len(masks),
+    }

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import torch
 from torch import Tensor
 
 # Turbo colour map, sampled at 9 points and interpolated (perceptual rainbow for depth)
@@ -69,3 +70,40 @@ def side_by_side(*images: np.ndarray | Tensor, gap: int = 2) -> np.ndarray:
         parts += [a, spacer]
     return np.concatenate(parts[:-1], axis=1)
 
+
+def pca_rgb(features: Tensor) -> np.ndarray:
+    """``[H, W, D]`` features -> ``[H, W, 3]`` colours from their first three principal components
+    (each stretched to its 1st-99th percentile): similar features, similar colours."""
+    x = features.reshape(-1, features.shape[-1]).float()
+    x = x - x.mean(0)
+    _, _, v = torch.pca_lowrank(x, q=min(3, x.shape[1]), center=False, niter=4)
+    proj = (x @ v).numpy()
+    if proj.shape[1] < 3:
+        proj = np.pad(proj, ((0, 0), (0, 3 - proj.shape[1])))
+    lo, hi = np.percentile(proj, 1, axis=0), np.percentile(proj, 99, axis=0)
+    rgb = np.clip((proj - lo) / np.maximum(hi - lo, 1e-8), 0, 1)
+    return rgb.reshape(*features.shape[:-1], 3)
+
+
+def label_palette(n: int) -> np.ndarray:
+    """``[n, 3]`` distinct float colours for class labels (golden-angle hues, fixed order)."""
+    hues = (np.arange(n) * 0.618034) % 1.0
+    h6 = hues[:, None] * 6.0
+    rgb = np.clip(np.abs((h6 + np.array([0.0, 4.0, 2.0])) % 6.0 - 3.0) - 1.0, 0, 1)  # HSV with S = V = 1
+    return 0.25 + 0.7 * rgb
+
+
+def colorize_labels(labels: Tensor | np.ndarray, n: int) -> np.ndarray:
+    """``[H, W]`` class indices -> ``[H, W, 3]`` float colours; indices outside ``[0, n)`` are black."""
+    lab = labels.cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    palette = np.concatenate([label_palette(n), np.zeros((1, 3))])
+    return palette[np.where((lab >= 0) & (lab < n), lab, n)]
+
+
+def resize_rgb(img: np.ndarray, height: int) -> np.ndarray:
+    """Nearest-neighbour resize of a float ``[h, w, 3]`` image to ``height`` rows (width keeps the aspect)."""
+    h, w = img.shape[:2]
+    width = max(1, round(w * height / h))
+    rows = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(int)
+    cols = np.minimum((np.arange(width) + 0.5) * w / width, w - 1).astype(int)
+    return img[rows[:, None], cols[None, :]]

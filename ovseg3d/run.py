@@ -88,4 +88,3 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
     if state.get("run_format") != RUN_FORMAT:
         raise RunError(f"{path} has run format {state.get('run_format')}, this ovseg3d reads {RUN_FORMAT}: retrain it")
     return state
-

@@ -271,6 +271,10 @@ def train(cfg: TrainConfig) -> Path:
         cfg = _resumed_config(cfg, run)
     device = resolve_device(cfg.device)
     scene = load_scene(cfg.scene, cfg.downscale, cfg.train_on_annotated, cfg.holdout_every)
+    if cfg.teachers.kind != "none":
+        from ovseg3d.teachers.extract import ensure_features
+
+        ensure_features(scene, cfg.teachers, device)
     trainer = Trainer(cfg, scene, device)
     if cfg.resume:
         trainer.load_state_dict(load_checkpoint(latest_checkpoint(run), device))  # type: ignore[arg-type]

@@ -78,9 +78,7 @@ class Cameras:
 
     def subset(self, ids: list[int] | Tensor) -> Cameras:
         idx = torch.as_tensor(ids, dtype=torch.long)
-        return Cameras(
-            self.c2w[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx], self.width, self.height
-        )
+        return Cameras(self.c2w[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx], self.width, self.height)
 
     def to(self, device: torch.device | str) -> Cameras:
         return Cameras(
@@ -94,9 +92,7 @@ class Cameras:
         )
 
 
-def pixel_rays(
-    cameras: Cameras, cam_ids: Tensor, u: Tensor, v: Tensor, jitter: bool = False
-) -> tuple[Tensor, Tensor]:
+def pixel_rays(cameras: Cameras, cam_ids: Tensor, u: Tensor, v: Tensor, jitter: bool = False) -> tuple[Tensor, Tensor]:
     """World-space rays through pixels.
 
     Args:

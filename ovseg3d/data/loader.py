@@ -215,9 +215,7 @@ def _segmentation_files(root: Path, classes: list[str], n_views: int) -> dict[in
 
 def _check_size(path: Path, shape: tuple[int, ...], image: Path, width: int, height: int) -> None:
     if tuple(shape[:2]) != (height, width):
-        raise SceneError(
-            f"{path}: size {shape[1]}x{shape[0]} differs from its image {image.name} ({width}x{height})"
-        )
+        raise SceneError(f"{path}: size {shape[1]}x{shape[0]} differs from its image {image.name} ({width}x{height})")
 
 
 def _read_masks(files: dict[int, Path], n_classes: int, image: Path, width: int, height: int) -> np.ndarray:
@@ -284,7 +282,7 @@ def _read_instances(files: dict[int, Path], paths: list[Path], width: int, heigh
 
 def _required(obj: dict[str, Any], key: str, where: str) -> Any:
     if key not in obj:
-        raise SceneError(f"{where}: missing \"{key}\"")
+        raise SceneError(f'{where}: missing "{key}"')
     return obj[key]
 
 
@@ -293,12 +291,12 @@ def _parse_object(obj: Any, classes: list[str], where: str, classes_file: Path) 
         raise SceneError(f"{where}: expected a JSON object")
     cls = _required(obj, "class", where)
     if not isinstance(cls, str) or not cls:
-        raise SceneError(f"{where}: \"class\" must be a non-empty string")
+        raise SceneError(f'{where}: "class" must be a non-empty string')
     if classes and cls not in classes:
         raise SceneError(f"{where}: class {cls!r} is not in {classes_file}")
     instance = _required(obj, "instance", where)
     if isinstance(instance, bool) or not isinstance(instance, int):
-        raise SceneError(f"{where}: \"instance\" must be an integer")
+        raise SceneError(f'{where}: "instance" must be an integer')
     center = as_array(_required(obj, "center", where), (3,), f"{where}: center")
     size = as_array(_required(obj, "size", where), (3,), f"{where}: size")
     if (size <= 0).any():
@@ -306,7 +304,7 @@ def _parse_object(obj: Any, classes: list[str], where: str, classes_file: Path) 
     yaw = as_number(_required(obj, "yaw", where), f"{where}: yaw")
     symmetric = obj.get("symmetric", False)
     if not isinstance(symmetric, bool):
-        raise SceneError(f"{where}: \"symmetric\" must be true or false")
+        raise SceneError(f'{where}: "symmetric" must be true or false')
     return SceneObject(cls, instance, tuple(center.tolist()), tuple(size.tolist()), yaw, symmetric)
 
 
@@ -326,7 +324,7 @@ def read_objects(root: Path, classes: list[str]) -> tuple[list[SceneObject], np.
         up = up / np.linalg.norm(up)
     objects = meta.get("objects", [])
     if not isinstance(objects, list):
-        raise SceneError(f"{path}: \"objects\" must be a list")
+        raise SceneError(f'{path}: "objects" must be a list')
     classes_file = root / "segmentations" / "classes.txt"
     parsed = [_parse_object(o, classes, f"{path}: object {i}", classes_file) for i, o in enumerate(objects)]
     return parsed, up
@@ -390,9 +388,7 @@ def split_views(
 # ------------------------------------------------------------------------------------------ the loader
 
 
-def load_scene(
-    root: str | Path, downscale: int = 1, train_on_annotated: bool = False, holdout_every: int = 8
-) -> Scene:
+def load_scene(root: str | Path, downscale: int = 1, train_on_annotated: bool = False, holdout_every: int = 8) -> Scene:
     """Load a scene folder (format detected from its files).
 
     Args:

@@ -154,7 +154,7 @@ def read_transforms(path: Path) -> TransformsViews:
         raise SceneError(f"{path}: expected a JSON object at the top level")
     frames = meta.get("frames")
     if not isinstance(frames, list) or not frames:
-        raise SceneError(f"{path}: no frames (expected a non-empty \"frames\" list)")
+        raise SceneError(f'{path}: no frames (expected a non-empty "frames" list)')
     paths, c2ws, intrinsics = [], [], []
     for i, frame in enumerate(frames):
         where = f"{path}: frame {i}"

@@ -244,7 +244,9 @@ class TorchHashGrid(nn.Module):
         self.cfg = cfg
         # torch.compile pays for the integer index/weight arithmetic (~5x here) but not for the
         # gather or the scatter (REFERENCE.md §7), so only that part is compiled.
-        self._indices = torch.compile(corner_indices_and_weights, dynamic=True) if compile else corner_indices_and_weights
+        self._indices = (
+            torch.compile(corner_indices_and_weights, dynamic=True) if compile else corner_indices_and_weights
+        )
         self.layout = level_layout(cfg)
         gen = torch.Generator().manual_seed(seed)
         n_params = self.layout.n_entries * cfg.n_features_per_level

@@ -1,0 +1,60 @@
+"""Contracts between the teachers and the rest of ovseg3d: what a teacher sees and what it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import Tensor
+
+
+@dataclass
+class TeacherView:
+    """One input view as the teachers see it.
+
+    Attributes:
+        index: view index in the scene.
+        image: ``[H, W, 3]`` uint8.
+        labels: ``[H, W]`` uint8 class index (255 = none), only for simulated teachers.
+        instances: ``[H, W]`` int instance id (0 = none), only for simulated teachers.
+    """
+
+    index: int
+    image: Tensor
+    labels: Tensor | None = None
+    instances: Tensor | None = None
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+class CropEncoder(Protocol):
+    """A CLIP-like image-text model: embeds image crops and texts into one space (unit vectors)."""
+
+    name: str
+    embedding_dim: int
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """``T`` texts -> ``[T, D]`` unit embeddings (float32, CPU)."""
+        ...
+
+    def encode_crops(self, view: TeacherView, boxes: Tensor) -> Tensor:
+        """``[K, 4]`` pixel boxes ``(x0, y0, x1, y1)`` (end exclusive) of ``view`` -> ``[K, D]`` unit
+        embeddings (float32, CPU)."""
+        ...
+
+
+class PatchEncoder(Protocol):
+    """A DINO-like model: one feature per image patch."""
+
+    name: str
+    feature_dim: int
+
+    def encode_patches(self, view: TeacherView) -> Tensor:
+        """``view`` -> ``[h, w, D]`` unit features, one per patch (float32, CPU)."""
+        ...

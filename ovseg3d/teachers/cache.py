@@ -1,0 +1,140 @@
+"""The on-disk teacher feature cache: float16 ``.npy`` files read memory-mapped, and a JSON sidecar.
+
+Layout of a cache folder (default ``SCENE/features/<teacher>/``)::
+
+    meta.json        how the features were made (teacher, models, sizes, scales, classes, input hashes)
+                     and which views are done ("complete" once all are)
+    clip.npy         [N, h, w, S, D]  float16  unit CLIP features per view, pixel, scale
+    relevancy.npy    [N, hr, wr, S, C] float16 3D-OVS relevancy per view, pixel, scale, class
+    dino.npy         [N, hd, wd, Dd]  float16  unit DINO features per view and patch
+    text.npy         [C, D]           float32  class text embeddings
+    preview/         PNGs: image | CLIP features (PCA) | teacher labels | DINO features (PCA)
+
+Pixel-major layouts make a random batch of pixels a gather of contiguous rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ovseg3d import __version__
+from ovseg3d.teachers.config import TeacherError
+
+CACHE_FORMAT = 1
+ARRAYS = ("clip", "relevancy", "dino")
+
+
+@dataclass
+class TeacherFeatures:
+    """A complete cache, arrays memory-mapped (see the module docstring for shapes)."""
+
+    path: Path
+    meta: dict[str, Any]
+    clip: np.ndarray
+    relevancy: np.ndarray
+    dino: np.ndarray
+    text: np.ndarray
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def n_scales(self) -> int:
+        return int(self.clip.shape[3])
+
+    def view_relevancy(self, view: int) -> Tensor:
+        """``[S, h, w, C]`` float32 relevancy of one view."""
+        return torch.from_numpy(np.asarray(self.relevancy[view], dtype=np.float32)).permute(2, 0, 1, 3)
+
+    def view_clip(self, view: int) -> Tensor:
+        """``[S, h, w, D]`` float32 CLIP features of one view."""
+        return torch.from_numpy(np.asarray(self.clip[view], dtype=np.float32)).permute(2, 0, 1, 3)
+
+    def nbytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.glob("*.npy"))
+
+
+def read_meta(path: Path) -> dict[str, Any] | None:
+    """The sidecar of a cache folder, or ``None`` if there is none or it is unreadable."""
+    try:
+        return json.loads((path / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_meta(path: Path, meta: dict[str, Any]) -> None:
+    tmp = path / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1) + "\n")
+    os.replace(tmp, path / "meta.json")
+
+
+def stale_reason(stored: dict[str, Any], expected: dict[str, Any]) -> str | None:
+    """Why a stored sidecar does not describe the features ``expected`` asks for (``None``: it does)."""
+    if stored.get("format") != expected["format"]:
+        return f"cache format {stored.get('format')} (made by ovseg3d {stored.get('ovseg3d_version', '?')})"
+    if stored.get("teacher") != expected["teacher"]:
+        return f"teacher {stored.get('teacher')} != {expected['teacher']}"
+    changed = [k for k, v in expected["settings"].items() if stored.get("settings", {}).get(k) != v]
+    if changed:
+        return "settings changed: " + ", ".join(changed)
+    if stored.get("classes") != expected["classes"]:
+        return "the scene's classes changed"
+    if stored.get("source_size") != expected["source_size"]:
+        return f"input size {stored.get('source_size')} != {expected['source_size']}"
+    old, new = stored.get("inputs", []), expected["inputs"]
+    if len(old) != len(new):
+        return f"{len(old)} views cached, the scene has {len(new)}"
+    diff = [i for i, (a, b) in enumerate(zip(old, new)) if a != b]
+    if diff:
+        return f"{len(diff)} input image(s) changed (first: view {diff[0]})"
+    return None
+
+
+def create_arrays(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Fresh float16 memory-mapped arrays ``path/<name>.npy``."""
+    return {
+        name: np.lib.format.open_memmap(path / f"{name}.npy", mode="w+", dtype=np.float16, shape=shape)
+        for name, shape in shapes.items()
+    }
+
+
+def open_arrays(path: Path, mode: str = "r") -> dict[str, np.ndarray]:
+    try:
+        return {name: np.load(path / f"{name}.npy", mmap_mode=mode) for name in ARRAYS}  # type: ignore[arg-type]
+    except (OSError, ValueError) as exc:
+        raise TeacherError(f"{path}: unreadable feature file ({' '.join(str(exc).split())[:200]})") from None
+
+
+def open_features(path: Path) -> TeacherFeatures:
+    """Open a complete cache folder (memory-mapped, read-only)."""
+    meta = read_meta(path)
+    if meta is None or not meta.get("complete"):
+        raise TeacherError(f"{path} holds no complete teacher features: run ovseg3d extract SCENE")
+    arrays = open_arrays(path)
+    try:
+        text = np.load(path / "text.npy")
+    except (OSError, ValueError) as exc:
+        raise TeacherError(f"{path / 'text.npy'}: unreadable ({exc})") from None
+    return TeacherFeatures(path, meta, arrays["clip"], arrays["relevancy"], arrays["dino"], text)
+
+
+def clear(path: Path) -> None:
+    """Remove what a cache folder holds (only the files a cache writes)."""
+    for name in (*ARRAYS, "text"):
+        (path / f"{name}.npy").unlink(missing_ok=True)
+    (path / "meta.json").unlink(missing_ok=True)
+    shutil.rmtree(path / "preview", ignore_errors=True)
+
+
+def new_meta(expected: dict[str, Any]) -> dict[str, Any]:
+    return {"ovseg3d_version": __version__, **expected, "complete": False, "done": []}

@@ -1,0 +1,260 @@
+"""Multi-scale CLIP patch features as 3D-OVS computes them (REFERENCE.md §1), and the CLIP backends.
+
+For each scale ``k`` in ``clip_scales`` the image is covered by square crops of side ``min(W, H) // k``
+with a stride of a quarter crop; every crop grows a little at random; each crop is embedded by CLIP; the
+feature of a pixel at that scale is the mean embedding of the crops covering it, L2-normalised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ovseg3d.teachers.base import CropEncoder, TeacherView
+from ovseg3d.teachers.config import TeacherConfig, TeacherError
+from ovseg3d.teachers.hub import load_pretrained, read_preprocessor
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# ----------------------------------------------------------------------------------------------- crops
+
+
+def _starts(length: int, patch: int, stride: int) -> Tensor:
+    """Crop starts from 0 to ``length - patch`` (both ends included) at about ``stride`` apart."""
+    if length <= patch:
+        return torch.zeros(1, dtype=torch.long)
+    n = math.ceil((length - patch) / stride) + 1
+    return torch.linspace(0, length - patch, n).round().long()
+
+
+def crop_boxes(
+    width: int, height: int, divisor: int, stride: float = 0.25, grow: float = 0.0, generator=None
+) -> Tensor:
+    """The crops of one scale: ``[K, 4]`` long boxes ``(x0, y0, x1, y1)``, end exclusive, inside the image.
+
+    The crop side is ``min(W, H) // divisor``; each side then grows by ``U(0, grow) x side``.
+    """
+    patch = max(1, min(width, height) // divisor)
+    step = max(1, round(patch * stride))
+    ys, xs = torch.meshgrid(_starts(height, patch, step), _starts(width, patch, step), indexing="ij")
+    boxes = torch.stack([xs, ys, xs + patch, ys + patch], -1).reshape(-1, 4).double()
+    if grow > 0:
+        g = torch.rand(len(boxes), 4, generator=generator, dtype=torch.float64) * grow * patch
+        boxes = boxes + g * torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64)
+    limit = torch.tensor([width, height, width, height], dtype=torch.float64)
+    return torch.minimum(boxes.round().clamp(min=0), limit).long()
+
+
+def splat_crops(boxes: Tensor, embeddings: Tensor, width: int, height: int, out_w: int, out_h: int) -> Tensor:
+    """Mean of the crop embeddings covering each pixel of an ``out_h x out_w`` map, L2-normalised.
+
+    A map pixel is covered by a box when its centre, in image pixels, lies inside the box. Sums over
+    boxes use a 2D difference array, so the cost is ``O(K D + out_h out_w D)``.
+
+    Args:
+        boxes: ``[K, 4]`` ``(x0, y0, x1, y1)`` in pixels of a ``width x height`` image.
+        embeddings: ``[K, D]``.
+
+    Returns:
+        ``[out_h, out_w, D]`` float32; pixels no crop covers are zero.
+    """
+    b = boxes.double()
+    sx, sy = out_w / width, out_h / height
+    x0 = torch.ceil(b[:, 0] * sx - 0.5).clamp(0, out_w).long()
+    x1 = torch.ceil(b[:, 2] * sx - 0.5).clamp(0, out_w).long()
+    y0 = torch.ceil(b[:, 1] * sy - 0.5).clamp(0, out_h).long()
+    y1 = torch.ceil(b[:, 3] * sy - 0.5).clamp(0, out_h).long()
+    x1 = torch.maximum(x1, (x0 + 1).clamp(max=out_w))  # a box smaller than a map pixel still counts
+    y1 = torch.maximum(y1, (y0 + 1).clamp(max=out_h))
+    x0, y0 = torch.minimum(x0, x1 - 1).clamp(min=0), torch.minimum(y0, y1 - 1).clamp(min=0)
+    dim = embeddings.shape[1]
+    values = torch.cat([embeddings.float(), torch.ones(len(b), 1)], 1)  # last channel counts
+    diff = torch.zeros((out_h + 1) * (out_w + 1), dim + 1)
+    for ys, xs, sign in ((y0, x0, 1.0), (y0, x1, -1.0), (y1, x0, -1.0), (y1, x1, 1.0)):
+        diff.index_add_(0, ys * (out_w + 1) + xs, values * sign)
+    total = diff.view(out_h + 1, out_w + 1, dim + 1).cumsum(0).cumsum(1)[:out_h, :out_w]
+    mean = total[..., :dim] / total[..., dim:].clamp(min=1e-6)
+    return F.normalize(mean, dim=-1)
+
+
+def feature_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """``(w, h)`` of a map whose long side is ``long_side`` (never larger than the image)."""
+    s = min(1.0, long_side / max(width, height))
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
+def multiscale_features(
+    encoder: CropEncoder,
+    view: TeacherView,
+    cfg: TeacherConfig,
+    out_size: tuple[int, int],
+    generator: torch.Generator | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Tensor:
+    """3D-OVS CLIP features of one view: ``[S, h, w, D]`` unit vectors, one map per scale.
+
+    ``on_batch(n)`` is called after every batch of ``n`` crops (progress bars).
+    """
+    out_w, out_h = out_size
+    maps = []
+    for divisor in cfg.clip_scales:
+        boxes = crop_boxes(view.width, view.height, divisor, cfg.clip_stride, cfg.clip_grow, generator)
+        parts = []
+        for start in range(0, len(boxes), cfg.clip_batch):
+            batch = boxes[start : start + cfg.clip_batch]
+            parts.append(encoder.encode_crops(view, batch))
+            if on_batch is not None:
+                on_batch(len(batch))
+        maps.append(splat_crops(boxes, torch.cat(parts), view.width, view.height, out_w, out_h))
+    return torch.stack(maps)
+
+
+def count_crops(width: int, height: int, cfg: TeacherConfig) -> int:
+    """Crops per view over all scales (for progress bars and benchmarks)."""
+    return sum(len(crop_boxes(width, height, k, cfg.clip_stride)) for k in cfg.clip_scales)
+
+
+def crops_to_pixels(image: Tensor, boxes: Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """Cut ``boxes`` out of ``image`` (``[3, H, W]`` float in [0, 1], on the model's device), resize each to
+    ``size x size`` (bicubic, antialiased) and normalise: ``[K, 3, size, size]``."""
+    crops = []
+    for x0, y0, x1, y1 in boxes.tolist():
+        crop = image[None, :, y0:y1, x0:x1]
+        crops.append(F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False))
+    pixels = torch.cat(crops).clamp(0, 1)
+    m = torch.tensor(mean, device=image.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=image.device).view(1, 3, 1, 1)
+    return (pixels - m) / s
+
+
+class _ImageCache:
+    """The current view's image as a float ``[3, H, W]`` tensor on the model device (converted once)."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype):
+        self.device, self.dtype = device, dtype
+        self._key: tuple[int, int] | None = None
+        self._image: Tensor | None = None
+
+    def get(self, view: TeacherView) -> Tensor:
+        key = (view.index, view.image.data_ptr())
+        if key != self._key or self._image is None:
+            self._image = view.image.to(self.device).permute(2, 0, 1).to(self.dtype) / 255.0
+            self._key = key
+        return self._image
+
+
+def _features(out) -> Tensor:
+    """transformers returns a tensor (4.x) or an output object (5.x) from get_*_features."""
+    return out if isinstance(out, Tensor) else out.pooler_output
+
+
+class TransformersClip:
+    """CLIP through transformers (the default: needs no torchvision)."""
+
+    def __init__(self, name: str, device: torch.device, half: bool = True):
+        from transformers import AutoTokenizer, CLIPModel
+
+        self.name = name
+        self.device = device
+        self.dtype = torch.float16 if half and device.type == "cuda" else torch.float32
+        model = load_pretrained(CLIPModel.from_pretrained, name, "CLIP model", "--clip-model")
+        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name, "CLIP tokenizer", "--clip-model")
+        self.embedding_dim = int(model.config.projection_dim)
+        self.image_size = int(model.config.vision_config.image_size)
+        pre = read_preprocessor(name)
+        self.mean = tuple(pre.get("image_mean", OPENAI_MEAN))
+        self.std = tuple(pre.get("image_std", OPENAI_STD))
+        self._image = _ImageCache(device, self.dtype)
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> Tensor:
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=77, return_tensors="pt")
+        out = _features(self.model.get_text_features(**tokens.to(self.device)))
+        return F.normalize(out.float(), dim=-1).cpu()
+
+    @torch.no_grad()
+    def encode_crops(self, view: TeacherView, boxes: Tensor) -> Tensor:
+        pixels = crops_to_pixels(self._image.get(view), boxes, self.image_size, self.mean, self.std)
+        out = _features(self.model.get_image_features(pixel_values=pixels.to(self.dtype)))
+        return F.normalize(out.float(), dim=-1).cpu()
+
+
+class OpenClip:
+    """CLIP through open_clip (the ``openclip`` extra; needs torchvision)."""
+
+    def __init__(self, name: str, pretrained: str, device: torch.device, half: bool = True):
+        open_clip = import_open_clip()
+        self.name = f"{name}/{pretrained}"
+        self.device = device
+        self.dtype = torch.float16 if half and device.type == "cuda" else torch.float32
+        weights = str(Path(pretrained).expanduser()) if Path(pretrained).expanduser().exists() else pretrained
+        try:
+            model = open_clip.create_model(name, pretrained=weights or None)
+        except Exception as exc:  # open_clip raises RuntimeError, OSError, HF errors ... for missing weights
+            raise TeacherError(
+                f"cannot load open_clip model {name} with pretrained '{pretrained}' ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}): pass --clip-pretrained /path/to/weights.safetensors"
+            ) from None
+        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.tokenizer = open_clip.get_tokenizer(name)
+        size = model.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.mean = tuple(getattr(model.visual, "image_mean", None) or OPENAI_MEAN)
+        self.std = tuple(getattr(model.visual, "image_std", None) or OPENAI_STD)
+        with torch.no_grad():
+            self.embedding_dim = int(self.encode_text(["a"]).shape[-1])
+        self._image = _ImageCache(device, self.dtype)
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> Tensor:
+        out = self.model.encode_text(self.tokenizer(list(texts)).to(self.device))
+        return F.normalize(out.float(), dim=-1).cpu()
+
+    @torch.no_grad()
+    def encode_crops(self, view: TeacherView, boxes: Tensor) -> Tensor:
+        pixels = crops_to_pixels(self._image.get(view), boxes, self.image_size, self.mean, self.std)
+        out = self.model.encode_image(pixels.to(self.dtype))
+        return F.normalize(out.float(), dim=-1).cpu()
+
+
+def import_open_clip():
+    """open_clip, or a TeacherError that says how to get it."""
+    try:
+        import open_clip
+    except Exception as exc:  # ImportError, or torchvision failing to load on a CPU-only torch
+        raise TeacherError(
+            f"open_clip is not usable ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); install the "
+            "extra with pip install 'ovseg3d[openclip]' (needs a torchvision matching torch) or use a "
+            "transformers CLIP (--clip-backend transformers --clip-model openai/clip-vit-base-patch16)"
+        ) from None
+    return open_clip
+
+
+def _is_open_clip_name(name: str) -> bool:
+    """An open_clip architecture (``ViT-B-16``) or ``hf-hub:`` id, as opposed to a transformers hub id / folder."""
+    if name.startswith("hf-hub:"):
+        return True
+    if "/" in name or Path(name).expanduser().exists():
+        return False
+    try:
+        return name in import_open_clip().list_models()
+    except TeacherError:
+        return name.startswith(("ViT-", "RN", "convnext", "EVA", "coca"))
+
+
+def build_clip(cfg: TeacherConfig, device: torch.device) -> CropEncoder:
+    """The CLIP backend that ``cfg`` asks for."""
+    backend = cfg.clip_backend
+    if backend == "auto":
+        backend = "open_clip" if _is_open_clip_name(cfg.clip_model) else "transformers"
+    if backend == "open_clip":
+        return OpenClip(cfg.clip_model, cfg.clip_pretrained, device, cfg.half)
+    return TransformersClip(cfg.clip_model, device, cfg.half)

@@ -1,0 +1,89 @@
+"""How the 2D teachers are made: one flat dataclass shared by ``ovseg3d extract`` and ``ovseg3d train``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+TeacherKind = Literal["none", "clip", "synthetic"]
+
+
+class TeacherError(ValueError):
+    """A teacher that cannot be built or run (missing weights, bad model, scene without labels); one line."""
+
+
+@dataclass
+class TeacherConfig:
+    """2D teachers (REFERENCE.md §1): CLIP patch features at three scales + relevancy, and DINO features."""
+
+    kind: Annotated[TeacherKind, tyro.conf.arg(name="teacher")] = "clip"
+    """'clip': real CLIP + DINO models; 'synthetic': simulated teachers built from the scene's labels/ and
+    instances/ maps (no weights needed); 'none': no teacher."""
+    clip_model: str = "openai/clip-vit-base-patch16"
+    """CLIP model: a Hugging Face hub id (transformers format, e.g. openai/clip-vit-base-patch16), an
+    open_clip architecture (e.g. ViT-B-16, with --clip-pretrained), or a local folder saved by
+    save_pretrained / a downloaded hub snapshot."""
+    clip_backend: Literal["auto", "transformers", "open_clip"] = "auto"
+    """'auto': open_clip for an open_clip architecture name when open_clip is installed, else transformers."""
+    clip_pretrained: str = "laion2b_s34b_b88k"
+    """open_clip only: pretrained tag (e.g. laion2b_s34b_b88k, openai) or a local weights file."""
+    clip_scales: tuple[int, ...] = (5, 7, 10)
+    """Patch sizes as divisors of min(W, H): one feature map per entry (3D-OVS: 5, 7, 10)."""
+    clip_stride: float = 0.25
+    """Crop stride as a fraction of the patch size (3D-OVS: 1/4)."""
+    clip_grow: float = 0.1
+    """Each crop side grows by a random amount in [0, this x patch] (3D-OVS's random crop growth)."""
+    clip_batch: int = 64
+    """Crops per CLIP forward pass."""
+    feature_long_side: int = 64
+    """Long side of the stored CLIP feature maps (pixels; capped at the image size). CLIP features are
+    smooth at the crop stride, and 512 float16 channels per scale make these maps the bulk of the cache."""
+    relevancy_long_side: int = 128
+    """Long side of the stored relevancy maps (computed at this size; the CLIP maps are area-averaged from it)."""
+    teacher_long_side: int = 0
+    """Resize input images so their long side is this before the teachers see them (0 = original size)."""
+    dino_model: str = "facebook/dino-vitb8"
+    """DINO model: hub id or local folder; a transformers ViT (facebook/dino-vits8, facebook/dino-vitb8) or
+    DINOv2 (facebook/dinov2-small, ...)."""
+    dino_long_side: int = 448
+    """DINO input long side in pixels (rounded to the patch size); features come one per patch."""
+    half: bool = True
+    """Run the teacher models in float16 on CUDA (float32 on the CPU)."""
+    teacher_seed: int = 0
+    """Seed of the crop growth and of the simulated teachers' noise."""
+    cache_dir: Path | None = None
+    """Where features are cached (default: SCENE/features/<teacher>)."""
+
+    # simulated teachers (--teacher synthetic); see ovseg3d/teachers/synthetic.py
+    syn_dim: int = 512
+    """Simulated CLIP embedding size."""
+    syn_noise: tuple[float, ...] = (0.6, 0.8, 1.0)
+    """Per-scale noise on each crop embedding (relative to a unit class embedding; one value per scale)."""
+    syn_confusion: tuple[float, ...] = (0.1, 0.2, 0.3)
+    """Per-scale probability that a crop's main class is seen as another class (one value per scale)."""
+    syn_view_noise: float = 0.3
+    """Per-view shift of every embedding (view-inconsistent teacher), relative to a unit embedding."""
+    syn_dino_dim: int = 384
+    """Simulated DINO feature size (ViT-S/8: 384)."""
+    syn_dino_texture: float = 0.5
+    """Weight of the texture (colour statistics) term in simulated DINO features."""
+    syn_dino_noise: float = 0.3
+    """Noise on simulated DINO features."""
+
+    def n_scales(self) -> int:
+        return len(self.clip_scales)
+
+    def check(self) -> None:
+        """Raise TeacherError on settings that cannot work."""
+        if not self.clip_scales or min(self.clip_scales) < 1:
+            raise TeacherError(f"clip_scales must be positive divisors, got {self.clip_scales}")
+        if not 0 < self.clip_stride <= 1:
+            raise TeacherError(f"clip_stride must be in (0, 1], got {self.clip_stride}")
+        if min(self.feature_long_side, self.relevancy_long_side) < 1 or self.dino_long_side < 8:
+            raise TeacherError("feature_long_side and relevancy_long_side must be >= 1, dino_long_side >= 8")
+        for name in ("syn_noise", "syn_confusion"):
+            if len(getattr(self, name)) != self.n_scales():
+                raise TeacherError(f"{name} needs one value per CLIP scale ({self.n_scales()})")

@@ -1,0 +1,63 @@
+"""DINO patch features through transformers: DINO ViT (``facebook/dino-vits8``, ``-vitb8``) or DINOv2.
+
+3D-OVS uses the last block's tokens of DINO ViT-B/8, one 768-d feature per 8x8 patch (REFERENCE.md §1),
+only to say which pixels belong together (FDA).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ovseg3d.teachers.base import TeacherView
+from ovseg3d.teachers.config import TeacherError
+from ovseg3d.teachers.hub import load_pretrained, read_preprocessor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def dino_input_size(width: int, height: int, long_side: int, patch: int) -> tuple[int, int]:
+    """``(w, h)``: the image scaled to ``long_side`` (never up) and rounded to whole patches."""
+    s = min(1.0, long_side / max(width, height))
+    return max(patch, round(width * s / patch) * patch), max(patch, round(height * s / patch) * patch)
+
+
+class TransformersDino:
+    """A DINO / DINOv2 backbone; :meth:`encode_patches` returns its last-layer patch tokens."""
+
+    def __init__(self, name: str, device: torch.device, long_side: int = 448, half: bool = True):
+        from transformers import AutoConfig, AutoModel
+
+        config = load_pretrained(AutoConfig.from_pretrained, name, "DINO model", "--dino-model")
+        kind = config.model_type
+        if kind not in ("vit", "dinov2", "dinov2_with_registers"):
+            raise TeacherError(f"DINO model '{name}' is a '{kind}' model; expected a ViT (DINO) or DINOv2")
+        extra = {"add_pooling_layer": False} if kind == "vit" else {}
+        model = load_pretrained(AutoModel.from_pretrained, name, "DINO model", "--dino-model", **extra)
+        self.name = name
+        self.device = device
+        self.dtype = torch.float16 if half and device.type == "cuda" else torch.float32
+        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.kind = kind
+        self.patch = int(config.patch_size)
+        self.n_prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)  # CLS (+ registers)
+        self.feature_dim = int(config.hidden_size)
+        self.long_side = long_side
+        pre = read_preprocessor(name)
+        self.mean = tuple(pre.get("image_mean", IMAGENET_MEAN))
+        self.std = tuple(pre.get("image_std", IMAGENET_STD))
+
+    @torch.no_grad()
+    def encode_patches(self, view: TeacherView) -> Tensor:
+        w, h = dino_input_size(view.width, view.height, self.long_side, self.patch)
+        image = view.image.to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        image = F.interpolate(image, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        pixels = ((image - mean) / std).to(self.dtype)
+        extra = {"interpolate_pos_encoding": True} if self.kind == "vit" else {}
+        tokens = self.model(pixel_values=pixels, **extra).last_hidden_state[0, self.n_prefix :]
+        grid = tokens.float().reshape(h // self.patch, w // self.patch, -1)
+        return F.normalize(grid, dim=-1).cpu()

@@ -1,0 +1,289 @@
+"""Run the teachers over every view of a scene into the cache, or reuse a cache that still matches.
+
+``ensure_features`` is what ``ovseg3d extract`` and ``ovseg3d train`` call: it reuses a complete cache made
+with the same settings from the same inputs, continues an interrupted one, and rebuilds a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from ovseg3d.data.loader import read_rgb, resize_box
+from ovseg3d.data.scene import Scene
+from ovseg3d.evaluate import segmentation_metrics
+from ovseg3d.images import colorize_labels, pca_rgb, resize_rgb, save_png, side_by_side
+from ovseg3d.teachers import cache
+from ovseg3d.teachers.base import CropEncoder, PatchEncoder, TeacherView
+from ovseg3d.teachers.clip import build_clip, count_crops, feature_size, multiscale_features
+from ovseg3d.teachers.config import TeacherConfig, TeacherError
+from ovseg3d.teachers.relevancy import class_relevancy, teacher_segmentation
+
+_REAL_SETTINGS = (
+    "clip_model",
+    "clip_backend",
+    "clip_pretrained",
+    "clip_scales",
+    "clip_stride",
+    "clip_grow",
+    "feature_long_side",
+    "relevancy_long_side",
+    "teacher_long_side",
+    "dino_model",
+    "dino_long_side",
+    "half",
+    "teacher_seed",
+)
+_SYNTHETIC_SETTINGS = (
+    "clip_scales",
+    "clip_stride",
+    "clip_grow",
+    "clip_batch",
+    "feature_long_side",
+    "relevancy_long_side",
+    "teacher_seed",
+    "syn_dim",
+    "syn_noise",
+    "syn_confusion",
+    "syn_view_noise",
+    "syn_dino_dim",
+    "syn_dino_texture",
+    "syn_dino_noise",
+)
+Log = Callable[[str], None]
+
+
+def cache_path(scene: Scene, cfg: TeacherConfig) -> Path:
+    return Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(scene.root) / "features" / cfg.kind
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tensor_hash(*tensors: Tensor | None) -> str:
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(b"-" if t is None else t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def source_size(scene: Scene, cfg: TeacherConfig) -> tuple[int, int]:
+    """``(W, H)`` of the images the teachers see."""
+    if cfg.kind == "synthetic":
+        return scene.width, scene.height
+    from ovseg3d.data.loader import image_size
+
+    w, h = image_size(scene.image_paths[0])
+    return feature_size(w, h, cfg.teacher_long_side) if cfg.teacher_long_side > 0 else (w, h)
+
+
+def expected_meta(scene: Scene, cfg: TeacherConfig) -> dict[str, Any]:
+    """The sidecar a cache of ``scene`` made with ``cfg`` must have (without running any model)."""
+    keys = _SYNTHETIC_SETTINGS if cfg.kind == "synthetic" else _REAL_SETTINGS
+    settings = {k: _jsonable(getattr(cfg, k)) for k in keys}
+    if cfg.kind == "synthetic":
+        inputs = [_tensor_hash(scene.images[i], scene.labels.get(i), scene.instances.get(i)) for i in range(len(scene))]
+    else:
+        inputs = [_file_hash(p) for p in scene.image_paths]
+    return {
+        "format": cache.CACHE_FORMAT,
+        "teacher": cfg.kind,
+        "settings": settings,
+        "classes": list(scene.classes),
+        "source_size": list(source_size(scene, cfg)),
+        "inputs": inputs,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value) if isinstance(value, Path) else value
+
+
+def build_teachers(scene: Scene, cfg: TeacherConfig, device: torch.device) -> tuple[CropEncoder, PatchEncoder]:
+    """The CLIP-like and DINO-like encoders for ``cfg.kind``."""
+    if cfg.kind == "synthetic":
+        from ovseg3d.teachers.synthetic import SyntheticClip, SyntheticDino
+
+        missing = [i for i in range(len(scene)) if i not in scene.labels or i not in scene.instances]
+        if missing:
+            raise TeacherError(
+                f"{scene.root}: the synthetic teacher needs labels/ and instances/ maps for every view "
+                f"(view {missing[0]} has none); use --teacher clip"
+            )
+        return SyntheticClip(scene.classes, cfg), SyntheticDino(cfg)
+    if cfg.kind == "clip":
+        from ovseg3d.teachers.dino import TransformersDino
+
+        return build_clip(cfg, device), TransformersDino(cfg.dino_model, device, cfg.dino_long_side, cfg.half)
+    raise TeacherError(f"no teacher to extract (--teacher {cfg.kind}); choose clip or synthetic")
+
+
+def teacher_view(scene: Scene, index: int, cfg: TeacherConfig) -> TeacherView:
+    """View ``index`` as the teachers see it: the original image file for real teachers (independent of the
+    training downscale), the loaded image with its label and instance maps for simulated ones."""
+    if cfg.kind == "synthetic":
+        return TeacherView(index, scene.images[index], scene.labels.get(index), scene.instances.get(index))
+    image = read_rgb(scene.image_paths[index])
+    w, h = source_size(scene, cfg)
+    if (image.shape[1], image.shape[0]) != (w, h):
+        image = resize_box(image, w, h)
+    return TeacherView(index, torch.from_numpy(np.ascontiguousarray(image)))
+
+
+def _view_generator(cfg: TeacherConfig, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(cfg.teacher_seed * 1_000_003 + index)
+
+
+def ensure_features(
+    scene: Scene,
+    cfg: TeacherConfig,
+    device: torch.device,
+    force: bool = False,
+    log: Log = tqdm.write,
+) -> cache.TeacherFeatures:
+    """A complete, matching feature cache for ``scene``: reused, continued or (re)built."""
+    cfg.check()
+    path = cache_path(scene, cfg)
+    expected = expected_meta(scene, cfg)
+    stored = cache.read_meta(path)
+    meta = None
+    if stored is not None and not force:
+        reason = cache.stale_reason(stored, expected)
+        if reason is None and stored.get("complete"):
+            log(f"teacher features: reusing {path}")
+            return cache.open_features(path)
+        if reason is None:
+            log(f"teacher features: continuing {path} ({len(stored.get('done', []))}/{len(scene)} views done)")
+            meta = stored
+        else:
+            log(f"teacher features: rebuilding {path} ({reason})")
+    if meta is None:
+        path.mkdir(parents=True, exist_ok=True)
+        cache.clear(path)
+        meta = cache.new_meta(expected)
+    extract_into(path, scene, cfg, device, meta)
+    features = cache.open_features(path)
+    write_previews(features, scene)
+    return features
+
+
+def extract_into(path: Path, scene: Scene, cfg: TeacherConfig, device: torch.device, meta: dict[str, Any]) -> None:
+    """Run the teachers over the views not yet in ``meta["done"]``, writing each as it finishes."""
+    clip, dino = build_teachers(scene, cfg, device)
+    text = clip.encode_text(scene.classes) if scene.classes else torch.zeros(0, clip.embedding_dim)
+    np.save(path / "text.npy", text.numpy().astype(np.float32))
+    src_w, src_h = meta["source_size"]
+    rel_w, rel_h = feature_size(src_w, src_h, cfg.relevancy_long_side)
+    out_w, out_h = feature_size(src_w, src_h, min(cfg.feature_long_side, cfg.relevancy_long_side))
+    done = set(meta["done"])
+    todo = [i for i in range(len(scene)) if i not in done]
+    arrays = cache.open_arrays(path, "r+") if done else None
+    start = time.perf_counter()
+    with tqdm(total=len(todo) * count_crops(src_w, src_h, cfg), unit="crop", desc=f"{cfg.kind} teacher") as bar:
+        for i in todo:
+            view = teacher_view(scene, i, cfg)
+            feats = multiscale_features(clip, view, cfg, (rel_w, rel_h), _view_generator(cfg, i), bar.update)
+            rel = class_relevancy(feats, text)  # [S, h, w, C]
+            feats = shrink_features(feats, out_w, out_h)
+            patches = dino.encode_patches(view)  # [hd, wd, Dd]
+            if arrays is None:
+                n, s = len(scene), cfg.n_scales()
+                arrays = cache.create_arrays(
+                    path,
+                    {
+                        "clip": (n, out_h, out_w, s, feats.shape[-1]),
+                        "relevancy": (n, rel_h, rel_w, s, len(scene.classes)),
+                        "dino": (n, *patches.shape),
+                    },
+                )
+                meta["shapes"] = {k: list(v.shape) for k, v in arrays.items()}
+                meta["models"] = {"clip": clip.name, "dino": dino.name}
+            arrays["clip"][i] = feats.permute(1, 2, 0, 3).numpy()
+            arrays["relevancy"][i] = rel.permute(1, 2, 0, 3).numpy()
+            arrays["dino"][i] = patches.numpy()
+            for a in arrays.values():
+                a.flush()
+            meta["done"] = sorted([*meta["done"], i])
+            cache.write_meta(path, meta)
+    meta["complete"] = True
+    meta["seconds"] = round(meta.get("seconds", 0.0) + time.perf_counter() - start, 2)
+    cache.write_meta(path, meta)
+
+
+def shrink_features(features: Tensor, width: int, height: int) -> Tensor:
+    """Area-average ``[S, H, W, D]`` unit features to ``width x height`` and renormalise."""
+    if features.shape[1:3] == (height, width):
+        return features
+    small = F.interpolate(features.permute(0, 3, 1, 2), size=(height, width), mode="area")
+    return F.normalize(small.permute(0, 2, 3, 1), dim=-1)
+
+
+def teacher_labels(features: cache.TeacherFeatures, view: int, width: int, height: int) -> Tensor:
+    """The 2D teacher's own segmentation of a view at ``width x height``: ``[H, W]`` long."""
+    rel = features.view_relevancy(view)  # [S, h, w, C]
+    up = F.interpolate(rel.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False)
+    return teacher_segmentation(up.permute(0, 2, 3, 1))
+
+
+def teacher_scores(features: cache.TeacherFeatures, scene: Scene) -> dict | None:
+    """mIoU / accuracy of the 2D teacher alone on the annotated views (``None`` without annotations)."""
+    if not scene.segmentations or not scene.classes:
+        return None
+    preds = {v: teacher_labels(features, v, scene.width, scene.height) for v in scene.segmentations}
+    return segmentation_metrics(preds, scene.segmentations, scene.classes)
+
+
+def preview_views(scene: Scene, n: int = 4) -> list[int]:
+    """Views to preview: the annotated ones, else ``n`` spread over the scene."""
+    if scene.segmentations:
+        return sorted(scene.segmentations)[:n]
+    return sorted({round(k * (len(scene) - 1) / max(n - 1, 1)) for k in range(min(n, len(scene)))})
+
+
+def write_previews(features: cache.TeacherFeatures, scene: Scene) -> list[Path]:
+    """``preview/view_NNN.png``: image | CLIP features (PCA, middle scale) | teacher labels | DINO (PCA)."""
+    paths = []
+    for v in preview_views(scene):
+        height = 2 * scene.height if scene.height < 200 else scene.height
+        image = resize_rgb(scene.image_float(v).numpy(), height)
+        clip = features.view_clip(v)[features.n_scales // 2]
+        panels = [image, resize_rgb(pca_rgb(clip), height)]
+        if features.classes:
+            labels = teacher_labels(features, v, scene.width, scene.height)
+            panels.append(resize_rgb(colorize_labels(labels, len(features.classes)), height))
+        panels.append(resize_rgb(pca_rgb(torch.from_numpy(np.asarray(features.dino[v], dtype=np.float32))), height))
+        path = features.path / "preview" / f"view_{v:03d}.png"
+        save_png(path, side_by_side(*panels))
+        paths.append(path)
+    return paths
+
+
+def describe(features: cache.TeacherFeatures) -> dict[str, Any]:
+    """A summary for the command line and benchmarks."""
+    n = features.clip.shape[0]
+    return {
+        "path": str(features.path),
+        "teacher": features.meta["teacher"],
+        "models": features.meta.get("models", {}),
+        "views": n,
+        "clip_shape": list(features.clip.shape[1:]),
+        "dino_shape": list(features.dino.shape[1:]),
+        "mib_per_view": round(features.nbytes() / n / 2**20, 3),
+        "seconds": features.meta.get("seconds"),
+    }

@@ -1,0 +1,53 @@
+"""Relevancy of CLIP features to texts (REFERENCE.md §1 and §2): pure functions over tensors.
+
+* 3D-OVS, per class and scale: ``R_s,c = minmax_image(cos(F_s(p), t_c))``, min-max over the image.
+* LERF, for a free-text query q against canonical negatives c_i:
+  ``min_i softmax([tau cos(F, q), tau cos(F, c_i)])[0]`` with tau = 10.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
+
+
+def cosine(features: Tensor, texts: Tensor) -> Tensor:
+    """Cosine of every feature with every text: ``[..., D] x [T, D] -> [..., T]`` (float32)."""
+    return F.normalize(features.float(), dim=-1) @ F.normalize(texts.float(), dim=-1).T
+
+
+def class_relevancy(features: Tensor, texts: Tensor, eps: float = 1e-6) -> Tensor:
+    """3D-OVS relevancy maps of one image.
+
+    Args:
+        features: ``[S, H, W, D]`` CLIP features per scale.
+        texts: ``[C, D]`` class text embeddings.
+
+    Returns:
+        ``[S, H, W, C]`` in [0, 1]: per (scale, class), the cosine min-max normalised over the image.
+    """
+    sim = cosine(features, texts)  # [S, H, W, C]
+    lo = sim.amin(dim=(1, 2), keepdim=True)
+    hi = sim.amax(dim=(1, 2), keepdim=True)
+    return (sim - lo) / (hi - lo).clamp(min=eps)
+
+
+def query_relevancy(features: Tensor, query: Tensor, negatives: Tensor, temperature: float = 10.0) -> Tensor:
+    """LERF relevancy of a free-text query: ``[..., D]``, ``[D]``, ``[K, D]`` -> ``[...]`` in [0, 1].
+
+    For each negative, the probability that the feature is the query rather than that negative
+    (a two-way softmax of scaled cosines); the relevancy is the minimum over the negatives, so 0.5
+    means "no more the query than the most similar negative".
+    """
+    pos = cosine(features, query[None])  # [..., 1]
+    neg = cosine(features, negatives)  # [..., K]
+    return torch.sigmoid(temperature * (pos - neg)).amin(dim=-1)
+
+
+def teacher_segmentation(relevancy: Tensor) -> Tensor:
+    """The 2D teacher's own labels: ``[S, H, W, C]`` relevancy -> ``[H, W]`` argmax over classes of the
+    mean relevancy over scales (the baseline that distillation must beat)."""
+    return relevancy.float().mean(dim=0).argmax(dim=-1)

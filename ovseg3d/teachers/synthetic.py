@@ -1,0 +1,175 @@
+"""Simulated teachers for scenes with ground-truth ``labels/`` and ``instances/`` maps.
+
+They have the interfaces of the real CLIP and DINO teachers and feed the same extraction code, so the
+3D side can be measured without weights. Each fault of the real teachers is simulated on purpose:
+
+* **CLIP-like crops** (:class:`SyntheticClip`): a crop's embedding mixes the class text embeddings by the
+  classes' share of the crop (so features bleed across object boundaries, more for big crops), plus
+  Gaussian noise, a per-view shift (views disagree), and occasional confusion of the crop's main class
+  with another one (a fixed "look-alike" class most of the time); noise and confusion grow as crops
+  shrink, interpolated between the per-scale values of ``syn_noise`` / ``syn_confusion``.
+* **Text** (:class:`SyntheticText`): a deterministic random unit vector per word; a phrase is the
+  normalised sum of its words, so "ball" and "tennis ball" have cosine 1/sqrt(2).
+* **DINO-like patches** (:class:`SyntheticDino`): per 8x8 patch, the mix of instance identity vectors by
+  the instances' share of the patch, plus a texture term from the patch's colour statistics (different
+  objects that look alike are alike) and noise.
+
+Relevancy is then computed from the simulated features exactly as from real CLIP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ovseg3d.teachers.base import TeacherView
+from ovseg3d.teachers.config import TeacherConfig, TeacherError
+
+_STOP_WORDS = frozenset({"a", "an", "the", "of", "photo", "picture", "image", "in", "on"})
+_LOOKALIKE = 0.6  # share of confusions that go to the class's fixed look-alike
+
+
+def _seed(*parts: object) -> int:
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def random_unit(dim: int, *key: object) -> Tensor:
+    """A deterministic random unit vector ``[dim]`` for ``key`` (same key, same vector, any machine)."""
+    g = torch.Generator().manual_seed(_seed(*key))
+    return F.normalize(torch.randn(dim, generator=g, dtype=torch.float64), dim=0).float()
+
+
+def _box_sums(integral: Tensor, boxes: Tensor) -> Tensor:
+    """Sums over ``[K, 4]`` boxes from a ``[H+1, W+1, C]`` integral image -> ``[K, C]``."""
+    x0, y0, x1, y1 = boxes.long().unbind(-1)
+    return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+
+
+def _integral(onehot: Tensor) -> Tensor:
+    """``[H, W, C]`` -> ``[H+1, W+1, C]`` float64 summed-area table."""
+    table = F.pad(onehot.double(), (0, 0, 1, 0, 1, 0))
+    return table.cumsum(0).cumsum(1)
+
+
+class SyntheticText:
+    """Deterministic text embeddings composed from per-word vectors."""
+
+    name = "synthetic-text"
+
+    def __init__(self, dim: int = 512, seed: int = 0):
+        self.embedding_dim = dim
+        self.seed = seed
+
+    def words(self, text: str) -> list[str]:
+        words = re.findall(r"[a-z0-9]+", text.lower())
+        return [w for w in words if w not in _STOP_WORDS] or words or ["<empty>"]
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        vecs = [
+            torch.stack([random_unit(self.embedding_dim, "word", self.seed, w) for w in self.words(t)]).sum(0)
+            for t in texts
+        ]
+        return F.normalize(torch.stack(vecs), dim=-1)
+
+
+class SyntheticClip:
+    """A CLIP-like crop encoder that reads the ground-truth label map instead of pixels."""
+
+    name = "synthetic-clip"
+
+    def __init__(self, classes: list[str], cfg: TeacherConfig):
+        if not classes:
+            raise TeacherError("the synthetic teacher needs the scene's classes (segmentations/classes.txt)")
+        self.cfg = cfg
+        self.text = SyntheticText(cfg.syn_dim, cfg.teacher_seed)
+        self.embedding_dim = cfg.syn_dim
+        self.class_text = self.text.encode_text(classes)  # [C, D]
+        self.clutter = random_unit(cfg.syn_dim, "clutter", cfg.teacher_seed)  # unlabelled pixels
+        n = len(classes)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed("lookalike", cfg.teacher_seed)))
+        self.lookalike = perm[(torch.argsort(perm) + 1) % n] if n > 1 else torch.zeros(1, dtype=torch.long)
+        # noise and confusion by relative crop size: the per-scale values sit at side / min(W, H) = 1 / k
+        order = np.argsort([1.0 / k for k in cfg.clip_scales])
+        self._sizes = np.array([1.0 / cfg.clip_scales[i] for i in order])
+        self._noise = np.array([cfg.syn_noise[i] for i in order])
+        self._confusion = np.array([cfg.syn_confusion[i] for i in order])
+        self._integral: tuple[int, Tensor] | None = None
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        return self.text.encode_text(texts)
+
+    def _shares(self, view: TeacherView, boxes: Tensor) -> Tensor:
+        """``[K, C + 1]`` share of each class in each box (last column: unlabelled)."""
+        if view.labels is None:
+            raise TeacherError(f"view {view.index} has no label map: the synthetic teacher needs labels/")
+        if self._integral is None or self._integral[0] != view.index:
+            n = len(self.class_text)
+            labels = view.labels.long().clamp(max=n)  # 255 (none) -> n
+            self._integral = (view.index, _integral(F.one_hot(labels, n + 1)))
+        sums = _box_sums(self._integral[1], boxes)
+        return sums / sums.sum(-1, keepdim=True).clamp(min=1.0)
+
+    def encode_crops(self, view: TeacherView, boxes: Tensor) -> Tensor:
+        cfg = self.cfg
+        g = torch.Generator().manual_seed(_seed("crops", cfg.teacher_seed, view.index, *boxes[0].tolist(), len(boxes)))
+        shares = self._shares(view, boxes).float()
+        n_cls = len(self.class_text)
+        rel = ((boxes[:, 2] - boxes[:, 0]).float() / min(view.width, view.height)).numpy()
+        noise = torch.from_numpy(np.interp(rel, self._sizes, self._noise)).float()
+        confusion = torch.from_numpy(np.interp(rel, self._sizes, self._confusion)).float()
+        # confusion: the crop's main class is taken for another one
+        main = shares[:, :n_cls].argmax(-1)
+        confused = (torch.rand(len(boxes), generator=g) < confusion) & (shares[:, :n_cls].amax(-1) > 0) & (n_cls > 1)
+        other = (main + torch.randint(1, max(n_cls, 2), (len(boxes),), generator=g)) % n_cls
+        wrong = torch.where(torch.rand(len(boxes), generator=g) < _LOOKALIKE, self.lookalike[main], other)
+        rows = torch.nonzero(confused).squeeze(-1)
+        moved = shares[rows, main[rows]]
+        shares[rows, main[rows]] = 0.0
+        shares[rows, wrong[rows]] += moved
+        emb = shares[:, :n_cls] @ self.class_text + shares[:, n_cls:] * self.clutter
+        emb = emb + cfg.syn_view_noise * random_unit(cfg.syn_dim, "view", cfg.teacher_seed, view.index)
+        emb = emb + noise[:, None] * torch.randn(len(boxes), cfg.syn_dim, generator=g) / cfg.syn_dim**0.5
+        return F.normalize(emb, dim=-1)
+
+
+class SyntheticDino:
+    """A DINO-like patch encoder from the instance map and the image's colour statistics."""
+
+    name = "synthetic-dino"
+    patch = 8
+
+    def __init__(self, cfg: TeacherConfig):
+        self.cfg = cfg
+        self.feature_dim = cfg.syn_dino_dim
+        g = torch.Generator().manual_seed(_seed("texture", cfg.teacher_seed))
+        self.texture_proj = torch.randn(6, cfg.syn_dino_dim, generator=g)
+
+    def encode_patches(self, view: TeacherView) -> Tensor:
+        if view.instances is None:
+            raise TeacherError(f"view {view.index} has no instance map: the synthetic teacher needs instances/")
+        cfg, p = self.cfg, self.patch
+        h, w = -(-view.height // p), -(-view.width // p)
+        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        boxes = torch.stack([xs * p, ys * p, (xs + 1) * p, (ys + 1) * p], -1).reshape(-1, 4)
+        boxes = torch.minimum(boxes, torch.tensor([view.width, view.height] * 2))
+        ids, inverse = torch.unique(view.instances.long(), return_inverse=True)
+        shares = _box_sums(_integral(F.one_hot(inverse, len(ids))), boxes).float()
+        shares = shares / shares.sum(-1, keepdim=True).clamp(min=1.0)
+        identity = torch.stack([random_unit(cfg.syn_dino_dim, "instance", cfg.teacher_seed, int(i)) for i in ids])
+        rgb = view.image.double() / 255.0
+        mean = _box_sums(_integral(rgb), boxes)
+        sq = _box_sums(_integral(rgb * rgb), boxes)
+        area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).double()[:, None]
+        mean, sq = mean / area, sq / area
+        stats = torch.cat([mean - 0.5, 2.0 * (sq - mean * mean).clamp(min=0).sqrt()], -1).float()  # [K, 6]
+        texture = F.normalize(stats @ self.texture_proj, dim=-1)
+        g = torch.Generator().manual_seed(_seed("dino", cfg.teacher_seed, view.index))
+        noise = torch.randn(len(boxes), cfg.syn_dino_dim, generator=g) / cfg.syn_dino_dim**0.5
+        feats = shares @ identity + cfg.syn_dino_texture * texture + cfg.syn_dino_noise * noise
+        return F.normalize(feats, dim=-1).reshape(h, w, -1)

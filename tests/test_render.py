@@ -113,7 +113,9 @@ def test_nerfacc_marching_matches_the_torch_marcher():
     grid = OccupancyGrid(aabb, resolution=32).cuda()
     grid.binaries.copy_(torch.rand_like(grid.binaries, dtype=torch.float32) > 0.7)
     o = torch.tensor([[0.0, 0.0, 3.0]], device="cuda").repeat(512, 1)
-    d = torch.nn.functional.normalize(torch.randn(512, 3, device="cuda") * 0.2 + torch.tensor([0.0, 0.0, -1.0], device="cuda"), dim=-1)
+    d = torch.nn.functional.normalize(
+        torch.randn(512, 3, device="cuda") * 0.2 + torch.tensor([0.0, 0.0, -1.0], device="cuda"), dim=-1
+    )
     fast = grid.march(o, d, step_size=0.01)  # nerfacc on CUDA
     ref = grid._march_torch(o, d, *ray_aabb(o, d, aabb), 0.01)
     # both keep only occupied steps; counts agree up to steps straddling cell borders

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ovseg3d.teachers.base import CropEncoder, TeacherView
+from ovseg3d.teachers.base import CropEncoder, TeacherView, autocast, half_dtype
 from ovseg3d.teachers.config import TeacherConfig, TeacherError
 from ovseg3d.teachers.hub import load_pretrained, read_preprocessor
 
@@ -135,17 +135,17 @@ def crops_to_pixels(image: Tensor, boxes: Tensor, size: int, mean: tuple[float, 
 
 
 class _ImageCache:
-    """The current view's image as a float ``[3, H, W]`` tensor on the model device (converted once)."""
+    """The current view's image as a float32 ``[3, H, W]`` tensor on the model device (converted once)."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype):
-        self.device, self.dtype = device, dtype
+    def __init__(self, device: torch.device):
+        self.device = device
         self._key: tuple[int, int] | None = None
         self._image: Tensor | None = None
 
     def get(self, view: TeacherView) -> Tensor:
         key = (view.index, view.image.data_ptr())
         if key != self._key or self._image is None:
-            self._image = view.image.to(self.device).permute(2, 0, 1).to(self.dtype) / 255.0
+            self._image = view.image.to(self.device).permute(2, 0, 1).float() / 255.0
             self._key = key
         return self._image
 
@@ -163,16 +163,16 @@ class TransformersClip:
 
         self.name = name
         self.device = device
-        self.dtype = torch.float16 if half and device.type == "cuda" else torch.float32
+        self.dtype = half_dtype(device, half)  # images only; texts stay float32
         model = load_pretrained(CLIPModel.from_pretrained, name, "CLIP model", "--clip-model")
-        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.model = model.to(device).eval()
         self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name, "CLIP tokenizer", "--clip-model")
         self.embedding_dim = int(model.config.projection_dim)
         self.image_size = int(model.config.vision_config.image_size)
         pre = read_preprocessor(name)
         self.mean = tuple(pre.get("image_mean", OPENAI_MEAN))
         self.std = tuple(pre.get("image_std", OPENAI_STD))
-        self._image = _ImageCache(device, self.dtype)
+        self._image = _ImageCache(device)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> Tensor:
@@ -183,7 +183,8 @@ class TransformersClip:
     @torch.no_grad()
     def encode_crops(self, view: TeacherView, boxes: Tensor) -> Tensor:
         pixels = crops_to_pixels(self._image.get(view), boxes, self.image_size, self.mean, self.std)
-        out = _features(self.model.get_image_features(pixel_values=pixels.to(self.dtype)))
+        with autocast(self.device, self.dtype):
+            out = _features(self.model.get_image_features(pixel_values=pixels))
         return F.normalize(out.float(), dim=-1).cpu()
 
 
@@ -194,7 +195,7 @@ class OpenClip:
         open_clip = import_open_clip()
         self.name = f"{name}/{pretrained}"
         self.device = device
-        self.dtype = torch.float16 if half and device.type == "cuda" else torch.float32
+        self.dtype = half_dtype(device, half)  # images only; texts stay float32
         weights = str(Path(pretrained).expanduser()) if Path(pretrained).expanduser().exists() else pretrained
         try:
             model = open_clip.create_model(name, pretrained=weights or None)
@@ -203,7 +204,7 @@ class OpenClip:
                 f"cannot load open_clip model {name} with pretrained '{pretrained}' ({type(exc).__name__}: "
                 f"{' '.join(str(exc).split())[:200]}): pass --clip-pretrained /path/to/weights.safetensors"
             ) from None
-        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.model = model.to(device).eval()
         self.tokenizer = open_clip.get_tokenizer(name)
         size = model.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
@@ -211,7 +212,7 @@ class OpenClip:
         self.std = tuple(getattr(model.visual, "image_std", None) or OPENAI_STD)
         with torch.no_grad():
             self.embedding_dim = int(self.encode_text(["a"]).shape[-1])
-        self._image = _ImageCache(device, self.dtype)
+        self._image = _ImageCache(device)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> Tensor:
@@ -221,7 +222,8 @@ class OpenClip:
     @torch.no_grad()
     def encode_crops(self, view: TeacherView, boxes: Tensor) -> Tensor:
         pixels = crops_to_pixels(self._image.get(view), boxes, self.image_size, self.mean, self.std)
-        out = self.model.encode_image(pixels.to(self.dtype))
+        with autocast(self.device, self.dtype):
+            out = self.model.encode_image(pixels)
         return F.normalize(out.float(), dim=-1).cpu()
 
 

@@ -51,7 +51,7 @@ class TeacherConfig:
     dino_long_side: int = 448
     """DINO input long side in pixels (rounded to the patch size); features come one per patch."""
     half: bool = True
-    """Run the teacher models in float16 on CUDA (float32 on the CPU)."""
+    """Run the teacher image models in float16 on CUDA, bfloat16 on a CPU that has it (else float32)."""
     teacher_seed: int = 0
     """Seed of the crop growth and of the simulated teachers' noise."""
     cache_dir: Path | None = None

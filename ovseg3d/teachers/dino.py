@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ovseg3d.teachers.base import TeacherView
+from ovseg3d.teachers.base import TeacherView, autocast, half_dtype
 from ovseg3d.teachers.config import TeacherError
 from ovseg3d.teachers.hub import load_pretrained, read_preprocessor
 
@@ -38,8 +38,8 @@ class TransformersDino:
         model = load_pretrained(AutoModel.from_pretrained, name, "DINO model", "--dino-model", **extra)
         self.name = name
         self.device = device
-        self.dtype = torch.float16 if half and device.type == "cuda" else torch.float32
-        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.dtype = half_dtype(device, half)
+        self.model = model.to(device).eval()
         self.kind = kind
         self.patch = int(config.patch_size)
         self.n_prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)  # CLS (+ registers)
@@ -56,8 +56,9 @@ class TransformersDino:
         image = F.interpolate(image, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
         mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
-        pixels = ((image - mean) / std).to(self.dtype)
+        pixels = (image - mean) / std
         extra = {"interpolate_pos_encoding": True} if self.kind == "vit" else {}
-        tokens = self.model(pixel_values=pixels, **extra).last_hidden_state[0, self.n_prefix :]
+        with autocast(self.device, self.dtype):
+            tokens = self.model(pixel_values=pixels, **extra).last_hidden_state[0, self.n_prefix :]
         grid = tokens.float().reshape(h // self.patch, w // self.patch, -1)
         return F.normalize(grid, dim=-1).cpu()

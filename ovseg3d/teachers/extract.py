@@ -143,7 +143,7 @@ def teacher_view(scene: Scene, index: int, cfg: TeacherConfig) -> TeacherView:
     w, h = source_size(scene, cfg)
     if (image.shape[1], image.shape[0]) != (w, h):
         image = resize_box(image, w, h)
-    return TeacherView(index, torch.from_numpy(np.ascontiguousarray(image)))
+    return TeacherView(index, torch.from_numpy(np.array(image)))
 
 
 def _view_generator(cfg: TeacherConfig, index: int) -> torch.Generator:

@@ -72,6 +72,7 @@ def bench_hashgrid(cfg: HashGridConfig, n: int, device: torch.device) -> list[di
     if accel.tcnn(device) is not None:
         variants.append(("tinycudann", make_hash_grid(cfg, device, "tcnn")))
     for name, grid in variants:
+
         def step(grid=grid):
             grid(x).float().sum().backward()
 
@@ -79,8 +80,16 @@ def bench_hashgrid(cfg: HashGridConfig, n: int, device: torch.device) -> list[di
         step()  # includes compilation for the compiled variant
         first = time.perf_counter() - t0
         sec = _time(step, 5 if device.type == "cpu" else 50, device)
-        rows.append({"grid": dataclasses.asdict(cfg), "impl": name, "points": n, "seconds": sec,
-                     "points_per_s": n / sec, "first_call_s": first})
+        rows.append(
+            {
+                "grid": dataclasses.asdict(cfg),
+                "impl": name,
+                "points": n,
+                "seconds": sec,
+                "points_per_s": n / sec,
+                "first_call_s": first,
+            }
+        )
     return rows
 
 
@@ -108,17 +117,26 @@ def bench_training(args: Args, device: torch.device) -> dict:
                 out = trainer.render_view(scene.cameras, i, scene.near_far)
                 gt = scene.image_float(i)
                 scores.append((psnr(out.rgb.cpu(), gt), ssim(out.rgb.cpu(), gt)))
-            point = {"train_seconds": round(trainer.elapsed, 1), "step": trainer.step,
-                     "psnr": sum(s[0] for s in scores) / len(scores), "ssim": sum(s[1] for s in scores) / len(scores),
-                     "occupied": trainer.grid.occupied_fraction()}
+            point = {
+                "train_seconds": round(trainer.elapsed, 1),
+                "step": trainer.step,
+                "psnr": sum(s[0] for s in scores) / len(scores),
+                "ssim": sum(s[1] for s in scores) / len(scores),
+                "occupied": trainer.grid.occupied_fraction(),
+            }
             curve.append(point)
-            print(f"  {point['train_seconds']:>7.1f}s step {point['step']:>6}  PSNR {point['psnr']:.2f}  SSIM {point['ssim']:.4f}",
-                  flush=True)
+            print(
+                f"  {point['train_seconds']:>7.1f}s step {point['step']:>6}  PSNR {point['psnr']:.2f}  SSIM {point['ssim']:.4f}",
+                flush=True,
+            )
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "scene": str(args.scene), "preset": args.preset, "overrides": overrides,
+        "scene": str(args.scene),
+        "preset": args.preset,
+        "overrides": overrides,
         "views": {"train": len(scene.train_ids), "eval": len(scene.eval_ids), "size": [scene.width, scene.height]},
-        "steps_per_s": trainer.step / trainer.elapsed, "samples_per_step": samples / trainer.step,
+        "steps_per_s": trainer.step / trainer.elapsed,
+        "samples_per_step": samples / trainer.step,
         "peak_rss_mb": peak_rss,
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         "curve": curve,
@@ -129,8 +147,12 @@ def main() -> None:
     args = tyro.cli(Args, description=__doc__)
     accel.configure_cpu_allocator()
     device = resolve_device(args.device)
-    result: dict = {"device": accel.describe(device), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
-                    "machine": platform.platform()}
+    result: dict = {
+        "device": accel.describe(device),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "machine": platform.platform(),
+    }
     if not args.skip_grid:
         preset = resolve_base(args.preset, None).field_config().grid
         ngp = HashGridConfig(16, 2, 19, 16, 1.447)
@@ -141,14 +163,18 @@ def main() -> None:
         for r in rows:
             g = r["grid"]
             label = f"{g['n_levels']} x {g['n_features_per_level']}, {g['log2_hashmap_size']}"
-            print(f"{label:<20} {r['impl']:<16} {r['seconds'] * 1e3:>9.1f} {r['points_per_s'] / 1e6:>10.3f} {r['first_call_s']:>13.1f}")
+            print(
+                f"{label:<20} {r['impl']:<16} {r['seconds'] * 1e3:>9.1f} {r['points_per_s'] / 1e6:>10.3f} {r['first_call_s']:>13.1f}"
+            )
     if not args.skip_train:
         print(f"\ntraining {args.scene} with preset '{args.preset}' ({result['device']})")
         result["training"] = t = bench_training(args, device)
         print(f"{'train s':>8} {'step':>7} {'PSNR':>7} {'SSIM':>7}")
         for p in t["curve"]:
             print(f"{p['train_seconds']:>8.1f} {p['step']:>7} {p['psnr']:>7.2f} {p['ssim']:>7.4f}")
-        print(f"steps/s {t['steps_per_s']:.2f}, samples/step {t['samples_per_step']:.0f}, peak RSS {t['peak_rss_mb']:.0f} MB")
+        print(
+            f"steps/s {t['steps_per_s']:.2f}, samples/step {t['samples_per_step']:.0f}, peak RSS {t['peak_rss_mb']:.0f} MB"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")

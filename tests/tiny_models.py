@@ -18,7 +18,16 @@ def _byte_vocab() -> dict[str, int]:
     return vocab
 
 
-def save_tiny_clip(folder: Path, image_size: int = 32, projection_dim: int = 16, seed: int = 0) -> Path:
+def save_tiny_clip(
+    folder: Path,
+    image_size: int = 32,
+    projection_dim: int = 16,
+    seed: int = 0,
+    vision: dict | None = None,
+    text: dict | None = None,
+) -> Path:
+    """A random CLIP saved with save_pretrained (+ tokenizer, preprocessor config); ``vision`` / ``text``
+    override the tiny sizes (the benchmark builds ViT-B/16's architecture this way)."""
     import torch
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
@@ -26,7 +35,7 @@ def save_tiny_clip(folder: Path, image_size: int = 32, projection_dim: int = 16,
     vocab = _byte_vocab()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     eos = vocab["<|endoftext|>"]
-    text = dict(
+    text_cfg = dict(
         vocab_size=len(vocab),
         hidden_size=32,
         intermediate_size=64,
@@ -36,16 +45,16 @@ def save_tiny_clip(folder: Path, image_size: int = 32, projection_dim: int = 16,
         bos_token_id=vocab["<|startoftext|>"],
         eos_token_id=eos,
         pad_token_id=eos,
-    )
-    vision = dict(
+    ) | (text or {})
+    vision_cfg = dict(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
         image_size=image_size,
         patch_size=8,
-    )
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim))
+    ) | (vision or {})
+    model = CLIPModel(CLIPConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=projection_dim))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
@@ -53,14 +62,14 @@ def save_tiny_clip(folder: Path, image_size: int = 32, projection_dim: int = 16,
     return folder
 
 
-def save_tiny_dino(folder: Path, kind: str = "vit", seed: int = 0) -> Path:
+def save_tiny_dino(folder: Path, kind: str = "vit", seed: int = 0, sizes: dict | None = None) -> Path:
     import torch
     from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTModel
 
     torch.manual_seed(seed)
     common = dict(
         hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
+    ) | (sizes or {})
     if kind == "vit":
         model = ViTModel(ViTConfig(**common), add_pooling_layer=False)
     elif kind == "dinov2":

@@ -344,3 +344,31 @@ def test_extract_cli_refuses_a_scene_without_labels_for_the_synthetic_teacher(sc
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "labels/ and instances/" in err
     assert not (bare / "features" / "synthetic" / "clip.npy").exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_half_precision_on_cuda_matches_float32_on_the_cpu(models):
+    view, boxes = _view(), crop_boxes(40, 30, 5)
+    cfg = TeacherConfig(clip_model=str(models["clip"]))
+    cpu = build_clip(dataclasses.replace(cfg, half=False), CPU).encode_crops(view, boxes)
+    gpu_clip = build_clip(cfg, torch.device("cuda"))
+    assert gpu_clip.dtype == torch.float16
+    cos = (gpu_clip.encode_crops(view, boxes) * cpu).sum(-1)
+    assert cos.min() > 0.99
+    dino_cpu = TransformersDino(str(models["vit"]), CPU, 48, half=False).encode_patches(view)
+    dino_gpu = TransformersDino(str(models["vit"]), torch.device("cuda"), 48).encode_patches(view)
+    assert (dino_cpu * dino_gpu).sum(-1).min() > 0.99
+
+
+def test_bfloat16_on_the_cpu_stays_close_to_float32(models):
+    from ovseg3d.teachers.base import half_dtype
+
+    if half_dtype(CPU, True) is None:
+        pytest.skip("this CPU has no native bfloat16: teachers run in float32")
+    view, boxes = _view(), crop_boxes(40, 30, 5)
+    cfg = TeacherConfig(clip_model=str(models["clip"]))
+    full = build_clip(dataclasses.replace(cfg, half=False), CPU).encode_crops(view, boxes)
+    half = build_clip(cfg, CPU)
+    assert half.dtype == torch.bfloat16
+    assert (half.encode_crops(view, boxes) * full).sum(-1).min() > 0.98

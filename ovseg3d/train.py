@@ -266,7 +266,23 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     cfg = dataclasses.replace(cfg, scene=Path(cfg.scene).resolve())
+    fresh = not Path(cfg.output).exists()
     run = prepare_run(cfg)
+    try:
+        trainer = _start(cfg, run)
+    except BaseException:  # bad scene, missing teacher weights, ...: leave no empty run folder behind
+        if fresh and run.is_dir() and not any(run.iterdir()):
+            run.rmdir()
+        raise
+    _loop(trainer, run)
+    save_checkpoint(checkpoint_path(run, trainer.step), trainer.state_dict())
+    paths = save_renders(trainer, run)
+    tqdm.write(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; renders in {paths[0].parent if paths else run}")
+    return run
+
+
+def _start(cfg: TrainConfig, run: Path) -> Trainer:
+    """Load the scene and the teacher features, build (or restore) the trainer, write the run's files."""
     if cfg.resume:
         cfg = _resumed_config(cfg, run)
     device = resolve_device(cfg.device)
@@ -285,11 +301,7 @@ def train(cfg: TrainConfig) -> Path:
         f"ovseg3d train: {scene.root} ({scene.format}, {len(scene.train_ids)} train / {len(scene.eval_ids)} "
         f"held-out views, {scene.width}x{scene.height}) -> {run}  [{accel.describe(device)}]"
     )
-    _loop(trainer, run)
-    save_checkpoint(checkpoint_path(run, trainer.step), trainer.state_dict())
-    paths = save_renders(trainer, run)
-    tqdm.write(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; renders in {paths[0].parent if paths else run}")
-    return run
+    return trainer
 
 
 def _resumed_config(cfg: TrainConfig, run: Path) -> TrainConfig:

@@ -372,3 +372,27 @@ def test_bfloat16_on_the_cpu_stays_close_to_float32(models):
     half = build_clip(cfg, CPU)
     assert half.dtype == torch.bfloat16
     assert (half.encode_crops(view, boxes) * full).sum(-1).min() > 0.98
+
+
+def test_train_without_teacher_weights_fails_in_one_line_and_leaves_no_run(scene_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    run = tmp_path / "run"
+    args = ["train", str(scene_dir), "--output", str(run), "--preset", "tiny", "--device", "cpu", "--teacher", "clip"]
+    assert main([*args, "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--clip-model" in err
+    assert not run.exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_failed_rebuild_keeps_the_existing_cache(scene_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    scene = load_scene(scene_dir)
+    cfg = TeacherConfig(kind="synthetic", cache_dir=tmp_path / "c")
+    ensure_features(scene, cfg, CPU, log=lambda s: None)
+    with pytest.raises(TeacherError):
+        ensure_features(scene, dataclasses.replace(cfg, kind="clip"), CPU, log=lambda s: None)
+    logs: list[str] = []
+    ensure_features(scene, cfg, CPU, log=logs.append)
+    assert "reusing" in logs[-1]

@@ -173,19 +173,22 @@ def ensure_features(
             meta = stored
         else:
             log(f"teacher features: rebuilding {path} ({reason})")
+    teachers = build_teachers(scene, cfg, device)  # before touching the folder: a failure loses nothing
     if meta is None:
         path.mkdir(parents=True, exist_ok=True)
         cache.clear(path)
         meta = cache.new_meta(expected)
-    extract_into(path, scene, cfg, device, meta)
+    extract_into(path, scene, cfg, teachers, meta)
     features = cache.open_features(path)
     write_previews(features, scene)
     return features
 
 
-def extract_into(path: Path, scene: Scene, cfg: TeacherConfig, device: torch.device, meta: dict[str, Any]) -> None:
+def extract_into(
+    path: Path, scene: Scene, cfg: TeacherConfig, teachers: tuple[CropEncoder, PatchEncoder], meta: dict[str, Any]
+) -> None:
     """Run the teachers over the views not yet in ``meta["done"]``, writing each as it finishes."""
-    clip, dino = build_teachers(scene, cfg, device)
+    clip, dino = teachers
     text = clip.encode_text(scene.classes) if scene.classes else torch.zeros(0, clip.embedding_dim)
     np.save(path / "text.npy", text.numpy().astype(np.float32))
     src_w, src_h = meta["source_size"]

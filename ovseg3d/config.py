@@ -134,6 +134,45 @@ class TrainConfig:
     eval_chunk: int = 8192
     """Rays per chunk when rendering images."""
 
+    # distillation of the 2D teachers (after the geometry stage; needs --teacher clip|synthetic)
+    distill_steps: int = 3000
+    """Distillation steps of the semantic field."""
+    distill_minutes: float = 0.0
+    """Stop distilling after this much time (minutes; 0 = no limit). The lr schedule follows it."""
+    joint_after: float = 0.5
+    """Fraction of the distillation after which RGB training of the radiance field resumes alongside
+    (1 = never: the radiance field stays frozen)."""
+    latent_dim: int = 32
+    """Semantic latent rendered per ray, decoded per ray to CLIP / selection / DINO."""
+    sem_levels: int = 8
+    """Hash-grid levels of the semantic field."""
+    sem_features_per_level: int = 4
+    """Features per level of the semantic grid."""
+    sem_log2_hashmap_size: int = 17
+    """log2 entries per level of the semantic grid."""
+    sem_max_resolution: int = 256
+    """Finest resolution of the semantic grid."""
+    sem_lr: float = 1e-2
+    """Adam learning rate of the semantic field."""
+    sem_rays: int = 2048
+    """Random rays per distillation step (plus the FDA patches)."""
+    sem_weight_eps: float = 0.01
+    """Only samples with a rendering weight above this evaluate the semantic field."""
+    fda_patches: int = 4
+    """FDA patches per step (0 = no FDA)."""
+    fda_patch_size: int = 16
+    """Rays per patch side."""
+    fda_stride: int = 2
+    """Pixels between neighbouring rays of a patch."""
+    fda_pos_weight: float = 200.0
+    """FDA w+: pull DINO-similar pixels to one class distribution."""
+    fda_neg_weight: float = 0.2
+    """FDA w-: push DINO-dissimilar pixels apart (higher: sharper boundaries, less stable)."""
+    rda_weight: float = 1.0
+    """Weight of the relevancy-distribution alignment (0 = off)."""
+    dino_weight: float = 0.1
+    """Weight of the DINO feature head's cosine loss."""
+
     # 2D teachers (their features are extracted, or reused from the cache, before training)
     teachers: Annotated[TeacherConfig, tyro.conf.OmitArgPrefixes] = field(
         default_factory=lambda: TeacherConfig(kind="none")

@@ -77,6 +77,7 @@ def evaluate_run(run: Path, device_name: str = "auto", save_renders: bool = True
         if save_renders:
             save_panel(run, scene, i, out)
     metrics = {
+        **semantic_metrics(run, trainer, save_renders),
         "psnr": sum(v["psnr"] for v in per_view) / len(per_view),
         "ssim": sum(v["ssim"] for v in per_view) / len(per_view),
         "n_views": len(per_view),
@@ -88,11 +89,53 @@ def evaluate_run(run: Path, device_name: str = "auto", save_renders: bool = True
     return metrics
 
 
+def semantic_metrics(run: Path, trainer, save_renders: bool = True) -> dict:
+    """3D segmentation and 2D-teacher scores on the annotated views (3D-OVS protocol); ``{}`` for a run
+    without a semantic field or a scene without annotations."""
+    from ovseg3d.distill import load_distiller
+    from ovseg3d.images import colorize_labels, save_png, side_by_side
+    from ovseg3d.run import latest_checkpoint, load_checkpoint
+    from ovseg3d.teachers.extract import teacher_labels
+
+    scene = trainer.scene
+    loaded = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
+    if loaded is None or not scene.segmentations or not scene.classes:
+        return {}
+    distiller, features = loaded
+    views = sorted(scene.segmentations)
+    ours = {v: distiller.segment(scene.cameras, v, scene.near_far) for v in views}
+    teacher = {v: teacher_labels(features, v, scene.width, scene.height) for v in views}
+    m = segmentation_metrics(ours, {v: scene.segmentations[v] for v in views}, scene.classes)
+    t = segmentation_metrics(teacher, {v: scene.segmentations[v] for v in views}, scene.classes)
+    if save_renders:
+        n = len(scene.classes)
+        for v in views:
+            gt = torch.where(scene.segmentations[v].any(0), scene.segmentations[v].double().argmax(0), n)
+            panel = side_by_side(scene.image_float(v), *(colorize_labels(x, n) for x in (gt, teacher[v], ours[v])))
+            save_png(run / "renders" / f"seg_{v:03d}.png", panel)
+    return {
+        "miou": m["miou"],
+        "accuracy": m["accuracy"],
+        "per_class_iou": m["per_class_iou"],
+        "teacher_miou": t["miou"],
+        "teacher_accuracy": t["accuracy"],
+        "teacher_per_class_iou": t["per_class_iou"],
+        "n_annotated_views": m["n_views"],
+        "annotated_views_trained": bool(set(views) & set(scene.train_ids)),
+    }
+
+
 def format_table(metrics: dict) -> str:
     lines = [f"{'view':>6} {'PSNR':>8} {'SSIM':>7}"]
     for v in metrics["per_view"]:
         lines.append(f"{v['view']:>6} {v['psnr']:>8.2f} {v['ssim']:>7.4f}")
     lines.append(f"{'mean':>6} {metrics['psnr']:>8.2f} {metrics['ssim']:>7.4f}")
+    if "miou" in metrics:
+        lines.append(
+            f"segmentation on {metrics['n_annotated_views']} annotated views: mIoU {metrics['miou']:.1f} "
+            f"(2D teacher {metrics['teacher_miou']:.1f}), accuracy {metrics['accuracy']:.1f} "
+            f"(teacher {metrics['teacher_accuracy']:.1f})"
+        )
     return "\n".join(lines)
 
 

@@ -8,11 +8,15 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from ovseg3d.distill import Distiller
 
 from ovseg3d import accel
 from ovseg3d.config import TrainConfig, write_toml
@@ -33,6 +37,7 @@ from ovseg3d.run import (
     save_checkpoint,
     write_run_info,
 )
+from ovseg3d.teachers.cache import TeacherFeatures
 
 
 def resolve_device(name: str) -> torch.device:
@@ -269,28 +274,37 @@ def train(cfg: TrainConfig) -> Path:
     fresh = not Path(cfg.output).exists()
     run = prepare_run(cfg)
     try:
-        trainer = _start(cfg, run)
+        trainer, features = _start(cfg, run)
     except BaseException:  # bad scene, missing teacher weights, ...: leave no empty run folder behind
         if fresh and run.is_dir() and not any(run.iterdir()):
             run.rmdir()
         raise
     _loop(trainer, run)
     save_checkpoint(checkpoint_path(run, trainer.step), trainer.state_dict())
+    if features is not None:
+        from ovseg3d.distill import Distiller
+
+        distiller = Distiller(trainer, features)
+        state = load_checkpoint(latest_checkpoint(run), trainer.device)  # type: ignore[arg-type]
+        if "semantic" in state:
+            distiller.load_state_dict(state["semantic"])
+        _distill_loop(distiller, run)
     paths = save_renders(trainer, run)
     tqdm.write(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; renders in {paths[0].parent if paths else run}")
     return run
 
 
-def _start(cfg: TrainConfig, run: Path) -> Trainer:
+def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None]:
     """Load the scene and the teacher features, build (or restore) the trainer, write the run's files."""
     if cfg.resume:
         cfg = _resumed_config(cfg, run)
     device = resolve_device(cfg.device)
     scene = load_scene(cfg.scene, cfg.downscale, cfg.train_on_annotated, cfg.holdout_every)
+    features = None
     if cfg.teachers.kind != "none":
         from ovseg3d.teachers.extract import ensure_features
 
-        ensure_features(scene, cfg.teachers, device)
+        features = ensure_features(scene, cfg.teachers, device)
     trainer = Trainer(cfg, scene, device)
     if cfg.resume:
         trainer.load_state_dict(load_checkpoint(latest_checkpoint(run), device))  # type: ignore[arg-type]
@@ -301,7 +315,7 @@ def _start(cfg: TrainConfig, run: Path) -> Trainer:
         f"ovseg3d train: {scene.root} ({scene.format}, {len(scene.train_ids)} train / {len(scene.eval_ids)} "
         f"held-out views, {scene.width}x{scene.height}) -> {run}  [{accel.describe(device)}]"
     )
-    return trainer
+    return trainer, features
 
 
 def _resumed_config(cfg: TrainConfig, run: Path) -> TrainConfig:
@@ -333,6 +347,30 @@ def _loop(trainer: Trainer, run: Path) -> None:
                 log.write(json.dumps(record) + "\n")
             if trainer.step % cfg.checkpoint_every == 0:
                 save_checkpoint(checkpoint_path(run, trainer.step), trainer.state_dict())
+
+
+def _distill_loop(distiller: Distiller, run: Path) -> None:
+    cfg = distiller.cfg
+    geo = distiller.geo
+    with (
+        open(run / "log.jsonl", "a") as log,
+        tqdm(total=cfg.distill_steps, initial=distiller.step, unit="step", desc="distill") as bar,
+    ):
+        while not distiller.done():
+            stats = distiller.train_step()
+            bar.update(1)
+            if distiller.step % cfg.log_every == 0 or distiller.done():
+                bar.set_postfix(feat=f"{stats.feature:.3f}", rda=f"{stats.rda:.3f}", fda=f"{stats.fda:.3f}")
+                record = {
+                    "stage": "distill",
+                    "distill_step": distiller.step,
+                    "time": round(distiller.elapsed, 3),
+                    **vars(stats),
+                }
+                log.write(json.dumps(record) + "\n")
+            if distiller.step % cfg.checkpoint_every == 0 or distiller.done():
+                state = {**geo.state_dict(), "semantic": distiller.state_dict()}
+                save_checkpoint(checkpoint_path(run, geo.step + distiller.step), state)
 
 
 def load_trainer(run: Path, device_name: str = "auto") -> Trainer:

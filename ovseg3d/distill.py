@@ -1,0 +1,229 @@
+"""Distilling the 2D teachers into a semantic field on top of a trained radiance field (3D-OVS, REFERENCE §1).
+
+Schedule: the geometry stage (``Trainer``) runs first; then the semantic field trains against the teacher
+features with the radiance field frozen; after ``joint_after`` of the distillation the radiance field
+resumes its RGB steps alongside. The semantic field reads detached positions, so semantic losses never
+move the geometry.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
+from ovseg3d.field.hashgrid import HashGridConfig
+from ovseg3d.field.semantic import SemanticConfig, SemanticField, SemanticOutput
+from ovseg3d.losses import class_probabilities, fda_loss, feature_loss, rda_loss
+from ovseg3d.render.volume import accumulate, render_weights
+from ovseg3d.teachers.cache import TeacherFeatures
+from ovseg3d.train import Trainer
+
+
+@dataclass
+class TeacherTensors:
+    """The cache in memory as float16 tensors (shapes as in :mod:`ovseg3d.teachers.cache`)."""
+
+    clip: Tensor  # [N, h, w, S, D]
+    relevancy: Tensor  # [N, hr, wr, S, C]
+    dino: Tensor  # [N, hd, wd, Dd]
+    text: Tensor  # [C, D] float32
+
+    @classmethod
+    def load(cls, features: TeacherFeatures, device: torch.device) -> TeacherTensors:
+        def t(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(np.array(a)).to(device)
+
+        return cls(t(features.clip), t(features.relevancy), t(features.dino), t(features.text).float())
+
+    @staticmethod
+    def _at(maps: Tensor, views: Tensor, u: Tensor, v: Tensor, width: int, height: int) -> Tensor:
+        """Nearest map cell under pixel ``(u, v)`` of a ``width x height`` image."""
+        h, w = maps.shape[1:3]
+        col = ((u.float() + 0.5) * w / width).long().clamp(0, w - 1)
+        row = ((v.float() + 0.5) * h / height).long().clamp(0, h - 1)
+        return maps[views, row, col]
+
+    def lookup(self, views: Tensor, u: Tensor, v: Tensor, width: int, height: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Teacher CLIP ``[R, S, D]``, relevancy ``[R, S, C]`` and DINO ``[R, Dd]`` at pixels of scene views."""
+        return (
+            self._at(self.clip, views, u, v, width, height),
+            self._at(self.relevancy, views, u, v, width, height),
+            self._at(self.dino, views, u, v, width, height),
+        )
+
+
+@dataclass
+class DistillStats:
+    loss: float
+    feature: float
+    rda: float
+    fda: float
+    dino: float
+    n_rays: int
+
+
+class Distiller:
+    """The semantic field, its optimiser and one distillation step over a trained :class:`Trainer`."""
+
+    def __init__(self, geo: Trainer, features: TeacherFeatures):
+        cfg = geo.cfg
+        self.geo, self.cfg, self.device = geo, cfg, geo.device
+        self.teacher = TeacherTensors.load(features, geo.device)
+        n_scales, clip_dim = self.teacher.clip.shape[3:]
+        scale = math.exp(math.log(cfg.sem_max_resolution / 16) / max(1, cfg.sem_levels - 1))
+        grid = HashGridConfig(cfg.sem_levels, cfg.sem_features_per_level, cfg.sem_log2_hashmap_size, 16, scale)
+        sem = SemanticConfig(grid, cfg.latent_dim, 64, int(clip_dim), int(n_scales), int(self.teacher.dino.shape[-1]))
+        self.field = SemanticField(geo.field.aabb, sem, geo.device, cfg.grid_impl)
+        self.optimizer = torch.optim.Adam(self.field.parameters(), lr=cfg.sem_lr, betas=(0.9, 0.99), eps=1e-15)
+        self.train_views = torch.as_tensor(geo.scene.train_ids, device=geo.device)
+        self.step = 0
+        self.elapsed = 0.0
+
+    # -- schedule --------------------------------------------------------------------------------------
+    def progress(self) -> float:
+        cfg = self.cfg
+        by_steps = self.step / max(1, cfg.distill_steps)
+        by_time = self.elapsed / (60.0 * cfg.distill_minutes) if cfg.distill_minutes > 0 else 0.0
+        return min(1.0, max(by_steps, by_time))
+
+    def done(self) -> bool:
+        return self.progress() >= 1.0
+
+    # -- rays ------------------------------------------------------------------------------------------
+    def sample_pixels(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Random pixels plus ``fda_patches`` strided square patches (last ``B*N`` rays): views, u, v."""
+        cfg, dev = self.cfg, self.device
+        w, h = self.geo.scene.width, self.geo.scene.height
+        n = cfg.sem_rays
+        views = self.train_views[torch.randint(len(self.train_views), (n,), device=dev)]
+        u, v = torch.randint(w, (n,), device=dev), torch.randint(h, (n,), device=dev)
+        k, s = cfg.fda_patch_size, cfg.fda_stride
+        span_w, span_h = min(w, (k - 1) * s + 1), min(h, (k - 1) * s + 1)
+        step_w, step_h = max(1, (span_w - 1) // (k - 1)), max(1, (span_h - 1) // (k - 1))
+        b = cfg.fda_patches
+        pv = self.train_views[torch.randint(len(self.train_views), (b,), device=dev)]
+        x0 = torch.randint(w - (k - 1) * step_w, (b,), device=dev)
+        y0 = torch.randint(h - (k - 1) * step_h, (b,), device=dev)
+        gy, gx = torch.meshgrid(torch.arange(k, device=dev), torch.arange(k, device=dev), indexing="ij")
+        pu = (x0[:, None] + gx.reshape(1, -1) * step_w).reshape(-1)
+        pvv = (y0[:, None] + gy.reshape(1, -1) * step_h).reshape(-1)
+        pviews = pv[:, None].expand(b, k * k).reshape(-1)
+        return torch.cat([views, pviews]), torch.cat([u, pu]), torch.cat([v, pvv])
+
+    def render_latent(self, cameras: Cameras, cam: Tensor, origins: Tensor, dirs: Tensor, near_far) -> Tensor:
+        """``[R, L]`` latent per ray: the semantic latent of the samples that carry weight, averaged with the
+        (frozen, no-grad) radiance weights."""
+        geo = self.geo
+        near, far = geo.ray_limits(cameras, near_far, cam, dirs)
+        with torch.no_grad():
+            samples = geo.grid.march(origins, dirs, geo.opts.step_size, near, far, stratified=False)
+            sigma = geo.field.density(samples.positions(origins, dirs))
+            weights = render_weights(sigma, samples.deltas, samples.ray_indices, len(origins))
+            keep = weights > self.cfg.sem_weight_eps
+            samples, weights = samples.select(keep), weights[keep]
+            points = samples.positions(origins, dirs)
+        z = self.field.latent(points)
+        total = accumulate(weights, None, samples.ray_indices, len(origins))
+        return accumulate(weights, z, samples.ray_indices, len(origins)) / total.clamp(min=1e-6)
+
+    # -- one step --------------------------------------------------------------------------------------
+    def train_step(self) -> DistillStats:
+        start = time.perf_counter()
+        cfg, geo = self.cfg, self.geo
+        self.field.train()
+        lr = cfg.sem_lr * cfg.lr_final_factor ** self.progress()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        views, u, v = self.sample_pixels()
+        scene = geo.scene
+        cams = scene.cameras.to(self.device)
+        origins, dirs = pixel_rays(cams, views, u, v)
+        z = self.render_latent(cams, views, origins, dirs, scene.near_far)
+        out = self.field.decode(z)
+        t_clip, t_rel, t_dino = self.teacher.lookup(views, u, v, scene.width, scene.height)
+        stats = self.losses(out, t_clip, t_rel, t_dino)
+        self.optimizer.zero_grad(set_to_none=True)
+        stats[0].backward()
+        self.optimizer.step()
+        if cfg.joint_after < 1.0 and self.progress() >= cfg.joint_after:
+            geo.train_step()
+        self.step += 1
+        self.elapsed += time.perf_counter() - start
+        loss, feat, rda, fda, dino = (float(x.detach()) for x in stats)
+        return DistillStats(loss, feat, rda, fda, dino, len(views))
+
+    def losses(self, out: SemanticOutput, t_clip: Tensor, t_rel: Tensor, t_dino: Tensor) -> tuple[Tensor, ...]:
+        cfg = self.cfg
+        text = self.teacher.text
+        feat = feature_loss(out.clip, t_clip, out.selection)
+        rda = rda_loss(out.clip, text, t_rel, out.selection) if len(text) else feat.new_zeros(())
+        dino = (1.0 - F.cosine_similarity(out.dino, t_dino.float(), dim=-1)).mean()
+        fda = feat.new_zeros(())
+        n_patch = cfg.fda_patches * cfg.fda_patch_size**2
+        if n_patch and len(text) and (cfg.fda_pos_weight > 0 or cfg.fda_neg_weight > 0):
+            probs = class_probabilities(out.clip[-n_patch:], text).view(cfg.fda_patches, -1, len(text))
+            fda = fda_loss(
+                probs,
+                t_dino[-n_patch:].view(cfg.fda_patches, -1, t_dino.shape[-1]),
+                cfg.fda_pos_weight,
+                cfg.fda_neg_weight,
+            )
+        loss = feat + cfg.rda_weight * rda + fda + cfg.dino_weight * dino
+        return loss, feat, rda, fda, dino
+
+    # -- rendering -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def render_semantics(self, cameras: Cameras, idx: int, near_far: Tensor | None = None) -> Tensor:
+        """``[H, W, D]`` normalised CLIP feature of camera ``idx``."""
+        self.field.eval()
+        cams = cameras.to(self.device)
+        origins, dirs = image_rays(cams, idx)
+        cam = torch.full((len(dirs),), idx, dtype=torch.long, device=self.device)
+        chunks = []
+        for s in range(0, len(dirs), self.cfg.eval_chunk):
+            sl = slice(s, s + self.cfg.eval_chunk)
+            z = self.render_latent(cams, cam[sl], origins[sl], dirs[sl], near_far)
+            chunks.append(F.normalize(self.field.decode(z).clip, dim=-1))
+        return torch.cat(chunks).view(cameras.height, cameras.width, -1)
+
+    def segment(self, cameras: Cameras, idx: int, near_far: Tensor | None = None) -> Tensor:
+        """``[H, W]`` class index (argmax of the cosine with the class texts)."""
+        feats = self.render_semantics(cameras, idx, near_far)
+        return (feats @ F.normalize(self.teacher.text, dim=-1).T).argmax(-1).cpu()
+
+    # -- state -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "field": self.field.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.field.load_state_dict(state["field"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+
+
+def load_distiller(trainer: Trainer, state: dict) -> tuple[Distiller, TeacherFeatures] | None:
+    """The run's distiller from a checkpoint ``state`` (``None`` if the run has no semantic field); the
+    teacher features come from the (reused) cache."""
+    if "semantic" not in state:
+        return None
+    from ovseg3d.teachers.extract import ensure_features
+
+    features = ensure_features(trainer.scene, trainer.cfg.teachers, trainer.device, log=lambda s: None)
+    distiller = Distiller(trainer, features)
+    sem = dict(state["semantic"])
+    sem.pop("optimizer", None)
+    distiller.load_state_dict(sem)
+    return distiller, features

@@ -1,0 +1,70 @@
+"""Distillation losses of 3D-OVS (REFERENCE.md §1): pure functions over per-ray tensors.
+
+* feature: ``1 - cos(F, normalize(sum_s sel_s F_s))`` against the teacher feature at the selected scale;
+* RDA: Jensen-Shannon between the field's class distribution ``softmax_c(cos(F, t_c) / tau)`` and the
+  teacher's ``softmax_c(sum_s sel_s R_s,c / tau_r)``;
+* FDA: on patches of rays, ``D_ij = cos(dino_i, dino_j) - 0.7``, ``J_ij = JS(P_i, P_j)``,
+  ``w+ mean_{D>0}(D J) + w- mean_{D<0}(D J)``: DINO-similar pixels are pulled to one class
+  distribution, dissimilar ones pushed apart.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def js_divergence(p: Tensor, q: Tensor, eps: float = 1e-8) -> Tensor:
+    """Jensen-Shannon divergence of distributions over the last axis (natural log; in [0, ln 2])."""
+    m = 0.5 * (p + q)
+    kl_pm = (p * (torch.log(p + eps) - torch.log(m + eps))).sum(-1)
+    kl_qm = (q * (torch.log(q + eps) - torch.log(m + eps))).sum(-1)
+    return 0.5 * (kl_pm + kl_qm)
+
+
+def class_probabilities(features: Tensor, texts: Tensor, temperature: float = 0.2) -> Tensor:
+    """``softmax_c(cos(F, t_c) / T)``: ``[R, D]``, ``[C, D]`` -> ``[R, C]``."""
+    cos = F.normalize(features, dim=-1) @ F.normalize(texts, dim=-1).T
+    return torch.softmax(cos / temperature, dim=-1)
+
+
+def select_scales(values: Tensor, selection: Tensor) -> Tensor:
+    """``sum_s sel_s V_s``: ``[R, S, K]`` teacher values per scale, ``[R, S]`` weights -> ``[R, K]``."""
+    return (selection[:, :, None] * values).sum(1)
+
+
+def feature_loss(rendered: Tensor, teacher: Tensor, selection: Tensor) -> Tensor:
+    """Mean ``1 - cos(F, normalize(sum_s sel_s F_s))``; ``[R, D]``, ``[R, S, D]``, ``[R, S]``."""
+    target = F.normalize(select_scales(teacher.float(), selection), dim=-1)
+    return (1.0 - F.cosine_similarity(rendered, target, dim=-1)).mean()
+
+
+def rda_loss(
+    rendered: Tensor, texts: Tensor, relevancy: Tensor, selection: Tensor, tau: float = 0.2, tau_r: float = 0.1
+) -> Tensor:
+    """Relevancy-distribution alignment: mean JS between the field's and the selected teacher's class
+    distributions; ``relevancy``: ``[R, S, C]`` in [0, 1]."""
+    p_field = class_probabilities(rendered, texts, tau)
+    p_teacher = torch.softmax(select_scales(relevancy.float(), selection) / tau_r, dim=-1)
+    return js_divergence(p_field, p_teacher).mean()
+
+
+def fda_loss(probs: Tensor, dino: Tensor, w_pos: float = 200.0, w_neg: float = 0.2, threshold: float = 0.7) -> Tensor:
+    """Feature-distribution alignment over patches.
+
+    Args:
+        probs: ``[B, N, C]`` class distributions of the ``N`` rays of each of ``B`` patches.
+        dino: ``[B, N, Dd]`` DINO features of the same pixels.
+    """
+    d = F.normalize(dino.float(), dim=-1)
+    sim = d @ d.transpose(1, 2) - threshold  # [B, N, N]
+    js = js_divergence(probs[:, :, None, :], probs[:, None, :, :])  # [B, N, N]
+    dj = sim * js
+    pos, neg = sim > 0, sim < 0
+    loss = probs.new_zeros(())
+    if pos.any():
+        loss = loss + w_pos * dj[pos].mean()
+    if neg.any():
+        loss = loss + w_neg * dj[neg].mean()
+    return loss

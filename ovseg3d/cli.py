@@ -46,6 +46,21 @@ class ExtractArgs:
     """Rebuild the cache even if it matches."""
 
 
+@dataclass
+class RenderArgs:
+    """Render views of a run: rgb, depth, segmentation with a legend and, for each --query, LERF relevancy
+    over the rgb; PNGs in RUN/renders/."""
+
+    run: Path = Path("runs/demo")
+    """Run folder written by ovseg3d train."""
+    views: list[int] = dataclasses.field(default_factory=list)
+    """View indices to render (default: the held-out views)."""
+    query: list[str] = dataclasses.field(default_factory=list)
+    """Free-text queries: one relevancy image each (needs a run trained with --teacher)."""
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda'."""
+
+
 def _positional(args: list[str], flag: str) -> list[str]:
     """Let the first bare argument stand for ``flag`` (``ovseg3d train SCENE`` = ``--scene SCENE``)."""
     if args and not args[0].startswith("-"):
@@ -117,6 +132,15 @@ def cmd_extract(args: list[str]) -> int:
     return 0
 
 
+def cmd_render(args: list[str]) -> int:
+    from ovseg3d.renders import render_run
+
+    a = tyro.cli(RenderArgs, args=_positional(args, "--run"), prog="ovseg3d render RUN")
+    paths = render_run(a.run, a.views, a.query, a.device)
+    print(f"wrote {len(paths)} images to {a.run / 'renders'}")
+    return 0
+
+
 def cmd_eval(args: list[str]) -> int:
     from ovseg3d.evaluate import evaluate_run, format_table
 
@@ -131,6 +155,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "synth": (cmd_synth, "render a procedural scene with ground truth (3D-OVS/LLFF or transforms.json)"),
     "extract": (cmd_extract, "run the 2D teachers (CLIP, DINO, or simulated) over a scene into a feature cache"),
     "train": (cmd_train, "fit a hash-grid radiance field to a scene folder"),
+    "render": (cmd_render, "write rgb / depth / segmentation / query-relevancy PNGs of a run's views"),
     "eval": (cmd_eval, "score a run's held-out views (PSNR, SSIM) into RUN/eval.json"),
 }
 

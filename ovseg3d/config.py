@@ -168,8 +168,18 @@ class TrainConfig:
     """FDA w+: pull DINO-similar pixels to one class distribution."""
     fda_neg_weight: float = 0.2
     """FDA w-: push DINO-dissimilar pixels apart (higher: sharper boundaries, less stable)."""
+    feature_weight: float = 1.0
+    """Weight of the CLIP feature loss."""
     rda_weight: float = 1.0
     """Weight of the relevancy-distribution alignment (0 = off)."""
+    rda_temperature: float = 0.1
+    """Temperature of the teacher's class distribution softmax(relevancy / T) in RDA (relevancy is in [0, 1];
+    3D-OVS: 1, which is nearly flat)."""
+    rda_divergence: Literal["js", "kl"] = "kl"
+    """Divergence of RDA: 'js' (3D-OVS) or 'kl' = KL(teacher || field). We measured that JS saturates where
+    the field is confidently wrong (small objects under a majority class) and stops learning them."""
+    rda_field_temperature: float = 0.05
+    """Temperature of the field's class distribution softmax(cos(F, t) / T) in RDA."""
     dino_weight: float = 0.1
     """Weight of the DINO feature head's cosine loss."""
 

@@ -163,7 +163,13 @@ class Distiller:
         cfg = self.cfg
         text = self.teacher.text
         feat = feature_loss(out.clip, t_clip, out.selection)
-        rda = rda_loss(out.clip, text, t_rel, out.selection) if len(text) else feat.new_zeros(())
+        rda = (
+            rda_loss(
+                out.clip, text, t_rel, out.selection, cfg.rda_temperature, cfg.rda_field_temperature, cfg.rda_divergence
+            )
+            if len(text)
+            else feat.new_zeros(())
+        )
         dino = (1.0 - F.cosine_similarity(out.dino, t_dino.float(), dim=-1)).mean()
         fda = feat.new_zeros(())
         n_patch = cfg.fda_patches * cfg.fda_patch_size**2
@@ -175,7 +181,7 @@ class Distiller:
                 cfg.fda_pos_weight,
                 cfg.fda_neg_weight,
             )
-        loss = feat + cfg.rda_weight * rda + fda + cfg.dino_weight * dino
+        loss = cfg.feature_weight * feat + cfg.rda_weight * rda + fda + cfg.dino_weight * dino
         return loss, feat, rda, fda, dino
 
     # -- rendering -------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Distillation losses of 3D-OVS (REFERENCE.md §1): pure functions over per-ray tensors.
 
 * feature: ``1 - cos(F, normalize(sum_s sel_s F_s))`` against the teacher feature at the selected scale;
-* RDA: Jensen-Shannon between the field's class distribution ``softmax_c(cos(F, t_c) / tau)`` and the
-  teacher's ``softmax_c(sum_s sel_s R_s,c / tau_r)``;
+* RDA: Jensen-Shannon between the field's class distribution ``softmax_c(cos(F, t_c) / tau_f)``
+  and the teacher's ``softmax_c(sum_s sel_s R_s,c / tau_r)``;
 * FDA: on patches of rays, ``D_ij = cos(dino_i, dino_j) - 0.7``, ``J_ij = JS(P_i, P_j)``,
   ``w+ mean_{D>0}(D J) + w- mean_{D<0}(D J)``: DINO-similar pixels are pulled to one class
   distribution, dissimilar ones pushed apart.
@@ -23,6 +23,11 @@ def js_divergence(p: Tensor, q: Tensor, eps: float = 1e-8) -> Tensor:
     return 0.5 * (kl_pm + kl_qm)
 
 
+def kl_divergence(p: Tensor, q: Tensor, eps: float = 1e-8) -> Tensor:
+    """``KL(p || q)`` over the last axis (natural log)."""
+    return (p * (torch.log(p + eps) - torch.log(q + eps))).sum(-1)
+
+
 def class_probabilities(features: Tensor, texts: Tensor, temperature: float = 0.2) -> Tensor:
     """``softmax_c(cos(F, t_c) / T)``: ``[R, D]``, ``[C, D]`` -> ``[R, C]``."""
     cos = F.normalize(features, dim=-1) @ F.normalize(texts, dim=-1).T
@@ -41,12 +46,24 @@ def feature_loss(rendered: Tensor, teacher: Tensor, selection: Tensor) -> Tensor
 
 
 def rda_loss(
-    rendered: Tensor, texts: Tensor, relevancy: Tensor, selection: Tensor, tau: float = 0.2, tau_r: float = 0.1
+    rendered: Tensor,
+    texts: Tensor,
+    relevancy: Tensor,
+    selection: Tensor,
+    tau_r: float = 0.1,
+    tau_f: float = 0.05,
+    divergence: str = "js",
 ) -> Tensor:
-    """Relevancy-distribution alignment: mean JS between the field's and the selected teacher's class
-    distributions; ``relevancy``: ``[R, S, C]`` in [0, 1]."""
-    p_field = class_probabilities(rendered, texts, tau)
+    """Relevancy-distribution alignment: mean JS between the field's ``softmax_c(cos(F, t_c) / tau_f)`` and
+    the teacher's ``softmax_c(sum_s sel_s R_s,c / tau_r)``; ``relevancy``: ``[R, S, C]`` in [0, 1].
+
+    3D-OVS uses the unnormalised ``F . t_c``; we measured that the feature's length then grows with the
+    majority class until JS saturates (ln 2) on small objects and their gradient vanishes, so the logits
+    here are bounded cosines."""
+    p_field = class_probabilities(rendered, texts, tau_f)
     p_teacher = torch.softmax(select_scales(relevancy.float(), selection) / tau_r, dim=-1)
+    if divergence == "kl":
+        return kl_divergence(p_teacher, p_field).mean()
     return js_divergence(p_field, p_teacher).mean()
 
 

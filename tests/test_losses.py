@@ -1,0 +1,72 @@
+"""Distillation losses (REFERENCE.md §1): JS, feature, RDA, FDA, and the semantic field's selection."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovseg3d.field.hashgrid import HashGridConfig
+from ovseg3d.field.semantic import SemanticConfig, SemanticField
+from ovseg3d.losses import class_probabilities, fda_loss, feature_loss, js_divergence, rda_loss
+
+
+def test_js_is_symmetric_zero_for_equal_and_ln2_for_disjoint():
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(5, 4, generator=g), -1)
+    q = torch.softmax(torch.randn(5, 4, generator=g), -1)
+    torch.testing.assert_close(js_divergence(p, q), js_divergence(q, p))
+    torch.testing.assert_close(js_divergence(p, p), torch.zeros(5), atol=1e-6, rtol=0)
+    assert torch.all(js_divergence(p, q) > 0)
+    disjoint = js_divergence(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+    assert float(disjoint) == pytest.approx(math.log(2), abs=1e-5)
+
+
+def _fda_step(dino_cos: float) -> tuple[float, float]:
+    """JS between two rays' class distributions before and after one gradient step of FDA."""
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]]], requires_grad=True)  # [1 patch, 2 rays, 3]
+    angle = math.acos(dino_cos)
+    dino = torch.tensor([[[1.0, 0.0], [math.cos(angle), math.sin(angle)]]])
+    before = float(js_divergence(*torch.softmax(logits, -1)[0]))
+    fda_loss(torch.softmax(logits, -1), dino, w_pos=200.0, w_neg=200.0).backward()
+    with torch.no_grad():
+        after = float(js_divergence(*torch.softmax(logits - 0.01 * logits.grad, -1)[0]))
+    return before, after
+
+
+def test_fda_pulls_dino_similar_pixels_together_and_pushes_dissimilar_apart():
+    before, after = _fda_step(0.95)
+    assert after < before
+    before, after = _fda_step(0.1)
+    assert after > before
+
+
+def test_feature_loss_is_zero_at_the_selected_teacher_feature():
+    teacher = F.normalize(torch.randn(6, 3, 8), dim=-1)
+    sel = torch.tensor([[0.0, 1.0, 0.0]]).expand(6, 3)
+    assert float(feature_loss(teacher[:, 1] * 3.0, teacher, sel)) == pytest.approx(0.0, abs=1e-6)
+    assert float(feature_loss(teacher[:, 0], teacher, sel)) > 0.1
+
+
+def test_rda_is_low_when_the_field_agrees_with_the_relevancy():
+    texts = torch.eye(3)
+    relevancy = torch.tensor([[1.0, 0.0, 0.0]]).expand(4, 2, 3)  # every scale says class 0
+    sel = torch.full((4, 2), 0.5)
+    agree = rda_loss(torch.tensor([[1.0, 0.0, 0.0]]).expand(4, 3), texts, relevancy, sel)
+    disagree = rda_loss(torch.tensor([[0.0, 1.0, 0.0]]).expand(4, 3), texts, relevancy, sel)
+    assert float(agree) < 0.05 < float(disagree)
+    probs = class_probabilities(torch.randn(4, 3), texts)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(4))
+
+
+def test_semantic_field_selection_is_a_distribution_over_scales():
+    grid = HashGridConfig(2, 2, 10, 4, 2.0)
+    field = SemanticField(
+        torch.tensor([0.0, 0, 0, 1, 1, 1]), SemanticConfig(grid, latent_dim=8, clip_dim=16, n_scales=3, dino_dim=4)
+    )
+    out = field.decode(field.latent(torch.rand(10, 3)))
+    assert out.clip.shape == (10, 16) and out.dino.shape == (10, 4) and out.selection.shape == (10, 3)
+    torch.testing.assert_close(out.selection.sum(-1), torch.ones(10))
+    assert torch.all(out.selection >= 0)

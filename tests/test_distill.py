@@ -1,0 +1,52 @@
+"""Distillation end to end through the CLI on a tiny synthetic scene: train (geometry, then the semantic
+field), eval (mIoU next to the teacher's), render (segmentation, query relevancy)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ovseg3d.cli import main
+
+SCENE_ARGS = ["--width", "64", "--height", "48", "--n-views", "8", "--n-annotated", "2", "--supersample", "1"]
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    scene, run = root / "scene", root / "run"
+    assert main(["synth", str(scene), *SCENE_ARGS]) == 0
+    args = ["train", str(scene), "--output", str(run), "--preset", "tiny", "--device", "cpu", "--steps", "60"]
+    assert main([*args, "--teacher", "synthetic", "--distill-steps", "30", "--sem-rays", "512"]) == 0
+    return scene, run
+
+
+def test_train_logs_the_distillation_and_eval_scores_it_next_to_the_teacher(distilled, capsys):
+    _, run = distilled
+    stages = [json.loads(line).get("stage") for line in (run / "log.jsonl").read_text().splitlines()]
+    assert stages.count("distill") >= 5
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    metrics = json.loads((run / "eval.json").read_text())
+    for key in ("miou", "accuracy", "teacher_miou", "teacher_accuracy", "per_class_iou", "psnr"):
+        assert key in metrics
+    assert 0.0 <= metrics["miou"] <= 100.0 and metrics["n_annotated_views"] == 2
+    assert metrics["annotated_views_trained"] is False
+    assert "segmentation on 2 annotated views" in capsys.readouterr().out
+    assert len(list((run / "renders").glob("seg_*.png"))) == 2
+
+
+def test_render_writes_segmentation_and_query_relevancy(distilled):
+    _, run = distilled
+    assert main(["render", str(run), "--device", "cpu", "--views", "1", "--query", "mug", "a red book"]) == 0
+    names = {p.name for p in (run / "renders").iterdir()}
+    assert {"rgb_001.png", "depth_001.png", "seg_001.png", "rel_001_mug.png", "rel_001_a_red_book.png"} <= names
+
+
+def test_render_refuses_queries_on_a_run_without_semantics(distilled, tmp_path, capsys):
+    scene, _ = distilled
+    run = tmp_path / "plain"
+    assert main(["train", str(scene), "--output", str(run), "--preset", "tiny", "--device", "cpu", "--steps", "5"]) == 0
+    assert main(["render", str(run), "--device", "cpu", "--query", "mug"]) == 2
+    assert "no semantic field" in capsys.readouterr().err
+    assert main(["render", str(run), "--device", "cpu", "--views", "99"]) == 2

@@ -279,7 +279,11 @@ def test_cache_is_reused_rebuilt_when_stale_and_continued_after_an_interruption(
 def test_real_teacher_cache_keys_on_image_files(scene_dir, tmp_path, models):
     scene = load_scene(scene_dir)
     cfg = TeacherConfig(
-        clip_model=str(models["clip"]), dino_model=str(models["vit"]), cache_dir=tmp_path / "c", feature_long_side=16
+        clip_model=str(models["clip"]),
+        dino_model=str(models["vit"]),
+        cache_dir=tmp_path / "c",
+        feature_long_side=16,
+        dino_long_side=64,
     )
     logs: list[str] = []
     feats = ensure_features(scene, cfg, CPU, log=logs.append)

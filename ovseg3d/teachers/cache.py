@@ -29,7 +29,7 @@ from torch import Tensor
 from ovseg3d import __version__
 from ovseg3d.teachers.config import TeacherError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: DINO grid scaled up for small images
 ARRAYS = ("clip", "relevancy", "dino")
 
 

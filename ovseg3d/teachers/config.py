@@ -49,7 +49,8 @@ class TeacherConfig:
     """DINO model: hub id or local folder; a transformers ViT (facebook/dino-vits8, facebook/dino-vitb8) or
     DINOv2 (facebook/dinov2-small, ...)."""
     dino_long_side: int = 448
-    """DINO input long side in pixels (rounded to the patch size); features come one per patch."""
+    """DINO input long side in pixels (images are scaled down or up to it, rounded to the patch size);
+    features come one per patch. The simulated DINO uses the same patch grid."""
     half: bool = True
     """Run the teacher image models in float16 on CUDA, bfloat16 on a CPU that has it (else float32)."""
     teacher_seed: int = 0

@@ -19,8 +19,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def dino_input_size(width: int, height: int, long_side: int, patch: int) -> tuple[int, int]:
-    """``(w, h)``: the image scaled to ``long_side`` (never up) and rounded to whole patches."""
-    s = min(1.0, long_side / max(width, height))
+    """``(w, h)``: the image scaled (down or up) to ``long_side`` and rounded to whole patches.
+
+    Small images are enlarged: the patch grid then has about ``long_side / patch`` cells on the long side
+    whatever the photo's size, so FDA sees object boundaries at a few pixels' precision."""
+    s = long_side / max(width, height)
     return max(patch, round(width * s / patch) * patch), max(patch, round(height * s / patch) * patch)
 
 

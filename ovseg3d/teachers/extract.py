@@ -55,6 +55,7 @@ _SYNTHETIC_SETTINGS = (
     "syn_noise",
     "syn_confusion",
     "syn_view_noise",
+    "dino_long_side",
     "syn_dino_dim",
     "syn_dino_texture",
     "syn_dino_noise",

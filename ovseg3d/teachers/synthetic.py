@@ -10,7 +10,8 @@ They have the interfaces of the real CLIP and DINO teachers and feed the same ex
   shrink, interpolated between the per-scale values of ``syn_noise`` / ``syn_confusion``.
 * **Text** (:class:`SyntheticText`): a deterministic random unit vector per word; a phrase is the
   normalised sum of its words, so "ball" and "tennis ball" have cosine 1/sqrt(2).
-* **DINO-like patches** (:class:`SyntheticDino`): per 8x8 patch, the mix of instance identity vectors by
+* **DINO-like patches** (:class:`SyntheticDino`): per patch of the real DINO's grid (8x8 pixels of the
+  image scaled to ``dino_long_side``), the mix of instance identity vectors by
   the instances' share of the patch, plus a texture term from the patch's colour statistics (different
   objects that look alike are alike) and noise.
 
@@ -29,6 +30,7 @@ from torch import Tensor
 
 from ovseg3d.teachers.base import TeacherView
 from ovseg3d.teachers.config import TeacherConfig, TeacherError
+from ovseg3d.teachers.dino import dino_input_size
 
 _STOP_WORDS = frozenset({"a", "an", "the", "of", "photo", "picture", "image", "in", "on"})
 _LOOKALIKE = 0.6  # share of confusions that go to the class's fixed look-alike
@@ -154,10 +156,15 @@ class SyntheticDino:
         if view.instances is None:
             raise TeacherError(f"view {view.index} has no instance map: the synthetic teacher needs instances/")
         cfg, p = self.cfg, self.patch
-        h, w = -(-view.height // p), -(-view.width // p)
+        w, h = (n // p for n in dino_input_size(view.width, view.height, cfg.dino_long_side, p))
+        # the real DINO's patch grid mapped back onto the image: cells of (fractional) source pixels
+        cols = torch.linspace(0, view.width, w + 1).round().long()
+        rows = torch.linspace(0, view.height, h + 1).round().long()
         ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        boxes = torch.stack([xs * p, ys * p, (xs + 1) * p, (ys + 1) * p], -1).reshape(-1, 4)
-        boxes = torch.minimum(boxes, torch.tensor([view.width, view.height] * 2))
+        x0, x1 = cols[xs], torch.maximum(cols[xs + 1], cols[xs] + 1).clamp(max=view.width)
+        y0, y1 = rows[ys], torch.maximum(rows[ys + 1], rows[ys] + 1).clamp(max=view.height)
+        x0, y0 = torch.minimum(x0, x1 - 1), torch.minimum(y0, y1 - 1)
+        boxes = torch.stack([x0, y0, x1, y1], -1).reshape(-1, 4)
         ids, inverse = torch.unique(view.instances.long(), return_inverse=True)
         shares = _box_sums(_integral(F.one_hot(inverse, len(ids))), boxes).float()
         shares = shares / shares.sum(-1, keepdim=True).clamp(min=1.0)

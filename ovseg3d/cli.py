@@ -112,11 +112,13 @@ def cmd_train(args: list[str]) -> int:
 
 def cmd_extract(args: list[str]) -> int:
     from ovseg3d.data.loader import load_scene
-    from ovseg3d.teachers.extract import describe, ensure_features, teacher_scores
+    from ovseg3d.teachers.extract import describe, ensure_features, resolve_kind, teacher_scores
     from ovseg3d.train import resolve_device
 
     a = tyro.cli(ExtractArgs, args=_positional(args, "--scene"), prog="ovseg3d extract SCENE")
     scene = load_scene(a.scene, a.downscale)
+    if a.teachers.kind == "auto":
+        a.teachers = dataclasses.replace(a.teachers, kind=resolve_kind(scene, print))
     features = ensure_features(scene, a.teachers, resolve_device(a.device), force=a.force)
     info = describe(features)
     print(

@@ -123,7 +123,9 @@ class Distiller:
         geo = self.geo
         near, far = geo.ray_limits(cameras, near_far, cam, dirs)
         with torch.no_grad():
-            samples = geo.grid.march(origins, dirs, geo.opts.step_size, near, far, stratified=False)
+            samples = geo.grid.march(
+                origins, dirs, geo.opts.step_size, near, far, stratified=False, max_per_ray=self.cfg.sem_max_samples
+            )
             sigma = geo.field.density(samples.positions(origins, dirs))
             weights = render_weights(sigma, samples.deltas, samples.ray_indices, len(origins))
             keep = weights > self.cfg.sem_weight_eps
@@ -162,10 +164,11 @@ class Distiller:
     def losses(self, out: SemanticOutput, t_clip: Tensor, t_rel: Tensor, t_dino: Tensor) -> tuple[Tensor, ...]:
         cfg = self.cfg
         text = self.teacher.text
-        feat = feature_loss(out.clip, t_clip, out.selection)
+        selection = out.selection if cfg.scale_selection else torch.full_like(out.selection, 1 / out.selection.shape[1])
+        feat = feature_loss(out.clip, t_clip, selection)
         rda = (
             rda_loss(
-                out.clip, text, t_rel, out.selection, cfg.rda_temperature, cfg.rda_field_temperature, cfg.rda_divergence
+                out.clip, text, t_rel, selection, cfg.rda_temperature, cfg.rda_field_temperature, cfg.rda_divergence
             )
             if len(text)
             else feat.new_zeros(())
@@ -173,13 +176,16 @@ class Distiller:
         dino = (1.0 - F.cosine_similarity(out.dino, t_dino.float(), dim=-1)).mean()
         fda = feat.new_zeros(())
         n_patch = cfg.fda_patches * cfg.fda_patch_size**2
-        if n_patch and len(text) and (cfg.fda_pos_weight > 0 or cfg.fda_neg_weight > 0):
-            probs = class_probabilities(out.clip[-n_patch:], text).view(cfg.fda_patches, -1, len(text))
+        ramp = min(1.0, max(0.0, (self.progress() - cfg.fda_start) / max(cfg.fda_ramp, 1e-6)))
+        if n_patch and len(text) and ramp > 0 and (cfg.fda_pos_weight > 0 or cfg.fda_neg_weight > 0):
+            probs = class_probabilities(out.clip[-n_patch:], text, cfg.fda_temperature).view(
+                cfg.fda_patches, -1, len(text)
+            )
             fda = fda_loss(
                 probs,
                 t_dino[-n_patch:].view(cfg.fda_patches, -1, t_dino.shape[-1]),
-                cfg.fda_pos_weight,
-                cfg.fda_neg_weight,
+                ramp * cfg.fda_pos_weight,
+                ramp * cfg.fda_neg_weight,
             )
         loss = cfg.feature_weight * feat + cfg.rda_weight * rda + fda + cfg.dino_weight * dino
         return loss, feat, rda, fda, dino

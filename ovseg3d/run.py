@@ -23,6 +23,7 @@ from ovseg3d import __version__
 from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, read_toml
 
 RUN_FORMAT = 1
+GEOMETRY_CHECKPOINT = "geometry.pt"  # the radiance field as it was before distillation
 
 
 class RunError(ValueError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from ovseg3d.render.occupancy import OccupancyGrid
 from ovseg3d.render.renderer import RenderOptions, RenderOutput, render_image_rays, render_rays
 from ovseg3d.render.volume import RaySamples
 from ovseg3d.run import (
+    GEOMETRY_CHECKPOINT,
     RunError,
     checkpoint_path,
     latest_checkpoint,
@@ -280,15 +282,19 @@ def train(cfg: TrainConfig) -> Path:
             run.rmdir()
         raise
     _loop(trainer, run)
-    save_checkpoint(checkpoint_path(run, trainer.step), trainer.state_dict())
+    geometry = checkpoint_path(run, trainer.step)
+    if not geometry.exists():
+        save_checkpoint(geometry, trainer.state_dict())
     if features is not None:
+        if not (run / GEOMETRY_CHECKPOINT).exists():  # the radiance field before distillation, to re-distil from
+            shutil.copyfile(geometry, run / GEOMETRY_CHECKPOINT)
         from ovseg3d.distill import Distiller
 
         distiller = Distiller(trainer, features)
         state = load_checkpoint(latest_checkpoint(run), trainer.device)  # type: ignore[arg-type]
         if "semantic" in state:
             distiller.load_state_dict(state["semantic"])
-        _distill_loop(distiller, run)
+        distill_loop(distiller, run)
     paths = save_renders(trainer, run)
     tqdm.write(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; renders in {paths[0].parent if paths else run}")
     return run
@@ -300,6 +306,10 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
         cfg = _resumed_config(cfg, run)
     device = resolve_device(cfg.device)
     scene = load_scene(cfg.scene, cfg.downscale, cfg.train_on_annotated, cfg.holdout_every)
+    if cfg.teachers.kind == "auto":
+        from ovseg3d.teachers.extract import resolve_kind
+
+        cfg = dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, kind=resolve_kind(scene)))
     features = None
     if cfg.teachers.kind != "none":
         from ovseg3d.teachers.extract import ensure_features
@@ -322,7 +332,8 @@ def _resumed_config(cfg: TrainConfig, run: Path) -> TrainConfig:
     """The run's saved config with this invocation's schedule (so a run can be extended)."""
 
     saved = load_run_config(run)
-    return dataclasses.replace(saved, steps=cfg.steps, max_minutes=cfg.max_minutes, resume=True, output=run)
+    schedule = {k: getattr(cfg, k) for k in ("steps", "max_minutes", "distill_steps", "distill_minutes")}
+    return dataclasses.replace(saved, **schedule, resume=True, output=run)
 
 
 def _loop(trainer: Trainer, run: Path) -> None:
@@ -349,7 +360,7 @@ def _loop(trainer: Trainer, run: Path) -> None:
                 save_checkpoint(checkpoint_path(run, trainer.step), trainer.state_dict())
 
 
-def _distill_loop(distiller: Distiller, run: Path) -> None:
+def distill_loop(distiller: Distiller, run: Path) -> None:
     cfg = distiller.cfg
     geo = distiller.geo
     with (

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-TeacherKind = Literal["none", "clip", "synthetic"]
+TeacherKind = Literal["auto", "none", "clip", "synthetic"]
 
 
 class TeacherError(ValueError):
@@ -21,7 +21,8 @@ class TeacherConfig:
 
     kind: Annotated[TeacherKind, tyro.conf.arg(name="teacher")] = "clip"
     """'clip': real CLIP + DINO models; 'synthetic': simulated teachers built from the scene's labels/ and
-    instances/ maps (no weights needed); 'none': no teacher."""
+    instances/ maps (no weights needed); 'none': no teacher; 'auto' (train's default): synthetic for a
+    scene with labels/ and instances/ for every view (a generated one), else clip."""
     clip_model: str = "openai/clip-vit-base-patch16"
     """CLIP model: a Hugging Face hub id (transformers format, e.g. openai/clip-vit-base-patch16), an
     open_clip architecture (e.g. ViT-B-16, with --clip-pretrained), or a local folder saved by

@@ -238,6 +238,18 @@ def shrink_features(features: Tensor, width: int, height: int) -> Tensor:
     return F.normalize(small.permute(0, 2, 3, 1), dim=-1)
 
 
+def resolve_kind(scene: Scene, log: Callable[[str], None] = tqdm.write) -> str:
+    """``--teacher auto``: the simulated teachers for a scene with ``labels/`` and ``instances/`` for every
+    view (a generated one), else the real CLIP + DINO."""
+    if len(scene.labels) == len(scene) and len(scene.instances) == len(scene):
+        log(
+            "teacher: synthetic (the scene has labels/ and instances/ for every view; --teacher clip for the real ones)"
+        )
+        return "synthetic"
+    log("teacher: clip (CLIP + DINO; --teacher none trains the radiance field alone)")
+    return "clip"
+
+
 def teacher_labels(features: cache.TeacherFeatures, view: int, width: int, height: int) -> Tensor:
     """The 2D teacher's own segmentation of a view at ``width x height``: ``[H, W]`` long."""
     rel = features.view_relevancy(view)  # [S, h, w, C]

@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""ovseg3d distillation benchmark: 3D segmentation against the 2D teacher, and the ablations.
+
+For each scene, ``ovseg3d train`` runs the whole method (geometry, then distillation) with a preset and a
+teacher, timed from start to end; the held-out annotated views are then scored (3D-OVS protocol: IoU per
+class per annotated view, then the mean) for the field (``miou``) and the 2D teacher alone
+(``teacher_miou``). Each ablation re-distils from the same geometry (``RUN/geometry.pt``), for as many steps as the full
+run took, with one part of the method turned off: no FDA, no RDA, no scale selection.
+
+Prints a table and writes JSON (default ``bench/distill.json``); runs go to ``bench/runs/``.
+
+    python scripts/bench_distill.py                                  # demo + orbit, cpu preset, simulated teachers
+    python scripts/bench_distill.py --scenes scenes/demo --ablations   # full method only
+    python scripts/bench_distill.py --preset gpu --device cuda
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import tyro
+
+from ovseg3d import accel
+from ovseg3d.config import apply_overrides, resolve_base, write_toml
+from ovseg3d.data.synth import SynthConfig, synthesize
+from ovseg3d.evaluate import evaluate_run
+from ovseg3d.run import GEOMETRY_CHECKPOINT, checkpoint_path, load_checkpoint, load_run_config
+from ovseg3d.train import distill_loop, load_trainer, resolve_device, train
+
+GENERATED = {"orbit": SynthConfig(cameras="orbit", format="transforms", seed=3)}
+"""Scenes the benchmark generates itself (``ovseg3d synth OUT --cameras orbit --format transforms --seed 3``)."""
+
+ABLATIONS = {
+    "no_fda": {"fda_pos_weight": 0.0, "fda_neg_weight": 0.0},
+    "no_rda": {"rda_weight": 0.0},
+    "no_selection": {"scale_selection": False},
+}
+
+
+@dataclass
+class Args:
+    scenes: list[str] = field(default_factory=lambda: ["scenes/demo", "orbit"])
+    """Scene folders, or names of generated scenes (orbit)."""
+    preset: str = "cpu"
+    teacher: str = "synthetic"
+    """synthetic (needs the scene's labels/ and instances/) or clip (needs the CLIP and DINO weights)."""
+    ablations: list[str] = field(default_factory=lambda: list(ABLATIONS))
+    """Ablations to run (each re-distils from the full run's geometry); give none to skip them."""
+    set: list[str] = field(default_factory=list)
+    """Config overrides as key=value for every run (e.g. --set distill_steps=500)."""
+    device: str = "auto"
+    work: Path = Path("bench/runs")
+    out: Path = Path("bench/distill.json")
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    values = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        try:
+            values[key] = json.loads(value)
+        except json.JSONDecodeError:
+            values[key] = value
+    return values
+
+
+def scene_folder(name: str, work: Path) -> Path:
+    if name in GENERATED:
+        path = work.parent / "scenes" / name
+        if not (path / "scene.json").exists():
+            print(f"generating scene '{name}' -> {path}", flush=True)
+            synthesize(GENERATED[name], path)
+        return path
+    return Path(name)
+
+
+def scores(metrics: dict, seconds: float | None) -> dict:
+    keys = ("miou", "accuracy", "per_class_iou", "teacher_miou", "teacher_accuracy", "psnr", "n_annotated_views")
+    row = {k: metrics[k] for k in keys if k in metrics}
+    row["train_seconds_wall"] = None if seconds is None else round(seconds, 1)
+    return row
+
+
+def full_run(scene: Path, run: Path, args: Args, overrides: dict) -> dict:
+    cfg = resolve_base(args.preset, None)
+    teachers = dataclasses.replace(cfg.teachers, kind=args.teacher)
+    cfg = apply_overrides(cfg, overrides, "--set")
+    cfg = dataclasses.replace(cfg, scene=scene, output=run, teachers=teachers, device=args.device)
+    if run.exists():
+        shutil.rmtree(run)
+    start = time.perf_counter()
+    train(cfg)
+    seconds = time.perf_counter() - start
+    return scores(evaluate_run(run, args.device), seconds)
+
+
+def ablation_run(full: Path, run: Path, overrides: dict, device: str) -> dict:
+    """Re-distil ``full``'s geometry into ``run`` with ``overrides``; scores of its annotated views."""
+    from ovseg3d.distill import Distiller
+    from ovseg3d.teachers.extract import ensure_features
+
+    if run.exists():
+        shutil.rmtree(run)
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("run.json",):
+        shutil.copyfile(full / name, run / name)
+    # the same number of distillation steps as the full run (a step budget, not a time budget: the
+    # comparison does not depend on the machine's load)
+    log = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
+    steps = max(r["distill_step"] for r in log if r.get("stage") == "distill")
+    schedule = {"distill_steps": steps, "distill_minutes": 0.0}
+    cfg = apply_overrides(load_run_config(full), {**overrides, **schedule}, "ablation")
+    write_toml(dataclasses.replace(cfg, output=run), run / "config.toml")
+    geometry = load_checkpoint(full / GEOMETRY_CHECKPOINT)
+    torch.save(geometry, checkpoint_path(run, int(geometry["step"])))
+    trainer = load_trainer(run, device)
+    features = ensure_features(trainer.scene, cfg.teachers, trainer.device, log=lambda s: None)
+    start = time.perf_counter()
+    distill_loop(Distiller(trainer, features), run)
+    seconds = time.perf_counter() - start
+    row = scores(evaluate_run(run, device, save_renders=False), None)
+    row["distill_seconds_wall"] = round(seconds, 1)
+    return row
+
+
+def _write(result: dict, path: Path) -> None:
+    """Write the JSON after every run: a partial result survives an interruption."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def main() -> None:
+    args = tyro.cli(Args, description=__doc__)
+    accel.configure_cpu_allocator()
+    device = resolve_device(args.device)
+    unknown = sorted(set(args.ablations) - set(ABLATIONS))
+    if unknown:
+        raise SystemExit(f"bench_distill: unknown ablation(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
+    overrides = _parse_overrides(args.set)
+    result: dict = {
+        "device": accel.describe(device),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "machine": platform.platform(),
+        "preset": args.preset,
+        "teacher": args.teacher,
+        "overrides": overrides,
+        "scenes": {},
+    }
+    runs = {}
+    for name in args.scenes:  # the full runs first: their wall time is a target, so nothing else may run
+        scene = scene_folder(name, args.work)
+        label = Path(name).name
+        runs[label] = run = args.work / label
+        print(f"\n== {label}: full method ({args.preset} preset, {args.teacher} teacher) -> {run}", flush=True)
+        result["scenes"][label] = {"full": full_run(scene, run, args, overrides)}
+        _write(result, args.out)
+    for label, run in runs.items():
+        for ablation in args.ablations:
+            print(f"\n== {label}: {ablation}", flush=True)
+            rows = result["scenes"][label]
+            rows[ablation] = ablation_run(run, args.work / f"{label}-{ablation}", ABLATIONS[ablation], args.device)
+            _write(result, args.out)
+    print(f"\ndistillation benchmark ({result['device']}, preset {args.preset}, {args.teacher} teacher)")
+    print(f"{'scene':<8} {'variant':<13} {'mIoU':>6} {'acc':>6} {'teacher mIoU':>13} {'gain':>6} {'train s':>8}")
+    for label, rows in result["scenes"].items():
+        for variant, r in rows.items():
+            t = r.get("train_seconds_wall") or r.get("distill_seconds_wall")
+            gain = r["miou"] - r["teacher_miou"]
+            print(
+                f"{label:<8} {variant:<13} {r['miou']:>6.1f} {r['accuracy']:>6.1f} {r['teacher_miou']:>13.1f} "
+                f"{gain:>+6.1f} {t:>8.0f}"
+            )
+    print("(train s: the whole train for 'full', the distillation alone for the ablations)")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,8 @@ def scenes(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(scenes, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    assert main(["train", str(scenes / "llff"), "--output", str(run), "--preset", "tiny", "--device", "cpu"]) == 0
+    args = ["train", str(scenes / "llff"), "--output", str(run), "--preset", "tiny", "--device", "cpu"]
+    assert main([*args, "--teacher", "none"]) == 0  # the radiance field alone (tests/test_distill.py: the rest)
     return run
 
 
@@ -57,7 +58,7 @@ def test_eval_keeps_keys_written_by_other_stages(trained):
 def test_resume_continues_from_the_checkpoint_step(scenes, tmp_path):
     run = tmp_path / "run"
     args = ["train", str(scenes / "llff"), "--output", str(run), "--preset", "tiny", "--device", "cpu"]
-    assert main([*args, "--steps", "10"]) == 0
+    assert main([*args, "--steps", "10", "--teacher", "none"]) == 0
     saved = load_checkpoint(latest_checkpoint(run))
     assert saved["step"] == 10
     assert main(["train", str(scenes / "llff"), "--output", str(run), "--resume", "--steps", "16"]) == 0

@@ -91,7 +91,12 @@ def test_init_is_uniform_small_like_tcnn():
 
 def test_per_level_scale_of_config_spans_resolutions():
     cfg = HashGridConfig(n_levels=8, base_resolution=16, per_level_scale=math.exp(math.log(64) / 7))
-    assert level_layout(cfg).resolutions[-1] == 1024  # ceil(1023.0...) + 1
+    layout = level_layout(cfg)
+    # the finest level's scale is 16 * 64 - 1 = 1023 up to float32 rounding; whether float32 lands a hair
+    # above 1023 (-> tiny-cuda-nn's one-larger level, 1025) depends on the CPU's exp2 kernel (measured:
+    # 1024 on one CI machine, 1025 on another), so the test checks the rule rather than the last bit
+    assert layout.scales[-1] == pytest.approx(1023.0, abs=1e-3)
+    assert layout.resolutions[-1] == math.ceil(layout.scales[-1]) + 1 and layout.resolutions[0] == 16
 
 
 @pytest.mark.cuda

@@ -84,3 +84,15 @@ def configure_cpu_allocator() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum: blocks above it are still mmapped
     libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def machine_info(device: torch.device) -> dict[str, object]:
+    """What a benchmark's JSON records about where it ran."""
+    import platform
+
+    return {
+        "device": describe(device),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "machine": platform.platform(),
+    }

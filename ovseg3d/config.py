@@ -8,6 +8,7 @@ dataclass defaults < preset file (``--preset NAME`` -> ``configs/NAME.toml``) < 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,6 +230,19 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 _PATH_KEYS = ("scene", "output", "config", "cache_dir")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key=value`` strings (the scripts' ``--set``) -> a dict; a value is read as JSON when it parses
+    (numbers, true/false, lists), else kept as a string."""
+    values: dict[str, Any] = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        try:
+            values[key] = json.loads(value)
+        except json.JSONDecodeError:
+            values[key] = value
+    return values
 
 
 def apply_overrides(cfg: Any, values: dict[str, Any], source: Path | str) -> Any:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ import torch
 import tyro
 
 from ovseg3d import accel
-from ovseg3d.config import apply_overrides, resolve_base, write_toml
+from ovseg3d.config import apply_overrides, parse_overrides, resolve_base, write_toml
 from ovseg3d.data.synth import SynthConfig, synthesize
 from ovseg3d.evaluate import evaluate_run
 from ovseg3d.run import GEOMETRY_CHECKPOINT, checkpoint_path, load_checkpoint, load_run_config
@@ -58,17 +57,6 @@ class Args:
     device: str = "auto"
     work: Path = Path("bench/runs")
     out: Path = Path("bench/distill.json")
-
-
-def _parse_overrides(items: list[str]) -> dict:
-    values = {}
-    for item in items:
-        key, value = item.split("=", 1)
-        try:
-            values[key] = json.loads(value)
-        except json.JSONDecodeError:
-            values[key] = value
-    return values
 
 
 def scene_folder(name: str, work: Path) -> Path:
@@ -109,8 +97,7 @@ def ablation_run(full: Path, run: Path, overrides: dict, device: str) -> dict:
     if run.exists():
         shutil.rmtree(run)
     (run / "checkpoints").mkdir(parents=True)
-    for name in ("run.json",):
-        shutil.copyfile(full / name, run / name)
+    shutil.copyfile(full / "run.json", run / "run.json")
     # the same number of distillation steps as the full run (a step budget, not a time budget: the
     # comparison does not depend on the machine's load)
     log = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
@@ -143,12 +130,9 @@ def main() -> None:
     unknown = sorted(set(args.ablations) - set(ABLATIONS))
     if unknown:
         raise SystemExit(f"bench_distill: unknown ablation(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
-    overrides = _parse_overrides(args.set)
+    overrides = parse_overrides(args.set)
     result: dict = {
-        "device": accel.describe(device),
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "machine": platform.platform(),
+        **accel.machine_info(device),
         "preset": args.preset,
         "teacher": args.teacher,
         "overrides": overrides,

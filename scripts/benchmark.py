@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import resource
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import torch
 import tyro
 
 from ovseg3d import accel
-from ovseg3d.config import apply_overrides, resolve_base
+from ovseg3d.config import apply_overrides, parse_overrides, resolve_base
 from ovseg3d.data.loader import load_scene
 from ovseg3d.evaluate import psnr, ssim
 from ovseg3d.field.hashgrid import HashGridConfig, TorchHashGrid, make_hash_grid
@@ -95,10 +94,7 @@ def bench_hashgrid(cfg: HashGridConfig, n: int, device: torch.device) -> list[di
 
 def bench_training(args: Args, device: torch.device) -> dict:
     cfg = resolve_base(args.preset, None)
-    overrides = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        overrides[key] = json.loads(value) if value not in ("true", "false") else value == "true"
+    overrides = parse_overrides(args.set)
     # the learning-rate schedule runs over the whole curve (it ends at the last mark)
     cfg = apply_overrides(cfg, {**overrides, "max_minutes": max(args.marks) / 60.0, "steps": 10**9}, "--set")
     scene = load_scene(args.scene, cfg.downscale, cfg.train_on_annotated, cfg.holdout_every)
@@ -147,12 +143,7 @@ def main() -> None:
     args = tyro.cli(Args, description=__doc__)
     accel.configure_cpu_allocator()
     device = resolve_device(args.device)
-    result: dict = {
-        "device": accel.describe(device),
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "machine": platform.platform(),
-    }
+    result: dict = accel.machine_info(device)
     if not args.skip_grid:
         preset = resolve_base(args.preset, None).field_config().grid
         ngp = HashGridConfig(16, 2, 19, 16, 1.447)

@@ -95,6 +95,11 @@ class TrainConfig:
     max_samples_per_ray: int = 0
     """While training, march at most about this many samples per ray (longer steps where the grid
     is still mostly occupied; 0 = no limit)."""
+    near_plane: float = 0.05
+    """For scenes without depth bounds (transforms.json): rays start this far from the camera, as a share of
+    the scene box's diagonal (0 = at the camera). No floater can then sit right in front of one camera,
+    where no other view sees it (orbit scene, cpu preset: 26.2 dB held out at 0.05; 24.0 at 0 with
+    occ_threshold 0.002)."""
     early_stop_eps: float = 1e-4
     """Skip samples whose transmittance is below this (0 = never)."""
     alpha_thre: float = 0.0

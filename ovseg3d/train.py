@@ -54,6 +54,19 @@ def psnr(mse: float | Tensor) -> float:
     return -10.0 * math.log10(max(float(mse), 1e-12))
 
 
+def ray_limits(
+    cameras: Cameras, near_far: Tensor | None, cam: Tensor, dirs: Tensor, near_plane: float = 0.0
+) -> tuple[Tensor | None, Tensor | None]:
+    """Per-ray ``t`` limits ``[R]`` of rays ``dirs`` of cameras ``cam``: from the views' depth bounds
+    ``near_far`` ``[N, 2]`` (z-depth -> distance along the ray) when the scene has them (LLFF), else the
+    rays start at ``near_plane`` (world units; 0 = no limits)."""
+    if near_far is None:
+        return (torch.full_like(dirs[:, 0], near_plane), None) if near_plane > 0 else (None, None)
+    cos = -(dirs * cameras.c2w[cam, :, 2]).sum(-1)  # cosine to the viewing axis (-z)
+    bounds = near_far.to(dirs.device)[cam]
+    return bounds[:, 0] / cos, bounds[:, 1] / cos
+
+
 @dataclass
 class StepStats:
     loss: float
@@ -125,12 +138,7 @@ class Trainer:
         return origins, dirs, target, cam
 
     def ray_limits(self, cameras: Cameras, near_far: Tensor | None, cam: Tensor, dirs: Tensor):
-        """Per-ray ``t`` limits from the views' depth bounds (z-depth -> distance along the ray)."""
-        if near_far is None:
-            return None, None
-        cos = -(dirs * cameras.c2w[cam, :, 2]).sum(-1)  # cosine to the viewing axis (-z)
-        bounds = near_far.to(dirs.device)[cam]
-        return bounds[:, 0] / cos, bounds[:, 1] / cos
+        return ray_limits(cameras, near_far, cam, dirs, self.cfg.near_plane * self.diag)
 
     def update_grid(self) -> None:
         step_size = self.opts.step_size

@@ -148,3 +148,19 @@ def test_distortion_loss_prefers_a_surface_to_fog():
     loss_fog = distortion_loss(fog, t[:-1], t[1:], rays, 1)
     loss_surface = distortion_loss(surface, t[:-1], t[1:], rays, 1)
     assert float(loss_surface) < 0.1 * float(loss_fog)
+
+
+def test_ray_limits_from_depth_bounds_or_the_near_plane():
+    from ovseg3d.data.cameras import Cameras
+    from ovseg3d.train import ray_limits
+
+    c2w = torch.eye(4)[:3].unsqueeze(0)  # looking down -z from the origin
+    cams = Cameras(c2w, torch.tensor([10.0]), torch.tensor([10.0]), torch.tensor([5.0]), torch.tensor([5.0]), 10, 10)
+    dirs = torch.nn.functional.normalize(torch.tensor([[0.0, 0.0, -1.0], [1.0, 0.0, -1.0]]), dim=-1)
+    cam = torch.zeros(2, dtype=torch.long)
+    near, far = ray_limits(cams, torch.tensor([[1.0, 4.0]]), cam, dirs, near_plane=0.3)
+    torch.testing.assert_close(near, torch.tensor([1.0, math.sqrt(2)]))  # z-depth 1 -> distance along the ray
+    torch.testing.assert_close(far, torch.tensor([4.0, 4 * math.sqrt(2)]))
+    near, far = ray_limits(cams, None, cam, dirs, near_plane=0.3)
+    assert near.tolist() == pytest.approx([0.3, 0.3]) and far is None
+    assert ray_limits(cams, None, cam, dirs) == (None, None)

@@ -81,19 +81,17 @@ def test_the_run_keeps_its_geometry_and_resumes_the_distillation(distilled):
     assert steps[-1] == 40 and min(s for s in steps if s > last) > last  # continued, not restarted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 4): measured mIoU 29.4 against the teacher's 57.8 here; the tiny preset's radiance field "
-    "(21.5 dB held out) is too foggy for the semantic field. Remove this mark when it passes.",
-)
 def test_a_short_run_beats_its_own_teacher(tmp_path):
     """The method's promise at toy scale: the 3D field's segmentation of held-out annotated views scores a
-    higher mIoU than the 2D teacher it was distilled from."""
+    higher mIoU than the 2D teacher it was distilled from (measured: 60.8 against 54.4, ~2 min on 2 cores).
+    The cpu preset's field on step budgets (not time budgets, so a slow machine gets the same run); the tiny
+    preset's 64-step marching is too coarse for the semantic field (measured: 31.1 against 57.8)."""
     scene, run = tmp_path / "scene", tmp_path / "run"
-    args = ["--width", "80", "--height", "60", "--n-views", "16", "--n-annotated", "2", "--supersample", "1"]
+    args = ["--width", "80", "--height", "60", "--n-views", "32", "--n-annotated", "2", "--supersample", "1"]
     assert main(["synth", str(scene), *args, "--seed", "1"]) == 0
-    train = ["train", str(scene), "--output", str(run), "--preset", "tiny", "--device", "cpu", "--steps", "600"]
-    assert main([*train, "--rays-per-step", "1024", "--teacher", "synthetic", "--distill-steps", "150"]) == 0
+    train = ["train", str(scene), "--output", str(run), "--preset", "cpu", "--no-compile-grid", "--device", "cpu"]
+    budget = ["--steps", "600", "--max-minutes", "0", "--distill-steps", "150", "--distill-minutes", "0"]
+    assert main([*train, *budget, "--teacher", "synthetic"]) == 0
     assert main(["eval", str(run), "--device", "cpu"]) == 0
     metrics = json.loads((run / "eval.json").read_text())
     assert metrics["miou"] > metrics["teacher_miou"] + 2.0, metrics

@@ -138,6 +138,7 @@ class Trainer:
         return origins, dirs, target, cam
 
     def ray_limits(self, cameras: Cameras, near_far: Tensor | None, cam: Tensor, dirs: Tensor):
+        """:func:`ray_limits` with this run's near plane (``near_plane`` is a share of the box diagonal)."""
         return ray_limits(cameras, near_far, cam, dirs, self.cfg.near_plane * self.diag)
 
     def update_grid(self) -> None:

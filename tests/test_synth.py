@@ -108,9 +108,9 @@ def test_transforms_files(transforms_scene: Path) -> None:
     room = _scene_json(transforms_scene)["room"]
     lo, hi = np.array(meta["aabb"])
     # the box holds the room with a margin on every face (walls on the box's faces would be clipped)
-    margin = np.array(room["max"]) - np.array(room["min"])
-    np.testing.assert_allclose(np.array(room["min"]) - lo, 0.025 * margin.max())
-    np.testing.assert_allclose(hi - np.array(room["max"]), 0.025 * margin.max())
+    extent = np.array(room["max"]) - np.array(room["min"])
+    np.testing.assert_allclose(np.array(room["min"]) - lo, 0.025 * extent.max())
+    np.testing.assert_allclose(hi - np.array(room["max"]), 0.025 * extent.max())
     assert not (transforms_scene / "poses_bounds.npy").exists()
     cams = SynthCameras.from_json(_scene_json(transforms_scene)["cameras"])
     mats = np.array([f["transform_matrix"] for f in meta["frames"]])

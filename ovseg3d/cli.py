@@ -13,6 +13,7 @@ from typing import Annotated
 import tyro
 
 from ovseg3d import __version__
+from ovseg3d.export import ExportOptions
 from ovseg3d.teachers.config import TeacherConfig
 
 
@@ -57,6 +58,22 @@ class RenderArgs:
     """View indices to render (default: the held-out views)."""
     query: list[str] = dataclasses.field(default_factory=list)
     """Free-text queries: one relevancy image each (needs a run trained with --teacher)."""
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda'."""
+
+
+@dataclass
+class ExportArgs:
+    """Extract a labelled point cloud from a run with a semantic field: points on the field's surfaces (fused
+    median depth of the training views), each with its colour, class, confidence, a relevancy per --query and
+    optionally its CLIP feature. Writes RUN/export/points.ply (binary, for Open3D / MeshLab / CloudCompare),
+    points.npz (everything) and points.json (classes, colours, queries)."""
+
+    run: Path = Path("runs/demo")
+    """Run folder written by ovseg3d train (with --teacher synthetic|clip)."""
+    options: Annotated[ExportOptions, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=ExportOptions)
+    output: Path | None = None
+    """Folder for the files (default RUN/export)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
 
@@ -153,12 +170,26 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: list[str]) -> int:
+    from ovseg3d.export import extract_cloud, write_export
+
+    a = tyro.cli(ExportArgs, args=_positional(args, "--run"), prog="ovseg3d export RUN")
+    cloud = extract_cloud(a.run, a.options, a.device)
+    paths = write_export(cloud, a.output or a.run / "export", a.run, a.options)
+    counts = ", ".join(
+        f"{c} {int((cloud.label == i).sum())}" for i, c in enumerate(cloud.classes) if (cloud.label == i).any()
+    )
+    print(f"{len(cloud)} points ({counts}) -> {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "synth": (cmd_synth, "render a procedural scene with ground truth (3D-OVS/LLFF or transforms.json)"),
     "extract": (cmd_extract, "run the 2D teachers (CLIP, DINO, or simulated) over a scene into a feature cache"),
     "train": (cmd_train, "fit a hash-grid radiance field to a scene folder"),
     "render": (cmd_render, "write rgb / depth / segmentation / query-relevancy PNGs of a run's views"),
     "eval": (cmd_eval, "score a run's held-out views (PSNR, SSIM) into RUN/eval.json"),
+    "export": (cmd_export, "write a run's labelled point cloud (PLY, NPZ, JSON)"),
 }
 
 

@@ -95,6 +95,15 @@ class TrainConfig:
     max_samples_per_ray: int = 0
     """While training, march at most about this many samples per ray (longer steps where the grid
     is still mostly occupied; 0 = no limit)."""
+    refine_samples: int = 0
+    """While training, split the marched intervals that carry rendering weight (the field's own density, no
+    gradient) into up to about this many more samples per ray, so that small objects and surfaces are
+    sampled finely even while the grid is still mostly occupied (0 = off). Orbit scene, cpu preset: 25.9 dB
+    held out at 32 against 26.5 at 0 in the same 3 minutes (fewer rays per step), so it is off by default."""
+    grad_scale_distance: float = 0.2
+    """Scale the training gradients of samples nearer to the camera than this (a share of the scene box's
+    diagonal) by (t / distance)^2, against floaters in front of single views ("Floaters No More"; 0 = off).
+    Orbit scene, cpu preset: held-out 26.5 dB at 0, 27.8 at 0.2, 26.8 at 0.3; the demo is unchanged (35.0)."""
     near_plane: float = 0.05
     """For scenes without depth bounds (transforms.json): rays start this far from the camera, as a share of
     the scene box's diagonal (0 = at the camera). No floater can then sit right in front of one camera,
@@ -168,6 +177,11 @@ class TrainConfig:
     sem_max_samples: int = 32
     """Marched samples per ray for the semantic field (every k-th occupied step, k-times longer: the
     rendering weights of a coarser march; 0 = every step)."""
+    sem_refine_samples: int = 0
+    """Split the marched intervals that carry rendering weight into up to about this many more samples per
+    ray before the semantic field reads them (as ``refine_samples``), so that objects smaller than the
+    coarse step keep their own weight instead of handing it to the surface behind (0 = off). Orbit scene,
+    600 steps: mIoU 43.7 -> 44.7 at 32, but 270 s instead of 180 s, so it is off by default."""
     sem_weight_eps: float = 0.01
     """Only samples with a rendering weight above this evaluate the semantic field."""
     fda_patches: int = 4

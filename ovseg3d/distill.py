@@ -21,6 +21,7 @@ from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
 from ovseg3d.field.hashgrid import HashGridConfig
 from ovseg3d.field.semantic import SemanticConfig, SemanticField, SemanticOutput
 from ovseg3d.losses import class_probabilities, fda_loss, feature_loss, rda_loss
+from ovseg3d.render.renderer import refine_samples
 from ovseg3d.render.volume import accumulate, render_weights
 from ovseg3d.teachers.cache import TeacherFeatures
 from ovseg3d.train import Trainer
@@ -126,6 +127,10 @@ class Distiller:
             samples = geo.grid.march(
                 origins, dirs, geo.opts.step_size, near, far, stratified=False, max_per_ray=self.cfg.sem_max_samples
             )
+            if self.cfg.sem_refine_samples > 0:
+                samples = refine_samples(
+                    geo.field, geo.grid, origins, dirs, samples, geo.opts, self.cfg.sem_refine_samples
+                )
             sigma = geo.field.density(samples.positions(origins, dirs))
             weights = render_weights(sigma, samples.deltas, samples.ray_indices, len(origins))
             keep = weights > self.cfg.sem_weight_eps

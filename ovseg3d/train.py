@@ -27,7 +27,7 @@ from ovseg3d.data.scene import Scene
 from ovseg3d.field.radiance import RadianceField
 from ovseg3d.images import colorize_depth, save_png, side_by_side
 from ovseg3d.render.occupancy import OccupancyGrid
-from ovseg3d.render.renderer import RenderOptions, RenderOutput, render_image_rays, render_rays
+from ovseg3d.render.renderer import RenderOptions, RenderOutput, refine_samples, render_image_rays, render_rays
 from ovseg3d.render.volume import RaySamples
 from ovseg3d.run import (
     GEOMETRY_CHECKPOINT,
@@ -163,22 +163,29 @@ class Trainer:
         samples = self.grid.march(
             origins, dirs, self.opts.step_size, near, far, stratified=True, max_per_ray=self.cfg.max_samples_per_ray
         )
+        observe = self.cfg.occ_visibility_eps > 0
+        opts = self.opts
+        if self.cfg.refine_samples > 0:
+            samples = refine_samples(
+                self.field, self.grid, origins, dirs, samples, opts, self.cfg.refine_samples, observe=observe
+            )
+            opts, observe = dataclasses.replace(opts, early_stop_eps=0.0), False  # done by the refinement
         origins, dirs, target, samples = self._cap_samples(origins, dirs, target, samples)
         background = torch.rand_like(target) if self.cfg.background == "random" else None
         if self.cfg.background == "white":
             background = torch.ones_like(target)
-        observe = self.cfg.occ_visibility_eps > 0
         dist_w = self.cfg.distortion_weight
         out = render_rays(
             self.field,
             self.grid,
             origins,
             dirs,
-            self.opts,
+            opts,
             background=background,
             samples=samples,
             observe=observe,
             distortion=dist_w > 0,
+            grad_scale_distance=self.cfg.grad_scale_distance * self.diag,
         )
         loss = F.mse_loss(out.rgb, target)
         if out.distortion is not None:

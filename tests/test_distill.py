@@ -81,17 +81,11 @@ def test_the_run_keeps_its_geometry_and_resumes_the_distillation(distilled):
     assert steps[-1] == 40 and min(s for s in steps if s > last) > last  # continued, not restarted
 
 
-def test_a_short_run_beats_its_own_teacher(tmp_path):
+def test_a_short_run_beats_its_own_teacher(toy_run):
     """The method's promise at toy scale: the 3D field's segmentation of held-out annotated views scores a
-    higher mIoU than the 2D teacher it was distilled from (measured: 60.8 against 54.4, ~2 min on 2 cores).
-    The cpu preset's field on step budgets (not time budgets, so a slow machine gets the same run); the tiny
+    higher mIoU than the 2D teacher it was distilled from (the run: ``toy_run`` in conftest.py). The tiny
     preset's 64-step marching is too coarse for the semantic field (measured: 31.1 against 57.8)."""
-    scene, run = tmp_path / "scene", tmp_path / "run"
-    args = ["--width", "80", "--height", "60", "--n-views", "32", "--n-annotated", "2", "--supersample", "1"]
-    assert main(["synth", str(scene), *args, "--seed", "1"]) == 0
-    train = ["train", str(scene), "--output", str(run), "--preset", "cpu", "--no-compile-grid", "--device", "cpu"]
-    budget = ["--steps", "600", "--max-minutes", "0", "--distill-steps", "150", "--distill-minutes", "0"]
-    assert main([*train, *budget, "--teacher", "synthetic"]) == 0
+    _, run = toy_run
     assert main(["eval", str(run), "--device", "cpu"]) == 0
     metrics = json.loads((run / "eval.json").read_text())
     assert metrics["miou"] > metrics["teacher_miou"] + 2.0, metrics

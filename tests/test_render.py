@@ -6,8 +6,9 @@ import torch
 from ovseg3d.field.hashgrid import HashGridConfig
 from ovseg3d.field.radiance import FieldConfig, RadianceField, spherical_harmonics
 from ovseg3d.render.occupancy import OccupancyGrid, ray_aabb
-from ovseg3d.render.renderer import RenderOptions, render_rays
+from ovseg3d.render.renderer import RenderOptions, refine_samples, render_rays, scale_gradient
 from ovseg3d.render.volume import (
+    RaySamples,
     accumulate,
     distortion_loss,
     render_weights,
@@ -164,3 +165,62 @@ def test_ray_limits_from_depth_bounds_or_the_near_plane():
     near, far = ray_limits(cams, None, cam, dirs, near_plane=0.3)
     assert near.tolist() == pytest.approx([0.3, 0.3]) and far is None
     assert ray_limits(cams, None, cam, dirs) == (None, None)
+
+
+class _Slab:
+    """A density field that is ``sigma`` for ``lo <= x < hi`` and empty elsewhere (rays along +x)."""
+
+    def __init__(self, lo: float, hi: float, sigma: float):
+        self.lo, self.hi, self.sigma = lo, hi, sigma
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        inside = (x[:, 0] >= self.lo) & (x[:, 0] < self.hi)
+        return torch.where(inside, self.sigma, 0.0)
+
+
+def _coarse(n_rays: int, t0: float, length: float, n: int) -> RaySamples:
+    starts = t0 + length * torch.arange(n, dtype=torch.float32)
+    return RaySamples(
+        torch.arange(n_rays).repeat_interleave(n), starts.repeat(n_rays), (starts + length).repeat(n_rays), n_rays
+    )
+
+
+def test_refine_samples_splits_where_the_weight_is_and_keeps_the_ray_covered():
+    # ray 0 crosses a slab at x in [1.0, 1.4); ray 1 (pointing away) sees nothing
+    origins = torch.zeros(2, 3)
+    dirs = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+    grid = OccupancyGrid(torch.tensor([-3.0, -1, -1, 3, 1, 1]), resolution=8)
+    coarse = _coarse(2, 0.0, 0.2, 10)  # intervals of 0.2 up to t = 2
+    opts = RenderOptions(step_size=0.02, early_stop_eps=1e-4)
+    fine = refine_samples(_Slab(1.0, 1.4, 3.0), grid, origins, dirs, coarse, opts, budget=16)
+
+    r0, r1 = fine.ray_indices == 0, fine.ray_indices == 1
+    # the empty ray is left alone
+    torch.testing.assert_close(fine.t_starts[r1], coarse.t_starts[coarse.ray_indices == 1])
+    # the slab's two intervals are cut finer, the empty space in front is not
+    s, e = fine.t_starts[r0], fine.t_ends[r0]
+    in_slab = (s >= 1.0 - 1e-6) & (e <= 1.4 + 1e-6)
+    assert int(in_slab.sum()) > 2 and bool(((e - s)[in_slab] >= 0.02 - 1e-6).all())
+    assert bool(((e - s)[s < 0.99] > 0.2 - 1e-6).all())
+    # no gaps: each interval starts where the previous one ends, up to the ray's last kept sample
+    torch.testing.assert_close(s[1:], e[:-1])
+    assert float(s[0]) == 0.0
+    # at most about `budget` more samples than the coarse march
+    assert len(fine) <= len(coarse) + 16 + 2
+
+
+def test_refine_samples_drops_what_lies_behind_an_opaque_surface():
+    origins, dirs = torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0]])
+    grid = OccupancyGrid(torch.tensor([-3.0, -1, -1, 3, 1, 1]), resolution=8)
+    coarse = _coarse(1, 0.0, 0.2, 10)
+    fine = refine_samples(_Slab(0.6, 0.8, 1e4), grid, origins, dirs, coarse, RenderOptions(0.02, 1e-4), budget=8)
+    assert float(fine.t_ends.max()) <= 0.8 + 1e-6
+
+
+def test_scale_gradient_keeps_the_value_and_scales_the_gradient():
+    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    scale = torch.tensor([0.0, 0.5, 1.0])
+    y = scale_gradient(x * x, scale)
+    torch.testing.assert_close(y, torch.tensor([1.0, 4.0, 9.0]))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([0.0, 2.0, 6.0]))

@@ -9,7 +9,14 @@ from torch import Tensor
 
 from ovseg3d.field.radiance import RadianceField
 from ovseg3d.render.occupancy import OccupancyGrid
-from ovseg3d.render.volume import RaySamples, accumulate, distortion_loss, render_weights, transmittance_and_alpha
+from ovseg3d.render.volume import (
+    RaySamples,
+    accumulate,
+    distortion_loss,
+    exclusive_cumsum,
+    render_weights,
+    transmittance_and_alpha,
+)
 
 
 @dataclass(frozen=True)
@@ -45,11 +52,15 @@ def render_rays(
     samples: RaySamples | None = None,
     observe: bool = False,
     distortion: bool = False,
+    grad_scale_distance: float = 0.0,
 ) -> RenderOutput:
     """Render ``[R, 3]`` rays. ``background``: optional ``[R, 3]`` colour behind each ray;
     ``samples``: already-marched samples of these rays (else they are marched here);
     ``observe``: report the samples' transmittance to the grid (:meth:`OccupancyGrid.observe`);
-    ``distortion``: also return the per-ray distortion loss of the weights."""
+    ``distortion``: also return the per-ray distortion loss of the weights;
+    ``grad_scale_distance``: if > 0, the gradients of samples closer to the camera than this are scaled by
+    ``(t / distance)^2`` ("Floaters No More", Philip & Deschaintre 2023): space right in front of a
+    camera covers few pixels of it, and would otherwise learn floaters that only that view needs."""
     n_rays = origins.shape[0]
     if samples is None:
         samples = grid.march(origins, dirs, opts.step_size, near=near, far=far, stratified=stratified)
@@ -65,6 +76,10 @@ def render_rays(
                 keep &= alpha >= opts.alpha_thre
         samples = samples.select(keep)
     sigma, rgb = field(samples.positions(origins, dirs), dirs[samples.ray_indices])
+    if grad_scale_distance > 0:
+        scale = (samples.t_mid / grad_scale_distance).square().clamp(max=1.0)[:, None]
+        sigma, rgb = (scale_gradient(x, scale) for x in (sigma[:, None], rgb))
+        sigma = sigma[:, 0]
     weights = render_weights(sigma, samples.deltas, samples.ray_indices, n_rays)
     color = accumulate(weights, rgb, samples.ray_indices, n_rays)
     opacity = accumulate(weights, None, samples.ray_indices, n_rays)[:, 0]
@@ -76,6 +91,53 @@ def render_rays(
     if distortion:
         dist = distortion_loss(weights, samples.t_starts, samples.t_ends, samples.ray_indices, n_rays)
     return RenderOutput(color, depth, opacity, len(samples), dist)
+
+
+def scale_gradient(x: Tensor, scale: Tensor) -> Tensor:
+    """``x`` unchanged in value, its gradient multiplied by ``scale`` (broadcast to ``x``)."""
+    return x * scale + (x * (1.0 - scale)).detach()
+
+
+@torch.no_grad()
+def refine_samples(
+    field: RadianceField,
+    grid: OccupancyGrid,
+    origins: Tensor,
+    dirs: Tensor,
+    samples: RaySamples,
+    opts: RenderOptions,
+    budget: int,
+    observe: bool = False,
+) -> RaySamples:
+    """Split the intervals of a coarse (thinned) march where the rendering weight is: importance sampling
+    with the field itself as its own proposal.
+
+    The density is evaluated once, without gradients, at the coarse samples. A sample of weight ``w``
+    is cut into ``ceil(w * budget)`` equal sub-intervals (never shorter than ``opts.step_size``, the
+    grid march's step), so each ray gains at most about ``budget`` samples, all near its surfaces,
+    and the intervals still cover the ray without gaps. Samples behind ``opts.early_stop_eps`` of
+    transmittance are dropped. ``observe`` reports the coarse transmittance to the grid.
+    """
+    if len(samples) == 0:
+        return samples
+    points = samples.positions(origins, dirs)
+    sigma = field.density(points)
+    trans, alpha = transmittance_and_alpha(sigma, samples.deltas, samples.ray_indices, samples.n_rays)
+    if observe:
+        grid.observe(points, trans)
+    keep = trans >= opts.early_stop_eps
+    samples, weights = samples.select(keep), (trans * alpha)[keep]
+    deltas = samples.deltas
+    max_parts = torch.clamp(torch.round(deltas / opts.step_size), min=1.0)
+    parts = torch.minimum(torch.ceil(weights * budget).clamp(min=1.0), max_parts).long()
+    if int(parts.max()) == 1:
+        return samples
+    parent = torch.repeat_interleave(torch.arange(len(samples), device=parts.device), parts)
+    first = torch.cumsum(parts, 0) - parts
+    k = (torch.arange(len(parent), device=parts.device) - first[parent]).to(deltas.dtype)
+    length = deltas[parent] / parts[parent].to(deltas.dtype)
+    t_starts = samples.t_starts[parent] + k * length
+    return RaySamples(samples.ray_indices[parent], t_starts, t_starts + length, samples.n_rays)
 
 
 @torch.no_grad()
@@ -102,3 +164,38 @@ def render_image_rays(
         torch.cat([o.opacity for o in outs]),
         sum(o.n_samples for o in outs),
     )
+
+
+@torch.no_grad()
+def render_median_depth(
+    field: RadianceField,
+    grid: OccupancyGrid,
+    origins: Tensor,
+    dirs: Tensor,
+    opts: RenderOptions,
+    near: Tensor | None = None,
+    far: Tensor | None = None,
+    chunk: int = 8192,
+) -> tuple[Tensor, Tensor]:
+    """``[R]`` median depth and ``[R]`` opacity of each ray.
+
+    The median depth is the middle of the first interval at which the ray's accumulated weight reaches
+    0.5: a point on the first surface, where the expected depth of a ray grazing an edge would float
+    between the object and the background. ``nan`` where the opacity stays below 0.5.
+    """
+    depths, opacities = [], []
+    for s in range(0, len(origins), chunk):
+        o, d = origins[s : s + chunk], dirs[s : s + chunk]
+        n = near[s : s + chunk] if near is not None else None
+        f = far[s : s + chunk] if far is not None else None
+        samples = grid.march(o, d, opts.step_size, near=n, far=f)
+        sigma = field.density(samples.positions(o, d))
+        w = render_weights(sigma, samples.deltas, samples.ray_indices, len(o))
+        reached = exclusive_cumsum(w, samples.ray_indices, len(o)) + w >= 0.5
+        index = torch.arange(len(samples), device=o.device)
+        first = torch.full((len(o),), len(samples), dtype=torch.long, device=o.device)
+        first = first.scatter_reduce(0, samples.ray_indices[reached], index[reached], reduce="amin")
+        t = torch.cat([samples.t_mid, samples.t_mid.new_full((1,), float("nan"))])
+        depths.append(t[first])
+        opacities.append(accumulate(w, None, samples.ray_indices, len(o))[:, 0])
+    return torch.cat(depths), torch.cat(opacities)

@@ -1,0 +1,337 @@
+"""Labelled point clouds out of a trained run (``ovseg3d export RUN``).
+
+Points come from the radiance field's surfaces: every (strided) training view is rendered, each solid pixel
+is lifted to its median depth, and the points are fused on a voxel grid. A voxel is kept when at least
+``min_views`` views put a point in it (a floater or an edge pixel is seen by one view only) and it has an
+occupied neighbour. Each point then reads the semantic field at its position: class probabilities over the
+scene's classes, the label and its confidence, LERF relevancy for free-text queries and, if asked, the
+CLIP feature.
+
+Files (world frame of the input poses, metres if the poses are)::
+
+    RUN/export/points.ply    binary little-endian PLY: x y z red green blue label confidence views rel_*
+    RUN/export/points.npz    everything, including per-class probabilities and (optional) float16 features
+    RUN/export/points.json   classes, label colours, queries, counts and how the points were made
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from ovseg3d import __version__
+from ovseg3d.data.cameras import image_rays
+from ovseg3d.images import label_palette
+from ovseg3d.losses import class_probabilities
+from ovseg3d.render.renderer import render_median_depth
+
+EXPORT_FORMAT = 1
+
+
+@dataclass
+class ExportOptions:
+    spacing: float = 0.004
+    """Voxel size of the fusion, as a share of the scene box's diagonal."""
+    min_views: int = 2
+    """Keep a voxel only if at least this many views put a point in it."""
+    min_opacity: float = 0.9
+    """Pixels whose rendered opacity is below this give no point."""
+    view_stride: int = 1
+    """Use every N-th training view."""
+    queries: list[str] = field(default_factory=list)
+    """Free-text queries: one relevancy value per point each."""
+    features: bool = False
+    """Also store the 512-d CLIP feature of every point (float16) in the .npz."""
+    chunk: int = 1 << 15
+    """Points per batch through the semantic field."""
+
+
+@dataclass
+class LabelledCloud:
+    """Per point: ``xyz [P, 3]`` float32, ``rgb [P, 3]`` uint8, ``views [P]`` int32 (views that saw it),
+    ``label [P]`` int32 and ``confidence [P]`` float32 (-1 and 0 without classes), ``probs [P, C]`` float16,
+    ``relevancy``: query -> ``[P]`` float32, ``feature [P, D]`` float16 or None; ``voxel_size``: the fusion's
+    voxel edge (world units)."""
+
+    xyz: np.ndarray
+    rgb: np.ndarray
+    views: np.ndarray
+    label: np.ndarray
+    confidence: np.ndarray
+    probs: np.ndarray
+    relevancy: dict[str, np.ndarray]
+    feature: np.ndarray | None
+    classes: list[str]
+    voxel_size: float = 0.0
+
+    def __len__(self) -> int:
+        return int(self.xyz.shape[0])
+
+
+def query_slug(query: str) -> str:
+    """A property-name-safe form of a query (``"red mug"`` -> ``red_mug``)."""
+    return re.sub(r"[^a-z0-9]+", "_", query.lower()).strip("_") or "query"
+
+
+# -- surface points --------------------------------------------------------------------------------------
+
+
+def view_points(trainer, view: int, min_opacity: float) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+    """World points ``[P, 3]`` at the median depth of the solid pixels of ``view``, and their image colours."""
+    scene = trainer.scene
+    cams = scene.cameras.to(trainer.device)
+    origins, dirs = image_rays(cams, view)
+    cam = torch.full((len(dirs),), view, dtype=torch.long, device=trainer.device)
+    near, far = trainer.ray_limits(cams, scene.near_far, cam, dirs)
+    trainer.field.eval()
+    depth, opacity = render_median_depth(
+        trainer.field, trainer.grid, origins, dirs, trainer.opts, near, far, trainer.cfg.eval_chunk
+    )
+    keep = (opacity >= min_opacity) & torch.isfinite(depth)
+    points = origins[keep] + depth[keep, None] * dirs[keep]
+    colours = scene.images[view].reshape(-1, 3).to(trainer.device)[keep]
+    return points, colours
+
+
+def fuse_points(
+    points: Tensor, colours: Tensor, view_ids: Tensor, origin: Tensor, voxel: float, min_views: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fuse points on a voxel grid: per voxel the mean position and colour and the number of distinct views.
+
+    Voxels with fewer than ``min_views`` views, or without an occupied voxel among their 26 neighbours,
+    are dropped. Returns ``xyz [V, 3]``, ``rgb [V, 3]`` (uint8), ``views [V]``.
+    """
+    if len(points) == 0:
+        return points.new_zeros(0, 3), colours.new_zeros(0, 3), view_ids.new_zeros(0)
+    cell = torch.floor((points - origin) / voxel).long()
+    cell -= cell.min(0).values - 1  # >= 1, so neighbours are >= 0
+    dims = cell.max(0).values + 2
+    key = (cell[:, 0] * dims[1] + cell[:, 1]) * dims[2] + cell[:, 2]
+    keys, inverse = torch.unique(key, return_inverse=True)
+    n = len(keys)
+    count = torch.bincount(inverse, minlength=n).double()
+    xyz = torch.zeros(n, 3, dtype=torch.float64, device=points.device).index_add_(0, inverse, points.double())
+    rgb = torch.zeros(n, 3, dtype=torch.float64, device=points.device).index_add_(0, inverse, colours.double())
+    xyz, rgb = xyz / count[:, None], rgb / count[:, None]
+    n_views_total = int(view_ids.max()) + 1
+    pairs = torch.unique(inverse * n_views_total + view_ids)
+    views = torch.bincount(pairs // n_views_total, minlength=n)
+    keep = views >= min_views
+    # an occupied neighbour among the 26 around each kept voxel
+    kept = keys[keep]
+    offsets = torch.stack(torch.meshgrid(*(torch.arange(-1, 2, device=points.device),) * 3, indexing="ij"), -1).reshape(
+        -1, 3
+    )
+    offsets = offsets[(offsets != 0).any(-1)]
+    shift = (offsets[:, 0] * dims[1] + offsets[:, 1]) * dims[2] + offsets[:, 2]
+    probe = kept[:, None] + shift[None]
+    pos = torch.searchsorted(kept, probe).clamp(max=max(len(kept) - 1, 0))
+    has_neighbour = (kept[pos] == probe).any(1) if len(kept) else torch.zeros(0, dtype=torch.bool)
+    idx = torch.nonzero(keep)[:, 0][has_neighbour]
+    return xyz[idx].float(), rgb[idx].round().clamp(0, 255).to(torch.uint8), views[idx]
+
+
+def surface_points(trainer, opts: ExportOptions, log=print) -> tuple[Tensor, Tensor, Tensor]:  # noqa: ANN001
+    """Fused surface points of the run's training views (see :func:`fuse_points`); the voxel edge is
+    ``opts.spacing`` times the scene box diagonal."""
+    views = trainer.scene.train_ids[:: max(1, opts.view_stride)]
+    pts, cols, ids = [], [], []
+    for v in tqdm(views, desc="surface", unit="view", leave=False):
+        p, c = view_points(trainer, v, opts.min_opacity)
+        pts.append(p)
+        cols.append(c)
+        ids.append(torch.full((len(p),), v, dtype=torch.long, device=p.device))
+    points = torch.cat(pts)
+    voxel = opts.spacing * trainer.diag
+    origin = trainer.scene.aabb[:3].to(points.device)
+    xyz, rgb, n_views = fuse_points(points, torch.cat(cols), torch.cat(ids), origin, voxel, opts.min_views)
+    log(f"{len(points)} pixels from {len(views)} views -> {len(xyz)} points on a {voxel * 1000:.1f} mm grid")
+    return xyz, rgb, n_views
+
+
+# -- semantics -------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def point_semantics(
+    distiller,
+    xyz: Tensor,
+    queries: list[str],
+    text_encoder,
+    keep_features: bool,
+    chunk: int,  # noqa: ANN001
+) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
+    """Class probabilities ``[P, C]``, relevancy per query ``[P]`` and (optionally) CLIP features ``[P, D]``
+    read from the semantic field at ``xyz``."""
+    from ovseg3d.teachers.relevancy import CANONICAL_NEGATIVES, query_relevancy
+
+    distiller.field.eval()
+    text = distiller.teacher.text
+    temperature = distiller.cfg.rda_field_temperature
+    q_emb = neg = None
+    if queries:
+        q_emb = text_encoder.encode_text(queries).float().to(xyz.device)
+        neg = text_encoder.encode_text(list(CANONICAL_NEGATIVES)).float().to(xyz.device)
+    probs, rel, feats = [], {q: [] for q in queries}, []
+    for s in range(0, len(xyz), chunk):
+        clip = F.normalize(distiller.field.decode(distiller.field.latent(xyz[s : s + chunk])).clip, dim=-1)
+        probs.append(class_probabilities(clip, text, temperature) if len(text) else clip.new_zeros(len(clip), 0))
+        for q, e in zip(queries, q_emb if q_emb is not None else []):
+            rel[q].append(query_relevancy(clip, e, neg))
+        if keep_features:
+            feats.append(clip.half())
+    empty = xyz.new_zeros(0)
+    return (
+        torch.cat(probs) if probs else xyz.new_zeros(0, len(text)),
+        {q: torch.cat(v) if v else empty for q, v in rel.items()},
+        (torch.cat(feats) if feats else xyz.new_zeros(0, text.shape[-1]).half()) if keep_features else None,
+    )
+
+
+def extract_cloud(run: Path, opts: ExportOptions, device_name: str = "auto", log=print) -> LabelledCloud:  # noqa: ANN001
+    """The labelled point cloud of a run with a semantic field (see the module docstring)."""
+    from ovseg3d.distill import load_distiller
+    from ovseg3d.renders import text_encoder
+    from ovseg3d.run import latest_checkpoint, load_checkpoint
+    from ovseg3d.train import load_trainer
+
+    trainer = load_trainer(run, device_name)
+    loaded = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
+    if loaded is None:
+        raise ValueError(
+            f"{run} has no semantic field (trained with --teacher none): train with --teacher synthetic|clip to export"
+        )
+    distiller = loaded[0]
+    classes = list(trainer.scene.classes)
+    xyz, rgb, n_views = surface_points(trainer, opts, log)
+    if len(xyz) == 0:
+        raise ValueError(
+            f"{run}: the point cloud is empty (no pixel reached opacity {opts.min_opacity} in {opts.min_views}+ "
+            "views); lower --min-opacity or --min-views, or train longer"
+        )
+    encoder = text_encoder(trainer.cfg.teachers, trainer.device) if opts.queries else None
+    probs, rel, feats = point_semantics(distiller, xyz, opts.queries, encoder, opts.features, opts.chunk)
+    if probs.shape[1]:
+        confidence, label = probs.max(-1)
+    else:
+        confidence, label = torch.zeros(len(xyz)), torch.full((len(xyz),), -1)
+    return LabelledCloud(
+        xyz=xyz.cpu().numpy().astype(np.float32),
+        rgb=rgb.cpu().numpy(),
+        views=n_views.cpu().numpy().astype(np.int32),
+        label=label.cpu().numpy().astype(np.int32),
+        confidence=confidence.cpu().numpy().astype(np.float32),
+        probs=probs.cpu().numpy().astype(np.float16),
+        relevancy={q: v.cpu().numpy().astype(np.float32) for q, v in rel.items()},
+        feature=feats.cpu().numpy() if feats is not None else None,
+        classes=classes,
+        voxel_size=opts.spacing * trainer.diag,
+    )
+
+
+# -- files -----------------------------------------------------------------------------------------------
+
+
+def ply_dtype(cloud: LabelledCloud) -> np.dtype:
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    fields += [("label", "<i4"), ("confidence", "<f4"), ("views", "<i4")]
+    fields += [(f"rel_{query_slug(q)}", "<f4") for q in cloud.relevancy]
+    return np.dtype(fields)
+
+
+_PLY_TYPES = {"<f4": "float", "u1": "uchar", "<i4": "int", "|u1": "uchar"}
+
+
+def write_ply(path: Path, cloud: LabelledCloud) -> None:
+    """Binary little-endian PLY with one ``vertex`` element (Open3D, MeshLab, CloudCompare read it)."""
+    dtype = ply_dtype(cloud)
+    data = np.empty(len(cloud), dtype=dtype)
+    data["x"], data["y"], data["z"] = cloud.xyz.T
+    data["red"], data["green"], data["blue"] = cloud.rgb.T
+    data["label"], data["confidence"], data["views"] = cloud.label, cloud.confidence, cloud.views
+    for q, values in cloud.relevancy.items():
+        data[f"rel_{query_slug(q)}"] = values
+    header = ["ply", "format binary_little_endian 1.0", f"comment ovseg3d {__version__}"]
+    header += [f"comment class {i} {name}" for i, name in enumerate(cloud.classes)]
+    header += [f"element vertex {len(cloud)}"]
+    header += [f"property {_PLY_TYPES[dtype.fields[n][0].str]} {n}" for n in dtype.names]
+    header += ["end_header"]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(("\n".join(header) + "\n").encode("ascii"))
+        f.write(data.tobytes())
+    tmp.replace(path)
+
+
+def write_export(cloud: LabelledCloud, out_dir: Path, run: Path, opts: ExportOptions) -> list[Path]:
+    """Write ``points.ply``, ``points.npz`` and ``points.json`` to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ply, npz, sidecar = out_dir / "points.ply", out_dir / "points.npz", out_dir / "points.json"
+    write_ply(ply, cloud)
+    arrays = {
+        "xyz": cloud.xyz,
+        "rgb": cloud.rgb,
+        "views": cloud.views,
+        "label": cloud.label,
+        "confidence": cloud.confidence,
+        "probs": cloud.probs,
+        "classes": np.array(cloud.classes, dtype=str),
+        "voxel_size": np.float64(cloud.voxel_size),
+        "queries": np.array(list(cloud.relevancy), dtype=str),
+    }
+    if cloud.relevancy:
+        arrays["relevancy"] = np.stack(list(cloud.relevancy.values()), 1)
+    if cloud.feature is not None:
+        arrays["feature"] = cloud.feature
+    with open(npz.with_suffix(".tmp"), "wb") as f:
+        np.savez_compressed(f, **arrays)
+    npz.with_suffix(".tmp").replace(npz)
+    palette = (np.asarray(label_palette(len(cloud.classes))) * 255).round().astype(int).tolist()
+    info = {
+        "ovseg3d_version": __version__,
+        "export_format": EXPORT_FORMAT,
+        "run": str(run.resolve()),
+        "frame": "world frame of the input poses",
+        "n_points": len(cloud),
+        "classes": cloud.classes,
+        "label_colors": palette,
+        "queries": {q: f"rel_{query_slug(q)}" for q in cloud.relevancy},
+        "voxel_size": cloud.voxel_size,
+        "options": {k: v for k, v in vars(opts).items() if k != "chunk"},
+        "files": {"ply": ply.name, "npz": npz.name},
+        "label_counts": {
+            name: int((cloud.label == i).sum()) for i, name in enumerate(cloud.classes) if (cloud.label == i).any()
+        },
+    }
+    sidecar.write_text(json.dumps(info, indent=2) + "\n")
+    return [ply, npz, sidecar]
+
+
+def load_export(path: Path) -> LabelledCloud:
+    """Read back ``points.npz`` (or the export folder holding it)."""
+    npz = path / "points.npz" if path.is_dir() else path
+    if not npz.exists():
+        raise FileNotFoundError(f"{npz}: no exported point cloud here (run: ovseg3d export RUN)")
+    d = np.load(npz)
+    queries = [str(q) for q in d["queries"]]
+    rel = {q: d["relevancy"][:, i] for i, q in enumerate(queries)} if queries else {}
+    return LabelledCloud(
+        xyz=d["xyz"],
+        rgb=d["rgb"],
+        views=d["views"],
+        label=d["label"],
+        confidence=d["confidence"],
+        probs=d["probs"],
+        relevancy=rel,
+        feature=d["feature"] if "feature" in d else None,
+        classes=[str(c) for c in d["classes"]],
+        voxel_size=float(d["voxel_size"]),
+    )

@@ -1,0 +1,115 @@
+"""Labelled point clouds: fusion, the PLY / NPZ files, and a distilled scene's points on its true surfaces."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ovseg3d.cli import main
+from ovseg3d.data.synth import surface_distance
+from ovseg3d.export import LabelledCloud, fuse_points, load_export, write_ply
+
+plyfile = pytest.importorskip("plyfile")
+
+
+def test_fuse_points_keeps_surfaces_seen_from_several_views():
+    g = torch.Generator().manual_seed(0)
+    # a 20 cm square of the plane z = 0 seen by three views, and a floater that one view alone sees
+    plane = torch.cat([torch.rand(3000, 3, generator=g) * torch.tensor([0.2, 0.2, 0.0]) for _ in range(3)])
+    floater = torch.tensor([[0.1, 0.1, 0.5]]).repeat(50, 1)
+    points = torch.cat([plane, floater])
+    colours = torch.cat([torch.full((9000, 3), 200), torch.full((50, 3), 10)]).to(torch.uint8)
+    views = torch.cat([torch.arange(3).repeat_interleave(3000), torch.full((50,), 3)])
+    xyz, rgb, n_views = fuse_points(points, colours, views, torch.zeros(3), voxel=0.02, min_views=2)
+    assert len(xyz) >= 90  # about 10 x 10 voxels of the square
+    assert float(xyz[:, 2].abs().max()) < 1e-6  # the floater is gone
+    assert bool((rgb == 200).all()) and bool((n_views >= 2).all())
+    # every kept point is the mean of its voxel: inside the square
+    assert float(xyz[:, :2].min()) >= 0.0 and float(xyz[:, :2].max()) <= 0.2
+
+
+def test_fuse_points_drops_isolated_voxels():
+    points = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.01, 1.0, 1.0]])
+    views = torch.tensor([0, 1, 0, 1, 1])
+    xyz, _, _ = fuse_points(points, torch.zeros(5, 3, dtype=torch.uint8), views, torch.zeros(3), 0.01, 1)
+    assert len(xyz) == 2 and float(xyz[:, 0].min()) > 0.5  # the lone voxel at the origin has no neighbour
+
+
+def _cloud(n: int = 7) -> LabelledCloud:
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), n).astype(np.float16)
+    return LabelledCloud(
+        xyz=rng.normal(size=(n, 3)).astype(np.float32),
+        rgb=rng.integers(0, 256, (n, 3), dtype=np.uint8),
+        views=rng.integers(2, 9, n).astype(np.int32),
+        label=probs.argmax(1).astype(np.int32),
+        confidence=probs.max(1).astype(np.float32),
+        probs=probs,
+        relevancy={"red mug": rng.random(n).astype(np.float32)},
+        feature=rng.normal(size=(n, 8)).astype(np.float16),
+        classes=["mug", "floor", "wall"],
+        voxel_size=0.01,
+    )
+
+
+def test_ply_is_read_back_by_an_independent_reader(tmp_path):
+    cloud = _cloud()
+    write_ply(tmp_path / "p.ply", cloud)
+    ply = plyfile.PlyData.read(str(tmp_path / "p.ply"))
+    assert ply.elements[0].name == "vertex" and not ply.text and ply.byte_order == "<"
+    v = ply["vertex"]
+    np.testing.assert_array_equal(np.stack([v["x"], v["y"], v["z"]], 1), cloud.xyz)
+    np.testing.assert_array_equal(np.stack([v["red"], v["green"], v["blue"]], 1), cloud.rgb)
+    np.testing.assert_array_equal(v["label"], cloud.label)
+    np.testing.assert_array_equal(v["rel_red_mug"], cloud.relevancy["red mug"])
+    assert any("class 2 wall" in c for c in ply.comments)
+
+
+@pytest.fixture(scope="module")
+def exported(toy_run):
+    scene, run = toy_run
+    assert main(["export", str(run), "--device", "cpu", "--queries", "mug", "--features"]) == 0
+    return scene, run
+
+
+def test_exported_points_lie_on_the_scene_surfaces(exported):
+    scene, run = exported
+    cloud = load_export(run / "export")
+    assert len(cloud) > 500
+    scene_json = json.loads((scene / "scene.json").read_text())
+    dist = surface_distance(scene_json, cloud.xyz)
+    # points spread at random through the room, the distance a frame or depth error would give
+    lo, hi = (np.array(scene_json["room"][k]) for k in ("min", "max"))
+    random = np.random.default_rng(0).uniform(lo, hi, (4000, 3))
+    chance = float(np.median(surface_distance(scene_json, random)))
+    # a 600-step field of an 80 x 60 scene is coarse (the demo benchmark measures the real figure)
+    assert float(np.median(dist)) < 0.4 * chance
+    assert float(np.quantile(dist, 0.25)) < 0.2 * chance
+
+
+def test_export_files_agree(exported):
+    _, run = exported
+    info = json.loads((run / "export" / "points.json").read_text())
+    cloud = load_export(run / "export")
+    ply = plyfile.PlyData.read(str(run / "export" / "points.ply"))
+    assert info["n_points"] == len(cloud) == ply["vertex"].count
+    assert info["classes"] == cloud.classes and info["queries"] == {"mug": "rel_mug"}
+    assert cloud.feature is not None and cloud.feature.shape == (len(cloud), cloud.feature.shape[1])
+    np.testing.assert_allclose(cloud.probs.astype(np.float32).sum(1), 1.0, atol=1e-2)
+    assert ((cloud.relevancy["mug"] >= 0) & (cloud.relevancy["mug"] <= 1)).all()
+
+
+def test_export_refuses_a_run_without_semantics_and_an_empty_cloud(exported, tmp_path, capsys):
+    scene, run = exported
+    geo = tmp_path / "geo"
+    args = ["train", str(scene), "--output", str(geo), "--preset", "tiny", "--device", "cpu", "--steps", "5"]
+    assert main([*args, "--teacher", "none"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(geo), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no semantic field" in err and len(err.splitlines()) == 1
+    assert main(["export", str(run), "--device", "cpu", "--min-views", "1000", "--output", str(tmp_path / "e")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert last.startswith("ovseg3d export: error:") and "empty" in last
+    assert not (tmp_path / "e").exists()

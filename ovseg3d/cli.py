@@ -78,6 +78,27 @@ class ExportArgs:
     """'auto', 'cpu' or 'cuda'."""
 
 
+@dataclass
+class ViewArgs:
+    """Open a run in the browser (viser): its labelled point cloud coloured by rgb, class or the relevancy of a
+    free-text query typed in the panel, a class legend with toggles, the training cameras, and renders of the
+    field from the browser's camera. Reads RUN/export/points.npz when it has features (ovseg3d export
+    --features), else extracts the cloud first."""
+
+    run: Path = Path("runs/demo")
+    """Run folder written by ovseg3d train (with --teacher synthetic|clip)."""
+    port: int = 8080
+    """Port of the web page (http://localhost:PORT)."""
+    host: str = "0.0.0.0"
+    """Interface to listen on (127.0.0.1: this machine only)."""
+    max_points: int = 200_000
+    """Show at most this many points (a random subset)."""
+    point_size: float = 0.0
+    """Point size in world units (0: the export's voxel size)."""
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda'."""
+
+
 def _positional(args: list[str], flag: str) -> list[str]:
     """Let the first bare argument stand for ``flag`` (``ovseg3d train SCENE`` = ``--scene SCENE``)."""
     if args and not args[0].startswith("-"):
@@ -183,6 +204,26 @@ def cmd_export(args: list[str]) -> int:
     return 0
 
 
+def cmd_view(args: list[str]) -> int:
+    import time
+
+    from ovseg3d.viewer import Viewer, load_queries
+
+    a = tyro.cli(ViewArgs, args=_positional(args, "--run"), prog="ovseg3d view RUN")
+    queries, trainer, distiller = load_queries(a.run, a.max_points, a.device)
+    size = a.point_size or max(queries.cloud.voxel_size, 1e-3)
+    viewer = Viewer(queries, trainer, distiller, a.host, a.port, size)
+    print(
+        f"ovseg3d view: {len(queries.cloud)} points of {a.run} at http://localhost:{viewer.server.get_port()} (Ctrl-C stops)"
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        viewer.stop()
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "synth": (cmd_synth, "render a procedural scene with ground truth (3D-OVS/LLFF or transforms.json)"),
     "extract": (cmd_extract, "run the 2D teachers (CLIP, DINO, or simulated) over a scene into a feature cache"),
@@ -190,6 +231,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "render": (cmd_render, "write rgb / depth / segmentation / query-relevancy PNGs of a run's views"),
     "eval": (cmd_eval, "score a run's held-out views (PSNR, SSIM) into RUN/eval.json"),
     "export": (cmd_export, "write a run's labelled point cloud (PLY, NPZ, JSON)"),
+    "view": (cmd_view, "browse a run's labelled point cloud and ask it free-text queries (viser)"),
 }
 
 

@@ -1,0 +1,298 @@
+"""The browser viewer (``ovseg3d view RUN``): a viser server over a run's labelled point cloud.
+
+The cloud is coloured by rgb, by class or by the relevancy of a free-text query typed in the panel (LERF's
+relevancy against the canonical negatives, recomputed over every point on each query). Classes can be
+hidden from a legend; the training cameras are drawn; "render this view" renders the field from the
+browser's camera (rgb, segmentation or relevancy) and shows it as the background.
+
+:class:`CloudQueries` holds the numbers (points, unit CLIP features, text encoder) and needs no server, so
+that queries and colours are testable and timeable without a browser.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ovseg3d.data.cameras import Cameras, opencv_to_opengl
+from ovseg3d.export import LabelledCloud
+from ovseg3d.images import colorize, label_palette
+from ovseg3d.teachers.relevancy import CANONICAL_NEGATIVES
+
+COLOUR_MODES = ("rgb", "label", "relevancy")
+
+
+@dataclass
+class CloudQueries:
+    """A labelled cloud with one unit CLIP feature per point ``features [P, D]`` (float32), and the text
+    encoder of the run's teacher for free-text queries."""
+
+    cloud: LabelledCloud
+    features: Tensor
+    text_encoder: object
+
+    def __post_init__(self) -> None:
+        self._negatives = F.normalize(self._encode(list(CANONICAL_NEGATIVES)), dim=-1)
+
+    def _encode(self, texts: list[str]) -> Tensor:
+        return self.text_encoder.encode_text(texts).float().to(self.features.device)  # type: ignore[attr-defined]
+
+    def relevancy(self, query: str, temperature: float = 10.0) -> np.ndarray:
+        """``[P]`` LERF relevancy of ``query`` in [0, 1] (0.5: no more the query than the closest negative)."""
+        if not query.strip():
+            raise ValueError("empty query: type a few words, e.g. 'mug'")
+        texts = torch.cat([F.normalize(self._encode([query]), dim=-1), self._negatives])
+        cos = self.features @ texts.T  # [P, 1 + K]
+        rel = torch.sigmoid(temperature * (cos[:, :1] - cos[:, 1:])).amin(-1)
+        return rel.cpu().numpy()
+
+    def colours(self, mode: str, relevancy: np.ndarray | None = None) -> np.ndarray:
+        """``[P, 3]`` uint8 colours for ``mode`` (one of :data:`COLOUR_MODES`)."""
+        if mode == "rgb":
+            return self.cloud.rgb
+        if mode == "label":
+            palette = (label_palette(max(1, len(self.cloud.classes))) * 255).round().astype(np.uint8)
+            return palette[np.clip(self.cloud.label, 0, len(palette) - 1)]
+        if mode == "relevancy":
+            if relevancy is None:
+                raise ValueError("relevancy colours need a query")
+            heat = (colorize(relevancy, 0.5, 1.0) * 255).round().astype(np.uint8)
+            dim = (self.cloud.rgb.astype(np.float32) * 0.35).astype(np.uint8)
+            return np.where((relevancy > 0.5)[:, None], heat, dim)
+        raise ValueError(f"unknown colour mode {mode!r}; one of {', '.join(COLOUR_MODES)}")
+
+    def visible(self, hidden: set[str]) -> np.ndarray:
+        """``[P]`` bool: points whose class is not in ``hidden``."""
+        if not hidden:
+            return np.ones(len(self.cloud), dtype=bool)
+        ids = [i for i, c in enumerate(self.cloud.classes) if c in hidden]
+        return ~np.isin(self.cloud.label, ids)
+
+
+def load_queries(run: Path, max_points: int, device_name: str = "cpu", log=print):  # noqa: ANN001
+    """The run's cloud (``RUN/export/points.npz`` if it has features, else extracted now) with unit CLIP
+    features, at most ``max_points`` of them (a random subset), and the trainer and distiller to render."""
+    from ovseg3d.distill import load_distiller
+    from ovseg3d.export import ExportOptions, extract_cloud, load_export
+    from ovseg3d.renders import text_encoder
+    from ovseg3d.run import latest_checkpoint, load_checkpoint
+    from ovseg3d.train import load_trainer
+
+    trainer = load_trainer(run, device_name)
+    loaded = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
+    if loaded is None:
+        raise ValueError(f"{run} has no semantic field (trained with --teacher none): nothing to query")
+    distiller = loaded[0]
+    npz = run / "export" / "points.npz"
+    cloud = load_export(npz) if npz.exists() else None
+    if cloud is None or cloud.feature is None:
+        log(f"extracting the point cloud of {run} (ovseg3d export --features keeps it for next time)")
+        cloud = extract_cloud(run, ExportOptions(features=True), device_name, log)
+    if len(cloud) > max_points:
+        keep = np.sort(np.random.default_rng(0).choice(len(cloud), max_points, replace=False))
+        cloud = subset_cloud(cloud, keep)
+    features = F.normalize(torch.from_numpy(cloud.feature.astype(np.float32)), dim=-1).to(trainer.device)
+    return CloudQueries(cloud, features, text_encoder(trainer.cfg.teachers, trainer.device)), trainer, distiller
+
+
+def subset_cloud(cloud: LabelledCloud, idx: np.ndarray) -> LabelledCloud:
+    return LabelledCloud(
+        xyz=cloud.xyz[idx],
+        rgb=cloud.rgb[idx],
+        views=cloud.views[idx],
+        label=cloud.label[idx],
+        confidence=cloud.confidence[idx],
+        probs=cloud.probs[idx],
+        relevancy={q: v[idx] for q, v in cloud.relevancy.items()},
+        feature=cloud.feature[idx] if cloud.feature is not None else None,
+        classes=cloud.classes,
+        voxel_size=cloud.voxel_size,
+    )
+
+
+def quaternion_to_matrix(wxyz: np.ndarray) -> np.ndarray:
+    w, x, y, z = np.asarray(wxyz, dtype=np.float64) / np.linalg.norm(wxyz)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def matrix_to_quaternion(rot: np.ndarray) -> np.ndarray:
+    """``[3, 3]`` rotation -> ``wxyz`` (Shepperd's method)."""
+    m = np.asarray(rot, dtype=np.float64)
+    t = np.trace(m)
+    if t > 0:
+        s = 2.0 * math.sqrt(1.0 + t)
+        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+    else:
+        i = int(np.argmax(np.diag(m)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * math.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
+        q = [0.0, 0.0, 0.0, 0.0]
+        q[0] = (m[k, j] - m[j, k]) / s
+        q[1 + i] = 0.25 * s
+        q[1 + j] = (m[j, i] + m[i, j]) / s
+        q[1 + k] = (m[k, i] + m[i, k]) / s
+    q = np.array(q)
+    return q / np.linalg.norm(q) * (1.0 if q[0] >= 0 else -1.0)
+
+
+def browser_camera(wxyz: np.ndarray, position: np.ndarray, fov_y: float, aspect: float, height: int) -> Cameras:
+    """One :class:`Cameras` from a viser camera (OpenCV axes, world-from-camera ``wxyz``, vertical ``fov_y`` in
+    radians) rendering ``height`` rows."""
+    c2w_cv = np.concatenate([quaternion_to_matrix(wxyz), np.asarray(position, dtype=np.float64)[:, None]], 1)
+    width = max(1, int(round(height * aspect)))
+    f = 0.5 * height / math.tan(0.5 * fov_y)
+
+    def t(x: float) -> Tensor:
+        return torch.tensor([x], dtype=torch.float32)
+
+    c2w = torch.from_numpy(opencv_to_opengl(c2w_cv)).float()[None]
+    return Cameras(c2w, t(f), t(f), t(width / 2), t(height / 2), width, height)
+
+
+class Viewer:
+    """The viser server. ``set_query`` / ``set_mode`` / ``set_hidden`` are what the panel calls."""
+
+    def __init__(self, queries: CloudQueries, trainer, distiller, host: str, port: int, point_size: float):  # noqa: ANN001
+        import viser
+
+        self.q, self.trainer, self.distiller = queries, trainer, distiller
+        self.mode = "label" if queries.cloud.classes else "rgb"
+        self.query, self.rel, self.hidden = "", None, set()
+        self.last_query_ms = 0.0
+        self.server = viser.ViserServer(host=host, port=port, verbose=False)
+        scene, gui = self.server.scene, self.server.gui
+        self.points = scene.add_point_cloud(
+            "/points", queries.cloud.xyz, self.q.colours(self.mode), point_size=point_size, point_shape="rounded"
+        )
+        self.mode_box = gui.add_dropdown("colour by", COLOUR_MODES, initial_value=self.mode)
+        self.query_box = gui.add_text("query", "", hint="free text, e.g. 'mug' or 'something to read'")
+        self.status = gui.add_markdown(f"{len(queries.cloud)} points")
+        self.size = gui.add_slider("point size", 0.001, 0.05, 0.001, point_size)
+        with gui.add_folder("classes"):
+            self.legend = gui.add_html(self._legend_html())
+            self.toggles = {c: gui.add_checkbox(c, True) for c in queries.cloud.classes}
+        with gui.add_folder("render this view"):
+            self.render_kind = gui.add_dropdown("image", ("rgb", "segmentation", "relevancy"), initial_value="rgb")
+            self.render_rows = gui.add_slider("rows", 60, 480, 20, 120)
+            self.render_button = gui.add_button("render")
+            self.clear_button = gui.add_button("clear")
+        self._add_cameras()
+        self.mode_box.on_update(lambda _: self.set_mode(self.mode_box.value))
+        self.query_box.on_update(lambda _: self.set_query(self.query_box.value))
+        self.size.on_update(lambda _: setattr(self.points, "point_size", float(self.size.value)))
+        for name, box in self.toggles.items():
+            box.on_update(lambda _, n=name, b=box: self.set_hidden(n, not b.value))
+        self.render_button.on_click(lambda event: self._render_for(event.client))
+        self.clear_button.on_click(lambda event: event.client.scene.set_background_image(None))
+
+    # -- what the panel does ---------------------------------------------------------------------------
+    def set_query(self, text: str) -> None:
+        if not text.strip():
+            self.query, self.rel = "", None
+            self.set_mode("label" if self.q.cloud.classes else "rgb")
+            return
+        start = time.perf_counter()
+        self.rel = self.q.relevancy(text)
+        self.query = text
+        self.last_query_ms = 1000 * (time.perf_counter() - start)
+        self.set_mode("relevancy")
+
+    def set_mode(self, mode: str) -> None:
+        if mode == "relevancy" and self.rel is None:
+            self.status.content = "type a query to colour by relevancy"
+            mode = "label" if self.q.cloud.classes else "rgb"
+        self.mode = mode
+        if self.mode_box.value != mode:
+            self.mode_box.value = mode
+        self._refresh()
+
+    def set_hidden(self, name: str, hidden: bool) -> None:
+        (self.hidden.add if hidden else self.hidden.discard)(name)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        keep = self.q.visible(self.hidden)
+        colours = self.q.colours(self.mode, self.rel)
+        with self.server.atomic():
+            self.points.points = self.q.cloud.xyz[keep]
+            self.points.colors = colours[keep]
+        text = f"{int(keep.sum())} of {len(keep)} points"
+        if self.mode == "relevancy":
+            text += f"; '{self.query}': {int((self.rel[keep] > 0.5).sum())} relevant ({self.last_query_ms:.0f} ms)"
+        self.status.content = text
+
+    # -- rendering from the browser's camera ------------------------------------------------------------
+    def render_image(self, camera: Cameras, kind: str) -> np.ndarray:
+        """``[H, W, 3]`` float image of ``kind`` (rgb | segmentation | relevancy) from ``camera``."""
+        from ovseg3d.renders import overlay
+        from ovseg3d.teachers.relevancy import query_relevancy
+
+        out = self.trainer.render_view(camera, 0)
+        rgb = out.rgb.clamp(0, 1).cpu().numpy()
+        if kind == "rgb":
+            return rgb
+        feats = self.distiller.render_semantics(camera, 0)
+        if kind == "segmentation":
+            text = F.normalize(self.distiller.teacher.text, dim=-1)
+            labels = (feats @ text.T).argmax(-1).cpu().numpy()
+            palette = label_palette(max(1, len(self.q.cloud.classes)))
+            return 0.3 * rgb + 0.7 * palette[labels]
+        if kind == "relevancy":
+            if not self.query:
+                raise ValueError("type a query first")
+            emb = self.q._encode([self.query])[0]
+            rel = query_relevancy(feats, emb.to(feats.device), self.q._negatives.to(feats.device)).cpu().numpy()
+            return overlay(rgb, rel)
+        raise ValueError(f"unknown image kind {kind!r}")
+
+    def _render_for(self, client) -> None:  # noqa: ANN001
+        cam = client.camera
+        camera = browser_camera(cam.wxyz, cam.position, cam.fov, cam.aspect, int(self.render_rows.value))
+        try:
+            image = self.render_image(camera, str(self.render_kind.value))
+        except ValueError as exc:
+            client.add_notification("ovseg3d", str(exc))
+            return
+        client.scene.set_background_image((np.clip(image, 0, 1) * 255).astype(np.uint8), format="jpeg")
+
+    def _add_cameras(self) -> None:
+        scene = self.trainer.scene
+        cams = scene.cameras
+        fov = 2.0 * math.atan(0.5 * cams.height / float(cams.fy[0]))
+        scale = 0.03 * self.trainer.diag
+        for i in scene.train_ids:
+            c2w_cv = opencv_to_opengl(cams.c2w[i].double().numpy())  # the flip is its own inverse
+            self.server.scene.add_camera_frustum(
+                f"/cameras/{i:03d}",
+                fov=fov,
+                aspect=cams.width / cams.height,
+                scale=scale,
+                wxyz=matrix_to_quaternion(c2w_cv[:, :3]),
+                position=c2w_cv[:, 3],
+                color=(120, 120, 120),
+            )
+
+    def _legend_html(self) -> str:
+        rows = []
+        palette = (label_palette(max(1, len(self.q.cloud.classes))) * 255).round().astype(int)
+        counts = np.bincount(np.clip(self.q.cloud.label, 0, None), minlength=len(self.q.cloud.classes))
+        for name, colour, n in zip(self.q.cloud.classes, palette, counts):
+            swatch = f"background:rgb({colour[0]},{colour[1]},{colour[2]});width:12px;height:12px;display:inline-block"
+            rows.append(f"<div><span style='{swatch}'></span> {name} ({n})</div>")
+        return "<div style='font-size:0.85em'>" + "".join(rows) + "</div>"
+
+    def stop(self) -> None:
+        self.server.stop()

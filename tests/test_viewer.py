@@ -1,0 +1,154 @@
+"""The viewer: queries over the cloud, and the viser server driven headlessly by a websocket client that speaks
+viser's wire protocol (pinned by the installed viser version: the server rejects other client versions)."""
+
+import io
+import socket
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ovseg3d.viewer import CloudQueries, browser_camera, load_queries, matrix_to_quaternion, quaternion_to_matrix
+
+viser = pytest.importorskip("viser")
+websockets_sync = pytest.importorskip("websockets.sync.client")
+zstandard = pytest.importorskip("zstandard")
+msgspec = pytest.importorskip("msgspec")
+
+
+def test_quaternions_round_trip():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        q = torch.nn.functional.normalize(torch.randn(4, generator=g, dtype=torch.float64), dim=0).numpy()
+        q = q if q[0] >= 0 else -q
+        rot = quaternion_to_matrix(q)
+        np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-12)
+        np.testing.assert_allclose(matrix_to_quaternion(rot), q, atol=1e-9)
+
+
+def test_browser_camera_looks_along_opencv_z():
+    # identity pose in OpenCV axes: the camera looks down +z of the world, y down
+    cam = browser_camera(np.array([1.0, 0, 0, 0]), np.zeros(3), fov_y=np.pi / 2, aspect=2.0, height=10)
+    assert (cam.width, cam.height) == (20, 10) and float(cam.fy[0]) == pytest.approx(5.0)
+    from ovseg3d.data.cameras import pixel_rays
+
+    _, d = pixel_rays(cam, torch.zeros(2, dtype=torch.long), torch.tensor([9.5, 9.5]) - 0.5, torch.tensor([4.5, 9.5]))
+    torch.testing.assert_close(d[0], torch.tensor([0.0, 0.0, 1.0]))
+    assert float(d[1, 1]) > 0  # a lower pixel looks down: +y in OpenCV
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _decode(frame: bytes) -> list[dict]:
+    """One server -> client frame: zstd-compressed msgpack messages, then 8-byte aligned raw arrays."""
+    inner_len = int.from_bytes(frame[:8], "little")
+    comp_len = int.from_bytes(frame[8:16], "little")
+    payload = msgspec.msgpack.decode(zstandard.ZstdDecompressor().decompress(frame[16 : 16 + comp_len], inner_len))
+    buffers, offset = [], 16 + comp_len
+    for n in payload["binaryBufferLengths"]:
+        offset += (8 - offset % 8) % 8
+        buffers.append(frame[offset : offset + n])
+        offset += n
+
+    def resolve(x):
+        if isinstance(x, dict) and "__binary_index" in x:
+            return np.frombuffer(buffers[x["__binary_index"]], dtype=np.dtype(x["dtype"]))
+        if isinstance(x, dict):
+            return {k: resolve(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [resolve(v) for v in x]
+        return x
+
+    return [resolve(m) for m in payload["messages"]]
+
+
+def _send(ws, message) -> None:
+    ws.send(msgspec.msgpack.encode(message.as_serializable_dict()))
+
+
+def _wait_for(ws, accept, timeout: float = 60.0) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            frame = ws.recv(timeout=max(0.1, end - time.monotonic()))
+        except TimeoutError:
+            break
+        for m in _decode(frame):
+            if accept(m):
+                return m
+    raise AssertionError("the server did not send the expected message")
+
+
+@pytest.fixture(scope="module")
+def viewer(toy_run):
+    from ovseg3d.viewer import Viewer
+
+    _, run = toy_run
+    queries, trainer, distiller = load_queries(run, max_points=3000, device_name="cpu", log=lambda s: None)
+    v = Viewer(queries, trainer, distiller, "127.0.0.1", _free_port(), 0.01)
+    yield v
+    v.stop()
+
+
+def test_a_query_ranks_the_points_of_its_class_first(viewer):
+    q: CloudQueries = viewer.q
+    mug = q.cloud.classes.index("mug") if "mug" in q.cloud.classes else 0
+    name = q.cloud.classes[mug]
+    rel = q.relevancy(name)
+    on = q.cloud.label == mug
+    assert on.any() and (~on).any()
+    assert float(np.median(rel[on])) > float(np.median(rel[~on]))
+    with pytest.raises(ValueError, match="empty query"):
+        q.relevancy("  ")
+
+
+def _camera_message(viewer, view: int):
+    """The message a browser sends for its camera, here at the pose of a training view."""
+    from viser import _messages as msg
+
+    from ovseg3d.data.cameras import opencv_to_opengl
+
+    cams = viewer.trainer.scene.cameras
+    c2w_cv = opencv_to_opengl(cams.c2w[view].double().numpy())  # the axis flip is its own inverse
+    fov = float(2 * np.arctan(0.5 * cams.height / float(cams.fy[view])))
+    pose = (tuple(matrix_to_quaternion(c2w_cv[:, :3])), tuple(c2w_cv[:, 3]))
+    return msg.ViewerCameraMessage(*pose, fov, 0.01, 100.0, cams.height, cams.width, (0.0, 0.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def test_the_viewer_answers_a_websocket_client(viewer):
+    from viser import _messages as msg
+
+    url = f"ws://127.0.0.1:{viewer.server.get_port()}"
+    with websockets_sync.connect(url, subprotocols=[f"viser-v{viser.__version__}"], max_size=None) as ws:
+        first = _wait_for(ws, lambda m: m["type"] == "PointCloudMessage")
+        assert len(first["props"]["colors"]) == 3 * len(viewer.q.cloud)
+        _wait_for(ws, lambda m: m["type"] == "ReplayDoneMessage")
+        _send(ws, _camera_message(viewer, 0))  # a browser announces its camera first; viser registers it then
+
+        # type a query in the panel: the cloud comes back recoloured by its relevancy
+        name = viewer.q.cloud.classes[0]
+        _send(ws, msg.GuiUpdateMessage(viewer.query_box._impl.uuid, {"value": name}))
+        update = _wait_for(ws, lambda m: m["type"] == "SceneNodeUpdateMessage" and "colors" in m["updates"])
+        expected = viewer.q.colours("relevancy", viewer.q.relevancy(name))
+        np.testing.assert_array_equal(update["updates"]["colors"].reshape(-1, 3), expected)
+        assert viewer.mode == "relevancy" and viewer.last_query_ms > 0
+
+        # press "render": the field rendered from the browser's camera comes back as the background
+        _send(ws, msg.GuiUpdateMessage(viewer.render_rows._impl.uuid, {"value": 60}))
+        _send(ws, msg.GuiUpdateMessage(viewer.render_button._impl.uuid, {"value": True}))
+        image = _wait_for(ws, lambda m: m["type"] == "BackgroundImageMessage" and m["rgb_data"])
+        import imageio.v3 as iio
+
+        pixels = iio.imread(io.BytesIO(image["rgb_data"]))
+        cams = viewer.trainer.scene.cameras
+        assert pixels.shape == (60, round(60 * cams.width / cams.height), 3)
+        # the render of a training view looks like that view's photo
+        photo = viewer.trainer.scene.images[0].float().permute(2, 0, 1)[None]
+        small = torch.nn.functional.interpolate(photo, size=pixels.shape[:2], mode="area")[0].permute(1, 2, 0)
+        err = float(np.abs(small.numpy() - pixels.astype(np.float32)).mean())
+        assert err < 25.0, err

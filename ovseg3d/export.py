@@ -1,11 +1,12 @@
 """Labelled point clouds out of a trained run (``ovseg3d export RUN``).
 
 Points come from the radiance field's surfaces: every (strided) training view is rendered, each solid pixel
-is lifted to its median depth, and the points are fused on a voxel grid. A voxel is kept when at least
-``min_views`` views put a point in it (a floater or an edge pixel is seen by one view only) and it has an
-occupied neighbour. Each point then reads the semantic field at its position: class probabilities over the
-scene's classes, the label and its confidence, LERF relevancy for free-text queries and, if asked, the
-CLIP feature.
+is lifted to its median depth and kept when the depth maps of other views agree with it (multi-view
+consistency, as in MVS depth fusion), and the points are fused on a voxel grid. A voxel is kept when at least
+``min_views`` views put a point in it and it has an occupied neighbour. Each pixel also renders the semantic
+field's latent (as ``ovseg3d render`` does); a point's latent is the mean over its pixels, decoded into class
+probabilities over the scene's classes, the label and its confidence, LERF relevancy for free-text queries
+and, if asked, the CLIP feature.
 
 Files (world frame of the input poses, metres if the poses are)::
 
@@ -28,7 +29,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ovseg3d import __version__
-from ovseg3d.data.cameras import image_rays
+from ovseg3d.data.cameras import Cameras, image_rays
 from ovseg3d.images import label_palette
 from ovseg3d.losses import class_probabilities
 from ovseg3d.render.renderer import render_median_depth
@@ -38,12 +39,16 @@ EXPORT_FORMAT = 1
 
 @dataclass
 class ExportOptions:
-    spacing: float = 0.004
-    """Voxel size of the fusion, as a share of the scene box's diagonal."""
+    spacing: float = 0.0015
+    """Voxel size of the fusion, as a share of the scene box's diagonal (demo: 11 mm)."""
     min_views: int = 2
     """Keep a voxel only if at least this many views put a point in it."""
     min_opacity: float = 0.9
     """Pixels whose rendered opacity is below this give no point."""
+    min_agreeing: int = 3
+    """Keep a pixel's point only if at least this many other views' depth maps agree with it."""
+    depth_tolerance: float = 0.005
+    """Relative depth difference under which another view agrees with a point."""
     view_stride: int = 1
     """Use every N-th training view."""
     queries: list[str] = field(default_factory=list)
@@ -84,8 +89,8 @@ def query_slug(query: str) -> str:
 # -- surface points --------------------------------------------------------------------------------------
 
 
-def view_points(trainer, view: int, min_opacity: float) -> tuple[Tensor, Tensor]:  # noqa: ANN001
-    """World points ``[P, 3]`` at the median depth of the solid pixels of ``view``, and their image colours."""
+def depth_map(trainer, view: int, min_opacity: float) -> Tensor:  # noqa: ANN001
+    """``[H*W]`` median depth of ``view``'s rays (:func:`render_median_depth`), ``nan`` where not solid."""
     scene = trainer.scene
     cams = scene.cameras.to(trainer.device)
     origins, dirs = image_rays(cams, view)
@@ -95,66 +100,130 @@ def view_points(trainer, view: int, min_opacity: float) -> tuple[Tensor, Tensor]
     depth, opacity = render_median_depth(
         trainer.field, trainer.grid, origins, dirs, trainer.opts, near, far, trainer.cfg.eval_chunk
     )
-    keep = (opacity >= min_opacity) & torch.isfinite(depth)
-    points = origins[keep] + depth[keep, None] * dirs[keep]
-    colours = scene.images[view].reshape(-1, 3).to(trainer.device)[keep]
-    return points, colours
+    return torch.where(opacity >= min_opacity, depth, torch.full_like(depth, float("nan")))
+
+
+def agreeing_views(points: Tensor, depths: dict[int, Tensor], cameras: Cameras, skip: int, tol: float) -> Tensor:
+    """``[P]`` how many views (other than ``skip``) see a surface where ``points`` are: projected into the view,
+    its depth map there is within ``tol`` (relative) of the point's distance. A view that sees something
+    nearer (an occluder) or nothing gives no support."""
+    support = torch.zeros(len(points), dtype=torch.long, device=points.device)
+    for j, depth in depths.items():
+        if j == skip:
+            continue
+        c2w = cameras.c2w[j].to(points.device)
+        rel = points - c2w[:, 3]
+        local = rel @ c2w[:, :3]  # camera axes (OpenGL: looking down -z)
+        ahead = -local[:, 2]
+        front = ahead > 1e-6
+        u = cameras.cx[j] + cameras.fx[j] * local[:, 0] / ahead.clamp(min=1e-6)
+        v = cameras.cy[j] - cameras.fy[j] * local[:, 1] / ahead.clamp(min=1e-6)
+        col, row = torch.floor(u).long(), torch.floor(v).long()
+        inside = front & (col >= 0) & (col < cameras.width) & (row >= 0) & (row < cameras.height)
+        t = torch.full((len(points),), float("nan"), device=points.device)
+        t[inside] = depth[(row * cameras.width + col)[inside]]
+        dist = rel.norm(dim=-1)
+        support += ((t - dist).abs() <= tol * dist).long()  # nan compares False
+    return support
 
 
 def fuse_points(
-    points: Tensor, colours: Tensor, view_ids: Tensor, origin: Tensor, voxel: float, min_views: int
+    points: Tensor, values: Tensor, view_ids: Tensor, origin: Tensor, voxel: float, min_views: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Fuse points on a voxel grid: per voxel the mean position and colour and the number of distinct views.
+    """Fuse points on a voxel grid: per voxel the mean position, the mean of ``values [N, K]`` and the number of
+    distinct views.
 
     Voxels with fewer than ``min_views`` views, or without an occupied voxel among their 26 neighbours,
-    are dropped. Returns ``xyz [V, 3]``, ``rgb [V, 3]`` (uint8), ``views [V]``.
+    are dropped. Returns ``xyz [V, 3]``, ``values [V, K]`` (float64), ``views [V]``.
     """
     if len(points) == 0:
-        return points.new_zeros(0, 3), colours.new_zeros(0, 3), view_ids.new_zeros(0)
+        return points.new_zeros(0, 3), values.new_zeros(0, values.shape[1]).double(), view_ids.new_zeros(0)
     cell = torch.floor((points - origin) / voxel).long()
     cell -= cell.min(0).values - 1  # >= 1, so neighbours are >= 0
     dims = cell.max(0).values + 2
     key = (cell[:, 0] * dims[1] + cell[:, 1]) * dims[2] + cell[:, 2]
     keys, inverse = torch.unique(key, return_inverse=True)
     n = len(keys)
-    count = torch.bincount(inverse, minlength=n).double()
-    xyz = torch.zeros(n, 3, dtype=torch.float64, device=points.device).index_add_(0, inverse, points.double())
-    rgb = torch.zeros(n, 3, dtype=torch.float64, device=points.device).index_add_(0, inverse, colours.double())
-    xyz, rgb = xyz / count[:, None], rgb / count[:, None]
+    count = torch.bincount(inverse, minlength=n).double()[:, None]
+    zeros = torch.zeros(n, 3 + values.shape[1], dtype=torch.float64, device=points.device)
+    sums = zeros.index_add_(0, inverse, torch.cat([points, values.to(points.dtype)], 1).double()) / count
     n_views_total = int(view_ids.max()) + 1
     pairs = torch.unique(inverse * n_views_total + view_ids)
     views = torch.bincount(pairs // n_views_total, minlength=n)
     keep = views >= min_views
     # an occupied neighbour among the 26 around each kept voxel
     kept = keys[keep]
-    offsets = torch.stack(torch.meshgrid(*(torch.arange(-1, 2, device=points.device),) * 3, indexing="ij"), -1).reshape(
-        -1, 3
-    )
+    grid = torch.meshgrid(*(torch.arange(-1, 2, device=points.device),) * 3, indexing="ij")
+    offsets = torch.stack(grid, -1).reshape(-1, 3)
     offsets = offsets[(offsets != 0).any(-1)]
     shift = (offsets[:, 0] * dims[1] + offsets[:, 1]) * dims[2] + offsets[:, 2]
     probe = kept[:, None] + shift[None]
     pos = torch.searchsorted(kept, probe).clamp(max=max(len(kept) - 1, 0))
     has_neighbour = (kept[pos] == probe).any(1) if len(kept) else torch.zeros(0, dtype=torch.bool)
     idx = torch.nonzero(keep)[:, 0][has_neighbour]
-    return xyz[idx].float(), rgb[idx].round().clamp(0, 255).to(torch.uint8), views[idx]
+    return sums[idx, :3].float(), sums[idx, 3:], views[idx]
 
 
-def surface_points(trainer, opts: ExportOptions, log=print) -> tuple[Tensor, Tensor, Tensor]:  # noqa: ANN001
-    """Fused surface points of the run's training views (see :func:`fuse_points`); the voxel edge is
-    ``opts.spacing`` times the scene box diagonal."""
-    views = trainer.scene.train_ids[:: max(1, opts.view_stride)]
-    pts, cols, ids = [], [], []
-    for v in tqdm(views, desc="surface", unit="view", leave=False):
-        p, c = view_points(trainer, v, opts.min_opacity)
-        pts.append(p)
-        cols.append(c)
-        ids.append(torch.full((len(p),), v, dtype=torch.long, device=p.device))
+def surface_points(
+    trainer,
+    opts: ExportOptions,
+    distiller=None,
+    log=print,  # noqa: ANN001
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Fused surface points of the run's training views: ``xyz``, ``rgb`` (uint8), ``views`` and, with a
+    ``distiller``, the mean rendered semantic latent of each point's pixels.
+
+    Each solid pixel is lifted to its median depth and kept if at least ``opts.min_agreeing`` other views'
+    depth maps agree (:func:`agreeing_views`); the kept points are fused by :func:`fuse_points` on a voxel
+    grid of ``opts.spacing`` times the scene box diagonal.
+    """
+    scene = trainer.scene
+    views = scene.train_ids[:: max(1, opts.view_stride)]
+    cams = scene.cameras.to(trainer.device)
+    depths = {v: depth_map(trainer, v, opts.min_opacity) for v in tqdm(views, desc="depth", unit="view", leave=False)}
+    pts, vals, ids, n_pixels = [], [], [], 0
+    for v in tqdm(views, desc="fuse", unit="view", leave=False):
+        origins, dirs = image_rays(cams, v)
+        solid = torch.isfinite(depths[v])
+        n_pixels += int(solid.sum())
+        p = origins[solid] + depths[v][solid, None] * dirs[solid]
+        agree = agreeing_views(p, depths, cams, v, opts.depth_tolerance) >= opts.min_agreeing
+        rays = torch.nonzero(solid)[:, 0][agree]
+        value = scene.images[v].reshape(-1, 3).to(trainer.device)[rays].float()
+        if distiller is not None:
+            cam = torch.full((len(rays),), v, dtype=torch.long, device=trainer.device)
+            with torch.no_grad():
+                latent = (
+                    torch.cat(
+                        [
+                            distiller.render_latent(
+                                cams,
+                                cam[s : s + 8192],
+                                origins[rays][s : s + 8192],
+                                dirs[rays][s : s + 8192],
+                                scene.near_far,
+                            )
+                            for s in range(0, len(rays), 8192)
+                        ]
+                    )
+                    if len(rays)
+                    else value.new_zeros(0, distiller.cfg.latent_dim)
+                )
+            value = torch.cat([value, latent.float()], 1)
+        pts.append(p[agree])
+        vals.append(value)
+        ids.append(torch.full((len(rays),), v, dtype=torch.long, device=trainer.device))
     points = torch.cat(pts)
     voxel = opts.spacing * trainer.diag
-    origin = trainer.scene.aabb[:3].to(points.device)
-    xyz, rgb, n_views = fuse_points(points, torch.cat(cols), torch.cat(ids), origin, voxel, opts.min_views)
-    log(f"{len(points)} pixels from {len(views)} views -> {len(xyz)} points on a {voxel * 1000:.1f} mm grid")
-    return xyz, rgb, n_views
+    origin = scene.aabb[:3].to(points.device)
+    xyz, values, n_views = fuse_points(points, torch.cat(vals), torch.cat(ids), origin, voxel, opts.min_views)
+    log(
+        f"{n_pixels} solid pixels of {len(views)} views, {len(points)} seen alike by {opts.min_agreeing}+ other "
+        f"views -> {len(xyz)} points on a {voxel * 1000:.1f} mm grid"
+    )
+    rgb = values[:, :3].round().clamp(0, 255).to(torch.uint8)
+    latent = values[:, 3:].float() if distiller is not None else None
+    return xyz, rgb, n_views, latent
 
 
 # -- semantics -------------------------------------------------------------------------------------------
@@ -163,14 +232,14 @@ def surface_points(trainer, opts: ExportOptions, log=print) -> tuple[Tensor, Ten
 @torch.no_grad()
 def point_semantics(
     distiller,
-    xyz: Tensor,
+    latent: Tensor,
     queries: list[str],
     text_encoder,
     keep_features: bool,
     chunk: int,  # noqa: ANN001
 ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
-    """Class probabilities ``[P, C]``, relevancy per query ``[P]`` and (optionally) CLIP features ``[P, D]``
-    read from the semantic field at ``xyz``."""
+    """Class probabilities ``[P, C]``, relevancy per query ``[P]`` and (optionally) unit CLIP features ``[P, D]``
+    decoded from the points' semantic latents ``[P, L]``."""
     from ovseg3d.teachers.relevancy import CANONICAL_NEGATIVES, query_relevancy
 
     distiller.field.eval()
@@ -178,21 +247,21 @@ def point_semantics(
     temperature = distiller.cfg.rda_field_temperature
     q_emb = neg = None
     if queries:
-        q_emb = text_encoder.encode_text(queries).float().to(xyz.device)
-        neg = text_encoder.encode_text(list(CANONICAL_NEGATIVES)).float().to(xyz.device)
+        q_emb = text_encoder.encode_text(queries).float().to(latent.device)
+        neg = text_encoder.encode_text(list(CANONICAL_NEGATIVES)).float().to(latent.device)
     probs, rel, feats = [], {q: [] for q in queries}, []
-    for s in range(0, len(xyz), chunk):
-        clip = F.normalize(distiller.field.decode(distiller.field.latent(xyz[s : s + chunk])).clip, dim=-1)
+    for s in range(0, len(latent), chunk):
+        clip = F.normalize(distiller.field.decode(latent[s : s + chunk]).clip, dim=-1)
         probs.append(class_probabilities(clip, text, temperature) if len(text) else clip.new_zeros(len(clip), 0))
         for q, e in zip(queries, q_emb if q_emb is not None else []):
             rel[q].append(query_relevancy(clip, e, neg))
         if keep_features:
             feats.append(clip.half())
-    empty = xyz.new_zeros(0)
+    empty = latent.new_zeros(0)
     return (
-        torch.cat(probs) if probs else xyz.new_zeros(0, len(text)),
+        torch.cat(probs) if probs else latent.new_zeros(0, len(text)),
         {q: torch.cat(v) if v else empty for q, v in rel.items()},
-        (torch.cat(feats) if feats else xyz.new_zeros(0, text.shape[-1]).half()) if keep_features else None,
+        (torch.cat(feats) if feats else latent.new_zeros(0, text.shape[-1]).half()) if keep_features else None,
     )
 
 
@@ -211,14 +280,14 @@ def extract_cloud(run: Path, opts: ExportOptions, device_name: str = "auto", log
         )
     distiller = loaded[0]
     classes = list(trainer.scene.classes)
-    xyz, rgb, n_views = surface_points(trainer, opts, log)
+    xyz, rgb, n_views, latent = surface_points(trainer, opts, distiller, log)
     if len(xyz) == 0:
         raise ValueError(
             f"{run}: the point cloud is empty (no pixel reached opacity {opts.min_opacity} in {opts.min_views}+ "
             "views); lower --min-opacity or --min-views, or train longer"
         )
     encoder = text_encoder(trainer.cfg.teachers, trainer.device) if opts.queries else None
-    probs, rel, feats = point_semantics(distiller, xyz, opts.queries, encoder, opts.features, opts.chunk)
+    probs, rel, feats = point_semantics(distiller, latent, opts.queries, encoder, opts.features, opts.chunk)
     if probs.shape[1]:
         confidence, label = probs.max(-1)
     else:

@@ -8,7 +8,7 @@ import torch
 
 from ovseg3d.cli import main
 from ovseg3d.data.synth import surface_distance
-from ovseg3d.export import LabelledCloud, fuse_points, load_export, write_ply
+from ovseg3d.export import LabelledCloud, agreeing_views, fuse_points, load_export, write_ply
 
 plyfile = pytest.importorskip("plyfile")
 
@@ -19,12 +19,12 @@ def test_fuse_points_keeps_surfaces_seen_from_several_views():
     plane = torch.cat([torch.rand(3000, 3, generator=g) * torch.tensor([0.2, 0.2, 0.0]) for _ in range(3)])
     floater = torch.tensor([[0.1, 0.1, 0.5]]).repeat(50, 1)
     points = torch.cat([plane, floater])
-    colours = torch.cat([torch.full((9000, 3), 200), torch.full((50, 3), 10)]).to(torch.uint8)
+    colours = torch.cat([torch.full((9000, 3), 200.0), torch.full((50, 3), 10.0)])
     views = torch.cat([torch.arange(3).repeat_interleave(3000), torch.full((50,), 3)])
     xyz, rgb, n_views = fuse_points(points, colours, views, torch.zeros(3), voxel=0.02, min_views=2)
     assert len(xyz) >= 90  # about 10 x 10 voxels of the square
     assert float(xyz[:, 2].abs().max()) < 1e-6  # the floater is gone
-    assert bool((rgb == 200).all()) and bool((n_views >= 2).all())
+    assert bool((rgb == 200).all()) and bool((n_views >= 2).all())  # the floater's colour is not mixed in
     # every kept point is the mean of its voxel: inside the square
     assert float(xyz[:, :2].min()) >= 0.0 and float(xyz[:, :2].max()) <= 0.2
 
@@ -32,8 +32,31 @@ def test_fuse_points_keeps_surfaces_seen_from_several_views():
 def test_fuse_points_drops_isolated_voxels():
     points = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.01, 1.0, 1.0]])
     views = torch.tensor([0, 1, 0, 1, 1])
-    xyz, _, _ = fuse_points(points, torch.zeros(5, 3, dtype=torch.uint8), views, torch.zeros(3), 0.01, 1)
+    xyz, _, _ = fuse_points(points, torch.zeros(5, 3), views, torch.zeros(3), 0.01, 1)
     assert len(xyz) == 2 and float(xyz[:, 0].min()) > 0.5  # the lone voxel at the origin has no neighbour
+
+
+def test_agreeing_views_counts_views_whose_depth_matches():
+    from ovseg3d.data.cameras import Cameras
+
+    # three cameras on the z axis looking down at the plane z = 0 (OpenGL: looking along -z)
+    c2w = torch.zeros(3, 3, 4)
+    c2w[:, :, :3] = torch.eye(3)
+    c2w[:, 2, 3] = torch.tensor([1.0, 2.0, 3.0])
+    f = torch.full((3,), 10.0)
+    cams = Cameras(c2w, f, f, torch.full((3,), 5.0), torch.full((3,), 5.0), 10, 10)
+    # each camera's depth map: the plane along its rays (centre pixel: the height of the camera)
+    from ovseg3d.data.cameras import image_rays
+
+    depths = {}
+    for i in range(3):
+        _, d = image_rays(cams, i)
+        depths[i] = c2w[i, 2, 3] / -d[:, 2]
+    depths[2][:] = float("nan")  # camera 2 sees nothing solid
+    on_plane = torch.tensor([[0.01, 0.01, 0.0]])
+    above = torch.tensor([[0.01, 0.01, 0.3]])
+    assert int(agreeing_views(on_plane, depths, cams, skip=0, tol=0.01)[0]) == 1  # camera 1 agrees
+    assert int(agreeing_views(above, depths, cams, skip=0, tol=0.01)[0]) == 0
 
 
 def _cloud(n: int = 7) -> LabelledCloud:

@@ -1048,11 +1048,20 @@ def surface_distance(scene_json: dict, points: np.ndarray) -> np.ndarray:
     Returns:
         ``[P]`` distances in metres (faces where parts of one object touch count as surfaces).
     """
+    return nearest_surface(scene_json, points)[0]
+
+
+def nearest_surface(scene_json: dict, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`surface_distance` and the class name of the nearest surface ``[P]`` (the 3D ground-truth label)."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     best = np.full(len(points), np.inf)
-    for d in scene_json["primitives"]:
-        best = np.minimum(best, _primitive_distance(Primitive.from_json(d), points))
-    return best
+    which = np.zeros(len(points), dtype=np.int64)
+    prims = [Primitive.from_json(d) for d in scene_json["primitives"]]
+    for i, prim in enumerate(prims):
+        d = _primitive_distance(prim, points)
+        closer = d < best
+        best[closer], which[closer] = d[closer], i
+    return best, np.array([p.cls for p in prims])[which]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""ovseg3d export benchmark: how close the exported points lie to the true surfaces, how often their labels are
+right, and how fast the viewer answers a free-text query.
+
+For a run of a scene made by ``ovseg3d synth`` (default: ``bench/runs/demo`` from ``scripts/bench_distill.py``):
+
+* **surface**: the share of exported points within 1 % of the scene's extent (the diagonal of the room, the
+  box the true surfaces fill) of a true surface (``scene.json``'s analytic primitives), and the median
+  distance;
+* **labels**: the share of points whose label is the class of the nearest true surface (the 3D ground truth;
+  points farther than 1 % of the extent from every surface are left out: they have no true class);
+* **query**: the time of one relevancy query over ``--query-points`` points (the cloud's features, repeated
+  when it has fewer), as ``ovseg3d view`` computes it on each query, median over 20 queries.
+
+Prints a table and writes JSON (default ``bench/export.json``).
+
+    python scripts/bench_export.py
+    python scripts/bench_export.py --run bench/runs/orbit --spacing 0.002
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tyro
+
+from ovseg3d import accel
+from ovseg3d.data.synth import nearest_surface
+from ovseg3d.export import ExportOptions, extract_cloud, write_export
+from ovseg3d.run import load_run_config
+from ovseg3d.viewer import CloudQueries
+
+
+@dataclass
+class Args:
+    run: Path = Path("bench/runs/demo")
+    """A run (with a semantic field) of a scene made by ovseg3d synth."""
+    spacing: float = ExportOptions.spacing
+    """Voxel size of the fusion, as a share of the scene box's diagonal."""
+    min_views: int = ExportOptions.min_views
+    min_agreeing: int = ExportOptions.min_agreeing
+    depth_tolerance: float = ExportOptions.depth_tolerance
+    query_points: int = 200_000
+    device: str = "cpu"
+    out: Path = Path("bench/export.json")
+
+
+def main(args: Args) -> dict:
+    accel.configure_cpu_allocator()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cfg = load_run_config(args.run)
+    scene_json = json.loads((Path(cfg.scene) / "scene.json").read_text())
+    opts = ExportOptions(
+        spacing=args.spacing,
+        min_views=args.min_views,
+        min_agreeing=args.min_agreeing,
+        depth_tolerance=args.depth_tolerance,
+        features=True,
+    )
+    start = time.perf_counter()
+    cloud = extract_cloud(args.run, opts, args.device)
+    seconds = time.perf_counter() - start
+    write_export(cloud, args.run / "export", args.run, opts)
+
+    room = np.array(scene_json["room"]["max"]) - np.array(scene_json["room"]["min"])
+    extent = float(np.linalg.norm(room))
+    dist, true_cls = nearest_surface(scene_json, cloud.xyz)
+    near = dist < 0.01 * extent
+    pred = np.array(cloud.classes)[np.clip(cloud.label, 0, None)]
+    per_class = {
+        c: {
+            "points": int((near & (true_cls == c)).sum()),
+            "accuracy": float((pred == c)[near & (true_cls == c)].mean()),
+        }
+        for c in np.unique(true_cls[near])
+    }
+
+    from ovseg3d.renders import text_encoder
+    from ovseg3d.teachers.config import TeacherConfig
+
+    feats = F.normalize(torch.from_numpy(cloud.feature.astype(np.float32)), dim=-1)
+    reps = -(-args.query_points // len(feats))
+    feats = feats.repeat(reps, 1)[: args.query_points].contiguous()
+    teachers: TeacherConfig = cfg.teachers
+    queries = CloudQueries(cloud, feats, text_encoder(teachers, torch.device("cpu")))
+    words = cloud.classes or ["object"]
+    times = []
+    for i in range(20):
+        t = time.perf_counter()
+        queries.relevancy(words[i % len(words)])
+        times.append(1000 * (time.perf_counter() - t))
+
+    result = {
+        "run": str(args.run),
+        "scene": str(cfg.scene),
+        "n_points": len(cloud),
+        "voxel_size_m": cloud.voxel_size,
+        "extent_m": extent,
+        "within_1pct_extent": float(near.mean()),
+        "median_distance_m": float(np.median(dist)),
+        "label_accuracy": float((pred == true_cls)[near].mean()),
+        "per_class": per_class,
+        "options": {k: getattr(opts, k) for k in ("spacing", "min_views", "min_agreeing", "depth_tolerance")},
+        "export_seconds": round(seconds, 1),
+        "query_points": args.query_points,
+        "query_ms_median": float(np.median(times)),
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(f"{'metric':<34} value")
+    print(f"{'points':<34} {len(cloud)} (voxel {cloud.voxel_size * 1000:.1f} mm)")
+    print(f"{'within 1% of extent of a surface':<34} {100 * result['within_1pct_extent']:.1f} %")
+    print(f"{'median distance':<34} {1000 * result['median_distance_m']:.1f} mm")
+    print(f"{'label accuracy (3D ground truth)':<34} {100 * result['label_accuracy']:.1f} %")
+    for c, v in per_class.items():
+        print(f"{'  ' + c:<34} {100 * v['accuracy']:.1f} % of {v['points']}")
+    print(f"{'export time':<34} {seconds:.1f} s")
+    print(f"{f'query over {args.query_points} points':<34} {result['query_ms_median']:.1f} ms")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

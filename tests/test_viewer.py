@@ -33,7 +33,7 @@ def test_browser_camera_looks_along_opencv_z():
     assert (cam.width, cam.height) == (20, 10) and float(cam.fy[0]) == pytest.approx(5.0)
     from ovseg3d.data.cameras import pixel_rays
 
-    _, d = pixel_rays(cam, torch.zeros(2, dtype=torch.long), torch.tensor([9.5, 9.5]) - 0.5, torch.tensor([4.5, 9.5]))
+    _, d = pixel_rays(cam, torch.zeros(2, dtype=torch.long), torch.tensor([9.5, 9.5]), torch.tensor([4.5, 9.5]))
     torch.testing.assert_close(d[0], torch.tensor([0.0, 0.0, 1.0]))
     assert float(d[1, 1]) > 0  # a lower pixel looks down: +y in OpenCV
 

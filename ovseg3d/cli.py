@@ -212,7 +212,7 @@ def cmd_view(args: list[str]) -> int:
     a = tyro.cli(ViewArgs, args=_positional(args, "--run"), prog="ovseg3d view RUN")
     queries, trainer, distiller = load_queries(a.run, a.max_points, a.device)
     size = a.point_size or max(queries.cloud.voxel_size, 1e-3)
-    viewer = Viewer(queries, trainer, distiller, a.host, a.port, size)
+    viewer = Viewer(queries, trainer, distiller, a.host, a.port, size, a.run)
     print(
         f"ovseg3d view: {len(queries.cloud)} points of {a.run} at http://localhost:{viewer.server.get_port()} (Ctrl-C stops)"
     )

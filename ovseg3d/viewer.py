@@ -11,6 +11,7 @@ that queries and colours are testable and timeable without a browser.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -27,6 +28,23 @@ from ovseg3d.images import colorize, label_palette
 from ovseg3d.teachers.relevancy import CANONICAL_NEGATIVES
 
 COLOUR_MODES = ("rgb", "label", "relevancy")
+DETECTIONS = "detections.json"
+"""Oriented boxes of a run: ``{"up": [0, 0, 1], "boxes": [{"class", "center", "size", "yaw", "score"}]}`` in the
+world frame (``yaw``: radians about +z, ``size``: extents along the box's own x, y, z), as ``objects.json``."""
+
+
+def read_detections(path: Path) -> list[dict]:
+    """The boxes of a detections file, ``[]`` if there is none; a malformed file is a one-line error."""
+    if not path.exists():
+        return []
+    try:
+        boxes = json.loads(path.read_text())["boxes"]
+        for b in boxes:
+            if len(b["center"]) != 3 or len(b["size"]) != 3 or not isinstance(b["class"], str):
+                raise ValueError("center and size need 3 numbers, class a name")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a detections file ({exc})") from None
+    return boxes
 
 
 @dataclass
@@ -163,9 +181,19 @@ def browser_camera(wxyz: np.ndarray, position: np.ndarray, fov_y: float, aspect:
 
 
 class Viewer:
-    """The viser server. ``set_query`` / ``set_mode`` / ``set_hidden`` are what the panel calls."""
+    """The viser server. ``set_query`` / ``set_mode`` / ``set_hidden`` are what the panel calls; ``run``: where
+    to look for ``detections.json`` (boxes drawn with their class names)."""
 
-    def __init__(self, queries: CloudQueries, trainer, distiller, host: str, port: int, point_size: float):  # noqa: ANN001
+    def __init__(
+        self,
+        queries: CloudQueries,
+        trainer,  # noqa: ANN001
+        distiller,  # noqa: ANN001
+        host: str,
+        port: int,
+        point_size: float,
+        run: Path | None = None,
+    ):
         import viser
 
         self.q, self.trainer, self.distiller = queries, trainer, distiller
@@ -190,6 +218,7 @@ class Viewer:
             self.render_button = gui.add_button("render")
             self.clear_button = gui.add_button("clear")
         self._add_cameras()
+        self.boxes = self._add_boxes(run / DETECTIONS) if run is not None else []
         self.mode_box.on_update(lambda _: self.set_mode(self.mode_box.value))
         self.query_box.on_update(lambda _: self.set_query(self.query_box.value))
         self.size.on_update(lambda _: setattr(self.points, "point_size", float(self.size.value)))
@@ -284,6 +313,22 @@ class Viewer:
                 position=c2w_cv[:, 3],
                 color=(120, 120, 120),
             )
+
+    def _add_boxes(self, path: Path) -> list[dict]:
+        """Draw the oriented boxes of ``RUN/detections.json`` (if it exists) with their class names."""
+        boxes = read_detections(path)
+        classes = self.q.cloud.classes
+        palette = (label_palette(max(1, len(classes))) * 255).round().astype(int)
+        for i, box in enumerate(boxes):
+            colour = tuple(palette[classes.index(box["class"])]) if box["class"] in classes else (255, 255, 255)
+            half_yaw = 0.5 * float(box.get("yaw", 0.0))
+            wxyz = (math.cos(half_yaw), 0.0, 0.0, math.sin(half_yaw))
+            self.server.scene.add_box(
+                f"/boxes/{i:03d}", colour, tuple(box["size"]), wireframe=True, wxyz=wxyz, position=tuple(box["center"])
+            )
+            score = f" {box['score']:.2f}" if "score" in box else ""
+            self.server.scene.add_label(f"/boxes/{i:03d}/name", f"{box['class']}{score}")
+        return boxes
 
     def _legend_html(self) -> str:
         rows = []

@@ -2,6 +2,7 @@
 viser's wire protocol (pinned by the installed viser version: the server rejects other client versions)."""
 
 import io
+import json
 import socket
 import time
 
@@ -88,11 +89,25 @@ def _wait_for(ws, accept, timeout: float = 60.0) -> dict:
 def viewer(toy_run):
     from ovseg3d.viewer import Viewer
 
-    _, run = toy_run
+    scene, run = toy_run
     queries, trainer, distiller = load_queries(run, max_points=3000, device_name="cpu", log=lambda s: None)
-    v = Viewer(queries, trainer, distiller, "127.0.0.1", _free_port(), 0.01)
+    # the true objects as detections, in objects.json's own format
+    objects = json.loads((scene / "objects.json").read_text())["objects"]
+    boxes = [{k: o[k] for k in ("class", "center", "size", "yaw")} | {"score": 1.0} for o in objects]
+    (run / "detections.json").write_text(json.dumps({"up": [0, 0, 1], "boxes": boxes}))
+    v = Viewer(queries, trainer, distiller, "127.0.0.1", _free_port(), 0.01, run)
     yield v
     v.stop()
+    (run / "detections.json").unlink()
+
+
+def test_a_malformed_detections_file_is_one_clear_error(tmp_path):
+    from ovseg3d.viewer import read_detections
+
+    assert read_detections(tmp_path / "none.json") == []
+    (tmp_path / "d.json").write_text('{"boxes": [{"class": "mug", "center": [0, 0], "size": [1, 1, 1]}]}')
+    with pytest.raises(ValueError, match="not a detections file"):
+        read_detections(tmp_path / "d.json")
 
 
 def test_a_query_ranks_the_points_of_its_class_first(viewer):
@@ -127,7 +142,12 @@ def test_the_viewer_answers_a_websocket_client(viewer):
     with websockets_sync.connect(url, subprotocols=[f"viser-v{viser.__version__}"], max_size=None) as ws:
         first = _wait_for(ws, lambda m: m["type"] == "PointCloudMessage")
         assert len(first["props"]["colors"]) == 3 * len(viewer.q.cloud)
-        _wait_for(ws, lambda m: m["type"] == "ReplayDoneMessage")
+        seen: list[dict] = []
+        _wait_for(ws, lambda m: seen.append(m) or m["type"] == "ReplayDoneMessage")
+        # the detections are drawn: one box and one label per box
+        assert sum(m["type"] == "BoxMessage" for m in seen) == len(viewer.boxes) > 0
+        names = {m["props"]["text"] for m in seen if m["type"] == "LabelMessage"}
+        assert {f"{b['class']} 1.00" for b in viewer.boxes} <= names
         _send(ws, _camera_message(viewer, 0))  # a browser announces its camera first; viser registers it then
 
         # type a query in the panel: the cloud comes back recoloured by its relevancy

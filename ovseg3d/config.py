@@ -101,9 +101,10 @@ class TrainConfig:
     sampled finely even while the grid is still mostly occupied (0 = off). Orbit scene, cpu preset: 25.9 dB
     held out at 32 against 26.5 at 0 in the same 3 minutes (fewer rays per step), so it is off by default."""
     grad_scale_distance: float = 0.2
-    """Scale the training gradients of samples nearer to the camera than this (a share of the scene box's
-    diagonal) by (t / distance)^2, against floaters in front of single views ("Floaters No More"; 0 = off).
-    Orbit scene, cpu preset: held-out 26.5 dB at 0, 27.8 at 0.2, 26.8 at 0.3; the demo is unchanged (35.0)."""
+    """For scenes without depth bounds (transforms.json; LLFF rays already start at the near bound): scale the
+    training gradients of samples nearer to the camera than this (a share of the scene box's diagonal) by
+    (t / distance)^2, against floaters in front of single views ("Floaters No More"; 0 = off). Orbit scene,
+    cpu preset: held-out 26.5 dB at 0, 27.8 at 0.2, 26.8 at 0.3."""
     near_plane: float = 0.05
     """For scenes without depth bounds (transforms.json): rays start this far from the camera, as a share of
     the scene box's diagonal (0 = at the camera). No floater can then sit right in front of one camera,

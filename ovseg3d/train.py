@@ -185,7 +185,7 @@ class Trainer:
             samples=samples,
             observe=observe,
             distortion=dist_w > 0,
-            grad_scale_distance=self.cfg.grad_scale_distance * self.diag,
+            grad_scale_distance=self.cfg.grad_scale_distance * self.diag if self.near_far is None else 0.0,
         )
         loss = F.mse_loss(out.rgb, target)
         if out.distortion is not None:

@@ -218,6 +218,7 @@ class Viewer:
             self.render_button = gui.add_button("render")
             self.clear_button = gui.add_button("clear")
         self._add_cameras()
+        self._place_camera()
         self.boxes = self._add_boxes(run / DETECTIONS) if run is not None else []
         self.mode_box.on_update(lambda _: self.set_mode(self.mode_box.value))
         self.query_box.on_update(lambda _: self.set_query(self.query_box.value))
@@ -301,7 +302,7 @@ class Viewer:
         scene = self.trainer.scene
         cams = scene.cameras
         fov = 2.0 * math.atan(0.5 * cams.height / float(cams.fy[0]))
-        scale = 0.03 * self.trainer.diag
+        scale = 0.015 * self.trainer.diag
         for i in scene.train_ids:
             c2w_cv = opencv_to_opengl(cams.c2w[i].double().numpy())  # the flip is its own inverse
             self.server.scene.add_camera_frustum(
@@ -312,7 +313,22 @@ class Viewer:
                 wxyz=matrix_to_quaternion(c2w_cv[:, :3]),
                 position=c2w_cv[:, 3],
                 color=(120, 120, 120),
+                thickness=1.5,
+                thickness_units="screen",
             )
+
+    def _place_camera(self) -> None:
+        """Up is the training cameras' mean up; the first view looks at the cloud from behind the cameras."""
+        c2w = self.trainer.scene.cameras.c2w[self.trainer.scene.train_ids].double().numpy()
+        up = c2w[:, :, 1].mean(0)
+        up /= np.linalg.norm(up)
+        self.server.scene.set_up_direction(tuple(up))
+        target = np.median(self.q.cloud.xyz, axis=0).astype(np.float64)
+        eye = c2w[:, :, 3].mean(0)
+        cam = self.server.initial_camera
+        cam.position = tuple(target + 1.6 * (eye - target))  # behind the cameras, so they are in view
+        cam.look_at = tuple(target)
+        cam.up = tuple(up)
 
     def _add_boxes(self, path: Path) -> list[dict]:
         """Draw the oriented boxes of ``RUN/detections.json`` (if it exists) with their class names."""

@@ -1053,15 +1053,21 @@ def surface_distance(scene_json: dict, points: np.ndarray) -> np.ndarray:
 
 def nearest_surface(scene_json: dict, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`surface_distance` and the class name of the nearest surface ``[P]`` (the 3D ground-truth label)."""
+    dist, classes = class_distances(scene_json, points)
+    return dist.min(1), classes[dist.argmin(1)]
+
+
+def class_distances(scene_json: dict, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance ``[P, K]`` from each point to the nearest surface of each of the scene's ``K`` classes, and the
+    class names ``[K]``."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    best = np.full(len(points), np.inf)
-    which = np.zeros(len(points), dtype=np.int64)
     prims = [Primitive.from_json(d) for d in scene_json["primitives"]]
-    for i, prim in enumerate(prims):
-        d = _primitive_distance(prim, points)
-        closer = d < best
-        best[closer], which[closer] = d[closer], i
-    return best, np.array([p.cls for p in prims])[which]
+    classes = sorted({p.cls for p in prims})
+    dist = np.full((len(points), len(classes)), np.inf)
+    for prim in prims:
+        k = classes.index(prim.cls)
+        dist[:, k] = np.minimum(dist[:, k], _primitive_distance(prim, points))
+    return dist, np.array(classes)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -205,8 +205,6 @@ def cmd_export(args: list[str]) -> int:
 
 
 def cmd_view(args: list[str]) -> int:
-    import time
-
     from ovseg3d.viewer import Viewer, load_queries
 
     a = tyro.cli(ViewArgs, args=_positional(args, "--run"), prog="ovseg3d view RUN")
@@ -217,8 +215,7 @@ def cmd_view(args: list[str]) -> int:
         f"ovseg3d view: {len(queries.cloud)} points of {a.run} at http://localhost:{viewer.server.get_port()} (Ctrl-C stops)"
     )
     try:
-        while True:
-            time.sleep(3600)
+        viewer.server.sleep_forever()
     except KeyboardInterrupt:
         viewer.stop()
     return 0

@@ -80,6 +80,21 @@ class LabelledCloud:
     def __len__(self) -> int:
         return int(self.xyz.shape[0])
 
+    def subset(self, idx: np.ndarray) -> LabelledCloud:
+        """The points ``idx`` (indices or a mask)."""
+        return LabelledCloud(
+            xyz=self.xyz[idx],
+            rgb=self.rgb[idx],
+            views=self.views[idx],
+            label=self.label[idx],
+            confidence=self.confidence[idx],
+            probs=self.probs[idx],
+            relevancy={q: v[idx] for q, v in self.relevancy.items()},
+            feature=self.feature[idx] if self.feature is not None else None,
+            classes=self.classes,
+            voxel_size=self.voxel_size,
+        )
+
 
 def query_slug(query: str) -> str:
     """A property-name-safe form of a query (``"red mug"`` -> ``red_mug``)."""
@@ -191,25 +206,7 @@ def surface_points(
         rays = torch.nonzero(solid)[:, 0][agree]
         value = scene.images[v].reshape(-1, 3).to(trainer.device)[rays].float()
         if distiller is not None:
-            cam = torch.full((len(rays),), v, dtype=torch.long, device=trainer.device)
-            with torch.no_grad():
-                latent = (
-                    torch.cat(
-                        [
-                            distiller.render_latent(
-                                cams,
-                                cam[s : s + 8192],
-                                origins[rays][s : s + 8192],
-                                dirs[rays][s : s + 8192],
-                                scene.near_far,
-                            )
-                            for s in range(0, len(rays), 8192)
-                        ]
-                    )
-                    if len(rays)
-                    else value.new_zeros(0, distiller.cfg.latent_dim)
-                )
-            value = torch.cat([value, latent.float()], 1)
+            value = torch.cat([value, pixel_latents(distiller, cams, v, origins[rays], dirs[rays], scene.near_far)], 1)
         pts.append(p[agree])
         vals.append(value)
         ids.append(torch.full((len(rays),), v, dtype=torch.long, device=trainer.device))
@@ -224,6 +221,18 @@ def surface_points(
     rgb = values[:, :3].round().clamp(0, 255).to(torch.uint8)
     latent = values[:, 3:].float() if distiller is not None else None
     return xyz, rgb, n_views, latent
+
+
+@torch.no_grad()
+def pixel_latents(distiller, cams: Cameras, view: int, origins: Tensor, dirs: Tensor, near_far) -> Tensor:  # noqa: ANN001
+    """``[R, L]`` rendered semantic latents of rays of camera ``view`` (as ``ovseg3d render`` renders them)."""
+    chunk = distiller.cfg.eval_chunk
+    out = [origins.new_zeros(0, distiller.cfg.latent_dim)]
+    for s in range(0, len(origins), chunk):
+        o, d = origins[s : s + chunk], dirs[s : s + chunk]
+        cam = torch.full((len(o),), view, dtype=torch.long, device=o.device)
+        out.append(distiller.render_latent(cams, cam, o, d, near_far).float())
+    return torch.cat(out)
 
 
 # -- semantics -------------------------------------------------------------------------------------------
@@ -283,8 +292,9 @@ def extract_cloud(run: Path, opts: ExportOptions, device_name: str = "auto", log
     xyz, rgb, n_views, latent = surface_points(trainer, opts, distiller, log)
     if len(xyz) == 0:
         raise ValueError(
-            f"{run}: the point cloud is empty (no pixel reached opacity {opts.min_opacity} in {opts.min_views}+ "
-            "views); lower --min-opacity or --min-views, or train longer"
+            f"{run}: the point cloud is empty (no pixel reached opacity {opts.min_opacity} and was seen alike by "
+            f"{opts.min_agreeing}+ other views in {opts.min_views}+ views); lower --min-opacity, --min-agreeing or "
+            "--min-views, or train longer"
         )
     encoder = text_encoder(trainer.cfg.teachers, trainer.device) if opts.queries else None
     probs, rel, feats = point_semantics(distiller, latent, opts.queries, encoder, opts.features, opts.chunk)

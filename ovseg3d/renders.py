@@ -6,7 +6,6 @@ legend) and ``rel_NNN_<query>.png`` (LERF relevancy of each ``--query`` text ove
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from ovseg3d.export import query_slug
 from ovseg3d.images import colorize, colorize_depth, colorize_labels, label_palette, save_png
 from ovseg3d.teachers.base import CropEncoder
 from ovseg3d.teachers.config import TeacherConfig
@@ -89,7 +89,7 @@ def render_run(run: Path, views: list[int] | None, queries: list[str], device_na
             save_png(paths[-1], seg)
         for q, emb in zip(queries, query_emb if query_emb is not None else []):
             rel = query_relevancy(feats, emb.to(feats.device), negatives.to(feats.device)).cpu().numpy()
-            slug = re.sub(r"[^a-z0-9]+", "_", q.lower()).strip("_") or "query"
+            slug = query_slug(q)
             paths.append(out_dir / f"rel_{v:03d}_{slug}.png")
             save_png(paths[-1], overlay(rgb, rel))
     return paths

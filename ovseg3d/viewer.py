@@ -25,7 +25,7 @@ from torch import Tensor
 from ovseg3d.data.cameras import Cameras, opencv_to_opengl
 from ovseg3d.export import LabelledCloud
 from ovseg3d.images import colorize, label_palette
-from ovseg3d.teachers.relevancy import CANONICAL_NEGATIVES
+from ovseg3d.teachers.relevancy import CANONICAL_NEGATIVES, relevancy_from_cosines
 
 COLOUR_MODES = ("rgb", "label", "relevancy")
 DETECTIONS = "detections.json"
@@ -57,19 +57,19 @@ class CloudQueries:
     text_encoder: object
 
     def __post_init__(self) -> None:
-        self._negatives = F.normalize(self._encode(list(CANONICAL_NEGATIVES)), dim=-1)
+        self.negatives = self.encode(list(CANONICAL_NEGATIVES))
 
-    def _encode(self, texts: list[str]) -> Tensor:
-        return self.text_encoder.encode_text(texts).float().to(self.features.device)  # type: ignore[attr-defined]
+    def encode(self, texts: list[str]) -> Tensor:
+        """``[T, D]`` unit text embeddings."""
+        emb = self.text_encoder.encode_text(texts).float().to(self.features.device)  # type: ignore[attr-defined]
+        return F.normalize(emb, dim=-1)
 
-    def relevancy(self, query: str, temperature: float = 10.0) -> np.ndarray:
+    def relevancy(self, query: str) -> np.ndarray:
         """``[P]`` LERF relevancy of ``query`` in [0, 1] (0.5: no more the query than the closest negative)."""
         if not query.strip():
             raise ValueError("empty query: type a few words, e.g. 'mug'")
-        texts = torch.cat([F.normalize(self._encode([query]), dim=-1), self._negatives])
-        cos = self.features @ texts.T  # [P, 1 + K]
-        rel = torch.sigmoid(temperature * (cos[:, :1] - cos[:, 1:])).amin(-1)
-        return rel.cpu().numpy()
+        cos = self.features @ torch.cat([self.encode([query]), self.negatives]).T  # unit features: [P, 1 + K]
+        return relevancy_from_cosines(cos[:, :1], cos[:, 1:]).cpu().numpy()
 
     def colours(self, mode: str, relevancy: np.ndarray | None = None) -> np.ndarray:
         """``[P, 3]`` uint8 colours for ``mode`` (one of :data:`COLOUR_MODES`)."""
@@ -115,24 +115,9 @@ def load_queries(run: Path, max_points: int, device_name: str = "cpu", log=print
         cloud = extract_cloud(run, ExportOptions(features=True), device_name, log)
     if len(cloud) > max_points:
         keep = np.sort(np.random.default_rng(0).choice(len(cloud), max_points, replace=False))
-        cloud = subset_cloud(cloud, keep)
+        cloud = cloud.subset(keep)
     features = F.normalize(torch.from_numpy(cloud.feature.astype(np.float32)), dim=-1).to(trainer.device)
     return CloudQueries(cloud, features, text_encoder(trainer.cfg.teachers, trainer.device)), trainer, distiller
-
-
-def subset_cloud(cloud: LabelledCloud, idx: np.ndarray) -> LabelledCloud:
-    return LabelledCloud(
-        xyz=cloud.xyz[idx],
-        rgb=cloud.rgb[idx],
-        views=cloud.views[idx],
-        label=cloud.label[idx],
-        confidence=cloud.confidence[idx],
-        probs=cloud.probs[idx],
-        relevancy={q: v[idx] for q, v in cloud.relevancy.items()},
-        feature=cloud.feature[idx] if cloud.feature is not None else None,
-        classes=cloud.classes,
-        voxel_size=cloud.voxel_size,
-    )
 
 
 def quaternion_to_matrix(wxyz: np.ndarray) -> np.ndarray:
@@ -283,8 +268,8 @@ class Viewer:
         if kind == "relevancy":
             if not self.query:
                 raise ValueError("type a query first")
-            emb = self.q._encode([self.query])[0]
-            rel = query_relevancy(feats, emb.to(feats.device), self.q._negatives.to(feats.device)).cpu().numpy()
+            emb = self.q.encode([self.query])[0]
+            rel = query_relevancy(feats, emb.to(feats.device), self.q.negatives.to(feats.device)).cpu().numpy()
             return overlay(rgb, rel)
         raise ValueError(f"unknown image kind {kind!r}")
 

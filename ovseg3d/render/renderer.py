@@ -77,9 +77,8 @@ def render_rays(
         samples = samples.select(keep)
     sigma, rgb = field(samples.positions(origins, dirs), dirs[samples.ray_indices])
     if grad_scale_distance > 0:
-        scale = (samples.t_mid / grad_scale_distance).square().clamp(max=1.0)[:, None]
-        sigma, rgb = (scale_gradient(x, scale) for x in (sigma[:, None], rgb))
-        sigma = sigma[:, 0]
+        scale = (samples.t_mid / grad_scale_distance).square().clamp(max=1.0)
+        sigma, rgb = scale_gradient(sigma, scale), scale_gradient(rgb, scale[:, None])
     weights = render_weights(sigma, samples.deltas, samples.ray_indices, n_rays)
     color = accumulate(weights, rgb, samples.ray_indices, n_rays)
     opacity = accumulate(weights, None, samples.ray_indices, n_rays)[:, 0]

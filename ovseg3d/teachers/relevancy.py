@@ -42,8 +42,12 @@ def query_relevancy(features: Tensor, query: Tensor, negatives: Tensor, temperat
     (a two-way softmax of scaled cosines); the relevancy is the minimum over the negatives, so 0.5
     means "no more the query than the most similar negative".
     """
-    pos = cosine(features, query[None])  # [..., 1]
-    neg = cosine(features, negatives)  # [..., K]
+    return relevancy_from_cosines(cosine(features, query[None]), cosine(features, negatives), temperature)
+
+
+def relevancy_from_cosines(pos: Tensor, neg: Tensor, temperature: float = 10.0) -> Tensor:
+    """:func:`query_relevancy` from the cosines already taken: ``[..., 1]`` with the query, ``[..., K]`` with the
+    negatives."""
     return torch.sigmoid(temperature * (pos - neg)).amin(dim=-1)
 
 

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import tyro
 
 from ovseg3d import __version__
+from ovseg3d.detect.head import DetectOptions
 from ovseg3d.export import ExportOptions
 from ovseg3d.teachers.config import TeacherConfig
 
@@ -95,6 +97,29 @@ class ViewArgs:
     """Show at most this many points (a random subset)."""
     point_size: float = 0.0
     """Point size in world units (0: the export's voxel size)."""
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda'."""
+
+
+@dataclass
+class DetectArgs:
+    """Find objects in a labelled point cloud: oriented upright 3D boxes with class names, scores and poses
+    (gravity from flat surfaces, one instance per connected piece of each label, boxes fitted upright, classes
+    from the distilled labels and features and, with a CLIP model, from depth maps of each instance; the
+    size prior filters and re-scores). Writes detections.json, which ovseg3d view draws and ovseg3d eval scores
+    against a scene's objects.json."""
+
+    source: Path = Path("runs/demo")
+    """A run folder (reads RUN/export/points.npz; writes RUN/detections.json), an export folder, or a .ply /
+    points.npz file (any PLY with x y z; labels and colours used when present)."""
+    options: Annotated[DetectOptions, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=DetectOptions)
+    clip_model: str = ""
+    """CLIP for the depth-map classifier: a hub name or a local folder (default: the run's CLIP teacher; none
+    for simulated teachers)."""
+    view: int | None = None
+    """Also give each box's azimuth, elevation and in-plane angle seen from this view of the run (ImageNet3D)."""
+    output: Path | None = None
+    """Where to write detections.json (default: the run folder, or next to the cloud)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
 
@@ -204,6 +229,20 @@ def cmd_export(args: list[str]) -> int:
     return 0
 
 
+def cmd_detect(args: list[str]) -> int:
+    from ovseg3d.detect.source import run_detect
+    from ovseg3d.train import resolve_device
+
+    a = tyro.cli(DetectArgs, args=_positional(args, "--source"), prog="ovseg3d detect RUN|CLOUD")
+    result, path = run_detect(a.source, a.options, a.clip_model, a.view, a.output, resolve_device(a.device))
+    for d in result.detections:
+        pose = "symmetric" if d.symmetric else f"yaw {d.yaw * 57.29578:+.0f} deg"
+        size = " x ".join(f"{v:.2f}" for v in d.size)
+        print(f"  {d.name:<16} {d.score:.2f}  centre {np.round(d.center, 2).tolist()}  size {size}  {pose}")
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_view(args: list[str]) -> int:
     from ovseg3d.viewer import Viewer, load_queries
 
@@ -228,6 +267,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "render": (cmd_render, "write rgb / depth / segmentation / query-relevancy PNGs of a run's views"),
     "eval": (cmd_eval, "score a run's held-out views (PSNR, SSIM) into RUN/eval.json"),
     "export": (cmd_export, "write a run's labelled point cloud (PLY, NPZ, JSON)"),
+    "detect": (cmd_detect, "find oriented 3D boxes with class names and poses in a labelled point cloud"),
     "view": (cmd_view, "browse a run's labelled point cloud and ask it free-text queries (viser)"),
 }
 

@@ -350,6 +350,97 @@ def write_ply(path: Path, cloud: LabelledCloud) -> None:
     tmp.replace(path)
 
 
+_PLY_NUMPY = {
+    "char": "i1",
+    "int8": "i1",
+    "uchar": "u1",
+    "uint8": "u1",
+    "short": "i2",
+    "int16": "i2",
+    "ushort": "u2",
+    "uint16": "u2",
+    "int": "i4",
+    "int32": "i4",
+    "uint": "u4",
+    "uint32": "u4",
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "float64": "f8",
+}
+
+
+def read_ply(path: Path) -> LabelledCloud:
+    """Any PLY point cloud (binary little-endian or ascii; the ``vertex`` element first): ``x y z``, and
+    ``red green blue``, ``label`` (class names from ``comment class I NAME`` lines, as :func:`write_ply`
+    writes them) and ``confidence`` where present. Missing colours are grey, missing labels -1."""
+    try:
+        with open(path, "rb") as f:
+            if f.readline().strip() != b"ply":
+                raise ValueError("no 'ply' magic line")
+            fmt, count, props, classes, in_vertex, first = "", -1, [], {}, False, True
+            while (line := f.readline().decode("ascii", "replace").strip()) != "end_header":
+                if not line and f.peek(1) == b"":
+                    raise ValueError("no end_header")
+                words = line.split()
+                if words[:1] == ["format"]:
+                    fmt = words[1]
+                elif words[:1] == ["comment"] and words[1:2] == ["class"] and len(words) >= 4:
+                    classes[int(words[2])] = " ".join(words[3:])
+                elif words[:1] == ["element"]:
+                    in_vertex = words[1] == "vertex" and first
+                    if in_vertex:
+                        count = int(words[2])
+                    elif first:
+                        raise ValueError("the first element is not 'vertex'")
+                    first = False
+                elif words[:1] == ["property"] and in_vertex:
+                    if words[1] == "list":
+                        raise ValueError("list properties on vertices")
+                    props.append((words[2], "<" + _PLY_NUMPY[words[1]]))
+            if count < 0 or not {"x", "y", "z"} <= {n for n, _ in props}:
+                raise ValueError("no vertex element with x, y, z")
+            dtype = np.dtype(props)
+            if fmt == "binary_little_endian":
+                data = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype, count=count)
+            elif fmt == "ascii":
+                rows = np.loadtxt(f, max_rows=count, ndmin=2)
+                data = np.empty(count, dtype)
+                for i, name in enumerate(dtype.names):
+                    data[name] = rows[:, i]
+            else:
+                raise ValueError(f"unsupported format {fmt!r} (binary_little_endian or ascii)")
+    except (OSError, ValueError, KeyError, IndexError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable PLY point cloud ({exc})") from None
+    names = set(dtype.names)
+    n = len(data)
+    rgb = (
+        np.stack([data[c] for c in ("red", "green", "blue")], 1).astype(np.uint8)
+        if {"red", "green", "blue"} <= names
+        else np.full((n, 3), 128, np.uint8)
+    )
+    label = data["label"].astype(np.int32) if "label" in names else np.full(n, -1, np.int32)
+    n_classes = max(classes, default=-1) + 1
+    names_list = [classes.get(i, f"class {i}") for i in range(n_classes)]
+    if n_classes == 0 and (label >= 0).any():
+        names_list = [f"class {i}" for i in range(int(label.max()) + 1)]
+    conf = data["confidence"].astype(np.float32) if "confidence" in names else (label >= 0).astype(np.float32)
+    probs = np.zeros((n, len(names_list)), np.float16)
+    ok = (label >= 0) & (label < len(names_list))
+    probs[np.flatnonzero(ok), label[ok]] = conf[ok]
+    return LabelledCloud(
+        xyz=np.stack([data["x"], data["y"], data["z"]], 1).astype(np.float32),
+        rgb=rgb,
+        views=data["views"].astype(np.int32) if "views" in names else np.zeros(n, np.int32),
+        label=label,
+        confidence=conf,
+        probs=probs,
+        relevancy={},
+        feature=None,
+        classes=names_list,
+    )
+
+
 def write_export(cloud: LabelledCloud, out_dir: Path, run: Path, opts: ExportOptions) -> list[Path]:
     """Write ``points.ply``, ``points.npz`` and ``points.json`` to ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)

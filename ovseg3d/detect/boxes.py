@@ -1,0 +1,108 @@
+"""Upright oriented boxes fitted to an instance's points in a gravity-aligned frame (+z up), and the front of
+objects that have one."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Box:
+    """An upright box: ``center [3]``, ``size [3]`` = (L, W, H) with L along the box's local x, turned by
+    ``yaw`` (radians) about +z. For an object with a front, local +x is the front."""
+
+    center: np.ndarray
+    size: np.ndarray
+    yaw: float
+
+
+def rot_z(yaw: float) -> np.ndarray:
+    c, s = math.cos(yaw), math.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _extents(xy: np.ndarray, angles: np.ndarray, trim: float) -> tuple[np.ndarray, ...]:
+    """Low and high ``trim`` quantiles of ``xy`` projected on the axes ``(cos a, sin a)`` and
+    ``(-sin a, cos a)`` for each angle (min and max for ``trim`` 0)."""
+    c, s = np.cos(angles), np.sin(angles)
+    u = xy[:, :1] * c + xy[:, 1:] * s
+    v = -xy[:, :1] * s + xy[:, 1:] * c
+    if trim <= 0:
+        return u.min(0), u.max(0), v.min(0), v.max(0)
+    (u0, u1), (v0, v1) = np.quantile(u, [trim, 1 - trim], axis=0), np.quantile(v, [trim, 1 - trim], axis=0)
+    return u0, u1, v0, v1
+
+
+def min_area_yaw(xy: np.ndarray, steps: int = 90, trim: float = 0.01) -> float:
+    """The yaw in [0, pi/2) of the least-area footprint rectangle: searched in ``steps``, refined tenfold."""
+    xy = xy - xy.mean(0)
+    angles = np.arange(steps) * (math.pi / 2 / steps)
+    for _ in range(2):
+        u0, u1, v0, v1 = _extents(xy, angles, trim)
+        best = int(np.argmin((u1 - u0) * (v1 - v0)))
+        step = angles[1] - angles[0]
+        a = float(angles[best])
+        angles = a + np.linspace(-step, step, 21)
+    return a % (math.pi / 2)
+
+
+def front_yaw(
+    xyz: np.ndarray, steps: int = 72, quarter: float = 0.25, top: float = 0.95, trim: float = 0.0
+) -> tuple[float, float]:
+    """The direction an object faces, from its height profile: for each of ``steps`` horizontal directions,
+    how much lower the top of its leading ``quarter`` (by extent) is than the top of its trailing one, as a
+    fraction of its height. A mug's handle sits below its rim, a chair's seat below its backrest; elevated
+    views see tops from every side, so unlike point counts this does not follow where the cameras were.
+    Returns the middle of the best directions (scores smoothed over three steps) and that score."""
+    if len(xyz) > 8000:
+        xyz = xyz[np.random.default_rng(0).choice(len(xyz), 8000, replace=False)]
+    xy = xyz[:, :2] - xyz[:, :2].mean(0)
+    z = xyz[:, 2] - xyz[:, 2].min()
+    height = max(float(z.max()), 1e-9)
+    angles = np.arange(steps) * (2 * math.pi / steps)
+    proj = xy @ np.stack([np.cos(angles), np.sin(angles)])  # [N, steps]
+    lo, hi = np.quantile(proj, [trim, 1 - trim], axis=0)  # stray points do not set the extent
+    cut = quarter * (hi - lo)
+    lead = np.where(proj > hi - cut, z[:, None], np.nan)
+    trail = np.where(proj < lo + cut, z[:, None], np.nan)
+    score = (np.nanquantile(trail, top, axis=0) - np.nanquantile(lead, top, axis=0)) / height
+    smooth = (np.roll(score, 1) + score + np.roll(score, -1)) / 3
+    best = float(smooth.max())
+    near = smooth >= best - 0.02
+    # circular mean of the best directions
+    yaw = math.atan2(float(np.sin(angles[near]).sum()), float(np.cos(angles[near]).sum()))
+    return yaw, best
+
+
+def fit_upright_box(xyz: np.ndarray, yaw: float | None = None, trim: float = 0.01) -> Box:
+    """The upright box holding ``xyz [N, 3]`` (+z up) between the ``trim`` and ``1 - trim`` quantiles of
+    every axis (fused points scatter about a surface), turned by ``yaw`` or, by default, by the yaw of least
+    footprint area (:func:`min_area_yaw`, tighter than PCA's when only some sides were seen)."""
+    if len(xyz) < 3:
+        raise ValueError("a box needs at least 3 points")
+    a = min_area_yaw(xyz[:, :2], trim=trim) if yaw is None else yaw
+    mean = xyz[:, :2].mean(0)
+    u0, u1, v0, v1 = (float(e[0]) for e in _extents(xyz[:, :2] - mean, np.array([a]), trim))
+    mid = rot_z(a)[:2, :2] @ np.array([(u0 + u1) / 2, (v0 + v1) / 2]) + mean
+    z0, z1 = np.quantile(xyz[:, 2], [trim, 1 - trim]) if trim > 0 else (xyz[:, 2].min(), xyz[:, 2].max())
+    center = np.array([mid[0], mid[1], (z0 + z1) / 2])
+    return Box(center, np.array([u1 - u0, v1 - v0, z1 - z0]), float(a))
+
+
+def local_coords(xyz: np.ndarray, box: Box) -> np.ndarray:
+    """``xyz`` in the box's frame (origin at its centre, axes along L, W, H)."""
+    return (xyz - box.center) @ rot_z(box.yaw)
+
+
+def face(box: Box, yaw: float, xyz: np.ndarray, snap_deg: float = 15.0) -> Box:
+    """``box`` turned to face ``yaw``: the nearest of its four side directions when within ``snap_deg`` (its
+    sides are the better-measured axes), else refitted to ``xyz`` along ``yaw``."""
+    turns = [math.remainder(yaw - (box.yaw + k * math.pi / 2), 2 * math.pi) for k in range(4)]
+    k = int(np.argmin(np.abs(turns)))
+    if abs(turns[k]) > math.radians(snap_deg):
+        return fit_upright_box(xyz, yaw=yaw)
+    size = box.size[[1, 0, 2]] if k % 2 else box.size.copy()
+    return Box(box.center.copy(), size, math.remainder(box.yaw + k * math.pi / 2, 2 * math.pi))

@@ -1,0 +1,125 @@
+"""Which way is up: ImOV3D's rotation correction from the normals of horizontal surfaces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class LocalPlanes:
+    """Planes fitted to the points of each voxel that holds enough of them."""
+
+    normals: np.ndarray  # [V, 3] unit, sign arbitrary
+    planarity: np.ndarray  # [V] in [0, 1], 1 = flat
+    counts: np.ndarray  # [V] points in the voxel
+    point_voxel: np.ndarray  # [N] index of each point's voxel in the arrays above, -1 if its voxel was too sparse
+
+
+def voxel_normals(xyz: np.ndarray, cell: float, min_points: int = 8) -> LocalPlanes:
+    """Local planes on a voxel grid of edge ``cell``: the smallest principal axis of each voxel's points."""
+    keys = np.floor(xyz / cell).astype(np.int64)
+    _, inv, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    p = xyz - xyz.mean(0)
+    n_vox = len(counts)
+    s1 = np.stack([np.bincount(inv, p[:, i], n_vox) for i in range(3)], 1)
+    s2 = np.stack([np.bincount(inv, p[:, i] * p[:, j], n_vox) for i in range(3) for j in range(3)], 1)
+    keep = counts >= min_points
+    mean = s1[keep] / counts[keep, None]
+    cov = s2[keep].reshape(-1, 3, 3) / counts[keep, None, None] - mean[:, :, None] * mean[:, None, :]
+    evals, evecs = np.linalg.eigh(cov)
+    planarity = np.clip(1.0 - evals[:, 0] / np.maximum(evals[:, 1], 1e-12), 0.0, 1.0)
+    remap = np.full(n_vox, -1)
+    remap[keep] = np.arange(int(keep.sum()))
+    return LocalPlanes(evecs[:, :, 0], planarity, counts[keep], remap[inv])
+
+
+def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking unit ``a`` onto unit ``b`` (Rodrigues: ``I + [v]x + [v]x^2 (1-c)/s^2``)."""
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    v, c = np.cross(a, b), float(a @ b)
+    s2 = float(v @ v)
+    if s2 < 1e-18:
+        if c > 0:
+            return np.eye(3)
+        axis = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
+        axis /= np.linalg.norm(axis)
+        return 2 * np.outer(axis, axis) - np.eye(3)  # half turn about an axis normal to a
+    vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    return np.eye(3) + vx + vx @ vx * (1 - c) / s2
+
+
+def estimate_up(
+    xyz: np.ndarray,
+    cell: float,
+    hint: np.ndarray | None = None,
+    hint_deg: float = 35.0,
+    inlier_deg: float = 10.0,
+) -> np.ndarray:
+    """The unit up vector of a scene: the direction shared by the most area of flat surfaces (floors, table
+    tops), refined by a mean shift over their normals with a shrinking window. ``hint`` (e.g. the cameras' mean up) keeps
+    only directions within ``hint_deg`` of it and picks the sign; without it the sign puts the support plane
+    below the rest of the points."""
+    planes = voxel_normals(xyz, cell)
+    flat = planes.planarity > 0.9
+    if flat.sum() < 3:
+        raise ValueError("no flat surfaces found to estimate gravity from: give the up direction (--up X Y Z)")
+    n, w = planes.normals[flat], planes.counts[flat].astype(np.float64)
+    cands = n
+    if hint is not None:
+        hint = np.asarray(hint, np.float64) / np.linalg.norm(hint)
+        near = np.abs(n @ hint) > np.cos(np.radians(hint_deg))
+        if not near.any():
+            raise ValueError(f"no flat surface within {hint_deg:.0f} deg of the cameras' up: give --up X Y Z")
+        cands = n[near]
+    rng = np.random.default_rng(0)
+    cands = cands[rng.choice(len(cands), min(256, len(cands)), replace=False)]
+    cos_in = np.cos(np.radians(inlier_deg))
+    support = (np.abs(cands @ n.T) > cos_in).astype(np.float64) @ w
+    up = cands[int(np.argmax(support))]
+    for deg in (inlier_deg, inlier_deg / 2, inlier_deg / 4, inlier_deg / 4):  # shrinking mean shift to the mode
+        inl = np.abs(n @ up) > np.cos(np.radians(deg))
+        aligned = n[inl] * np.sign(n[inl] @ up)[:, None]
+        up = (aligned * w[inl, None]).sum(0)
+        up /= np.linalg.norm(up)
+    on_plane = np.isin(planes.point_voxel, np.flatnonzero(flat)[inl])
+    up = refine_plane_normal(xyz, up, on_plane, cell)
+    if hint is not None:
+        return up if up @ hint >= 0 else -up
+    height = xyz @ up
+    lo, hi = np.percentile(height, [2, 98])
+    # the support plane (most flat area) is the floor or a table top: more of the scene lies above it
+    plane_h = float(np.median(height[on_plane]))
+    return up if (plane_h - lo) <= (hi - plane_h) else -up
+
+
+def refine_plane_normal(xyz: np.ndarray, up: np.ndarray, seeds: np.ndarray, cell: float, iters: int = 6) -> np.ndarray:
+    """The normal of the largest plane facing ``up``: points within ``cell`` of the height where most
+    ``seeds`` (points of flat voxels facing ``up``) lie, fitted by least squares with residuals beyond 2.5
+    robust sigmas dropped at each pass. Local normals of fused points are noisy; the plane over the whole
+    floor is not."""
+    height = xyz @ up
+    hist, edges = np.histogram(height[seeds], bins=max(8, int(np.ptp(height[seeds]) / (cell / 4)) + 1))
+    h0 = (edges[int(np.argmax(hist))] + edges[int(np.argmax(hist)) + 1]) / 2
+    pts = xyz[np.abs(height - h0) < cell]
+    if len(pts) < 10:
+        return up
+    normal = up
+    keep = np.ones(len(pts), bool)
+    for _ in range(iters):
+        centre = pts[keep].mean(0)
+        _, _, vt = np.linalg.svd(pts[keep] - centre, full_matrices=False)
+        normal = vt[2] * np.sign(vt[2] @ up)
+        res = np.abs((pts - centre) @ normal)
+        sigma = 1.4826 * np.median(res[keep]) + 1e-12
+        keep = res < 2.5 * sigma
+        if keep.sum() < 10:
+            break
+    return normal / np.linalg.norm(normal)
+
+
+def gravity_rotation(up: np.ndarray) -> np.ndarray:
+    """``[3, 3]`` rotation taking world coordinates to a frame whose +z is ``up``."""
+    return rotation_between(np.asarray(up, np.float64), np.array([0.0, 0.0, 1.0]))

@@ -1,0 +1,294 @@
+"""The detection head: a labelled point cloud -> oriented, upright 3D boxes with class names, scores and poses.
+
+1. Gravity: up from the normals of flat surfaces (or given), the cloud turned so that up is +z.
+2. Instances: connected components of each label's points (stuff such as floor and walls excluded); without
+   labels, components of what stands above the support plane.
+3. Boxes: DBSCAN-like clean-up, the upright box of least footprint; objects with a front (from their height
+   profile: a mug's handle is below its rim) are turned to face it.
+4. Classes: per instance, the mean of the available cues over the vocabulary plus a background slot: the
+   distilled class probabilities, the distilled CLIP feature against the class texts, CLIP on contour-aware
+   depth maps of the instance (OpenDlign). Background wins -> dropped. The size prior filters and re-scores.
+5. Duplicates of one class overlapping by IoU > 0.25 keep the best score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ovseg3d.detect.boxes import Box, face, fit_upright_box, front_yaw, rot_z
+from ovseg3d.detect.gravity import estimate_up, gravity_rotation
+from ovseg3d.detect.instances import clean_instance, connected_components, label_instances
+from ovseg3d.detect.metrics import box_iou
+from ovseg3d.detect.priors import SizePriors
+from ovseg3d.export import LabelledCloud
+
+DETECTIONS_FORMAT = 1
+BACKGROUND_PROMPTS = ("background", "unknown", "other")
+
+
+@dataclass
+class DetectOptions:
+    """How ``ovseg3d detect`` finds and names objects."""
+
+    classes: list[str] = field(default_factory=list)
+    """Vocabulary to name boxes with (default: the cloud's classes, less stuff such as floor and walls).
+    Names outside the cloud's classes need the distilled features or the depth-map classifier."""
+    up: tuple[float, float, float] | None = None
+    """World up direction (default: estimated from flat surfaces, near the cameras' up for a run)."""
+    eps: float = 0.0
+    """Voxel edge that links points into one instance, world units (0: 3 x the cloud's point spacing)."""
+    min_points: int = 30
+    """Smallest instance, in points."""
+    min_score: float = 0.05
+    """Boxes scoring less are dropped."""
+    size_prior: bool = True
+    """Filter and re-score boxes by the per-class mean-size table (ImOV3D)."""
+    priors: list[Path] = field(default_factory=list)
+    """Extra size-prior tables (JSON, the layout of ovseg3d/detect/size_priors.json) over the shipped one."""
+    depth_classifier: bool = True
+    """CLIP on contour-aware depth maps of each instance (OpenDlign), when a CLIP image encoder is at hand."""
+    nms_iou: float = 0.25
+    """Boxes of one class overlapping more than this keep only the best."""
+    front_threshold: float = 0.1
+    """A class the size table does not know has a front when the top of one end is lower than the other's by
+    this fraction of its height (else it is reported symmetric)."""
+
+
+@dataclass
+class Detection:
+    """One box in the world frame: ``center``, ``size`` (L, W, H; L along the front for objects with one),
+    ``yaw`` about ``up``, ``rotation`` world-from-object."""
+
+    name: str
+    score: float
+    center: np.ndarray
+    size: np.ndarray
+    yaw: float
+    rotation: np.ndarray
+    n_points: int
+    symmetric: bool
+    asymmetry: float
+    cues: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "class": self.name,
+            "score": round(self.score, 5),
+            "center": [round(float(v), 6) for v in self.center],
+            "size": [round(float(v), 6) for v in self.size],
+            "yaw": round(self.yaw, 6),
+            "rotation": [[round(float(v), 6) for v in row] for row in self.rotation],
+            "n_points": self.n_points,
+            "symmetric": self.symmetric,
+            "asymmetry": round(self.asymmetry, 4),
+            "cues": {k: round(v, 4) for k, v in self.cues.items()},
+        }
+
+
+@dataclass
+class DetectResult:
+    detections: list[Detection]
+    up: np.ndarray
+    vocabulary: list[str]
+    rejected: dict[str, int]
+    seconds: dict[str, float]
+
+
+def point_spacing(xyz: np.ndarray, per_cell: float = 16.0) -> float:
+    """Typical distance between neighbouring surface points: the voxel edge at which occupied voxels hold
+    ``per_cell`` points on average, divided by its square root (points on a surface fill a voxel in 2D)."""
+    extent = float(np.ptp(xyz, axis=0).max()) or 1.0
+    cell = extent / 64
+    for _ in range(4):
+        _, counts = np.unique(np.floor(xyz / cell).astype(np.int64), axis=0, return_counts=True)
+        cell *= math.sqrt(per_cell / max(float(counts.mean()), 1e-9))
+    return cell / math.sqrt(per_cell)
+
+
+class InstanceClassifier:
+    """Class probabilities of an instance over ``vocabulary`` + one background slot, from each cue at hand."""
+
+    def __init__(self, cloud: LabelledCloud, vocabulary: list[str], priors: SizePriors, text=None, depth=None):  # noqa: ANN001
+        self.cloud, self.vocabulary, self.depth = cloud, vocabulary, depth
+        stuff = [c for c in cloud.classes if priors.is_stuff(c) and c not in vocabulary]
+        self.background = [*stuff, *BACKGROUND_PROMPTS]
+        self.class_index = {c: i for i, c in enumerate(cloud.classes)}
+        self.texts = None
+        if text is not None and cloud.feature is not None:
+            self.texts = F.normalize(text.encode_text(vocabulary + self.background).float(), dim=-1)
+
+    def _with_background(self, p: np.ndarray) -> np.ndarray:
+        """Probabilities over vocabulary + background prompts -> over vocabulary + one background slot."""
+        k = len(self.vocabulary)
+        return np.append(p[:k], p[k:].sum())
+
+    def cues(self, idx: np.ndarray, xyz_up: np.ndarray) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        if (self.cloud.label[idx] >= 0).any() and self.cloud.probs.shape[1]:
+            mean = self.cloud.probs[idx].astype(np.float64).mean(0)
+            p = np.array([mean[self.class_index[c]] if c in self.class_index else 0.0 for c in self.vocabulary])
+            if p.sum() > 0 or len(self.class_index):
+                out["label"] = np.append(p, max(0.0, 1.0 - p.sum()))
+        if self.texts is not None:
+            feat = F.normalize(torch.from_numpy(self.cloud.feature[idx].astype(np.float32)), dim=-1).mean(0)
+            logits = 100.0 * F.normalize(feat, dim=0) @ self.texts.T
+            out["feature"] = self._with_background(torch.softmax(logits, 0).numpy().astype(np.float64))
+        if self.depth is not None:
+            probs = self.depth.classify(torch.from_numpy(xyz_up[idx]).float(), self.vocabulary + list(BACKGROUND_PROMPTS))
+            out["depth"] = self._with_background(probs.numpy().astype(np.float64))
+        return out
+
+
+def _proposals(cloud: LabelledCloud, xyz_up: np.ndarray, priors: SizePriors, eps: float, min_points: int):
+    """``(source label or -1, point indices)`` of candidate instances."""
+    if (cloud.label >= 0).any():
+        things = [i for i, c in enumerate(cloud.classes) if not priors.is_stuff(c)]
+        return label_instances(xyz_up, cloud.label, things, eps, min_points)
+    # no labels: what stands clear of the support plane, split into connected pieces
+    height = xyz_up[:, 2]
+    hist, edges = np.histogram(height, bins=200)
+    floor = edges[int(np.argmax(hist)) + 1]
+    idx = np.flatnonzero(height > floor + 2 * eps)
+    comp = connected_components(xyz_up[idx], eps)
+    return [(-1, idx[comp == k]) for k in range(int(comp.max(initial=-1)) + 1) if (comp == k).sum() >= min_points]
+
+
+def detect(
+    cloud: LabelledCloud,
+    opts: DetectOptions,
+    text=None,  # noqa: ANN001
+    depth=None,  # noqa: ANN001
+    up_hint: np.ndarray | None = None,
+    log=print,  # noqa: ANN001
+) -> DetectResult:
+    """Boxes for ``cloud``. ``text``: the teacher's text encoder (for the distilled features); ``depth``: a
+    :class:`~ovseg3d.detect.depthmaps.DepthMapClassifier`; ``up_hint``: e.g. the cameras' mean up."""
+    if len(cloud) == 0:
+        raise ValueError("the point cloud is empty: nothing to detect")
+    t0 = time.perf_counter()
+    priors = SizePriors.load(*opts.priors)
+    vocabulary = list(opts.classes) or [c for c in cloud.classes if not priors.is_stuff(c)]
+    if not vocabulary:
+        raise ValueError("no classes to detect: the cloud has no object classes; give --classes")
+    has_labels = bool((cloud.label >= 0).any())
+    open_cue = (text is not None and cloud.feature is not None) or depth is not None
+    unknown = [c for c in vocabulary if c not in cloud.classes]
+    if unknown and not open_cue:
+        raise ValueError(
+            f"unknown class {unknown[0]!r}: the cloud's classes are {cloud.classes}; other names need the "
+            "distilled features (ovseg3d export --features) or a CLIP model for the depth maps (--clip-model)"
+        )
+    if not has_labels and depth is None:
+        raise ValueError("the cloud has no labels: naming its objects needs a CLIP model (--clip-model NAME|PATH)")
+
+    xyz = cloud.xyz.astype(np.float64)
+    spacing = cloud.voxel_size or point_spacing(xyz)
+    if opts.up is not None:
+        up = np.asarray(opts.up, np.float64) / np.linalg.norm(opts.up)
+    else:
+        up = estimate_up(xyz, 4 * spacing, hint=up_hint)
+    grav = gravity_rotation(up)
+    xyz_up = xyz @ grav.T
+    t1 = time.perf_counter()
+
+    eps = opts.eps or 3 * spacing
+    proposals = _proposals(cloud, xyz_up, priors, eps, opts.min_points)
+    t2 = time.perf_counter()
+
+    classifier = InstanceClassifier(cloud, vocabulary, priors, text, depth if opts.depth_classifier else None)
+    rejected = {"background": 0, "size prior": 0, "score": 0, "duplicate": 0}
+    found: list[tuple[Detection, Box]] = []
+    for _, idx in proposals:
+        cues = classifier.cues(idx, xyz_up)
+        if not cues:
+            continue
+        combined = np.mean(list(cues.values()), axis=0)
+        k = int(np.argmax(combined))
+        if k == len(vocabulary):
+            rejected["background"] += 1
+            continue
+        name = vocabulary[k]
+        pts = xyz_up[idx]
+        pts = pts[clean_instance(pts, 2 * spacing)]
+        box = fit_upright_box(pts)
+        factor = priors.factor(name, box.size) if opts.size_prior else 1.0
+        if factor == 0.0:
+            rejected["size prior"] += 1
+            continue
+        score = float(combined[k]) * factor
+        if score < opts.min_score:
+            rejected["score"] += 1
+            continue
+        symmetric = priors.symmetric.get(name.lower())
+        asym = 0.0
+        if not symmetric:  # the table says it has a front, or does not know: look for one
+            yaw, asym = front_yaw(pts)
+            symmetric = asym < opts.front_threshold if symmetric is None else False
+            if not symmetric:
+                box = face(box, yaw, pts)
+        rotation = grav.T @ rot_z(box.yaw)
+        det = Detection(
+            name=name,
+            score=score,
+            center=grav.T @ box.center,
+            size=box.size,
+            yaw=box.yaw,
+            rotation=rotation,
+            n_points=len(idx),
+            symmetric=bool(symmetric),
+            asymmetry=asym,
+            cues={c: float(p[k]) for c, p in cues.items()} | ({"size_prior": factor} if opts.size_prior else {}),
+        )
+        found.append((det, box))
+
+    found.sort(key=lambda db: -db[0].score)
+    kept: list[tuple[Detection, Box]] = []
+    for det, box in found:
+        if any(d.name == det.name and box_iou(b, box) > opts.nms_iou for d, b in kept):
+            rejected["duplicate"] += 1
+            continue
+        kept.append((det, box))
+    t3 = time.perf_counter()
+    seconds = {"gravity": t1 - t0, "instances": t2 - t1, "boxes": t3 - t2, "total": t3 - t0}
+    log(
+        f"{len(kept)} boxes from {len(proposals)} instances ({len(cloud)} points, up {np.round(up, 3).tolist()}); "
+        + ", ".join(f"{v} dropped as {k}" for k, v in rejected.items() if v)
+    )
+    return DetectResult([d for d, _ in kept], up, vocabulary, rejected, seconds)
+
+
+def write_detections(
+    path: Path, result: DetectResult, source: str, opts: DetectOptions, viewpoints: dict[int, dict] | None = None
+) -> None:
+    """``detections.json``: the boxes (``viewpoints``: box index -> ImageNet3D angles from a camera) and how
+    they were made."""
+    from ovseg3d import __version__
+
+    boxes = [d.to_json() for d in result.detections]
+    for i, vp in (viewpoints or {}).items():
+        boxes[i]["viewpoint"] = {k: round(float(v), 6) if isinstance(v, float) else v for k, v in vp.items()}
+
+    info = {
+        "ovseg3d_version": __version__,
+        "detections_format": DETECTIONS_FORMAT,
+        "source": source,
+        "frame": "world frame of the input poses; yaw about 'up', rotation is world-from-object",
+        "up": [round(float(v), 6) for v in result.up],
+        "classes": result.vocabulary,
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items() if k != "priors"},
+        "rejected": result.rejected,
+        "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+        "boxes": boxes,
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,77 @@
+"""Object instances from a labelled cloud: connected components of each label's points on a voxel grid."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+_HALF_NEIGHBOURS = [d for d in itertools.product((-1, 0, 1), repeat=3) if d > (0, 0, 0)]  # 13 of the 26
+
+
+def _pack(keys: np.ndarray) -> np.ndarray:
+    """Non-negative ``[N, 3]`` int64 voxel keys -> one int64 each (21 bits an axis)."""
+    return (keys[:, 0] << 42) | (keys[:, 1] << 21) | keys[:, 2]
+
+
+def connected_components(xyz: np.ndarray, eps: float) -> np.ndarray:
+    """``[N]`` component id (0..K-1, largest component first) of each point: points fall into voxels of edge
+    ``eps`` and voxels touching by a face, an edge or a corner are connected."""
+    if len(xyz) == 0:
+        return np.zeros(0, np.int64)
+    keys = np.floor((xyz - xyz.min(0)) / eps).astype(np.int64) + 1
+    if keys.max() >= (1 << 21) - 1:
+        raise ValueError(f"the cloud spans more than 2M voxels of {eps:g} along an axis: use a larger spacing")
+    codes, inv = np.unique(_pack(keys), return_inverse=True)
+    ukeys = np.stack([codes >> 42, (codes >> 21) & ((1 << 21) - 1), codes & ((1 << 21) - 1)], 1)
+    pairs = []
+    for d in _HALF_NEIGHBOURS:
+        other = _pack(ukeys + np.array(d))
+        j = np.searchsorted(codes, other)
+        j = np.minimum(j, len(codes) - 1)
+        hit = codes[j] == other
+        pairs.append(np.stack([np.flatnonzero(hit), j[hit]], 1))
+    edges = np.concatenate(pairs)
+    comp = np.arange(len(codes))
+    while True:  # min-label propagation with pointer jumping
+        m = np.minimum(comp[edges[:, 0]], comp[edges[:, 1]])
+        new = comp.copy()
+        np.minimum.at(new, edges[:, 0], m)
+        np.minimum.at(new, edges[:, 1], m)
+        new = new[new]
+        if np.array_equal(new, comp):
+            break
+        comp = new
+    _, comp, sizes = np.unique(comp[inv.reshape(-1)], return_inverse=True, return_counts=True)
+    order = np.argsort(-sizes, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[comp.reshape(-1)]
+
+
+def label_instances(
+    xyz: np.ndarray, label: np.ndarray, classes: list[int], eps: float, min_points: int
+) -> list[tuple[int, np.ndarray]]:
+    """``(class id, point indices)`` of every connected component of each class in ``classes`` with at least
+    ``min_points`` points; points of different labels never share an instance, even where they touch."""
+    out: list[tuple[int, np.ndarray]] = []
+    for c in classes:
+        idx = np.flatnonzero(label == c)
+        if len(idx) < min_points:
+            continue
+        comp = connected_components(xyz[idx], eps)
+        for k in range(int(comp.max()) + 1):
+            members = idx[comp == k]
+            if len(members) < min_points:
+                break  # components come largest first
+            out.append((c, members))
+    return out
+
+
+def clean_instance(xyz: np.ndarray, eps: float, keep_fraction: float = 0.1) -> np.ndarray:
+    """Indices of the points of one instance that survive a DBSCAN-like clean-up: connected pieces at the
+    finer ``eps`` that hold at least ``keep_fraction`` of the largest piece's points (at least 5)."""
+    comp = connected_components(xyz, eps)
+    sizes = np.bincount(comp)
+    big = np.flatnonzero(sizes >= max(5, keep_fraction * sizes[0]))
+    return np.flatnonzero(np.isin(comp, big))

@@ -1,0 +1,63 @@
+"""Per-class mean sizes (ImOV3D's size prior) and which classes are background stuff rather than objects."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SHIPPED = Path(__file__).with_name("size_priors.json")
+
+
+@dataclass
+class SizePriors:
+    """``sizes``: class -> (L, W, H) metres; ``symmetric``: class -> looks alike from front and back;
+    ``stuff``: classes that are surfaces of the scene, never boxed."""
+
+    sizes: dict[str, np.ndarray] = field(default_factory=dict)
+    symmetric: dict[str, bool] = field(default_factory=dict)
+    stuff: set[str] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, *paths: Path) -> SizePriors:
+        """The shipped table, then each of ``paths`` on top of it (same layout; later entries win)."""
+        priors = cls()
+        for path in (SHIPPED, *paths):
+            try:
+                table = json.loads(Path(path).read_text())
+                for name, entry in table.get("classes", {}).items():
+                    size = np.asarray(entry["size"], np.float64)
+                    if size.shape != (3,) or (size <= 0).any():
+                        raise ValueError(f"class {name!r}: size must be 3 positive numbers")
+                    priors.sizes[name.lower()] = size
+                    if "symmetric" in entry:
+                        priors.symmetric[name.lower()] = bool(entry["symmetric"])
+                priors.stuff |= {s.lower() for s in table.get("stuff", [])}
+            except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path}: not a size-prior table ({exc})") from None
+        return priors
+
+    def is_stuff(self, name: str) -> bool:
+        return name.lower() in self.stuff
+
+    def ratios(self, name: str, size: np.ndarray) -> np.ndarray | None:
+        """Measured over prior size for (longer side, shorter side, height), or ``None`` without a prior."""
+        prior = self.sizes.get(name.lower())
+        if prior is None:
+            return None
+        horiz = np.sort(np.asarray(size[:2], np.float64))[::-1]
+        return np.array([*(horiz / np.sort(prior[:2])[::-1]), size[2] / prior[2]])
+
+    def factor(self, name: str, size: np.ndarray) -> float:
+        """Re-scoring factor in (0, 1]: ``exp(-mean |log ratio|)``; 0 when a side is under a tenth or over ten
+        times the prior or the volume under 0.05 or over 20 times it (ImOV3D's filters); 1 without a prior."""
+        r = self.ratios(name, size)
+        if r is None:
+            return 1.0
+        volume = float(np.prod(r))
+        if (r < 0.1).any() or (r > 10).any() or not 0.05 <= volume <= 20:
+            return 0.0
+        return math.exp(-float(np.abs(np.log(r)).mean()))

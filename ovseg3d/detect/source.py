@@ -1,0 +1,114 @@
+"""``ovseg3d detect``: a run folder or a point cloud file in, ``detections.json`` out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ovseg3d.detect.head import DetectOptions, DetectResult, detect, write_detections
+from ovseg3d.detect.metrics import viewpoint
+from ovseg3d.export import LabelledCloud, load_export, read_ply
+
+
+@dataclass
+class Source:
+    """What detection reads: the cloud, and for a run its text encoder, teacher config and cameras."""
+
+    cloud: LabelledCloud
+    run: Path | None = None
+    text: object | None = None
+    teachers: object | None = None
+    c2w: np.ndarray | None = None  # [N, 3, 4] OpenGL camera-to-world of the run's views
+
+
+def load_source(path: Path, device: torch.device, log=print) -> Source:  # noqa: ANN001
+    """A run folder (its ``export/points.npz``), an export folder, or a ``.ply`` / ``.npz`` file."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such run folder or point cloud file")
+    if path.is_file():
+        if path.suffix.lower() == ".ply":
+            return Source(read_ply(path))
+        if path.suffix.lower() == ".npz":
+            return Source(load_export(path))
+        raise ValueError(f"{path}: not a point cloud (.ply or ovseg3d's points.npz) nor a run folder")
+    if (path / "points.npz").exists():
+        return Source(load_export(path))
+    from ovseg3d.data.loader import load_scene
+    from ovseg3d.renders import text_encoder
+    from ovseg3d.run import check_run, load_run_config
+
+    check_run(path)
+    npz = path / "export" / "points.npz"
+    if not npz.exists():
+        raise FileNotFoundError(f"{npz}: the run has no exported cloud yet (run: ovseg3d export {path} --features)")
+    cloud = load_export(npz)
+    cfg = load_run_config(path)
+    text = None
+    if cloud.feature is not None and cfg.teachers.kind != "none":
+        text = text_encoder(cfg.teachers, device)
+    elif cloud.feature is None:
+        log("the export has no features (ovseg3d export --features): classes come from the labels alone")
+    scene = load_scene(cfg.scene, cfg.downscale)
+    return Source(cloud, path, text, cfg.teachers, scene.cameras.c2w.numpy())
+
+
+def depth_classifier(src: Source, clip_model: str, device: torch.device, log=print):  # noqa: ANN001
+    """OpenDlign's classifier with ``clip_model`` (a hub name or a local folder), else with the run's CLIP
+    teacher; ``None`` (and a line saying why) when there is no CLIP image encoder."""
+    from ovseg3d.detect.depthmaps import DepthMapClassifier
+    from ovseg3d.teachers.clip import build_clip
+    from ovseg3d.teachers.config import TeacherConfig
+
+    if clip_model:
+        return DepthMapClassifier(build_clip(TeacherConfig(kind="clip", clip_model=clip_model), device))
+    if src.teachers is not None and getattr(src.teachers, "kind", "") == "clip":
+        return DepthMapClassifier(build_clip(src.teachers, device))  # type: ignore[arg-type]
+    log("depth-map classifier off: no CLIP image encoder (the run's teacher is simulated); --clip-model NAME|PATH")
+    return None
+
+
+def camera_up(c2w: np.ndarray) -> np.ndarray:
+    """The mean up axis of OpenGL cameras (their +y), a hint for gravity."""
+    up = c2w[:, :3, 1].mean(0)
+    return up / np.linalg.norm(up)
+
+
+def opencv_c2w(c2w: np.ndarray) -> np.ndarray:
+    """``[3, 4]`` OpenGL camera-to-world -> ``[4, 4]`` OpenCV (x right, y down, z forward)."""
+    out = np.eye(4)
+    out[:3, :4] = c2w
+    out[:3, 1:3] *= -1
+    return out
+
+
+def run_detect(
+    path: Path,
+    opts: DetectOptions,
+    clip_model: str = "",
+    view: int | None = None,
+    output: Path | None = None,
+    device: torch.device | None = None,
+    log=print,  # noqa: ANN001
+) -> tuple[DetectResult, Path]:
+    """Detect in ``path`` and write ``detections.json`` (next to the run, or to ``output``). ``view``: also
+    give each box's azimuth, elevation and in-plane angle seen from that training view (ImageNet3D)."""
+    device = device or torch.device("cpu")
+    src = load_source(path, device, log)
+    depth = depth_classifier(src, clip_model, device, log) if opts.depth_classifier else None
+    hint = camera_up(src.c2w) if src.c2w is not None else None
+    result = detect(src.cloud, opts, src.text, depth, hint, log)
+    extra: dict[int, dict[str, float]] = {}
+    if view is not None:
+        if src.c2w is None or not 0 <= view < len(src.c2w):
+            raise ValueError(f"--view {view}: needs a run folder with a view of that index")
+        cam = opencv_c2w(src.c2w[view])
+        for i, d in enumerate(result.detections):
+            a, e, t, dist = viewpoint(d.rotation, d.center, cam)
+            extra[i] = {"view": view, "azimuth": a, "elevation": e, "theta": t, "distance": dist}
+    if output is None:
+        output = (src.run if src.run is not None else (path if path.is_dir() else path.parent)) / "detections.json"
+    write_detections(output, result, str(path.resolve()), opts, extra)
+    return result, output

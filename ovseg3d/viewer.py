@@ -30,7 +30,8 @@ from ovseg3d.teachers.relevancy import CANONICAL_NEGATIVES, relevancy_from_cosin
 COLOUR_MODES = ("rgb", "label", "relevancy")
 DETECTIONS = "detections.json"
 """Oriented boxes of a run: ``{"up": [0, 0, 1], "boxes": [{"class", "center", "size", "yaw", "score"}]}`` in the
-world frame (``yaw``: radians about +z, ``size``: extents along the box's own x, y, z), as ``objects.json``."""
+world frame (``yaw``: radians about +z, ``size``: extents along the box's own x, y, z), as ``objects.json``;
+``ovseg3d detect`` adds ``rotation`` (world-from-object), which wins over ``yaw`` when present."""
 
 
 def read_detections(path: Path) -> list[dict]:
@@ -322,8 +323,11 @@ class Viewer:
         palette = (label_palette(max(1, len(classes))) * 255).round().astype(int)
         for i, box in enumerate(boxes):
             colour = tuple(palette[classes.index(box["class"])]) if box["class"] in classes else (255, 255, 255)
-            half_yaw = 0.5 * float(box.get("yaw", 0.0))
-            wxyz = (math.cos(half_yaw), 0.0, 0.0, math.sin(half_yaw))
+            if "rotation" in box:  # ovseg3d detect: world-from-object, exact for any up direction
+                wxyz = tuple(matrix_to_quaternion(np.asarray(box["rotation"], np.float64)))
+            else:
+                half_yaw = 0.5 * float(box.get("yaw", 0.0))
+                wxyz = (math.cos(half_yaw), 0.0, 0.0, math.sin(half_yaw))
             self.server.scene.add_box(
                 f"/boxes/{i:03d}", colour, tuple(box["size"]), wireframe=True, wxyz=wxyz, position=tuple(box["center"])
             )

@@ -18,3 +18,11 @@ def toy_run(tmp_path_factory):
     budget = ["--steps", "600", "--max-minutes", "0", "--distill-steps", "150", "--distill-minutes", "0"]
     assert main([*train, *budget, "--teacher", "synthetic"]) == 0
     return scene, run
+
+
+@pytest.fixture(scope="session")
+def exported(toy_run):
+    """The toy run's labelled cloud with features and a relevancy for 'mug' (RUN/export)."""
+    scene, run = toy_run
+    assert main(["export", str(run), "--device", "cpu", "--queries", "mug", "--features"]) == 0
+    return scene, run

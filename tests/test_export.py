@@ -89,13 +89,6 @@ def test_ply_is_read_back_by_an_independent_reader(tmp_path):
     assert any("class 2 wall" in c for c in ply.comments)
 
 
-@pytest.fixture(scope="module")
-def exported(toy_run):
-    scene, run = toy_run
-    assert main(["export", str(run), "--device", "cpu", "--queries", "mug", "--features"]) == 0
-    return scene, run
-
-
 def test_exported_points_lie_on_the_scene_surfaces(exported):
     scene, run = exported
     cloud = load_export(run / "export")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from ovseg3d.cli import main
-from ovseg3d.detect.boxes import fit_upright_box, front_yaw, rot_z
+from ovseg3d.detect.boxes import fit_upright_box, front_yaw
 from ovseg3d.detect.gravity import estimate_up, rotation_between
 from ovseg3d.detect.head import DetectOptions, detect, point_spacing
 from ovseg3d.detect.instances import connected_components
-from ovseg3d.detect.metrics import box_iou
+from ovseg3d.detect.metrics import box_iou, rot_z
 from ovseg3d.export import LabelledCloud, read_ply, write_ply
 
 RNG = np.random.default_rng(0)
@@ -206,3 +206,25 @@ def test_detect_and_eval_on_a_trained_run(exported):
     metrics = json.loads((run / "eval.json").read_text())
     assert metrics["n_detections"] == len(boxes) and {"map25", "map50", "pose_acc_pi6"} <= set(metrics)
     assert metrics["ap25"]["tissue box"] == 100.0, metrics["ap25"]  # the toy's best segmented object
+
+
+def test_unlabelled_cloud_named_by_clip_on_depth_maps(tmp_path):
+    """The OpenDlign path end to end with a tiny random CLIP saved locally: an unlabelled cloud's objects are
+    found from geometry and every box is named by the depth-map classifier (the names themselves are
+    arbitrary with random weights; what is checked is where the boxes are and which cue named them)."""
+    from tiny_models import save_tiny_clip
+
+    clip = save_tiny_clip(tmp_path / "clip")
+    objects = [([0.3, 0.2, 0.05], [0.2, 0.15, 0.1], 0.4), ([-0.25, -0.1, 0.06], [0.12, 0.12, 0.12], 1.0)]
+    cloud = cloud_of([(floor(), 0), *((box_surface(*o), 0) for o in objects)], ["thing"])
+    cloud.label[:] = -1
+    cloud.classes = []
+    write_ply(tmp_path / "bare.ply", cloud)
+    args = ["detect", str(tmp_path / "bare.ply"), "--clip-model", str(clip), "--classes", "mug", "book"]
+    args += ["--up", "0", "0", "1", "--no-size-prior", "--min-score", "0", "--background", "--device", "cpu"]
+    assert main(args) == 0  # no background prompts: random weights would reject about half the boxes
+    info = json.loads((tmp_path / "detections.json").read_text())
+    assert len(info["boxes"]) == len(objects)
+    for box in info["boxes"]:
+        assert box["class"] in ("mug", "book") and set(box["cues"]) == {"depth"}
+        assert min(np.linalg.norm(np.subtract(box["center"], o[0])) for o in objects) < 0.03

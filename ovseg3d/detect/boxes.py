@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ovseg3d.detect.metrics import rot_z
+
 
 @dataclass
 class Box:
@@ -17,11 +19,6 @@ class Box:
     center: np.ndarray
     size: np.ndarray
     yaw: float
-
-
-def rot_z(yaw: float) -> np.ndarray:
-    c, s = math.cos(yaw), math.sin(yaw)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
 def _extents(xy: np.ndarray, angles: np.ndarray, trim: float) -> tuple[np.ndarray, ...]:

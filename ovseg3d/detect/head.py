@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovseg3d.detect.boxes import Box, face, fit_upright_box, front_yaw, rot_z
+from ovseg3d.detect.boxes import Box, face, fit_upright_box, front_yaw
 from ovseg3d.detect.gravity import estimate_up, gravity_rotation
 from ovseg3d.detect.instances import clean_instance, connected_components, label_instances
-from ovseg3d.detect.metrics import box_iou
+from ovseg3d.detect.metrics import box_iou, rot_z
 from ovseg3d.detect.priors import SizePriors
 from ovseg3d.export import LabelledCloud
 
@@ -58,6 +58,9 @@ class DetectOptions:
     """CLIP on contour-aware depth maps of each instance (OpenDlign), when a CLIP image encoder is at hand."""
     nms_iou: float = 0.25
     """Boxes of one class overlapping more than this keep only the best."""
+    background: list[str] = field(default_factory=lambda: list(BACKGROUND_PROMPTS))
+    """Prompts that stand for "not an object" (ImOV3D); with the scene's stuff classes they reject instances
+    that the features or the depth maps match better than any class."""
     front_threshold: float = 0.1
     """A class the size table does not know has a front when the top of one end is lower than the other's by
     this fraction of its height (else it is reported symmetric)."""
@@ -117,10 +120,19 @@ def point_spacing(xyz: np.ndarray, per_cell: float = 16.0) -> float:
 class InstanceClassifier:
     """Class probabilities of an instance over ``vocabulary`` + one background slot, from each cue at hand."""
 
-    def __init__(self, cloud: LabelledCloud, vocabulary: list[str], priors: SizePriors, text=None, depth=None):  # noqa: ANN001
+    def __init__(
+        self,
+        cloud: LabelledCloud,
+        vocabulary: list[str],
+        priors: SizePriors,
+        background: list[str],
+        text=None,  # noqa: ANN001
+        depth=None,  # noqa: ANN001
+    ):
         self.cloud, self.vocabulary, self.depth = cloud, vocabulary, depth
         stuff = [c for c in cloud.classes if priors.is_stuff(c) and c not in vocabulary]
-        self.background = [*stuff, *BACKGROUND_PROMPTS]
+        self.prompts = list(background)
+        self.background = [*stuff, *self.prompts]
         self.class_index = {c: i for i, c in enumerate(cloud.classes)}
         self.texts = None
         if text is not None and cloud.feature is not None:
@@ -143,7 +155,7 @@ class InstanceClassifier:
             logits = 100.0 * F.normalize(feat, dim=0) @ self.texts.T
             out["feature"] = self._with_background(torch.softmax(logits, 0).numpy().astype(np.float64))
         if self.depth is not None:
-            probs = self.depth.classify(torch.from_numpy(xyz_up[idx]).float(), self.vocabulary + list(BACKGROUND_PROMPTS))
+            probs = self.depth.classify(torch.from_numpy(xyz_up[idx]).float(), self.vocabulary + self.prompts)
             out["depth"] = self._with_background(probs.numpy().astype(np.float64))
         return out
 
@@ -204,7 +216,8 @@ def detect(
     proposals = _proposals(cloud, xyz_up, priors, eps, opts.min_points)
     t2 = time.perf_counter()
 
-    classifier = InstanceClassifier(cloud, vocabulary, priors, text, depth if opts.depth_classifier else None)
+    depth = depth if opts.depth_classifier else None
+    classifier = InstanceClassifier(cloud, vocabulary, priors, opts.background, text, depth)
     rejected = {"background": 0, "size prior": 0, "score": 0, "duplicate": 0}
     found: list[tuple[Detection, Box]] = []
     for _, idx in proposals:

@@ -1,8 +1,9 @@
 """Labelled point clouds out of a trained run (``ovseg3d export RUN``).
 
 Points come from the radiance field's surfaces: every (strided) training view is rendered, each solid pixel
-is lifted to its median depth and kept when the depth maps of other views agree with it (multi-view
-consistency, as in MVS depth fusion), and the points are fused on a voxel grid. A voxel is kept when at least
+whose ray stops crisply (its weight's middle half within ``max_spread`` of its depth) is lifted to its median
+depth and kept when the depth maps of other views agree with it (multi-view consistency, as in MVS depth
+fusion), and the points are fused on a voxel grid. A voxel is kept when at least
 ``min_views`` views put a point in it and it has an occupied neighbour. Each pixel also renders the semantic
 field's latent (as ``ovseg3d render`` does); a point's latent is the mean over its pixels, decoded into class
 probabilities over the scene's classes, the label and its confidence, LERF relevancy for free-text queries
@@ -45,6 +46,9 @@ class ExportOptions:
     """Keep a voxel only if at least this many views put a point in it."""
     min_opacity: float = 0.9
     """Pixels whose rendered opacity is below this give no point."""
+    max_spread: float = 0.08
+    """Pixels whose ray spreads the middle half of its weight over more than this share of its depth (fog, a
+    smeared surface) give no point (0: keep all)."""
     min_agreeing: int = 3
     """Keep a pixel's point only if at least this many other views' depth maps agree with it."""
     depth_tolerance: float = 0.005
@@ -104,18 +108,22 @@ def query_slug(query: str) -> str:
 # -- surface points --------------------------------------------------------------------------------------
 
 
-def depth_map(trainer, view: int, min_opacity: float) -> Tensor:  # noqa: ANN001
-    """``[H*W]`` median depth of ``view``'s rays (:func:`render_median_depth`), ``nan`` where not solid."""
+def depth_map(trainer, view: int, min_opacity: float, max_spread: float = 0.0) -> tuple[Tensor, int]:  # noqa: ANN001
+    """``[H*W]`` median depth of ``view``'s rays (:func:`render_median_depth`), ``nan`` where not solid or,
+    with ``max_spread``, where the ray's weight spreads more than that; and how many solid pixels the
+    spread took out."""
     scene = trainer.scene
     cams = scene.cameras.to(trainer.device)
     origins, dirs = image_rays(cams, view)
     cam = torch.full((len(dirs),), view, dtype=torch.long, device=trainer.device)
     near, far = trainer.ray_limits(cams, scene.near_far, cam, dirs)
     trainer.field.eval()
-    depth, opacity = render_median_depth(
+    depth, opacity, spread = render_median_depth(
         trainer.field, trainer.grid, origins, dirs, trainer.opts, near, far, trainer.cfg.eval_chunk
     )
-    return torch.where(opacity >= min_opacity, depth, torch.full_like(depth, float("nan")))
+    solid = opacity >= min_opacity
+    crisp = spread <= max_spread if max_spread > 0 else torch.ones_like(solid)
+    return torch.where(solid & crisp, depth, torch.full_like(depth, float("nan"))), int((solid & ~crisp).sum())
 
 
 def agreeing_views(points: Tensor, depths: dict[int, Tensor], cameras: Cameras, skip: int, tol: float) -> Tensor:
@@ -195,7 +203,10 @@ def surface_points(
     scene = trainer.scene
     views = scene.train_ids[:: max(1, opts.view_stride)]
     cams = scene.cameras.to(trainer.device)
-    depths = {v: depth_map(trainer, v, opts.min_opacity) for v in tqdm(views, desc="depth", unit="view", leave=False)}
+    depths, n_spread = {}, 0
+    for v in tqdm(views, desc="depth", unit="view", leave=False):
+        depths[v], dropped = depth_map(trainer, v, opts.min_opacity, opts.max_spread)
+        n_spread += dropped
     pts, vals, ids, n_pixels = [], [], [], 0
     for v in tqdm(views, desc="fuse", unit="view", leave=False):
         origins, dirs = image_rays(cams, v)
@@ -215,9 +226,12 @@ def surface_points(
     origin = scene.aabb[:3].to(points.device)
     xyz, values, n_views = fuse_points(points, torch.cat(vals), torch.cat(ids), origin, voxel, opts.min_views)
     log(
-        f"{n_pixels} solid pixels of {len(views)} views, {len(points)} seen alike by {opts.min_agreeing}+ other "
-        f"views -> {len(xyz)} points on a {voxel * 1000:.1f} mm grid"
+        f"{n_pixels} solid pixels of {len(views)} views ({n_spread} more spread their weight over more than "
+        f"{opts.max_spread:g} of their depth), {len(points)} seen alike by {opts.min_agreeing}+ other views -> "
+        f"{len(xyz)} points on a {voxel * 1000:.1f} mm grid"
     )
+    if n_spread > n_pixels:
+        log("most solid pixels were left out for their spread: the field is blurry; --max-spread 0 keeps them")
     rgb = values[:, :3].round().clamp(0, 255).to(torch.uint8)
     latent = values[:, 3:].float() if distiller is not None else None
     return xyz, rgb, n_views, latent

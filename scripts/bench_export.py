@@ -47,6 +47,7 @@ class Args:
     """Voxel size of the fusion, as a share of the scene box's diagonal."""
     min_views: int = ExportOptions.min_views
     min_agreeing: int = ExportOptions.min_agreeing
+    max_spread: float = ExportOptions.max_spread
     depth_tolerance: float = ExportOptions.depth_tolerance
     query_points: int = 200_000
     device: str = "cpu"
@@ -62,6 +63,7 @@ def main(args: Args) -> dict:
         spacing=args.spacing,
         min_views=args.min_views,
         min_agreeing=args.min_agreeing,
+        max_spread=args.max_spread,
         depth_tolerance=args.depth_tolerance,
         features=True,
     )
@@ -115,7 +117,9 @@ def main(args: Args) -> dict:
         "label_accuracy": float((pred == true_cls)[near].mean()),
         "label_accuracy_clear": float((pred == true_cls)[clear].mean()),
         "per_class": per_class,
-        "options": {k: getattr(opts, k) for k in ("spacing", "min_views", "min_agreeing", "depth_tolerance")},
+        "options": {
+            k: getattr(opts, k) for k in ("spacing", "min_views", "min_agreeing", "max_spread", "depth_tolerance")
+        },
         "export_seconds": round(seconds, 1),
         "query_points": args.query_points,
         "query_ms_median": float(np.median(times)),

@@ -175,14 +175,16 @@ def render_median_depth(
     near: Tensor | None = None,
     far: Tensor | None = None,
     chunk: int = 8192,
-) -> tuple[Tensor, Tensor]:
-    """``[R]`` median depth and ``[R]`` opacity of each ray.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``[R]`` median depth, ``[R]`` opacity and ``[R]`` spread of each ray.
 
     The median depth is the middle of the first interval at which the ray's accumulated weight reaches
     0.5: a point on the first surface, where the expected depth of a ray grazing an edge would float
-    between the object and the background. ``nan`` where the opacity stays below 0.5.
+    between the object and the background. The spread is the depth between the weight's quartiles over the
+    median depth: a few hundredths for a ray stopped by a crisp surface, more where it crosses fog or a
+    smeared one. ``nan`` where the opacity stays below 0.5 (0.25 for the first quartile).
     """
-    depths, opacities = [], []
+    depths, opacities, spreads = [], [], []
     for s in range(0, len(origins), chunk):
         o, d = origins[s : s + chunk], dirs[s : s + chunk]
         n = near[s : s + chunk] if near is not None else None
@@ -190,11 +192,16 @@ def render_median_depth(
         samples = grid.march(o, d, opts.step_size, near=n, far=f)
         sigma = field.density(samples.positions(o, d))
         w = render_weights(sigma, samples.deltas, samples.ray_indices, len(o))
-        reached = exclusive_cumsum(w, samples.ray_indices, len(o)) + w >= 0.5
+        cum = exclusive_cumsum(w, samples.ray_indices, len(o)) + w
         index = torch.arange(len(samples), device=o.device)
-        first = torch.full((len(o),), len(samples), dtype=torch.long, device=o.device)
-        first = first.scatter_reduce(0, samples.ray_indices[reached], index[reached], reduce="amin")
         t = torch.cat([samples.t_mid, samples.t_mid.new_full((1,), float("nan"))])
-        depths.append(t[first])
+        quartiles = []
+        for q in (0.25, 0.5, 0.75):
+            reached = cum >= q
+            first = torch.full((len(o),), len(samples), dtype=torch.long, device=o.device)
+            first = first.scatter_reduce(0, samples.ray_indices[reached], index[reached], reduce="amin")
+            quartiles.append(t[first])
+        depths.append(quartiles[1])
+        spreads.append((quartiles[2] - quartiles[0]) / quartiles[1])
         opacities.append(accumulate(w, None, samples.ray_indices, len(o))[:, 0])
-    return torch.cat(depths), torch.cat(opacities)
+    return torch.cat(depths), torch.cat(opacities), torch.cat(spreads)

@@ -224,3 +224,18 @@ def test_scale_gradient_keeps_the_value_and_scales_the_gradient():
     torch.testing.assert_close(y, torch.tensor([1.0, 4.0, 9.0]))
     y.sum().backward()
     torch.testing.assert_close(x.grad, torch.tensor([0.0, 2.0, 6.0]))
+
+
+def test_median_depth_and_spread_tell_a_surface_from_fog():
+    """A crisp wall: median depth at the wall, spread about one step; fog of density 2 from x = 1: the
+    weight's quartiles are the exponential's (1 + ln(4/3)/2, 1 + ln 2/2, 1 + ln 4/2), spread ~0.41."""
+    from ovseg3d.render.renderer import render_median_depth
+
+    origins, dirs = torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0]])
+    grid = OccupancyGrid(torch.tensor([-3.0, -1, -1, 3, 1, 1]), resolution=8)
+    opts = RenderOptions(0.005, 1e-4)
+    depth, opacity, spread = render_median_depth(_Slab(1.0, 1.2, 1e4), grid, origins, dirs, opts)
+    assert abs(float(depth) - 1.0) < 0.01 and float(opacity) > 0.99 and float(spread) < 0.01
+    depth, opacity, spread = render_median_depth(_Slab(1.0, 2.9, 2.0), grid, origins, dirs, opts)
+    assert abs(float(depth) - (1 + math.log(2) / 2)) < 0.01
+    assert abs(float(spread) - (math.log(4) - math.log(4 / 3)) / 2 / (1 + math.log(2) / 2)) < 0.02

@@ -134,6 +134,8 @@ class InstanceClassifier:
         self.prompts = list(background)
         self.background = [*stuff, *self.prompts]
         self.class_index = {c: i for i, c in enumerate(cloud.classes)}
+        # the labels speak for the vocabulary only when every name is one of the cloud's classes
+        self.use_labels = all(c in self.class_index for c in vocabulary)
         self.texts = None
         if text is not None and cloud.feature is not None:
             self.texts = F.normalize(text.encode_text(vocabulary + self.background).float(), dim=-1)
@@ -145,11 +147,10 @@ class InstanceClassifier:
 
     def cues(self, idx: np.ndarray, xyz_up: np.ndarray) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
-        if (self.cloud.label[idx] >= 0).any() and self.cloud.probs.shape[1]:
+        if self.use_labels and (self.cloud.label[idx] >= 0).any():
             mean = self.cloud.probs[idx].astype(np.float64).mean(0)
-            p = np.array([mean[self.class_index[c]] if c in self.class_index else 0.0 for c in self.vocabulary])
-            if p.sum() > 0 or len(self.class_index):
-                out["label"] = np.append(p, max(0.0, 1.0 - p.sum()))
+            p = np.array([mean[self.class_index[c]] for c in self.vocabulary])
+            out["label"] = np.append(p, max(0.0, 1.0 - p.sum()))
         if self.texts is not None:
             feat = F.normalize(torch.from_numpy(self.cloud.feature[idx].astype(np.float32)), dim=-1).mean(0)
             logits = 100.0 * F.normalize(feat, dim=0) @ self.texts.T
@@ -160,18 +161,20 @@ class InstanceClassifier:
         return out
 
 
-def _proposals(cloud: LabelledCloud, xyz_up: np.ndarray, priors: SizePriors, eps: float, min_points: int):
-    """``(source label or -1, point indices)`` of candidate instances."""
+def _proposals(
+    cloud: LabelledCloud, xyz_up: np.ndarray, priors: SizePriors, eps: float, min_points: int
+) -> list[np.ndarray]:
+    """Point indices of candidate instances."""
     if (cloud.label >= 0).any():
         things = [i for i, c in enumerate(cloud.classes) if not priors.is_stuff(c)]
-        return label_instances(xyz_up, cloud.label, things, eps, min_points)
+        return [idx for _, idx in label_instances(xyz_up, cloud.label, things, eps, min_points)]
     # no labels: what stands clear of the support plane, split into connected pieces
     height = xyz_up[:, 2]
     hist, edges = np.histogram(height, bins=200)
     floor = edges[int(np.argmax(hist)) + 1]
     idx = np.flatnonzero(height > floor + 2 * eps)
     comp = connected_components(xyz_up[idx], eps)
-    return [(-1, idx[comp == k]) for k in range(int(comp.max(initial=-1)) + 1) if (comp == k).sum() >= min_points]
+    return [idx[comp == k] for k in range(int(comp.max(initial=-1)) + 1) if (comp == k).sum() >= min_points]
 
 
 def detect(
@@ -220,7 +223,7 @@ def detect(
     classifier = InstanceClassifier(cloud, vocabulary, priors, opts.background, text, depth)
     rejected = {"background": 0, "size prior": 0, "score": 0, "duplicate": 0}
     found: list[tuple[Detection, Box]] = []
-    for _, idx in proposals:
+    for idx in proposals:
         cues = classifier.cues(idx, xyz_up)
         if not cues:
             continue

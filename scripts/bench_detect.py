@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import tyro
-from bench_distill import GENERATED, full_run
+from bench_distill import GENERATED, full_run, scene_folder
 from bench_distill import Args as DistillArgs
 
-from ovseg3d.data.synth import SynthConfig, synthesize
+from ovseg3d.data.synth import SynthConfig
 from ovseg3d.detect.head import DetectOptions, detect
 from ovseg3d.detect.metrics import mean_ap, pose_errors, pose_summary
 from ovseg3d.detect.source import camera_up, load_source, run_detect
@@ -58,16 +58,6 @@ class Args:
     device: str = "cpu"
     work: Path = Path("bench/runs")
     out: Path = Path("bench/detect.json")
-
-
-def scene_folder(name: str, work: Path) -> Path:
-    if name in SCENES:
-        path = work.parent / "scenes" / name
-        if not (path / "scene.json").exists():
-            print(f"generating scene '{name}' -> {path}", flush=True)
-            synthesize(SCENES[name], path)
-        return path
-    return Path(name)
 
 
 def ensure_run(scene: Path, run: Path, device: str) -> None:
@@ -133,7 +123,7 @@ def main(args: Args) -> dict:
     device = torch.device(args.device)
     result: dict = {"scenes": {}, "clip_model": args.clip_model or None}
     for name in args.scenes:
-        scene = scene_folder(name, args.work)
+        scene = scene_folder(name, args.work, SCENES)
         run = args.work / Path(name).name
         ensure_run(scene, run, args.device)
         export_s = ensure_export(run, args.device)

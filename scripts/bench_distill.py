@@ -59,12 +59,13 @@ class Args:
     out: Path = Path("bench/distill.json")
 
 
-def scene_folder(name: str, work: Path) -> Path:
-    if name in GENERATED:
+def scene_folder(name: str, work: Path, generated: dict[str, SynthConfig] = GENERATED) -> Path:
+    """A scene folder as given, or the generated scene of that name (made under ``work/../scenes`` once)."""
+    if name in generated:
         path = work.parent / "scenes" / name
         if not (path / "scene.json").exists():
             print(f"generating scene '{name}' -> {path}", flush=True)
-            synthesize(GENERATED[name], path)
+            synthesize(generated[name], path)
         return path
     return Path(name)
 

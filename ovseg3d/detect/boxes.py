@@ -94,12 +94,36 @@ def local_coords(xyz: np.ndarray, box: Box) -> np.ndarray:
     return (xyz - box.center) @ rot_z(box.yaw)
 
 
-def face(box: Box, yaw: float, xyz: np.ndarray, snap_deg: float = 15.0) -> Box:
-    """``box`` turned to face ``yaw``: the nearest of its four side directions when within ``snap_deg`` (its
-    sides are the better-measured axes), else refitted to ``xyz`` along ``yaw``."""
-    turns = [math.remainder(yaw - (box.yaw + k * math.pi / 2), 2 * math.pi) for k in range(4)]
-    k = int(np.argmin(np.abs(turns)))
-    if abs(turns[k]) > math.radians(snap_deg):
+def footprint_anisotropy(xy: np.ndarray, steps: int = 18) -> float:
+    """Largest over smallest area of the footprint's bounding rectangle over a quarter turn: about 1 for a
+    round object (a mug, a ball), up to 2 for a square box seen square-on."""
+    xy = xy - xy.mean(0)
+    u0, u1, v0, v1 = _extents(xy, np.arange(steps) * (math.pi / 2 / steps), 0.0)
+    areas = (u1 - u0) * (v1 - v0)
+    return float(areas.max() / max(float(areas.min()), 1e-12))
+
+
+def refine_front(xyz: np.ndarray, yaw: float, quarter: float = 0.25) -> float:
+    """A front direction sharpened: from the centre of the object's top (its top tenth: a mug's rim) to the
+    centre of its leading ``quarter`` along ``yaw`` (the handle)."""
+    xy = xyz[:, :2]
+    z = xyz[:, 2] - xyz[:, 2].min()
+    proj = (xy - xy.mean(0)) @ np.array([math.cos(yaw), math.sin(yaw)])
+    lead = xy[proj > proj.max() - quarter * np.ptp(proj)]
+    top = xy[z > 0.9 * z.max()]
+    v = lead.mean(0) - top.mean(0)
+    return math.atan2(float(v[1]), float(v[0])) if np.linalg.norm(v) > 0 else yaw
+
+
+def face(box: Box, yaw: float, xyz: np.ndarray, snap_deg: float = 20.0, boxy: float = 1.2) -> Box:
+    """``box`` turned to face ``yaw``. A boxy footprint (:func:`footprint_anisotropy` at least ``boxy``: a
+    chair) takes the nearest of its four side directions when within ``snap_deg``, its sides being the
+    better-measured axes; a round one (a mug) is refitted along :func:`refine_front`."""
+    if footprint_anisotropy(xyz[:, :2]) >= boxy:
+        turns = [math.remainder(yaw - (box.yaw + k * math.pi / 2), 2 * math.pi) for k in range(4)]
+        k = int(np.argmin(np.abs(turns)))
+        if abs(turns[k]) <= math.radians(snap_deg):
+            size = box.size[[1, 0, 2]] if k % 2 else box.size.copy()
+            return Box(box.center.copy(), size, math.remainder(box.yaw + k * math.pi / 2, 2 * math.pi))
         return fit_upright_box(xyz, yaw=yaw)
-    size = box.size[[1, 0, 2]] if k % 2 else box.size.copy()
-    return Box(box.center.copy(), size, math.remainder(box.yaw + k * math.pi / 2, 2 * math.pi))
+    return fit_upright_box(xyz, yaw=refine_front(xyz, yaw))

@@ -68,7 +68,7 @@ def label_instances(
     return out
 
 
-def clean_instance(xyz: np.ndarray, eps: float, keep_fraction: float = 0.1) -> np.ndarray:
+def clean_instance(xyz: np.ndarray, eps: float, keep_fraction: float = 0.01) -> np.ndarray:
     """Indices of the points of one instance that survive a DBSCAN-like clean-up: connected pieces at the
     finer ``eps`` that hold at least ``keep_fraction`` of the largest piece's points (at least 5)."""
     comp = connected_components(xyz, eps)

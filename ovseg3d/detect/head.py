@@ -210,7 +210,7 @@ def detect(
     if opts.up is not None:
         up = np.asarray(opts.up, np.float64) / np.linalg.norm(opts.up)
     else:
-        up = estimate_up(xyz, 4 * spacing, hint=up_hint)
+        up = estimate_up(xyz, 8 * spacing, hint=up_hint)
     grav = gravity_rotation(up)
     xyz_up = xyz @ grav.T
     t1 = time.perf_counter()

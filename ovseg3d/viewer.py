@@ -121,6 +121,15 @@ def load_queries(run: Path, max_points: int, device_name: str = "cpu", log=print
     return CloudQueries(cloud, features, text_encoder(trainer.cfg.teachers, trainer.device)), trainer, distiller
 
 
+def box_orientation(box: dict) -> tuple[float, float, float, float]:
+    """``wxyz`` of a detections box: its ``rotation`` (world-from-object, as ``ovseg3d detect`` writes it,
+    right for any up direction) or else its ``yaw`` about +z."""
+    if "rotation" in box:
+        return tuple(float(v) for v in matrix_to_quaternion(np.asarray(box["rotation"], np.float64)))  # type: ignore[return-value]
+    half_yaw = 0.5 * float(box.get("yaw", 0.0))
+    return (math.cos(half_yaw), 0.0, 0.0, math.sin(half_yaw))
+
+
 def quaternion_to_matrix(wxyz: np.ndarray) -> np.ndarray:
     w, x, y, z = np.asarray(wxyz, dtype=np.float64) / np.linalg.norm(wxyz)
     return np.array(
@@ -323,11 +332,7 @@ class Viewer:
         palette = (label_palette(max(1, len(classes))) * 255).round().astype(int)
         for i, box in enumerate(boxes):
             colour = tuple(palette[classes.index(box["class"])]) if box["class"] in classes else (255, 255, 255)
-            if "rotation" in box:  # ovseg3d detect: world-from-object, exact for any up direction
-                wxyz = tuple(matrix_to_quaternion(np.asarray(box["rotation"], np.float64)))
-            else:
-                half_yaw = 0.5 * float(box.get("yaw", 0.0))
-                wxyz = (math.cos(half_yaw), 0.0, 0.0, math.sin(half_yaw))
+            wxyz = box_orientation(box)
             self.server.scene.add_box(
                 f"/boxes/{i:03d}", colour, tuple(box["size"]), wireframe=True, wxyz=wxyz, position=tuple(box["center"])
             )

@@ -172,3 +172,15 @@ def test_the_viewer_answers_a_websocket_client(viewer):
         small = torch.nn.functional.interpolate(photo, size=pixels.shape[:2], mode="area")[0].permute(1, 2, 0)
         err = float(np.abs(small.numpy() - pixels.astype(np.float32)).mean())
         assert err < 25.0, err
+
+
+def test_boxes_turn_by_their_rotation_or_else_their_yaw():
+    from ovseg3d.detect.gravity import rotation_between
+    from ovseg3d.detect.metrics import rot_z
+    from ovseg3d.viewer import box_orientation, quaternion_to_matrix
+
+    tilted = rotation_between(np.array([0.0, 0.0, 1.0]), np.array([0.1, 0.0, 1.0])) @ rot_z(0.7)
+    np.testing.assert_allclose(
+        quaternion_to_matrix(np.array(box_orientation({"rotation": tilted.tolist()}))), tilted, atol=1e-9
+    )
+    np.testing.assert_allclose(quaternion_to_matrix(np.array(box_orientation({"yaw": 0.7}))), rot_z(0.7), atol=1e-9)

@@ -78,7 +78,7 @@ def evaluate_run(run: Path, device_name: str = "auto", save_renders: bool = True
             save_panel(run, scene, i, out)
     metrics = {
         **semantic_metrics(run, trainer, save_renders),
-        **detection_metrics(run, scene.root),
+        **detection_metrics(run / "detections.json", [o.as_json() for o in scene.objects]),
         "psnr": sum(v["psnr"] for v in per_view) / len(per_view),
         "ssim": sum(v["ssim"] for v in per_view) / len(per_view),
         "n_views": len(per_view),
@@ -126,29 +126,26 @@ def semantic_metrics(run: Path, trainer, save_renders: bool = True) -> dict:
     }
 
 
-def detection_metrics(run: Path, scene_root: Path) -> dict:
-    """mAP@0.25 / @0.5 (VoteNet) of ``RUN/detections.json`` against the scene's ``objects.json``, and pose
-    accuracy at pi/6 and the median yaw error over its objects with a front; ``{}`` without either file."""
+def detection_metrics(detections: Path, objects: list[dict]) -> dict:
+    """mAP@0.25 / @0.5 (VoteNet) of a ``detections.json`` against ``objects`` (``objects.json``'s entries),
+    and the yaw errors of the objects with a front with their accuracy at pi/6 and pi/18 and median; ``{}``
+    without detections or objects."""
     from ovseg3d.detect.metrics import mean_ap, pose_errors, pose_summary
     from ovseg3d.viewer import read_detections
 
-    gt_path = scene_root / "objects.json"
-    if not gt_path.exists() or not (run / "detections.json").exists():
+    if not objects or not detections.exists():
         return {}
-    boxes = read_detections(run / "detections.json")
-    gts = json.loads(gt_path.read_text())["objects"]
-    if not gts:
-        return {}
-    map25, ap25 = mean_ap(boxes, gts, 0.25)
-    map50, ap50 = mean_ap(boxes, gts, 0.5)
-    pose = pose_summary(pose_errors(boxes, gts))
+    boxes = read_detections(detections)
+    map25, ap25 = mean_ap(boxes, objects, 0.25)
+    map50, ap50 = mean_ap(boxes, objects, 0.5)
+    errors = pose_errors(boxes, objects)
     return {
         "map25": map25,
         "map50": map50,
         "ap25": ap25,
         "ap50": ap50,
-        "pose_acc_pi6": pose["pose_acc_pi6"],
-        "pose_median_deg": pose["pose_median_deg"],
+        **pose_summary(errors),
+        "pose_errors_deg": [round(e, 1) for e in errors],
         "n_detections": len(boxes),
     }
 
@@ -168,7 +165,8 @@ def format_table(metrics: dict) -> str:
         pose = metrics["pose_acc_pi6"]
         lines.append(
             f"detection ({metrics['n_detections']} boxes): mAP@0.25 {metrics['map25']:.1f}, mAP@0.5 "
-            f"{metrics['map50']:.1f}, pose Acc@pi/6 " + ("n/a (no object with a front)" if pose is None else f"{pose:.1f}")
+            f"{metrics['map50']:.1f}, pose Acc@pi/6 "
+            + ("n/a (no object with a front)" if pose is None else f"{pose:.1f}")
         )
     return "\n".join(lines)
 

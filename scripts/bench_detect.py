@@ -26,10 +26,11 @@ import tyro
 from bench_distill import GENERATED, full_run, scene_folder
 from bench_distill import Args as DistillArgs
 
+from ovseg3d.data.loader import camera_up
 from ovseg3d.data.synth import SynthConfig
 from ovseg3d.detect.head import DetectOptions, detect
-from ovseg3d.detect.metrics import mean_ap, pose_errors, pose_summary
-from ovseg3d.detect.source import camera_up, load_source, run_detect
+from ovseg3d.detect.source import load_source, run_detect
+from ovseg3d.evaluate import detection_metrics
 from ovseg3d.export import ExportOptions, extract_cloud, load_export, write_export
 
 SCENES = {
@@ -79,23 +80,6 @@ def ensure_export(run: Path, device: str) -> float | None:
     return time.perf_counter() - start
 
 
-def score(path: Path, objects: list[dict]) -> dict:
-    boxes = json.loads(path.read_text())["boxes"]
-    map25, ap25 = mean_ap(boxes, objects, 0.25)
-    map50, ap50 = mean_ap(boxes, objects, 0.5)
-    errors = pose_errors(boxes, objects)
-    return {
-        "map25": round(map25, 1),
-        "map50": round(map50, 1),
-        **pose_summary(errors),
-        "pose_errors_deg": [round(e, 1) for e in errors],
-        "ap25": ap25,
-        "ap50": ap50,
-        "n_boxes": len(boxes),
-        "n_objects": len(objects),
-    }
-
-
 def speed(run: Path, n_points: int, device: torch.device) -> dict:
     """Median of three ``detect`` calls on ``run``'s cloud grown to ``n_points`` by jittered copies."""
     src = load_source(run, device, log=lambda s: None)
@@ -134,7 +118,9 @@ def main(args: Args) -> dict:
             out = run / ("detections.json" if variant == "full" else f"detections_{variant}.json")
             start = time.perf_counter()
             det, _ = run_detect(run, opts, args.clip_model, output=out, device=device, log=lambda s: None)
-            rows[variant] = score(out, objects) | {"seconds": round(time.perf_counter() - start, 2)}
+            m = detection_metrics(out, objects)
+            rows[variant] = {k: round(v, 1) if k.startswith("map") else v for k, v in m.items()}
+            rows[variant] |= {"n_objects": len(objects), "seconds": round(time.perf_counter() - start, 2)}
             rows[variant]["depth_classifier_used"] = any("depth" in d.cues for d in det.detections)
         eval_json = json.loads((run / "eval.json").read_text())
         result["scenes"][Path(name).name] = {
@@ -161,7 +147,7 @@ def print_table(result: dict) -> None:
         for variant, r in s["variants"].items():
             print(
                 f"{name:<10} {variant:<20} {_fmt(r['map25']):>8} {_fmt(r['map50']):>7} {_fmt(r['pose_acc_pi6']):>9} "
-                f"{_fmt(r['pose_median_deg']):>9} {r['n_boxes']:>6}"
+                f"{_fmt(r['pose_median_deg']):>9} {r['n_detections']:>6}"
             )
     sp = result["speed"]
     print(f"detect on {sp['points']} points: {sp['seconds']} s (median of 3; stages {sp['stages']})")

@@ -191,7 +191,7 @@ def test_detect_command_writes_what_eval_and_the_viewer_read(tmp_path):
     assert main(["detect", str(tmp_path / "room.ply"), "--up", "0", "0", "1"]) == 0
     boxes = read_detections(tmp_path / "detections.json")
     assert sorted(b["class"] for b in boxes) == ["book", "mug"]
-    m = detection_metrics(tmp_path, tmp_path)
+    m = detection_metrics(tmp_path / "detections.json", objects)
     assert m["map50"] == 100.0 and m["pose_acc_pi6"] == 100.0
 
 

@@ -144,6 +144,12 @@ def _read_views(root: Path, fmt: str) -> _Views:
     return _Views(tf.image_paths, transforms_cameras(tf, width, height), None, tf.aabb)
 
 
+def read_cameras(root: str | Path) -> Cameras:
+    """The cameras of a scene folder, at its images' full size, without reading the images."""
+    root = Path(root)
+    return _read_views(root, detect_format(root)).cameras
+
+
 def _downscaled_files(root: Path, fmt: str, paths: list[Path], k: int) -> list[Path] | None:
     """Pre-resized images: LLFF ``images_k/`` (same count), nerfstudio ``<folder>_k/<same name>``."""
     if fmt == "llff":

@@ -27,6 +27,17 @@ class SceneObject:
     yaw: float  # radians about the scene's up vector
     symmetric: bool
 
+    def as_json(self) -> dict:
+        """The entry as ``objects.json`` writes it."""
+        return {
+            "class": self.cls,
+            "instance": self.instance,
+            "center": list(self.center),
+            "size": list(self.size),
+            "yaw": self.yaw,
+            "symmetric": self.symmetric,
+        }
+
 
 @dataclass
 class Scene:

@@ -194,6 +194,7 @@ def detect(
     vocabulary = list(opts.classes) or [c for c in cloud.classes if not priors.is_stuff(c)]
     if not vocabulary:
         raise ValueError("no classes to detect: the cloud has no object classes; give --classes")
+    depth = depth if opts.depth_classifier else None
     has_labels = bool((cloud.label >= 0).any())
     open_cue = (text is not None and cloud.feature is not None) or depth is not None
     unknown = [c for c in vocabulary if c not in cloud.classes]
@@ -219,7 +220,6 @@ def detect(
     proposals = _proposals(cloud, xyz_up, priors, eps, opts.min_points)
     t2 = time.perf_counter()
 
-    depth = depth if opts.depth_classifier else None
     classifier = InstanceClassifier(cloud, vocabulary, priors, opts.background, text, depth)
     rejected = {"background": 0, "size prior": 0, "score": 0, "duplicate": 0}
     found: list[tuple[Detection, Box]] = []

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ovseg3d.data.loader import camera_up
 from ovseg3d.detect.head import DetectOptions, DetectResult, detect, write_detections
 from ovseg3d.detect.metrics import viewpoint
 from ovseg3d.export import LabelledCloud, load_export, read_ply
@@ -36,7 +37,7 @@ def load_source(path: Path, device: torch.device, log=print) -> Source:  # noqa:
         raise ValueError(f"{path}: not a point cloud (.ply or ovseg3d's points.npz) nor a run folder")
     if (path / "points.npz").exists():
         return Source(load_export(path))
-    from ovseg3d.data.loader import load_scene
+    from ovseg3d.data.loader import read_cameras
     from ovseg3d.renders import text_encoder
     from ovseg3d.run import check_run, load_run_config
 
@@ -51,8 +52,7 @@ def load_source(path: Path, device: torch.device, log=print) -> Source:  # noqa:
         text = text_encoder(cfg.teachers, device)
     elif cloud.feature is None:
         log("the export has no features (ovseg3d export --features): classes come from the labels alone")
-    scene = load_scene(cfg.scene, cfg.downscale)
-    return Source(cloud, path, text, cfg.teachers, scene.cameras.c2w.numpy())
+    return Source(cloud, path, text, cfg.teachers, read_cameras(cfg.scene).c2w.numpy())
 
 
 def depth_classifier(src: Source, clip_model: str, device: torch.device, log=print):  # noqa: ANN001
@@ -68,12 +68,6 @@ def depth_classifier(src: Source, clip_model: str, device: torch.device, log=pri
         return DepthMapClassifier(build_clip(src.teachers, device))  # type: ignore[arg-type]
     log("depth-map classifier off: no CLIP image encoder (the run's teacher is simulated); --clip-model NAME|PATH")
     return None
-
-
-def camera_up(c2w: np.ndarray) -> np.ndarray:
-    """The mean up axis of OpenGL cameras (their +y), a hint for gravity."""
-    up = c2w[:, :3, 1].mean(0)
-    return up / np.linalg.norm(up)
 
 
 def opencv_c2w(c2w: np.ndarray) -> np.ndarray:

@@ -60,6 +60,15 @@ class TeacherTensors:
         )
 
 
+def training_selection(selection: Tensor, learned: bool = True, scale: int = -1) -> Tensor:
+    """``[R, S]`` weights of the teacher's scales in the training targets: the field's rendered selection
+    ``selection`` (3D-OVS), the mean of the scales (``learned`` off), or the one ``scale`` (when >= 0)."""
+    n_rays, n_scales = selection.shape
+    if scale >= 0:
+        return F.one_hot(torch.full((n_rays,), scale, device=selection.device), n_scales).to(selection.dtype)
+    return selection if learned else torch.full_like(selection, 1.0 / n_scales)
+
+
 @dataclass
 class DistillStats:
     loss: float
@@ -78,6 +87,10 @@ class Distiller:
         self.geo, self.cfg, self.device = geo, cfg, geo.device
         self.teacher = TeacherTensors.load(features, geo.device)
         n_scales, clip_dim = self.teacher.clip.shape[3:]
+        if cfg.teacher_scale >= n_scales:
+            raise ValueError(
+                f"--teacher-scale {cfg.teacher_scale}: the teacher has {n_scales} scales (0 to {n_scales - 1})"
+            )
         scale = math.exp(math.log(cfg.sem_max_resolution / 16) / max(1, cfg.sem_levels - 1))
         grid = HashGridConfig(cfg.sem_levels, cfg.sem_features_per_level, cfg.sem_log2_hashmap_size, 16, scale)
         sem = SemanticConfig(grid, cfg.latent_dim, 64, int(clip_dim), int(n_scales), int(self.teacher.dino.shape[-1]))
@@ -169,7 +182,7 @@ class Distiller:
     def losses(self, out: SemanticOutput, t_clip: Tensor, t_rel: Tensor, t_dino: Tensor) -> tuple[Tensor, ...]:
         cfg = self.cfg
         text = self.teacher.text
-        selection = out.selection if cfg.scale_selection else torch.full_like(out.selection, 1 / out.selection.shape[1])
+        selection = training_selection(out.selection, cfg.scale_selection, cfg.teacher_scale)
         feat = feature_loss(out.clip, t_clip, selection)
         rda = (
             rda_loss(

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import tyro
 
 from ovseg3d.data.loader import load_scene
 from ovseg3d.data.synth import SynthCameras, camera_rays, cast_rays, scene_from_json
 from ovseg3d.evaluate import segmentation_metrics
 from ovseg3d.teachers.cache import open_features
-from ovseg3d.teachers.extract import teacher_labels
 
 
 @dataclass
@@ -50,35 +50,40 @@ def true_points(cams: SynthCameras, view: int, scene) -> np.ndarray:
     return origins + t[:, None] * dirs
 
 
-def fused_labels(
-    points: np.ndarray, cams: SynthCameras, views: list[int], relevancy: dict[int, torch.Tensor], scene, tol: float
-) -> np.ndarray:
-    """``[P]`` class of each point: argmax of the teacher's mean-over-scales relevancy averaged over the views
-    that see it (``-1`` where none does)."""
+def observations(
+    points: np.ndarray, cams: SynthCameras, views: list[int], scene, tol: float
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """For each of ``views``: the view, the indices of the ``points`` it sees (in its frame, and its own ray
+    reaches them first) and their pixel coordinates ``[K, 2]``."""
     uv, z = cams.project(points)  # [N, P, 2], [N, P]
-    n_classes = next(iter(relevancy.values())).shape[-1]
-    total = np.zeros((len(points), n_classes))
-    count = np.zeros(len(points))
+    seen_by = []
     for v in views:
         u, w = uv[v, :, 0], uv[v, :, 1]
-        inside = (z[v] > 0) & (u >= 0) & (u < cams.width) & (w >= 0) & (w < cams.height)
-        idx = np.nonzero(inside)[0]
+        idx = np.nonzero((z[v] > 0) & (u >= 0) & (u < cams.width) & (w >= 0) & (w < cams.height))[0]
         if len(idx) == 0:
             continue
-        # the view's own ray to the point: does it reach the point first?
         origin = cams.c2w[v, :, 3]
         d = points[idx] - origin
         dist = np.linalg.norm(d, axis=1)
         t, _ = cast_rays(scene, np.broadcast_to(origin, d.shape).copy(), d / dist[:, None])
-        seen = np.abs(t - dist) <= tol * dist
-        idx = idx[seen]
-        rel = relevancy[v].float().mean(0).numpy()  # [h, w, C]
+        idx = idx[np.abs(t - dist) <= tol * dist]
+        seen_by.append((v, idx, uv[v, idx]))
+    return seen_by
+
+
+def fuse(seen_by: list, maps: dict[int, np.ndarray], n_points: int, width: int, height: int) -> np.ndarray:
+    """``[P]`` argmax over classes of the ``maps`` (``[h, w, C]`` per view) averaged over the views that see
+    each point (``-1`` where none does)."""
+    total, count = None, np.zeros(n_points)
+    for v, idx, uv in seen_by:
+        rel = maps[v]
         h, w = rel.shape[:2]
-        col = np.clip((u[idx] / cams.width * w).astype(int), 0, w - 1)
-        row = np.clip((uv[v, idx, 1] / cams.height * h).astype(int), 0, h - 1)
+        total = np.zeros((n_points, rel.shape[-1])) if total is None else total
+        col = np.clip((uv[:, 0] / width * w).astype(int), 0, w - 1)
+        row = np.clip((uv[:, 1] / height * h).astype(int), 0, h - 1)
         total[idx] += rel[row, col]
         count[idx] += 1
-    labels = total.argmax(1)
+    labels = total.argmax(1) if total is not None else np.zeros(n_points, dtype=np.int64)
     labels[count == 0] = -1
     return labels
 
@@ -89,30 +94,48 @@ def main() -> None:
     synth, cams = scene_from_json(scene_json), SynthCameras.from_json(scene_json["cameras"])
     scene = load_scene(args.scene)
     features = open_features(args.cache or args.scene / "features" / "synthetic")
-    relevancy = {v: features.view_relevancy(v) for v in range(len(scene))}  # [S, h, w, C]
+    relevancy = {v: features.view_relevancy(v).float() for v in range(len(scene))}  # [S, h, w, C]
+    n_scales = next(iter(relevancy.values())).shape[0]
+    # the teacher's relevancy reduced over scales as its own segmentation does (mean), or one scale alone
+    variants = {"mean": lambda r: r.mean(0), **{f"scale{s}": (lambda r, s=s: r[s]) for s in range(n_scales)}}
     views = sorted(scene.segmentations)
-    fused, teacher, masks, counts = {}, {}, {}, []
+    fused = {name: {} for name in variants}
+    teacher = {name: {} for name in variants}
+    masks, counts = {}, []
     for v in views:
         points = true_points(cams, v, synth)
-        labels = torch.from_numpy(fused_labels(points, cams, scene.train_ids, relevancy, synth, args.tolerance))
+        seen_by = observations(points, cams, scene.train_ids, synth, args.tolerance)
+        for name, reduce in variants.items():
+            maps = {u: reduce(relevancy[u]).numpy() for u, _, _ in seen_by}
+            labels = torch.from_numpy(fuse(seen_by, maps, len(points), cams.width, cams.height))
+            fused[name][v] = labels.clamp(min=0).view(cams.height, cams.width)
+            up = F.interpolate(
+                reduce(relevancy[v]).permute(2, 0, 1)[None], size=(scene.height, scene.width), mode="bilinear"
+            )
+            teacher[name][v] = up[0].argmax(0)
         unseen = (labels < 0).view(cams.height, cams.width)
         counts.append(int(unseen.sum()))
-        fused[v] = labels.clamp(min=0).view(cams.height, cams.width)
-        teacher[v] = teacher_labels(features, v, scene.width, scene.height)
         masks[v] = scene.segmentations[v] & ~unseen  # both are scored on the pixels some training view sees
     result = {
         "scene": str(args.scene),
         "views": views,
+        "scales": "scale0 is the coarsest crop (min(W, H) // 5 with the default --clip-scales)",
         "pixels_seen_by_no_training_view": counts,
-        "fused": segmentation_metrics(fused, masks, scene.classes),
-        "teacher": segmentation_metrics(teacher, masks, scene.classes),
+        "teacher": {k: segmentation_metrics(p, masks, scene.classes) for k, p in teacher.items()},
+        "fused": {k: segmentation_metrics(p, masks, scene.classes) for k, p in fused.items()},
     }
-    print(f"{'class':<14} {'teacher IoU':>12} {'fused IoU':>10}")
-    for c in scene.classes:
-        t, f = (result[k]["per_class_iou"].get(c, float("nan")) for k in ("teacher", "fused"))
-        print(f"{c:<14} {t:>12.1f} {f:>10.1f}")
-    print(f"{'mIoU':<14} {result['teacher']['miou']:>12.1f} {result['fused']['miou']:>10.1f}")
-    print(f"{'accuracy':<14} {result['teacher']['accuracy']:>12.1f} {result['fused']['accuracy']:>10.1f}")
+    head = " ".join(f"{k:>15}" for k in variants)
+    print(f"{'IoU (teacher / fused)':<22} {head}")
+    for c in [*scene.classes, "mIoU", "accuracy"]:
+        cells = []
+        for k in variants:
+            t, f = (
+                result[kind][k]["miou" if c == "mIoU" else c == "accuracy" and "accuracy" or "per_class_iou"]
+                for kind in ("teacher", "fused")
+            )
+            t, f = (x.get(c, float("nan")) if isinstance(x, dict) else x for x in (t, f))
+            cells.append(f"{t:>6.1f} / {f:>6.1f}")
+        print(f"{c:<22} {' '.join(f'{x:>15}' for x in cells)}")
     out = args.out or args.scene / "fusion_ceiling.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -3,8 +3,9 @@
 
 For every annotated view of an ``ovseg3d synth`` scene, each pixel's true surface point (ray cast against the
 scene's analytic ``scene.json``) is projected into every training view that sees it (its true depth there
-agrees within ``--tolerance``); the teacher's relevancy at those pixels (mean over scales, as the teacher's own
-segmentation) is averaged over the views and the argmax is the pixel's class. This is what a 3D field with
+agrees within ``--tolerance``); the teacher's relevancy at those pixels is averaged over the views and the argmax is
+the pixel's class. The relevancy is reduced over the crop scales as the teacher's own segmentation does
+(the mean), or taken at one scale alone (``scale0`` is the coarsest): one column each. This is what a 3D field with
 exact geometry gets from the teacher by averaging alone, before FDA's DINO-guided sharpening: it separates
 what the geometry costs a run from what the teacher's consistent blur costs it.
 

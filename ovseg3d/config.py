@@ -177,7 +177,7 @@ class TrainConfig:
     (the ablation)."""
     teacher_scale: int = -1
     """Train against this one of the teacher's crop scales only (0 = the coarsest of --clip-scales), in place
-    of the selection; -1 = the selection (or the mean, without --scale-selection)."""
+    of the selection; -1 = the selection (or the mean, with --no-scale-selection)."""
     sem_max_samples: int = 32
     """Marched samples per ray for the semantic field (every k-th occupied step, k-times longer: the
     rendering weights of a coarser march; 0 = every step)."""

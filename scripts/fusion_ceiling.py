@@ -75,18 +75,33 @@ def observations(
 def fuse(seen_by: list, maps: dict[int, np.ndarray], n_points: int, width: int, height: int) -> np.ndarray:
     """``[P]`` argmax over classes of the ``maps`` (``[h, w, C]`` per view) averaged over the views that see
     each point (``-1`` where none does)."""
-    total, count = None, np.zeros(n_points)
+    total = np.zeros((n_points, next(iter(maps.values())).shape[-1]))
+    count = np.zeros(n_points)
     for v, idx, uv in seen_by:
-        rel = maps[v]
-        h, w = rel.shape[:2]
-        total = np.zeros((n_points, rel.shape[-1])) if total is None else total
+        h, w = maps[v].shape[:2]
         col = np.clip((uv[:, 0] / width * w).astype(int), 0, w - 1)
         row = np.clip((uv[:, 1] / height * h).astype(int), 0, h - 1)
-        total[idx] += rel[row, col]
+        total[idx] += maps[v][row, col]
         count[idx] += 1
-    labels = total.argmax(1) if total is not None else np.zeros(n_points, dtype=np.int64)
+    labels = total.argmax(1)
     labels[count == 0] = -1
     return labels
+
+
+def print_table(result: dict, classes: list[str], variants: list[str]) -> None:
+    """Rows: classes, mIoU, accuracy; columns: ``teacher / fused`` per variant."""
+
+    def value(metrics: dict, row: str) -> float:
+        if row == "mIoU":
+            return metrics["miou"]
+        if row == "accuracy":
+            return metrics["accuracy"]
+        return metrics["per_class_iou"].get(row, float("nan"))
+
+    print(f"{'IoU (teacher / fused)':<22} " + " ".join(f"{k:>15}" for k in variants))
+    for row in [*classes, "mIoU", "accuracy"]:
+        cells = [f"{value(result['teacher'][k], row):>6.1f} / {value(result['fused'][k], row):>6.1f}" for k in variants]
+        print(f"{row:<22} " + " ".join(f"{c:>15}" for c in cells))
 
 
 def main() -> None:
@@ -95,26 +110,27 @@ def main() -> None:
     synth, cams = scene_from_json(scene_json), SynthCameras.from_json(scene_json["cameras"])
     scene = load_scene(args.scene)
     features = open_features(args.cache or args.scene / "features" / "synthetic")
-    relevancy = {v: features.view_relevancy(v).float() for v in range(len(scene))}  # [S, h, w, C]
-    n_scales = next(iter(relevancy.values())).shape[0]
+    relevancy = [features.view_relevancy(v).float() for v in range(len(scene))]  # [S, h, w, C] per view
     # the teacher's relevancy reduced over scales as its own segmentation does (mean), or one scale alone
-    variants = {"mean": lambda r: r.mean(0), **{f"scale{s}": (lambda r, s=s: r[s]) for s in range(n_scales)}}
+    reduced = {"mean": [r.mean(0) for r in relevancy]}
+    reduced |= {f"scale{s}": [r[s] for r in relevancy] for s in range(relevancy[0].shape[0])}
+    maps = {name: {v: r.numpy() for v, r in enumerate(rs)} for name, rs in reduced.items()}
     views = sorted(scene.segmentations)
-    fused = {name: {} for name in variants}
-    teacher = {name: {} for name in variants}
+    fused = {name: {} for name in reduced}
+    teacher = {name: {} for name in reduced}
     masks, counts = {}, []
     for v in views:
         points = true_points(cams, v, synth)
         seen_by = observations(points, cams, scene.train_ids, synth, args.tolerance)
-        for name, reduce in variants.items():
-            maps = {u: reduce(relevancy[u]).numpy() for u, _, _ in seen_by}
-            labels = torch.from_numpy(fuse(seen_by, maps, len(points), cams.width, cams.height))
+        for name, rs in reduced.items():
+            labels = torch.from_numpy(fuse(seen_by, maps[name], len(points), cams.width, cams.height))
             fused[name][v] = labels.clamp(min=0).view(cams.height, cams.width)
-            up = F.interpolate(
-                reduce(relevancy[v]).permute(2, 0, 1)[None], size=(scene.height, scene.width), mode="bilinear"
-            )
+            up = F.interpolate(rs[v].permute(2, 0, 1)[None], size=(scene.height, scene.width), mode="bilinear")
             teacher[name][v] = up[0].argmax(0)
-        unseen = (labels < 0).view(cams.height, cams.width)
+        unseen = np.ones(len(points), dtype=bool)
+        for _, idx, _ in seen_by:
+            unseen[idx] = False
+        unseen = torch.from_numpy(unseen).view(cams.height, cams.width)
         counts.append(int(unseen.sum()))
         masks[v] = scene.segmentations[v] & ~unseen  # both are scored on the pixels some training view sees
     result = {
@@ -125,18 +141,7 @@ def main() -> None:
         "teacher": {k: segmentation_metrics(p, masks, scene.classes) for k, p in teacher.items()},
         "fused": {k: segmentation_metrics(p, masks, scene.classes) for k, p in fused.items()},
     }
-    head = " ".join(f"{k:>15}" for k in variants)
-    print(f"{'IoU (teacher / fused)':<22} {head}")
-    for c in [*scene.classes, "mIoU", "accuracy"]:
-        cells = []
-        for k in variants:
-            t, f = (
-                result[kind][k]["miou" if c == "mIoU" else c == "accuracy" and "accuracy" or "per_class_iou"]
-                for kind in ("teacher", "fused")
-            )
-            t, f = (x.get(c, float("nan")) if isinstance(x, dict) else x for x in (t, f))
-            cells.append(f"{t:>6.1f} / {f:>6.1f}")
-        print(f"{c:<22} {' '.join(f'{x:>15}' for x in cells)}")
+    print_table(result, scene.classes, list(reduced))
     out = args.out or args.scene / "fusion_ceiling.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -164,7 +164,7 @@ class Trainer:
             origins, dirs, self.opts.step_size, near, far, stratified=True, max_per_ray=self.cfg.max_samples_per_ray
         )
         observe = self.cfg.occ_visibility_eps > 0
-        opts = self.opts
+        opts = self.opts if self.cfg.train_early_stop else dataclasses.replace(self.opts, early_stop_eps=0.0)
         if self.cfg.refine_samples > 0:
             samples = refine_samples(
                 self.field, self.grid, origins, dirs, samples, opts, self.cfg.refine_samples, observe=observe

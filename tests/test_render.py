@@ -239,3 +239,25 @@ def test_median_depth_and_spread_tell_a_surface_from_fog():
     depth, opacity, spread = render_median_depth(_Slab(1.0, 2.9, 2.0), grid, origins, dirs, opts)
     assert abs(float(depth) - (1 + math.log(2) / 2)) < 0.01
     assert abs(float(spread) - (math.log(4) - math.log(4 / 3)) / 2 / (1 + math.log(2) / 2)) < 0.02
+
+
+class _ColouredSlab(_Slab):
+    def __call__(self, x: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.density(x), torch.full((len(x), 3), 0.5)
+
+
+@pytest.mark.parametrize("early_stop_eps", [0.0, 1e-4])
+def test_render_rays_reports_visibility_with_or_without_the_hidden_sample_pass(early_stop_eps):
+    """The grid learns that the space behind an opaque slab is unseen whether or not the renderer runs its
+    no-gradient pass first; in front of it, and on a ray that misses it, the space is seen."""
+    origins = torch.zeros(2, 3)
+    dirs = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+    grid = OccupancyGrid(torch.tensor([-3.0, -1, -1, 3, 1, 1]), resolution=6)
+    grid.visibility.zero_()
+    out = render_rays(
+        _ColouredSlab(1.0, 2.0, 1e3), grid, origins, dirs, RenderOptions(0.05, early_stop_eps), observe=True
+    )
+    torch.testing.assert_close(out.rgb[0], torch.full((3,), 0.5))
+    seen = grid.visibility.view(6, 6, 6)[:, 3, 3]  # the cells along the x axis, x from -3 to 3 in steps of 1
+    assert bool((seen[:4] > 0.99).all())  # x < 1: in front of the slab, or on the ray that misses it
+    assert float(seen[5]) < 1e-3  # x in [2, 3): behind the slab

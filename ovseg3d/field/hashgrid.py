@@ -149,35 +149,40 @@ def corner_indices_and_weights(x: Tensor, layout: LevelLayout, buf: _Buffers) ->
 
     Corner ``c`` = ``4*bx + 2*by + bz`` (``b`` = 1: upper neighbour in that dimension).
 
+    Written for eager CPU speed: every operation runs on whole ``[N, L]`` planes (one per axis and
+    corner) instead of broadcasting over tiny trailing axes, which makes it about as fast as the same
+    arithmetic through ``torch.compile``, without the compilation.
+
     Args:
         x: ``[N, 3]`` float32 positions in ``[0, 1]``.
     Returns:
         rows ``[N, L, 8]`` int32 (``offset_l + index``), weights ``[N, L, 8]`` float32.
     """
-    n = x.shape[0]
-    pos = x[:, None, :] * buf.scales[None, :, None] + 0.5  # [N, L, 3]
+    pos = x.t()[:, :, None] * buf.scales + 0.5  # [3, N, L]
     cell = pos.floor()
-    frac = pos - cell
+    upper = pos - cell  # weight of the upper neighbour, per axis
+    lower = 1.0 - upper
     lo = cell.int()
-    both = torch.stack([lo, lo + 1], dim=-1)  # [N, L, 3, 2]
-    wt = torch.stack([1.0 - frac, frac], dim=-1)  # [N, L, 3, 2]
-    weights = wt[:, :, 0, :, None, None] * wt[:, :, 1, None, :, None] * wt[:, :, 2, None, None, :]
+    wxy = [lower[0] * lower[1], lower[0] * upper[1], upper[0] * lower[1], upper[0] * upper[1]]
+    weights = torch.stack([wxy[c >> 1] * (upper[2] if c & 1 else lower[2]) for c in range(8)], dim=-1)
     nd = buf.n_dense
     parts = []
     if nd > 0:
-        d = both[:, :nd] * buf.dense_strides[None, :, :, None]
-        idx = d[:, :, 0, :, None, None] + d[:, :, 1, None, :, None] + d[:, :, 2, None, None, :]
-        parts.append(idx.reshape(n, nd, 8) % buf.dense_sizes[None, :, None])
+        d = lo[:, :, :nd]
+        stride_y, stride_z = buf.dense_strides[:, 1], buf.dense_strides[:, 2]
+        x_, y_, z_ = d[0], d[1] * stride_y, d[2] * stride_z
+        xy = [x_ + y_, x_ + (y_ + stride_y), (x_ + 1) + y_, (x_ + 1) + (y_ + stride_y)]
+        idx = torch.stack([xy[c >> 1] + (z_ + stride_z if c & 1 else z_) for c in range(8)], dim=-1)
+        parts.append(idx % buf.dense_sizes[:, None])
     if nd < len(layout.sizes):
-        h = both[:, nd:]
-        hx = h[:, :, 0] * buf.primes[0]
-        hy = h[:, :, 1] * buf.primes[1]
-        hz = h[:, :, 2] * buf.primes[2]
-        idx = hx[:, :, :, None, None] ^ hy[:, :, None, :, None] ^ hz[:, :, None, None, :]
-        parts.append(idx.reshape(n, -1, 8) & buf.hash_mask)
+        h = lo[:, :, nd:]
+        p = buf.primes  # (v + 1) * p == v * p + p under int32 wrap-around, as in uint32
+        hx, hy, hz = h[0] * p[0], h[1] * p[1], h[2] * p[2]
+        xy = [hx ^ hy, hx ^ (hy + p[1]), (hx + p[0]) ^ hy, (hx + p[0]) ^ (hy + p[1])]
+        idx = torch.stack([xy[c >> 1] ^ (hz + p[2] if c & 1 else hz) for c in range(8)], dim=-1)
+        parts.append(idx & buf.hash_mask)
     idx = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    rows = idx + buf.offsets[None, :, None]
-    return rows, weights.reshape(n, -1, 8)
+    return idx + buf.offsets[:, None], weights
 
 
 _POOL = ThreadPoolExecutor(max_workers=2)
@@ -242,8 +247,8 @@ class TorchHashGrid(nn.Module):
     def __init__(self, cfg: HashGridConfig, seed: int = 1337, compile: bool = False):
         super().__init__()
         self.cfg = cfg
-        # torch.compile pays for the integer index/weight arithmetic (~5x here) but not for the
-        # gather or the scatter (REFERENCE.md §7), so only that part is compiled.
+        # torch.compile gains little on the gather or the scatter (REFERENCE.md §7), so only the index and
+        # weight arithmetic is compiled: about 8 % of a CPU training step, for ~30 s of first compilation.
         self._indices = (
             torch.compile(corner_indices_and_weights, dynamic=True) if compile else corner_indices_and_weights
         )

@@ -56,7 +56,8 @@ def render_rays(
 ) -> RenderOutput:
     """Render ``[R, 3]`` rays. ``background``: optional ``[R, 3]`` colour behind each ray;
     ``samples``: already-marched samples of these rays (else they are marched here);
-    ``observe``: report the samples' transmittance to the grid (:meth:`OccupancyGrid.observe`);
+    ``observe``: report the samples' transmittance to the grid (:meth:`OccupancyGrid.observe`), from the
+    no-gradient pass that drops hidden samples when ``opts`` asks for one, else from the rendering itself;
     ``distortion``: also return the per-ray distortion loss of the weights;
     ``grad_scale_distance``: if > 0, the gradients of samples closer to the camera than this are scaled by
     ``(t / distance)^2`` ("Floaters No More", Philip & Deschaintre 2023): space right in front of a
@@ -64,7 +65,8 @@ def render_rays(
     n_rays = origins.shape[0]
     if samples is None:
         samples = grid.march(origins, dirs, opts.step_size, near=near, far=far, stratified=stratified)
-    if len(samples) and (opts.early_stop_eps > 0 or opts.alpha_thre > 0):
+    prepass = opts.early_stop_eps > 0 or opts.alpha_thre > 0
+    if len(samples) and prepass:
         with torch.no_grad():
             points = samples.positions(origins, dirs)
             sigma = field.density(points)
@@ -75,11 +77,15 @@ def render_rays(
             if opts.alpha_thre > 0:
                 keep &= alpha >= opts.alpha_thre
         samples = samples.select(keep)
-    sigma, rgb = field(samples.positions(origins, dirs), dirs[samples.ray_indices])
+    points = samples.positions(origins, dirs)
+    sigma, rgb = field(points, dirs[samples.ray_indices])
     if grad_scale_distance > 0:
         scale = (samples.t_mid / grad_scale_distance).square().clamp(max=1.0)
         sigma, rgb = scale_gradient(sigma, scale), scale_gradient(rgb, scale[:, None])
-    weights = render_weights(sigma, samples.deltas, samples.ray_indices, n_rays)
+    trans, alpha = transmittance_and_alpha(sigma, samples.deltas, samples.ray_indices, n_rays)
+    weights = trans * alpha
+    if observe and not prepass:
+        grid.observe(points, trans.detach())
     color = accumulate(weights, rgb, samples.ray_indices, n_rays)
     opacity = accumulate(weights, None, samples.ray_indices, n_rays)[:, 0]
     depth = accumulate(weights, samples.t_mid[:, None], samples.ray_indices, n_rays)[:, 0]

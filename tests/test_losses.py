@@ -29,7 +29,7 @@ def _fda_step(dino_cos: float) -> tuple[float, float]:
     logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]]], requires_grad=True)  # [1 patch, 2 rays, 3]
     angle = math.acos(dino_cos)
     dino = torch.tensor([[[1.0, 0.0], [math.cos(angle), math.sin(angle)]]])
-    before = float(js_divergence(*torch.softmax(logits, -1)[0]))
+    before = float(js_divergence(*torch.softmax(logits.detach(), -1)[0]))
     fda_loss(torch.softmax(logits, -1), dino, w_pos=200.0, w_neg=200.0).backward()
     with torch.no_grad():
         after = float(js_divergence(*torch.softmax(logits - 0.01 * logits.grad, -1)[0]))

@@ -105,7 +105,8 @@ class ViewArgs:
 class DetectArgs:
     """Find objects in a labelled point cloud: oriented upright 3D boxes with class names, scores and poses
     (gravity from flat surfaces, one instance per connected piece of each label, boxes fitted upright, classes
-    from the distilled labels and features and, with a CLIP model, from depth maps of each instance; the
+    from the distilled labels and features and, with a CLIP model, from depth maps of each instance and rgb
+    renders of it from the run's field; the
     size prior filters and re-scores). Writes detections.json, which ovseg3d view draws and ovseg3d eval scores
     against a scene's objects.json."""
 
@@ -114,8 +115,8 @@ class DetectArgs:
     points.npz file (any PLY with x y z; labels and colours used when present)."""
     options: Annotated[DetectOptions, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=DetectOptions)
     clip_model: str = ""
-    """CLIP for the depth-map classifier: a hub name or a local folder (default: the run's CLIP teacher; none
-    for simulated teachers)."""
+    """CLIP for the depth-map and render classifiers: a hub name or a local folder (default: the run's CLIP
+    teacher; none for simulated teachers)."""
     view: int | None = None
     """Also give each box's azimuth, elevation and in-plane angle seen from this view of the run (ImageNet3D)."""
     output: Path | None = None

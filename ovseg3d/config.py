@@ -176,12 +176,14 @@ class TrainConfig:
     """Adam learning rate of the semantic field."""
     sem_rays: int = 2048
     """Random rays per distillation step (plus the FDA patches)."""
-    scale_selection: bool = True
-    """Learn 3D-OVS's selection over the teacher's crop scales per ray; off: every scale weighs the same
-    (the ablation)."""
+    scale_selection: bool = False
+    """Learn 3D-OVS's selection over the teacher's crop scales per ray and train against the selected mix. Off
+    (the default): train against the one scale --teacher-scale. The learned selection drifts to the coarse
+    crops, which on small objects are mostly their surroundings (measured, same geometry: demo mIoU 89.5
+    with it against 91.3 on the finest crop; orbit 33.9 against 52.4)."""
     teacher_scale: int = -1
-    """Train against this one of the teacher's crop scales only (0 = the coarsest of --clip-scales), in place
-    of the selection; -1 = the selection (or the mean, with --no-scale-selection)."""
+    """Without --scale-selection: the teacher's crop scale to train against, indexed as in Python over
+    --clip-scales ordered coarse to fine (0 = the coarsest, -1 = the finest)."""
     sem_max_samples: int = 32
     """Marched samples per ray for the semantic field (every k-th occupied step, k-times longer: the
     rendering weights of a coarser march; 0 = every step)."""

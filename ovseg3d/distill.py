@@ -60,13 +60,15 @@ class TeacherTensors:
         )
 
 
-def training_selection(selection: Tensor, learned: bool = True, scale: int = -1) -> Tensor:
+def training_selection(selection: Tensor, learned: bool = False, scale: int = -1) -> Tensor:
     """``[R, S]`` weights of the teacher's scales in the training targets: the field's rendered selection
-    ``selection`` (3D-OVS), the mean of the scales (``learned`` off), or the one ``scale`` (when >= 0)."""
+    ``selection`` (3D-OVS's, when ``learned``), else all on the one ``scale`` (Python index: -1 = the last,
+    the finest)."""
     n_rays, n_scales = selection.shape
-    if scale >= 0:
-        return F.one_hot(torch.full((n_rays,), scale, device=selection.device), n_scales).to(selection.dtype)
-    return selection if learned else torch.full_like(selection, 1.0 / n_scales)
+    if learned:
+        return selection
+    index = torch.full((n_rays,), scale % n_scales, device=selection.device)
+    return F.one_hot(index, n_scales).to(selection.dtype)
 
 
 @dataclass
@@ -87,9 +89,10 @@ class Distiller:
         self.geo, self.cfg, self.device = geo, cfg, geo.device
         self.teacher = TeacherTensors.load(features, geo.device)
         n_scales, clip_dim = self.teacher.clip.shape[3:]
-        if cfg.teacher_scale >= n_scales:
+        if not -n_scales <= cfg.teacher_scale < n_scales:
             raise ValueError(
-                f"--teacher-scale {cfg.teacher_scale}: the teacher has {n_scales} scales (0 to {n_scales - 1})"
+                f"--teacher-scale {cfg.teacher_scale}: the teacher has {n_scales} scales "
+                f"(0 to {n_scales - 1}, or -1 to -{n_scales} from the finest)"
             )
         scale = math.exp(math.log(cfg.sem_max_resolution / 16) / max(1, cfg.sem_levels - 1))
         grid = HashGridConfig(cfg.sem_levels, cfg.sem_features_per_level, cfg.sem_log2_hashmap_size, 16, scale)

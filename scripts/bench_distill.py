@@ -5,7 +5,8 @@ For each scene, ``ovseg3d train`` runs the whole method (geometry, then distilla
 teacher, timed from start to end; the held-out annotated views are then scored (3D-OVS protocol: IoU per
 class per annotated view, then the mean) for the field (``miou``) and the 2D teacher alone
 (``teacher_miou``). Each ablation re-distils from the same geometry (``RUN/geometry.pt``), for as many steps as the full
-run took, with one part of the method turned off: no FDA, no RDA, no scale selection.
+run took, with one part of the method changed: no FDA, no RDA, or 3D-OVS's learned selection over the teacher's
+crop scales in place of the finest crop.
 
 Prints a table and writes JSON (default ``bench/distill.json``); runs go to ``bench/runs/``.
 
@@ -39,7 +40,7 @@ GENERATED = {"orbit": SynthConfig(cameras="orbit", format="transforms", seed=3)}
 ABLATIONS = {
     "no_fda": {"fda_pos_weight": 0.0, "fda_neg_weight": 0.0},
     "no_rda": {"rda_weight": 0.0},
-    "no_selection": {"scale_selection": False},
+    "learned_selection": {"scale_selection": True},
 }
 
 
@@ -154,13 +155,13 @@ def main() -> None:
             rows[ablation] = ablation_run(run, args.work / f"{label}-{ablation}", ABLATIONS[ablation], args.device)
             _write(result, args.out)
     print(f"\ndistillation benchmark ({result['device']}, preset {args.preset}, {args.teacher} teacher)")
-    print(f"{'scene':<8} {'variant':<13} {'mIoU':>6} {'acc':>6} {'teacher mIoU':>13} {'gain':>6} {'train s':>8}")
+    print(f"{'scene':<8} {'variant':<18} {'mIoU':>6} {'acc':>6} {'teacher mIoU':>13} {'gain':>6} {'train s':>8}")
     for label, rows in result["scenes"].items():
         for variant, r in rows.items():
             t = r.get("train_seconds_wall") or r.get("distill_seconds_wall")
             gain = r["miou"] - r["teacher_miou"]
             print(
-                f"{label:<8} {variant:<13} {r['miou']:>6.1f} {r['accuracy']:>6.1f} {r['teacher_miou']:>13.1f} "
+                f"{label:<8} {variant:<18} {r['miou']:>6.1f} {r['accuracy']:>6.1f} {r['teacher_miou']:>13.1f} "
                 f"{gain:>+6.1f} {t:>8.0f}"
             )
     print("(train s: the whole train for 'full', the distillation alone for the ablations)")

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from ovseg3d.cli import main
 from ovseg3d.detect.boxes import fit_upright_box, front_yaw
@@ -206,6 +207,56 @@ def test_detect_and_eval_on_a_trained_run(exported):
     metrics = json.loads((run / "eval.json").read_text())
     assert metrics["n_detections"] == len(boxes) and {"map25", "map50", "pose_acc_pi6"} <= set(metrics)
     assert metrics["ap25"]["tissue box"] == 100.0, metrics["ap25"]  # the toy's best segmented object
+
+
+def test_ring_cameras_frame_the_sphere_and_rays_are_limited_to_it():
+    from ovseg3d.data.cameras import image_rays
+    from ovseg3d.detect.rgbviews import ring_cameras, sphere_limits
+
+    center, radius = torch.tensor([0.5, -0.2, 0.3]), 0.1
+    cams = ring_cameras(center, radius, torch.tensor([0.0, 0.0, 1.0]), n_views=5, size=33, fill=0.9)
+    for v in range(5):
+        origins, dirs = image_rays(cams, v)
+        to_center = center - origins
+        along = (to_center * dirs).sum(-1)
+        miss = (to_center - along[:, None] * dirs).norm(dim=-1)  # distance of each ray from the centre
+        assert float(miss[16 * 33 + 16]) < 1e-4  # the middle pixel looks at the centre
+        hits = (miss < radius).view(33, 33)
+        assert bool(hits[16, 16]) and not bool(hits[0].any() or hits[-1].any() or hits[:, 0].any())
+        depth = float(to_center.norm(dim=-1)[0])
+        elevation = math.degrees(math.asin(float((origins[0] - center)[2]) / depth))
+        assert abs(elevation - 30.0) < 1e-3
+        near, far = sphere_limits(origins, dirs, center, radius)
+        mid = 16 * 33 + 16
+        assert abs(float(near[mid]) - (depth - radius)) < 1e-4 and abs(float(far[mid]) - (depth + radius)) < 1e-4
+        assert float((far - near)[~hits.view(-1)].abs().max()) < 1e-6  # a ray that misses the sphere gets nothing
+
+
+def test_render_cue_names_a_trained_runs_instances(exported, tmp_path):
+    """CLIP on rgb renders of each instance from the run's field, with a tiny random CLIP saved locally: every
+    box carries the render cue, and the renders show the instance alone (lit in the middle, black where the
+    rays leave its bounding sphere without meeting it)."""
+    from tiny_models import save_tiny_clip
+
+    from ovseg3d.detect.rgbviews import RenderClassifier
+    from ovseg3d.export import load_export
+    from ovseg3d.train import load_trainer
+
+    scene, run = exported
+    clip = save_tiny_clip(tmp_path / "clip")
+    args = ["detect", str(run), "--up", "0", "0", "1", "--clip-model", str(clip), "--no-depth-classifier"]
+    assert (
+        main([*args, "--background", "--min-score", "0", "--output", str(tmp_path / "d.json"), "--device", "cpu"]) == 0
+    )
+    boxes = json.loads((tmp_path / "d.json").read_text())["boxes"]
+    assert boxes and all("render" in b["cues"] and "depth" not in b["cues"] for b in boxes)
+
+    cloud = load_export(run / "export" / "points.npz")
+    points = torch.from_numpy(cloud.xyz[cloud.label == cloud.classes.index("tissue box")]).float()
+    images = RenderClassifier(None, load_trainer(run, "cpu"), torch.tensor([0.0, 0.0, 1.0])).images(points)
+    assert images.shape == (6, 96, 96, 3) and images.dtype == torch.uint8
+    middle, corners = images[:, 40:56, 40:56].float().mean(), images[:, :8, :8].float().mean()
+    assert float(middle) > 40 and float(corners) < 5, (float(middle), float(corners))
 
 
 def test_unlabelled_cloud_named_by_clip_on_depth_maps(tmp_path):

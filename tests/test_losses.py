@@ -72,12 +72,12 @@ def test_semantic_field_selection_is_a_distribution_over_scales():
     assert torch.all(out.selection >= 0)
 
 
-def test_training_selection_learned_mean_or_one_scale():
+def test_training_selection_learned_or_one_scale():
     from ovseg3d.distill import training_selection
 
     learned = torch.softmax(torch.randn(5, 3), -1)
-    assert training_selection(learned) is learned
-    torch.testing.assert_close(training_selection(learned, learned=False), torch.full((5, 3), 1 / 3))
-    fine = training_selection(learned, scale=2)
-    torch.testing.assert_close(fine, torch.tensor([[0.0, 0.0, 1.0]]).expand(5, 3))
-    torch.testing.assert_close(training_selection(learned, learned=False, scale=0).sum(-1), torch.ones(5))
+    assert training_selection(learned, learned=True) is learned
+    finest = torch.tensor([[0.0, 0.0, 1.0]]).expand(5, 3)
+    torch.testing.assert_close(training_selection(learned), finest)  # the default: the finest scale
+    torch.testing.assert_close(training_selection(learned, scale=2), finest)
+    torch.testing.assert_close(training_selection(learned, scale=-3), torch.tensor([[1.0, 0.0, 0.0]]).expand(5, 3))

@@ -219,39 +219,26 @@ def depth_map_images(maps: Tensor) -> Tensor:
     return grey.unsqueeze(-1).expand(*grey.shape, 3).contiguous()
 
 
-class DepthMapClassifier:
-    """Zero-shot classifier of one object's point cloud over its contour-aware depth maps.
+class ViewClassifier:
+    """Zero-shot classifier of one object from images of it (:meth:`images`, made by a subclass).
 
     Each class name is embedded with every template (``encoder.encode_text``), the template embeddings averaged
-    and re-normalised (cached per class list). Each depth map is embedded whole (``encoder.encode_crops`` with
-    one box covering the image); per view, ``softmax(logit_scale * cosine)`` over the classes; the view
-    softmaxes are summed and normalised to sum 1.
+    and re-normalised (cached per class list). Each image is embedded whole (``encoder.encode_crops`` with one
+    box covering the image); per view, ``softmax(logit_scale * cosine)`` over the classes; the view softmaxes
+    are summed and normalised to sum 1.
     """
 
-    def __init__(
-        self,
-        encoder: CropEncoder,
-        templates: Sequence[str] = DEPTH_TEMPLATES,
-        logit_scale: float = 100.0,
-        n_views: int = 10,
-        elevation_deg: float = 25.0,
-        top_view: bool = False,
-        size: int = 224,
-        depth_bins: int = 64,
-        dilate: int = 7,
-    ) -> None:
+    def __init__(self, encoder: CropEncoder, templates: Sequence[str], logit_scale: float = 100.0) -> None:
         if not templates:
             raise ValueError("need at least one template")
         self.encoder = encoder
         self.templates = tuple(templates)
         self.logit_scale = logit_scale
-        self.n_views = n_views
-        self.elevation_deg = elevation_deg
-        self.top_view = top_view
-        self.size = size
-        self.depth_bins = depth_bins
-        self.dilate = dilate
         self._text_cache: dict[tuple[str, ...], Tensor] = {}
+
+    def images(self, points: Tensor) -> Tensor:
+        """``[V, H, W, 3]`` uint8 views of the object whose points are ``points`` ``[N, 3]``."""
+        raise NotImplementedError
 
     def text_embeddings(self, class_names: Sequence[str]) -> Tensor:
         """``[C, D]`` unit class embeddings, the template average of each class (cached per class list)."""
@@ -265,22 +252,10 @@ class DepthMapClassifier:
             self._text_cache[key] = F.normalize(emb, dim=-1)
         return self._text_cache[key]
 
-    def depth_maps(self, points: Tensor) -> Tensor:
-        """``[V, size, size]`` depth maps of ``points`` with this classifier's projection settings."""
-        return project_depth_maps(
-            points,
-            n_views=self.n_views,
-            size=self.size,
-            depth_bins=self.depth_bins,
-            dilate=self.dilate,
-            elevation_deg=self.elevation_deg,
-            top_view=self.top_view,
-        )
-
     def view_probabilities(self, points: Tensor, class_names: Sequence[str]) -> Tensor:
         """``[V, C]``: per view, the softmax over classes of ``logit_scale`` x cosine."""
         text = self.text_embeddings(class_names)
-        images = depth_map_images(self.depth_maps(points))
+        images = self.images(points)
         h, w = images.shape[1:3]
         box = torch.tensor([[0, 0, w, h]], dtype=torch.long)
         feats = torch.cat(
@@ -293,3 +268,42 @@ class DepthMapClassifier:
         """``[C]`` class probabilities of the object ``points`` (``[N, 3]``): view softmaxes summed, sum 1."""
         probs = self.view_probabilities(points, class_names).sum(0)
         return probs / probs.sum()
+
+
+class DepthMapClassifier(ViewClassifier):
+    """Zero-shot classifier of one object's point cloud over its contour-aware depth maps (OpenDlign)."""
+
+    def __init__(
+        self,
+        encoder: CropEncoder,
+        templates: Sequence[str] = DEPTH_TEMPLATES,
+        logit_scale: float = 100.0,
+        n_views: int = 10,
+        elevation_deg: float = 25.0,
+        top_view: bool = False,
+        size: int = 224,
+        depth_bins: int = 64,
+        dilate: int = 7,
+    ) -> None:
+        super().__init__(encoder, templates, logit_scale)
+        self.n_views = n_views
+        self.elevation_deg = elevation_deg
+        self.top_view = top_view
+        self.size = size
+        self.depth_bins = depth_bins
+        self.dilate = dilate
+
+    def depth_maps(self, points: Tensor) -> Tensor:
+        """``[V, size, size]`` depth maps of ``points`` with this classifier's projection settings."""
+        return project_depth_maps(
+            points,
+            n_views=self.n_views,
+            size=self.size,
+            depth_bins=self.depth_bins,
+            dilate=self.dilate,
+            elevation_deg=self.elevation_deg,
+            top_view=self.top_view,
+        )
+
+    def images(self, points: Tensor) -> Tensor:
+        return depth_map_images(self.depth_maps(points))

@@ -7,7 +7,8 @@
    profile: a mug's handle is below its rim) are turned to face it.
 4. Classes: per instance, the mean of the available cues over the vocabulary plus a background slot: the
    distilled class probabilities, the distilled CLIP feature against the class texts, CLIP on contour-aware
-   depth maps of the instance (OpenDlign). Background wins -> dropped. The size prior filters and re-scores.
+   depth maps of the instance (OpenDlign) and CLIP on rgb renders of it from the run's radiance field.
+   Background wins -> dropped. The size prior filters and re-scores.
 5. Duplicates of one class overlapping by IoU > 0.25 keep the best score.
 """
 
@@ -41,7 +42,7 @@ class DetectOptions:
 
     classes: list[str] = field(default_factory=list)
     """Vocabulary to name boxes with (default: the cloud's classes, less stuff such as floor and walls).
-    Names outside the cloud's classes need the distilled features or the depth-map classifier."""
+    Names outside the cloud's classes need the distilled features or a CLIP image encoder."""
     up: tuple[float, float, float] | None = None
     """World up direction (default: estimated from flat surfaces, near the cameras' up for a run)."""
     eps: float = 0.0
@@ -56,6 +57,9 @@ class DetectOptions:
     """Extra size-prior tables (JSON, the layout of ovseg3d/detect/size_priors.json) over the shipped one."""
     depth_classifier: bool = True
     """CLIP on contour-aware depth maps of each instance (OpenDlign), when a CLIP image encoder is at hand."""
+    render_classifier: bool = True
+    """CLIP on rgb renders of each instance from the run's radiance field, when the cloud comes from a run and a
+    CLIP image encoder is at hand."""
     nms_iou: float = 0.25
     """Boxes of one class overlapping more than this keep only the best."""
     background: list[str] = field(default_factory=lambda: list(BACKGROUND_PROMPTS))
@@ -128,8 +132,9 @@ class InstanceClassifier:
         background: list[str],
         text=None,  # noqa: ANN001
         depth=None,  # noqa: ANN001
+        render=None,  # noqa: ANN001
     ):
-        self.cloud, self.vocabulary, self.depth = cloud, vocabulary, depth
+        self.cloud, self.vocabulary, self.depth, self.render = cloud, vocabulary, depth, render
         stuff = [c for c in cloud.classes if priors.is_stuff(c) and c not in vocabulary]
         self.prompts = list(background)
         self.background = [*stuff, *self.prompts]
@@ -158,6 +163,9 @@ class InstanceClassifier:
         if self.depth is not None:
             probs = self.depth.classify(torch.from_numpy(xyz_up[idx]).float(), self.vocabulary + self.prompts)
             out["depth"] = self._with_background(probs.numpy().astype(np.float64))
+        if self.render is not None:  # renders are made in the field's (world) frame
+            probs = self.render.classify(torch.from_numpy(self.cloud.xyz[idx]).float(), self.vocabulary + self.prompts)
+            out["render"] = self._with_background(probs.numpy().astype(np.float64))
         return out
 
 
@@ -184,9 +192,11 @@ def detect(
     depth=None,  # noqa: ANN001
     up_hint: np.ndarray | None = None,
     log=print,  # noqa: ANN001
+    render=None,  # noqa: ANN001
 ) -> DetectResult:
     """Boxes for ``cloud``. ``text``: the teacher's text encoder (for the distilled features); ``depth``: a
-    :class:`~ovseg3d.detect.depthmaps.DepthMapClassifier`; ``up_hint``: e.g. the cameras' mean up."""
+    :class:`~ovseg3d.detect.depthmaps.DepthMapClassifier`; ``up_hint``: e.g. the cameras' mean up; ``render``:
+    a :class:`~ovseg3d.detect.rgbviews.RenderClassifier` of the run the cloud comes from."""
     if len(cloud) == 0:
         raise ValueError("the point cloud is empty: nothing to detect")
     t0 = time.perf_counter()
@@ -195,15 +205,17 @@ def detect(
     if not vocabulary:
         raise ValueError("no classes to detect: the cloud has no object classes; give --classes")
     depth = depth if opts.depth_classifier else None
+    render = render if opts.render_classifier else None
     has_labels = bool((cloud.label >= 0).any())
-    open_cue = (text is not None and cloud.feature is not None) or depth is not None
+    image_cue = depth is not None or render is not None
+    open_cue = (text is not None and cloud.feature is not None) or image_cue
     unknown = [c for c in vocabulary if c not in cloud.classes]
     if unknown and not open_cue:
         raise ValueError(
             f"unknown class {unknown[0]!r}: the cloud's classes are {cloud.classes}; other names need the "
             "distilled features (ovseg3d export --features) or a CLIP model for the depth maps (--clip-model)"
         )
-    if not has_labels and depth is None:
+    if not has_labels and not image_cue:
         raise ValueError("the cloud has no labels: naming its objects needs a CLIP model (--clip-model NAME|PATH)")
 
     xyz = cloud.xyz.astype(np.float64)
@@ -220,7 +232,7 @@ def detect(
     proposals = _proposals(cloud, xyz_up, priors, eps, opts.min_points)
     t2 = time.perf_counter()
 
-    classifier = InstanceClassifier(cloud, vocabulary, priors, opts.background, text, depth)
+    classifier = InstanceClassifier(cloud, vocabulary, priors, opts.background, text, depth, render)
     rejected = {"background": 0, "size prior": 0, "score": 0, "duplicate": 0}
     found: list[tuple[Detection, Box]] = []
     for idx in proposals:

@@ -55,19 +55,32 @@ def load_source(path: Path, device: torch.device, log=print) -> Source:  # noqa:
     return Source(cloud, path, text, cfg.teachers, read_cameras(cfg.scene).c2w.numpy())
 
 
-def depth_classifier(src: Source, clip_model: str, device: torch.device, log=print):  # noqa: ANN001
-    """OpenDlign's classifier with ``clip_model`` (a hub name or a local folder), else with the run's CLIP
-    teacher; ``None`` (and a line saying why) when there is no CLIP image encoder."""
-    from ovseg3d.detect.depthmaps import DepthMapClassifier
+def clip_image_encoder(src: Source, clip_model: str, device: torch.device, log=print):  # noqa: ANN001
+    """The CLIP image encoder of the image cues: ``clip_model`` (a hub name or a local folder), else the run's
+    CLIP teacher; ``None`` (and a line saying why) when there is none."""
     from ovseg3d.teachers.clip import build_clip
     from ovseg3d.teachers.config import TeacherConfig
 
     if clip_model:
-        return DepthMapClassifier(build_clip(TeacherConfig(kind="clip", clip_model=clip_model), device))
+        return build_clip(TeacherConfig(kind="clip", clip_model=clip_model), device)
     if src.teachers is not None and getattr(src.teachers, "kind", "") == "clip":
-        return DepthMapClassifier(build_clip(src.teachers, device))  # type: ignore[arg-type]
-    log("depth-map classifier off: no CLIP image encoder (the run's teacher is simulated); --clip-model NAME|PATH")
+        return build_clip(src.teachers, device)  # type: ignore[arg-type]
+    log(
+        "depth-map and render classifiers off: no CLIP image encoder (the run's teacher is simulated); "
+        "--clip-model NAME|PATH"
+    )
     return None
+
+
+def render_classifier(src: Source, encoder, device: torch.device):  # noqa: ANN001
+    """CLIP on rgb renders of each instance from the run's radiance field (``None`` without a run)."""
+    if src.run is None or src.c2w is None:
+        return None
+    from ovseg3d.detect.rgbviews import RenderClassifier
+    from ovseg3d.train import load_trainer
+
+    up = torch.from_numpy(camera_up(src.c2w)).float()
+    return RenderClassifier(encoder, load_trainer(src.run, str(device)), up)
 
 
 def opencv_c2w(c2w: np.ndarray) -> np.ndarray:
@@ -91,9 +104,16 @@ def run_detect(
     give each box's azimuth, elevation and in-plane angle seen from that training view (ImageNet3D)."""
     device = device or torch.device("cpu")
     src = load_source(path, device, log)
-    depth = depth_classifier(src, clip_model, device, log) if opts.depth_classifier else None
+    depth = render = None
+    if opts.depth_classifier or opts.render_classifier:
+        encoder = clip_image_encoder(src, clip_model, device, log)
+        if encoder is not None:
+            from ovseg3d.detect.depthmaps import DepthMapClassifier
+
+            depth = DepthMapClassifier(encoder) if opts.depth_classifier else None
+            render = render_classifier(src, encoder, device) if opts.render_classifier else None
     hint = camera_up(src.c2w) if src.c2w is not None else None
-    result = detect(src.cloud, opts, src.text, depth, hint, log)
+    result = detect(src.cloud, opts, src.text, depth, hint, log, render)
     extra: dict[int, dict[str, float]] = {}
     if view is not None:
         if src.c2w is None or not 0 <= view < len(src.c2w):

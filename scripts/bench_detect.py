@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """ovseg3d detection benchmark: mAP@0.25 / @0.5 (VoteNet protocol) and pose Acc@pi/6 against the scenes'
-objects.json, with and without the size prior and the depth-map classifier, and the time of ``detect`` on a
-500k-point cloud.
+objects.json, with and without the size prior, the depth-map classifier and the render classifier, and the
+time of ``detect`` on a 500k-point cloud.
 
 Each scene needs a trained run with a semantic field: ``bench/runs/NAME`` is reused when it exists (the
 distillation benchmark writes it), else trained here with the cpu preset and simulated teachers. Its cloud is
@@ -44,6 +44,7 @@ VARIANTS = {
     "full": {},
     "no_size_prior": {"size_prior": False},
     "no_depth_classifier": {"depth_classifier": False},
+    "no_render_classifier": {"render_classifier": False},
 }
 
 
@@ -52,8 +53,8 @@ class Args:
     scenes: list[str] = field(default_factory=lambda: ["scenes/demo", "orbit", "forward2"])
     """Scene folders, or names of generated scenes (orbit, forward2)."""
     clip_model: str = ""
-    """CLIP for the depth-map classifier (a hub name or local folder); without it, and with simulated
-    teachers, there is no image encoder and the classifier is off in every variant."""
+    """CLIP for the depth-map and render classifiers (a hub name or local folder); without it, and with
+    simulated teachers, there is no image encoder and both are off in every variant."""
     speed_points: int = 500_000
     """Size of the cloud ``detect`` is timed on (the demo's cloud, jittered copies)."""
     device: str = "cpu"
@@ -122,6 +123,7 @@ def main(args: Args) -> dict:
             rows[variant] = {k: round(v, 1) if k.startswith("map") else v for k, v in m.items()}
             rows[variant] |= {"n_objects": len(objects), "seconds": round(time.perf_counter() - start, 2)}
             rows[variant]["depth_classifier_used"] = any("depth" in d.cues for d in det.detections)
+            rows[variant]["render_classifier_used"] = any("render" in d.cues for d in det.detections)
         eval_json = json.loads((run / "eval.json").read_text())
         result["scenes"][Path(name).name] = {
             "run": str(run),

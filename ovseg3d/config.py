@@ -114,7 +114,7 @@ class TrainConfig:
     """Skip samples whose transmittance is below this (0 = never)."""
     train_early_stop: bool = False
     """Also skip them while training, which costs one more density pass per step without gradients. Off:
-    training composites every marched sample (early stopping dropped under 2 % of them on the demo and orbit
+    training composites every marched sample (early stopping dropped 0-3 % of them on the demo and orbit
     scenes, so the extra pass cost more than it saved)."""
     alpha_thre: float = 0.0
     """Skip samples whose step opacity is below this."""

@@ -106,9 +106,8 @@ class DetectArgs:
     """Find objects in a labelled point cloud: oriented upright 3D boxes with class names, scores and poses
     (gravity from flat surfaces, one instance per connected piece of each label, boxes fitted upright, classes
     from the distilled labels and features and, with a CLIP model, from depth maps of each instance and rgb
-    renders of it from the run's field; the
-    size prior filters and re-scores). Writes detections.json, which ovseg3d view draws and ovseg3d eval scores
-    against a scene's objects.json."""
+    renders of it from the run's field; the size prior filters and re-scores). Writes detections.json, which
+    ovseg3d view draws and ovseg3d eval scores against a scene's objects.json."""
 
     source: Path = Path("runs/demo")
     """A run folder (reads RUN/export/points.npz; writes RUN/detections.json), an export folder, or a .ply /

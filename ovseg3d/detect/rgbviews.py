@@ -5,8 +5,9 @@ where no training camera stood. :class:`RenderClassifier` puts ``n_views`` camer
 instance's bounding sphere (``elevation_deg`` above its horizon, about ``up``), each at the distance at which
 the sphere fills ``fill`` of the half field of view, and renders the field with every ray limited to the
 sphere: what stands in front of the instance, behind it or beside it is not drawn, so CLIP sees the object
-alone on black. Each render is embedded whole and classified as :class:`~ovseg3d.detect.depthmaps.
-ViewClassifier` does (template-averaged class texts, a softmax per view, the views averaged).
+alone on black. Each render is embedded whole and classified as
+:class:`~ovseg3d.detect.depthmaps.ViewClassifier` does (template-averaged class texts, a softmax per view,
+the views averaged).
 """
 
 from __future__ import annotations

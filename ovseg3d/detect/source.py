@@ -72,15 +72,15 @@ def clip_image_encoder(src: Source, clip_model: str, device: torch.device, log=p
     return None
 
 
-def render_classifier(src: Source, encoder, device: torch.device):  # noqa: ANN001
-    """CLIP on rgb renders of each instance from the run's radiance field (``None`` without a run)."""
-    if src.run is None or src.c2w is None:
+def render_classifier(src: Source, encoder, up: np.ndarray | None, device: torch.device):  # noqa: ANN001
+    """CLIP on rgb renders of each instance from the run's radiance field, the cameras circling ``up``
+    (``None`` without a run)."""
+    if src.run is None or up is None:
         return None
     from ovseg3d.detect.rgbviews import RenderClassifier
     from ovseg3d.train import load_trainer
 
-    up = torch.from_numpy(camera_up(src.c2w)).float()
-    return RenderClassifier(encoder, load_trainer(src.run, str(device)), up)
+    return RenderClassifier(encoder, load_trainer(src.run, str(device)), torch.from_numpy(up).float())
 
 
 def opencv_c2w(c2w: np.ndarray) -> np.ndarray:
@@ -104,6 +104,7 @@ def run_detect(
     give each box's azimuth, elevation and in-plane angle seen from that training view (ImageNet3D)."""
     device = device or torch.device("cpu")
     src = load_source(path, device, log)
+    hint = camera_up(src.c2w) if src.c2w is not None else None
     depth = render = None
     if opts.depth_classifier or opts.render_classifier:
         encoder = clip_image_encoder(src, clip_model, device, log)
@@ -111,8 +112,7 @@ def run_detect(
             from ovseg3d.detect.depthmaps import DepthMapClassifier
 
             depth = DepthMapClassifier(encoder) if opts.depth_classifier else None
-            render = render_classifier(src, encoder, device) if opts.render_classifier else None
-    hint = camera_up(src.c2w) if src.c2w is not None else None
+            render = render_classifier(src, encoder, hint, device) if opts.render_classifier else None
     result = detect(src.cloud, opts, src.text, depth, hint, log, render)
     extra: dict[int, dict[str, float]] = {}
     if view is not None:

@@ -151,6 +151,8 @@ class Distiller:
             weights = render_weights(sigma, samples.deltas, samples.ray_indices, len(origins))
             keep = weights > self.cfg.sem_weight_eps
             samples, weights = samples.select(keep), weights[keep]
+            if self.cfg.sem_weight_power != 1.0:
+                weights = weights**self.cfg.sem_weight_power
             points = samples.positions(origins, dirs)
         z = self.field.latent(points)
         total = accumulate(weights, None, samples.ray_indices, len(origins))

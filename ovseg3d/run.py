@@ -54,9 +54,13 @@ def check_run(run: Path) -> dict[str, Any]:
     return info
 
 
+# fields whose default changed what a run computes, with the value that reproduces runs saved before them
+_BEFORE_FIELD = {"sem_weight_power": 1.0}
+
+
 def load_run_config(run: Path) -> TrainConfig:
     try:
-        values = read_toml(run / "config.toml")
+        values = {**_BEFORE_FIELD, **read_toml(run / "config.toml")}
         return apply_overrides(TrainConfig(), values, run / "config.toml")
     except ConfigError as exc:
         raise RunError(str(exc)) from None

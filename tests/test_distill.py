@@ -104,3 +104,18 @@ def test_auto_teacher_is_simulated_only_for_scenes_with_label_and_instance_maps(
     shutil.copytree(scene, bare, ignore=shutil.ignore_patterns("instances", "features"))
     assert resolve_kind(load_scene(bare), logs.append) == "clip"
     assert "--teacher none" in logs[-1]
+
+
+def test_a_run_saved_before_the_weight_power_field_keeps_its_plain_weights(distilled, tmp_path):
+    """Runs distilled before ``sem_weight_power`` existed rendered their semantics with the plain radiance
+    weights; loading one must not switch it to the newer default."""
+    from ovseg3d.config import TrainConfig
+    from ovseg3d.run import load_run_config
+
+    _, run = distilled
+    assert load_run_config(run).sem_weight_power == TrainConfig().sem_weight_power != 1.0
+    old = tmp_path / "old"
+    old.mkdir()
+    text = (run / "config.toml").read_text().splitlines()
+    (old / "config.toml").write_text("\n".join(x for x in text if not x.startswith("sem_weight_power")) + "\n")
+    assert load_run_config(old).sem_weight_power == 1.0

@@ -81,6 +81,22 @@ class DistillStats:
     n_rays: int
 
 
+def semantic_weights(
+    weights: Tensor, ray_indices: Tensor, n_rays: int, power: float, eps: float
+) -> tuple[Tensor, Tensor]:
+    """Which samples the semantic field reads, and their weights: the radiance weights raised to ``power``
+    and normalised per ray, for the samples whose normalised weight is above ``eps``.
+
+    Returns ``keep`` ``[M]`` bool and the kept samples' weights (each kept ray's weights sum to 1)."""
+    sharp = weights**power if power != 1.0 else weights
+    total = accumulate(sharp, None, ray_indices, n_rays)[:, 0]
+    share = sharp / total[ray_indices].clamp(min=1e-12)
+    keep = (share > eps) & (sharp > 0)
+    kept = sharp[keep]
+    total = accumulate(kept, None, ray_indices[keep], n_rays)[:, 0]
+    return keep, kept / total[ray_indices[keep]]
+
+
 class Distiller:
     """The semantic field, its optimiser and one distillation step over a trained :class:`Trainer`."""
 
@@ -149,14 +165,13 @@ class Distiller:
                 )
             sigma = geo.field.density(samples.positions(origins, dirs))
             weights = render_weights(sigma, samples.deltas, samples.ray_indices, len(origins))
-            keep = weights > self.cfg.sem_weight_eps
-            samples, weights = samples.select(keep), weights[keep]
-            if self.cfg.sem_weight_power != 1.0:
-                weights = weights**self.cfg.sem_weight_power
+            keep, weights = semantic_weights(
+                weights, samples.ray_indices, len(origins), self.cfg.sem_weight_power, self.cfg.sem_weight_eps
+            )
+            samples = samples.select(keep)
             points = samples.positions(origins, dirs)
         z = self.field.latent(points)
-        total = accumulate(weights, None, samples.ray_indices, len(origins))
-        return accumulate(weights, z, samples.ray_indices, len(origins)) / total.clamp(min=1e-6)
+        return accumulate(weights, z, samples.ray_indices, len(origins))
 
     # -- one step --------------------------------------------------------------------------------------
     def train_step(self) -> DistillStats:

@@ -119,3 +119,19 @@ def test_a_run_saved_before_the_weight_power_field_keeps_its_plain_weights(disti
     text = (run / "config.toml").read_text().splitlines()
     (old / "config.toml").write_text("\n".join(x for x in text if not x.startswith("sem_weight_power")) + "\n")
     assert load_run_config(old).sem_weight_power == 1.0
+
+
+def test_semantic_weights_let_the_surface_outweigh_the_haze_in_front_of_it():
+    """Ray 0: five samples of faint haze (weight 0.05 each), then a surface (0.6). Ray 1: one sample."""
+    import torch
+
+    from ovseg3d.distill import semantic_weights
+
+    weights = torch.tensor([0.05, 0.05, 0.05, 0.05, 0.05, 0.6, 0.9])
+    rays = torch.tensor([0, 0, 0, 0, 0, 0, 1])
+    keep, w = semantic_weights(weights, rays, 2, 1.0, 0.01)
+    assert keep.all() and torch.allclose(w[:6].sum(), torch.tensor(1.0)) and w[6] == 1.0
+    assert w[5] < 0.8  # plain weights: the haze holds over a fifth of the ray
+    keep, w = semantic_weights(weights, rays, 2, 4.0, 0.01)
+    assert keep.tolist() == [False] * 5 + [True, True]  # each haze sample: (0.05/0.6)^4 / ~1 < 0.01
+    assert torch.allclose(w, torch.ones(2))

@@ -5,8 +5,8 @@ For each scene, ``ovseg3d train`` runs the whole method (geometry, then distilla
 teacher, timed from start to end; the held-out annotated views are then scored (3D-OVS protocol: IoU per
 class per annotated view, then the mean) for the field (``miou``) and the 2D teacher alone
 (``teacher_miou``). Each ablation re-distils from the same geometry (``RUN/geometry.pt``), for as many steps as the full
-run took, with one part of the method changed: no FDA, no RDA, or 3D-OVS's learned selection over the teacher's
-crop scales in place of the finest crop.
+run took, with one part of the method changed: no FDA, no RDA, 3D-OVS's learned selection over the teacher's
+crop scales in place of the finest crop, or the plain radiance weights along the rays (``sem_weight_power`` 1).
 
 Prints a table and writes JSON (default ``bench/distill.json``); runs go to ``bench/runs/``.
 
@@ -41,6 +41,7 @@ ABLATIONS = {
     "no_fda": {"fda_pos_weight": 0.0, "fda_neg_weight": 0.0},
     "no_rda": {"rda_weight": 0.0},
     "learned_selection": {"scale_selection": True},
+    "plain_weights": {"sem_weight_power": 1.0},
 }
 
 

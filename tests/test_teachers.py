@@ -320,6 +320,18 @@ def test_class_ious_known_answer():
     assert (correct, total) == (7, 8)
     m = segmentation_metrics({0: pred}, {0: gt}, ["a", "b"])
     assert m["miou"] == pytest.approx(100 * (0.8 + 0.75) / 2, abs=0.01) and m["accuracy"] == 87.5
+    assert m["miou_gt_classes"] == m["miou"]
+
+
+def test_one_stray_pixel_of_a_class_the_view_lacks_costs_a_whole_iou_term():
+    gt = torch.zeros(3, 2, 4, dtype=torch.bool)
+    gt[0, :, :2] = True  # class 0 left half, class 1 right half, class 2 absent
+    gt[1, :, 2:] = True
+    pred = torch.tensor([[2, 0, 1, 1], [0, 0, 1, 1]])  # one pixel of class 0 taken for class 2
+    m = segmentation_metrics({0: pred}, {0: gt}, ["a", "b", "c"])
+    assert m["miou"] == pytest.approx(100 * (0.75 + 1.0 + 0.0) / 3, abs=0.01)
+    assert m["miou_gt_classes"] == pytest.approx(100 * (0.75 + 1.0) / 2, abs=0.01)
+    assert m["per_class_iou"]["c"] == 0.0
 
 
 # ------------------------------------------------------------------------------------------------ CLI

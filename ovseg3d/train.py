@@ -288,6 +288,8 @@ def train(cfg: TrainConfig) -> Path:
     accel.configure_cpu_allocator()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    if cfg.sem_weight_power <= 0:  # before anything is written
+        raise ValueError(f"--sem-weight-power {cfg.sem_weight_power}: must be above 0 (1 = the plain weights)")
     cfg = dataclasses.replace(cfg, scene=Path(cfg.scene).resolve())
     fresh = not Path(cfg.output).exists()
     run = prepare_run(cfg)

@@ -142,3 +142,10 @@ def test_semantic_weights_let_the_surface_outweigh_the_haze_in_front_of_it():
     keep, w = semantic_weights(weights, rays, 2, 4.0, 0.01)
     assert keep.tolist() == [False] * 5 + [True, True]  # each haze sample: (0.05/0.6)^4 / ~1 < 0.01
     assert torch.allclose(w, torch.ones(2))
+
+
+def test_a_weight_power_of_zero_is_refused_before_anything_is_written(distilled, tmp_path, capsys):
+    scene, _ = distilled
+    run = tmp_path / "run"
+    assert main(["train", str(scene), "--output", str(run), "--preset", "tiny", "--sem-weight-power", "0"]) == 2
+    assert "--sem-weight-power" in capsys.readouterr().err and not run.exists()

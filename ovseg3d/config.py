@@ -219,6 +219,11 @@ class TrainConfig:
     fda_neg_weight: float = 0.5
     """FDA w-: push DINO-dissimilar pixels apart (higher: sharper boundaries, less stable; at 2, textured
     objects split into two classes)."""
+    coverage_weights: bool = True
+    """Weigh each pixel's CLIP feature and RDA losses by how many of the teacher's crops cover it, relative to
+    the image's interior (inverse-variance weighting: a border pixel's teacher averages fewer crops). Without
+    it the border's noise becomes labels of classes the scene lacks, where a surface is seen only near the
+    image's edges."""
     feature_weight: float = 1.0
     """Weight of the CLIP feature loss."""
     rda_weight: float = 1.0

@@ -24,6 +24,7 @@ from ovseg3d.losses import class_probabilities, fda_loss, feature_loss, rda_loss
 from ovseg3d.render.renderer import refine_samples
 from ovseg3d.render.volume import accumulate, render_weights
 from ovseg3d.teachers.cache import TeacherFeatures
+from ovseg3d.teachers.clip import crop_coverage
 from ovseg3d.train import Trainer
 
 
@@ -97,6 +98,19 @@ def semantic_weights(
     return keep, kept / total[ray_indices[keep]]
 
 
+def teacher_coverage(geo: Trainer, n_scales: int) -> Tensor:
+    """``[1, H, W, S]`` the teacher's crop coverage per scale (:func:`crop_coverage`) over its source image
+    (a map indexed like the teacher's, by :meth:`TeacherTensors._at`); all ones for a teacher without crops."""
+    from ovseg3d.teachers.extract import source_size
+
+    teachers = geo.cfg.teachers
+    width, height = source_size(geo.scene, teachers)
+    if len(teachers.clip_scales) != n_scales:  # a cache of another layout: do not guess
+        return torch.ones(1, height, width, n_scales, device=geo.device)
+    maps = [crop_coverage(width, height, d, teachers.clip_stride) for d in teachers.clip_scales]
+    return torch.stack(maps, -1)[None].to(geo.device)
+
+
 class Distiller:
     """The semantic field, its optimiser and one distillation step over a trained :class:`Trainer`."""
 
@@ -116,6 +130,7 @@ class Distiller:
         self.field = SemanticField(geo.field.aabb, sem, geo.device, cfg.grid_impl)
         self.optimizer = torch.optim.Adam(self.field.parameters(), lr=cfg.sem_lr, betas=(0.9, 0.99), eps=1e-15)
         self.train_views = torch.as_tensor(geo.scene.train_ids, device=geo.device)
+        self.coverage = teacher_coverage(geo, int(n_scales)) if cfg.coverage_weights else None
         self.step = 0
         self.elapsed = 0.0
 
@@ -188,7 +203,10 @@ class Distiller:
         z = self.render_latent(cams, views, origins, dirs, scene.near_far)
         out = self.field.decode(z)
         t_clip, t_rel, t_dino = self.teacher.lookup(views, u, v, scene.width, scene.height)
-        stats = self.losses(out, t_clip, t_rel, t_dino)
+        cover = None
+        if self.coverage is not None:  # one map for every view
+            cover = self.teacher._at(self.coverage, torch.zeros_like(views), u, v, scene.width, scene.height)
+        stats = self.losses(out, t_clip, t_rel, t_dino, cover)
         self.optimizer.zero_grad(set_to_none=True)
         stats[0].backward()
         self.optimizer.step()
@@ -199,14 +217,26 @@ class Distiller:
         loss, feat, rda, fda, dino = (float(x.detach()) for x in stats)
         return DistillStats(loss, feat, rda, fda, dino, len(views))
 
-    def losses(self, out: SemanticOutput, t_clip: Tensor, t_rel: Tensor, t_dino: Tensor) -> tuple[Tensor, ...]:
+    def losses(
+        self, out: SemanticOutput, t_clip: Tensor, t_rel: Tensor, t_dino: Tensor, cover: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
+        """The losses of one batch; ``cover [R, S]``: the teacher's crop coverage of each ray's pixel per scale
+        (weighs the CLIP feature and RDA terms when given)."""
         cfg = self.cfg
         text = self.teacher.text
         selection = training_selection(out.selection, cfg.scale_selection, cfg.teacher_scale)
-        feat = feature_loss(out.clip, t_clip, selection)
+        weights = None if cover is None else (selection.detach() * cover).sum(-1)
+        feat = feature_loss(out.clip, t_clip, selection, weights)
         rda = (
             rda_loss(
-                out.clip, text, t_rel, selection, cfg.rda_temperature, cfg.rda_field_temperature, cfg.rda_divergence
+                out.clip,
+                text,
+                t_rel,
+                selection,
+                cfg.rda_temperature,
+                cfg.rda_field_temperature,
+                cfg.rda_divergence,
+                weights,
             )
             if len(text)
             else feat.new_zeros(())

@@ -39,10 +39,18 @@ def select_scales(values: Tensor, selection: Tensor) -> Tensor:
     return (selection[:, :, None] * values).sum(1)
 
 
-def feature_loss(rendered: Tensor, teacher: Tensor, selection: Tensor) -> Tensor:
-    """Mean ``1 - cos(F, normalize(sum_s sel_s F_s))``; ``[R, D]``, ``[R, S, D]``, ``[R, S]``."""
+def weighted_mean(values: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean of ``values [R]``, weighted by ``weights [R]`` when given."""
+    if weights is None:
+        return values.mean()
+    return (weights * values).sum() / weights.sum().clamp(min=1e-12)
+
+
+def feature_loss(rendered: Tensor, teacher: Tensor, selection: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean ``1 - cos(F, normalize(sum_s sel_s F_s))``; ``[R, D]``, ``[R, S, D]``, ``[R, S]``; ``weights [R]``
+    weigh the rays (the teacher's crop coverage)."""
     target = F.normalize(select_scales(teacher.float(), selection), dim=-1)
-    return (1.0 - F.cosine_similarity(rendered, target, dim=-1)).mean()
+    return weighted_mean(1.0 - F.cosine_similarity(rendered, target, dim=-1), weights)
 
 
 def rda_loss(
@@ -53,8 +61,9 @@ def rda_loss(
     tau_r: float = 0.1,
     tau_f: float = 0.05,
     divergence: str = "js",
+    weights: Tensor | None = None,
 ) -> Tensor:
-    """Relevancy-distribution alignment: mean JS between the field's ``softmax_c(cos(F, t_c) / tau_f)`` and
+    """Relevancy-distribution alignment: mean (over rays, weighted by ``weights [R]`` when given) JS between the field's ``softmax_c(cos(F, t_c) / tau_f)`` and
     the teacher's ``softmax_c(sum_s sel_s R_s,c / tau_r)``; ``relevancy``: ``[R, S, C]`` in [0, 1].
 
     3D-OVS uses the unnormalised ``F . t_c``; we measured that the feature's length then grows with the
@@ -63,8 +72,8 @@ def rda_loss(
     p_field = class_probabilities(rendered, texts, tau_f)
     p_teacher = torch.softmax(select_scales(relevancy.float(), selection) / tau_r, dim=-1)
     if divergence == "kl":
-        return kl_divergence(p_teacher, p_field).mean()
-    return js_divergence(p_field, p_teacher).mean()
+        return weighted_mean(kl_divergence(p_teacher, p_field), weights)
+    return weighted_mean(js_divergence(p_field, p_teacher), weights)
 
 
 def fda_loss(probs: Tensor, dino: Tensor, w_pos: float = 200.0, w_neg: float = 0.2, threshold: float = 0.7) -> Tensor:

@@ -42,6 +42,7 @@ ABLATIONS = {
     "no_rda": {"rda_weight": 0.0},
     "learned_selection": {"scale_selection": True},
     "plain_weights": {"sem_weight_power": 1.0},
+    "no_coverage_weights": {"coverage_weights": False},
 }
 
 

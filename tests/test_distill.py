@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from ovseg3d.cli import main
 
@@ -114,18 +115,23 @@ def test_auto_teacher_is_simulated_only_for_scenes_with_label_and_instance_maps(
 
 
 def test_a_run_saved_before_the_weight_power_field_keeps_its_plain_weights(distilled, tmp_path):
-    """Runs distilled before ``sem_weight_power`` existed rendered their semantics with the plain radiance
-    weights; loading one must not switch it to the newer default."""
+    """Runs distilled before ``sem_weight_power`` and ``coverage_weights`` existed rendered their semantics
+    with the plain radiance weights and trained without coverage weights; loading one (to render it, or to
+    resume it) must not switch it to the newer defaults."""
     from ovseg3d.config import TrainConfig
     from ovseg3d.run import load_run_config
 
     _, run = distilled
-    assert load_run_config(run).sem_weight_power == TrainConfig().sem_weight_power != 1.0
+    new = load_run_config(run)
+    assert new.sem_weight_power == TrainConfig().sem_weight_power != 1.0
+    assert new.coverage_weights is TrainConfig().coverage_weights is True
     old = tmp_path / "old"
     old.mkdir()
     text = (run / "config.toml").read_text().splitlines()
-    (old / "config.toml").write_text("\n".join(x for x in text if not x.startswith("sem_weight_power")) + "\n")
+    keep = [x for x in text if not x.startswith(("sem_weight_power", "coverage_weights"))]
+    (old / "config.toml").write_text("\n".join(keep) + "\n")
     assert load_run_config(old).sem_weight_power == 1.0
+    assert load_run_config(old).coverage_weights is False
 
 
 def test_semantic_weights_let_the_surface_outweigh_the_haze_in_front_of_it():
@@ -149,3 +155,24 @@ def test_a_weight_power_of_zero_is_refused_before_anything_is_written(distilled,
     run = tmp_path / "run"
     assert main(["train", str(scene), "--output", str(run), "--preset", "tiny", "--sem-weight-power", "0"]) == 2
     assert "--sem-weight-power" in capsys.readouterr().err and not run.exists()
+
+
+def test_the_coverage_weights_follow_the_teachers_crop_layout(distilled):
+    """The distiller's coverage map is 1 in the image's interior and lower towards its border, per scale,
+    on the teacher's source image; ``--no-coverage-weights`` leaves it out."""
+    import dataclasses
+
+    from ovseg3d.distill import Distiller, load_distiller
+    from ovseg3d.run import latest_checkpoint, load_checkpoint
+    from ovseg3d.train import load_trainer
+
+    _, run = distilled
+    trainer = load_trainer(run, "cpu")
+    distiller, features = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
+    cover = distiller.coverage
+    scales = trainer.cfg.teachers.clip_scales
+    assert cover.shape == (1, trainer.scene.height, trainer.scene.width, len(scales))
+    mid = cover[0, trainer.scene.height // 2, trainer.scene.width // 2]
+    assert torch.all(mid == 1.0) and torch.all(cover[0, 0, 0] < 0.5) and torch.all(cover > 0)
+    trainer.cfg = dataclasses.replace(trainer.cfg, coverage_weights=False)
+    assert Distiller(trainer, features).coverage is None

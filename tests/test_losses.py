@@ -61,6 +61,27 @@ def test_rda_is_low_when_the_field_agrees_with_the_relevancy():
     torch.testing.assert_close(probs.sum(-1), torch.ones(4))
 
 
+def test_a_ray_weighted_zero_does_not_count_in_the_feature_and_rda_losses():
+    """Coverage weights: a zero-weight ray drops out of the mean; equal weights are the plain mean."""
+    g = torch.Generator().manual_seed(2)
+    rendered = torch.randn(5, 3, generator=g)
+    teacher = F.normalize(torch.randn(5, 2, 3, generator=g), dim=-1)
+    relevancy = torch.rand(5, 2, 3, generator=g)
+    sel = torch.tensor([[1.0, 0.0]]).expand(5, 2)
+    texts = torch.eye(3)
+    w = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
+    for loss in (
+        lambda r, t, rel, s, wt: feature_loss(r, t, s, wt),
+        lambda r, t, rel, s, wt: rda_loss(r, texts, rel, s, divergence="kl", weights=wt),
+    ):
+        assert float(loss(rendered, teacher, relevancy, sel, w)) == pytest.approx(
+            float(loss(rendered[:4], teacher[:4], relevancy[:4], sel[:4], None)), rel=1e-5
+        )
+        assert float(loss(rendered, teacher, relevancy, sel, torch.full((5,), 0.3))) == pytest.approx(
+            float(loss(rendered, teacher, relevancy, sel, None)), rel=1e-5
+        )
+
+
 def test_semantic_field_selection_is_a_distribution_over_scales():
     grid = HashGridConfig(2, 2, 10, 4, 2.0)
     field = SemanticField(

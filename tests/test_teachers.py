@@ -18,7 +18,7 @@ from ovseg3d.data.loader import load_scene
 from ovseg3d.evaluate import class_ious, segmentation_metrics
 from ovseg3d.teachers import cache
 from ovseg3d.teachers.base import TeacherView
-from ovseg3d.teachers.clip import build_clip, crop_boxes, multiscale_features, splat_crops
+from ovseg3d.teachers.clip import build_clip, crop_boxes, crop_coverage, multiscale_features, splat_crops
 from ovseg3d.teachers.config import TeacherConfig, TeacherError
 from ovseg3d.teachers.dino import TransformersDino, dino_input_size
 from ovseg3d.teachers.extract import ensure_features, teacher_scores
@@ -68,6 +68,30 @@ def test_crops_cover_the_image_at_a_quarter_patch_stride(divisor):
     for x0, y0, x1, y1 in boxes.tolist():
         cover[y0:y1, x0:x1] += 1
     assert cover.min() >= 1
+
+
+@pytest.mark.parametrize("divisor", [5, 7, 10])
+def test_crop_coverage_counts_the_crops_over_each_pixel(divisor):
+    """Against a brute-force count of :func:`crop_boxes` over each pixel (a grid of crops: the count is the
+    product of the counts along x and y), each axis's count over the interior's ``patch // step``, capped
+    at 1: the interior is at 1, the corner under one crop of ``(patch // step)**2``."""
+    w, h = 160, 120
+    boxes = crop_boxes(w, h, divisor, stride=0.25)
+    count = torch.zeros(h, w)
+    for x0, y0, x1, y1 in boxes.tolist():
+        count[y0:y1, x0:x1] += 1
+    along_x, along_y = torch.zeros(w), torch.zeros(h)
+    for x0, x1 in boxes[:, [0, 2]].unique(dim=0).tolist():
+        along_x[x0:x1] += 1
+    for y0, y1 in boxes[:, [1, 3]].unique(dim=0).tolist():
+        along_y[y0:y1] += 1
+    torch.testing.assert_close(count, along_y[:, None] * along_x[None, :])
+    side = min(w, h) // divisor
+    nominal = side // max(1, round(side * 0.25))
+    expect = (along_y / nominal).clamp(max=1.0)[:, None] * (along_x / nominal).clamp(max=1.0)[None, :]
+    cover = crop_coverage(w, h, divisor, stride=0.25)
+    torch.testing.assert_close(cover, expect)
+    assert cover[h // 2, w // 2] == 1.0 and cover[0, 0] == pytest.approx(1 / nominal**2)
 
 
 def test_crop_growth_stays_inside_the_image_and_only_grows():

@@ -52,6 +52,24 @@ def crop_boxes(
     return torch.minimum(boxes.round().clamp(min=0), limit).long()
 
 
+def crop_coverage(width: int, height: int, divisor: int, stride: float = 0.25) -> Tensor:
+    """``[H, W]`` in (0, 1]: how many crops of one scale (:func:`crop_boxes`, before growth) cover each
+    pixel, over the ``(patch // step)**2`` that cover the image's interior (capped at 1). A teacher map
+    averages the crops over a pixel, so near the image's border, where fewer crops reach, it is the noisier:
+    the corner pixel is under one crop a scale."""
+    patch = max(1, min(width, height) // divisor)
+    step = max(1, round(patch * stride))
+    nominal = max(1, patch // step)
+
+    def along(length: int) -> Tensor:
+        starts = _starts(length, patch, step)
+        x = torch.arange(length)[:, None]
+        count = ((x >= starts) & (x < starts + patch)).sum(1).float()
+        return (count / nominal).clamp(max=1.0)
+
+    return along(height)[:, None] * along(width)[None, :]
+
+
 def splat_crops(boxes: Tensor, embeddings: Tensor, width: int, height: int, out_w: int, out_h: int) -> Tensor:
     """Mean of the crop embeddings covering each pixel of an ``out_h x out_w`` map, L2-normalised.
 

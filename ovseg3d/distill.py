@@ -24,8 +24,13 @@ from ovseg3d.losses import class_probabilities, fda_loss, feature_loss, rda_loss
 from ovseg3d.render.renderer import refine_samples
 from ovseg3d.render.volume import accumulate, render_weights
 from ovseg3d.teachers.cache import TeacherFeatures
-from ovseg3d.teachers.clip import crop_coverage
+from ovseg3d.teachers.clip import axis_coverage, crop_layout
 from ovseg3d.train import Trainer
+
+
+def nearest_cell(x: Tensor, image_size: int, map_size: int) -> Tensor:
+    """Index of the cell of a ``map_size`` map that holds pixel coordinate ``x`` of an ``image_size`` image."""
+    return ((x.float() + 0.5) * map_size / image_size).long().clamp(0, map_size - 1)
 
 
 @dataclass
@@ -48,9 +53,7 @@ class TeacherTensors:
     def _at(maps: Tensor, views: Tensor, u: Tensor, v: Tensor, width: int, height: int) -> Tensor:
         """Nearest map cell under pixel ``(u, v)`` of a ``width x height`` image."""
         h, w = maps.shape[1:3]
-        col = ((u.float() + 0.5) * w / width).long().clamp(0, w - 1)
-        row = ((v.float() + 0.5) * h / height).long().clamp(0, h - 1)
-        return maps[views, row, col]
+        return maps[views, nearest_cell(v, height, h), nearest_cell(u, width, w)]
 
     def lookup(self, views: Tensor, u: Tensor, v: Tensor, width: int, height: int) -> tuple[Tensor, Tensor, Tensor]:
         """Teacher CLIP ``[R, S, D]``, relevancy ``[R, S, C]`` and DINO ``[R, Dd]`` at pixels of scene views."""
@@ -98,17 +101,30 @@ def semantic_weights(
     return keep, kept / total[ray_indices[keep]]
 
 
-def teacher_coverage(geo: Trainer, n_scales: int) -> Tensor:
-    """``[1, H, W, S]`` the teacher's crop coverage per scale (:func:`crop_coverage`) over its source image
-    (a map indexed like the teacher's, by :meth:`TeacherTensors._at`); all ones for a teacher without crops."""
-    from ovseg3d.teachers.extract import source_size
+@dataclass
+class CropCoverage:
+    """The teacher's crop coverage (:func:`~ovseg3d.teachers.clip.crop_coverage`) per scale over its source
+    image, kept per axis (the crops form a grid): ``rows [h, S]`` and ``cols [w, S]``."""
 
-    teachers = geo.cfg.teachers
-    width, height = source_size(geo.scene, teachers)
-    if len(teachers.clip_scales) != n_scales:  # a cache of another layout: do not guess
-        return torch.ones(1, height, width, n_scales, device=geo.device)
-    maps = [crop_coverage(width, height, d, teachers.clip_stride) for d in teachers.clip_scales]
-    return torch.stack(maps, -1)[None].to(geo.device)
+    rows: Tensor
+    cols: Tensor
+
+    @classmethod
+    def of(cls, geo: Trainer) -> CropCoverage:
+        from ovseg3d.teachers.extract import source_size
+
+        teachers = geo.cfg.teachers
+        width, height = source_size(geo.scene, teachers)
+        layouts = [crop_layout(width, height, d, teachers.clip_stride) for d in teachers.clip_scales]
+        rows = torch.stack([axis_coverage(height, *layout) for layout in layouts], -1)
+        cols = torch.stack([axis_coverage(width, *layout) for layout in layouts], -1)
+        return cls(rows.to(geo.device), cols.to(geo.device))
+
+    def at(self, u: Tensor, v: Tensor, width: int, height: int) -> Tensor:
+        """``[R, S]`` the coverage under pixels ``(u, v)`` of a ``width x height`` scene image."""
+        row = nearest_cell(v, height, len(self.rows))
+        col = nearest_cell(u, width, len(self.cols))
+        return self.rows[row] * self.cols[col]
 
 
 class Distiller:
@@ -130,7 +146,7 @@ class Distiller:
         self.field = SemanticField(geo.field.aabb, sem, geo.device, cfg.grid_impl)
         self.optimizer = torch.optim.Adam(self.field.parameters(), lr=cfg.sem_lr, betas=(0.9, 0.99), eps=1e-15)
         self.train_views = torch.as_tensor(geo.scene.train_ids, device=geo.device)
-        self.coverage = teacher_coverage(geo, int(n_scales)) if cfg.coverage_weights else None
+        self.coverage = CropCoverage.of(geo) if cfg.coverage_weights else None
         self.step = 0
         self.elapsed = 0.0
 
@@ -203,9 +219,7 @@ class Distiller:
         z = self.render_latent(cams, views, origins, dirs, scene.near_far)
         out = self.field.decode(z)
         t_clip, t_rel, t_dino = self.teacher.lookup(views, u, v, scene.width, scene.height)
-        cover = None
-        if self.coverage is not None:  # one map for every view
-            cover = self.teacher._at(self.coverage, torch.zeros_like(views), u, v, scene.width, scene.height)
+        cover = None if self.coverage is None else self.coverage.at(u, v, scene.width, scene.height)
         stats = self.losses(out, t_clip, t_rel, t_dino, cover)
         self.optimizer.zero_grad(set_to_none=True)
         stats[0].backward()

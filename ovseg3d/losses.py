@@ -63,8 +63,9 @@ def rda_loss(
     divergence: str = "js",
     weights: Tensor | None = None,
 ) -> Tensor:
-    """Relevancy-distribution alignment: mean (over rays, weighted by ``weights [R]`` when given) JS between the field's ``softmax_c(cos(F, t_c) / tau_f)`` and
-    the teacher's ``softmax_c(sum_s sel_s R_s,c / tau_r)``; ``relevancy``: ``[R, S, C]`` in [0, 1].
+    """Relevancy-distribution alignment: mean JS between the field's ``softmax_c(cos(F, t_c) / tau_f)`` and
+    the teacher's ``softmax_c(sum_s sel_s R_s,c / tau_r)``; ``relevancy``: ``[R, S, C]`` in [0, 1];
+    ``weights [R]``, when given, weigh the rays in the mean.
 
     3D-OVS uses the unnormalised ``F . t_c``; we measured that the feature's length then grows with the
     majority class until JS saturates (ln 2) on small objects and their gradient vanishes, so the logits

@@ -169,7 +169,7 @@ def test_the_coverage_weights_follow_the_teachers_crop_layout(distilled):
     _, run = distilled
     trainer = load_trainer(run, "cpu")
     distiller, features = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
-    cover = distiller.coverage
+    cover = (distiller.coverage.rows[:, None] * distiller.coverage.cols[None])[None]  # [1, H, W, S]
     scales = trainer.cfg.teachers.clip_scales
     assert cover.shape == (1, trainer.scene.height, trainer.scene.width, len(scales))
     mid = cover[0, trainer.scene.height // 2, trainer.scene.width // 2]

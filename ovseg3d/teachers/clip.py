@@ -41,8 +41,7 @@ def crop_boxes(
 
     The crop side is ``min(W, H) // divisor``; each side then grows by ``U(0, grow) x side``.
     """
-    patch = max(1, min(width, height) // divisor)
-    step = max(1, round(patch * stride))
+    patch, step = crop_layout(width, height, divisor, stride)
     ys, xs = torch.meshgrid(_starts(height, patch, step), _starts(width, patch, step), indexing="ij")
     boxes = torch.stack([xs, ys, xs + patch, ys + patch], -1).reshape(-1, 4).double()
     if grow > 0:
@@ -52,22 +51,30 @@ def crop_boxes(
     return torch.minimum(boxes.round().clamp(min=0), limit).long()
 
 
+def crop_layout(width: int, height: int, divisor: int, stride: float = 0.25) -> tuple[int, int]:
+    """``(patch, step)`` in pixels of one scale's crops: side ``min(W, H) // divisor``, about ``stride``
+    sides apart."""
+    patch = max(1, min(width, height) // divisor)
+    return patch, max(1, round(patch * stride))
+
+
+def axis_coverage(length: int, patch: int, step: int) -> Tensor:
+    """``[length]`` in (0, 1]: how many crop starts of :func:`_starts` cover each pixel along one axis, over
+    the ``patch // step`` that cover the interior (capped at 1)."""
+    starts = _starts(length, patch, step)
+    x = torch.arange(length)[:, None]
+    count = ((x >= starts) & (x < starts + patch)).sum(1).float()
+    return (count / max(1, patch // step)).clamp(max=1.0)
+
+
 def crop_coverage(width: int, height: int, divisor: int, stride: float = 0.25) -> Tensor:
     """``[H, W]`` in (0, 1]: how many crops of one scale (:func:`crop_boxes`, before growth) cover each
-    pixel, over the ``(patch // step)**2`` that cover the image's interior (capped at 1). A teacher map
-    averages the crops over a pixel, so near the image's border, where fewer crops reach, it is the noisier:
-    the corner pixel is under one crop a scale."""
-    patch = max(1, min(width, height) // divisor)
-    step = max(1, round(patch * stride))
-    nominal = max(1, patch // step)
-
-    def along(length: int) -> Tensor:
-        starts = _starts(length, patch, step)
-        x = torch.arange(length)[:, None]
-        count = ((x >= starts) & (x < starts + patch)).sum(1).float()
-        return (count / nominal).clamp(max=1.0)
-
-    return along(height)[:, None] * along(width)[None, :]
+    pixel, over the ``(patch // step)**2`` that cover the image's interior (each axis capped at 1). A teacher
+    map averages the crops over a pixel, so near the image's border, where fewer crops reach, it is the
+    noisier: the corner pixel is under one crop a scale. The crops form a grid, so this is the product of
+    :func:`axis_coverage` along y and along x."""
+    patch, step = crop_layout(width, height, divisor, stride)
+    return axis_coverage(height, patch, step)[:, None] * axis_coverage(width, patch, step)[None, :]
 
 
 def splat_crops(boxes: Tensor, embeddings: Tensor, width: int, height: int, out_w: int, out_h: int) -> Tensor:

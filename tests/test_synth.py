@@ -17,6 +17,7 @@ from ovseg3d.data.synth import (
     VOCABULARY,
     SynthCameras,
     SynthConfig,
+    _front_to_cameras,
     annotated_views,
     build_scene,
     camera_rays,
@@ -215,6 +216,20 @@ def test_asymmetric_classes_face_local_x() -> None:
             top = max(p.center[2] for p in parts)
             back = [a for a, p in zip(along, parts) if p.center[2] == top]
             assert back[0] < 0
+
+
+def test_fronts_face_forward_cameras_only() -> None:
+    """Forward cameras look along +y: every front points to -y there; orbit scenes keep the drawn yaws."""
+    fronts = {"forward": [], "orbit": []}
+    for cameras in fronts:
+        for seed in range(6):
+            cfg = SynthConfig(classes=("mug", "chair", "book"), n_objects=3, seed=seed, cameras=cameras)
+            fronts[cameras] += [math.sin(o["yaw"]) for o in build_scene(cfg).objects if not o["symmetric"]]
+    assert len(fronts["forward"]) == 12 and max(fronts["forward"]) <= 0
+    assert max(fronts["orbit"]) > 0
+    yaws = np.array([2.0, 2.0, -1.0])
+    turned = _front_to_cameras(yaws, ["mug", "book", "chair"])
+    np.testing.assert_allclose(turned, [2.0 - math.pi, 2.0, -1.0])
 
 
 def test_near_far_bound_the_true_depth(llff_scene: Path) -> None:

@@ -54,7 +54,8 @@ class SynthConfig:
     n_views: int = 36
     """Number of camera views."""
     cameras: Literal["forward", "orbit"] = "forward"
-    """forward: LLFF-like patch of cameras facing the objects; orbit: rings around them."""
+    """forward: LLFF-like patch of cameras facing the objects (an object with a front, such as a mug's handle,
+    turns it toward them, so that its pose can be seen); orbit: rings around them."""
     format: Literal["llff", "transforms"] = "llff"
     """Pose file: llff (poses_bounds.npy, 3D-OVS) or transforms (nerfstudio transforms.json)."""
     n_objects: int = 5
@@ -687,6 +688,16 @@ def _object_primitives(
     ]
 
 
+def _front_to_cameras(yaws: np.ndarray, names: list[str]) -> np.ndarray:
+    """Turn by half a turn every object with a front (local +x) whose front faces away from forward cameras.
+
+    Forward cameras look along +y from the -y side, so a mug whose handle points to +y shows them a plain
+    cylinder and its pose cannot be seen from any view; half a turn about the box centre keeps the footprint.
+    """
+    away = np.array([not VOCABULARY[n][1] for n in names]) & (np.sin(yaws) > 0)
+    return np.where(away, yaws - np.pi, yaws)
+
+
 def build_scene(cfg: SynthConfig) -> SynthScene:
     """Draw the objects, place them and build the room around them (deterministic in ``cfg.seed``)."""
     if cfg.n_objects < 1:
@@ -697,6 +708,8 @@ def build_scene(cfg: SynthConfig) -> SynthScene:
     sizes = np.array([size for _, size in built])
     xy = _place(0.5 * np.hypot(sizes[:, 0], sizes[:, 1]), sizes[:, 2], cfg, rng)
     yaws = rng.uniform(-np.pi, np.pi, len(names))
+    if cfg.cameras == "forward":
+        yaws = _front_to_cameras(yaws, names)
     prims: list[Primitive] = []
     objects: list[dict] = []
     for k, (name, (parts, size)) in enumerate(zip(names, built)):

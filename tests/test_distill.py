@@ -32,8 +32,10 @@ def test_train_logs_the_distillation_and_eval_scores_it_next_to_the_teacher(dist
     for key in ("miou", "accuracy", "teacher_miou", "teacher_accuracy", "per_class_iou", "psnr"):
         assert key in metrics
     assert 0.0 <= metrics["miou"] <= 100.0 and metrics["n_annotated_views"] == 2
+    assert 0.0 < metrics["gt_shifted_1px_miou"] < 100.0  # the scene's objects are a few pixels wide
     assert metrics["annotated_views_trained"] is False
-    assert "segmentation on 2 annotated views" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "segmentation on 2 annotated views" in out and "moved by one pixel" in out
     assert len(list((run / "renders").glob("seg_*.png"))) == 2
 
 

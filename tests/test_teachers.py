@@ -15,7 +15,7 @@ from tiny_models import save_tiny_clip, save_tiny_dino
 
 from ovseg3d.cli import main
 from ovseg3d.data.loader import load_scene
-from ovseg3d.evaluate import class_ious, segmentation_metrics
+from ovseg3d.evaluate import class_ious, segmentation_metrics, shifted_gt_miou
 from ovseg3d.teachers import cache
 from ovseg3d.teachers.base import TeacherView
 from ovseg3d.teachers.clip import build_clip, crop_boxes, crop_coverage, multiscale_features, splat_crops
@@ -356,6 +356,16 @@ def test_one_stray_pixel_of_a_class_the_view_lacks_costs_a_whole_iou_term():
     assert m["miou"] == pytest.approx(100 * (0.75 + 1.0 + 0.0) / 3, abs=0.01)
     assert m["miou_gt_classes"] == pytest.approx(100 * (0.75 + 1.0) / 2, abs=0.01)
     assert m["per_class_iou"]["c"] == 0.0
+
+
+def test_ground_truth_shifted_by_one_pixel_known_answer():
+    gt = torch.zeros(2, 6, 6, dtype=torch.bool)
+    gt[1, 2:4, 2:4] = True  # a 2 x 2 object on a background: moved one pixel, it keeps 2 of 6 pixels
+    gt[0] = ~gt[1]
+    expected = 100 * (2 / 6 + 30 / 34) / 2
+    assert shifted_gt_miou({0: gt}, ["bg", "obj"]) == pytest.approx(expected, abs=0.01)
+    big = gt.repeat_interleave(4, 1).repeat_interleave(4, 2)  # the same view at 4x the resolution
+    assert expected < shifted_gt_miou({0: big}, ["bg", "obj"]) < 100
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from ovseg3d.cli import main
-from ovseg3d.detect.boxes import fit_upright_box, front_yaw
+from ovseg3d.detect.boxes import face, fit_upright_box, front_yaw
 from ovseg3d.detect.gravity import estimate_up, rotation_between
 from ovseg3d.detect.head import DetectOptions, detect, point_spacing
-from ovseg3d.detect.instances import connected_components
+from ovseg3d.detect.instances import connected_components, merge_pieces
 from ovseg3d.detect.metrics import box_iou, rot_z
 from ovseg3d.export import LabelledCloud, read_ply, write_ply
 
@@ -85,6 +86,28 @@ def test_connected_components_split_at_eps_and_sort_by_size():
     assert len(set(connected_components(np.concatenate([b, a]), eps=0.25))) == 1
 
 
+def test_pieces_join_when_the_joined_box_is_nearer_the_class_size():
+    """Two unlinked halves of one 30 cm object whose boxes touch (as a chair's seat edge and backrest can
+    be), a far third piece, and two whole 30 cm objects side by side: only the halves join."""
+
+    def score(xyz: np.ndarray) -> float:  # the size prior's shape: nearer 0.3 x 0.3 x 0.3 scores higher
+        return math.exp(-float(np.abs(np.log(np.ptp(xyz, 0) / 0.3)).mean()))
+
+    cube = box_surface([0.0, 0.0, 0.15], [0.3, 0.3, 0.3], 0.0)
+    low = cube[(cube[:, 2] < 0.15) & ((cube[:, 0] < -0.14) | (cube[:, 2] < 0.01))]  # back wall's lower half, bottom
+    high = box_surface([0.14, 0.0, 0.225], [0.02, 0.3, 0.15], 0.0)  # the front's upper half: 15 cm from `low`
+    far = box_surface([0.8, 0.0, 0.15], [0.3, 0.3, 0.3], 0.0)
+    xyz = np.concatenate([low, high, far])
+    a, b = np.arange(len(low)), np.arange(len(low), len(low) + len(high))
+    c = np.arange(len(low) + len(high), len(xyz))
+    assert len(set(connected_components(xyz[np.concatenate([a, b])], 0.015))) == 2  # not linked
+    joined = merge_pieces(xyz, [a, b, c], score, gap=0.015)  # their boxes touch: joined
+    assert sorted(len(p) for p in joined) == sorted([len(a) + len(b), len(c)])
+    side_by_side = np.concatenate([far, far + [0.0, 0.31, 0.0]])
+    n = len(far)
+    assert len(merge_pieces(side_by_side, [np.arange(n), np.arange(n, 2 * n)], score, gap=0.015)) == 2
+
+
 def test_box_fit_recovers_a_known_box():
     center, size, yaw = np.array([0.3, -0.2, 0.1]), np.array([0.4, 0.2, 0.2]), 0.6
     box = fit_upright_box(box_surface(center, size, yaw))
@@ -128,6 +151,34 @@ def test_a_mug_faces_its_handle(yaw):
     # a can (the same cylinder, no handle) has no front
     can = pts[np.linalg.norm((pts - [0.1, 0.2, 0]) @ rot_z(yaw)[:, :2] + [0.0175, 0], axis=1) < 0.046]
     assert front_yaw(can)[1] < 0.05
+
+
+def _turned(found: float, yaw: float) -> float:
+    return abs(math.degrees(math.remainder(found - yaw, 2 * math.pi)))
+
+
+@pytest.mark.parametrize("yaw", [0.3, 1.2, -2.0, 2.9])
+def test_a_chair_box_snaps_to_its_sides(yaw):
+    """A boxy footprint whose two front estimates agree takes the nearest side direction, L along it."""
+    parts = [box_surface([0, 0, 0.235], [0.32, 0.34, 0.03], 0.0), box_surface([-0.145, 0, 0.36], [0.03, 0.34, 0.22], 0)]
+    parts += [box_surface([sx * 0.145, sy * 0.155, 0.11], [0.03, 0.03, 0.22], 0) for sx in (1, -1) for sy in (1, -1)]
+    pts = np.concatenate(parts)
+    pts = (pts + RNG.normal(0, 0.004, pts.shape)) @ rot_z(yaw).T + [0.2, 0.1, 0.0]
+    found, _ = front_yaw(pts)
+    box = face(fit_upright_box(pts), found, pts)
+    assert _turned(box.yaw, yaw) < 1.0
+    assert box.size[0] < box.size[1]  # L (0.32) along the front, W (0.34) across
+
+
+def test_a_half_seen_mug_is_not_snapped_to_its_box():
+    """The demo field's fused mug (handle toward the cameras, the back of the body never seen, 162 points):
+    its half shell and handle make a boxy footprint whose sides are 33 degrees off the handle."""
+    pts = np.load(Path(__file__).parent / "data" / "demo_mug_points.npy").astype(np.float64)
+    yaw = -1.1240424464986107  # scenes/demo/objects.json
+    found, asym = front_yaw(pts)
+    assert asym > 0.1
+    box = face(fit_upright_box(pts), found, pts)
+    assert _turned(box.yaw, yaw) < 15
 
 
 def test_size_prior_drops_a_box_far_from_its_class_size():

@@ -1,8 +1,9 @@
 """The detection head: a labelled point cloud -> oriented, upright 3D boxes with class names, scores and poses.
 
 1. Gravity: up from the normals of flat surfaces (or given), the cloud turned so that up is +z.
-2. Instances: connected components of each label's points (stuff such as floor and walls excluded); without
-   labels, components of what stands above the support plane.
+2. Instances: connected components of each label's points (stuff such as floor and walls excluded), nearby
+   pieces of one class joined where the joined box is nearer the class's prior size; without labels,
+   components of what stands above the support plane.
 3. Boxes: DBSCAN-like clean-up, the upright box of least footprint; objects with a front (from their height
    profile: a mug's handle is below its rim) are turned to face it.
 4. Classes: per instance, the mean of the available cues over the vocabulary plus a background slot: the
@@ -14,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 
 from ovseg3d.detect.boxes import Box, face, fit_upright_box, front_yaw
 from ovseg3d.detect.gravity import estimate_up, gravity_rotation
-from ovseg3d.detect.instances import clean_instance, connected_components, label_instances
+from ovseg3d.detect.instances import clean_instance, connected_components, label_instances, merge_pieces
 from ovseg3d.detect.metrics import box_iou, rot_z
 from ovseg3d.detect.priors import SizePriors
 from ovseg3d.export import LabelledCloud
@@ -49,6 +51,10 @@ class DetectOptions:
     """Voxel edge that links points into one instance, world units (0: 3 x the cloud's point spacing)."""
     min_points: int = 30
     """Smallest instance, in points."""
+    join_pieces: bool = True
+    """Join pieces of one class whose bounding boxes overlap or lie within ``eps`` of each other when the
+    joined box is nearer the class's prior size than either (a chair seen from the front can fall apart into
+    its seat edge and its backrest)."""
     min_score: float = 0.05
     """Boxes scoring less are dropped."""
     size_prior: bool = True
@@ -170,19 +176,30 @@ class InstanceClassifier:
 
 
 def _proposals(
-    cloud: LabelledCloud, xyz_up: np.ndarray, priors: SizePriors, eps: float, min_points: int
+    cloud: LabelledCloud, xyz_up: np.ndarray, priors: SizePriors, eps: float, opts: DetectOptions
 ) -> list[np.ndarray]:
     """Point indices of candidate instances."""
     if (cloud.label >= 0).any():
-        things = [i for i, c in enumerate(cloud.classes) if not priors.is_stuff(c)]
-        return [idx for _, idx in label_instances(xyz_up, cloud.label, things, eps, min_points)]
+        out = []
+        for c, name in enumerate(cloud.classes):
+            if priors.is_stuff(name):
+                continue
+            pieces = [idx for _, idx in label_instances(xyz_up, cloud.label, [c], eps, 5)]
+            if name.lower() in priors.sizes and opts.size_prior and opts.join_pieces and len(pieces) > 1:
+                pieces = merge_pieces(xyz_up, pieces, functools.partial(_prior_score, priors, name), eps)
+            out += [p for p in pieces if len(p) >= opts.min_points]
+        return out
     # no labels: what stands clear of the support plane, split into connected pieces
     height = xyz_up[:, 2]
     hist, edges = np.histogram(height, bins=200)
     floor = edges[int(np.argmax(hist)) + 1]
     idx = np.flatnonzero(height > floor + 2 * eps)
     comp = connected_components(xyz_up[idx], eps)
-    return [idx[comp == k] for k in range(int(comp.max(initial=-1)) + 1) if (comp == k).sum() >= min_points]
+    return [idx[comp == k] for k in range(int(comp.max(initial=-1)) + 1) if (comp == k).sum() >= opts.min_points]
+
+
+def _prior_score(priors: SizePriors, name: str, xyz: np.ndarray) -> float:
+    return priors.factor(name, fit_upright_box(xyz).size) if len(xyz) >= 3 else 0.0
 
 
 def detect(
@@ -229,7 +246,7 @@ def detect(
     t1 = time.perf_counter()
 
     eps = opts.eps or 3 * spacing
-    proposals = _proposals(cloud, xyz_up, priors, eps, opts.min_points)
+    proposals = _proposals(cloud, xyz_up, priors, eps, opts)
     t2 = time.perf_counter()
 
     classifier = InstanceClassifier(cloud, vocabulary, priors, opts.background, text, depth, render)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -75,3 +76,36 @@ def clean_instance(xyz: np.ndarray, eps: float, keep_fraction: float = 0.01) -> 
     sizes = np.bincount(comp)
     big = np.flatnonzero(sizes >= max(5, keep_fraction * sizes[0]))
     return np.flatnonzero(np.isin(comp, big))
+
+
+def _box_gaps(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``[K, K]`` distances between axis-aligned boxes ``lo``/``hi [K, 3]`` (0 where they overlap)."""
+    gap = np.maximum(0.0, np.maximum(lo[:, None] - hi[None], lo[None] - hi[:, None]))
+    return np.linalg.norm(gap, axis=2)
+
+
+def merge_pieces(
+    xyz: np.ndarray, pieces: list[np.ndarray], score: Callable[[np.ndarray], float], gap: float
+) -> list[np.ndarray]:
+    """Join pieces of one class (point indices into ``xyz``) while that helps: of the pairs whose bounding
+    boxes are less than ``gap`` apart, the one whose joined points ``score`` best is joined, if that beats
+    both pieces alone; again until no pair does. A chair seen from the front can fall apart into its seat
+    edge, its backrest and its legs, none of them chair-sized; two mugs side by side joined are no more
+    mug-sized than either."""
+    pieces = list(pieces)
+    scores = [score(xyz[p]) for p in pieces]
+    while len(pieces) > 1:
+        lo = np.stack([xyz[p].min(0) for p in pieces])
+        hi = np.stack([xyz[p].max(0) for p in pieces])
+        near = np.argwhere(np.triu(_box_gaps(lo, hi) < gap, 1))
+        best, pair = 0.0, None
+        for i, j in near:
+            joined = score(xyz[np.concatenate([pieces[i], pieces[j]])])
+            if joined > max(scores[i], scores[j], best):
+                best, pair = joined, (int(i), int(j))
+        if pair is None:
+            break
+        i, j = pair
+        pieces[i], scores[i] = np.concatenate([pieces[i], pieces[j]]), best
+        del pieces[j], scores[j]
+    return pieces

@@ -131,6 +131,38 @@ def test_gravity_recovered_on_a_tilted_cloud(hint):
     assert math.degrees(math.acos(min(1.0, float(found @ up)))) < 1.0
 
 
+def test_the_floor_label_levels_gravity_when_a_larger_flat_top_is_tilted():
+    """A sparse floor and a dense, 6-degree-tilted book top: the most flat area is the book's, the floor is
+    what the labels say objects stand on."""
+    ground = floor(1.0)[::20]
+    top = np.c_[grid(0.5, 0.5), np.full(len(grid(0.5, 0.5)), 0.05)]
+    tilt = rotation_between(np.array([0.0, 0.0, 1.0]), np.array([math.sin(math.radians(6)), 0.0, 1.0]))
+    top = (top - [0, 0, 0.05]) @ tilt.T + [0.0, 0.0, 0.05]
+    xyz = np.concatenate([ground, top])
+    assert len(top) > 3 * len(ground)
+    is_floor = np.arange(len(xyz)) < len(ground)
+    hint = np.array([0.0, 0.0, 1.0])
+    off = math.degrees(math.acos(float(estimate_up(xyz, 4 * STEP, hint=hint) @ hint)))
+    on = math.degrees(math.acos(min(1.0, float(estimate_up(xyz, 4 * STEP, hint=hint, ground=is_floor) @ hint))))
+    assert off > 4.0 and on < 0.5
+
+
+def test_boxes_grow_down_to_the_floor_they_stand_on():
+    """The bottom 3 cm of an 8 cm cube are missing (labelled floor, as fused clouds have it): its box still
+    stands on the floor; a box hanging 30 cm up keeps its own bottom."""
+    cube = box_surface([0.0, 0.0, 0.04], [0.08, 0.08, 0.08], 0.3)
+    hung = box_surface([0.4, 0.0, 0.34], [0.08, 0.08, 0.08], 0.0)
+    parts = [(floor(), 2), (cube[cube[:, 2] > 0.03], 0), (hung[hung[:, 2] > 0.33], 1)]
+    cloud = cloud_of(parts, ["rubik cube", "book", "floor"])
+    quiet = {"up_hint": np.array([0, 0, 1.0]), "log": lambda *_: None}
+    found = {d.name: d for d in detect(cloud, DetectOptions(size_prior=False), **quiet).detections}
+    assert found["rubik cube"].size[2] == pytest.approx(0.08, abs=0.006)
+    assert found["rubik cube"].center[2] == pytest.approx(0.04, abs=0.004)
+    assert found["book"].size[2] == pytest.approx(0.05, abs=0.006)  # 33-38 cm up: not on the floor
+    plain = detect(cloud, DetectOptions(size_prior=False, rest_on_support=False), **quiet).detections
+    assert {d.name: d for d in plain}["rubik cube"].size[2] == pytest.approx(0.05, abs=0.006)
+
+
 def test_touching_objects_of_different_labels_are_separate_boxes():
     a = box_surface([0.0, 0.0, 0.1], [0.2, 0.2, 0.2], 0.0)
     b = box_surface([0.2, 0.0, 0.075], [0.2, 0.15, 0.15], 0.0)  # shares the face x = 0.1 with a

@@ -57,11 +57,14 @@ def estimate_up(
     hint: np.ndarray | None = None,
     hint_deg: float = 35.0,
     inlier_deg: float = 10.0,
+    ground: np.ndarray | None = None,
 ) -> np.ndarray:
     """The unit up vector of a scene: the direction shared by the most area of flat surfaces (floors, table
     tops), refined by a mean shift over their normals with a shrinking window. ``hint`` (e.g. the cameras' mean up) keeps
     only directions within ``hint_deg`` of it and picks the sign; without it the sign puts the support plane
-    below the rest of the points."""
+    below the rest of the points. ``ground`` (``[N]`` bool, e.g. the points labelled floor) names the plane
+    to level: without it the plane is the one where most flat points lie, which in a sparse cloud can be a
+    book's top."""
     planes = voxel_normals(xyz, cell)
     flat = planes.planarity > 0.9
     if flat.sum() < 3:
@@ -85,7 +88,10 @@ def estimate_up(
         up = (aligned * w[inl, None]).sum(0)
         up /= np.linalg.norm(up)
     on_plane = np.isin(planes.point_voxel, np.flatnonzero(flat)[inl])
-    up = refine_plane_normal(xyz, up, on_plane, cell)
+    if ground is not None and ground.sum() >= 30:
+        up = fit_plane_normal(xyz[ground], up)  # the labelled floor, whatever its share of the flat area
+    else:
+        up = refine_plane_normal(xyz, up, on_plane, cell)
     if hint is not None:
         return up if up @ hint >= 0 else -up
     height = xyz @ up
@@ -103,7 +109,12 @@ def refine_plane_normal(xyz: np.ndarray, up: np.ndarray, seeds: np.ndarray, cell
     height = xyz @ up
     hist, edges = np.histogram(height[seeds], bins=max(8, int(np.ptp(height[seeds]) / (cell / 4)) + 1))
     h0 = (edges[int(np.argmax(hist))] + edges[int(np.argmax(hist)) + 1]) / 2
-    pts = xyz[np.abs(height - h0) < cell]
+    return fit_plane_normal(xyz[np.abs(height - h0) < cell], up, iters)
+
+
+def fit_plane_normal(pts: np.ndarray, up: np.ndarray, iters: int = 6) -> np.ndarray:
+    """The normal (on ``up``'s side) of a plane fitted to ``pts`` by least squares, residuals beyond 2.5
+    robust sigmas dropped at each pass; ``up`` itself for fewer than 10 points."""
     if len(pts) < 10:
         return up
     normal = up

@@ -36,6 +36,8 @@ from ovseg3d.export import LabelledCloud
 
 DETECTIONS_FORMAT = 1
 BACKGROUND_PROMPTS = ("background", "unknown", "other")
+SUPPORT_CLASSES = ("floor", "ground", "carpet", "rug")
+"""Labels of the surface objects stand on: gravity levels it and boxes are grown down to it."""
 
 
 @dataclass
@@ -51,6 +53,10 @@ class DetectOptions:
     """Voxel edge that links points into one instance, world units (0: 3 x the cloud's point spacing)."""
     min_points: int = 30
     """Smallest instance, in points."""
+    rest_on_support: bool = True
+    """A box whose bottom is less than its own height above the support plane (the floor or a table top,
+    the height where most points lie) is grown down to it: objects stand on it, and a fused cloud seldom
+    keeps the bottom centimetres of an object, which the cameras see at a grazing angle or label as floor."""
     join_pieces: bool = True
     """Join pieces of one class whose bounding boxes overlap or lie within ``eps`` of each other when the
     joined box is nearer the class's prior size than either (a chair seen from the front can fall apart into
@@ -198,6 +204,24 @@ def _proposals(
     return [idx[comp == k] for k in range(int(comp.max(initial=-1)) + 1) if (comp == k).sum() >= opts.min_points]
 
 
+def support_height(height: np.ndarray, bin_size: float) -> float:
+    """The height where most points lie (histogram mode, bins of ``bin_size``): the floor or a table top."""
+    edges = np.arange(height.min(), height.max() + 2 * bin_size, bin_size)
+    hist, _ = np.histogram(height, bins=edges)
+    k = int(np.argmax(hist))
+    return float((edges[k] + edges[k + 1]) / 2)
+
+
+def rest_on(box: Box, support: float) -> Box:
+    """``box`` grown down to the ``support`` height when its bottom is above it by less than its height."""
+    bottom, top = box.center[2] - box.size[2] / 2, box.center[2] + box.size[2] / 2
+    if not 0.0 < bottom - support < top - bottom:
+        return box
+    center, size = box.center.copy(), box.size.copy()
+    center[2], size[2] = (support + top) / 2, top - support
+    return Box(center, size, box.yaw)
+
+
 def _prior_score(priors: SizePriors, name: str, xyz: np.ndarray) -> float:
     return priors.factor(name, fit_upright_box(xyz).size) if len(xyz) >= 3 else 0.0
 
@@ -237,15 +261,19 @@ def detect(
 
     xyz = cloud.xyz.astype(np.float64)
     spacing = cloud.voxel_size or point_spacing(xyz)
+    ground = [i for i, c in enumerate(cloud.classes) if c.lower() in SUPPORT_CLASSES]
+    on_support = np.isin(cloud.label, ground) if ground else None
     if opts.up is not None:
         up = np.asarray(opts.up, np.float64) / np.linalg.norm(opts.up)
     else:
-        up = estimate_up(xyz, 8 * spacing, hint=up_hint)
+        up = estimate_up(xyz, 8 * spacing, hint=up_hint, ground=on_support)
     grav = gravity_rotation(up)
     xyz_up = xyz @ grav.T
     t1 = time.perf_counter()
 
     eps = opts.eps or 3 * spacing
+    ground_up = xyz_up[on_support] if on_support is not None and on_support.sum() >= 30 else xyz_up
+    support = support_height(ground_up[:, 2], spacing)
     proposals = _proposals(cloud, xyz_up, priors, eps, opts)
     t2 = time.perf_counter()
 
@@ -280,6 +308,8 @@ def detect(
             symmetric = asym < opts.front_threshold if symmetric is None else False
             if not symmetric:
                 box = face(box, yaw, pts)
+        if opts.rest_on_support:
+            box = rest_on(box, support)
         rotation = grav.T @ rot_z(box.yaw)
         det = Detection(
             name=name,

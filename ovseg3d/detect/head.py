@@ -54,11 +54,11 @@ class DetectOptions:
     min_points: int = 30
     """Smallest instance, in points."""
     rest_on_support: bool = True
-    """A box whose bottom is less than its own height above the support plane (the floor or a table top,
-    the height where most points lie) is grown down to it: objects stand on it, and a fused cloud seldom
-    keeps the bottom centimetres of an object, which the cameras see at a grazing angle or label as floor."""
+    """A box whose bottom is less than its own height above the support (the height where most points
+    labelled floor lie, or most points when none is) is grown down to it: objects stand on it, and a fused
+    cloud seldom keeps an object's bottom centimetres, which cameras see at a grazing angle or label floor."""
     join_pieces: bool = True
-    """Join pieces of one class whose bounding boxes overlap or lie within ``eps`` of each other when the
+    """Join pieces of one class whose bounding boxes overlap or lie within --eps of each other when the
     joined box is nearer the class's prior size than either (a chair seen from the front can fall apart into
     its seat edge and its backrest)."""
     min_score: float = 0.05

@@ -85,27 +85,42 @@ def _box_gaps(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def merge_pieces(
-    xyz: np.ndarray, pieces: list[np.ndarray], score: Callable[[np.ndarray], float], gap: float
+    xyz: np.ndarray,
+    pieces: list[np.ndarray],
+    score: Callable[[np.ndarray], float],
+    gap: float,
+    max_points: int = 4000,
 ) -> list[np.ndarray]:
     """Join pieces of one class (point indices into ``xyz``) while that helps: of the pairs whose bounding
     boxes are less than ``gap`` apart, the one whose joined points ``score`` best is joined, if that beats
     both pieces alone; again until no pair does. A chair seen from the front can fall apart into its seat
     edge, its backrest and its legs, none of them chair-sized; two mugs side by side joined are no more
-    mug-sized than either."""
-    pieces = list(pieces)
-    scores = [score(xyz[p]) for p in pieces]
-    while len(pieces) > 1:
-        lo = np.stack([xyz[p].min(0) for p in pieces])
-        hi = np.stack([xyz[p].max(0) for p in pieces])
-        near = np.argwhere(np.triu(_box_gaps(lo, hi) < gap, 1))
+    mug-sized than either. ``score`` sees an even sample of at most ``max_points`` of the class's points."""
+    rate = min(1.0, max_points / max(1, sum(len(p) for p in pieces)))
+    rng = np.random.default_rng(0)
+    alive = dict(enumerate(pieces))
+    sample = {k: p if rate >= 1 else p[rng.random(len(p)) < rate] for k, p in alive.items()}
+    scores = {k: score(xyz[s]) for k, s in sample.items()}
+    box = {k: (xyz[p].min(0), xyz[p].max(0)) for k, p in alive.items()}
+    joined: dict[tuple[int, int], float] = {}  # scores of the joined pairs, kept until a piece changes
+    while len(alive) > 1:
+        keys = sorted(alive)
+        lo = np.stack([box[k][0] for k in keys])
+        hi = np.stack([box[k][1] for k in keys])
         best, pair = 0.0, None
-        for i, j in near:
-            joined = score(xyz[np.concatenate([pieces[i], pieces[j]])])
-            if joined > max(scores[i], scores[j], best):
-                best, pair = joined, (int(i), int(j))
+        for i, j in np.argwhere(np.triu(_box_gaps(lo, hi) < gap, 1)):
+            a, b = keys[i], keys[j]
+            if (a, b) not in joined:
+                joined[a, b] = score(xyz[np.concatenate([sample[a], sample[b]])])
+            if joined[a, b] > max(scores[a], scores[b], best):
+                best, pair = joined[a, b], (a, b)
         if pair is None:
             break
-        i, j = pair
-        pieces[i], scores[i] = np.concatenate([pieces[i], pieces[j]]), best
-        del pieces[j], scores[j]
-    return pieces
+        a, b = pair
+        alive[a] = np.concatenate([alive[a], alive.pop(b)])
+        sample[a] = np.concatenate([sample[a], sample.pop(b)])
+        scores[a] = best
+        b_lo, b_hi = box.pop(b)
+        box[a] = (np.minimum(box[a][0], b_lo), np.maximum(box[a][1], b_hi))
+        joined = {k: v for k, v in joined.items() if a not in k and b not in k}
+    return [alive[k] for k in sorted(alive)]

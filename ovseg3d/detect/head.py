@@ -261,19 +261,18 @@ def detect(
 
     xyz = cloud.xyz.astype(np.float64)
     spacing = cloud.voxel_size or point_spacing(xyz)
-    ground = [i for i, c in enumerate(cloud.classes) if c.lower() in SUPPORT_CLASSES]
-    on_support = np.isin(cloud.label, ground) if ground else None
+    on_ground = np.isin(cloud.label, [i for i, c in enumerate(cloud.classes) if c.lower() in SUPPORT_CLASSES])
+    ground = on_ground if on_ground.sum() >= 30 else None  # enough floor points to level and stand on
     if opts.up is not None:
         up = np.asarray(opts.up, np.float64) / np.linalg.norm(opts.up)
     else:
-        up = estimate_up(xyz, 8 * spacing, hint=up_hint, ground=on_support)
+        up = estimate_up(xyz, 8 * spacing, hint=up_hint, ground=ground)
     grav = gravity_rotation(up)
     xyz_up = xyz @ grav.T
     t1 = time.perf_counter()
 
     eps = opts.eps or 3 * spacing
-    ground_up = xyz_up[on_support] if on_support is not None and on_support.sum() >= 30 else xyz_up
-    support = support_height(ground_up[:, 2], spacing)
+    support = support_height(xyz_up[ground if ground is not None else slice(None), 2], spacing)
     proposals = _proposals(cloud, xyz_up, priors, eps, opts)
     t2 = time.perf_counter()
 

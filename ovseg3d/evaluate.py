@@ -120,6 +120,7 @@ def semantic_metrics(run: Path, trainer, save_renders: bool = True) -> dict:
         "miou_gt_classes": m["miou_gt_classes"],
         "accuracy": m["accuracy"],
         "per_class_iou": m["per_class_iou"],
+        "per_view_iou": m["per_view_iou"],
         "teacher_miou": t["miou"],
         "teacher_miou_gt_classes": t["miou_gt_classes"],
         "teacher_accuracy": t["accuracy"],
@@ -154,6 +155,18 @@ def detection_metrics(detections: Path, objects: list[dict]) -> dict:
     }
 
 
+def per_view_table(per_view: dict[str, dict[str, float]]) -> str:
+    """The per-view, per-class IoUs as a text table ('-': the class is in neither the view's ground truth
+    nor its prediction; 0 where the prediction has a class the ground truth lacks)."""
+    names = list(dict.fromkeys(name for row in per_view.values() for name in row))
+    width = max([6, *(len(n) for n in names)])
+    lines = [f"{'view':>6} " + " ".join(f"{n:>{width}}" for n in names)]
+    for view, row in per_view.items():
+        cells = (f"{row[n]:>{width}.1f}" if n in row else f"{'-':>{width}}" for n in names)
+        lines.append(f"{view:>6} " + " ".join(cells))
+    return "\n".join(lines)
+
+
 def format_table(metrics: dict) -> str:
     lines = [f"{'view':>6} {'PSNR':>8} {'SSIM':>7}"]
     for v in metrics["per_view"]:
@@ -166,6 +179,8 @@ def format_table(metrics: dict) -> str:
             f"(teacher {metrics['teacher_accuracy']:.1f}); over each view's own classes "
             f"{metrics['miou_gt_classes']:.1f} (teacher {metrics['teacher_miou_gt_classes']:.1f})"
         )
+        if "per_view_iou" in metrics:
+            lines.append(per_view_table(metrics["per_view_iou"]))
         if "gt_shifted_1px_miou" in metrics:
             lines.append(f"(the ground truth moved by one pixel scores mIoU {metrics['gt_shifted_1px_miou']:.1f})")
     if "map25" in metrics:
@@ -219,7 +234,8 @@ def segmentation_metrics(preds: dict[int, Tensor], masks: dict[int, Tensor], cla
     A class that a view's ground truth lacks but its prediction has scores 0 in that view, however few its
     pixels: one stray pixel costs as much as a missed object. ``miou_gt_classes`` is the same mean over only
     the classes each view's ground truth has (the stray pixels still count against the class they belong
-    to), reported beside ``miou`` so that the two kinds of error can be told apart.
+    to), reported beside ``miou`` so that the two kinds of error can be told apart. ``per_view_iou`` holds
+    every term of the mean: view -> class -> IoU, for the classes in the view's ground truth or prediction.
     """
     if not masks:
         raise ValueError("no annotated views (segmentations/) to score segmentation on")
@@ -237,10 +253,15 @@ def segmentation_metrics(preds: dict[int, Tensor], masks: dict[int, Tensor], cla
         for i, name in enumerate(classes)
         if defined[:, i].any()
     }
+    per_view = {
+        str(view): {name: round(100 * float(row[i]), 2) for i, name in enumerate(classes) if not row[i].isnan()}
+        for view, row in zip(masks, table)
+    }
     return {
         "miou": round(100 * float(table[defined].mean()), 2),
         "miou_gt_classes": round(100 * float(table[in_gt].mean()), 2),
         "accuracy": round(100 * correct / max(total, 1), 2),
         "per_class_iou": per_class,
+        "per_view_iou": per_view,
         "n_views": len(masks),
     }

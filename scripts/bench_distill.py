@@ -79,6 +79,7 @@ def scores(metrics: dict, seconds: float | None) -> dict:
         "miou_gt_classes",
         "accuracy",
         "per_class_iou",
+        "per_view_iou",
         "teacher_miou",
         "teacher_miou_gt_classes",
         "teacher_accuracy",

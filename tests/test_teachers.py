@@ -15,7 +15,7 @@ from tiny_models import save_tiny_clip, save_tiny_dino
 
 from ovseg3d.cli import main
 from ovseg3d.data.loader import load_scene
-from ovseg3d.evaluate import class_ious, segmentation_metrics, shifted_gt_miou
+from ovseg3d.evaluate import class_ious, per_view_table, segmentation_metrics, shifted_gt_miou
 from ovseg3d.teachers import cache
 from ovseg3d.teachers.base import TeacherView
 from ovseg3d.teachers.clip import build_clip, crop_boxes, crop_coverage, multiscale_features, splat_crops
@@ -356,6 +356,9 @@ def test_one_stray_pixel_of_a_class_the_view_lacks_costs_a_whole_iou_term():
     assert m["miou"] == pytest.approx(100 * (0.75 + 1.0 + 0.0) / 3, abs=0.01)
     assert m["miou_gt_classes"] == pytest.approx(100 * (0.75 + 1.0) / 2, abs=0.01)
     assert m["per_class_iou"]["c"] == 0.0
+    assert m["per_view_iou"] == {"0": {"a": 75.0, "b": 100.0, "c": 0.0}}
+    table = per_view_table(m["per_view_iou"]).splitlines()
+    assert table[0].split() == ["view", "a", "b", "c"] and table[1].split() == ["0", "75.0", "100.0", "0.0"]
 
 
 def test_ground_truth_shifted_by_one_pixel_known_answer():

@@ -38,13 +38,18 @@ class ExtractArgs:
     one rebuilt. Previews go to CACHE/preview/."""
 
     scene: Path = Path("scenes/demo")
-    """Scene folder: 3D-OVS / LLFF (poses_bounds.npy) or nerfstudio (transforms.json)."""
+    """Scene folder: 3D-OVS / LLFF (poses_bounds.npy), nerfstudio / instant-ngp (transforms.json) or COLMAP
+    (images/ + sparse/0/)."""
     teachers: Annotated[TeacherConfig, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=TeacherConfig)
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
-    downscale: int = 1
+    downscale: int = 0
     """Load the scene downscaled by this factor (what the synthetic teacher sees; real teachers read the
-    original files, see --teacher-long-side). Use the same value as for train."""
+    original files, see --teacher-long-side); 0 = from --max-long-side. Use the same values as for train."""
+    max_long_side: int = 640
+    """With --downscale 0: the longest image side in pixels (640: the cpu preset's; 0 = full size)."""
+    colmap_model: Path | None = None
+    """A COLMAP sparse model folder (default: SCENE/sparse/0 or SCENE/sparse)."""
     force: bool = False
     """Rebuild the cache even if it matches."""
 
@@ -106,8 +111,9 @@ class DetectArgs:
     """Find objects in a labelled point cloud: oriented upright 3D boxes with class names, scores and poses
     (gravity from flat surfaces, one instance per connected piece of each label, boxes fitted upright, classes
     from the distilled labels and features and, with a CLIP model, from depth maps of each instance and rgb
-    renders of it from the run's field; the size prior filters and re-scores). Writes detections.json, which
-    ovseg3d view draws and ovseg3d eval scores against a scene's objects.json."""
+    renders of it from the run's field; the size prior filters and re-scores, at the scene's scale in metres per
+    unit: --scale, or estimated from the objects' sizes). Writes detections.json, which ovseg3d view draws and
+    ovseg3d eval scores against a scene's objects.json."""
 
     source: Path = Path("runs/demo")
     """A run folder (reads RUN/export/points.npz; writes RUN/detections.json), an export folder, or a .ply /
@@ -179,7 +185,7 @@ def cmd_extract(args: list[str]) -> int:
     from ovseg3d.train import resolve_device
 
     a = tyro.cli(ExtractArgs, args=_positional(args, "--scene"), prog="ovseg3d extract SCENE")
-    scene = load_scene(a.scene, a.downscale)
+    scene = load_scene(a.scene, a.downscale, max_long_side=a.max_long_side, colmap_model=a.colmap_model)
     if a.teachers.kind == "auto":
         a.teachers = dataclasses.replace(a.teachers, kind=resolve_kind(scene, print))
     features = ensure_features(scene, a.teachers, resolve_device(a.device), force=a.force)

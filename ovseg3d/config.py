@@ -29,7 +29,8 @@ class TrainConfig:
     """Fit a hash-grid radiance field to a scene."""
 
     scene: Path = Path("scenes/demo")
-    """Scene folder: 3D-OVS / LLFF (poses_bounds.npy) or nerfstudio (transforms.json)."""
+    """Scene folder: 3D-OVS / LLFF (poses_bounds.npy), nerfstudio / instant-ngp (transforms.json) or COLMAP
+    (images/ + sparse/0/ or sparse/)."""
     output: Path = Path("runs/demo")
     """Run folder: config, checkpoints, log, renders and metrics are written here."""
     preset: str = "cpu"
@@ -52,12 +53,26 @@ class TrainConfig:
     """CPU threads for torch (0 = all cores)."""
 
     # data
-    downscale: int = 1
-    """Train on images downscaled by this integer factor."""
+    downscale: int = 0
+    """Train on images downscaled by this integer factor (0 = the smallest factor that brings the long side
+    within --max-long-side; images_K/ folders are used when they match)."""
+    max_long_side: int = 0
+    """With --downscale 0: the longest image side to train on, in pixels (0 = full size). The cpu preset
+    sets 640, the gpu preset 1600."""
+    colmap_model: Path | None = None
+    """A COLMAP sparse model folder to read the poses from (default: SCENE/sparse/0 or SCENE/sparse, when the
+    scene has no poses_bounds.npy or transforms.json)."""
     train_on_annotated: bool = False
     """Also train on the views with 3D-OVS masks (the 3D-OVS protocol); by default they are held out."""
     holdout_every: int = 8
     """Without annotated views, hold out every N-th view for evaluation."""
+
+    # scene space
+    contraction: Literal["auto", "none", "sphere", "cube"] = "auto"
+    """Beyond the region of interest: 'none' (the box is the whole scene), 'sphere' (mip-NeRF 360's
+    contraction of the world into a ball, so backgrounds and sky are modelled), 'cube' (nerfacto's
+    L-infinity variant). 'auto': none where the scene's box is given (LLFF depth bounds, a transforms.json
+    "aabb"), else sphere."""
 
     # field
     grid_impl: Literal["auto", "torch", "tcnn"] = "auto"

@@ -143,7 +143,7 @@ class Distiller:
         scale = math.exp(math.log(cfg.sem_max_resolution / 16) / max(1, cfg.sem_levels - 1))
         grid = HashGridConfig(cfg.sem_levels, cfg.sem_features_per_level, cfg.sem_log2_hashmap_size, 16, scale)
         sem = SemanticConfig(grid, cfg.latent_dim, 64, int(clip_dim), int(n_scales), int(self.teacher.dino.shape[-1]))
-        self.field = SemanticField(geo.field.aabb, sem, geo.device, cfg.grid_impl)
+        self.field = SemanticField(geo.field.aabb, sem, geo.device, cfg.grid_impl, geo.field.contraction)
         self.optimizer = torch.optim.Adam(self.field.parameters(), lr=cfg.sem_lr, betas=(0.9, 0.99), eps=1e-15)
         self.train_views = torch.as_tensor(geo.scene.train_ids, device=geo.device)
         self.coverage = CropCoverage.of(geo) if cfg.coverage_weights else None

@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ovseg3d import __version__
-from ovseg3d.data.cameras import Cameras, image_rays
+from ovseg3d.data.cameras import Cameras, image_rays, project_points
 from ovseg3d.images import label_palette
 from ovseg3d.losses import class_probabilities
 from ovseg3d.render.renderer import render_median_depth
@@ -134,18 +134,12 @@ def agreeing_views(points: Tensor, depths: dict[int, Tensor], cameras: Cameras, 
     for j, depth in depths.items():
         if j == skip:
             continue
-        c2w = cameras.c2w[j].to(points.device)
-        rel = points - c2w[:, 3]
-        local = rel @ c2w[:, :3]  # camera axes (OpenGL: looking down -z)
-        ahead = -local[:, 2]
-        front = ahead > 1e-6
-        u = cameras.cx[j] + cameras.fx[j] * local[:, 0] / ahead.clamp(min=1e-6)
-        v = cameras.cy[j] - cameras.fy[j] * local[:, 1] / ahead.clamp(min=1e-6)
+        u, v, front = project_points(cameras, j, points)
         col, row = torch.floor(u).long(), torch.floor(v).long()
         inside = front & (col >= 0) & (col < cameras.width) & (row >= 0) & (row < cameras.height)
         t = torch.full((len(points),), float("nan"), device=points.device)
         t[inside] = depth[(row * cameras.width + col)[inside]]
-        dist = rel.norm(dim=-1)
+        dist = (points - cameras.c2w[j, :, 3].to(points.device)).norm(dim=-1)
         support += ((t - dist).abs() <= tol * dist).long()  # nan compares False
     return support
 

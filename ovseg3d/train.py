@@ -23,8 +23,9 @@ from ovseg3d import accel
 from ovseg3d.config import TrainConfig, write_toml
 from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
 from ovseg3d.data.loader import load_scene
-from ovseg3d.data.scene import Scene
+from ovseg3d.data.scene import GIVEN_BOUNDS, Scene
 from ovseg3d.field.radiance import RadianceField
+from ovseg3d.field.space import check_contraction, step_scale
 from ovseg3d.images import colorize_depth, save_png, side_by_side
 from ovseg3d.render.occupancy import OccupancyGrid
 from ovseg3d.render.renderer import RenderOptions, RenderOutput, refine_samples, render_image_rays, render_rays
@@ -48,6 +49,21 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device '{name}' requested but torch sees no CUDA GPU; use --device cpu")
     return torch.device(name)
+
+
+def scene_of(cfg: TrainConfig) -> Scene:
+    """The scene of a train config, loaded at its training size."""
+    return load_scene(
+        cfg.scene, cfg.downscale, cfg.train_on_annotated, cfg.holdout_every, cfg.max_long_side, cfg.colmap_model
+    )
+
+
+def resolve_contraction(kind: str, scene: Scene) -> str:
+    """``"auto"``: no contraction where the scene's box was given (LLFF depth bounds, a transforms.json
+    ``"aabb"``), else the sphere contraction beyond the region of interest."""
+    if kind != "auto":
+        return check_contraction(kind)
+    return "none" if scene.bounds in GIVEN_BOUNDS else "sphere"
 
 
 def psnr(mse: float | Tensor) -> float:
@@ -82,10 +98,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.cfg, self.scene, self.device = cfg, scene, device
         aabb = scene.aabb.to(device)
-        self.field = RadianceField(aabb, cfg.field_config(), device, cfg.grid_impl, cfg.compile_grid)
-        self.grid = OccupancyGrid(aabb, cfg.occ_resolution).to(device)
-        self.diag = float(torch.linalg.norm(aabb[3:] - aabb[:3]))
-        self.opts = RenderOptions(self.diag / cfg.render_steps, cfg.early_stop_eps, cfg.alpha_thre)
+        contraction = resolve_contraction(cfg.contraction, scene)
+        self.field = RadianceField(aabb, cfg.field_config(), device, cfg.grid_impl, cfg.compile_grid, contraction)
+        self.grid = OccupancyGrid(aabb, cfg.occ_resolution, contraction).to(device)
+        self._set_box()
         self._init_density_bias()
         mlp_params = [p for n, p in self.field.named_parameters() if not n.startswith("grid.")]
         self.optimizer = torch.optim.Adam(
@@ -104,6 +120,12 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0  # training seconds so far
         self.n_rays = cfg.rays_per_step
+
+    def _set_box(self) -> None:
+        """Step size and scale from the field's ROI box (the scene's, or a checkpoint's)."""
+        aabb = self.field.aabb
+        self.diag = float(torch.linalg.norm(aabb[3:] - aabb[:3]))
+        self.opts = RenderOptions(self.diag / self.cfg.render_steps, self.cfg.early_stop_eps, self.cfg.alpha_thre)
 
     def _init_density_bias(self) -> None:
         """Start every cell's step opacity at twice the occupancy threshold: the grid begins fully
@@ -142,10 +164,10 @@ class Trainer:
         return ray_limits(cameras, near_far, cam, dirs, self.cfg.near_plane * self.diag)
 
     def update_grid(self) -> None:
-        step_size = self.opts.step_size
+        step_size, aabb, kind = self.opts.step_size, self.field.aabb, self.field.contraction
         self.grid.update(
             self.step,
-            lambda x: self.field.density(x) * step_size,
+            lambda x: self.field.density(x) * step_size * step_scale(x, aabb, kind),
             occ_thre=self.cfg.occ_threshold,
             ema_decay=self.cfg.occ_ema_decay,
             visibility_eps=self.cfg.occ_visibility_eps,
@@ -245,6 +267,7 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.field.load_state_dict(state["field"])
         self.grid.load_state_dict(state["grid"])
+        self._set_box()
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
@@ -323,7 +346,7 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
     if cfg.resume:
         cfg = _resumed_config(cfg, run)
     device = resolve_device(cfg.device)
-    scene = load_scene(cfg.scene, cfg.downscale, cfg.train_on_annotated, cfg.holdout_every)
+    scene = scene_of(cfg)
     if cfg.teachers.kind == "auto":
         from ovseg3d.teachers.extract import resolve_kind
 
@@ -333,6 +356,7 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
         from ovseg3d.teachers.extract import ensure_features
 
         features = ensure_features(scene, cfg.teachers, device)
+    cfg = dataclasses.replace(cfg, contraction=resolve_contraction(cfg.contraction, scene))
     trainer = Trainer(cfg, scene, device)
     if cfg.resume:
         trainer.load_state_dict(load_checkpoint(latest_checkpoint(run), device))  # type: ignore[arg-type]
@@ -343,6 +367,9 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
         f"ovseg3d train: {scene.root} ({scene.format}, {len(scene.train_ids)} train / {len(scene.eval_ids)} "
         f"held-out views, {scene.width}x{scene.height}) -> {run}  [{accel.describe(device)}]"
     )
+    lo, hi = scene.aabb[:3].tolist(), scene.aabb[3:].tolist()
+    box = " x ".join(f"[{a:.3g}, {b:.3g}]" for a, b in zip(lo, hi))
+    tqdm.write(f"scene box {box}: {scene.bounds}; contraction beyond it: {cfg.contraction}")
     return trainer, features
 
 
@@ -412,7 +439,7 @@ def load_trainer(run: Path, device_name: str = "auto") -> Trainer:
     if ckpt is None:
         raise RunError(f"{run} has no checkpoint yet: train it first")
     device = resolve_device(device_name)
-    scene = load_scene(cfg.scene, cfg.downscale, cfg.train_on_annotated, cfg.holdout_every)
+    scene = scene_of(cfg)
     trainer = Trainer(cfg, scene, device)
     state = load_checkpoint(ckpt, device)
     state.pop("optimizer", None)

@@ -27,10 +27,9 @@ import tyro
 
 from ovseg3d import accel
 from ovseg3d.config import apply_overrides, parse_overrides, resolve_base
-from ovseg3d.data.loader import load_scene
 from ovseg3d.evaluate import psnr, ssim
 from ovseg3d.field.hashgrid import HashGridConfig, TorchHashGrid, make_hash_grid
-from ovseg3d.train import Trainer, resolve_device
+from ovseg3d.train import Trainer, resolve_device, scene_of
 
 
 @dataclass
@@ -97,7 +96,7 @@ def bench_training(args: Args, device: torch.device) -> dict:
     overrides = parse_overrides(args.set)
     # the learning-rate schedule runs over the whole curve (it ends at the last mark)
     cfg = apply_overrides(cfg, {**overrides, "max_minutes": max(args.marks) / 60.0, "steps": 10**9}, "--set")
-    scene = load_scene(args.scene, cfg.downscale, cfg.train_on_annotated, cfg.holdout_every)
+    scene = scene_of(dataclasses.replace(cfg, scene=args.scene))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer = Trainer(cfg, scene, device)

@@ -356,22 +356,6 @@ def test_frustum_corners_with_off_centre_principal_point(tmp_path: Path) -> None
     np.testing.assert_allclose(got, expected.double().numpy(), atol=1e-5)
 
 
-def test_transforms_aabb_from_camera_centres(tmp_path: Path) -> None:
-    make_transforms(tmp_path)
-    scene = load_scene(tmp_path)
-    centres = torch.as_tensor(forward_cameras(), dtype=torch.float32)[:, :, 3]
-    lo, hi = centres.min(0).values, centres.max(0).values
-    assert (centres >= scene.aabb[:3]).all() and (centres <= scene.aabb[3:]).all()
-    torch.testing.assert_close(scene.aabb[3:] - scene.aabb[:3], 1.5 * (hi - lo))
-    torch.testing.assert_close((scene.aabb[3:] + scene.aabb[:3]) / 2, (hi + lo) / 2)
-
-
-def test_transforms_aabb_single_camera_has_minimum_size(tmp_path: Path) -> None:
-    make_transforms(tmp_path, n=1)
-    box = load_scene(tmp_path).aabb
-    torch.testing.assert_close(box[3:] - box[:3], torch.full((3,), 1e-3))
-
-
 # ------------------------------------------------------------------------------------------ bad input
 
 
@@ -510,10 +494,11 @@ def _no_transform_matrix(root: Path) -> str:
     return "transforms.json"
 
 
-def _missing_frame_file(root: Path) -> str:
+def _missing_frame_files(root: Path) -> str:
     make_transforms(root)
-    (root / "images" / "frame_0002.png").unlink()
-    return "frame_0002.png"
+    for i in range(1, N):
+        (root / "images" / f"frame_{i:04d}.png").unlink()
+    return f"{N - 1} of {N} listed images are missing (first: images/frame_0001.png); 1 remain"
 
 
 def _neither_file(root: Path) -> str:
@@ -533,7 +518,7 @@ BAD_CASES = {
     "malformed_transforms": _malformed_transforms,
     "no_intrinsics": _no_intrinsics,
     "no_transform_matrix": _no_transform_matrix,
-    "missing_frame_file": _missing_frame_file,
+    "missing_frame_files": _missing_frame_files,
     "mask_size": _bad_mask_size,
     "mask_class": _bad_mask_class,
     "mask_folder_out_of_range": _bad_mask_folder,

@@ -1,4 +1,4 @@
-"""Pinhole cameras, pose conventions and ray generation.
+"""Cameras (pinhole, or through a lens model), pose conventions and ray generation.
 
 Conventions (REFERENCE.md §1, §7):
 
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+
+from ovseg3d.data.lenses import LENS_PINHOLE, project, unproject
 
 
 def llff_to_opengl(rot_llff: np.ndarray) -> np.ndarray:
@@ -40,12 +42,15 @@ def opencv_to_opengl(c2w_cv: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Cameras:
-    """A set of pinhole cameras sharing one image size.
+    """A set of cameras sharing one image size, pinhole or with a lens model (:mod:`.lenses`).
 
     Attributes:
         c2w: ``[N, 3, 4]`` float32 camera-to-world, OpenGL convention.
         fx, fy, cx, cy: ``[N]`` float32 intrinsics in pixels.
         width, height: image size in pixels.
+        lens: ``[N]`` long lens kind (``LENS_PINHOLE``, ``LENS_OPENCV``, ``LENS_FISHEYE``), or ``None``: all pinhole.
+        coeffs: ``[N, 8]`` float32 distortion coefficients (OpenCV ``k1 k2 p1 p2 k3 k4 k5 k6``, fisheye
+            ``k1 k2 k3 k4``), or ``None``.
     """
 
     c2w: Tensor
@@ -55,30 +60,47 @@ class Cameras:
     cy: Tensor
     width: int
     height: int
+    lens: Tensor | None = None
+    coeffs: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.lens is not None and not bool((self.lens != LENS_PINHOLE).any()):
+            self.lens, self.coeffs = None, None  # every camera a pinhole: the fast path
 
     def __len__(self) -> int:
         return int(self.c2w.shape[0])
+
+    @property
+    def distorted(self) -> bool:
+        return self.lens is not None
 
     @property
     def centers(self) -> Tensor:
         """``[N, 3]`` camera positions in world coordinates."""
         return self.c2w[:, :, 3]
 
-    def scaled(self, factor: float) -> Cameras:
-        """Cameras for images resized by ``factor`` (e.g. 0.25 for a 4x downscale)."""
+    def scaled(self, factor: float | tuple[float, float]) -> Cameras:
+        """Cameras for images resized by ``factor`` (e.g. 0.25 for a 4x downscale), or by ``(sx, sy)``."""
+        sx, sy = factor if isinstance(factor, tuple) else (factor, factor)
         return Cameras(
             c2w=self.c2w,
-            fx=self.fx * factor,
-            fy=self.fy * factor,
-            cx=self.cx * factor,
-            cy=self.cy * factor,
-            width=int(round(self.width * factor)),
-            height=int(round(self.height * factor)),
+            fx=self.fx * sx,
+            fy=self.fy * sy,
+            cx=self.cx * sx,
+            cy=self.cy * sy,
+            width=int(round(self.width * sx)),
+            height=int(round(self.height * sy)),
+            lens=self.lens,
+            coeffs=self.coeffs,
         )
 
     def subset(self, ids: list[int] | Tensor) -> Cameras:
         idx = torch.as_tensor(ids, dtype=torch.long)
-        return Cameras(self.c2w[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx], self.width, self.height)
+        lens = None if self.lens is None else self.lens[idx.to(self.lens.device)]
+        coeffs = None if self.coeffs is None else self.coeffs[idx.to(self.coeffs.device)]
+        return Cameras(
+            self.c2w[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx], self.width, self.height, lens, coeffs
+        )
 
     def to(self, device: torch.device | str) -> Cameras:
         return Cameras(
@@ -89,11 +111,43 @@ class Cameras:
             self.cy.to(device),
             self.width,
             self.height,
+            None if self.lens is None else self.lens.to(device),
+            None if self.coeffs is None else self.coeffs.to(device),
         )
 
 
+def camera_directions(cameras: Cameras, cam_ids: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """``[R, 3]`` camera-space ray directions (OpenGL axes, not normalised) through the normalised image points
+    ``x = (u - cx) / fx``, ``y = (v - cy) / fy`` (``v`` down) of cameras ``cam_ids``, through their lenses."""
+    if cameras.lens is None:
+        return torch.stack([x, -y, -torch.ones_like(x)], dim=-1)
+    lens, coeffs = cameras.lens[cam_ids], cameras.coeffs[cam_ids]  # type: ignore[index]
+    d_cv, _ = unproject(torch.stack([x, y], -1), lens, coeffs)
+    return d_cv * d_cv.new_tensor([1.0, -1.0, -1.0])  # OpenCV (x right, y down, z ahead) -> OpenGL
+
+
+def project_points(cameras: Cameras, cam: int, points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """World points ``[P, 3]`` into camera ``cam``: pixel ``u, v`` ``[P]`` (continuous, pixel centres at +0.5) and
+    a ``[P]`` mask of points in front of the camera that its lens can see."""
+    c2w = cameras.c2w[cam].to(points.device)
+    local = (points - c2w[:, 3]) @ c2w[:, :3]  # OpenGL camera axes
+    d_cv = local * local.new_tensor([1.0, -1.0, -1.0])
+    if cameras.lens is None:
+        ahead = d_cv[:, 2]
+        front = ahead > 1e-6
+        xy = d_cv[:, :2] / ahead.clamp(min=1e-6)[:, None]
+    else:
+        n = len(points)
+        lens = cameras.lens[cam].to(points.device).expand(n)
+        coeffs = cameras.coeffs[cam].to(points.device).expand(n, -1)  # type: ignore[index]
+        xy, front = project(d_cv, lens, coeffs)
+    u = cameras.cx[cam].to(points.device) + cameras.fx[cam].to(points.device) * xy[:, 0]
+    v = cameras.cy[cam].to(points.device) + cameras.fy[cam].to(points.device) * xy[:, 1]
+    return u, v, front
+
+
 def pixel_rays(cameras: Cameras, cam_ids: Tensor, u: Tensor, v: Tensor, jitter: bool = False) -> tuple[Tensor, Tensor]:
-    """World-space rays through pixels.
+    """World-space rays through pixels, through each camera's lens.
 
     Args:
         cam_ids: ``[R]`` long, camera of each ray.
@@ -106,8 +160,8 @@ def pixel_rays(cameras: Cameras, cam_ids: Tensor, u: Tensor, v: Tensor, jitter: 
     off_u = torch.rand_like(u, dtype=torch.float32) if jitter else 0.5
     off_v = torch.rand_like(v, dtype=torch.float32) if jitter else 0.5
     x = (u.float() + off_u - cameras.cx[cam_ids]) / cameras.fx[cam_ids]
-    y = -(v.float() + off_v - cameras.cy[cam_ids]) / cameras.fy[cam_ids]
-    d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)
+    y = (v.float() + off_v - cameras.cy[cam_ids]) / cameras.fy[cam_ids]
+    d_cam = camera_directions(cameras, cam_ids, x, y)
     c2w = cameras.c2w[cam_ids]
     dirs = torch.einsum("rij,rj->ri", c2w[:, :, :3], d_cam)
     dirs = dirs / dirs.norm(dim=-1, keepdim=True)

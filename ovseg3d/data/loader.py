@@ -1,7 +1,10 @@
 """Load a scene folder of either format into a :class:`~ovseg3d.data.scene.Scene`.
 
-Formats (REFERENCE.md §1): ``poses_bounds.npy`` + ``images/`` (3D-OVS / LLFF, :mod:`.llff`) or
-``transforms.json`` (nerfstudio / Blender, :mod:`.nerfstudio`). Optional ground truth, in either format:
+Formats (REFERENCE.md §1, §8): ``poses_bounds.npy`` + ``images/`` (3D-OVS / LLFF, :mod:`.llff`),
+``transforms.json`` (nerfstudio / instant-ngp / Blender, :mod:`.nerfstudio`) or a COLMAP sparse model
+(``sparse/0/`` or ``sparse/`` beside ``images/``, :mod:`.colmap`). Images are decoded straight to the
+training size (JPEG draft mode), honour their EXIF orientation, and may differ in size when each matches its
+own camera (they are resized to the most common size). Optional ground truth, in any format:
 
 * ``segmentations/classes.txt`` and ``segmentations/<view index>/<class>.png`` (3D-OVS masks, >127 = class);
 * ``labels/<image stem>.png``: uint8 class index into ``classes.txt``, 255 = none;
@@ -21,9 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
+from ovseg3d.data import colmap
+from ovseg3d.data.bounds import region_of_interest
 from ovseg3d.data.cameras import Cameras
 from ovseg3d.data.llff import (
     POSES_FILE,
@@ -39,8 +44,9 @@ from ovseg3d.data.nerfstudio import (
     read_json,
     read_transforms,
     transforms_cameras,
+    warn_missing,
 )
-from ovseg3d.data.scene import Scene, SceneError, SceneObject
+from ovseg3d.data.scene import GIVEN_BOUNDS, Scene, SceneError, SceneObject
 
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -52,36 +58,60 @@ def _one_line(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------- images
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the image header, without decoding the pixels."""
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_EXIF_ORIENTATION = 0x0112
+
+
+def _raw_size_and_orientation(path: Path) -> tuple[tuple[int, int], int]:
     try:
         with Image.open(path) as im:
-            return im.size
+            return im.size, int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     except _IMAGE_ERRORS as exc:
         raise SceneError(f"{path}: cannot read image ({_one_line(exc)})") from None
 
 
-def _decode(path: Path) -> Image.Image:
+def image_size(path: Path, expect: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``(width, height)`` from the image header, without decoding the pixels, after its EXIF orientation (unless
+    ``expect``, the size its pose file gives, matches the stored pixels and not the oriented ones)."""
+    (w, h), orientation = _raw_size_and_orientation(path)
+    if orientation in _TRANSPOSED and expect != (w, h):
+        return h, w
+    return w, h
+
+
+def _decode(path: Path, size: tuple[int, int] | None = None, orient: bool = False) -> Image.Image:
+    """The image; ``size``: at least this ``(width, height)`` is needed (lets JPEG decode at 1/2, 1/4 or 1/8
+    scale); ``orient``: apply the EXIF orientation."""
     try:
         with Image.open(path) as im:
+            transposed = orient and int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1) in _TRANSPOSED
+            if size is not None:
+                im.draft("RGB", (size[1], size[0]) if transposed else size)
             im.load()
-            return im.copy()
+            return ImageOps.exif_transpose(im) if orient else im.copy()
     except _IMAGE_ERRORS as exc:
         raise SceneError(f"{path}: cannot read image ({_one_line(exc)})") from None
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """``[H, W, 3]`` uint8; transparent images are composited on white, grayscale repeated."""
-    im = _decode(path)
+def read_rgb(path: Path, size: tuple[int, int] | None = None, expect: tuple[int, int] | None = None) -> np.ndarray:
+    """``[H, W, 3]`` uint8; transparent images are composited on white, grayscale repeated. ``size``: resize to this
+    ``(width, height)`` (box filter), decoding a JPEG straight at the nearest larger power-of-two scale; EXIF
+    orientation as :func:`image_size` with ``expect``."""
+    (w, h), orientation = _raw_size_and_orientation(path)
+    im = _decode(path, size, orient=orientation != 1 and not (orientation in _TRANSPOSED and expect == (w, h)))
     if im.mode.startswith("I"):  # 16/32-bit grayscale
         gray = np.clip(np.asarray(im, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if "A" in im.mode or "transparency" in im.info:
+        rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    elif "A" in im.mode or "transparency" in im.info:
         rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
         alpha = rgba[:, :, 3:]
-        rgb = rgba[:, :, :3] * alpha + (1.0 - alpha)
-        return (rgb * 255.0).round().astype(np.uint8)
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        rgb = (rgba[:, :, :3] * alpha + (1.0 - alpha)) * 255.0
+        rgb = rgb.round().astype(np.uint8)
+    else:
+        rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    if size is not None and (rgb.shape[1], rgb.shape[0]) != tuple(size):
+        rgb = resize_box(rgb, size[0], size[1])
+    return rgb
 
 
 def common_size(paths: list[Path]) -> tuple[int, int]:
@@ -92,6 +122,24 @@ def common_size(paths: list[Path]) -> tuple[int, int]:
         if (w, h) != (width, height):
             raise SceneError(f"{path}: image size {w}x{h} differs from {width}x{height} of {paths[0]}")
     return width, height
+
+
+def usual_size(
+    paths: list[Path], expect: list[tuple[int, int] | None]
+) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """Each image's size and the most common one. An image whose size differs from the most common one must have
+    the size its own camera gives (``expect``), else it is an error naming both."""
+    sizes = [image_size(p, e) for p, e in zip(paths, expect)]
+    values, counts = np.unique(np.array(sizes), axis=0, return_counts=True)
+    usual = tuple(int(x) for x in values[int(np.argmax(counts))])
+    first = sizes.index(usual)  # type: ignore[arg-type]
+    for path, size, exp in zip(paths, sizes, expect):
+        if size != usual and size != exp:
+            raise SceneError(
+                f"{path}: image size {size[0]}x{size[1]} differs from {usual[0]}x{usual[1]} of {paths[first]}"
+                + (f" and from its camera's {exp[0]}x{exp[1]}" if exp is not None else "")
+            )
+    return sizes, usual  # type: ignore[return-value]
 
 
 def resize_box(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -111,15 +159,19 @@ def resize_nearest(arr: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def detect_format(root: Path) -> str:
-    """``"llff"`` if ``poses_bounds.npy`` exists, else ``"transforms"`` if ``transforms.json`` does."""
+    """``"llff"`` if ``poses_bounds.npy`` exists, else ``"transforms"`` if ``transforms.json`` does, else
+    ``"colmap"`` if a COLMAP sparse model does (:func:`.colmap.find_model`)."""
     if not root.is_dir():
         raise SceneError(f"{root}: scene folder not found")
     if (root / POSES_FILE).is_file():
         return "llff"
     if (root / TRANSFORMS_FILE).is_file():
         return "transforms"
+    if colmap.find_model(root) is not None:
+        return "colmap"
     raise SceneError(
-        f"{root}: not a scene folder: expected {POSES_FILE} (LLFF / 3D-OVS) or {TRANSFORMS_FILE} (nerfstudio)"
+        f"{root}: not a scene folder: expected {POSES_FILE} (LLFF / 3D-OVS), {TRANSFORMS_FILE} (nerfstudio, "
+        "instant-ngp) or a COLMAP model in sparse/0/ or sparse/ (cameras, images, points3D .bin or .txt)"
     )
 
 
@@ -129,19 +181,82 @@ class _Views:
 
     image_paths: list[Path]
     cameras: Cameras
+    sizes: list[tuple[int, int]]  # each image's own (width, height); cameras are at the most common one
     near_far: np.ndarray | None  # [N, 2]
     aabb: np.ndarray | None  # [6] from the file
+    points: np.ndarray | None = None  # [P, 3] sparse structure (COLMAP)
 
 
-def _read_views(root: Path, fmt: str) -> _Views:
+def _read_views(root: Path, fmt: str, model_dir: Path | None = None) -> _Views:
     if fmt == "llff":
         llff = read_llff(root)
         width, height = common_size(llff.image_paths)
         cameras = llff_cameras(llff.c2w, llff.hwf, width, height)
-        return _Views(llff.image_paths, cameras, llff.near_far, None)
+        return _Views(llff.image_paths, cameras, [(width, height)] * len(cameras), llff.near_far, None)
+    if fmt == "colmap":
+        return _colmap_views(root, model_dir)
     tf = read_transforms(root / TRANSFORMS_FILE)
-    width, height = common_size(tf.image_paths)
-    return _Views(tf.image_paths, transforms_cameras(tf, width, height), None, tf.aabb)
+    declared = [_declared(f.w, f.h) for f in tf.intrinsics]
+    sizes, (width, height) = usual_size(tf.image_paths, declared)
+    own = [transforms_cameras(tf, w, h).subset([i]) for i, (w, h) in enumerate(sizes)]
+    return _Views(tf.image_paths, _at_size(own, width, height), sizes, None, tf.aabb)
+
+
+def _declared(w: float | None, h: float | None) -> tuple[int, int] | None:
+    return None if w is None or h is None else (int(round(w)), int(round(h)))
+
+
+def _at_size(cameras: list[Cameras], width: int, height: int) -> Cameras:
+    """One :class:`Cameras` of single cameras, each scaled from its own image size to ``width x height``."""
+    scaled = [c.scaled((width / c.width, height / c.height)) for c in cameras]
+    lens = [c.lens if c.lens is not None else torch.zeros(1, dtype=torch.long) for c in scaled]
+    coeffs = [c.coeffs if c.coeffs is not None else torch.zeros(1, 8) for c in scaled]
+    return Cameras(
+        c2w=torch.cat([c.c2w for c in scaled]),
+        fx=torch.cat([c.fx for c in scaled]),
+        fy=torch.cat([c.fy for c in scaled]),
+        cx=torch.cat([c.cx for c in scaled]),
+        cy=torch.cat([c.cy for c in scaled]),
+        width=width,
+        height=height,
+        lens=torch.cat(lens),
+        coeffs=torch.cat(coeffs),
+    )
+
+
+def _colmap_views(root: Path, model_dir: Path | None) -> _Views:
+    """A COLMAP model's registered images (sorted by name) found under ``root/images/``."""
+    folder = model_dir if model_dir is not None else colmap.find_model(root)
+    assert folder is not None  # detect_format found it
+    model = colmap.read_model(folder)
+    image_dir = root / "images"
+    listed = sorted(model.images.values(), key=lambda im: im.name)
+    if not listed:
+        raise SceneError(f"{folder}: the model has no registered images")
+    present = [im for im in listed if (image_dir / im.name).is_file()]
+    warn_missing(folder, [im.name for im in listed if im not in present], len(listed))
+    paths = [image_dir / im.name for im in present]
+    cams = []
+    for im in present:
+        cam = model.cameras[im.camera_id]
+        fx, fy, cx, cy, lens, coeffs = colmap.lens_of(cam)
+        cams.append(
+            Cameras(
+                c2w=torch.as_tensor(colmap.c2w_opengl(im), dtype=torch.float32)[None],
+                fx=torch.tensor([fx], dtype=torch.float32),
+                fy=torch.tensor([fy], dtype=torch.float32),
+                cx=torch.tensor([cx], dtype=torch.float32),
+                cy=torch.tensor([cy], dtype=torch.float32),
+                width=int(cam.width),
+                height=int(cam.height),
+                lens=torch.tensor([lens], dtype=torch.long),
+                coeffs=torch.as_tensor(coeffs, dtype=torch.float32)[None],
+            )
+        )
+    sizes, (width, height) = usual_size(paths, [(c.width, c.height) for c in cams])
+    own = [c.scaled((w / c.width, h / c.height)) for c, (w, h) in zip(cams, sizes)]  # images resized since
+    points = model.points if len(model.points) else None
+    return _Views(paths, _at_size(own, width, height), sizes, None, None, points)
 
 
 def read_cameras(root: str | Path) -> Cameras:
@@ -150,30 +265,42 @@ def read_cameras(root: str | Path) -> Cameras:
     return _read_views(root, detect_format(root)).cameras
 
 
+def downscale_factor(width: int, height: int, downscale: int = 0, max_long_side: int = 0) -> int:
+    """``downscale`` when given (>= 1), else the smallest integer factor that brings the long side within
+    ``max_long_side`` (1 when that is 0)."""
+    if downscale >= 1:
+        return downscale
+    if max_long_side <= 0:
+        return 1
+    return max(1, -(-max(width, height) // max_long_side))
+
+
 def _downscaled_files(root: Path, fmt: str, paths: list[Path], k: int) -> list[Path] | None:
-    """Pre-resized images: LLFF ``images_k/`` (same count), nerfstudio ``<folder>_k/<same name>``."""
+    """Pre-resized images: LLFF ``images_k/`` (same count), others ``<folder>_k/<same name>``."""
     if fmt == "llff":
         folder = root / f"images_{k}"
         files = list_images(folder) if folder.is_dir() else []
         return files if len(files) == len(paths) else None
-    files = [p.parent.parent / f"{p.parent.name}_{k}" / p.name for p in paths]
+    if fmt == "colmap":
+        files = [root / f"images_{k}" / p.relative_to(root / "images") for p in paths]
+    else:
+        files = [p.parent.parent / f"{p.parent.name}_{k}" / p.name for p in paths]
     return files if all(f.is_file() for f in files) else None
 
 
 def _load_images(root: Path, fmt: str, views: _Views, k: int) -> tuple[np.ndarray, Cameras]:
-    """``[N, H/k, W/k, 3]`` uint8 images and their cameras (``Cameras.scaled``)."""
+    """``[N, H/k, W/k, 3]`` uint8 images and their cameras (``Cameras.scaled``), decoded straight to that size."""
     cams = views.cameras
     if k == 1:
-        return np.stack([read_rgb(p) for p in views.image_paths]), cams
-    small = _downscaled_files(root, fmt, views.image_paths, k)
-    if small is not None:
-        width, height = common_size(small)
-        scaled = cams.scaled(width / cams.width)
-        if (scaled.width, scaled.height) == (width, height):
-            return np.stack([read_rgb(p) for p in small]), scaled
+        size = (cams.width, cams.height)
+        return np.stack([read_rgb(p, size, e) for p, e in zip(views.image_paths, views.sizes)]), cams
     scaled = cams.scaled(1.0 / k)
-    images = [resize_box(read_rgb(p), scaled.width, scaled.height) for p in views.image_paths]
-    return np.stack(images), scaled
+    size = (scaled.width, scaled.height)
+    small = _downscaled_files(root, fmt, views.image_paths, k)
+    if small is not None and len(set(views.sizes)) == 1:
+        if image_size(small[0]) == size:
+            return np.stack([read_rgb(p, size) for p in small]), scaled
+    return np.stack([read_rgb(p, size, e) for p, e in zip(views.image_paths, views.sizes)]), scaled
 
 
 # ---------------------------------------------------------------------------------------- ground truth
@@ -367,14 +494,6 @@ def llff_aabb(cameras: Cameras, near_far: np.ndarray) -> np.ndarray:
     return np.concatenate([pts.min(axis=0), pts.max(axis=0)])
 
 
-def centers_aabb(centers: np.ndarray, grow: float = 1.5, min_side: float = 1e-3) -> np.ndarray:
-    """``[6]`` box of ``[N, 3]`` camera centres grown ``grow`` times about its centre, sides >= ``min_side``."""
-    lo, hi = centers.min(axis=0), centers.max(axis=0)
-    half = np.maximum((hi - lo) * grow, min_side) / 2.0
-    mid = (lo + hi) / 2.0
-    return np.concatenate([mid - half, mid + half])
-
-
 def split_views(
     n_views: int, annotated: list[int], train_on_annotated: bool = False, holdout_every: int = 8
 ) -> tuple[list[int], list[int]]:
@@ -394,25 +513,52 @@ def split_views(
 # ------------------------------------------------------------------------------------------ the loader
 
 
-def load_scene(root: str | Path, downscale: int = 1, train_on_annotated: bool = False, holdout_every: int = 8) -> Scene:
+def scene_box(views: _Views, cameras: Cameras) -> tuple[np.ndarray, str]:
+    """``[6]`` box and where it came from: LLFF depth bounds or a transforms.json ``"aabb"`` (the whole
+    scene), else the region of interest of :func:`.bounds.region_of_interest`."""
+    if views.near_far is not None:
+        return llff_aabb(cameras, views.near_far), GIVEN_BOUNDS[0]
+    if views.aabb is not None:
+        return views.aabb, GIVEN_BOUNDS[1]
+    box, how = region_of_interest(cameras.c2w.double().numpy(), views.points)
+    return box, f"the region of interest ({how})"
+
+
+def load_scene(
+    root: str | Path,
+    downscale: int = 1,
+    train_on_annotated: bool = False,
+    holdout_every: int = 8,
+    max_long_side: int = 0,
+    colmap_model: str | Path | None = None,
+) -> Scene:
     """Load a scene folder (format detected from its files).
 
     Args:
-        root: folder holding ``poses_bounds.npy`` + ``images/`` or ``transforms.json``.
-        downscale: integer factor k; uses ``images_k/`` when it matches, else a box-filter resize.
+        root: folder holding ``poses_bounds.npy`` + ``images/``, ``transforms.json``, or ``images/`` + a COLMAP
+            model (``sparse/0/``, ``sparse/``, or ``colmap_model``).
+        downscale: integer factor k (0: from ``max_long_side``); uses ``images_k/`` when it matches, else decodes
+            and box-filters to that size.
         train_on_annotated: also train on the evaluation views.
         holdout_every: without 3D-OVS masks, hold out views with ``i % holdout_every == 0``.
+        max_long_side: with ``downscale`` 0, the longest image side in pixels (0 = full size).
+        colmap_model: a COLMAP model folder to use instead of the one found under ``root``.
 
     Raises:
         SceneError: any problem with the input (one line naming the file).
     """
-    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
-        raise ValueError(f"downscale must be an integer >= 1, got {downscale!r}")
+    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 0:
+        raise ValueError(f"downscale must be an integer >= 0 (0 = from max_long_side), got {downscale!r}")
     if holdout_every < 1:
         raise ValueError(f"holdout_every must be >= 1, got {holdout_every}")
     root = Path(root)
-    fmt = detect_format(root)
-    views = _read_views(root, fmt)
+    if colmap_model is not None:
+        model_dir, fmt = Path(colmap_model), "colmap"
+        if not model_dir.is_dir():
+            raise SceneError(f"{model_dir}: COLMAP model folder not found")
+    else:
+        model_dir, fmt = None, detect_format(root)
+    views = _read_views(root, fmt, model_dir)
     paths, width, height = views.image_paths, views.cameras.width, views.cameras.height
 
     classes = read_classes(root)
@@ -422,14 +568,10 @@ def load_scene(root: str | Path, downscale: int = 1, train_on_annotated: bool = 
     instances = _read_instances(_index_map_files(root / "instances", paths), paths, width, height)
     objects, up = read_objects(root, classes)
 
-    images, cameras = _load_images(root, fmt, views, downscale)
+    k = downscale_factor(width, height, downscale, max_long_side)
+    images, cameras = _load_images(root, fmt, views, k)
     w, h = cameras.width, cameras.height
-    if views.near_far is not None:
-        aabb = llff_aabb(cameras, views.near_far)
-    elif views.aabb is not None:
-        aabb = views.aabb
-    else:
-        aabb = centers_aabb(cameras.centers.double().numpy())
+    aabb, bounds = scene_box(views, cameras)
     train_ids, eval_ids = split_views(len(paths), list(segs), train_on_annotated, holdout_every)
     return Scene(
         root=root,
@@ -447,4 +589,5 @@ def load_scene(root: str | Path, downscale: int = 1, train_on_annotated: bool = 
         instances={v: torch.from_numpy(resize_nearest(m, w, h)) for v, m in instances.items()},
         objects=objects,
         up=up if up is not None else camera_up(views.cameras.c2w.numpy()),
+        bounds=bounds,
     )

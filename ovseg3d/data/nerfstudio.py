@@ -1,14 +1,21 @@
-"""nerfstudio / Blender scenes: ``transforms.json`` (OpenGL camera-to-world per frame).
+"""nerfstudio / instant-ngp / Blender scenes: ``transforms.json`` (OpenGL camera-to-world per frame;
+REFERENCE.md §8 has both dialects).
 
 Intrinsics come from the top level or per frame (a frame's keys win): ``fl_x fl_y cx cy w h``, or
 Blender's ``camera_angle_x`` with ``fx = fy = 0.5 w / tan(0.5 camera_angle_x)``. Missing ``cx, cy``
-default to the image centre and missing ``w, h`` to the image size. An optional top-level
-``"aabb": [[xmin, ymin, zmin], [xmax, ymax, zmax]]`` (an ovseg3d extension) gives the scene box.
+default to the image centre and missing ``w, h`` to the image size. The lens: ``camera_model``
+(``OPENCV``, the default when coefficients are given, ``OPENCV_FISHEYE``, ``PINHOLE``, ``SIMPLE_PINHOLE``;
+instant-ngp's ``is_fisheye``) with ``k1 k2 k3 k4 p1 p2``. An optional top-level
+``"aabb": [[xmin, ymin, zmin], [xmax, ymax, zmax]]`` (an ovseg3d extension) gives the scene box;
+``aabb_scale`` (instant-ngp), ``applied_transform`` (nerfstudio; already in the poses), ``sharpness``,
+``mask_path`` and ``depth_file_path`` are read and checked but not used. Frames whose image file is missing
+are skipped with one warning; fewer than :data:`MIN_VIEWS` remaining is an error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +25,17 @@ import numpy as np
 import torch
 
 from ovseg3d.data.cameras import Cameras
+from ovseg3d.data.lenses import LENS_FISHEYE, LENS_OPENCV, LENS_PINHOLE
 from ovseg3d.data.scene import SceneError
+
+log = logging.getLogger("ovseg3d")
 
 TRANSFORMS_FILE = "transforms.json"
 INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x")
+LENS_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+CAMERA_MODELS = {"OPENCV": LENS_OPENCV, "OPENCV_FISHEYE": LENS_FISHEYE, "PINHOLE": LENS_PINHOLE}
+CAMERA_MODELS["SIMPLE_PINHOLE"] = LENS_PINHOLE
+MIN_VIEWS = 2
 
 
 def read_json(path: Path) -> Any:
@@ -74,6 +88,8 @@ class FrameIntrinsics:
     w: float | None = None
     h: float | None = None
     camera_angle_x: float | None = None
+    lens: int = LENS_PINHOLE
+    coeffs: tuple[float, ...] = (0.0,) * 8  # OpenCV k1 k2 p1 p2 k3 k4 k5 k6, or fisheye k1 k2 k3 k4
 
     def resolve(self, width: int, height: int) -> tuple[float, float, float, float]:
         """``(fx, fy, cx, cy)`` for an image of ``width x height``.
@@ -121,12 +137,33 @@ def _frame_intrinsics(top: dict[str, Any], frame: dict[str, Any], where: str) ->
         raise SceneError(f"{where}: missing intrinsics (need fl_x/fl_y or camera_angle_x)")
     if vals["camera_angle_x"] is not None and vals["camera_angle_x"] >= math.pi:
         raise SceneError(f"{where}: camera_angle_x must be below pi radians")
+    lens, coeffs = _frame_lens(top, frame, where)
     return FrameIntrinsics(
-        vals["fl_x"], vals["fl_y"], vals["cx"], vals["cy"], vals["w"], vals["h"], vals["camera_angle_x"]
+        vals["fl_x"], vals["fl_y"], vals["cx"], vals["cy"], vals["w"], vals["h"], vals["camera_angle_x"], lens, coeffs
     )
 
 
-def _frame_file(base: Path, file_path: Any, where: str) -> Path:
+def _frame_lens(top: dict[str, Any], frame: dict[str, Any], where: str) -> tuple[int, tuple[float, ...]]:
+    """Lens kind and the 8 coefficients of :mod:`.lenses` from ``camera_model`` and ``k1 k2 k3 k4 p1 p2``."""
+    k = {key: as_number(frame.get(key, top.get(key, 0.0)), f"{where}: {key}") for key in LENS_KEYS}
+    model = frame.get("camera_model", top.get("camera_model"))
+    if model is None:
+        fisheye = frame.get("is_fisheye", top.get("is_fisheye", False)) is True  # instant-ngp
+        model = "OPENCV_FISHEYE" if fisheye else "OPENCV"
+    if model not in CAMERA_MODELS:
+        known = ", ".join(CAMERA_MODELS)
+        raise SceneError(f"{where}: camera_model {model!r} is not supported (supported: {known})")
+    lens = CAMERA_MODELS[model]
+    if lens == LENS_FISHEYE:
+        return lens, (k["k1"], k["k2"], k["k3"], k["k4"], 0.0, 0.0, 0.0, 0.0)
+    coeffs = (k["k1"], k["k2"], k["p1"], k["p2"], k["k3"], 0.0, 0.0, 0.0)
+    if lens == LENS_PINHOLE or not any(coeffs):
+        return LENS_PINHOLE, (0.0,) * 8
+    return lens, coeffs
+
+
+def _frame_file(base: Path, file_path: Any, where: str) -> Path | None:
+    """The frame's image file; ``None`` when it does not exist."""
     if not isinstance(file_path, str) or not file_path:
         raise SceneError(f"{where}: missing file_path")
     path = base / file_path
@@ -135,7 +172,27 @@ def _frame_file(base: Path, file_path: Any, where: str) -> Path:
     with_png = path.with_name(path.name + ".png")  # Blender writes paths without extension
     if with_png.is_file():
         return with_png
-    raise SceneError(f"{where}: image file {path} does not exist")
+    return None
+
+
+def warn_missing(listing: Path, missing: list[str], n_listed: int) -> None:
+    """One warning line for listed images whose files are gone; an error when too few remain."""
+    if not missing:
+        return
+    left = n_listed - len(missing)
+    if left < MIN_VIEWS:
+        raise SceneError(
+            f"{listing}: {len(missing)} of {n_listed} listed images are missing (first: {missing[0]}); "
+            f"{left} remain, need at least {MIN_VIEWS}"
+        )
+    log.warning(
+        "%s: %d of %d listed images are missing (first: %s); going on with the %d that remain",
+        listing,
+        len(missing),
+        n_listed,
+        missing[0],
+        left,
+    )
 
 
 def _read_aabb(meta: dict[str, Any], path: Path) -> np.ndarray | None:
@@ -155,17 +212,38 @@ def read_transforms(path: Path) -> TransformsViews:
     frames = meta.get("frames")
     if not isinstance(frames, list) or not frames:
         raise SceneError(f'{path}: no frames (expected a non-empty "frames" list)')
-    paths, c2ws, intrinsics = [], [], []
+    _check_extras(meta, path)
+    paths, c2ws, intrinsics, missing = [], [], [], []
     for i, frame in enumerate(frames):
         where = f"{path}: frame {i}"
         if not isinstance(frame, dict):
             raise SceneError(f"{where}: expected a JSON object")
         if "transform_matrix" not in frame:
             raise SceneError(f"{where}: missing transform_matrix")
-        c2ws.append(_pose(frame["transform_matrix"], f"{where}: transform_matrix"))
-        intrinsics.append(_frame_intrinsics(meta, frame, where))
-        paths.append(_frame_file(path.parent, frame.get("file_path"), where))
+        pose = _pose(frame["transform_matrix"], f"{where}: transform_matrix")
+        intr = _frame_intrinsics(meta, frame, where)
+        for key in ("mask_path", "depth_file_path"):
+            if key in frame and not isinstance(frame[key], str):
+                raise SceneError(f"{where}: {key} must be a string")
+        file = _frame_file(path.parent, frame.get("file_path"), where)
+        if file is None:
+            missing.append(str(frame["file_path"]))
+            continue
+        paths.append(file)
+        c2ws.append(pose)
+        intrinsics.append(intr)
+    warn_missing(path, missing, len(frames))
     return TransformsViews(paths, np.stack(c2ws), intrinsics, _read_aabb(meta, path))
+
+
+def _check_extras(meta: dict[str, Any], path: Path) -> None:
+    """The top-level keys ovseg3d reads but does not use must still be well formed."""
+    if "aabb_scale" in meta and as_number(meta["aabb_scale"], f"{path}: aabb_scale") <= 0:
+        raise SceneError(f"{path}: aabb_scale must be positive")
+    if "applied_transform" in meta:
+        rows = meta["applied_transform"] if isinstance(meta["applied_transform"], list) else []
+        shape = (3, 4) if len(rows) == 3 else (4, 4)
+        as_array(meta["applied_transform"], shape, f"{path}: applied_transform")
 
 
 def transforms_cameras(views: TransformsViews, width: int, height: int) -> Cameras:
@@ -179,6 +257,8 @@ def transforms_cameras(views: TransformsViews, width: int, height: int) -> Camer
         cy=k[:, 3].contiguous(),
         width=int(width),
         height=int(height),
+        lens=torch.tensor([f.lens for f in views.intrinsics], dtype=torch.long),
+        coeffs=torch.tensor([f.coeffs for f in views.intrinsics], dtype=torch.float32),
     )
 
 

@@ -16,6 +16,10 @@ class SceneError(ValueError):
     """Bad scene input. The message is one line and names the offending file."""
 
 
+# where a scene's box came from, when it was given rather than estimated: such a box holds the whole scene
+GIVEN_BOUNDS = ("LLFF depth bounds", "transforms.json aabb")
+
+
 @dataclass
 class SceneObject:
     """One annotated object of ``objects.json`` (world frame and units of the poses)."""
@@ -58,6 +62,8 @@ class Scene:
         instances: view index -> ``[H, W]`` int32 instance id (0 = none), from ``instances/``.
         objects: annotated objects from ``objects.json``.
         up: unit up vector from ``objects.json`` (or estimated from the cameras).
+        bounds: where ``aabb`` came from (one of :data:`GIVEN_BOUNDS`, or how it was estimated: the region of
+            interest, beyond which a contraction models the rest).
     """
 
     root: Path
@@ -75,6 +81,7 @@ class Scene:
     instances: dict[int, Tensor] = field(default_factory=dict)
     objects: list[SceneObject] = field(default_factory=list)
     up: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 1.0]))
+    bounds: str = GIVEN_BOUNDS[0]
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ovseg3d.field.hashgrid import HashGridConfig, make_hash_grid
+from ovseg3d.field.space import check_contraction, to_unit
 
 
 class _TruncExp(torch.autograd.Function):
@@ -75,7 +76,8 @@ def _mlp(dims: list[int]) -> nn.Sequential:
 
 
 class RadianceField(nn.Module):
-    """Density and colour at world points inside ``aabb`` (outside it the density is zero).
+    """Density and colour at world points inside ``aabb`` (outside it the density is zero), or everywhere with
+    a ``contraction`` of the world beyond the box (:mod:`ovseg3d.field.space`).
 
     ``grid_impl``: ``"auto" | "torch" | "tcnn"`` (see :func:`make_hash_grid`); the state dict is the
     same for both, so a GPU-trained field loads on a CPU.
@@ -88,9 +90,11 @@ class RadianceField(nn.Module):
         device: torch.device | str = "cpu",
         grid_impl: str = "auto",
         compile_grid: bool = False,
+        contraction: str = "none",
     ):
         super().__init__()
         self.cfg = cfg
+        self.contraction = check_contraction(contraction)
         self.register_buffer("aabb", aabb.float().clone())
         self.grid = make_hash_grid(cfg.grid, device, grid_impl, compile_grid)
         self.density_mlp = _mlp([cfg.grid.output_dim, cfg.hidden_dim, 1 + cfg.geo_feat_dim])
@@ -100,10 +104,8 @@ class RadianceField(nn.Module):
 
     def _features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``[P, 3]`` world points -> raw density ``[P]`` (masked outside) and geometry features ``[P, G]``."""
-        lo, hi = self.aabb[:3], self.aabb[3:]
-        xn = (x - lo) / (hi - lo)
-        inside = ((xn >= 0) & (xn <= 1)).all(-1)
-        h = self.density_mlp(self.grid(xn.clamp(0.0, 1.0)).float())
+        xn, inside = to_unit(x, self.aabb, self.contraction)
+        h = self.density_mlp(self.grid(xn).float())
         sigma = trunc_exp(h[:, 0]) * inside
         return sigma, h[:, 1:]
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ovseg3d.field.hashgrid import HashGridConfig, make_hash_grid
 from ovseg3d.field.radiance import _mlp
+from ovseg3d.field.space import check_contraction, to_unit
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,17 @@ class SemanticOutput:
 
 
 class SemanticField(nn.Module):
-    def __init__(self, aabb: Tensor, cfg: SemanticConfig, device: torch.device | str = "cpu", grid_impl: str = "auto"):
+    def __init__(
+        self,
+        aabb: Tensor,
+        cfg: SemanticConfig,
+        device: torch.device | str = "cpu",
+        grid_impl: str = "auto",
+        contraction: str = "none",
+    ):
         super().__init__()
         self.cfg = cfg
+        self.contraction = check_contraction(contraction)
         self.register_buffer("aabb", aabb.float().clone())
         self.grid = make_hash_grid(cfg.grid, device, grid_impl, False)
         self.latent_mlp = _mlp([cfg.grid.output_dim, cfg.hidden_dim, cfg.latent_dim])
@@ -51,8 +60,7 @@ class SemanticField(nn.Module):
 
     def latent(self, x: Tensor) -> Tensor:
         """``[P, 3]`` world points -> ``[P, L]`` latent."""
-        lo, hi = self.aabb[:3], self.aabb[3:]
-        xn = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+        xn, _ = to_unit(x, self.aabb, self.contraction)
         return self.latent_mlp(self.grid(xn).float())
 
     def decode(self, z: Tensor) -> SemanticOutput:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ovseg3d import accel
+from ovseg3d.field.space import MAX_RADIUS, check_contraction, from_unit, roi_center_half, to_unit
 from ovseg3d.render.volume import RaySamples
 
 VISIBILITY_DECAY = 0.5  # a cell unseen for ~10 updates (1e-3) is emptied
@@ -33,11 +34,13 @@ def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor) -> tuple[Tensor, Tenso
 
 
 class OccupancyGrid(nn.Module):
-    """A binary occupancy grid over ``aabb`` (``[6]``: min xyz, max xyz), ``resolution^3`` cells."""
+    """A binary occupancy grid over ``aabb`` (``[6]``: min xyz, max xyz), ``resolution^3`` cells; with a
+    ``contraction`` it covers the contracted world (:mod:`ovseg3d.field.space`), the ROI box in its middle half."""
 
-    def __init__(self, aabb: Tensor, resolution: int = 64):
+    def __init__(self, aabb: Tensor, resolution: int = 64, contraction: str = "none"):
         super().__init__()
         self.resolution = resolution
+        self.contraction = check_contraction(contraction)
         self.register_buffer("aabbs", aabb.float().reshape(1, 6).clone())
         self.register_buffer("occs", torch.zeros(resolution**3))
         self.register_buffer("binaries", torch.ones(1, resolution, resolution, resolution, dtype=torch.bool))
@@ -53,9 +56,11 @@ class OccupancyGrid(nn.Module):
 
     def _cell_coords(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """``[..., 3]`` world points -> ``[...]`` flat cell index (x-major) and ``[...]`` inside-grid mask."""
-        lo, hi = self.aabb[:3], self.aabb[3:]
-        rel = (points - lo) / (hi - lo) * self.resolution
-        inside = ((rel >= 0) & (rel < self.resolution)).all(-1)
+        shape = points.shape[:-1]
+        unit, inside = to_unit(points.reshape(-1, 3), self.aabb, self.contraction)
+        rel, inside = unit.view(*shape, 3) * self.resolution, inside.view(shape)
+        if self.contraction == "none":
+            inside = inside & (rel < self.resolution).all(-1)
         cell = rel.long().clamp(0, self.resolution - 1)
         r = self.resolution
         return (cell[..., 0] * r + cell[..., 1]) * r + cell[..., 2], inside
@@ -101,11 +106,10 @@ class OccupancyGrid(nn.Module):
             cells = torch.cat([uniform, occupied])
         r = self.resolution
         coords = torch.stack([cells // (r * r), (cells // r) % r, cells % r], dim=-1).float()
-        lo, hi = self.aabb[:3], self.aabb[3:]
         occ = torch.empty(cells.numel(), device=device)
         for s in range(0, cells.numel(), chunk):
             c = coords[s : s + chunk]
-            x = lo + (c + torch.rand_like(c)) / r * (hi - lo)
+            x = from_unit((c + torch.rand_like(c)) / r, self.aabb, self.contraction)
             occ[s : s + chunk] = occ_eval_fn(x).reshape(-1)
         self.occs[cells] = torch.maximum(self.occs[cells] * ema_decay, occ)
         thre = torch.clamp(self.occs.mean(), max=occ_thre)
@@ -136,6 +140,9 @@ class OccupancyGrid(nn.Module):
                 (k = ceil(n / max_per_ray), random phase when stratified) with k-times longer
                 intervals: coarse marching while the grid is still mostly occupied.
         """
+        if self.contraction != "none":
+            samples = self._march_contracted(origins, dirs, step_size, near, far, stratified)
+            return thin_samples(samples, max_per_ray, stratified) if max_per_ray > 0 else samples
         t_min, t_max = ray_aabb(origins, dirs, self.aabb)
         if near is not None:
             t_min = torch.maximum(t_min, near)
@@ -174,6 +181,60 @@ class OccupancyGrid(nn.Module):
         t_starts = torch.cat(starts)
         return RaySamples(ray_indices, t_starts, t_starts + step, n_rays)
 
+    def far_distance(self) -> float:
+        """World distance beyond which a contracted grid models nothing (:data:`MAX_RADIUS`)."""
+        _, half = roi_center_half(self.aabb)
+        return float(half.max()) / (2.0 - MAX_RADIUS)
+
+    def outer_steps(self, step: float) -> int:
+        """Samples per ray beyond the ROI: as many as steps of ``step`` fit in the contracted shell."""
+        _, half = roi_center_half(self.aabb)
+        return max(8, int(round((MAX_RADIUS - 1.0) * float(half.min()) / step)))
+
+    def _march_contracted(
+        self, origins: Tensor, dirs: Tensor, step: float, near: Tensor | None, far: Tensor | None, stratified: bool
+    ) -> RaySamples:
+        """March a contracted grid: steps of ``step`` from the ray's start until it leaves the ROI box, then
+        :meth:`outer_steps` intervals spaced evenly in disparity (``1 / t``) out to :meth:`far_distance`
+        (about even in contracted space, as nerfacto's piecewise sampler). Kept where the grid is occupied."""
+        n_rays, device = origins.shape[0], origins.device
+        t_far = torch.full((n_rays,), self.far_distance(), device=device)
+        if far is not None:
+            t_far = torch.minimum(t_far, far)
+        t0 = near.clone() if near is not None else torch.zeros(n_rays, device=device)
+        _, t_exit = ray_aabb(origins, dirs, self.aabb)
+        t_split = torch.minimum(torch.maximum(t_exit, t0), t_far)  # end of the even steps
+        if stratified:
+            t0 = t0 + torch.rand_like(t0) * step
+        n_in = int(torch.ceil(((t_split - t0).clamp(min=0.0)).max() / step).item()) if n_rays else 0
+        n_out = self.outer_steps(step)
+        phase = torch.rand(n_rays, device=device) if stratified else torch.zeros(n_rays, device=device)
+        rows, starts, ends = [], [], []
+        chunk = max(1, (1 << 21) // (n_in + n_out))
+        k_in = torch.arange(n_in, device=device, dtype=torch.float32)
+        k_out = torch.arange(n_out, device=device, dtype=torch.float32)
+        for s in range(0, n_rays, chunk):
+            sl = slice(s, s + chunk)
+            a, b, f = t0[sl, None], t_split[sl, None], t_far[sl, None]
+            in_start = a + k_in * step
+            in_end = torch.minimum(in_start + step, b)
+            disp0, disp1 = 1.0 / b.clamp(min=1e-6), 1.0 / f.clamp(min=1e-6)
+            frac = ((k_out + phase[sl, None]) / n_out).clamp(max=1.0)
+            out_start = torch.where(k_out == 0, b, 1.0 / (disp0 + frac * (disp1 - disp0)))
+            out_end = 1.0 / (disp0 + ((k_out + 1 + phase[sl, None]) / n_out).clamp(max=1.0) * (disp1 - disp0))
+            start, end = torch.cat([in_start, out_start], 1), torch.cat([in_end, out_end], 1)
+            mid = 0.5 * (start + end)
+            pts = origins[sl, None, :] + mid[..., None] * dirs[sl, None, :]
+            keep = (end > start) & (start < f) & self.query(pts)
+            r_idx, k_idx = torch.nonzero(keep, as_tuple=True)
+            rows.append(r_idx + s)
+            starts.append(start[r_idx, k_idx])
+            ends.append(torch.minimum(end[r_idx, k_idx], t_far[r_idx + s]))
+        if not rows:
+            empty = torch.zeros(0, device=device)
+            return RaySamples(empty.long(), empty, empty, n_rays)
+        return RaySamples(torch.cat(rows), torch.cat(starts), torch.cat(ends), n_rays)
+
     def _march_nerfacc(self, nerfacc, origins, dirs, t_min, t_max, step: float) -> RaySamples:  # noqa: ANN001
         from nerfacc.grid import traverse_grids
 
@@ -209,6 +270,12 @@ def thin_samples(samples: RaySamples, max_per_ray: int, stratified: bool) -> Ray
     phase = (torch.rand(n_rays, device=counts.device) * stride).long() if stratified else torch.zeros_like(stride)
     k = stride[samples.ray_indices]
     keep = (rank % k) == phase[samples.ray_indices]
-    length = (samples.t_ends - samples.t_starts)[keep] * k[keep]
+    deltas = samples.t_ends - samples.t_starts
+    if bool((deltas - deltas[0]).abs().max() <= 1e-6 * deltas[0].abs().clamp(min=1e-12)):
+        length = deltas[keep] * k[keep]  # even steps: the k steps of the group
+    else:  # uneven steps (contracted space): from the group's first start to the end of its k-th interval
+        index = torch.arange(len(samples), device=counts.device)
+        last = torch.minimum(index + k - 1, (first + counts - 1)[samples.ray_indices])
+        length = (samples.t_ends[last] - samples.t_starts)[keep]
     t_starts = samples.t_starts[keep]
     return RaySamples(samples.ray_indices[keep], t_starts, t_starts + length, n_rays)

@@ -98,6 +98,9 @@ class TrainConfig:
     """Width of the colour MLP."""
     sh_degree: int = 4
     """Spherical-harmonics degree of the view-direction encoding (1-4)."""
+    appearance_dim: int = 0
+    """Per-image appearance code fed to the colour MLP (nerfacto's appearance embedding), so exposure and white
+    balance that change between photos are not learnt as floaters; held-out views use the mean code (0 = off)."""
 
     # sampling and rendering
     rays_per_step: int = 4096
@@ -264,7 +267,9 @@ class TrainConfig:
         grid = HashGridConfig(
             self.n_levels, self.n_features_per_level, self.log2_hashmap_size, self.base_resolution, scale
         )
-        return FieldConfig(grid, self.hidden_dim, self.geo_feat_dim, self.color_hidden_dim, self.sh_degree)
+        return FieldConfig(
+            grid, self.hidden_dim, self.geo_feat_dim, self.color_hidden_dim, self.sh_degree, self.appearance_dim
+        )
 
 
 _RUN_KEYS = ("scene", "output", "preset", "config", "resume")

@@ -99,7 +99,8 @@ class Trainer:
         self.cfg, self.scene, self.device = cfg, scene, device
         aabb = scene.aabb.to(device)
         contraction = resolve_contraction(cfg.contraction, scene)
-        self.field = RadianceField(aabb, cfg.field_config(), device, cfg.grid_impl, cfg.compile_grid, contraction)
+        field_cfg = dataclasses.replace(cfg.field_config(), n_images=len(scene.train_ids))
+        self.field = RadianceField(aabb, field_cfg, device, cfg.grid_impl, cfg.compile_grid, contraction)
         self.grid = OccupancyGrid(aabb, cfg.occ_resolution, contraction).to(device)
         self._set_box()
         self._init_density_bias()
@@ -208,6 +209,7 @@ class Trainer:
             observe=observe,
             distortion=dist_w > 0,
             grad_scale_distance=self.cfg.grad_scale_distance * self.diag if self.near_far is None else 0.0,
+            appearance=self.field.appearance_codes(cam[: len(origins)], len(origins)),
         )
         loss = F.mse_loss(out.rgb, target)
         if out.distortion is not None:
@@ -381,6 +383,16 @@ def _resumed_config(cfg: TrainConfig, run: Path) -> TrainConfig:
     return dataclasses.replace(saved, **schedule, resume=True, output=run)
 
 
+def budget_bar(bar: tqdm, step: int, progress: float) -> None:
+    """Keep a bar's total at the steps the run will really take: its step budget, or as many steps as its time
+    budget allows at the pace so far, whichever ends it first (``progress`` = the larger share used)."""
+    if progress > 0 and step > 0:
+        total = max(step, round(step / progress))
+        if total != bar.total:
+            bar.total = total
+            bar.refresh()
+
+
 def _loop(trainer: Trainer, run: Path) -> None:
     cfg = trainer.cfg
     with open(run / "log.jsonl", "a") as log, tqdm(total=cfg.steps, initial=trainer.step, unit="step") as bar:
@@ -388,6 +400,7 @@ def _loop(trainer: Trainer, run: Path) -> None:
             stats = trainer.train_step()
             bar.update(1)
             if trainer.step % cfg.log_every == 0 or trainer.done():
+                budget_bar(bar, trainer.step, trainer.progress())
                 bar.set_postfix(
                     loss=f"{stats.loss:.4f}",
                     psnr=f"{stats.psnr:.2f}",
@@ -416,6 +429,7 @@ def distill_loop(distiller: Distiller, run: Path) -> None:
             stats = distiller.train_step()
             bar.update(1)
             if distiller.step % cfg.log_every == 0 or distiller.done():
+                budget_bar(bar, distiller.step, distiller.progress())
                 bar.set_postfix(feat=f"{stats.feature:.3f}", rda=f"{stats.rda:.3f}", fda=f"{stats.fda:.3f}")
                 record = {
                     "stage": "distill",

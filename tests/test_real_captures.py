@@ -216,3 +216,83 @@ def test_rays_through_a_lens_project_back_to_their_pixel(lens: int) -> None:
     pinhole = Cameras(c2w, cams.fx, cams.fy, cams.cx, cams.cy, 100, 80)
     _, straight = pixel_rays(pinhole, torch.ones_like(u), u, v)
     assert float((straight - dirs).norm(dim=-1).max()) > 1e-2  # the lens bends the corner rays
+
+
+# --------------------------------------------------------------------------------------------- appearance
+
+
+def test_appearance_codes_change_colour_not_density_and_held_out_views_use_the_mean() -> None:
+    from ovseg3d.field.hashgrid import HashGridConfig
+    from ovseg3d.field.radiance import FieldConfig, RadianceField
+
+    cfg = FieldConfig(HashGridConfig(4, 2, 10, 4, 1.5), 16, 7, 16, 2, appearance_dim=4, n_images=3)
+    field = RadianceField(torch.tensor([-1.0, -1, -1, 1, 1, 1]), cfg, contraction="sphere")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        field.appearance.weight.normal_()
+    x = torch.rand(20, 3) * 2 - 1
+    dirs = torch.nn.functional.normalize(torch.randn(20, 3), dim=-1)
+    sigma0, rgb0 = field(x, dirs, field.appearance_codes(torch.zeros(20, dtype=torch.long), 20))
+    sigma1, rgb1 = field(x, dirs, field.appearance_codes(torch.ones(20, dtype=torch.long), 20))
+    torch.testing.assert_close(sigma0, sigma1)
+    assert float((rgb0 - rgb1).detach().abs().max()) > 1e-4
+    _, rgb_mean = field(x, dirs)  # no code given: the mean of the training images' codes
+    mean = field.appearance.weight.mean(0, keepdim=True).expand(20, -1)
+    torch.testing.assert_close(rgb_mean, field(x, dirs, mean)[1])
+
+
+# ------------------------------------------------------------------------------------------ COLMAP scenes
+
+
+def _colmap_scene(root: Path, binary: bool = True) -> np.ndarray:
+    """A COLMAP scene: 6 images in a subfolder, two cameras (OPENCV 48 x 32 and a SIMPLE_RADIAL of twice the size),
+    one image missing; returns the OpenGL c2w of the listed images."""
+    from ovseg3d.data import colmap
+
+    c2w = arc_cameras(np.array([0.2, 0.1, 0.0]), 6)
+    cams = {
+        1: colmap.ColmapCamera(1, "OPENCV", 48, 32, np.array([40.0, 41.0, 24.0, 16.0, 0.05, -0.01, 0.001, 0.0])),
+        2: colmap.ColmapCamera(2, "SIMPLE_RADIAL", 96, 64, np.array([80.0, 48.0, 32.0, 0.05])),
+    }
+    images, rng = {}, np.random.default_rng(0)
+    (root / "images" / "sub").mkdir(parents=True)
+    for i, pose in enumerate(c2w):
+        rot_cv = pose[:, :3] * np.array([1.0, -1.0, -1.0])  # OpenGL -> OpenCV axes
+        w2c_rot = rot_cv.T
+        cam = 1 if i < 4 else 2
+        name = f"sub/{i:03d}.png"
+        images[i + 1] = colmap.ColmapImage(i + 1, colmap.rotmat_to_qvec(w2c_rot), -w2c_rot @ pose[:, 3], cam, name)
+        if i != 2:
+            w, h = cams[cam].width, cams[cam].height
+            iio.imwrite(root / "images" / name, rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    points = rng.normal([0.2, 0.1, 0.0], 0.3, (200, 3))
+    model = colmap.ColmapModel(
+        cams, images, points, np.zeros((200, 3), np.uint8), np.zeros(200), np.full(200, 3, np.int64)
+    )
+    colmap.write_model(root / "sparse" / "0", model, binary=binary)
+    return c2w
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_colmap_scene_loads_with_its_poses_lenses_and_sizes(tmp_path: Path, binary: bool) -> None:
+    c2w = _colmap_scene(tmp_path, binary)
+    scene = load_scene(tmp_path)
+    assert scene.format == "colmap" and len(scene) == 5  # the missing image skipped
+    keep = [0, 1, 3, 4, 5]
+    np.testing.assert_allclose(scene.cameras.c2w.numpy(), c2w[keep], atol=1e-5)
+    assert (scene.width, scene.height) == (48, 32)  # the most common size; the bigger images are resized to it
+    torch.testing.assert_close(scene.cameras.fx, torch.tensor([40.0, 40.0, 40.0, 40.0, 40.0]))
+    assert scene.cameras.lens is not None and (scene.cameras.lens == LENS_OPENCV).all()
+    torch.testing.assert_close(scene.cameras.coeffs[-1, :2], torch.tensor([0.05, 0.0]))
+    assert "sparse points" in scene.bounds
+    assert (scene.aabb[:3] < torch.tensor([0.2, 0.1, 0.0])).all() and (scene.aabb[3:] > 0.2).all()
+
+
+def test_colmap_model_option_and_missing_folder(tmp_path: Path) -> None:
+    _colmap_scene(tmp_path)
+    (tmp_path / "sparse" / "0").rename(tmp_path / "model")
+    with pytest.raises(SceneError, match="not a scene folder"):
+        load_scene(tmp_path)
+    assert len(load_scene(tmp_path, colmap_model=tmp_path / "model")) == 5
+    with pytest.raises(SceneError, match="COLMAP model folder not found"):
+        load_scene(tmp_path, colmap_model=tmp_path / "nowhere")

@@ -64,6 +64,8 @@ class FieldConfig:
     geo_feat_dim: int = 15
     color_hidden_dim: int = 64
     sh_degree: int = 4
+    appearance_dim: int = 0  # per-image appearance code fed to the colour MLP (0 = none)
+    n_images: int = 0  # training images with a code
 
 
 def _mlp(dims: list[int]) -> nn.Sequential:
@@ -99,8 +101,22 @@ class RadianceField(nn.Module):
         self.grid = make_hash_grid(cfg.grid, device, grid_impl, compile_grid)
         self.density_mlp = _mlp([cfg.grid.output_dim, cfg.hidden_dim, 1 + cfg.geo_feat_dim])
         sh_dim = cfg.sh_degree**2
-        self.color_mlp = _mlp([cfg.geo_feat_dim + sh_dim, cfg.color_hidden_dim, cfg.color_hidden_dim, 3])
+        self.color_mlp = _mlp(
+            [cfg.geo_feat_dim + sh_dim + cfg.appearance_dim, cfg.color_hidden_dim, cfg.color_hidden_dim, 3]
+        )
+        if cfg.appearance_dim > 0:
+            self.appearance = nn.Embedding(max(1, cfg.n_images), cfg.appearance_dim)
+            nn.init.zeros_(self.appearance.weight)
         self.to(device)
+
+    def appearance_codes(self, images: Tensor | None, n: int) -> Tensor | None:
+        """``[n, A]`` appearance codes of training images ``images`` ``[n]``, or their mean for views without one
+        (held-out views: nerfacto's average appearance); ``None`` without appearance codes."""
+        if self.cfg.appearance_dim == 0:
+            return None
+        if images is None:
+            return self.appearance.weight.mean(0, keepdim=True).expand(n, -1)
+        return self.appearance(images)
 
     def _features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``[P, 3]`` world points -> raw density ``[P]`` (masked outside) and geometry features ``[P, G]``."""
@@ -113,9 +129,13 @@ class RadianceField(nn.Module):
         """``[P, 3]`` -> ``[P]`` volume density."""
         return self._features(x)[0]
 
-    def forward(self, x: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
-        """``[P, 3]`` points and unit directions -> density ``[P]`` and colour ``[P, 3]`` in [0, 1]."""
+    def forward(self, x: Tensor, dirs: Tensor, appearance: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``[P, 3]`` points and unit directions (and ``[P, A]`` appearance codes, default: the mean code) ->
+        density ``[P]`` and colour ``[P, 3]`` in [0, 1]."""
         sigma, geo = self._features(x)
         sh = spherical_harmonics(dirs, self.cfg.sh_degree)
-        rgb = torch.sigmoid(self.color_mlp(torch.cat([geo, sh], dim=-1)))
+        parts = [geo, sh]
+        if self.cfg.appearance_dim > 0:
+            parts.append(appearance if appearance is not None else self.appearance_codes(None, len(x)))
+        rgb = torch.sigmoid(self.color_mlp(torch.cat(parts, dim=-1)))
         return sigma, rgb

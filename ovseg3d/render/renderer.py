@@ -53,12 +53,14 @@ def render_rays(
     observe: bool = False,
     distortion: bool = False,
     grad_scale_distance: float = 0.0,
+    appearance: Tensor | None = None,
 ) -> RenderOutput:
     """Render ``[R, 3]`` rays. ``background``: optional ``[R, 3]`` colour behind each ray;
     ``samples``: already-marched samples of these rays (else they are marched here);
     ``observe``: report the samples' transmittance to the grid (:meth:`OccupancyGrid.observe`), from the
     no-gradient pass that drops hidden samples when ``opts`` asks for one, else from the rendering itself;
     ``distortion``: also return the per-ray distortion loss of the weights;
+    ``appearance``: ``[R, A]`` per-ray appearance codes (default: the field's mean code);
     ``grad_scale_distance``: if > 0, the gradients of samples closer to the camera than this are scaled by
     ``(t / distance)^2`` ("Floaters No More", Philip & Deschaintre 2023): space right in front of a
     camera covers few pixels of it, and would otherwise learn floaters that only that view needs."""
@@ -78,7 +80,8 @@ def render_rays(
                 keep &= alpha >= opts.alpha_thre
         samples = samples.select(keep)
     points = samples.positions(origins, dirs)
-    sigma, rgb = field(points, dirs[samples.ray_indices])
+    codes = None if appearance is None else appearance[samples.ray_indices]
+    sigma, rgb = field(points, dirs[samples.ray_indices], codes)
     if grad_scale_distance > 0:
         scale = (samples.t_mid / grad_scale_distance).square().clamp(max=1.0)
         sigma, rgb = scale_gradient(sigma, scale), scale_gradient(rgb, scale[:, None])

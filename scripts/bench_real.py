@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Real-capture benchmark: the radiance field alone (``--teacher none``) on a scene as users bring it.
+
+For each variant, ``ovseg3d train SCENE`` runs with the preset and the variant's overrides, then ``ovseg3d eval``
+renders the held-out views (every 8th). Prints a table (held-out PSNR / SSIM, training steps and seconds, eval
+seconds) and writes JSON (default ``bench/real.json``); each variant's first held-out panel (ground truth | render
+| depth) is copied to ``bench/<name>_<variant>.png``.
+
+    python scripts/bench_real.py --scene /data/fox                         # instant-ngp's fox, as published
+    python scripts/bench_real.py --scene /data/fox --variants default no_contraction no_appearance
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tyro
+
+from ovseg3d.config import apply_overrides, parse_overrides, resolve_base
+from ovseg3d.evaluate import evaluate_run
+from ovseg3d.train import train
+
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "no_contraction": {"contraction": "none"},
+    "cube": {"contraction": "cube"},
+    "appearance": {"appearance_dim": 16},
+}
+
+
+@dataclass
+class Args:
+    scene: Path
+    """Scene folder (transforms.json, COLMAP images/ + sparse/0/, or LLFF)."""
+    name: str = ""
+    """Name in the table and file names (default: the scene folder's name)."""
+    preset: str = "cpu"
+    variants: list[str] = field(default_factory=lambda: ["default"])
+    """Variants to run: names of VARIANTS."""
+    set: list[str] = field(default_factory=list)
+    """Config overrides as key=value for every variant (e.g. --set max_minutes=30)."""
+    work: Path = Path("bench/runs")
+    """Run folders go here (replaced)."""
+    out: Path = Path("bench/real.json")
+    device: str = "auto"
+
+
+def run_variant(args: Args, name: str, variant: str) -> dict:
+    run = args.work / f"{name}_{variant}"
+    if run.exists():
+        shutil.rmtree(run)
+    overrides = {**parse_overrides(args.set), **VARIANTS[variant]}
+    cfg = resolve_base(args.preset, None)
+    values = {**overrides, "scene": str(args.scene), "output": str(run), "device": args.device}
+    cfg = apply_overrides(cfg, {**values, "teachers": {"kind": "none"}}, "bench_real")
+    start = time.perf_counter()
+    train(cfg)
+    seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    metrics = evaluate_run(run, args.device, True)
+    eval_seconds = time.perf_counter() - start
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    panels = sorted((run / "renders").glob("view_*.png"))
+    picture = args.out.parent / f"{name}_{variant}.png"
+    if panels:
+        picture.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(panels[0], picture)
+    return {
+        "variant": variant,
+        "overrides": overrides,
+        "psnr": metrics["psnr"],
+        "ssim": metrics["ssim"],
+        "steps": log[-1]["step"] if log else 0,
+        "train_psnr_last": log[-1]["psnr"] if log else None,
+        "train_seconds": round(log[-1]["time"], 1) if log else None,
+        "wall_seconds": round(seconds, 1),
+        "eval_seconds": round(eval_seconds, 1),
+        "eval_views": len(metrics["per_view"]),
+        "picture": str(picture),
+    }
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    name = args.name or args.scene.name
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
+    rows = [run_variant(args, name, v) for v in args.variants]
+    print(f"\n{name}, preset {args.preset}")
+    print(f"{'variant':<16} {'PSNR':>6} {'SSIM':>6} {'steps':>6} {'train s':>8} {'eval s':>7}")
+    for r in rows:
+        print(
+            f"{r['variant']:<16} {r['psnr']:>6.2f} {r['ssim']:>6.3f} {r['steps']:>6} {r['train_seconds']:>8} "
+            f"{r['eval_seconds']:>7}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results[name] = {"preset": args.preset, "scene": str(args.scene), "rows": rows}
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

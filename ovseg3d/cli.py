@@ -148,7 +148,8 @@ def cmd_synth(args: list[str]) -> int:
         args=args,
         prog="ovseg3d synth OUT",
         description="Render a procedural scene (textured objects of named classes in a room) with full "
-        "ground truth to the folder OUT, in 3D-OVS/LLFF or nerfstudio format.",
+        "ground truth to the folder OUT, in 3D-OVS/LLFF, nerfstudio or COLMAP (binary, sparse/0/) format, "
+        "through a pinhole, OpenCV or fisheye lens.",
     )
     if out is None:
         print("ovseg3d synth: error: give the output folder: ovseg3d synth OUT [options]", file=sys.stderr)
@@ -267,7 +268,7 @@ def cmd_view(args: list[str]) -> int:
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "synth": (cmd_synth, "render a procedural scene with ground truth (3D-OVS/LLFF or transforms.json)"),
+    "synth": (cmd_synth, "render a procedural scene with ground truth (3D-OVS/LLFF, transforms.json or COLMAP)"),
     "extract": (cmd_extract, "run the 2D teachers (CLIP, DINO, or simulated) over a scene into a feature cache"),
     "train": (cmd_train, "fit a hash-grid radiance field to a scene folder"),
     "render": (cmd_render, "write rgb / depth / segmentation / query-relevancy PNGs of a run's views"),

@@ -387,7 +387,7 @@ def budget_bar(bar: tqdm, step: int, progress: float) -> None:
     """Keep a bar's total at the steps the run will really take: its step budget, or as many steps as its time
     budget allows at the pace so far, whichever ends it first (``progress`` = the larger share used)."""
     if progress > 0 and step > 0:
-        total = max(step, round(step / progress))
+        total = max(step + (progress < 1.0), round(step / progress))
         if total != bar.total:
             bar.total = total
             bar.refresh()

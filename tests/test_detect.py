@@ -214,14 +214,17 @@ def test_a_half_seen_mug_is_not_snapped_to_its_box():
 
 
 def test_size_prior_drops_a_box_far_from_its_class_size():
+    """In metres (--scale 1). With the scale estimated, a lone object sets it and always fits its prior: see
+    test_detect_scale.py for a wrong-sized one among others."""
     tiny_chair = box_surface([0.0, 0.0, 0.02], [0.04, 0.04, 0.04], 0.0)
     cloud = cloud_of([(floor(), 1), (tiny_chair, 0)], ["chair", "floor"])
     quiet = {"up_hint": np.array([0, 0, 1.0]), "log": lambda *_: None}
-    kept = detect(cloud, DetectOptions(min_points=10), **quiet)
+    kept = detect(cloud, DetectOptions(min_points=10, scale=1.0), **quiet)
     assert kept.detections == [] and kept.rejected["size prior"] == 1
-    assert [d.name for d in detect(cloud, DetectOptions(min_points=10, size_prior=False), **quiet).detections] == [
-        "chair"
-    ]
+    opts = DetectOptions(min_points=10, size_prior=False, scale=1.0)
+    assert [d.name for d in detect(cloud, opts, **quiet).detections] == ["chair"]
+    alone = detect(cloud, DetectOptions(min_points=10), **quiet)
+    assert [d.name for d in alone.detections] == ["chair"] and alone.scale.metres_per_unit > 10
 
 
 def test_point_spacing_of_a_sampled_plane():

@@ -328,11 +328,14 @@ def _solve_monotone(
     fn: Callable[[Tensor], tuple[Tensor, Tensor]], target: Tensor, hi: Tensor, tol: Tensor, iters: int
 ) -> tuple[Tensor, Tensor]:
     """Solve ``fn(t) = target`` for ``t`` in ``[0, hi]``, where ``fn`` (value and slope) grows from
-    ``fn(0) = 0``: Newton from ``t = target``, a bisection step whenever Newton would leave the bracket.
-    Returns ``t`` and ``|fn(t) - target| <= tol``, both ``[...]``."""
+    ``fn(0) = 0``: Newton from ``t = target`` kept in a shrinking bracket, with a bisection step whenever
+    Newton would leave the bracket or shrinks the error too slowly (``rtsafe`` of Numerical Recipes, which
+    stops Newton cycling on the S-shaped curves of strong lenses). Returns ``t`` and
+    ``|fn(t) - target| <= tol``, both ``[...]``."""
     lo = torch.zeros_like(target)
     hi = hi.to(target.dtype).expand_as(target)
     t = torch.where(target < hi, target, 0.5 * hi)
+    step_before = hi - lo
     converged = torch.zeros_like(target, dtype=torch.bool)
     for it in range(iters + 1):
         value, slope = fn(t)
@@ -343,8 +346,10 @@ def _solve_monotone(
         lo = torch.where(err < 0, t, lo)
         hi = torch.where(err > 0, t, hi)
         newton = t - err / torch.where(slope > 0, slope, torch.ones_like(slope))
-        bracketed = (slope > 0) & (newton > lo) & (newton < hi)
-        t = torch.where(converged, t, torch.where(bracketed, newton, 0.5 * (lo + hi)))
+        fast = (slope > 0) & (newton > lo) & (newton < hi) & (2 * err.abs() <= (step_before * slope).abs())
+        new_t = torch.where(fast, newton, 0.5 * (lo + hi))
+        step_before = torch.where(converged, step_before, (new_t - t).abs())
+        t = torch.where(converged, t, new_t)
     return t, converged
 
 

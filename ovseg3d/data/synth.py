@@ -14,7 +14,12 @@ local coordinates, hence view consistent.
 :func:`synthesize` writes a scene folder in the 3D-OVS / LLFF layout (REFERENCE.md §1) or the nerfstudio
 ``transforms.json`` layout, plus ground truth: ``labels/``, ``instances/``, ``objects.json`` and the full
 analytic description ``scene.json`` (read back with :func:`scene_from_json`; distances to the true
-surfaces with :func:`surface_distance`).
+surfaces with :func:`surface_distance`), or as a COLMAP binary model (``images/`` + ``sparse/0/``, with a
+``points3D.bin`` sampled from the rendered surfaces). The cameras may have a lens (``lens``: OpenCV
+radial-tangential or fisheye, :mod:`.lenses`): every pixel's ray is the lens's unprojection of the pixel's
+distorted normalised coordinates, so images, depth, labels and instances are all distorted, and the lens is
+written into ``cameras.bin`` (OPENCV / OPENCV_FISHEYE) and ``transforms.json`` (``camera_model``, ``k1 ...``).
+LLFF has no lens model and refuses one. Pinhole scenes are byte-identical to those of earlier versions.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 from PIL import Image
 
+from ovseg3d.data import colmap
+from ovseg3d.data.lenses import LENS_FISHEYE, LENS_OPENCV, LENS_PINHOLE, N_COEFFS, project, unproject
 from ovseg3d.data.llff import write_poses_bounds
 from ovseg3d.data.nerfstudio import write_transforms_json
 
@@ -39,6 +47,15 @@ BOX_MARGIN = 0.025  # transforms.json scene box: the room grown by this share of
 _EPS = 1e-7  # smallest accepted ray distance (m)
 _SHADOW_OFFSET = 1e-4  # shadow rays start this far off the surface along its normal (m)
 _CHUNK = 1 << 16  # rays per batch, keeps temporaries small
+
+LENSES = {"pinhole": LENS_PINHOLE, "opencv": LENS_OPENCV, "fisheye": LENS_FISHEYE}
+# --distortion defaults: a phone's main camera (mild barrel, k1 k2 p1 p2) and an action camera's fisheye
+# (Kannala-Brandt k1 k2 k3 k4, near equidistant); use the fisheye with a wide --fov-deg (e.g. 120)
+DEFAULT_DISTORTION = {"opencv": (-0.12, 0.03, 0.001, -0.0005), "fisheye": (0.04, -0.01, 0.002, -0.0003)}
+COLMAP_MODELS = {LENS_PINHOLE: "PINHOLE", LENS_OPENCV: "OPENCV", LENS_FISHEYE: "OPENCV_FISHEYE"}
+# SynthConfig fields added after version 1 of scene.json: left out of its "config" at their defaults, so that
+# the files of an existing (pinhole, LLFF / transforms) scene stay byte-identical
+_LATER_FIELDS = ("lens", "distortion", "n_points")
 
 
 @dataclass
@@ -56,8 +73,9 @@ class SynthConfig:
     cameras: Literal["forward", "orbit"] = "forward"
     """forward: LLFF-like patch of cameras facing the objects (an object with a front, such as a mug's handle,
     turns it toward them, so that its pose can be seen); orbit: rings around them."""
-    format: Literal["llff", "transforms"] = "llff"
-    """Pose file: llff (poses_bounds.npy, 3D-OVS) or transforms (nerfstudio transforms.json)."""
+    format: Literal["llff", "transforms", "colmap"] = "llff"
+    """Pose file: llff (poses_bounds.npy, 3D-OVS), transforms (nerfstudio transforms.json) or colmap (binary
+    model in sparse/0/: cameras.bin, images.bin and points3D.bin sampled from the rendered surfaces)."""
     n_objects: int = 5
     """Number of objects on the floor."""
     n_annotated: int = 4
@@ -65,7 +83,7 @@ class SynthConfig:
     supersample: int = 3
     """s x s rays per pixel averaged for the RGB images (anti-aliasing); labels use the pixel centre."""
     fov_deg: float = 60.0
-    """Horizontal field of view in degrees."""
+    """Horizontal field of view in degrees (through the lens: the image's left and right edges see this angle)."""
     distance: float = 1.1
     """forward: distance (m) from the camera patch to the objects' centre."""
     elevation_deg: float = 25.0
@@ -93,6 +111,14 @@ class SynthConfig:
     classes: tuple[str, ...] = ()
     """Object classes to draw from (empty = all: tennis ball, orange, rubik cube, soda can, book, tissue box,
     mug, chair)."""
+    lens: Literal["pinhole", "opencv", "fisheye"] = "pinhole"
+    """Camera lens: pinhole, opencv (radial-tangential, COLMAP OPENCV) or fisheye (Kannala-Brandt, COLMAP
+    OPENCV_FISHEYE); every pixel's ray goes through it. LLFF has no lens: use --format colmap or transforms."""
+    distortion: tuple[float, ...] = ()
+    """Lens coefficients: opencv K1 K2 P1 P2, fisheye K1 K2 K3 K4 (empty = a phone lens -0.12 0.03 0.001 -0.0005,
+    or an action-camera fisheye 0.04 -0.01 0.002 -0.0003)."""
+    n_points: int = 4000
+    """colmap: number of points in points3D.bin, sampled on the surfaces seen by up to four views."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,7 +216,12 @@ class SynthScene:
 
 @dataclass
 class SynthCameras:
-    """Pinhole cameras sharing intrinsics. ``c2w``: ``[N, 3, 4]`` float64, OpenGL convention."""
+    """Cameras sharing intrinsics and lens. ``c2w``: ``[N, 3, 4]`` float64, OpenGL convention.
+
+    Attributes:
+        lens: lens kind of :mod:`.lenses` (``LENS_PINHOLE``, ``LENS_OPENCV``, ``LENS_FISHEYE``).
+        coeffs: ``[8]`` float64 coefficients in the order of :mod:`.lenses` (zeros for a pinhole).
+    """
 
     c2w: np.ndarray
     fx: float
@@ -199,12 +230,14 @@ class SynthCameras:
     cy: float
     width: int
     height: int
+    lens: int = LENS_PINHOLE
+    coeffs: np.ndarray = field(default_factory=lambda: np.zeros(N_COEFFS))
 
     def __len__(self) -> int:
         return int(self.c2w.shape[0])
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "c2w_opengl": self.c2w.tolist(),
             "fx": self.fx,
             "fy": self.fy,
@@ -213,6 +246,10 @@ class SynthCameras:
             "width": self.width,
             "height": self.height,
         }
+        if self.lens != LENS_PINHOLE:  # pinhole cameras keep the version 1 layout
+            out["lens"] = self.lens_name
+            out["coeffs"] = np.asarray(self.coeffs, dtype=np.float64).tolist()
+        return out
 
     @staticmethod
     def from_json(d: dict) -> SynthCameras:
@@ -224,7 +261,36 @@ class SynthCameras:
             float(d["cy"]),
             int(d["width"]),
             int(d["height"]),
+            LENSES[d.get("lens", "pinhole")],
+            np.asarray(d.get("coeffs", [0.0] * N_COEFFS), dtype=np.float64),
         )
+
+    def pixel_dirs(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Camera-space directions (OpenGL axes, not normalised) through the image points ``u [U]`` x ``v [V]``
+        (pixel units, centre of pixel (0, 0) at (0.5, 0.5)): ``[V*U, 3]`` in row-major order.
+
+        Pinhole: ``((u - cx) / fx, -(v - cy) / fy, -1)``. With a lens: :func:`.lenses.unproject` of the
+        distorted normalised point ``((u - cx) / fx, (v - cy) / fy)`` (OpenCV axes) in float64, y and z flipped.
+        Raises ``ValueError`` if the lens cannot be inverted at some point (it folds inside the image).
+        """
+        if self.lens == LENS_PINHOLE:
+            x = np.broadcast_to(((u - self.cx) / self.fx)[None], (len(v), len(u)))
+            y = np.broadcast_to((-(v - self.cy) / self.fy)[:, None], (len(v), len(u)))
+            return np.stack([x, y, -np.ones_like(x)], axis=-1).reshape(-1, 3)
+        x = np.broadcast_to(((u - self.cx) / self.fx)[None], (len(v), len(u)))
+        y = np.broadcast_to(((v - self.cy) / self.fy)[:, None], (len(v), len(u)))
+        xy_d = torch.from_numpy(np.stack([x, y], axis=-1).reshape(-1, 2))
+        d_cv, valid = unproject(xy_d, torch.tensor(self.lens), torch.from_numpy(np.asarray(self.coeffs, np.float64)))
+        if not bool(valid.all()):
+            raise ValueError(
+                f"the {self.lens_name} lens {np.round(self.coeffs[:4], 6).tolist()} folds inside the image "
+                "(cannot be inverted there): lower --fov-deg or the distortion"
+            )
+        return d_cv.numpy() * np.array([1.0, -1.0, -1.0])
+
+    @property
+    def lens_name(self) -> str:
+        return next(name for name, kind in LENSES.items() if kind == self.lens)
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pixel coordinates of world points in every view.
@@ -239,6 +305,12 @@ class SynthCameras:
         rot, pos = self.c2w[:, :, :3], self.c2w[:, :, 3]
         local = np.einsum("nji,npj->npi", rot, points[None] - pos[:, None])
         depth = -local[..., 2]
+        if self.lens != LENS_PINHOLE:  # through the lens; NaN where it cannot see the point
+            d_cv = torch.from_numpy(local * np.array([1.0, -1.0, -1.0]))
+            coeffs = torch.from_numpy(np.asarray(self.coeffs, np.float64))
+            xy, seen = project(d_cv, torch.tensor(self.lens), coeffs)
+            xy = torch.where(seen[..., None], xy, torch.nan).numpy()
+            return np.stack([self.cx + self.fx * xy[..., 0], self.cy + self.fy * xy[..., 1]], axis=-1), depth
         with np.errstate(divide="ignore", invalid="ignore"):
             u = self.cx + self.fx * local[..., 0] / depth
             v = self.cy - self.fy * local[..., 1] / depth
@@ -248,13 +320,15 @@ class SynthCameras:
 @dataclass
 class SynthView:
     """One rendered view: ``rgb [H, W, 3]`` float32 in [0, 1] (supersampled), and from the pixel-centre
-    ray ``depth [H, W]`` z-depth (m, along the viewing axis), ``label [H, W]`` uint8 class index
-    (255 = none), ``instance [H, W]`` int32 (0 = none)."""
+    ray ``depth [H, W]`` z-depth (m, along the viewing axis; negative beyond 90 degrees of a fisheye),
+    ``label [H, W]`` uint8 class index (255 = none), ``instance [H, W]`` int32 (0 = none) and ``distance
+    [H, W]`` float64 hit distance along the unit ray (``inf`` = miss)."""
 
     rgb: np.ndarray
     depth: np.ndarray
     label: np.ndarray
     instance: np.ndarray
+    distance: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -780,6 +854,37 @@ def _orbit_eyes(cfg: SynthConfig, target: np.ndarray, rng: np.random.Generator) 
     return np.concatenate(eyes)
 
 
+def lens_coefficients(cfg: SynthConfig) -> tuple[int, np.ndarray]:
+    """The lens kind and ``[8]`` float64 coefficients (order of :mod:`.lenses`) of ``cfg.lens`` /
+    ``cfg.distortion``; ``ValueError`` for an unknown lens or a wrong number of coefficients."""
+    if cfg.lens not in LENSES:
+        raise ValueError(f"unknown lens {cfg.lens!r}; known: {', '.join(LENSES)}")
+    coeffs = np.zeros(N_COEFFS)
+    if cfg.lens == "pinhole":
+        if any(cfg.distortion):
+            raise ValueError("--distortion needs --lens opencv or --lens fisheye")
+        return LENS_PINHOLE, coeffs
+    values = tuple(cfg.distortion) or DEFAULT_DISTORTION[cfg.lens]
+    names = "K1 K2 P1 P2" if cfg.lens == "opencv" else "K1 K2 K3 K4"
+    if len(values) != 4 or not np.isfinite(values).all():
+        raise ValueError(f"--distortion for the {cfg.lens} lens takes 4 finite numbers ({names}), got {list(values)}")
+    coeffs[:4] = values  # opencv k1 k2 p1 p2 and fisheye k1 k2 k3 k4 both fill the first four slots
+    return LENSES[cfg.lens], coeffs
+
+
+def _focal(cfg: SynthConfig, lens: int, coeffs: np.ndarray) -> float:
+    """Focal length (pixels) that puts the image's left and right edges at ``fov_deg / 2`` off the axis, seen
+    through the lens; for a pinhole ``(W / 2) / tan(fov / 2)``."""
+    if lens == LENS_PINHOLE:
+        return cfg.width / 2 / math.tan(math.radians(cfg.fov_deg) / 2)
+    half = math.radians(cfg.fov_deg) / 2
+    edge = torch.tensor([math.sin(half), 0.0, math.cos(half)], dtype=torch.float64)
+    xy, seen = project(edge, torch.tensor(lens), torch.from_numpy(coeffs))
+    if not bool(seen) or float(xy[0]) <= 0:
+        raise ValueError(f"the {cfg.lens} lens cannot see {cfg.fov_deg} degrees across: lower --fov-deg")
+    return cfg.width / 2 / float(xy[0])
+
+
 def make_cameras(cfg: SynthConfig, scene: SynthScene) -> SynthCameras:
     """Cameras looking at the objects' centre; raises ``ValueError`` if one would leave the room or sit
     inside an object."""
@@ -795,8 +900,10 @@ def make_cameras(cfg: SynthConfig, scene: SynthScene) -> SynthCameras:
     gaps = np.linalg.norm(eyes[:, None] - centers[None], axis=2) - radii[None]
     if np.any(gaps < margin):
         raise ValueError("a camera is inside or touching an object: raise --distance / --orbit-distance")
-    focal = cfg.width / 2 / math.tan(math.radians(cfg.fov_deg) / 2)
-    return SynthCameras(look_at(eyes, looks), focal, focal, cfg.width / 2, cfg.height / 2, cfg.width, cfg.height)
+    lens, coeffs = lens_coefficients(cfg)
+    focal = _focal(cfg, lens, coeffs)
+    c2w = look_at(eyes, looks)
+    return SynthCameras(c2w, focal, focal, cfg.width / 2, cfg.height / 2, cfg.width, cfg.height, lens, coeffs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -972,15 +1079,14 @@ def camera_rays(cams: SynthCameras, view: int, supersample: int = 1) -> tuple[np
 
     Returns:
         origins, unit dirs ``[H*s*W*s, 3]`` in row-major order of the ``[H*s, W*s]`` sub-pixel grid
-        (with ``s = 1`` the rays go through pixel centres, as in ``cameras.pixel_rays``).
+        (with ``s = 1`` the rays go through pixel centres, as in ``cameras.pixel_rays``), through the lens
+        (:meth:`SynthCameras.pixel_dirs`).
     """
     s = supersample
     k = (np.arange(s) + 0.5) / s
     u = (np.arange(cams.width)[:, None] + k[None]).reshape(-1)
     v = (np.arange(cams.height)[:, None] + k[None]).reshape(-1)
-    x = np.broadcast_to(((u - cams.cx) / cams.fx)[None], (len(v), len(u)))
-    y = np.broadcast_to((-(v - cams.cy) / cams.fy)[:, None], (len(v), len(u)))
-    d_cam = np.stack([x, y, -np.ones_like(x)], axis=-1).reshape(-1, 3)
+    d_cam = cams.pixel_dirs(u, v)
     dirs = d_cam @ cams.c2w[view, :, :3].T
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     return np.broadcast_to(cams.c2w[view, :, 3], dirs.shape).copy(), dirs
@@ -1020,6 +1126,7 @@ def render_view(
         depth=depth.reshape(h, w).astype(np.float32),
         label=prim_label[idx].reshape(h, w),
         instance=prim_inst[idx].reshape(h, w),
+        distance=t.reshape(h, w),
     )
 
 
@@ -1102,13 +1209,22 @@ def scene_from_json(scene_json: dict) -> SynthScene:
     )
 
 
+def _config_json(cfg: SynthConfig) -> dict:
+    """``asdict(cfg)`` without the fields of :data:`_LATER_FIELDS` that hold their defaults."""
+    out, default = asdict(cfg), SynthConfig()
+    for name in _LATER_FIELDS:
+        if getattr(cfg, name) == getattr(default, name):
+            del out[name]
+    return out
+
+
 def scene_to_json(cfg: SynthConfig, scene: SynthScene, cams: SynthCameras) -> dict:
     return {
         "generator": GENERATOR,
         "version": 1,
         "units": "metres",
         "up": [0.0, 0.0, 1.0],
-        "config": asdict(cfg),
+        "config": _config_json(cfg),
         "room": {"min": scene.room_min.tolist(), "max": scene.room_max.tolist()},
         "light": {
             "direction": scene.light_dir.tolist(),
@@ -1130,6 +1246,7 @@ _OUTPUTS = (
     "segmentations",
     "poses_bounds.npy",
     "transforms.json",
+    "sparse",
     "objects.json",
     "scene.json",
 )
@@ -1180,31 +1297,103 @@ def _write_view(out: Path, name: str, view: SynthView, classes: list[str], annot
             _save_png(out / "segmentations" / name / f"{classes[c]}.png", mask)
 
 
+def point_views(n_views: int, k: int = 4) -> list[int]:
+    """Up to ``k`` views evenly spread through the sequence: those whose surfaces seed ``points3D``."""
+    return sorted({int(i) for i in np.linspace(0, n_views - 1, min(k, n_views)).round()})
+
+
+def _surface_samples(
+    cams: SynthCameras, i: int, view: SynthView, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``n`` random surface points ``[n, 3]`` seen by view ``i``'s pixel centres and their colours
+    ``[n, 3]`` uint8 (the written image's)."""
+    origins, dirs = camera_rays(cams, i, 1)
+    dist = view.distance.reshape(-1)  # type: ignore[union-attr]
+    hit = np.nonzero(np.isfinite(dist))[0]
+    pick = np.sort(rng.choice(hit, size=min(n, len(hit)), replace=False))
+    colors = np.round(view.rgb.reshape(-1, 3)[pick] * 255.0).astype(np.uint8)
+    return origins[pick] + dist[pick, None] * dirs[pick], colors
+
+
+def colmap_model(cams: SynthCameras, image_names: list[str], points: np.ndarray, colors: np.ndarray):
+    """A :class:`.colmap.ColmapModel` of the cameras: one shared camera (PINHOLE, OPENCV or OPENCV_FISHEYE),
+    one image per view with the world-to-camera pose ``x_cam = R x + t`` in OpenCV axes
+    (``R = (R_gl diag(1, -1, -1))ᵀ``, ``t = -R c``), and the points (errors 0, empty tracks)."""
+    model_name = COLMAP_MODELS[cams.lens]
+    params = [cams.fx, cams.fy, cams.cx, cams.cy]
+    if cams.lens != LENS_PINHOLE:
+        params += np.asarray(cams.coeffs[:4], dtype=np.float64).tolist()
+    camera = colmap.ColmapCamera(1, model_name, cams.width, cams.height, np.asarray(params, dtype=np.float64))
+    images = {}
+    for i, name in enumerate(image_names):
+        w2c = (cams.c2w[i, :, :3] * np.array([1.0, -1.0, -1.0])).T
+        tvec = -w2c @ cams.c2w[i, :, 3]
+        images[i + 1] = colmap.ColmapImage(i + 1, colmap.rotmat_to_qvec(w2c), tvec, 1, name)
+    errors, tracks = np.zeros(len(points)), np.zeros(len(points), dtype=np.int64)
+    return colmap.ColmapModel({1: camera}, images, points, colors, errors, tracks)
+
+
+def _check_format(cfg: SynthConfig) -> None:
+    if cfg.supersample < 1 or cfg.n_views < 1:
+        raise ValueError("supersample and n_views must be at least 1")
+    if cfg.format not in ("llff", "transforms", "colmap"):
+        raise ValueError(f"unknown format {cfg.format!r}; known: llff, transforms, colmap")
+    lens, _ = lens_coefficients(cfg)
+    if cfg.format == "llff" and lens != LENS_PINHOLE:
+        raise ValueError(
+            f"LLFF (poses_bounds.npy) has no lens model: use --format colmap or transforms with --lens {cfg.lens}"
+        )
+    if cfg.format == "colmap" and cfg.n_points < 1:
+        raise ValueError("n_points must be at least 1")
+
+
+def _lens_keys(cams: SynthCameras) -> dict:
+    """transforms.json's ``camera_model`` and coefficients of a lens (nothing for a pinhole)."""
+    c = [float(v) for v in cams.coeffs[:4]]
+    if cams.lens == LENS_OPENCV:
+        return {"camera_model": "OPENCV", "k1": c[0], "k2": c[1], "p1": c[2], "p2": c[3]}
+    if cams.lens == LENS_FISHEYE:
+        return {"camera_model": "OPENCV_FISHEYE", "k1": c[0], "k2": c[1], "k3": c[2], "k4": c[3]}
+    return {}
+
+
 def synthesize(cfg: SynthConfig, out: Path) -> Path:
     """Render a synthetic scene with ground truth into the folder ``out`` and return it.
 
-    Writes ``images/NN.png``, ``poses_bounds.npy`` or ``transforms.json``, ``segmentations/``
-    (``classes.txt`` and masks of the annotated views), ``labels/``, ``instances/``, ``objects.json``
-    and ``scene.json``. Raises ``ValueError`` if ``out`` is non-empty and not a previous synth output.
+    Writes ``images/NN.png``, ``poses_bounds.npy``, ``transforms.json`` or ``sparse/0/{cameras,images,
+    points3D}.bin``, ``segmentations/`` (``classes.txt`` and masks of the annotated views), ``labels/``,
+    ``instances/``, ``objects.json`` and ``scene.json``. Raises ``ValueError`` if ``out`` is non-empty and not a
+    previous synth output, or for a lens that LLFF cannot hold.
     """
     out = Path(out)
-    if cfg.supersample < 1 or cfg.n_views < 1:
-        raise ValueError("supersample and n_views must be at least 1")
-    _prepare_output(out)
+    _check_format(cfg)
     scene = build_scene(cfg)
     cams = make_cameras(cfg, scene)
+    if cams.lens != LENS_PINHOLE:  # raises before anything is written if the lens folds inside the image
+        cams.pixel_dirs(np.linspace(0.0, cfg.width, 4 * cfg.width + 1), np.array([0.0, cfg.height]))
+        cams.pixel_dirs(np.array([0.0, cfg.width]), np.linspace(0.0, cfg.height, 4 * cfg.height + 1))
+    _prepare_output(out)
     digits = max(2, len(str(cfg.n_views - 1)))
     names = [f"{i:0{digits}d}" for i in range(cfg.n_views)]
     annotated = set(annotated_views(cfg.n_views, cfg.n_annotated))
+    seeds = point_views(cfg.n_views) if cfg.format == "colmap" else []
+    rng = np.random.default_rng([cfg.seed, 2])
+    samples: list[tuple[np.ndarray, np.ndarray]] = []
     near_far = np.zeros((cfg.n_views, 2))
     for i, name in enumerate(names):
         view = render_view(scene, cams, i, cfg.supersample, cfg.texture_scale)
         near_far[i] = 0.9 * view.depth.min(), 1.1 * view.depth.max()
         _write_view(out, name, view, scene.classes, i in annotated)
+        if i in seeds:
+            share = cfg.n_points // len(seeds) + (seeds.index(i) < cfg.n_points % len(seeds))
+            samples.append(_surface_samples(cams, i, view, share, rng))
     (out / "segmentations").mkdir(exist_ok=True)
     (out / "segmentations" / "classes.txt").write_text("\n".join(scene.classes) + "\n")
     if cfg.format == "llff":
         write_poses_bounds(out / "poses_bounds.npy", cams.c2w[:, :3, :4], (cfg.height, cfg.width, cams.fx), near_far)
+    elif cfg.format == "colmap":
+        points, colors = np.concatenate([p for p, _ in samples]), np.concatenate([c for _, c in samples])
+        colmap.write_model(out / "sparse" / "0", colmap_model(cams, [f"{n}.png" for n in names], points, colors))
     else:
         # the scene box holds the room with a margin: walls and floor lying on the box's faces would have
         # to be drawn by its last half cell (measured on the orbit scene: 22.3 dB held out without the
@@ -1220,7 +1409,10 @@ def synthesize(cfg: SynthConfig, out: Path) -> Path:
             cams.width,
             cams.height,
             [f"images/{n}.png" for n in names],
-            extra={"aabb": [(scene.room_min - margin).tolist(), (scene.room_max + margin).tolist()]},
+            extra={
+                **_lens_keys(cams),
+                "aabb": [(scene.room_min - margin).tolist(), (scene.room_max + margin).tolist()],
+            },
         )
     objects = {"up": [0.0, 0.0, 1.0], "objects": scene.objects}
     (out / "objects.json").write_text(json.dumps(objects, indent=2) + "\n")

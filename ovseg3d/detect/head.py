@@ -9,7 +9,8 @@
 4. Classes: per instance, the mean of the available cues over the vocabulary plus a background slot: the
    distilled class probabilities, the distilled CLIP feature against the class texts, CLIP on contour-aware
    depth maps of the instance (OpenDlign) and CLIP on rgb renders of it from the run's radiance field.
-   Background wins -> dropped. The size prior filters and re-scores.
+   Background wins -> dropped. The size prior filters and re-scores, at the scene's scale (metres per scene
+   unit: given, or estimated from the sizes of its objects, see :mod:`ovseg3d.detect.scale`).
 5. Duplicates of one class overlapping by IoU > 0.25 keep the best score.
 """
 
@@ -32,6 +33,7 @@ from ovseg3d.detect.gravity import estimate_up, gravity_rotation
 from ovseg3d.detect.instances import clean_instance, connected_components, label_instances, merge_pieces
 from ovseg3d.detect.metrics import box_iou, rot_z
 from ovseg3d.detect.priors import SizePriors
+from ovseg3d.detect.scale import SceneScale, estimate_scale
 from ovseg3d.export import LabelledCloud
 
 DETECTIONS_FORMAT = 1
@@ -50,7 +52,8 @@ class DetectOptions:
     up: tuple[float, float, float] | None = None
     """World up direction (default: estimated from flat surfaces, near the cameras' up for a run)."""
     eps: float = 0.0
-    """Voxel edge that links points into one instance, world units (0: 3 x the cloud's point spacing)."""
+    """Voxel edge that links points into one instance, in the cloud's units like its point spacing, not
+    metres (0: 3 x the cloud's point spacing)."""
     min_points: int = 30
     """Smallest instance, in points."""
     rest_on_support: bool = True
@@ -65,6 +68,10 @@ class DetectOptions:
     """Boxes scoring less are dropped."""
     size_prior: bool = True
     """Filter and re-score boxes by the per-class mean-size table (ImOV3D)."""
+    scale: float = 0.0
+    """Metres per scene unit (scenes posed by COLMAP are in arbitrary units); the size prior sees sizes times
+    this. 0: estimated from the objects' sizes against the size prior (1 when no object's class has one). Boxes
+    are written in scene units either way."""
     priors: list[Path] = field(default_factory=list)
     """Extra size-prior tables (JSON, the layout of ovseg3d/detect/size_priors.json) over the shipped one."""
     depth_classifier: bool = True
@@ -120,6 +127,7 @@ class DetectResult:
     vocabulary: list[str]
     rejected: dict[str, int]
     seconds: dict[str, float]
+    scale: SceneScale = field(default_factory=lambda: SceneScale(1.0, "default"))
 
 
 def point_spacing(xyz: np.ndarray, per_cell: float = 16.0) -> float:
@@ -181,27 +189,62 @@ class InstanceClassifier:
         return out
 
 
-def _proposals(
-    cloud: LabelledCloud, xyz_up: np.ndarray, priors: SizePriors, eps: float, opts: DetectOptions
+Pieces = list[tuple[str, list[np.ndarray]]]
+"""Per object class of a labelled cloud: its name and the point indices of its label's connected pieces."""
+
+
+def _label_pieces(cloud: LabelledCloud, xyz_up: np.ndarray, priors: SizePriors, eps: float) -> Pieces:
+    """The connected pieces (5 points or more) of each object class's label (stuff left out)."""
+    return [
+        (name, [idx for _, idx in label_instances(xyz_up, cloud.label, [c], eps, 5)])
+        for c, name in enumerate(cloud.classes)
+        if not priors.is_stuff(name)
+    ]
+
+
+def _joined(
+    pieces: Pieces, xyz_up: np.ndarray, priors: SizePriors, scale: float, eps: float, opts: DetectOptions
 ) -> list[np.ndarray]:
-    """Point indices of candidate instances."""
-    if (cloud.label >= 0).any():
-        out = []
-        for c, name in enumerate(cloud.classes):
-            if priors.is_stuff(name):
-                continue
-            pieces = [idx for _, idx in label_instances(xyz_up, cloud.label, [c], eps, 5)]
-            if name.lower() in priors.sizes and opts.size_prior and opts.join_pieces and len(pieces) > 1:
-                pieces = merge_pieces(xyz_up, pieces, functools.partial(_prior_score, priors, name), eps)
-            out += [p for p in pieces if len(p) >= opts.min_points]
-        return out
-    # no labels: what stands clear of the support plane, split into connected pieces
+    """Point indices of the labelled cloud's candidate instances: its pieces, those of one class joined where
+    the size prior (sizes times ``scale``, metres per scene unit) says so."""
+    out = []
+    for name, parts in pieces:
+        if name.lower() in priors.sizes and opts.size_prior and opts.join_pieces and len(parts) > 1:
+            parts = merge_pieces(xyz_up, parts, functools.partial(_prior_score, priors, name, scale), eps)
+        out += [p for p in parts if len(p) >= opts.min_points]
+    return out
+
+
+def _unlabelled_proposals(xyz_up: np.ndarray, eps: float, min_points: int) -> list[np.ndarray]:
+    """Point indices of what stands clear of the support plane, split into connected pieces."""
     height = xyz_up[:, 2]
     hist, edges = np.histogram(height, bins=200)
     floor = edges[int(np.argmax(hist)) + 1]
     idx = np.flatnonzero(height > floor + 2 * eps)
     comp = connected_components(xyz_up[idx], eps)
-    return [idx[comp == k] for k in range(int(comp.max(initial=-1)) + 1) if (comp == k).sum() >= opts.min_points]
+    return [idx[comp == k] for k in range(int(comp.max(initial=-1)) + 1) if (comp == k).sum() >= min_points]
+
+
+def _fitted(xyz_up: np.ndarray, idx: np.ndarray, spacing: float) -> tuple[np.ndarray, Box]:
+    """An instance's points after the DBSCAN-like clean-up and their upright box (scene units)."""
+    pts = xyz_up[idx]
+    pts = pts[clean_instance(pts, 2 * spacing)]
+    return pts, fit_upright_box(pts)
+
+
+def _scale_from_pieces(
+    pieces: Pieces, xyz_up: np.ndarray, priors: SizePriors, spacing: float, min_points: int
+) -> SceneScale:
+    """The scene's scale from the boxes of the labelled pieces of classes with a size prior, before they are
+    joined and before the prior is applied (:func:`~ovseg3d.detect.scale.estimate_scale`)."""
+    names, sizes = [], []
+    for name, parts in pieces:
+        if name.lower() in priors.sizes:
+            for idx in parts:
+                if len(idx) >= min_points:
+                    names.append(name)
+                    sizes.append(_fitted(xyz_up, idx, spacing)[1].size)
+    return estimate_scale(priors, names, sizes)
 
 
 def support_height(height: np.ndarray, bin_size: float) -> float:
@@ -222,8 +265,46 @@ def rest_on(box: Box, support: float) -> Box:
     return Box(center, size, box.yaw)
 
 
-def _prior_score(priors: SizePriors, name: str, xyz: np.ndarray) -> float:
-    return priors.factor(name, fit_upright_box(xyz).size) if len(xyz) >= 3 else 0.0
+def _prior_score(priors: SizePriors, name: str, scale: float, xyz: np.ndarray) -> float:
+    return priors.factor(name, fit_upright_box(xyz).size * scale) if len(xyz) >= 3 else 0.0
+
+
+@dataclass
+class Candidate:
+    """An instance named by the cues, before the size prior: its point indices, its cleaned points (gravity
+    frame), its box (scene units), its class, the cues' combined probability and each cue's for that class."""
+
+    idx: np.ndarray
+    pts: np.ndarray
+    box: Box
+    name: str
+    prob: float
+    cues: dict[str, float]
+
+
+def name_instances(
+    proposals: list[np.ndarray],
+    classifier: InstanceClassifier,
+    xyz_up: np.ndarray,
+    spacing: float,
+    rejected: dict[str, int],
+) -> list[Candidate]:
+    """The proposals that the cues name as one of the vocabulary (background counted in ``rejected``), boxed."""
+    out = []
+    vocabulary = classifier.vocabulary
+    for idx in proposals:
+        cues = classifier.cues(idx, xyz_up)
+        if not cues:
+            continue
+        combined = np.mean(list(cues.values()), axis=0)
+        k = int(np.argmax(combined))
+        if k == len(vocabulary):
+            rejected["background"] += 1
+            continue
+        pts, box = _fitted(xyz_up, idx, spacing)
+        per_cue = {c: float(p[k]) for c, p in cues.items()}
+        out.append(Candidate(idx, pts, box, vocabulary[k], float(combined[k]), per_cue))
+    return out
 
 
 def detect(
@@ -240,6 +321,8 @@ def detect(
     a :class:`~ovseg3d.detect.rgbviews.RenderClassifier` of the run the cloud comes from."""
     if len(cloud) == 0:
         raise ValueError("the point cloud is empty: nothing to detect")
+    if not (math.isfinite(opts.scale) and opts.scale >= 0):
+        raise ValueError(f"--scale {opts.scale}: metres per scene unit must be positive (or 0 to estimate it)")
     t0 = time.perf_counter()
     priors = SizePriors.load(*opts.priors)
     vocabulary = list(opts.classes) or [c for c in cloud.classes if not priors.is_stuff(c)]
@@ -273,56 +356,30 @@ def detect(
 
     eps = opts.eps or 3 * spacing
     support = support_height(xyz_up[ground if ground is not None else slice(None), 2], spacing)
-    proposals = _proposals(cloud, xyz_up, priors, eps, opts)
+    scale = SceneScale(opts.scale, "given") if opts.scale > 0 else None
+    if has_labels:
+        pieces = _label_pieces(cloud, xyz_up, priors, eps)
+        scale = scale or _scale_from_pieces(pieces, xyz_up, priors, spacing, opts.min_points)
+        proposals = _joined(pieces, xyz_up, priors, scale.metres_per_unit, eps, opts)
+    else:
+        proposals = _unlabelled_proposals(xyz_up, eps, opts.min_points)
     t2 = time.perf_counter()
 
     classifier = InstanceClassifier(cloud, vocabulary, priors, opts.background, text, depth, render)
     rejected = {"background": 0, "size prior": 0, "score": 0, "duplicate": 0}
+    named = name_instances(proposals, classifier, xyz_up, spacing, rejected)
+    if scale is None:  # no labels: the named instances' sizes, before the prior, say it
+        scale = estimate_scale(priors, [c.name for c in named], [c.box.size for c in named])
     found: list[tuple[Detection, Box]] = []
-    for idx in proposals:
-        cues = classifier.cues(idx, xyz_up)
-        if not cues:
-            continue
-        combined = np.mean(list(cues.values()), axis=0)
-        k = int(np.argmax(combined))
-        if k == len(vocabulary):
-            rejected["background"] += 1
-            continue
-        name = vocabulary[k]
-        pts = xyz_up[idx]
-        pts = pts[clean_instance(pts, 2 * spacing)]
-        box = fit_upright_box(pts)
-        factor = priors.factor(name, box.size) if opts.size_prior else 1.0
+    for cand in named:
+        factor = priors.factor(cand.name, cand.box.size * scale.metres_per_unit) if opts.size_prior else 1.0
         if factor == 0.0:
             rejected["size prior"] += 1
             continue
-        score = float(combined[k]) * factor
-        if score < opts.min_score:
+        if cand.prob * factor < opts.min_score:
             rejected["score"] += 1
             continue
-        symmetric = priors.symmetric.get(name.lower())
-        asym = 0.0
-        if not symmetric:  # the table says it has a front, or does not know: look for one
-            yaw, asym = front_yaw(pts)
-            symmetric = asym < opts.front_threshold if symmetric is None else False
-            if not symmetric:
-                box = face(box, yaw, pts)
-        if opts.rest_on_support:
-            box = rest_on(box, support)
-        rotation = grav.T @ rot_z(box.yaw)
-        det = Detection(
-            name=name,
-            score=score,
-            center=grav.T @ box.center,
-            size=box.size,
-            yaw=box.yaw,
-            rotation=rotation,
-            n_points=len(idx),
-            symmetric=bool(symmetric),
-            asymmetry=asym,
-            cues={c: float(p[k]) for c, p in cues.items()} | ({"size_prior": factor} if opts.size_prior else {}),
-        )
-        found.append((det, box))
+        found.append(_posed(cand, factor, priors, opts, support, grav))
 
     found.sort(key=lambda db: -db[0].score)
     kept: list[tuple[Detection, Box]] = []
@@ -334,10 +391,41 @@ def detect(
     t3 = time.perf_counter()
     seconds = {"gravity": t1 - t0, "instances": t2 - t1, "boxes": t3 - t2, "total": t3 - t0}
     log(
-        f"{len(kept)} boxes from {len(proposals)} instances ({len(cloud)} points, up {np.round(up, 3).tolist()}); "
-        + ", ".join(f"{v} dropped as {k}" for k, v in rejected.items() if v)
+        f"{len(kept)} boxes from {len(proposals)} instances ({len(cloud)} points, up {np.round(up, 3).tolist()}, "
+        f"scale {scale.metres_per_unit:.4g} m per scene unit: {scale.describe()})"
+        + "".join(f"; {v} dropped as {k}" for k, v in rejected.items() if v)
     )
-    return DetectResult([d for d, _ in kept], up, vocabulary, rejected, seconds)
+    return DetectResult([d for d, _ in kept], up, vocabulary, rejected, seconds, scale)
+
+
+def _posed(
+    cand: Candidate, factor: float, priors: SizePriors, opts: DetectOptions, support: float, grav: np.ndarray
+) -> tuple[Detection, Box]:
+    """A named instance's detection (world frame) and its box (gravity frame): turned to face its front when it
+    has one, grown down to the ``support`` height."""
+    box, pts = cand.box, cand.pts
+    symmetric = priors.symmetric.get(cand.name.lower())
+    asym = 0.0
+    if not symmetric:  # the table says it has a front, or does not know: look for one
+        yaw, asym = front_yaw(pts)
+        symmetric = asym < opts.front_threshold if symmetric is None else False
+        if not symmetric:
+            box = face(box, yaw, pts)
+    if opts.rest_on_support:
+        box = rest_on(box, support)
+    det = Detection(
+        name=cand.name,
+        score=cand.prob * factor,
+        center=grav.T @ box.center,
+        size=box.size,
+        yaw=box.yaw,
+        rotation=grav.T @ rot_z(box.yaw),
+        n_points=len(cand.idx),
+        symmetric=bool(symmetric),
+        asymmetry=asym,
+        cues=cand.cues | ({"size_prior": factor} if opts.size_prior else {}),
+    )
+    return det, box
 
 
 def write_detections(
@@ -355,8 +443,10 @@ def write_detections(
         "ovseg3d_version": __version__,
         "detections_format": DETECTIONS_FORMAT,
         "source": source,
-        "frame": "world frame of the input poses; yaw about 'up', rotation is world-from-object",
+        "frame": "world frame and units of the input poses; yaw about 'up', rotation is world-from-object; "
+        "scale: metres per unit, as the size prior saw the boxes",
         "up": [round(float(v), 6) for v in result.up],
+        **result.scale.to_json(),
         "classes": result.vocabulary,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items() if k != "priors"},
         "rejected": result.rejected,

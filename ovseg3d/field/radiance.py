@@ -133,9 +133,17 @@ class RadianceField(nn.Module):
         """``[P, 3]`` points and unit directions (and ``[P, A]`` appearance codes, default: the mean code) ->
         density ``[P]`` and colour ``[P, 3]`` in [0, 1]."""
         sigma, geo = self._features(x)
+        return sigma, self.color(geo, dirs, appearance)
+
+    def density_and_geometry(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``[P, 3]`` world points -> density ``[P]`` and the geometry features ``[P, G]`` that :meth:`color`
+        reads (one hash-grid pass for both)."""
+        return self._features(x)
+
+    def color(self, geo: Tensor, dirs: Tensor, appearance: Tensor | None = None) -> Tensor:
+        """``[P, G]`` geometry features, ``[P, 3]`` unit directions (``[P, A]`` codes) -> ``[P, 3]`` colour."""
         sh = spherical_harmonics(dirs, self.cfg.sh_degree)
         parts = [geo, sh]
         if self.cfg.appearance_dim > 0:
-            parts.append(appearance if appearance is not None else self.appearance_codes(None, len(x)))
-        rgb = torch.sigmoid(self.color_mlp(torch.cat(parts, dim=-1)))
-        return sigma, rgb
+            parts.append(appearance if appearance is not None else self.appearance_codes(None, len(geo)))
+        return torch.sigmoid(self.color_mlp(torch.cat(parts, dim=-1)))

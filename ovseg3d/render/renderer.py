@@ -68,6 +68,8 @@ def render_rays(
     if samples is None:
         samples = grid.march(origins, dirs, opts.step_size, near=near, far=far, stratified=stratified)
     prepass = opts.early_stop_eps > 0 or opts.alpha_thre > 0
+    if not (torch.is_grad_enabled() or distortion or grad_scale_distance) and hasattr(field, "density_and_geometry"):
+        return _render_no_grad(field, grid, origins, dirs, opts, samples, background, observe, appearance)
     if len(samples) and prepass:
         with torch.no_grad():
             points = samples.positions(origins, dirs)
@@ -99,6 +101,38 @@ def render_rays(
     if distortion:
         dist = distortion_loss(weights, samples.t_starts, samples.t_ends, samples.ray_indices, n_rays)
     return RenderOutput(color, depth, opacity, len(samples), dist)
+
+
+def _render_no_grad(
+    field: RadianceField,
+    grid: OccupancyGrid,
+    origins: Tensor,
+    dirs: Tensor,
+    opts: RenderOptions,
+    samples: RaySamples,
+    background: Tensor | None,
+    observe: bool,
+    appearance: Tensor | None,
+) -> RenderOutput:
+    """:func:`render_rays` without gradients (images, evaluation): one hash-grid pass gives every sample's
+    density and geometry features; the colour MLP then runs only on the samples that are visible (transmittance
+    at least ``opts.early_stop_eps``) and not transparent (step opacity at least ``opts.alpha_thre``)."""
+    n_rays = origins.shape[0]
+    points = samples.positions(origins, dirs)
+    sigma, geo = field.density_and_geometry(points)
+    trans, alpha = transmittance_and_alpha(sigma, samples.deltas, samples.ray_indices, n_rays)
+    if observe:
+        grid.observe(points, trans)
+    keep = (trans >= opts.early_stop_eps) & (alpha >= opts.alpha_thre)
+    samples, weights = samples.select(keep), (trans * alpha)[keep]
+    codes = None if appearance is None else appearance[samples.ray_indices]
+    rgb = field.color(geo[keep], dirs[samples.ray_indices], codes)
+    color = accumulate(weights, rgb, samples.ray_indices, n_rays)
+    opacity = accumulate(weights, None, samples.ray_indices, n_rays)[:, 0]
+    depth = accumulate(weights, samples.t_mid[:, None], samples.ray_indices, n_rays)[:, 0]
+    if background is None:
+        background = torch.tensor(opts.background, device=origins.device).expand(n_rays, 3)
+    return RenderOutput(color + (1.0 - opacity[:, None]) * background, depth, opacity, len(samples))
 
 
 def scale_gradient(x: Tensor, scale: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ovseg3d.teachers.base import CropEncoder, TeacherView, autocast, half_dtype
 from ovseg3d.teachers.config import TeacherConfig, TeacherError
-from ovseg3d.teachers.hub import load_pretrained, read_preprocessor
+from ovseg3d.teachers.hub import hub_files, hub_unavailable, load_pretrained, read_preprocessor, require_model
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -184,6 +184,7 @@ class TransformersClip:
     """CLIP through transformers (the default: needs no torchvision)."""
 
     def __init__(self, name: str, device: torch.device, half: bool = True):
+        require_model(name, "CLIP model", "--clip-model")  # a missing model fails before transformers loads
         from transformers import AutoTokenizer, CLIPModel
 
         self.name = name
@@ -221,13 +222,19 @@ class OpenClip:
         self.name = f"{name}/{pretrained}"
         self.device = device
         self.dtype = half_dtype(device, half)  # images only; texts stay float32
-        weights = str(Path(pretrained).expanduser()) if Path(pretrained).expanduser().exists() else pretrained
+        local = Path(pretrained).expanduser().exists()
+        weights = str(Path(pretrained).expanduser()) if local else pretrained
+        # open_clip downloads through huggingface_hub: when the hub cannot be asked, only cached files are used
+        why = hub_unavailable() if name.startswith("hf-hub:") or (weights and not local) else None
         try:
-            model = open_clip.create_model(name, pretrained=weights or None)
+            with hub_files(offline=why is not None):
+                model = open_clip.create_model(name, pretrained=weights or None)
         except Exception as exc:  # open_clip raises RuntimeError, OSError, HF errors ... for missing weights
+            cause = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
             raise TeacherError(
-                f"cannot load open_clip model {name} with pretrained '{pretrained}' ({type(exc).__name__}: "
-                f"{' '.join(str(exc).split())[:200]}): pass --clip-pretrained /path/to/weights.safetensors"
+                f"cannot load open_clip model {name} with pretrained '{pretrained}' "
+                f"({f'not in the Hugging Face cache, and {why}; ' if why else ''}{cause}): "
+                "pass --clip-pretrained /path/to/weights.safetensors"
             ) from None
         self.model = model.to(device).eval()
         self.tokenizer = open_clip.get_tokenizer(name)
@@ -277,11 +284,16 @@ def _is_open_clip_name(name: str) -> bool:
         return name.startswith(("ViT-", "RN", "convnext", "EVA", "coca"))
 
 
+def clip_backend(cfg: TeacherConfig) -> str:
+    """``'open_clip'`` or ``'transformers'``: the backend :func:`build_clip` uses for ``cfg``."""
+    if cfg.clip_backend != "auto":
+        return cfg.clip_backend
+    return "open_clip" if _is_open_clip_name(cfg.clip_model) else "transformers"
+
+
 def build_clip(cfg: TeacherConfig, device: torch.device) -> CropEncoder:
     """The CLIP backend that ``cfg`` asks for."""
-    backend = cfg.clip_backend
-    if backend == "auto":
-        backend = "open_clip" if _is_open_clip_name(cfg.clip_model) else "transformers"
+    backend = clip_backend(cfg)
     if backend == "open_clip":
         return OpenClip(cfg.clip_model, cfg.clip_pretrained, device, cfg.half)
     return TransformersClip(cfg.clip_model, device, cfg.half)

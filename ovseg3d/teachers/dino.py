@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ovseg3d.teachers.base import TeacherView, autocast, half_dtype
 from ovseg3d.teachers.config import TeacherError
-from ovseg3d.teachers.hub import load_pretrained, read_preprocessor
+from ovseg3d.teachers.hub import load_pretrained, read_preprocessor, require_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,6 +31,7 @@ class TransformersDino:
     """A DINO / DINOv2 backbone; :meth:`encode_patches` returns its last-layer patch tokens."""
 
     def __init__(self, name: str, device: torch.device, long_side: int = 448, half: bool = True):
+        require_model(name, "DINO model", "--dino-model")  # a missing model fails before transformers loads
         from transformers import AutoConfig, AutoModel
 
         config = load_pretrained(AutoConfig.from_pretrained, name, "DINO model", "--dino-model")

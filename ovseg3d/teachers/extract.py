@@ -24,8 +24,9 @@ from ovseg3d.evaluate import segmentation_metrics
 from ovseg3d.images import colorize_labels, pca_rgb, resize_rgb, save_png, side_by_side
 from ovseg3d.teachers import cache
 from ovseg3d.teachers.base import CropEncoder, PatchEncoder, TeacherView
-from ovseg3d.teachers.clip import build_clip, count_crops, feature_size, multiscale_features
+from ovseg3d.teachers.clip import build_clip, clip_backend, count_crops, feature_size, multiscale_features
 from ovseg3d.teachers.config import TeacherConfig, TeacherError
+from ovseg3d.teachers.hub import require_model
 from ovseg3d.teachers.relevancy import class_relevancy, teacher_segmentation
 
 _REAL_SETTINGS = (
@@ -131,6 +132,10 @@ def build_teachers(scene: Scene, cfg: TeacherConfig, device: torch.device) -> tu
     if cfg.kind == "clip":
         from ovseg3d.teachers.dino import TransformersDino
 
+        # both models are checked before either loads: a missing DINO fails without waiting for CLIP to load
+        if clip_backend(cfg) == "transformers":
+            require_model(cfg.clip_model, "CLIP model", "--clip-model")
+        require_model(cfg.dino_model, "DINO model", "--dino-model")
         return build_clip(cfg, device), TransformersDino(cfg.dino_model, device, cfg.dino_long_side, cfg.half)
     raise TeacherError(f"no teacher to extract (--teacher {cfg.kind}); choose clip or synthetic")
 

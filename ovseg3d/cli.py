@@ -147,7 +147,8 @@ def cmd_synth(args: list[str]) -> int:
         SynthConfig,
         args=args,
         prog="ovseg3d synth OUT",
-        description="Render a procedural scene (textured objects of named classes in a room) with full "
+        description="Render a procedural scene (textured objects of named classes in a room, or outdoors on open "
+        "ground under a sky with buildings: --outdoor) with full "
         "ground truth to the folder OUT, in 3D-OVS/LLFF, nerfstudio or COLMAP (binary, sparse/0/) format, "
         "through a pinhole, OpenCV or fisheye lens.",
     )

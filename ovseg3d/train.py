@@ -302,10 +302,11 @@ def save_panel(run: Path, scene: Scene, view: int, out: RenderOutput) -> Path:
     return path
 
 
-def save_renders(trainer: Trainer, run: Path) -> list[Path]:
-    """Render every held-out view and write its panel."""
+def save_renders(trainer: Trainer, run: Path, limit: int = 0) -> list[Path]:
+    """Render the held-out views (the first ``limit`` of them; 0 = all) and write their panels."""
     scene = trainer.scene
-    return [save_panel(run, scene, i, trainer.render_view(scene.cameras, i, scene.near_far)) for i in scene.eval_ids]
+    views = scene.eval_ids[:limit] if limit > 0 else scene.eval_ids
+    return [save_panel(run, scene, i, trainer.render_view(scene.cameras, i, scene.near_far)) for i in views]
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -338,8 +339,9 @@ def train(cfg: TrainConfig) -> Path:
         if "semantic" in state:
             distiller.load_state_dict(state["semantic"])
         distill_loop(distiller, run)
-    paths = save_renders(trainer, run)
-    tqdm.write(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; renders in {paths[0].parent if paths else run}")
+    paths = save_renders(trainer, run, limit=1)  # a preview: `ovseg3d eval` renders and scores them all
+    preview = f"; a held-out view in {paths[0]} (ovseg3d eval {run}: all of them, scored)" if paths else ""
+    tqdm.write(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s{preview}")
     return run
 
 
@@ -388,9 +390,8 @@ def budget_bar(bar: tqdm, step: int, progress: float) -> None:
     budget allows at the pace so far, whichever ends it first (``progress`` = the larger share used)."""
     if progress > 0 and step > 0:
         total = max(step + (progress < 1.0), round(step / progress))
-        if total != bar.total:
+        if abs(total - bar.total) > 0.01 * bar.total or progress >= 1.0:
             bar.total = total
-            bar.refresh()
 
 
 def _loop(trainer: Trainer, run: Path) -> None:
@@ -398,9 +399,9 @@ def _loop(trainer: Trainer, run: Path) -> None:
     with open(run / "log.jsonl", "a") as log, tqdm(total=cfg.steps, initial=trainer.step, unit="step") as bar:
         while not trainer.done():
             stats = trainer.train_step()
+            budget_bar(bar, trainer.step, trainer.progress())
             bar.update(1)
             if trainer.step % cfg.log_every == 0 or trainer.done():
-                budget_bar(bar, trainer.step, trainer.progress())
                 bar.set_postfix(
                     loss=f"{stats.loss:.4f}",
                     psnr=f"{stats.psnr:.2f}",
@@ -427,9 +428,9 @@ def distill_loop(distiller: Distiller, run: Path) -> None:
     ):
         while not distiller.done():
             stats = distiller.train_step()
+            budget_bar(bar, distiller.step, distiller.progress())
             bar.update(1)
             if distiller.step % cfg.log_every == 0 or distiller.done():
-                budget_bar(bar, distiller.step, distiller.progress())
                 bar.set_postfix(feat=f"{stats.feature:.3f}", rda=f"{stats.rda:.3f}", fda=f"{stats.fda:.3f}")
                 record = {
                     "stage": "distill",

@@ -54,16 +54,17 @@ def test_look_at_point_is_none_for_parallel_cameras() -> None:
     assert look_at_point(c2w) is None
 
 
-def test_roi_holds_the_subject_and_every_camera_not_just_the_cameras() -> None:
+def test_roi_is_a_cube_about_the_subject_not_the_box_of_the_cameras() -> None:
     target = np.array([0.3, -0.2, 0.1])
-    c2w = arc_cameras(target)
+    c2w = arc_cameras(target, radius=5.0)
     box, how = region_of_interest(c2w)
     lo, hi = box[:3], box[3:]
     np.testing.assert_allclose((lo + hi) / 2, target, atol=1e-9)  # centred on the subject
-    centers = c2w[:, :, 3]
-    assert (centers >= lo).all() and (centers <= hi).all()
-    # the box of the camera positions alone would have the subject on its edge, or outside
+    radius = np.median(np.linalg.norm(c2w[:, :, 3] - target, axis=-1))
+    np.testing.assert_allclose(hi - lo, np.full(3, radius), rtol=1e-9)  # half the camera distance each way
     assert "cameras look" in how
+    centers = c2w[:, :, 3]
+    # the box of the camera positions alone has the subject near its edge
     assert (target - centers.min(0) < 0.2 * (centers.max(0) - centers.min(0)) + 1e-9).any()
 
 
@@ -284,7 +285,7 @@ def test_colmap_scene_loads_with_its_poses_lenses_and_sizes(tmp_path: Path, bina
     torch.testing.assert_close(scene.cameras.fx, torch.tensor([40.0, 40.0, 40.0, 40.0, 40.0]))
     assert scene.cameras.lens is not None and (scene.cameras.lens == LENS_OPENCV).all()
     torch.testing.assert_close(scene.cameras.coeffs[-1, :2], torch.tensor([0.05, 0.0]))
-    assert "sparse points" in scene.bounds
+    assert "cameras look" in scene.bounds
     assert (scene.aabb[:3] < torch.tensor([0.2, 0.1, 0.0])).all() and (scene.aabb[3:] > 0.2).all()
 
 
@@ -296,3 +297,18 @@ def test_colmap_model_option_and_missing_folder(tmp_path: Path) -> None:
     assert len(load_scene(tmp_path, colmap_model=tmp_path / "model")) == 5
     with pytest.raises(SceneError, match="COLMAP model folder not found"):
         load_scene(tmp_path, colmap_model=tmp_path / "nowhere")
+
+
+def test_progress_bar_counts_to_the_steps_the_time_budget_allows() -> None:
+    from tqdm import tqdm
+
+    from ovseg3d.train import budget_bar
+
+    bar = tqdm(total=20000, disable=True)  # the step budget ...
+    budget_bar(bar, 100, 100 / 1500)  # ... but a third of the time budget is gone after 500 of 1500 steps' worth
+    assert bar.total == 1500
+    budget_bar(bar, 1499, 1.0)  # the time is up: the run ends here
+    assert bar.total == 1499
+    steps_bound = tqdm(total=50, disable=True)
+    budget_bar(steps_bound, 10, 0.2)  # the step budget ends it first
+    assert steps_bound.total == 50

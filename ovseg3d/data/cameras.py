@@ -121,7 +121,10 @@ def camera_directions(cameras: Cameras, cam_ids: Tensor, x: Tensor, y: Tensor) -
     ``x = (u - cx) / fx``, ``y = (v - cy) / fy`` (``v`` down) of cameras ``cam_ids``, through their lenses."""
     if cameras.lens is None:
         return torch.stack([x, -y, -torch.ones_like(x)], dim=-1)
-    lens, coeffs = cameras.lens[cam_ids], cameras.coeffs[cam_ids]  # type: ignore[index]
+    if bool((cameras.coeffs == cameras.coeffs[:1]).all() and (cameras.lens == cameras.lens[:1]).all()):  # type: ignore
+        lens, coeffs = cameras.lens[:1], cameras.coeffs[:1]  # one lens for all: broadcast it  # type: ignore[index]
+    else:
+        lens, coeffs = cameras.lens[cam_ids], cameras.coeffs[cam_ids]  # type: ignore[index]
     d_cv, _ = unproject(torch.stack([x, y], -1), lens, coeffs)
     return d_cv * d_cv.new_tensor([1.0, -1.0, -1.0])  # OpenCV (x right, y down, z ahead) -> OpenGL
 

@@ -47,7 +47,7 @@ N_COEFFS = 8
 
 _OPENCV_R_MAX = 20.0  # normalised radius (87° off-axis) beyond which an OpenCV lens is not searched for a fold
 _LIMIT_GRID = 1024  # samples of the radial derivative per camera before bisection
-_DEDUP_ROWS = 4096  # more coefficient rows than this: compute limits once per distinct row
+_DEDUP_ROWS = 1  # more coefficient rows than this: compute limits once per distinct row (rays share cameras)
 
 _Model = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, ...]]
 
@@ -195,8 +195,21 @@ def _per_distinct_row(fn: Callable[[Tensor], Tensor], coeffs: Tensor) -> Tensor:
     rows = coeffs.reshape(-1, N_COEFFS).double()
     if rows.shape[0] > _DEDUP_ROWS:
         distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
-        return fn(distinct)[inverse].reshape(coeffs.shape[:-1])
-    return fn(rows).reshape(coeffs.shape[:-1])
+        return _cached(fn, distinct)[inverse].reshape(coeffs.shape[:-1])
+    return _cached(fn, rows).reshape(coeffs.shape[:-1])
+
+
+_LIMITS: dict[tuple, Tensor] = {}  # (function, device, coefficient bytes) -> limits: cameras keep their lenses
+
+
+def _cached(fn: Callable[[Tensor], Tensor], rows: Tensor) -> Tensor:
+    """``fn(rows)``, remembered for rows seen before (a training run asks for the same cameras every step)."""
+    key = (fn.__name__, str(rows.device), rows.cpu().numpy().tobytes())
+    if key not in _LIMITS:
+        if len(_LIMITS) > 256:
+            _LIMITS.clear()
+        _LIMITS[key] = fn(rows)
+    return _LIMITS[key]
 
 
 def _first_fold(bad: Callable[[Tensor, Tensor], Tensor], coeffs: Tensor, grid: Tensor, default: float) -> Tensor:
@@ -278,27 +291,38 @@ def _radial_map(r: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
 
 def _unproject_opencv(xy_d: Tensor, c: Tensor, limit: Tensor, iters: int) -> tuple[Tensor, Tensor]:
     """Two stages: the radial map inverted by :func:`_solve_monotone` (up to the invertible radius, searched
-    up to radius 20) gives ``x = x_d r / r_d``; Newton with the analytic 2x2 Jacobian then adds the tangential
-    terms (a fixed-point step ``x = (x_d - tangential) / radial`` where the Jacobian is near singular;
-    iterates kept inside the invertible radius)."""
-    xd, yd = xy_d[..., 0], xy_d[..., 1]
+    up to radius 20) gives ``x = x_d r / r_d``; where ``p1`` or ``p2`` is set, :func:`_newton_tangential` then adds
+    the tangential terms."""
+    batch = xy_d.shape[:-1]
+    xy_d, c, limit = _flatten(xy_d, c, limit)
     tol = _tolerance(xy_d)
     r_d = torch.linalg.vector_norm(xy_d, dim=-1)
-    r, _ = _solve_monotone(lambda t: _radial_map(t, c), r_d, limit.clamp(max=_OPENCV_R_MAX), tol, iters)
+    r, converged = _solve_monotone(_radial_map, r_d, limit.clamp(max=_OPENCV_R_MAX), tol, c, iters)
     shrink = torch.where(r_d > 0, r / torch.where(r_d > 0, r_d, torch.ones_like(r_d)), torch.ones_like(r_d))
-    x, y = xd * shrink, yd * shrink
-    x, y, converged = _newton_tangential(x, y, xd, yd, c, limit * (1 - 1e-4), tol, iters)
-    inside = x * x + y * y < limit.square()
-    return _to_unit(torch.stack([x, y], dim=-1)), converged & inside & torch.isfinite(x) & torch.isfinite(y)
+    xy = xy_d * shrink[:, None]
+    tangential = (c[:, 2:4] != 0).any(dim=-1)  # without p1, p2 the radial solution is the answer
+    if bool(tangential.any()):
+        rows = tangential.nonzero().squeeze(1)
+        xy_t, converged_t = _newton_tangential(
+            xy[rows], xy_d[rows], c[rows], limit[rows] * (1 - 1e-4), tol[rows], iters
+        )
+        xy, converged = xy.index_put((rows,), xy_t), converged.index_put((rows,), converged_t)
+    valid = converged & (xy.square().sum(dim=-1) < limit.square()) & torch.isfinite(xy).all(dim=-1)
+    return _to_unit(xy).reshape(*batch, 3), valid.reshape(batch)
 
 
 def _newton_tangential(
-    x: Tensor, y: Tensor, xd: Tensor, yd: Tensor, c: Tensor, r_max: Tensor, tol: Tensor, iters: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Newton on ``distort(x, y) = (xd, yd)`` from ``(x, y)``; returns the iterate and ``|residual| <= tol``."""
-    p1, p2 = c[..., 2], c[..., 3]
-    converged = torch.zeros_like(x, dtype=torch.bool)
-    for it in range(iters + 1):
+    xy: Tensor, xy_d: Tensor, c: Tensor, r_max: Tensor, tol: Tensor, iters: int
+) -> tuple[Tensor, Tensor]:
+    """Newton on ``distort(xy) = xy_d`` from ``xy`` with the analytic (symmetric) 2x2 Jacobian; a fixed-point
+    step ``xy = (xy_d - tangential) / radial`` where the Jacobian is near singular; iterates kept inside the
+    radius ``r_max``. Flat ``[N, 2]`` points, ``[N, 8]`` coefficients, ``[N]`` ``r_max`` and ``tol``.
+
+    Returns the solution ``[N, 2]`` and ``max |distort(xy) - xy_d| <= tol`` ``[N]``."""
+
+    def step(state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        x, y, xd, yd, c, r_max, tol = state
+        p1, p2 = c[:, 2], c[:, 3]
         s = x * x + y * y
         num, den, d_num, d_den = _rational(s, c)
         radial = num / den
@@ -306,8 +330,6 @@ def _newton_tangential(
         tx, ty = _opencv_tangential(x, y, s, c)
         ex, ey = x * radial + tx - xd, y * radial + ty - yd
         converged = torch.maximum(ex.abs(), ey.abs()) <= tol
-        if it == iters or bool(converged.all()):
-            break
         a = radial + 2 * x * x * d_radial + 2 * p1 * y + 6 * p2 * x  # the Jacobian [[a, b], [b, d]]
         b = 2 * x * y * d_radial + 2 * p1 * x + 2 * p2 * y
         d = radial + 2 * y * y * d_radial + 6 * p1 * y + 2 * p2 * x
@@ -319,38 +341,99 @@ def _newton_tangential(
         ny = torch.where(regular, y - (a * ey - b * ex) / det, (yd - ty) / radial)
         nr = torch.sqrt(nx * nx + ny * ny)
         shrink = torch.where(nr > r_max, r_max / nr.clamp(min=1e-30), torch.ones_like(nr))
-        x = torch.where(converged, x, nx * shrink)
-        y = torch.where(converged, y, ny * shrink)
-    return x, y, converged
+        return converged, (nx * shrink, ny * shrink, *state[2:])
+
+    state = (xy[:, 0], xy[:, 1], xy_d[:, 0], xy_d[:, 1], c, r_max, tol)
+    (x, y), converged = _iterate(step, state, 2, iters)
+    return torch.stack([x, y], dim=-1), converged
 
 
 def _solve_monotone(
-    fn: Callable[[Tensor], tuple[Tensor, Tensor]], target: Tensor, hi: Tensor, tol: Tensor, iters: int
+    fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    target: Tensor,
+    hi: Tensor,
+    tol: Tensor,
+    c: Tensor,
+    iters: int,
 ) -> tuple[Tensor, Tensor]:
-    """Solve ``fn(t) = target`` for ``t`` in ``[0, hi]``, where ``fn`` (value and slope) grows from
+    """Solve ``fn(t, c) = target`` for ``t`` in ``[0, hi]``, where ``fn`` (value and slope) grows from
     ``fn(0) = 0``: Newton from ``t = target`` kept in a shrinking bracket, with a bisection step whenever
-    Newton would leave the bracket or shrinks the error too slowly (``rtsafe`` of Numerical Recipes, which
-    stops Newton cycling on the S-shaped curves of strong lenses). Returns ``t`` and
-    ``|fn(t) - target| <= tol``, both ``[...]``."""
-    lo = torch.zeros_like(target)
-    hi = hi.to(target.dtype).expand_as(target)
-    t = torch.where(target < hi, target, 0.5 * hi)
-    step_before = hi - lo
-    converged = torch.zeros_like(target, dtype=torch.bool)
-    for it in range(iters + 1):
-        value, slope = fn(t)
+    Newton would leave the bracket or does not halve the previous step (``rtsafe`` of Numerical Recipes,
+    which stops Newton cycling on the S-shaped curves of strong lenses). Flat ``[N]`` values, ``[N, 8]`` ``c``.
+
+    Returns ``t`` and ``|fn(t, c) - target| <= tol``, both ``[N]``."""
+
+    def step(state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        t, lo, hi, step_before, target, tol, c = state
+        value, slope = fn(t, c)
         err = value - target
         converged = err.abs() <= tol
-        if it == iters or bool(converged.all()):
-            break
         lo = torch.where(err < 0, t, lo)
         hi = torch.where(err > 0, t, hi)
         newton = t - err / torch.where(slope > 0, slope, torch.ones_like(slope))
-        fast = (slope > 0) & (newton > lo) & (newton < hi) & (2 * err.abs() <= (step_before * slope).abs())
+        fast = (slope > 0) & (newton > lo) & (newton < hi) & (2 * err.abs() <= step_before * slope.abs())
         new_t = torch.where(fast, newton, 0.5 * (lo + hi))
-        step_before = torch.where(converged, step_before, (new_t - t).abs())
-        t = torch.where(converged, t, new_t)
+        return converged, (new_t, lo, hi, (new_t - t).abs(), target, tol, c)
+
+    hi = hi.to(target.dtype).expand_as(target)
+    t = torch.where(target < hi, target, 0.5 * hi)
+    (t,), converged = _iterate(step, (t, torch.zeros_like(t), hi, hi.clone(), target, tol, c), 1, iters)
     return t, converged
+
+
+_Step = Callable[[tuple[Tensor, ...]], tuple[Tensor, tuple[Tensor, ...]]]
+
+
+def _iterate(step: _Step, state: tuple[Tensor, ...], n_out: int, iters: int) -> tuple[tuple[Tensor, ...], Tensor]:
+    """Run an iterative solver on flat per-point state until every point has converged or after ``iters``
+    updates; once at most half the points still move, only those are carried on (so the last stragglers,
+    often points with no solution, cost little).
+
+    Args:
+        step: ``state -> (converged, next_state)``, ``converged`` ``[n]`` judged at ``state``.
+        state: tensors ``[n, ...]``; the first ``n_out`` are the solution (frozen once converged), the rest
+            whatever the step carries along (brackets, targets, coefficients).
+
+    Returns:
+        the solution tensors ``[N, ...]`` and ``converged`` ``[N]``.
+    """
+    n = state[0].shape[0]
+    rows = torch.arange(n, device=state[0].device)
+    out = [s.clone() for s in state[:n_out]]
+    out_converged = torch.zeros(n, dtype=torch.bool, device=state[0].device)
+    converged = out_converged
+    for it in range(iters + 1):
+        converged, nxt = step(state)
+        if it == iters or bool(converged.all()):
+            break
+        frozen = tuple(torch.where(_rows_like(converged, s), s, s_next) for s, s_next in zip(state, nxt[:n_out]))
+        state = frozen + nxt[n_out:]
+        if 2 * int(converged.sum()) >= converged.shape[0]:
+            done = rows[converged]
+            for o, s in zip(out, state[:n_out]):
+                o[done] = s[converged]
+            out_converged[done] = True
+            keep = (~converged).nonzero().squeeze(1)
+            rows, state = rows[keep], tuple(s[keep] for s in state)
+    for o, s in zip(out, state[:n_out]):
+        o[rows] = s
+    out_converged[rows] = converged
+    return tuple(out), out_converged
+
+
+def _rows_like(mask: Tensor, like: Tensor) -> Tensor:
+    """``[n]`` mask viewed to broadcast against ``like`` ``[n, ...]``."""
+    return mask.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _flatten(points: Tensor, c: Tensor, limit: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Points ``[..., P]`` -> ``[N, P]``; coefficients and limits broadcast to ``[N, 8]`` and ``[N]``."""
+    batch = points.shape[:-1]
+    return (
+        points.reshape(-1, points.shape[-1]),
+        c.expand(*batch, N_COEFFS).reshape(-1, N_COEFFS),
+        limit.expand(batch).reshape(-1),
+    )
 
 
 # ------------------------------------------------------------------------------------------ fisheye model
@@ -398,12 +481,14 @@ def _project_fisheye(dirs: Tensor, c: Tensor, limit: Tensor) -> tuple[Tensor, Te
 
 def _unproject_fisheye(xy_d: Tensor, c: Tensor, limit: Tensor, iters: int) -> tuple[Tensor, Tensor]:
     """``θ_d(θ) = |xy_d|`` solved by :func:`_solve_monotone` on ``[0, limit]``, where ``θ_d`` grows."""
+    batch = xy_d.shape[:-1]
+    xy_d, c, limit = _flatten(xy_d, c, limit)
     target = torch.linalg.vector_norm(xy_d, dim=-1)
-    theta, converged = _solve_monotone(lambda t: _theta_d(t, c), target, limit, _tolerance(xy_d), iters)
+    theta, converged = _solve_monotone(_theta_d, target, limit, _tolerance(xy_d), c, iters)
     has_r = target > 0
     scale = torch.where(has_r, torch.sin(theta) / torch.where(has_r, target, torch.ones_like(target)), 1.0)
-    dirs = torch.cat([xy_d * scale[..., None], torch.cos(theta)[..., None]], dim=-1)
-    return dirs, converged & (theta < limit)
+    dirs = torch.cat([xy_d * scale[:, None], torch.cos(theta)[:, None]], dim=-1)
+    return dirs.reshape(*batch, 3), (converged & (theta < limit)).reshape(batch)
 
 
 # ----------------------------------------------------------------------------------------------- helpers

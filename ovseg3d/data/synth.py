@@ -20,6 +20,15 @@ radial-tangential or fisheye, :mod:`.lenses`): every pixel's ray is the lens's u
 distorted normalised coordinates, so images, depth, labels and instances are all distorted, and the lens is
 written into ``cameras.bin`` (OPENCV / OPENCV_FISHEYE) and ``transforms.json`` (``camera_model``, ``k1 ...``).
 LLFF has no lens model and refuses one. Pinhole scenes are byte-identical to those of earlier versions.
+
+An outdoor scene (``outdoor``) replaces the room by open ground (a textured plane ``GROUND_HALF`` metres
+each way, classes ``OUTDOOR_CLASSES``: ``ground`` and ``building``), a few large textured boxes as buildings
+15-60 m from the centre, and a sky: rays that hit nothing see :func:`sky_color`, a function of direction only
+(at infinity), with label 255 and instance 0. Its cameras take the camera settings of
+:data:`OUTDOOR_CAMERAS` where the config holds the room's defaults (:func:`resolve_config`), so that they see
+the horizon; its ``transforms.json`` has no ``"aabb"`` (the scene is unbounded: loaders fall back to their
+region of interest), its LLFF near / far are percentiles of the surfaces' depth, and its ``points3D`` come
+from the surfaces (buildings and far ground included), never the sky.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import json
 import math
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +52,24 @@ from ovseg3d.data.nerfstudio import write_transforms_json
 
 GENERATOR = "ovseg3d.data.synth"
 STUFF_CLASSES = ("floor", "wall", "ceiling")
+OUTDOOR_CLASSES = ("ground", "building")  # the structural classes of an outdoor scene, after the objects'
+GROUND_HALF = 300.0  # outdoor: the ground plane runs this far (m) from the centre along x and y
+N_BUILDINGS = 6  # outdoor: buildings around the centre, one per sector (fewer if one cannot be placed)
+BUILDING_RANGE = (15.0, 60.0)  # outdoor: nearest wall at least the first (m) from the centre, the centre within
+BUILDING_HEIGHT = (5.0, 20.0)  # outdoor: building heights (m)
+SKY_ZENITH = (0.27, 0.47, 0.85)  # outdoor: sky colour straight up
+SKY_HORIZON = (0.8, 0.86, 0.92)  # outdoor: sky colour at (and below) the horizon
+# outdoor camera settings, taken where the config holds the room's defaults (resolve_config): low cameras a few
+# metres from the objects looking slightly down, so that the horizon, the buildings and the sky are in view
+OUTDOOR_CAMERAS = {
+    "distance": 1.8,
+    "elevation_deg": 14.0,
+    "patch_width": 1.0,
+    "patch_height": 0.5,
+    "orbit_distance": 2.0,
+    "orbit_min_elevation_deg": 10.0,
+    "orbit_max_elevation_deg": 18.0,
+}
 BOX_MARGIN = 0.025  # transforms.json scene box: the room grown by this share of its longest side on every face
 _EPS = 1e-7  # smallest accepted ray distance (m)
 _SHADOW_OFFSET = 1e-4  # shadow rays start this far off the surface along its normal (m)
@@ -55,7 +82,7 @@ DEFAULT_DISTORTION = {"opencv": (-0.12, 0.03, 0.001, -0.0005), "fisheye": (0.04,
 COLMAP_MODELS = {LENS_PINHOLE: "PINHOLE", LENS_OPENCV: "OPENCV", LENS_FISHEYE: "OPENCV_FISHEYE"}
 # SynthConfig fields added after version 1 of scene.json: left out of its "config" at their defaults, so that
 # the files of an existing (pinhole, LLFF / transforms) scene stay byte-identical
-_LATER_FIELDS = ("lens", "distortion", "n_points")
+_LATER_FIELDS = ("lens", "distortion", "n_points", "outdoor")
 
 
 @dataclass
@@ -119,6 +146,11 @@ class SynthConfig:
     or an action-camera fisheye 0.04 -0.01 0.002 -0.0003)."""
     n_points: int = 4000
     """colmap: number of points in points3D.bin, sampled on the surfaces seen by up to four views."""
+    outdoor: bool = False
+    """Render an unbounded outdoor scene instead of the room: the objects on open ground (300 m each way) under a
+    sky, with buildings 15-60 m away; classes ground and building, sky unlabelled. Camera settings left at their
+    defaults take outdoor values (forward: distance 1.8, elevation 14, patch 1.0 x 0.5; orbit: distance 2,
+    elevations 10-18). transforms.json gets no aabb (unbounded)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,12 +216,13 @@ class SynthScene:
     """Everything the renderer needs.
 
     Attributes:
-        primitives: all surfaces (room faces and object parts).
-        room_min, room_max: ``[3]`` room box corners.
+        primitives: all surfaces (room faces or ground and buildings, and object parts).
+        room_min, room_max: ``[3]`` room box corners (outdoor: the box holding the ground and buildings).
         light_dir: ``[3]`` unit vector pointing towards the (directional) light.
         ambient, diffuse: light levels.
         classes: class names; a primitive's label is its class's index here.
         objects: ``objects.json`` entries (class, instance, center, size, yaw, symmetric).
+        outdoor: rays that hit nothing see the sky (:func:`sky_color`) instead of black.
     """
 
     primitives: list[Primitive]
@@ -200,6 +233,7 @@ class SynthScene:
     diffuse: float
     classes: list[str]
     objects: list[dict] = field(default_factory=list)
+    outdoor: bool = False
     _groups: list[tuple[np.ndarray | None, float, list[int]]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -207,7 +241,7 @@ class SynthScene:
     def groups(self) -> list[tuple[np.ndarray | None, float, list[int]]]:
         """Primitives grouped by instance with a bounding sphere ``(center, radius, ids)``.
 
-        Room planes get ``center=None`` (always tested).
+        Room planes and the ground get ``center=None`` (always tested).
         """
         if self._groups is None:
             self._groups = _bounding_groups(self.primitives)
@@ -232,6 +266,7 @@ class SynthCameras:
     height: int
     lens: int = LENS_PINHOLE
     coeffs: np.ndarray = field(default_factory=lambda: np.zeros(N_COEFFS))
+    _grids: dict[tuple, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.c2w.shape[0])
@@ -516,6 +551,53 @@ def _mat_wood(p: np.ndarray, n: np.ndarray, prim: Primitive, f: float) -> np.nda
     return _lerp(prim.colors[0], prim.colors[1], grain)
 
 
+def _mat_ground(p: np.ndarray, n: np.ndarray, prim: Primitive, f: float) -> np.ndarray:
+    """Open ground (local xy = world xy, metres): a square of stone slabs around the centre, grass and earth
+    patches beyond. Detail fades with the distance from the centre, where the cameras stand (a fixed texture
+    that does not alias at a few hundred pixels across), and the far ground fades into haze."""
+    c = prim.colors
+    x, y = p[:, 0], p[:, 1]
+    r = np.hypot(x, y)
+    q = np.stack([x, y, np.zeros_like(x)], 1) * f
+    patches = fbm(q * 0.07, prim.seed, 3)
+    patches = np.clip((patches - 0.3) / 0.4, 0.0, 1.0)
+    detail = 0.35 * (value_noise(q * 0.6, prim.seed + 1) - 0.5) * np.exp(-r / 60.0)
+    detail += 0.3 * (value_noise(q * 3.0, prim.seed + 2) - 0.5) * np.exp(-r / 15.0)
+    grass = _lerp(c[0], c[1], patches) * (1.0 + detail)[:, None]
+    slab = 0.6 / f
+    si, sj = np.floor(x / slab), np.floor(y / slab)
+    stone = (
+        c[2] * (0.85 + 0.3 * _hash01(si, sj, 4, prim.seed) + 0.1 * value_noise(q * 6.0, prim.seed + 3) - 0.05)[:, None]
+    )
+    stone[np.minimum(_edge_distance(x, slab), _edge_distance(y, slab)) < 0.012 / f] = c[3]
+    plaza = (np.abs(x) < 6.0) & (np.abs(y) < 6.0)
+    rgb = np.where(plaza[:, None], stone, grass)
+    haze = 1.0 - np.exp(-np.maximum(r - 40.0, 0.0) / 150.0)
+    return np.clip(_lerp(rgb, c[4], haze), 0.0, 1.0)
+
+
+def _mat_facade(p: np.ndarray, n: np.ndarray, prim: Primitive, f: float) -> np.ndarray:
+    """A building (box, local z up): rendered walls with a grid of windows (3 m storeys, 2.5 m bays centred on
+    each face, each pane its own tint, none on the ground storey), a dark plinth and a flat roof."""
+    c, h = prim.colors, prim.half_size
+    side = np.abs(n[:, 0]) > 0.5  # faces along local x: their horizontal coordinate is local y
+    along = np.where(side, p[:, 1], p[:, 0])
+    bay, storey = 2.5 / f, 3.0 / f
+    n_bays = np.maximum(np.floor(2.0 * np.where(side, h[1], h[0]) / bay), 1.0)
+    u = along + n_bays * bay / 2.0
+    z = p[:, 2] + h[2]
+    bi, si = np.floor(u / bay), np.floor(z / storey)
+    fu, fz = u - bi * bay, z - si * storey
+    face = 2 * np.argmax(np.abs(n), axis=1) + (n.sum(axis=1) < 0)
+    window = (bi >= 0) & (bi < n_bays) & (si >= 1) & ((si + 1) * storey <= 2.0 * h[2])
+    window &= (np.abs(fu - bay / 2.0) < 0.3 * bay) & (fz > 0.3 * storey) & (fz < 0.8 * storey)
+    wall = c[0] * (0.9 + 0.15 * fbm(p * 0.8 * f, prim.seed))[:, None]
+    rgb = np.where(window[:, None], _lerp(c[1], c[2], _hash01(bi, si, face, prim.seed)), wall)
+    rgb[z < 0.6 / f] = c[3]
+    rgb[n[:, 2] > 0.5] = c[4]
+    return np.clip(rgb, 0.0, 1.0)
+
+
 _MATERIALS: dict[str, Material] = {
     "plain": _mat_plain,
     "planks": _mat_planks,
@@ -529,6 +611,8 @@ _MATERIALS: dict[str, Material] = {
     "tissue": _mat_tissue,
     "mug": _mat_mug,
     "wood": _mat_wood,
+    "ground": _mat_ground,
+    "facade": _mat_facade,
 }
 
 
@@ -741,6 +825,56 @@ def _room_primitives(lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator) -
     return prims
 
 
+_FACADES = ([0.72, 0.7, 0.66], [0.62, 0.34, 0.26], [0.85, 0.8, 0.68], [0.9, 0.9, 0.88], [0.5, 0.55, 0.6])
+
+
+def _building(rng: np.random.Generator, xy: np.ndarray, yaw: float, half_xy: np.ndarray, height: float) -> Primitive:
+    """A building: a box of footprint ``2 half_xy`` turned by ``yaw``, standing on the ground at ``xy [2]``."""
+    wall = _jitter(rng, _FACADES[int(rng.integers(len(_FACADES)))], 0.05)
+    glass = [_jitter(rng, [0.14, 0.18, 0.26], 0.03), _jitter(rng, [0.5, 0.6, 0.7], 0.05)]
+    colors = [wall, *glass, [0.3, 0.28, 0.27], _jitter(rng, [0.38, 0.37, 0.36])]
+    return Primitive(
+        "box",
+        np.array([xy[0], xy[1], height / 2]),
+        _rot_z(yaw),
+        np.array([half_xy[0], half_xy[1], height / 2]),
+        "building",
+        0,
+        "facade",
+        np.asarray(colors, dtype=np.float64),
+        int(rng.integers(1 << 30)),
+    )
+
+
+def _outdoor_primitives(rng: np.random.Generator) -> list[Primitive]:
+    """The ground (a plane ``GROUND_HALF`` m each way at ``z = 0``) and up to ``N_BUILDINGS`` buildings, one per
+    sector of the turn, their nearest wall at least ``BUILDING_RANGE[0]`` from the centre and their centre within
+    ``BUILDING_RANGE[1]``, apart from each other (instances set later)."""
+    ground_colors = [
+        _jitter(rng, [0.3, 0.45, 0.18]),
+        _jitter(rng, [0.5, 0.45, 0.28]),
+        _jitter(rng, [0.62, 0.6, 0.56]),
+        [0.32, 0.31, 0.3],
+        [0.76, 0.82, 0.87],
+    ]
+    half = np.array([GROUND_HALF, GROUND_HALF])
+    prims = [_plane(np.zeros(3), np.eye(3), half, "ground", "ground", ground_colors, int(rng.integers(1 << 30)))]
+    near, far = BUILDING_RANGE
+    start = rng.uniform(0.0, 2 * np.pi)
+    footprints: list[tuple[np.ndarray, float]] = []
+    for k in range(N_BUILDINGS):
+        half_xy, height = rng.uniform(3.0, 8.0, 2), rng.uniform(*BUILDING_HEIGHT)
+        reach = float(np.hypot(*half_xy))
+        for _try in range(50):
+            az = start + 2 * np.pi * k / N_BUILDINGS + rng.uniform(-0.35, 0.35)
+            xy = rng.uniform(near + reach, far) * np.array([math.cos(az), math.sin(az)])
+            if all(np.linalg.norm(xy - c) > r + reach + 2.0 for c, r in footprints):
+                footprints.append((xy, reach))
+                prims.append(_building(rng, xy, az + rng.uniform(-0.3, 0.3), half_xy, height))
+                break
+    return prims
+
+
 def _object_primitives(
     parts: list[_Part], center: np.ndarray, yaw: float, cls: str, instance: int, seed: int
 ) -> list[Primitive]:
@@ -772,8 +906,19 @@ def _front_to_cameras(yaws: np.ndarray, names: list[str]) -> np.ndarray:
     return np.where(away, yaws - np.pi, yaws)
 
 
+def resolve_config(cfg: SynthConfig) -> SynthConfig:
+    """``cfg``, outdoors with the camera settings of :data:`OUTDOOR_CAMERAS` in place of the room's defaults
+    (a setting that differs from the room's default is kept); a room's config is returned as it is."""
+    if not cfg.outdoor:
+        return cfg
+    default = SynthConfig()
+    return replace(cfg, **{k: v for k, v in OUTDOOR_CAMERAS.items() if getattr(cfg, k) == getattr(default, k)})
+
+
 def build_scene(cfg: SynthConfig) -> SynthScene:
-    """Draw the objects, place them and build the room around them (deterministic in ``cfg.seed``)."""
+    """Draw the objects, place them and build the room (or the ground and buildings) around them
+    (deterministic in ``cfg.seed``)."""
+    cfg = resolve_config(cfg)
     if cfg.n_objects < 1:
         raise ValueError("n_objects must be at least 1")
     rng = np.random.default_rng(cfg.seed)
@@ -799,15 +944,22 @@ def build_scene(cfg: SynthConfig) -> SynthScene:
                 "symmetric": VOCABULARY[name][1],
             }
         )
-    room = np.asarray(cfg.room_size, dtype=np.float64)
-    lo = np.array([-room[0] / 2, -room[1] / 2, 0.0])
-    hi = np.array([room[0] / 2, room[1] / 2, room[2]])
-    for j, prim in enumerate(_room_primitives(lo, hi, rng)):
+    if cfg.outdoor:
+        stuff, stuff_classes = _outdoor_primitives(rng), OUTDOOR_CLASSES
+        top = max(prim.center[2] + prim.half_size[2] for prim in stuff + prims)
+        lo, hi = np.array([-GROUND_HALF, -GROUND_HALF, 0.0]), np.array([GROUND_HALF, GROUND_HALF, top])
+    else:
+        room = np.asarray(cfg.room_size, dtype=np.float64)
+        lo = np.array([-room[0] / 2, -room[1] / 2, 0.0])
+        hi = np.array([room[0] / 2, room[1] / 2, room[2]])
+        stuff, stuff_classes = _room_primitives(lo, hi, rng), STUFF_CLASSES
+    for j, prim in enumerate(stuff):
         prim.instance = len(names) + 1 + j
         prims.append(prim)
-    classes = list(dict.fromkeys(names)) + list(STUFF_CLASSES)
+    classes = list(dict.fromkeys(names)) + list(stuff_classes)
     light = np.array([-0.4, -0.5, 1.0])
-    return SynthScene(prims, lo, hi, light / np.linalg.norm(light), cfg.ambient, 0.75, classes, objects)
+    light_dir = light / np.linalg.norm(light)
+    return SynthScene(prims, lo, hi, light_dir, cfg.ambient, 0.75, classes, objects, cfg.outdoor)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -885,9 +1037,18 @@ def _focal(cfg: SynthConfig, lens: int, coeffs: np.ndarray) -> float:
     return cfg.width / 2 / float(xy[0])
 
 
+def _inside_buildings(scene: SynthScene, points: np.ndarray, margin: float) -> bool:
+    """Whether any of ``points [N, 3]`` lies within ``margin`` of a building (outdoor)."""
+    for prim in scene.primitives:
+        if prim.cls == "building" and np.any(np.all(np.abs(_local(prim, points)) < prim.half_size + margin, axis=1)):
+            return True
+    return False
+
+
 def make_cameras(cfg: SynthConfig, scene: SynthScene) -> SynthCameras:
-    """Cameras looking at the objects' centre; raises ``ValueError`` if one would leave the room or sit
-    inside an object."""
+    """Cameras looking at the objects' centre; raises ``ValueError`` if one would leave the room (outdoors: go
+    below the ground or into a building) or sit inside an object."""
+    cfg = resolve_config(cfg)
     rng = np.random.default_rng([cfg.seed, 1])
     centers = np.array([o["center"] for o in scene.objects])
     target = centers.mean(axis=0)
@@ -895,7 +1056,11 @@ def make_cameras(cfg: SynthConfig, scene: SynthScene) -> SynthCameras:
     looks = target + rng.uniform(-0.02, 0.02, eyes.shape)
     margin = 0.1
     if np.any(eyes < scene.room_min + margin) or np.any(eyes > scene.room_max - margin):
+        if scene.outdoor:
+            raise ValueError("cameras go below the ground or off it: change --elevation-deg / --orbit-distance")
         raise ValueError("cameras leave the room: lower --distance / --orbit-distance or enlarge --room-size")
+    if scene.outdoor and _inside_buildings(scene, eyes, margin):
+        raise ValueError("a camera is inside a building: lower --distance / --orbit-distance")
     radii = np.array([0.5 * np.linalg.norm(o["size"]) for o in scene.objects])
     gaps = np.linalg.norm(eyes[:, None] - centers[None], axis=2) - radii[None]
     if np.any(gaps < margin):
@@ -951,10 +1116,10 @@ def _hit_cylinder(o: np.ndarray, d: np.ndarray, half: np.ndarray) -> np.ndarray:
 
 def _hit_plane(o: np.ndarray, d: np.ndarray, half: np.ndarray) -> np.ndarray:
     """One-sided rectangle ``|x| <= a, |y| <= b`` in local z = 0, hit only from its +z side."""
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # rays parallel to the plane (outdoors: the horizon)
         t = -o[:, 2] / d[:, 2]
-    x = o[:, 0] + t * d[:, 0]
-    y = o[:, 1] + t * d[:, 1]
+        x = o[:, 0] + t * d[:, 0]
+        y = o[:, 1] + t * d[:, 1]
     tol = 1e-6
     ok = (d[:, 2] < 0) & (t > _EPS) & (np.abs(x) <= half[0] + tol) & (np.abs(y) <= half[1] + tol)
     return np.where(ok, t, np.inf)
@@ -1083,19 +1248,31 @@ def camera_rays(cams: SynthCameras, view: int, supersample: int = 1) -> tuple[np
         (:meth:`SynthCameras.pixel_dirs`).
     """
     s = supersample
-    k = (np.arange(s) + 0.5) / s
-    u = (np.arange(cams.width)[:, None] + k[None]).reshape(-1)
-    v = (np.arange(cams.height)[:, None] + k[None]).reshape(-1)
-    d_cam = cams.pixel_dirs(u, v)
+    # the camera-space grid is the same in every view: unprojected through the lens once per set of intrinsics
+    key = (s, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height, cams.lens, np.asarray(cams.coeffs).tobytes())
+    if key not in cams._grids:
+        k = (np.arange(s) + 0.5) / s
+        u = (np.arange(cams.width)[:, None] + k[None]).reshape(-1)
+        v = (np.arange(cams.height)[:, None] + k[None]).reshape(-1)
+        cams._grids[key] = cams.pixel_dirs(u, v)
+    d_cam = cams._grids[key]
     dirs = d_cam @ cams.c2w[view, :, :3].T
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     return np.broadcast_to(cams.c2w[view, :, 3], dirs.shape).copy(), dirs
 
 
+def sky_color(dirs: np.ndarray) -> np.ndarray:
+    """Colour ``[R, 3]`` of the sky (at infinity) along unit world directions ``dirs [R, 3]``: ``SKY_HORIZON`` at
+    and below the horizon, ``SKY_ZENITH`` straight up, blended by the square root of the elevation's sine."""
+    t = np.sqrt(np.clip(dirs[:, 2], 0.0, 1.0))
+    return _lerp(np.asarray(SKY_HORIZON), np.asarray(SKY_ZENITH), t)
+
+
 def render_rays(
     scene: SynthScene, origins: np.ndarray, dirs: np.ndarray, texture_scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Colour ``[R, 3]``, hit distance ``[R]`` and primitive index ``[R]`` of rays, in batches."""
+    """Colour ``[R, 3]``, hit distance ``[R]`` and primitive index ``[R]`` of rays, in batches; rays that hit
+    nothing are black, or outdoors the sky's colour."""
     rgb = np.zeros_like(origins)
     t = np.full(len(origins), np.inf)
     idx = np.full(len(origins), -1, dtype=np.int64)
@@ -1105,6 +1282,8 @@ def render_rays(
         hit = np.isfinite(t[sl])
         points = origins[sl] + np.where(hit, t[sl], 0.0)[:, None] * dirs[sl]
         rgb[sl] = shade(scene, points, idx[sl], texture_scale) * hit[:, None]
+        if scene.outdoor:
+            rgb[sl] = np.where(hit[:, None], rgb[sl], sky_color(dirs[sl]))
     return rgb, t, idx
 
 
@@ -1206,6 +1385,7 @@ def scene_from_json(scene_json: dict) -> SynthScene:
         diffuse=float(light["diffuse"]),
         classes=list(scene_json["classes"]),
         objects=list(scene_json.get("objects", [])),
+        outdoor="sky" in scene_json,
     )
 
 
@@ -1219,7 +1399,9 @@ def _config_json(cfg: SynthConfig) -> dict:
 
 
 def scene_to_json(cfg: SynthConfig, scene: SynthScene, cams: SynthCameras) -> dict:
-    return {
+    """The analytic description: config, room (outdoors the box holding the ground and buildings), light,
+    classes, primitives, objects, cameras, and outdoors the sky."""
+    out = {
         "generator": GENERATOR,
         "version": 1,
         "units": "metres",
@@ -1237,6 +1419,14 @@ def scene_to_json(cfg: SynthConfig, scene: SynthScene, cams: SynthCameras) -> di
         "objects": scene.objects,
         "cameras": cams.to_json(),
     }
+    if scene.outdoor:  # a room's scene.json keeps its version 1 layout
+        out["sky"] = {
+            "zenith": list(SKY_ZENITH),
+            "horizon": list(SKY_HORIZON),
+            "note": "rays that hit nothing see the sky at infinity: the horizon colour at and below the horizon, "
+            "the zenith colour straight up, blended by the square root of the sine of the elevation",
+        }
+    return out
 
 
 _OUTPUTS = (
@@ -1357,15 +1547,30 @@ def _lens_keys(cams: SynthCameras) -> dict:
     return {}
 
 
+def _near_far(depth: np.ndarray, outdoor: bool) -> tuple[float, float]:
+    """LLFF near / far of a view's pixel-centre depth ``[H, W]``: a room's 0.9 x its least and 1.1 x its
+    greatest; outdoors (sky at infinity) 0.9 x the 0.1st and 1.1 x the 99.9th percentile of the surfaces' depth
+    (far may be hundreds of metres)."""
+    if not outdoor:
+        return 0.9 * depth.min(), 1.1 * depth.max()
+    surface = depth[np.isfinite(depth) & (depth > 0)]
+    if len(surface) == 0:  # all sky
+        return 0.1, 2.0 * GROUND_HALF
+    lo, hi = np.percentile(surface, [0.1, 99.9])
+    return 0.9 * float(lo), 1.1 * float(hi)
+
+
 def synthesize(cfg: SynthConfig, out: Path) -> Path:
     """Render a synthetic scene with ground truth into the folder ``out`` and return it.
 
     Writes ``images/NN.png``, ``poses_bounds.npy``, ``transforms.json`` or ``sparse/0/{cameras,images,
     points3D}.bin``, ``segmentations/`` (``classes.txt`` and masks of the annotated views), ``labels/``,
     ``instances/``, ``objects.json`` and ``scene.json``. Raises ``ValueError`` if ``out`` is non-empty and not a
-    previous synth output, or for a lens that LLFF cannot hold.
+    previous synth output, or for a lens that LLFF cannot hold. An outdoor scene's settings are first resolved
+    (:func:`resolve_config`) and written so into ``scene.json``.
     """
     out = Path(out)
+    cfg = resolve_config(cfg)
     _check_format(cfg)
     scene = build_scene(cfg)
     cams = make_cameras(cfg, scene)
@@ -1382,7 +1587,7 @@ def synthesize(cfg: SynthConfig, out: Path) -> Path:
     near_far = np.zeros((cfg.n_views, 2))
     for i, name in enumerate(names):
         view = render_view(scene, cams, i, cfg.supersample, cfg.texture_scale)
-        near_far[i] = 0.9 * view.depth.min(), 1.1 * view.depth.max()
+        near_far[i] = _near_far(view.depth, scene.outdoor)
         _write_view(out, name, view, scene.classes, i in annotated)
         if i in seeds:
             share = cfg.n_points // len(seeds) + (seeds.index(i) < cfg.n_points % len(seeds))
@@ -1399,6 +1604,7 @@ def synthesize(cfg: SynthConfig, out: Path) -> Path:
         # to be drawn by its last half cell (measured on the orbit scene: 22.3 dB held out without the
         # margin, 24.0 with it)
         margin = BOX_MARGIN * float((scene.room_max - scene.room_min).max())
+        box = {"aabb": [(scene.room_min - margin).tolist(), (scene.room_max + margin).tolist()]}
         write_transforms_json(
             out / "transforms.json",
             cams.c2w,
@@ -1409,10 +1615,7 @@ def synthesize(cfg: SynthConfig, out: Path) -> Path:
             cams.width,
             cams.height,
             [f"images/{n}.png" for n in names],
-            extra={
-                **_lens_keys(cams),
-                "aabb": [(scene.room_min - margin).tolist(), (scene.room_max + margin).tolist()],
-            },
+            extra={**_lens_keys(cams), **({} if scene.outdoor else box)},  # outdoors unbounded: no box
         )
     objects = {"up": [0.0, 0.0, 1.0], "objects": scene.objects}
     (out / "objects.json").write_text(json.dumps(objects, indent=2) + "\n")

@@ -122,6 +122,10 @@ class Trainer:
         self.elapsed = 0.0  # training seconds so far
         self.n_rays = cfg.rays_per_step
 
+    @property
+    def contracted(self) -> bool:
+        return self.field.contraction != "none"
+
     def _set_box(self) -> None:
         """Step size and scale from the field's ROI box (the scene's, or a checkpoint's)."""
         aabb = self.field.aabb
@@ -210,10 +214,11 @@ class Trainer:
             distortion=dist_w > 0,
             grad_scale_distance=self.cfg.grad_scale_distance * self.diag if self.near_far is None else 0.0,
             appearance=self.field.appearance_codes(cam[: len(origins)], len(origins)),
+            distortion_scale=0.5 * self.diag if self.contracted else 0.0,
         )
         loss = F.mse_loss(out.rgb, target)
         if out.distortion is not None:
-            loss = loss + dist_w / self.diag * out.distortion.mean()
+            loss = loss + dist_w * out.distortion.mean() / (1.0 if self.contracted else self.diag)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -312,3 +312,18 @@ def test_progress_bar_counts_to_the_steps_the_time_budget_allows() -> None:
     steps_bound = tqdm(total=50, disable=True)
     budget_bar(steps_bound, 10, 0.2)  # the step budget ends it first
     assert steps_bound.total == 50
+
+
+def test_distortion_over_normalised_distance_stays_finite_far_away() -> None:
+    from ovseg3d.render.volume import distortion_loss
+
+    # one ray's weight on one short interval near the subject, another's spread over far, long intervals
+    t0 = torch.tensor([1.0, 1.1, 50.0, 500.0])
+    t1 = torch.tensor([1.1, 1.2, 500.0, 5000.0])
+    rays = torch.tensor([0, 0, 1, 1])
+    w = torch.tensor([0.9, 0.0, 0.45, 0.45])
+    world = distortion_loss(w, t0, t1, rays, 2)
+    s0, s1 = t0 / (t0 + 2.0), t1 / (t1 + 2.0)
+    norm = distortion_loss(w, s0, s1, rays, 2)
+    assert float(world[1]) > 100.0  # in world units the far fog dominates everything
+    assert float(norm.max()) < 1.0 and float(norm[1]) > float(norm[0])  # normalised: bounded, fog still costs more

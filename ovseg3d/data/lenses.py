@@ -300,11 +300,13 @@ def _unproject_opencv(xy_d: Tensor, c: Tensor, limit: Tensor, iters: int) -> tup
     r, converged = _solve_monotone(_radial_map, r_d, limit.clamp(max=_OPENCV_R_MAX), tol, c, iters)
     shrink = torch.where(r_d > 0, r / torch.where(r_d > 0, r_d, torch.ones_like(r_d)), torch.ones_like(r_d))
     xy = xy_d * shrink[:, None]
-    tangential = (c[:, 2:4] != 0).any(dim=-1)  # without p1, p2 the radial solution is the answer
-    if bool(tangential.any()):
+    tangential = (c[:, 2:4] != 0).any(dim=-1).expand(len(xy))  # without p1, p2 the radial solution is the answer
+    if bool(tangential.all()):
+        xy, converged = _newton_tangential(xy, xy_d, c, limit * (1 - 1e-4), tol, iters)
+    elif bool(tangential.any()):
         rows = tangential.nonzero().squeeze(1)
         xy_t, converged_t = _newton_tangential(
-            xy[rows], xy_d[rows], c[rows], limit[rows] * (1 - 1e-4), tol[rows], iters
+            xy[rows], xy_d[rows], _take(c, rows), _take(limit, rows) * (1 - 1e-4), tol[rows], iters
         )
         xy, converged = xy.index_put((rows,), xy_t), converged.index_put((rows,), converged_t)
     valid = converged & (xy.square().sum(dim=-1) < limit.square()) & torch.isfinite(xy).all(dim=-1)
@@ -392,7 +394,8 @@ def _iterate(step: _Step, state: tuple[Tensor, ...], n_out: int, iters: int) -> 
     Args:
         step: ``state -> (converged, next_state)``, ``converged`` ``[n]`` judged at ``state``.
         state: tensors ``[n, ...]``; the first ``n_out`` are the solution (frozen once converged), the rest
-            whatever the step carries along (brackets, targets, coefficients).
+            whatever the step carries along (brackets, targets, coefficients), ``[n, ...]`` or ``[1, ...]``
+            when shared by all points.
 
     Returns:
         the solution tensors ``[N, ...]`` and ``converged`` ``[N]``.
@@ -414,11 +417,16 @@ def _iterate(step: _Step, state: tuple[Tensor, ...], n_out: int, iters: int) -> 
                 o[done] = s[converged]
             out_converged[done] = True
             keep = (~converged).nonzero().squeeze(1)
-            rows, state = rows[keep], tuple(s[keep] for s in state)
+            rows, state = rows[keep], tuple(_take(s, keep) for s in state)
     for o, s in zip(out, state[:n_out]):
         o[rows] = s
     out_converged[rows] = converged
     return tuple(out), out_converged
+
+
+def _take(t: Tensor, rows: Tensor) -> Tensor:
+    """``t[rows]``, or ``t`` itself when it is one row shared by all points (``[1, ...]``)."""
+    return t if t.shape[0] == 1 else t[rows]
 
 
 def _rows_like(mask: Tensor, like: Tensor) -> Tensor:
@@ -427,13 +435,13 @@ def _rows_like(mask: Tensor, like: Tensor) -> Tensor:
 
 
 def _flatten(points: Tensor, c: Tensor, limit: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Points ``[..., P]`` -> ``[N, P]``; coefficients and limits broadcast to ``[N, 8]`` and ``[N]``."""
+    """Points ``[..., P]`` -> ``[N, P]``; coefficients and limits -> ``[N, 8]`` and ``[N]``, or ``[1, 8]`` and
+    ``[1]`` when one lens serves every point (it then broadcasts, with no per-point copy)."""
     batch = points.shape[:-1]
-    return (
-        points.reshape(-1, points.shape[-1]),
-        c.expand(*batch, N_COEFFS).reshape(-1, N_COEFFS),
-        limit.expand(batch).reshape(-1),
-    )
+    points = points.reshape(-1, points.shape[-1])
+    if c[..., 0].numel() == 1 and limit.numel() == 1:
+        return points, c.reshape(1, N_COEFFS), limit.reshape(1)
+    return points, c.expand(*batch, N_COEFFS).reshape(-1, N_COEFFS), limit.expand(batch).reshape(-1)
 
 
 # ------------------------------------------------------------------------------------------ fisheye model

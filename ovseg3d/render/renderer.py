@@ -54,12 +54,15 @@ def render_rays(
     distortion: bool = False,
     grad_scale_distance: float = 0.0,
     appearance: Tensor | None = None,
+    distortion_scale: float = 0.0,
 ) -> RenderOutput:
     """Render ``[R, 3]`` rays. ``background``: optional ``[R, 3]`` colour behind each ray;
     ``samples``: already-marched samples of these rays (else they are marched here);
     ``observe``: report the samples' transmittance to the grid (:meth:`OccupancyGrid.observe`), from the
     no-gradient pass that drops hidden samples when ``opts`` asks for one, else from the rendering itself;
-    ``distortion``: also return the per-ray distortion loss of the weights;
+    ``distortion``: also return the per-ray distortion loss of the weights: over ``t`` (world units), or with
+    ``distortion_scale > 0`` over ``s = t / (t + distortion_scale)`` (unbounded scenes, whose far intervals are
+    long: mip-NeRF 360 measures it in such a normalised distance);
     ``appearance``: ``[R, A]`` per-ray appearance codes (default: the field's mean code);
     ``grad_scale_distance``: if > 0, the gradients of samples closer to the camera than this are scaled by
     ``(t / distance)^2`` ("Floaters No More", Philip & Deschaintre 2023): space right in front of a
@@ -99,7 +102,10 @@ def render_rays(
     color = color + (1.0 - opacity[:, None]) * background
     dist = None
     if distortion:
-        dist = distortion_loss(weights, samples.t_starts, samples.t_ends, samples.ray_indices, n_rays)
+        t0, t1 = samples.t_starts, samples.t_ends
+        if distortion_scale > 0:  # unbounded: mip-NeRF 360's normalised distance, s = t / (t + scale) in [0, 1)
+            t0, t1 = t0 / (t0 + distortion_scale), t1 / (t1 + distortion_scale)
+        dist = distortion_loss(weights, t0, t1, samples.ray_indices, n_rays)
     return RenderOutput(color, depth, opacity, len(samples), dist)
 
 

@@ -150,7 +150,10 @@ class TrainConfig:
     occ_ema_decay: float = 0.95
     """Per-update decay of a cell's remembered opacity (lower forgets empty space sooner)."""
     background: Literal["black", "white", "random"] = "black"
-    """Colour behind the field while training (evaluation uses black)."""
+    """Colour behind the field while training (evaluation uses black), when it has no learned background."""
+    learned_background: bool = True
+    """With a contraction (unbounded scenes): learn the colour at infinity per view direction (a small MLP on
+    the direction's spherical harmonics) for what a ray's leftover transmittance shows: the sky."""
 
     # optimisation
     lr: float = 1e-2

@@ -55,7 +55,13 @@ def check_run(run: Path) -> dict[str, Any]:
 
 
 # fields whose default changed what a run computes, with the value that reproduces runs saved before them
-_BEFORE_FIELD = {"sem_weight_power": 1.0, "coverage_weights": False, "contraction": "none", "downscale": 1}
+_BEFORE_FIELD = {
+    "sem_weight_power": 1.0,
+    "coverage_weights": False,
+    "contraction": "none",
+    "downscale": 1,
+    "learned_background": False,
+}
 
 
 def load_run_config(run: Path) -> TrainConfig:

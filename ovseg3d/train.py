@@ -99,7 +99,11 @@ class Trainer:
         self.cfg, self.scene, self.device = cfg, scene, device
         aabb = scene.aabb.to(device)
         contraction = resolve_contraction(cfg.contraction, scene)
-        field_cfg = dataclasses.replace(cfg.field_config(), n_images=len(scene.train_ids))
+        field_cfg = dataclasses.replace(
+            cfg.field_config(),
+            n_images=len(scene.train_ids),
+            background=cfg.learned_background and contraction != "none",
+        )
         self.field = RadianceField(aabb, field_cfg, device, cfg.grid_impl, cfg.compile_grid, contraction)
         self.grid = OccupancyGrid(aabb, cfg.occ_resolution, contraction).to(device)
         self._set_box()
@@ -201,6 +205,8 @@ class Trainer:
         background = torch.rand_like(target) if self.cfg.background == "random" else None
         if self.cfg.background == "white":
             background = torch.ones_like(target)
+        if self.field.cfg.background:  # the field's own colour at infinity
+            background = None
         dist_w = self.cfg.distortion_weight
         out = render_rays(
             self.field,

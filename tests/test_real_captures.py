@@ -327,3 +327,25 @@ def test_distortion_over_normalised_distance_stays_finite_far_away() -> None:
     norm = distortion_loss(w, s0, s1, rays, 2)
     assert float(world[1]) > 100.0  # in world units the far fog dominates everything
     assert float(norm.max()) < 1.0 and float(norm[1]) > float(norm[0])  # normalised: bounded, fog still costs more
+
+
+def test_an_empty_contracted_field_shows_its_learned_background() -> None:
+    from ovseg3d.field.hashgrid import HashGridConfig
+    from ovseg3d.field.radiance import FieldConfig, RadianceField
+    from ovseg3d.render.renderer import RenderOptions, render_rays
+
+    aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1])
+    cfg = FieldConfig(HashGridConfig(4, 2, 10, 4, 1.5), 16, 7, 16, 2, background=True)
+    field = RadianceField(aabb, cfg, contraction="sphere")
+    with torch.no_grad():
+        field.density_mlp[-1].bias[0] = -30.0  # empty space everywhere
+    grid = OccupancyGrid(aabb, 8, "sphere")
+    dirs = torch.nn.functional.normalize(torch.randn(6, 3), dim=-1)
+    origins = torch.zeros(6, 3)
+    expected = field.background_color(dirs)
+    with torch.no_grad():
+        out = render_rays(field, grid, origins, dirs, RenderOptions(0.1))
+    torch.testing.assert_close(out.rgb, expected, atol=1e-5, rtol=0)
+    assert float(expected.detach().std(0).max()) > 0  # it depends on the direction
+    plain = RadianceField(aabb, FieldConfig(HashGridConfig(4, 2, 10, 4, 1.5), 16, 7, 16, 2), contraction="sphere")
+    assert plain.background_color(dirs) is None

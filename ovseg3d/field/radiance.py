@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ovseg3d.field.hashgrid import HashGridConfig, make_hash_grid
-from ovseg3d.field.space import check_contraction, to_unit
+from ovseg3d.field.space import check_contraction, step_scale, to_unit
 
 
 class _TruncExp(torch.autograd.Function):
@@ -66,6 +66,7 @@ class FieldConfig:
     sh_degree: int = 4
     appearance_dim: int = 0  # per-image appearance code fed to the colour MLP (0 = none)
     n_images: int = 0  # training images with a code
+    background: bool = False  # a learned colour at infinity per view direction (the sky of unbounded scenes)
 
 
 def _mlp(dims: list[int]) -> nn.Sequential:
@@ -107,7 +108,16 @@ class RadianceField(nn.Module):
         if cfg.appearance_dim > 0:
             self.appearance = nn.Embedding(max(1, cfg.n_images), cfg.appearance_dim)
             nn.init.zeros_(self.appearance.weight)
+        if cfg.background:
+            self.background_mlp = _mlp([16, cfg.color_hidden_dim, 3])  # degree-4 SH of the direction
         self.to(device)
+
+    def background_color(self, dirs: Tensor) -> Tensor | None:
+        """``[R, 3]`` colour seen at infinity along unit directions ``[R, 3]`` (what a ray's leftover transmittance
+        shows), or ``None`` without a learned background."""
+        if not self.cfg.background:
+            return None
+        return torch.sigmoid(self.background_mlp(spherical_harmonics(dirs, 4)))
 
     def appearance_codes(self, images: Tensor | None, n: int) -> Tensor | None:
         """``[n, A]`` appearance codes of training images ``images`` ``[n]``, or their mean for views without one
@@ -119,10 +129,18 @@ class RadianceField(nn.Module):
         return self.appearance(images)
 
     def _features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``[P, 3]`` world points -> raw density ``[P]`` (masked outside) and geometry features ``[P, G]``."""
+        """``[P, 3]`` world points -> density ``[P]`` (zero outside the box without a contraction) and geometry
+        features ``[P, G]``.
+
+        With a contraction the network's density is per unit of contracted length: the world density is it over
+        :func:`~ovseg3d.field.space.step_scale` (``|xn|^2`` beyond the ROI), so a marching step has the same
+        opacity for the same output everywhere, and the far shell starts as transparent as the ROI instead of a
+        wall of fog one long far interval thick."""
         xn, inside = to_unit(x, self.aabb, self.contraction)
         h = self.density_mlp(self.grid(xn).float())
         sigma = trunc_exp(h[:, 0]) * inside
+        if self.contraction != "none":
+            sigma = sigma / step_scale(x, self.aabb, self.contraction)
         return sigma, h[:, 1:]
 
     def density(self, x: Tensor) -> Tensor:

@@ -98,7 +98,7 @@ def render_rays(
     opacity = accumulate(weights, None, samples.ray_indices, n_rays)[:, 0]
     depth = accumulate(weights, samples.t_mid[:, None], samples.ray_indices, n_rays)[:, 0]
     if background is None:
-        background = torch.tensor(opts.background, device=origins.device).expand(n_rays, 3)
+        background = learned_background(field, dirs, opts)
     color = color + (1.0 - opacity[:, None]) * background
     dist = None
     if distortion:
@@ -137,8 +137,17 @@ def _render_no_grad(
     opacity = accumulate(weights, None, samples.ray_indices, n_rays)[:, 0]
     depth = accumulate(weights, samples.t_mid[:, None], samples.ray_indices, n_rays)[:, 0]
     if background is None:
-        background = torch.tensor(opts.background, device=origins.device).expand(n_rays, 3)
+        background = learned_background(field, dirs, opts)
     return RenderOutput(color + (1.0 - opacity[:, None]) * background, depth, opacity, len(samples))
+
+
+def learned_background(field: RadianceField, dirs: Tensor, opts: RenderOptions) -> Tensor:
+    """``[R, 3]`` colour behind rays ``dirs``: the field's learned colour at infinity when it has one, else
+    ``opts.background``."""
+    learned = field.background_color(dirs) if hasattr(field, "background_color") else None
+    if learned is not None:
+        return learned
+    return torch.tensor(opts.background, device=dirs.device).expand(len(dirs), 3)
 
 
 def scale_gradient(x: Tensor, scale: Tensor) -> Tensor:

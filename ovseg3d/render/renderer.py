@@ -85,8 +85,10 @@ def render_rays(
                 keep &= alpha >= opts.alpha_thre
         samples = samples.select(keep)
     points = samples.positions(origins, dirs)
-    codes = None if appearance is None else appearance[samples.ray_indices]
-    sigma, rgb = field(points, dirs[samples.ray_indices], codes)
+    if appearance is None:
+        sigma, rgb = field(points, dirs[samples.ray_indices])
+    else:
+        sigma, rgb = field(points, dirs[samples.ray_indices], appearance[samples.ray_indices])
     if grad_scale_distance > 0:
         scale = (samples.t_mid / grad_scale_distance).square().clamp(max=1.0)
         sigma, rgb = scale_gradient(sigma, scale), scale_gradient(rgb, scale[:, None])

@@ -29,6 +29,7 @@ VARIANTS: dict[str, dict] = {
     "no_contraction": {"contraction": "none"},
     "cube": {"contraction": "cube"},
     "appearance": {"appearance_dim": 16},
+    "no_learned_background": {"learned_background": False},
 }
 
 

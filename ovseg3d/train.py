@@ -202,11 +202,11 @@ class Trainer:
             )
             opts, observe = dataclasses.replace(opts, early_stop_eps=0.0), False  # done by the refinement
         origins, dirs, target, samples = self._cap_samples(origins, dirs, target, samples)
-        background = torch.rand_like(target) if self.cfg.background == "random" else None
-        if self.cfg.background == "white":
+        background = None  # black, or the field's own colour at infinity when it learns one
+        if not self.field.cfg.background and self.cfg.background == "random":
+            background = torch.rand_like(target)
+        elif not self.field.cfg.background and self.cfg.background == "white":
             background = torch.ones_like(target)
-        if self.field.cfg.background:  # the field's own colour at infinity
-            background = None
         dist_w = self.cfg.distortion_weight
         out = render_rays(
             self.field,

@@ -70,25 +70,32 @@ def _raw_size_and_orientation(path: Path) -> tuple[tuple[int, int], int]:
         raise SceneError(f"{path}: cannot read image ({_one_line(exc)})") from None
 
 
+def _applies(raw: tuple[int, int], orientation: int, expect: tuple[int, int] | None) -> bool:
+    """Whether to apply an image's EXIF orientation: always, unless it swaps the sides and the size its pose file
+    gives (``expect``) is that of the stored pixels."""
+    return orientation != 1 and not (orientation in _TRANSPOSED and expect == raw)
+
+
 def image_size(path: Path, expect: tuple[int, int] | None = None) -> tuple[int, int]:
     """``(width, height)`` from the image header, without decoding the pixels, after its EXIF orientation (unless
     ``expect``, the size its pose file gives, matches the stored pixels and not the oriented ones)."""
     (w, h), orientation = _raw_size_and_orientation(path)
-    if orientation in _TRANSPOSED and expect != (w, h):
-        return h, w
-    return w, h
+    return (h, w) if orientation in _TRANSPOSED and _applies((w, h), orientation, expect) else (w, h)
 
 
-def _decode(path: Path, size: tuple[int, int] | None = None, orient: bool = False) -> Image.Image:
-    """The image; ``size``: at least this ``(width, height)`` is needed (lets JPEG decode at 1/2, 1/4 or 1/8
-    scale); ``orient``: apply the EXIF orientation."""
+def _decode(
+    path: Path, size: tuple[int, int] | None = None, orient: bool = False, expect: tuple[int, int] | None = None
+) -> Image.Image:
+    """The image, opened once; ``size``: at least this ``(width, height)`` is needed (lets JPEG decode at 1/2, 1/4 or
+    1/8 scale); ``orient``: apply the EXIF orientation as :func:`image_size` does with ``expect``."""
     try:
         with Image.open(path) as im:
-            transposed = orient and int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1) in _TRANSPOSED
+            orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1) if orient else 1
+            apply = _applies(im.size, orientation, expect)
             if size is not None:
-                im.draft("RGB", (size[1], size[0]) if transposed else size)
+                im.draft("RGB", (size[1], size[0]) if apply and orientation in _TRANSPOSED else size)
             im.load()
-            return ImageOps.exif_transpose(im) if orient else im.copy()
+            return ImageOps.exif_transpose(im) if apply else im.copy()
     except _IMAGE_ERRORS as exc:
         raise SceneError(f"{path}: cannot read image ({_one_line(exc)})") from None
 
@@ -97,8 +104,7 @@ def read_rgb(path: Path, size: tuple[int, int] | None = None, expect: tuple[int,
     """``[H, W, 3]`` uint8; transparent images are composited on white, grayscale repeated. ``size``: resize to this
     ``(width, height)`` (box filter), decoding a JPEG straight at the nearest larger power-of-two scale; EXIF
     orientation as :func:`image_size` with ``expect``."""
-    (w, h), orientation = _raw_size_and_orientation(path)
-    im = _decode(path, size, orient=orientation != 1 and not (orientation in _TRANSPOSED and expect == (w, h)))
+    im = _decode(path, size, orient=True, expect=expect)
     if im.mode.startswith("I"):  # 16/32-bit grayscale
         gray = np.clip(np.asarray(im, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
         rgb = np.repeat(gray[:, :, None], 3, axis=2)

@@ -96,12 +96,7 @@ def render_rays(
     weights = trans * alpha
     if observe and not prepass:
         grid.observe(points, trans.detach())
-    color = accumulate(weights, rgb, samples.ray_indices, n_rays)
-    opacity = accumulate(weights, None, samples.ray_indices, n_rays)[:, 0]
-    depth = accumulate(weights, samples.t_mid[:, None], samples.ray_indices, n_rays)[:, 0]
-    if background is None:
-        background = learned_background(field, dirs, opts)
-    color = color + (1.0 - opacity[:, None]) * background
+    color, depth, opacity = composite(field, dirs, opts, samples, weights, rgb, background)
     dist = None
     if distortion:
         t0, t1 = samples.t_starts, samples.t_ends
@@ -135,12 +130,28 @@ def _render_no_grad(
     samples, weights = samples.select(keep), (trans * alpha)[keep]
     codes = None if appearance is None else appearance[samples.ray_indices]
     rgb = field.color(geo[keep], dirs[samples.ray_indices], codes)
+    color, depth, opacity = composite(field, dirs, opts, samples, weights, rgb, background)
+    return RenderOutput(color, depth, opacity, len(samples))
+
+
+def composite(
+    field: RadianceField,
+    dirs: Tensor,
+    opts: RenderOptions,
+    samples: RaySamples,
+    weights: Tensor,
+    rgb: Tensor,
+    background: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-ray colour ``[R, 3]`` (over ``background``, else :func:`learned_background`), expected depth ``[R]`` and
+    opacity ``[R]`` from the samples' weights ``[M]`` and colours ``[M, 3]``."""
+    n_rays = dirs.shape[0]
     color = accumulate(weights, rgb, samples.ray_indices, n_rays)
     opacity = accumulate(weights, None, samples.ray_indices, n_rays)[:, 0]
     depth = accumulate(weights, samples.t_mid[:, None], samples.ray_indices, n_rays)[:, 0]
     if background is None:
         background = learned_background(field, dirs, opts)
-    return RenderOutput(color + (1.0 - opacity[:, None]) * background, depth, opacity, len(samples))
+    return color + (1.0 - opacity[:, None]) * background, depth, opacity
 
 
 def learned_background(field: RadianceField, dirs: Tensor, opts: RenderOptions) -> Tensor:

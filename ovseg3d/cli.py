@@ -29,6 +29,10 @@ class EvalArgs:
     """'auto', 'cpu' or 'cuda'."""
     renders: bool = True
     """Also write ground truth | render | depth panels to RUN/renders/."""
+    max_samples_per_ray: int = 0
+    """Render with at most about this many samples per ray (every k-th marching step, k steps long): faster,
+    slightly lower scores (instant-ngp's fox at 360x640: 64 -> 1.7x faster, -0.08 dB; 32 -> 2.7x, -0.23 dB).
+    0 = every step, the exact rendering."""
 
 
 @dataclass
@@ -218,7 +222,9 @@ def cmd_eval(args: list[str]) -> int:
     from ovseg3d.evaluate import evaluate_run, format_table
 
     a = tyro.cli(EvalArgs, args=_positional(args, "--run"), prog="ovseg3d eval RUN")
-    metrics = evaluate_run(a.run, a.device, a.renders)
+    if a.max_samples_per_ray < 0:
+        raise ValueError(f"--max-samples-per-ray {a.max_samples_per_ray}: must be 0 (every step) or more")
+    metrics = evaluate_run(a.run, a.device, a.renders, a.max_samples_per_ray)
     print(format_table(metrics))
     print(f"wrote {a.run / 'eval.json'}")
     return 0

@@ -253,15 +253,19 @@ class Trainer:
 
     # -- rendering ----------------------------------------------------------------------------
     @torch.no_grad()
-    def render_view(self, cameras: Cameras, idx: int, near_far: Tensor | None = None) -> RenderOutput:
-        """Render camera ``idx``; ``near_far``: optional ``[N, 2]`` depth bounds of ``cameras``.
-        Fields come back shaped ``[H, W, ...]``."""
+    def render_view(
+        self, cameras: Cameras, idx: int, near_far: Tensor | None = None, max_per_ray: int = 0
+    ) -> RenderOutput:
+        """Render camera ``idx``; ``near_far``: optional ``[N, 2]`` depth bounds of ``cameras``; ``max_per_ray``: see
+        :func:`render_image_rays`. Fields come back shaped ``[H, W, ...]``."""
         self.field.eval()
         cams = cameras.to(self.device)
         origins, dirs = image_rays(cams, idx)
         cam = torch.full((len(dirs),), idx, dtype=torch.long, device=self.device)
         near, far = self.ray_limits(cams, near_far, cam, dirs)
-        out = render_image_rays(self.field, self.grid, origins, dirs, self.opts, self.cfg.eval_chunk, near, far)
+        out = render_image_rays(
+            self.field, self.grid, origins, dirs, self.opts, self.cfg.eval_chunk, near, far, max_per_ray
+        )
         h, w = cameras.height, cameras.width
         return RenderOutput(out.rgb.view(h, w, 3), out.depth.view(h, w), out.opacity.view(h, w), out.n_samples)
 

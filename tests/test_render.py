@@ -6,7 +6,7 @@ import torch
 from ovseg3d.field.hashgrid import HashGridConfig
 from ovseg3d.field.radiance import FieldConfig, RadianceField, spherical_harmonics
 from ovseg3d.render.occupancy import OccupancyGrid, ray_aabb
-from ovseg3d.render.renderer import RenderOptions, refine_samples, render_rays, scale_gradient
+from ovseg3d.render.renderer import RenderOptions, refine_samples, render_image_rays, render_rays, scale_gradient
 from ovseg3d.render.volume import (
     RaySamples,
     accumulate,
@@ -73,6 +73,25 @@ def test_march_keeps_only_occupied_cells():
     assert ((pts[:, 2] >= 0.75) & (pts[:, 2] < 1.0)).all()
 
 
+@pytest.mark.parametrize("contraction", ["none", "sphere", "cube"])
+def test_grouped_march_keeps_exactly_the_samples_of_testing_every_step(contraction, monkeypatch):
+    """The march tests groups of steps against the dilated grid first; it must keep the same samples as
+    testing every step's midpoint, in sparse grids where most groups fail."""
+    torch.manual_seed(3)
+    grid = OccupancyGrid(torch.tensor([-1.0, -0.5, -1.0, 1.0, 1.5, 1.0]), resolution=16, contraction=contraction)
+    grid.binaries.copy_(torch.rand(grid.binaries.shape) < 0.03)
+    origins = torch.randn(3000, 3) * (2.0 if contraction == "none" else 4.0)
+    dirs = torch.nn.functional.normalize(-origins + 0.5 * torch.randn(3000, 3), dim=-1)
+    step = 0.01
+    assert grid.group_size(step) >= 4  # the grouped path is the one under test
+    grouped = grid.march(origins, dirs, step)
+    monkeypatch.setattr(OccupancyGrid, "group_size", lambda self, step: 1)
+    every = grid.march(origins, dirs, step)
+    assert 1000 < len(every) == len(grouped)
+    assert torch.equal(grouped.ray_indices, every.ray_indices)
+    assert torch.equal(grouped.t_starts, every.t_starts) and torch.equal(grouped.t_ends, every.t_ends)
+
+
 def test_grid_update_empties_free_space():
     aabb = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
     grid = OccupancyGrid(aabb, resolution=8)
@@ -82,6 +101,20 @@ def test_grid_update_empties_free_space():
     inside = ((centers - 0.5).norm(dim=-1) < 0.1).reshape(8, 8, 8)
     far = ((centers - 0.5).norm(dim=-1) > 0.4).reshape(8, 8, 8)
     assert grid.binaries[0][inside].all() and not grid.binaries[0][far].any()
+
+
+def test_render_image_rays_with_a_sample_cap_marches_fewer_samples_and_renders_about_the_same():
+    torch.manual_seed(0)
+    aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1])
+    field = RadianceField(aabb, FieldConfig(HashGridConfig(4, 2, 12, 4, 2.0), 16, 7, 16, 2))
+    grid = OccupancyGrid(aabb, resolution=8)  # all occupied: every step is marched
+    origins = torch.tensor([[0.0, 0.0, -3.0]]).expand(500, 3) + torch.randn(500, 3) * 0.1
+    dirs = torch.nn.functional.normalize(torch.randn(500, 3) * 0.2 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    opts = RenderOptions(step_size=2 * math.sqrt(3) / 256)
+    full = render_image_rays(field, grid, origins, dirs, opts, chunk=128)
+    capped = render_image_rays(field, grid, origins, dirs, opts, chunk=128, max_per_ray=16)
+    assert full.n_samples > 100 * 500 and capped.n_samples <= 17 * 500
+    assert (capped.rgb - full.rgb).abs().max() < 0.05
 
 
 def test_spherical_harmonics_are_orthonormal():

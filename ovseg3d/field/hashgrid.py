@@ -32,6 +32,9 @@ from torch import Tensor, nn
 
 PRIMES = (1, 2654435761, 805459861)
 _UINT32 = 0xFFFFFFFF
+# points encoded at a time without gradients on a CPU: 32k points' corner tables (about 4 MB) stay in cache,
+# which makes a 540k-point evaluation chunk about twice as fast as encoding it whole
+NO_GRAD_CHUNK = 32768
 
 
 @dataclass(frozen=True)
@@ -163,26 +166,31 @@ def corner_indices_and_weights(x: Tensor, layout: LevelLayout, buf: _Buffers) ->
     upper = pos - cell  # weight of the upper neighbour, per axis
     lower = 1.0 - upper
     lo = cell.int()
+    n, n_levels = pos.shape[1], pos.shape[2]
+    # each corner is written into its slice of the output: twice as fast as stacking 8 planes
+    weights = torch.empty(n, n_levels, 8, dtype=pos.dtype, device=pos.device)
+    rows = torch.empty(n, n_levels, 8, dtype=torch.int32, device=pos.device)
     wxy = [lower[0] * lower[1], lower[0] * upper[1], upper[0] * lower[1], upper[0] * upper[1]]
-    weights = torch.stack([wxy[c >> 1] * (upper[2] if c & 1 else lower[2]) for c in range(8)], dim=-1)
+    for c in range(8):
+        torch.mul(wxy[c >> 1], upper[2] if c & 1 else lower[2], out=weights[..., c])
     nd = buf.n_dense
-    parts = []
     if nd > 0:
         d = lo[:, :, :nd]
         stride_y, stride_z = buf.dense_strides[:, 1], buf.dense_strides[:, 2]
         x_, y_, z_ = d[0], d[1] * stride_y, d[2] * stride_z
         xy = [x_ + y_, x_ + (y_ + stride_y), (x_ + 1) + y_, (x_ + 1) + (y_ + stride_y)]
-        idx = torch.stack([xy[c >> 1] + (z_ + stride_z if c & 1 else z_) for c in range(8)], dim=-1)
-        parts.append(idx % buf.dense_sizes[:, None])
-    if nd < len(layout.sizes):
+        for c in range(8):
+            corner = (xy[c >> 1] + (z_ + stride_z if c & 1 else z_)) % buf.dense_sizes
+            torch.add(corner, buf.offsets[:nd], out=rows[:, :nd, c])
+    if nd < n_levels:
         h = lo[:, :, nd:]
         p = buf.primes  # (v + 1) * p == v * p + p under int32 wrap-around, as in uint32
         hx, hy, hz = h[0] * p[0], h[1] * p[1], h[2] * p[2]
         xy = [hx ^ hy, hx ^ (hy + p[1]), (hx + p[0]) ^ hy, (hx + p[0]) ^ (hy + p[1])]
-        idx = torch.stack([xy[c >> 1] ^ (hz + p[2] if c & 1 else hz) for c in range(8)], dim=-1)
-        parts.append(idx & buf.hash_mask)
-    idx = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    return idx + buf.offsets[:, None], weights
+        for c in range(8):
+            corner = (xy[c >> 1] ^ (hz + p[2] if c & 1 else hz)) & buf.hash_mask
+            torch.add(corner, buf.offsets[nd:], out=rows[:, nd:, c])
+    return rows, weights
 
 
 _POOL = ThreadPoolExecutor(max_workers=2)
@@ -269,8 +277,16 @@ class TorchHashGrid(nn.Module):
         return self._buffers_cache[device]
 
     def forward(self, x: Tensor) -> Tensor:
-        rows, weights = self._indices(x.float(), self.layout, self._buf(x.device))
-        return _HashGridFunction.apply(self.params, rows, weights, self.cfg.n_features_per_level)
+        x, buf = x.float(), self._buf(x.device)
+        if torch.is_grad_enabled() or x.device.type != "cpu" or len(x) <= NO_GRAD_CHUNK:
+            rows, weights = self._indices(x, self.layout, buf)
+            return _HashGridFunction.apply(self.params, rows, weights, self.cfg.n_features_per_level)
+        # without gradients nothing has to be kept: encode in pieces whose temporaries stay in the CPU's caches
+        out = torch.empty(len(x), self.output_dim, device=x.device)
+        for s in range(0, len(x), NO_GRAD_CHUNK):
+            rows, weights = self._indices(x[s : s + NO_GRAD_CHUNK], self.layout, buf)
+            out[s : s + NO_GRAD_CHUNK] = _HashGridFunction.apply(self.params, rows, weights, self.cfg.n_features_per_level)
+        return out
 
 
 def reference_encode(params: Tensor, x: Tensor, cfg: HashGridConfig) -> Tensor:

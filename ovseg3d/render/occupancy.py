@@ -21,6 +21,7 @@ from ovseg3d.field.space import MAX_RADIUS, check_contraction, from_unit, roi_ce
 from ovseg3d.render.volume import RaySamples
 
 VISIBILITY_DECAY = 0.5  # a cell unseen for ~10 updates (1e-3) is emptied
+MARCH_CANDIDATES = 1 << 21  # candidate samples tested against the grid at a time
 
 
 def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,6 +76,48 @@ class OccupancyGrid(nn.Module):
         """``[...]`` bool: the points lie in occupied cells."""
         flat, inside = self._cell_coords(points)
         return self.binaries.view(-1)[flat] & inside
+
+    def _dilated(self) -> Tensor:
+        """Flat ``[R^3]`` bool: the cell or one of its 26 neighbours is occupied (rebuilt when the grid changes)."""
+        key = (id(self.binaries), self.binaries._version)
+        if getattr(self, "_dilated_key", None) != key:
+            grown = nn.functional.max_pool3d(self.binaries.float()[None], 3, stride=1, padding=1)
+            self._dilated_cache, self._dilated_key = grown.bool().reshape(-1), key
+        return self._dilated_cache
+
+    def group_size(self, step: float) -> int:
+        """How many consecutive even steps of ``step`` one test of the dilated grid at their middle can stand for:
+        every step's midpoint then lies at most one cell from the middle in grid coordinates (the sphere's
+        contraction never stretches distances, the cube's max-norm one by less than 2), so its cell is the
+        middle's or one of its neighbours."""
+        _, half = roi_center_half(self.aabb)
+        world_per_cell = float(half.min()) * (2.0 if self.contraction == "none" else 4.0) / self.resolution
+        if self.contraction == "cube":
+            world_per_cell /= 2.0
+        return max(1, int(1.9 * world_per_cell / step) + 1)  # (group - 1) / 2 steps <= 0.95 cells
+
+    def _occupied_steps(
+        self, origins: Tensor, dirs: Tensor, start: Tensor, mid: Tensor, step: float, valid: Tensor
+    ) -> Tensor:
+        """``valid & query(points at mid)`` for intervals that start at ``start`` ``[r, K]`` (even steps of ``step``,
+        the last ones possibly cut short) with midpoints ``mid`` ``[r, K]``; ``valid`` is true on a prefix of each
+        row. The same answer as testing every midpoint, found by first testing groups of :meth:`group_size` steps
+        at their middle against the dilated grid, then only the steps of the groups that pass: in a mostly empty
+        grid a fraction of the tests."""
+        n_rays, k = start.shape
+        group = self.group_size(step)
+        if group < 2 or k < 2 * group:
+            return valid & self.query(origins[:, None, :] + mid[..., None] * dirs[:, None, :])
+        centre = start[:, ::group] + 0.5 * group * step  # [r, groups]
+        flat, _ = self._cell_coords(origins[:, None, :] + centre[..., None] * dirs[:, None, :])
+        rows, groups = torch.nonzero(self._dilated()[flat] & valid[:, ::group], as_tuple=True)
+        cols = groups[:, None] * group + torch.arange(group, device=start.device)  # [n, group]
+        cols = cols.clamp(max=k - 1)  # the last group may be short: its last step repeats
+        m = mid[rows[:, None], cols]
+        occupied = self.query(origins[rows, None, :] + m[..., None] * dirs[rows, None, :])
+        keep = torch.zeros_like(valid)
+        keep[rows[:, None], cols] = occupied & valid[rows[:, None], cols]
+        return keep
 
     @torch.no_grad()
     def update(
@@ -166,14 +209,13 @@ class OccupancyGrid(nn.Module):
             return RaySamples(empty.long(), empty, empty, n_rays)
         rows, starts = [], []
         # chunk over rays so that the [rays, steps, 3] candidate tensor stays small
-        chunk = max(1, (1 << 21) // n_max)
+        chunk = max(1, MARCH_CANDIDATES // n_max)
         ks = torch.arange(n_max, device=origins.device, dtype=torch.float32) * step
         for s in range(0, n_rays, chunk):
             sl = slice(s, s + chunk)
             t_start = t_min[sl, None] + ks  # [r, K]
             mid = t_start + 0.5 * step
-            pts = origins[sl, None, :] + mid[..., None] * dirs[sl, None, :]
-            keep = (mid < t_max[sl, None]) & self.query(pts)
+            keep = self._occupied_steps(origins[sl], dirs[sl], t_start, mid, step, mid < t_max[sl, None])
             r_idx, k_idx = torch.nonzero(keep, as_tuple=True)
             rows.append(r_idx + s)
             starts.append(t_start[r_idx, k_idx])
@@ -210,7 +252,7 @@ class OccupancyGrid(nn.Module):
         n_out = self.outer_steps(step)
         phase = torch.rand(n_rays, device=device) if stratified else torch.zeros(n_rays, device=device)
         rows, starts, ends = [], [], []
-        chunk = max(1, (1 << 21) // (n_in + n_out))
+        chunk = max(1, MARCH_CANDIDATES // (n_in + n_out))
         k_in = torch.arange(n_in, device=device, dtype=torch.float32)
         k_out = torch.arange(n_out, device=device, dtype=torch.float32)
         for s in range(0, n_rays, chunk):
@@ -223,9 +265,12 @@ class OccupancyGrid(nn.Module):
             out_start = torch.where(k_out == 0, b, 1.0 / (disp0 + frac * (disp1 - disp0)))
             out_end = 1.0 / (disp0 + ((k_out + 1 + phase[sl, None]) / n_out).clamp(max=1.0) * (disp1 - disp0))
             start, end = torch.cat([in_start, out_start], 1), torch.cat([in_end, out_end], 1)
-            mid = 0.5 * (start + end)
-            pts = origins[sl, None, :] + mid[..., None] * dirs[sl, None, :]
-            keep = (end > start) & (start < f) & self.query(pts)
+            valid = (end > start) & (start < f)
+            o, d = origins[sl], dirs[sl]
+            keep_in = self._occupied_steps(o, d, in_start, 0.5 * (in_start + in_end), step, valid[:, :n_in])
+            mid = 0.5 * (out_start + out_end)  # the far steps are uneven: each tested
+            keep_out = valid[:, n_in:] & self.query(o[:, None, :] + mid[..., None] * d[:, None, :])
+            keep = torch.cat([keep_in, keep_out], 1)
             r_idx, k_idx = torch.nonzero(keep, as_tuple=True)
             rows.append(r_idx + s)
             starts.append(start[r_idx, k_idx])

@@ -15,6 +15,7 @@ import tyro
 
 from ovseg3d import __version__
 from ovseg3d.detect.head import DetectOptions
+from ovseg3d.errors import UsageError
 from ovseg3d.export import ExportOptions
 from ovseg3d.teachers.config import TeacherConfig
 
@@ -223,7 +224,7 @@ def cmd_eval(args: list[str]) -> int:
 
     a = tyro.cli(EvalArgs, args=_positional(args, "--run"), prog="ovseg3d eval RUN")
     if a.max_samples_per_ray < 0:
-        raise ValueError(f"--max-samples-per-ray {a.max_samples_per_ray}: must be 0 (every step) or more")
+        raise UsageError(f"--max-samples-per-ray {a.max_samples_per_ray}: must be 0 (every step) or more")
     metrics = evaluate_run(a.run, a.device, a.renders, a.max_samples_per_ray)
     print(format_table(metrics))
     print(f"wrote {a.run / 'eval.json'}")

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import tomllib
 import tyro
 
+from ovseg3d.errors import UsageError
 from ovseg3d.field.hashgrid import HashGridConfig
 from ovseg3d.field.radiance import FieldConfig
 from ovseg3d.teachers.config import TeacherConfig
@@ -278,7 +279,7 @@ class TrainConfig:
 _RUN_KEYS = ("scene", "output", "preset", "config", "resume")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A config file that cannot be used; one line naming the file."""
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
+from ovseg3d.errors import UsageError
 from ovseg3d.field.hashgrid import HashGridConfig
 from ovseg3d.field.semantic import SemanticConfig, SemanticField, SemanticOutput
 from ovseg3d.losses import class_probabilities, fda_loss, feature_loss, rda_loss
@@ -136,7 +137,7 @@ class Distiller:
         self.teacher = TeacherTensors.load(features, geo.device)
         n_scales, clip_dim = self.teacher.clip.shape[3:]
         if not -n_scales <= cfg.teacher_scale < n_scales:
-            raise ValueError(
+            raise UsageError(
                 f"--teacher-scale {cfg.teacher_scale}: the teacher has {n_scales} scales "
                 f"(0 to {n_scales - 1}, or -1 to -{n_scales} from the finest)"
             )

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ovseg3d import accel
+from ovseg3d.errors import UsageError
 
 
 def psnr(pred: Tensor, target: Tensor) -> float:
@@ -68,7 +69,7 @@ def evaluate_run(run: Path, device_name: str = "auto", save_renders: bool = True
     trainer = load_trainer(run, device_name)
     scene = trainer.scene
     if not scene.eval_ids:
-        raise ValueError(f"{scene.root}: no held-out views to evaluate")
+        raise UsageError(f"{scene.root}: no held-out views to evaluate")
     per_view = []
     for i in scene.eval_ids:
         out = trainer.render_view(scene.cameras, i, scene.near_far, max_samples_per_ray)
@@ -240,7 +241,7 @@ def segmentation_metrics(preds: dict[int, Tensor], masks: dict[int, Tensor], cla
     every term of the mean: view -> class -> IoU, for the classes in the view's ground truth or prediction.
     """
     if not masks:
-        raise ValueError("no annotated views (segmentations/) to score segmentation on")
+        raise UsageError("no annotated views (segmentations/) to score segmentation on")
     ious, present, correct, total = [], [], 0, 0
     for view, gt in masks.items():
         iou, c, t = class_ious(preds[view], gt)

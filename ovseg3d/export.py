@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ovseg3d import __version__
 from ovseg3d.data.cameras import Cameras, image_rays, project_points
+from ovseg3d.errors import MissingFileError, UsageError
 from ovseg3d.images import label_palette
 from ovseg3d.losses import class_probabilities
 from ovseg3d.render.renderer import render_median_depth
@@ -292,14 +293,14 @@ def extract_cloud(run: Path, opts: ExportOptions, device_name: str = "auto", log
     trainer = load_trainer(run, device_name)
     loaded = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
     if loaded is None:
-        raise ValueError(
+        raise UsageError(
             f"{run} has no semantic field (trained with --teacher none): train with --teacher synthetic|clip to export"
         )
     distiller = loaded[0]
     classes = list(trainer.scene.classes)
     xyz, rgb, n_views, latent = surface_points(trainer, opts, distiller, log)
     if len(xyz) == 0:
-        raise ValueError(
+        raise UsageError(
             f"{run}: the point cloud is empty (no pixel reached opacity {opts.min_opacity} and was seen alike by "
             f"{opts.min_agreeing}+ other views in {opts.min_views}+ views); lower --min-opacity, --min-agreeing or "
             "--min-views, or train longer"
@@ -385,11 +386,11 @@ def read_ply(path: Path) -> LabelledCloud:
     try:
         with open(path, "rb") as f:
             if f.readline().strip() != b"ply":
-                raise ValueError("no 'ply' magic line")
+                raise UsageError("no 'ply' magic line")
             fmt, count, props, classes, in_vertex, first = "", -1, [], {}, False, True
             while (line := f.readline().decode("ascii", "replace").strip()) != "end_header":
                 if not line and f.peek(1) == b"":
-                    raise ValueError("no end_header")
+                    raise UsageError("no end_header")
                 words = line.split()
                 if words[:1] == ["format"]:
                     fmt = words[1]
@@ -400,14 +401,14 @@ def read_ply(path: Path) -> LabelledCloud:
                     if in_vertex:
                         count = int(words[2])
                     elif first:
-                        raise ValueError("the first element is not 'vertex'")
+                        raise UsageError("the first element is not 'vertex'")
                     first = False
                 elif words[:1] == ["property"] and in_vertex:
                     if words[1] == "list":
-                        raise ValueError("list properties on vertices")
+                        raise UsageError("list properties on vertices")
                     props.append((words[2], "<" + _PLY_NUMPY[words[1]]))
             if count < 0 or not {"x", "y", "z"} <= {n for n, _ in props}:
-                raise ValueError("no vertex element with x, y, z")
+                raise UsageError("no vertex element with x, y, z")
             dtype = np.dtype(props)
             if fmt == "binary_little_endian":
                 data = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype, count=count)
@@ -417,9 +418,9 @@ def read_ply(path: Path) -> LabelledCloud:
                 for i, name in enumerate(dtype.names):
                     data[name] = rows[:, i]
             else:
-                raise ValueError(f"unsupported format {fmt!r} (binary_little_endian or ascii)")
+                raise UsageError(f"unsupported format {fmt!r} (binary_little_endian or ascii)")
     except (OSError, ValueError, KeyError, IndexError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable PLY point cloud ({exc})") from None
+        raise UsageError(f"{path}: not a readable PLY point cloud ({exc})") from None
     names = set(dtype.names)
     n = len(data)
     rgb = (
@@ -497,7 +498,7 @@ def load_export(path: Path) -> LabelledCloud:
     """Read back ``points.npz`` (or the export folder holding it)."""
     npz = path / "points.npz" if path.is_dir() else path
     if not npz.exists():
-        raise FileNotFoundError(f"{npz}: no exported point cloud here (run: ovseg3d export RUN)")
+        raise MissingFileError(f"{npz}: no exported point cloud here (run: ovseg3d export RUN)")
     d = np.load(npz)
     queries = [str(q) for q in d["queries"]]
     rel = {q: d["relevancy"][:, i] for i, q in enumerate(queries)} if queries else {}

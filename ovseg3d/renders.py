@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from ovseg3d.errors import UsageError
 from ovseg3d.export import query_slug
 from ovseg3d.images import colorize, colorize_depth, colorize_labels, label_palette, save_png
 from ovseg3d.teachers.base import CropEncoder
@@ -63,10 +64,10 @@ def render_run(run: Path, views: list[int] | None, queries: list[str], device_na
     views = views if views else scene.eval_ids
     bad = [v for v in views if not 0 <= v < len(scene)]
     if bad:
-        raise ValueError(f"view {bad[0]} is not in the scene (0..{len(scene) - 1})")
+        raise UsageError(f"view {bad[0]} is not in the scene (0..{len(scene) - 1})")
     loaded = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
     if queries and loaded is None:
-        raise ValueError(f"{run} has no semantic field (trained without --teacher): --query needs one")
+        raise UsageError(f"{run} has no semantic field (trained without --teacher): --query needs one")
     query_emb = negatives = None
     if queries and loaded is not None:
         enc = text_encoder(trainer.cfg.teachers, trainer.device)

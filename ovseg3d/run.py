@@ -21,12 +21,13 @@ import torch
 
 from ovseg3d import __version__
 from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, read_toml
+from ovseg3d.errors import UsageError
 
 RUN_FORMAT = 1
 GEOMETRY_CHECKPOINT = "geometry.pt"  # the radiance field as it was before distillation
 
 
-class RunError(ValueError):
+class RunError(UsageError):
     """A run folder that cannot be used; one line naming the folder or file."""
 
 

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from ovseg3d.errors import UsageError
+
 if TYPE_CHECKING:
     from ovseg3d.distill import Distiller
 
@@ -47,7 +49,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' requested but torch sees no CUDA GPU; use --device cpu")
+        raise UsageError(f"device '{name}' requested but torch sees no CUDA GPU; use --device cpu")
     return torch.device(name)
 
 
@@ -330,7 +332,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     if cfg.sem_weight_power <= 0:  # before anything is written
-        raise ValueError(f"--sem-weight-power {cfg.sem_weight_power}: must be above 0 (1 = the plain weights)")
+        raise UsageError(f"--sem-weight-power {cfg.sem_weight_power}: must be above 0 (1 = the plain weights)")
     cfg = dataclasses.replace(cfg, scene=Path(cfg.scene).resolve())
     fresh = not Path(cfg.output).exists()
     run = prepare_run(cfg)

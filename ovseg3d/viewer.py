@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ovseg3d.data.cameras import Cameras, opencv_to_opengl
+from ovseg3d.errors import UsageError
 from ovseg3d.export import LabelledCloud
 from ovseg3d.images import colorize, label_palette
 from ovseg3d.teachers.relevancy import CANONICAL_NEGATIVES, relevancy_from_cosines
@@ -42,9 +43,9 @@ def read_detections(path: Path) -> list[dict]:
         boxes = json.loads(path.read_text())["boxes"]
         for b in boxes:
             if len(b["center"]) != 3 or len(b["size"]) != 3 or not isinstance(b["class"], str):
-                raise ValueError("center and size need 3 numbers, class a name")
+                raise UsageError("center and size need 3 numbers, class a name")
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: not a detections file ({exc})") from None
+        raise UsageError(f"{path}: not a detections file ({exc})") from None
     return boxes
 
 
@@ -68,7 +69,7 @@ class CloudQueries:
     def relevancy(self, query: str) -> np.ndarray:
         """``[P]`` LERF relevancy of ``query`` in [0, 1] (0.5: no more the query than the closest negative)."""
         if not query.strip():
-            raise ValueError("empty query: type a few words, e.g. 'mug'")
+            raise UsageError("empty query: type a few words, e.g. 'mug'")
         cos = self.features @ torch.cat([self.encode([query]), self.negatives]).T  # unit features: [P, 1 + K]
         return relevancy_from_cosines(cos[:, :1], cos[:, 1:]).cpu().numpy()
 
@@ -81,11 +82,11 @@ class CloudQueries:
             return palette[np.clip(self.cloud.label, 0, len(palette) - 1)]
         if mode == "relevancy":
             if relevancy is None:
-                raise ValueError("relevancy colours need a query")
+                raise UsageError("relevancy colours need a query")
             heat = (colorize(relevancy, 0.5, 1.0) * 255).round().astype(np.uint8)
             dim = (self.cloud.rgb.astype(np.float32) * 0.35).astype(np.uint8)
             return np.where((relevancy > 0.5)[:, None], heat, dim)
-        raise ValueError(f"unknown colour mode {mode!r}; one of {', '.join(COLOUR_MODES)}")
+        raise UsageError(f"unknown colour mode {mode!r}; one of {', '.join(COLOUR_MODES)}")
 
     def visible(self, hidden: set[str]) -> np.ndarray:
         """``[P]`` bool: points whose class is not in ``hidden``."""
@@ -107,7 +108,7 @@ def load_queries(run: Path, max_points: int, device_name: str = "cpu", log=print
     trainer = load_trainer(run, device_name)
     loaded = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
     if loaded is None:
-        raise ValueError(f"{run} has no semantic field (trained with --teacher none): nothing to query")
+        raise UsageError(f"{run} has no semantic field (trained with --teacher none): nothing to query")
     distiller = loaded[0]
     npz = run / "export" / "points.npz"
     cloud = load_export(npz) if npz.exists() else None
@@ -277,11 +278,11 @@ class Viewer:
             return 0.3 * rgb + 0.7 * palette[labels]
         if kind == "relevancy":
             if not self.query:
-                raise ValueError("type a query first")
+                raise UsageError("type a query first")
             emb = self.q.encode([self.query])[0]
             rel = query_relevancy(feats, emb.to(feats.device), self.q.negatives.to(feats.device)).cpu().numpy()
             return overlay(rgb, rel)
-        raise ValueError(f"unknown image kind {kind!r}")
+        raise UsageError(f"unknown image kind {kind!r}")
 
     def _render_for(self, client) -> None:  # noqa: ANN001
         cam = client.camera

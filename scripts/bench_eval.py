@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import tyro
 
@@ -28,7 +29,7 @@ from ovseg3d.evaluate import evaluate_run
 
 @dataclass
 class Args:
-    runs: list[Path]
+    runs: Annotated[list[Path], tyro.conf.Positional]
     """Run folders (trained by ovseg3d train)."""
     caps: list[int] = field(default_factory=lambda: [0])
     """--max-samples-per-ray values to time (0 = every step)."""
@@ -58,20 +59,42 @@ def main(args: Args) -> None:
     for run in args.runs:
         if args.old_code is not None:
             m = run_old(args.old_code, run)
-            rows.append({"run": str(run), "code": str(args.old_code), "cap": 0, "seconds": round(m["wall"], 1),
-                         "psnr": m["psnr"], "ssim": m["ssim"], "n_views": m["n_views"], "pixels": pixels(m, run)})
+            rows.append(
+                {
+                    "run": str(run),
+                    "code": str(args.old_code),
+                    "cap": 0,
+                    "seconds": round(m["wall"], 1),
+                    "psnr": m["psnr"],
+                    "ssim": m["ssim"],
+                    "n_views": m["n_views"],
+                    "pixels": pixels(m, run),
+                }
+            )
         for cap in args.caps:
             start = time.perf_counter()
             m = evaluate_run(run, args.device, True, cap)
             seconds = time.perf_counter() - start
-            rows.append({"run": str(run), "code": "this", "cap": cap, "seconds": round(seconds, 1), "psnr": m["psnr"],
-                         "ssim": m["ssim"], "n_views": m["n_views"], "pixels": pixels(m, run)})
+            rows.append(
+                {
+                    "run": str(run),
+                    "code": "this",
+                    "cap": cap,
+                    "seconds": round(seconds, 1),
+                    "psnr": m["psnr"],
+                    "ssim": m["ssim"],
+                    "n_views": m["n_views"],
+                    "pixels": pixels(m, run),
+                }
+            )
     print(f"{'run':<22} {'code':<10} {'cap':>4} {'PSNR':>6} {'SSIM':>6} {'s':>7} {'s/view':>7} {'px/s':>8}")
     for r in rows:
         r["seconds_per_view"] = round(r["seconds"] / r["n_views"], 2)
         r["pixels_per_second"] = round(r["pixels"] / r["seconds"])
-        print(f"{Path(r['run']).name:<22} {Path(r['code']).name:<10} {r['cap']:>4} {r['psnr']:>6.2f} {r['ssim']:>6.3f} "
-              f"{r['seconds']:>7.1f} {r['seconds_per_view']:>7.2f} {r['pixels_per_second']:>8}")
+        print(
+            f"{Path(r['run']).name:<22} {Path(r['code']).name:<10} {r['cap']:>4} {r['psnr']:>6.2f} {r['ssim']:>6.3f} "
+            f"{r['seconds']:>7.1f} {r['seconds_per_view']:>7.2f} {r['pixels_per_second']:>8}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"threads": __import__("torch").get_num_threads(), "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -23,6 +23,7 @@ import numpy as np
 
 from ovseg3d.data.lenses import LENS_FISHEYE, LENS_OPENCV, LENS_PINHOLE
 from ovseg3d.data.scene import SceneError
+from ovseg3d.errors import UsageError
 
 # COLMAP model id -> (name, number of params). 0-10 are the classic models; 11-17 are newer COLMAP's (as in
 # pycolmap 4.2.1): read and written so that a model using them loads, refused by lens_of.
@@ -565,25 +566,25 @@ def _check_model(model: ColmapModel, binary: bool) -> None:
     """``ValueError`` for a model that COLMAP could not read back (checked before any file is written)."""
     for cid, cam in model.cameras.items():
         if cid != cam.camera_id:
-            raise ValueError(f"camera {cid}: its key and camera_id {cam.camera_id} differ")
+            raise UsageError(f"camera {cid}: its key and camera_id {cam.camera_id} differ")
         if cam.model not in MODEL_IDS:
-            raise ValueError(f"camera {cid}: unknown model {cam.model!r}")
+            raise UsageError(f"camera {cid}: unknown model {cam.model!r}")
         k = CAMERA_MODELS[MODEL_IDS[cam.model]][1]
         if np.asarray(cam.params).reshape(-1).size != k:
-            raise ValueError(f"camera {cid}: {cam.model} needs {k} params, got {np.asarray(cam.params).size}")
+            raise UsageError(f"camera {cid}: {cam.model} needs {k} params, got {np.asarray(cam.params).size}")
     for iid, image in model.images.items():
         if image.camera_id not in model.cameras:
-            raise ValueError(f"image {iid}: camera {image.camera_id} is not in the model's cameras")
+            raise UsageError(f"image {iid}: camera {image.camera_id} is not in the model's cameras")
         if iid != image.image_id:
-            raise ValueError(f"image {iid}: its key and image_id {image.image_id} differ")
+            raise UsageError(f"image {iid}: its key and image_id {image.image_id} differ")
         if not image.name or "\0" in image.name:
-            raise ValueError(f"image {iid}: name {image.name!r} cannot be written")
+            raise UsageError(f"image {iid}: name {image.name!r} cannot be written")
         if not binary and len(image.name.split()) != 1:
-            raise ValueError(f"image {iid}: name {image.name!r} has whitespace, which COLMAP's text format cannot hold")
+            raise UsageError(f"image {iid}: name {image.name!r} has whitespace, which COLMAP's text format cannot hold")
     p = len(model.points)
     shapes = [np.shape(model.points), np.shape(model.colors), np.shape(model.errors)]
     if shapes != [(p, 3), (p, 3), (p,)]:
-        raise ValueError(f"points, colors, errors must be [P, 3], [P, 3], [P]; got {shapes}")
+        raise UsageError(f"points, colors, errors must be [P, 3], [P, 3], [P]; got {shapes}")
 
 
 def write_model(folder: Path, model: ColmapModel, binary: bool = True) -> None:

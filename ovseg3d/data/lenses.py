@@ -41,6 +41,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ovseg3d.errors import UsageError
+
 LENS_PINHOLE, LENS_OPENCV, LENS_FISHEYE = 0, 1, 2
 LENS_KINDS = (LENS_PINHOLE, LENS_OPENCV, LENS_FISHEYE)
 N_COEFFS = 8
@@ -155,10 +157,10 @@ def _prepare(points: Tensor, kind: Tensor, coeffs: Tensor) -> tuple[Tensor, Tens
         raise TypeError(f"points must be floating point, got {points.dtype}")
     coeffs = torch.as_tensor(coeffs, dtype=points.dtype, device=points.device)
     if coeffs.shape[-1:] != (N_COEFFS,):
-        raise ValueError(f"coeffs must have shape [..., {N_COEFFS}], got {tuple(coeffs.shape)}")
+        raise UsageError(f"coeffs must have shape [..., {N_COEFFS}], got {tuple(coeffs.shape)}")
     kind = torch.as_tensor(kind, dtype=torch.long, device=points.device)
     if kind.numel() and bool(((kind < LENS_PINHOLE) | (kind > LENS_FISHEYE)).any()):
-        raise ValueError(f"unknown lens kind in {torch.unique(kind).tolist()}; known: {LENS_KINDS}")
+        raise UsageError(f"unknown lens kind in {torch.unique(kind).tolist()}; known: {LENS_KINDS}")
     return kind, coeffs
 
 

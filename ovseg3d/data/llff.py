@@ -15,6 +15,7 @@ import torch
 
 from ovseg3d.data.cameras import Cameras, llff_to_opengl, opengl_to_llff
 from ovseg3d.data.scene import SceneError
+from ovseg3d.errors import UsageError
 
 POSES_FILE = "poses_bounds.npy"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -81,7 +82,7 @@ def write_poses_bounds(
     c2w = np.asarray(c2w_gl, dtype=np.float64)
     n = c2w.shape[0]
     if c2w.shape != (n, 3, 4):
-        raise ValueError(f"c2w_gl must be [N, 3, 4], got {c2w.shape}")
+        raise UsageError(f"c2w_gl must be [N, 3, 4], got {c2w.shape}")
     hwf_arr = np.broadcast_to(np.asarray(hwf, dtype=np.float64), (n, 3))
     bounds = np.broadcast_to(np.asarray(near_far, dtype=np.float64), (n, 2))
     mats = np.concatenate([opengl_to_llff(c2w[:, :, :3]), c2w[:, :, 3:4], hwf_arr[:, :, None]], axis=-1)

@@ -47,6 +47,7 @@ from ovseg3d.data.nerfstudio import (
     warn_missing,
 )
 from ovseg3d.data.scene import GIVEN_BOUNDS, Scene, SceneError, SceneObject
+from ovseg3d.errors import UsageError
 
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -509,7 +510,7 @@ def split_views(
     train = the other views, or all views with ``train_on_annotated``; never empty (falls back to all views).
     """
     if holdout_every < 1:
-        raise ValueError(f"holdout_every must be >= 1, got {holdout_every}")
+        raise UsageError(f"holdout_every must be >= 1, got {holdout_every}")
     eval_ids = sorted(annotated) if annotated else [i for i in range(n_views) if i % holdout_every == 0]
     held = set(eval_ids)
     train_ids = [i for i in range(n_views) if train_on_annotated or i not in held]
@@ -554,9 +555,9 @@ def load_scene(
         SceneError: any problem with the input (one line naming the file).
     """
     if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 0:
-        raise ValueError(f"downscale must be an integer >= 0 (0 = from max_long_side), got {downscale!r}")
+        raise UsageError(f"downscale must be an integer >= 0 (0 = from max_long_side), got {downscale!r}")
     if holdout_every < 1:
-        raise ValueError(f"holdout_every must be >= 1, got {holdout_every}")
+        raise UsageError(f"holdout_every must be >= 1, got {holdout_every}")
     root = Path(root)
     if colmap_model is not None:
         model_dir, fmt = Path(colmap_model), "colmap"

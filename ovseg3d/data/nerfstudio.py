@@ -27,6 +27,7 @@ import torch
 from ovseg3d.data.cameras import Cameras
 from ovseg3d.data.lenses import LENS_FISHEYE, LENS_OPENCV, LENS_PINHOLE
 from ovseg3d.data.scene import SceneError
+from ovseg3d.errors import UsageError
 
 log = logging.getLogger("ovseg3d")
 
@@ -291,7 +292,7 @@ def write_transforms_json(
     """
     c2w = np.asarray(c2w_gl, dtype=np.float64)[:, :3, :4]
     if c2w.shape[1:] != (3, 4) or len(file_paths) != len(c2w):
-        raise ValueError(f"need [N, 3, 4] poses and N file paths, got {c2w.shape} and {len(file_paths)}")
+        raise UsageError(f"need [N, 3, 4] poses and N file paths, got {c2w.shape} and {len(file_paths)}")
     bottom = np.broadcast_to(np.array([0.0, 0.0, 0.0, 1.0]), (len(c2w), 1, 4))
     mats = np.concatenate([c2w, bottom], axis=1)
     meta: dict[str, Any] = {

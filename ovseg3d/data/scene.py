@@ -10,9 +10,10 @@ import torch
 from torch import Tensor
 
 from ovseg3d.data.cameras import Cameras
+from ovseg3d.errors import UsageError
 
 
-class SceneError(ValueError):
+class SceneError(UsageError):
     """Bad scene input. The message is one line and names the offending file."""
 
 

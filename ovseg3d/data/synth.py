@@ -49,6 +49,7 @@ from ovseg3d.data import colmap
 from ovseg3d.data.lenses import LENS_FISHEYE, LENS_OPENCV, LENS_PINHOLE, N_COEFFS, project, unproject
 from ovseg3d.data.llff import write_poses_bounds
 from ovseg3d.data.nerfstudio import write_transforms_json
+from ovseg3d.errors import UsageError
 
 GENERATOR = "ovseg3d.data.synth"
 STUFF_CLASSES = ("floor", "wall", "ceiling")
@@ -317,7 +318,7 @@ class SynthCameras:
         xy_d = torch.from_numpy(np.stack([x, y], axis=-1).reshape(-1, 2))
         d_cv, valid = unproject(xy_d, torch.tensor(self.lens), torch.from_numpy(np.asarray(self.coeffs, np.float64)))
         if not bool(valid.all()):
-            raise ValueError(
+            raise UsageError(
                 f"the {self.lens_name} lens {np.round(self.coeffs[:4], 6).tolist()} folds inside the image "
                 "(cannot be inverted there): lower --fov-deg or the distortion"
             )
@@ -749,7 +750,7 @@ def _draw_classes(cfg: SynthConfig, rng: np.random.Generator) -> list[str]:
     names = list(cfg.classes) or list(VOCABULARY)
     unknown = [n for n in names if n not in VOCABULARY]
     if unknown:
-        raise ValueError(f"unknown synth classes {unknown}; known: {sorted(VOCABULARY)}")
+        raise UsageError(f"unknown synth classes {unknown}; known: {sorted(VOCABULARY)}")
     drawn: list[str] = []
     while len(drawn) < cfg.n_objects:
         drawn += [names[i] for i in rng.permutation(len(names))]
@@ -785,7 +786,7 @@ def _place(radii: np.ndarray, heights: np.ndarray, cfg: SynthConfig, rng: np.ran
         if len(placed) == len(radii):
             return xy
         half *= 1.1
-    raise ValueError(f"could not place {len(radii)} objects without overlap; raise --spread")
+    raise UsageError(f"could not place {len(radii)} objects without overlap; raise --spread")
 
 
 def _plane(
@@ -920,7 +921,7 @@ def build_scene(cfg: SynthConfig) -> SynthScene:
     (deterministic in ``cfg.seed``)."""
     cfg = resolve_config(cfg)
     if cfg.n_objects < 1:
-        raise ValueError("n_objects must be at least 1")
+        raise UsageError("n_objects must be at least 1")
     rng = np.random.default_rng(cfg.seed)
     names = _draw_classes(cfg, rng)
     built = [VOCABULARY[n][0](rng) for n in names]
@@ -1010,16 +1011,16 @@ def lens_coefficients(cfg: SynthConfig) -> tuple[int, np.ndarray]:
     """The lens kind and ``[8]`` float64 coefficients (order of :mod:`.lenses`) of ``cfg.lens`` /
     ``cfg.distortion``; ``ValueError`` for an unknown lens or a wrong number of coefficients."""
     if cfg.lens not in LENSES:
-        raise ValueError(f"unknown lens {cfg.lens!r}; known: {', '.join(LENSES)}")
+        raise UsageError(f"unknown lens {cfg.lens!r}; known: {', '.join(LENSES)}")
     coeffs = np.zeros(N_COEFFS)
     if cfg.lens == "pinhole":
         if any(cfg.distortion):
-            raise ValueError("--distortion needs --lens opencv or --lens fisheye")
+            raise UsageError("--distortion needs --lens opencv or --lens fisheye")
         return LENS_PINHOLE, coeffs
     values = tuple(cfg.distortion) or DEFAULT_DISTORTION[cfg.lens]
     names = "K1 K2 P1 P2" if cfg.lens == "opencv" else "K1 K2 K3 K4"
     if len(values) != 4 or not np.isfinite(values).all():
-        raise ValueError(f"--distortion for the {cfg.lens} lens takes 4 finite numbers ({names}), got {list(values)}")
+        raise UsageError(f"--distortion for the {cfg.lens} lens takes 4 finite numbers ({names}), got {list(values)}")
     coeffs[:4] = values  # opencv k1 k2 p1 p2 and fisheye k1 k2 k3 k4 both fill the first four slots
     return LENSES[cfg.lens], coeffs
 
@@ -1033,7 +1034,7 @@ def _focal(cfg: SynthConfig, lens: int, coeffs: np.ndarray) -> float:
     edge = torch.tensor([math.sin(half), 0.0, math.cos(half)], dtype=torch.float64)
     xy, seen = project(edge, torch.tensor(lens), torch.from_numpy(coeffs))
     if not bool(seen) or float(xy[0]) <= 0:
-        raise ValueError(f"the {cfg.lens} lens cannot see {cfg.fov_deg} degrees across: lower --fov-deg")
+        raise UsageError(f"the {cfg.lens} lens cannot see {cfg.fov_deg} degrees across: lower --fov-deg")
     return cfg.width / 2 / float(xy[0])
 
 
@@ -1057,14 +1058,14 @@ def make_cameras(cfg: SynthConfig, scene: SynthScene) -> SynthCameras:
     margin = 0.1
     if np.any(eyes < scene.room_min + margin) or np.any(eyes > scene.room_max - margin):
         if scene.outdoor:
-            raise ValueError("cameras go below the ground or off it: change --elevation-deg / --orbit-distance")
-        raise ValueError("cameras leave the room: lower --distance / --orbit-distance or enlarge --room-size")
+            raise UsageError("cameras go below the ground or off it: change --elevation-deg / --orbit-distance")
+        raise UsageError("cameras leave the room: lower --distance / --orbit-distance or enlarge --room-size")
     if scene.outdoor and _inside_buildings(scene, eyes, margin):
-        raise ValueError("a camera is inside a building: lower --distance / --orbit-distance")
+        raise UsageError("a camera is inside a building: lower --distance / --orbit-distance")
     radii = np.array([0.5 * np.linalg.norm(o["size"]) for o in scene.objects])
     gaps = np.linalg.norm(eyes[:, None] - centers[None], axis=2) - radii[None]
     if np.any(gaps < margin):
-        raise ValueError("a camera is inside or touching an object: raise --distance / --orbit-distance")
+        raise UsageError("a camera is inside or touching an object: raise --distance / --orbit-distance")
     lens, coeffs = lens_coefficients(cfg)
     focal = _focal(cfg, lens, coeffs)
     c2w = look_at(eyes, looks)
@@ -1148,7 +1149,7 @@ def _local_normal(prim: Primitive, p: np.ndarray) -> np.ndarray:
         n[:, 1] = np.where(cap, 0.0, p[:, 1] / rho)
         n[:, 2] = np.where(cap, np.sign(p[:, 2]), 0.0)
     else:
-        raise ValueError(f"unknown primitive type {prim.kind!r}")
+        raise UsageError(f"unknown primitive type {prim.kind!r}")
     return n
 
 
@@ -1334,7 +1335,7 @@ def _primitive_distance(prim: Primitive, points: np.ndarray) -> np.ndarray:
         dx = np.maximum(np.abs(q[:, 0]) - half[0], 0.0)
         dy = np.maximum(np.abs(q[:, 1]) - half[1], 0.0)
         return np.sqrt(dx * dx + dy * dy + q[:, 2] ** 2)
-    raise ValueError(f"unknown primitive type {prim.kind!r}")
+    raise UsageError(f"unknown primitive type {prim.kind!r}")
 
 
 def surface_distance(scene_json: dict, points: np.ndarray) -> np.ndarray:
@@ -1445,14 +1446,14 @@ _OUTPUTS = (
 def _prepare_output(out: Path) -> None:
     """Create ``out``, or clear the files of a previous synth scene there; refuse anything else."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a folder")
+        raise UsageError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         try:
             previous = json.loads((out / "scene.json").read_text()).get("generator")
         except (OSError, ValueError, AttributeError):
             previous = None
         if previous != GENERATOR:
-            raise ValueError(f"{out} is not empty and holds no synth scene (scene.json); refusing to write there")
+            raise UsageError(f"{out} is not empty and holds no synth scene (scene.json); refusing to write there")
         for name in _OUTPUTS:
             path = out / name
             if path.is_dir():
@@ -1525,16 +1526,16 @@ def colmap_model(cams: SynthCameras, image_names: list[str], points: np.ndarray,
 
 def _check_format(cfg: SynthConfig) -> None:
     if cfg.supersample < 1 or cfg.n_views < 1:
-        raise ValueError("supersample and n_views must be at least 1")
+        raise UsageError("supersample and n_views must be at least 1")
     if cfg.format not in ("llff", "transforms", "colmap"):
-        raise ValueError(f"unknown format {cfg.format!r}; known: llff, transforms, colmap")
+        raise UsageError(f"unknown format {cfg.format!r}; known: llff, transforms, colmap")
     lens, _ = lens_coefficients(cfg)
     if cfg.format == "llff" and lens != LENS_PINHOLE:
-        raise ValueError(
+        raise UsageError(
             f"LLFF (poses_bounds.npy) has no lens model: use --format colmap or transforms with --lens {cfg.lens}"
         )
     if cfg.format == "colmap" and cfg.n_points < 1:
-        raise ValueError("n_points must be at least 1")
+        raise UsageError("n_points must be at least 1")
 
 
 def _lens_keys(cams: SynthCameras) -> dict:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ovseg3d.detect.metrics import rot_z
+from ovseg3d.errors import UsageError
 
 
 @dataclass
@@ -79,7 +80,7 @@ def fit_upright_box(xyz: np.ndarray, yaw: float | None = None, trim: float = 0.0
     every axis (fused points scatter about a surface), turned by ``yaw`` or, by default, by the yaw of least
     footprint area (:func:`min_area_yaw`, tighter than PCA's when only some sides were seen)."""
     if len(xyz) < 3:
-        raise ValueError("a box needs at least 3 points")
+        raise UsageError("a box needs at least 3 points")
     a = min_area_yaw(xyz[:, :2], trim=trim) if yaw is None else yaw
     mean = xyz[:, :2].mean(0)
     u0, u1, v0, v1 = (float(e[0]) for e in _extents(xyz[:, :2] - mean, np.array([a]), trim))

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ovseg3d.errors import UsageError
 from ovseg3d.teachers.base import CropEncoder, TeacherView
 
 DEPTH_TEMPLATES: tuple[str, ...] = (
@@ -75,7 +76,7 @@ def view_rotations(
     spaced azimuths ``azimuth_offset_deg + 360 i / n_views`` at ``elevation_deg``, plus one looking straight
     down (azimuth 0, elevation 90) last if ``top_view`` (``V = n_views + 1``). Up is +z of the points."""
     if n_views < 0 or (n_views == 0 and not top_view):
-        raise ValueError(f"need at least one view, got n_views={n_views}, top_view={top_view}")
+        raise UsageError(f"need at least one view, got n_views={n_views}, top_view={top_view}")
     rotations = [orbit_rotation(azimuth_offset_deg + 360.0 * i / n_views, elevation_deg) for i in range(n_views)]
     if top_view:
         rotations.append(orbit_rotation(0.0, 90.0))
@@ -86,7 +87,7 @@ def normalize_points(points: Tensor) -> Tensor:
     """``[N, 3]`` -> ``[N, 3]`` float32: bounding-box centre at the origin, farthest point at radius 1 (the
     bounding-box centre, unlike the mean, does not move with uneven sampling density)."""
     if points.ndim != 2 or points.shape[-1] != 3 or points.shape[0] == 0:
-        raise ValueError(f"expected a non-empty [N, 3] point cloud, got {tuple(points.shape)}")
+        raise UsageError(f"expected a non-empty [N, 3] point cloud, got {tuple(points.shape)}")
     p = points.detach().to(torch.float32)
     p = p - (p.amin(0) + p.amax(0)) / 2
     return p / p.norm(dim=1).amax().clamp_min(1e-12)
@@ -108,7 +109,7 @@ def bilateral_filter(
     with one. ``sigma_range = inf`` is a plain gaussian blur.
     """
     if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+        raise UsageError(f"kernel_size must be odd and positive, got {kernel_size}")
     if kernel_size == 1:
         return maps.clone() if mask is None else torch.where(mask, maps, torch.zeros_like(maps))
     shape = maps.shape
@@ -179,9 +180,9 @@ def project_depth_maps(
             ``bilateral_kernel = 1`` turns it off.
     """
     if dilate > 1 and dilate % 2 == 0:
-        raise ValueError(f"dilate must be odd, got {dilate}")
+        raise UsageError(f"dilate must be odd, got {dilate}")
     if depth_bins < 1 or size < 1:
-        raise ValueError(f"need depth_bins >= 1 and size >= 1, got {depth_bins}, {size}")
+        raise UsageError(f"need depth_bins >= 1 and size >= 1, got {depth_bins}, {size}")
     p = normalize_points(points)
     if rotations is None:
         rotations = view_rotations(n_views, elevation_deg, top_view)
@@ -230,7 +231,7 @@ class ViewClassifier:
 
     def __init__(self, encoder: CropEncoder, templates: Sequence[str], logit_scale: float = 100.0) -> None:
         if not templates:
-            raise ValueError("need at least one template")
+            raise UsageError("need at least one template")
         self.encoder = encoder
         self.templates = tuple(templates)
         self.logit_scale = logit_scale
@@ -244,7 +245,7 @@ class ViewClassifier:
         """``[C, D]`` unit class embeddings, the template average of each class (cached per class list)."""
         key = tuple(class_names)
         if not key:
-            raise ValueError("need at least one class name")
+            raise UsageError("need at least one class name")
         if key not in self._text_cache:
             texts = [t.format(name) for name in key for t in self.templates]
             emb = self.encoder.encode_text(texts).to(torch.float32)

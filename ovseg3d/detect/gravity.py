@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ovseg3d.errors import UsageError
+
 
 @dataclass
 class LocalPlanes:
@@ -68,14 +70,14 @@ def estimate_up(
     planes = voxel_normals(xyz, cell)
     flat = planes.planarity > 0.9
     if flat.sum() < 3:
-        raise ValueError("no flat surfaces found to estimate gravity from: give the up direction (--up X Y Z)")
+        raise UsageError("no flat surfaces found to estimate gravity from: give the up direction (--up X Y Z)")
     n, w = planes.normals[flat], planes.counts[flat].astype(np.float64)
     cands = n
     if hint is not None:
         hint = np.asarray(hint, np.float64) / np.linalg.norm(hint)
         near = np.abs(n @ hint) > np.cos(np.radians(hint_deg))
         if not near.any():
-            raise ValueError(f"no flat surface within {hint_deg:.0f} deg of the cameras' up: give --up X Y Z")
+            raise UsageError(f"no flat surface within {hint_deg:.0f} deg of the cameras' up: give --up X Y Z")
         cands = n[near]
     rng = np.random.default_rng(0)
     cands = cands[rng.choice(len(cands), min(256, len(cands)), replace=False)]

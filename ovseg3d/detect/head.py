@@ -34,6 +34,7 @@ from ovseg3d.detect.instances import clean_instance, connected_components, label
 from ovseg3d.detect.metrics import box_iou, rot_z
 from ovseg3d.detect.priors import SizePriors
 from ovseg3d.detect.scale import SceneScale, estimate_scale
+from ovseg3d.errors import UsageError
 from ovseg3d.export import LabelledCloud
 
 DETECTIONS_FORMAT = 1
@@ -320,14 +321,14 @@ def detect(
     :class:`~ovseg3d.detect.depthmaps.DepthMapClassifier`; ``up_hint``: e.g. the cameras' mean up; ``render``:
     a :class:`~ovseg3d.detect.rgbviews.RenderClassifier` of the run the cloud comes from."""
     if len(cloud) == 0:
-        raise ValueError("the point cloud is empty: nothing to detect")
+        raise UsageError("the point cloud is empty: nothing to detect")
     if not (math.isfinite(opts.scale) and opts.scale >= 0):
-        raise ValueError(f"--scale {opts.scale}: metres per scene unit must be positive (or 0 to estimate it)")
+        raise UsageError(f"--scale {opts.scale}: metres per scene unit must be positive (or 0 to estimate it)")
     t0 = time.perf_counter()
     priors = SizePriors.load(*opts.priors)
     vocabulary = list(opts.classes) or [c for c in cloud.classes if not priors.is_stuff(c)]
     if not vocabulary:
-        raise ValueError("no classes to detect: the cloud has no object classes; give --classes")
+        raise UsageError("no classes to detect: the cloud has no object classes; give --classes")
     depth = depth if opts.depth_classifier else None
     render = render if opts.render_classifier else None
     has_labels = bool((cloud.label >= 0).any())
@@ -335,12 +336,12 @@ def detect(
     open_cue = (text is not None and cloud.feature is not None) or image_cue
     unknown = [c for c in vocabulary if c not in cloud.classes]
     if unknown and not open_cue:
-        raise ValueError(
+        raise UsageError(
             f"unknown class {unknown[0]!r}: the cloud's classes are {cloud.classes}; other names need the "
             "distilled features (ovseg3d export --features) or a CLIP model for the depth maps (--clip-model)"
         )
     if not has_labels and not image_cue:
-        raise ValueError("the cloud has no labels: naming its objects needs a CLIP model (--clip-model NAME|PATH)")
+        raise UsageError("the cloud has no labels: naming its objects needs a CLIP model (--clip-model NAME|PATH)")
 
     xyz = cloud.xyz.astype(np.float64)
     spacing = cloud.voxel_size or point_spacing(xyz)

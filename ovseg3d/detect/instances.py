@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ovseg3d.errors import UsageError
+
 _HALF_NEIGHBOURS = [d for d in itertools.product((-1, 0, 1), repeat=3) if d > (0, 0, 0)]  # 13 of the 26
 
 
@@ -22,7 +24,7 @@ def connected_components(xyz: np.ndarray, eps: float) -> np.ndarray:
         return np.zeros(0, np.int64)
     keys = np.floor((xyz - xyz.min(0)) / eps).astype(np.int64) + 1
     if keys.max() >= (1 << 21) - 1:
-        raise ValueError(f"the cloud spans more than 2M voxels of {eps:g} along an axis: use a larger spacing")
+        raise UsageError(f"the cloud spans more than 2M voxels of {eps:g} along an axis: use a larger spacing")
     codes, inv = np.unique(_pack(keys), return_inverse=True)
     ukeys = np.stack([codes >> 42, (codes >> 21) & ((1 << 21) - 1), codes & ((1 << 21) - 1)], 1)
     pairs = []

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ovseg3d.errors import UsageError
+
 # ------------------------------------------------------------------------------------------------ geometry
 
 
@@ -180,7 +182,7 @@ def mean_ap(
     Detections of classes without a GT have no AP and do not enter the mean. Raises ``ValueError`` without GT.
     """
     if len(gts) == 0:
-        raise ValueError("mean_ap needs at least one ground-truth box (got none)")
+        raise UsageError("mean_ap needs at least one ground-truth box (got none)")
     per_class = {
         cls: 100.0 * average_precision(scores, is_tp, n_gt)
         for cls, (scores, is_tp, n_gt) in match_detections(dets, gts, iou_thr).items()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ovseg3d.errors import UsageError
+
 SHIPPED = Path(__file__).with_name("size_priors.json")
 
 
@@ -31,13 +33,13 @@ class SizePriors:
                 for name, entry in table.get("classes", {}).items():
                     size = np.asarray(entry["size"], np.float64)
                     if size.shape != (3,) or (size <= 0).any():
-                        raise ValueError(f"class {name!r}: size must be 3 positive numbers")
+                        raise UsageError(f"class {name!r}: size must be 3 positive numbers")
                     priors.sizes[name.lower()] = size
                     if "symmetric" in entry:
                         priors.symmetric[name.lower()] = bool(entry["symmetric"])
                 priors.stuff |= {s.lower() for s in table.get("stuff", [])}
             except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path}: not a size-prior table ({exc})") from None
+                raise UsageError(f"{path}: not a size-prior table ({exc})") from None
         return priors
 
     def is_stuff(self, name: str) -> bool:

@@ -11,6 +11,7 @@ import torch
 from ovseg3d.data.loader import camera_up
 from ovseg3d.detect.head import DetectOptions, DetectResult, detect, write_detections
 from ovseg3d.detect.metrics import viewpoint
+from ovseg3d.errors import MissingFileError, UsageError
 from ovseg3d.export import LabelledCloud, load_export, read_ply
 
 
@@ -28,13 +29,13 @@ class Source:
 def load_source(path: Path, device: torch.device, log=print) -> Source:  # noqa: ANN001
     """A run folder (its ``export/points.npz``), an export folder, or a ``.ply`` / ``.npz`` file."""
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such run folder or point cloud file")
+        raise MissingFileError(f"{path}: no such run folder or point cloud file")
     if path.is_file():
         if path.suffix.lower() == ".ply":
             return Source(read_ply(path))
         if path.suffix.lower() == ".npz":
             return Source(load_export(path))
-        raise ValueError(f"{path}: not a point cloud (.ply or ovseg3d's points.npz) nor a run folder")
+        raise UsageError(f"{path}: not a point cloud (.ply or ovseg3d's points.npz) nor a run folder")
     if (path / "points.npz").exists():
         return Source(load_export(path))
     from ovseg3d.data.loader import read_cameras
@@ -44,7 +45,7 @@ def load_source(path: Path, device: torch.device, log=print) -> Source:  # noqa:
     check_run(path)
     npz = path / "export" / "points.npz"
     if not npz.exists():
-        raise FileNotFoundError(f"{npz}: the run has no exported cloud yet (run: ovseg3d export {path} --features)")
+        raise MissingFileError(f"{npz}: the run has no exported cloud yet (run: ovseg3d export {path} --features)")
     cloud = load_export(npz)
     cfg = load_run_config(path)
     text = None
@@ -117,7 +118,7 @@ def run_detect(
     extra: dict[int, dict[str, float]] = {}
     if view is not None:
         if src.c2w is None or not 0 <= view < len(src.c2w):
-            raise ValueError(f"--view {view}: needs a run folder with a view of that index")
+            raise UsageError(f"--view {view}: needs a run folder with a view of that index")
         cam = opencv_c2w(src.c2w[view])
         for i, d in enumerate(result.detections):
             a, e, t, dist = viewpoint(d.rotation, d.center, cam)

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ovseg3d.errors import UsageError
+
 PRIMES = (1, 2654435761, 805459861)
 _UINT32 = 0xFFFFFFFF
 # points encoded at a time without gradients on a CPU: 32k points' corner tables (about 4 MB) stay in cache,
@@ -285,7 +287,9 @@ class TorchHashGrid(nn.Module):
         out = torch.empty(len(x), self.output_dim, device=x.device)
         for s in range(0, len(x), NO_GRAD_CHUNK):
             rows, weights = self._indices(x[s : s + NO_GRAD_CHUNK], self.layout, buf)
-            out[s : s + NO_GRAD_CHUNK] = _HashGridFunction.apply(self.params, rows, weights, self.cfg.n_features_per_level)
+            out[s : s + NO_GRAD_CHUNK] = _HashGridFunction.apply(
+                self.params, rows, weights, self.cfg.n_features_per_level
+            )
         return out
 
 
@@ -324,7 +328,7 @@ def make_hash_grid(
 
     tcnn = accel.tcnn(device) if implementation in ("auto", "tcnn") else None
     if implementation == "tcnn" and tcnn is None:
-        raise RuntimeError("implementation='tcnn' needs tinycudann and a CUDA device; use 'torch' or 'auto'")
+        raise UsageError("implementation='tcnn' needs tinycudann and a CUDA device; use 'torch' or 'auto'")
     if tcnn is None:
         return TorchHashGrid(cfg, compile=compile).to(device)
     return tcnn.Encoding(3, cfg.tcnn_config()).to(device)

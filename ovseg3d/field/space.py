@@ -18,13 +18,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ovseg3d.errors import UsageError
+
 CONTRACTIONS = ("none", "sphere", "cube")
 MAX_RADIUS = 2.0 - 1e-3  # contracted radius of the farthest modelled point (1000 ROI half-sizes away)
 
 
 def check_contraction(kind: str) -> str:
     if kind not in CONTRACTIONS:
-        raise ValueError(f"contraction must be one of {', '.join(CONTRACTIONS)}, got {kind!r}")
+        raise UsageError(f"contraction must be one of {', '.join(CONTRACTIONS)}, got {kind!r}")
     return kind
 
 

@@ -8,10 +8,12 @@ from typing import Annotated, Literal
 
 import tyro
 
+from ovseg3d.errors import UsageError
+
 TeacherKind = Literal["auto", "none", "clip", "synthetic"]
 
 
-class TeacherError(ValueError):
+class TeacherError(UsageError):
     """A teacher that cannot be built or run (missing weights, bad model, scene without labels); one line."""
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +18,7 @@ import tyro
 
 from ovseg3d import __version__
 from ovseg3d.detect.head import DetectOptions
-from ovseg3d.errors import UsageError
+from ovseg3d.errors import UsageError, check_writable
 from ovseg3d.export import ExportOptions
 from ovseg3d.teachers.config import TeacherConfig
 
@@ -24,10 +27,13 @@ from ovseg3d.teachers.config import TeacherConfig
 class EvalArgs:
     """Render the held-out views of a run, print PSNR / SSIM, and write RUN/eval.json."""
 
-    run: Path = Path("runs/demo")
+    run: Path
     """Run folder written by ovseg3d train."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
+    force: bool = False
+    """Use the run even if its scene changed since training (images or poses that differ from the fingerprint
+    in RUN/run.json)."""
     renders: bool = True
     """Also write ground truth | render | depth panels to RUN/renders/."""
     max_samples_per_ray: int = 0
@@ -42,7 +48,7 @@ class ExtractArgs:
     sidecar saying how they were made). A matching cache is reused, an interrupted one continued, a stale
     one rebuilt. Previews go to CACHE/preview/."""
 
-    scene: Path = Path("scenes/demo")
+    scene: Path
     """Scene folder: 3D-OVS / LLFF (poses_bounds.npy), nerfstudio / instant-ngp (transforms.json) or COLMAP
     (images/ + sparse/0/)."""
     teachers: Annotated[TeacherConfig, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=TeacherConfig)
@@ -64,7 +70,7 @@ class RenderArgs:
     """Render views of a run: rgb, depth, segmentation with a legend and, for each --query, LERF relevancy
     over the rgb; PNGs in RUN/renders/."""
 
-    run: Path = Path("runs/demo")
+    run: Path
     """Run folder written by ovseg3d train."""
     views: list[int] = dataclasses.field(default_factory=list)
     """View indices to render (default: the held-out views)."""
@@ -72,6 +78,9 @@ class RenderArgs:
     """Free-text queries: one relevancy image each (needs a run trained with --teacher)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
+    force: bool = False
+    """Use the run even if its scene changed since training (images or poses that differ from the fingerprint
+    in RUN/run.json)."""
 
 
 @dataclass
@@ -81,13 +90,16 @@ class ExportArgs:
     optionally its CLIP feature. Writes RUN/export/points.ply (binary, for Open3D / MeshLab / CloudCompare),
     points.npz (everything) and points.json (classes, colours, queries)."""
 
-    run: Path = Path("runs/demo")
+    run: Path
     """Run folder written by ovseg3d train (with --teacher synthetic|clip)."""
     options: Annotated[ExportOptions, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=ExportOptions)
     output: Path | None = None
     """Folder for the files (default RUN/export)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
+    force: bool = False
+    """Use the run even if its scene changed since training (images or poses that differ from the fingerprint
+    in RUN/run.json)."""
 
 
 @dataclass
@@ -97,12 +109,13 @@ class ViewArgs:
     field from the browser's camera. Reads RUN/export/points.npz when it has features (ovseg3d export
     --features), else extracts the cloud first."""
 
-    run: Path = Path("runs/demo")
+    run: Path
     """Run folder written by ovseg3d train (with --teacher synthetic|clip)."""
     port: int = 8080
-    """Port of the web page (http://localhost:PORT)."""
-    host: str = "0.0.0.0"
-    """Interface to listen on (127.0.0.1: this machine only)."""
+    """Port of the web page (http://localhost:PORT), 1-65535; 0: any free port."""
+    host: str = "127.0.0.1"
+    """Interface to listen on: 127.0.0.1 is this machine only; 0.0.0.0 shares the scene (and renders of it)
+    with anyone who can reach this machine."""
     max_points: int = 200_000
     """Show at most this many points (a random subset)."""
     point_size: float = 0.0
@@ -120,7 +133,7 @@ class DetectArgs:
     unit: --scale, or estimated from the objects' sizes). Writes detections.json, which ovseg3d view draws and
     ovseg3d eval scores against a scene's objects.json."""
 
-    source: Path = Path("runs/demo")
+    source: Path
     """A run folder (reads RUN/export/points.npz; writes RUN/detections.json), an export folder, or a .ply /
     points.npz file (any PLY with x y z; labels and colours used when present)."""
     options: Annotated[DetectOptions, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=DetectOptions)
@@ -133,6 +146,9 @@ class DetectArgs:
     """Where to write detections.json (default: the run folder, or next to the cloud)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
+    force: bool = False
+    """Use the run even if its scene changed since training (images or poses that differ from the fingerprint
+    in RUN/run.json)."""
 
 
 def _positional(args: list[str], flag: str) -> list[str]:
@@ -140,6 +156,27 @@ def _positional(args: list[str], flag: str) -> list[str]:
     if args and not args[0].startswith("-"):
         return [flag, args[0], *args[1:]]
     return args
+
+
+def _given(args: list[str], *flags: str) -> bool:
+    return any(a == f or a.startswith(f + "=") for a in args for f in flags)
+
+
+def _require(args: list[str], flag: str, what: str, usage: str) -> None:
+    """One line asking for the folder a command works on (there is no default run or scene to fall back to)."""
+    if not _given(args, flag, "-h", "--help"):
+        raise UsageError(f"give the {what}: {usage}")
+
+
+def _at_least(option: str, value: float, low: float, note: str = "") -> None:
+    """Reject ``--option value`` below ``low`` before any work, in one line naming the option."""
+    if value < low:
+        raise UsageError(f"--{option} {value}: must be at least {low}{note}")
+
+
+def _within(option: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise UsageError(f"--{option} {value}: must be between {low} and {high}")
 
 
 def cmd_synth(args: list[str]) -> int:
@@ -158,15 +195,19 @@ def cmd_synth(args: list[str]) -> int:
         "through a pinhole, OpenCV or fisheye lens.",
     )
     if out is None:
-        print("ovseg3d synth: error: give the output folder: ovseg3d synth OUT [options]", file=sys.stderr)
-        return 2
+        raise UsageError("give the output folder: ovseg3d synth OUT [options]")
+    _at_least("width", cfg.width, 1)
+    _at_least("height", cfg.height, 1)
+    _at_least("n-objects", cfg.n_objects, 0)
+    _at_least("n-annotated", cfg.n_annotated, 0)
+    check_writable(out, "the output folder", "give another OUT", beside=True)  # written beside OUT, moved in
     path = synthesize(cfg, out)
     print(f"wrote {path}")
     return 0
 
 
 def cmd_train(args: list[str]) -> int:
-    from ovseg3d.config import TrainConfig, resolve_base
+    from ovseg3d.config import TrainConfig, read_toml, resolve_base
     from ovseg3d.run import load_run_config
     from ovseg3d.train import train
 
@@ -177,11 +218,20 @@ def cmd_train(args: list[str]) -> int:
     pre.add_argument("--output", type=Path, default=None)
     pre.add_argument("--resume", action="store_true")
     known, _ = pre.parse_known_args(args)
-    if known.resume and known.output is not None and (known.output / "config.toml").exists():
+    resumed = known.resume and known.output is not None and (known.output / "config.toml").exists()
+    if resumed:
         base = dataclasses.replace(load_run_config(known.output), resume=True)
     else:
         base = resolve_base(known.preset, known.config)
-    cfg = tyro.cli(TrainConfig, args=args, default=base, prog="ovseg3d train SCENE")
+    cfg = tyro.cli(TrainConfig, args=args, default=base, prog="ovseg3d train SCENE --output RUN")
+    # the scene and the run folder are asked for (no scenes/demo -> runs/demo by default); a --config file that
+    # names them (a copy of RUN/config.toml) or --resume of a run folder count as giving them
+    in_file = set(read_toml(known.config)) if known.config is not None else set()
+    if not (resumed or _given(args, "--scene") or "scene" in in_file):
+        raise UsageError("give the scene folder: ovseg3d train SCENE --output RUN")
+    if not (_given(args, "--output") or "output" in in_file):
+        raise UsageError(f"give the run folder to write: ovseg3d train {cfg.scene} --output RUN")
+    check_writable(cfg.output, "the run folder", "give a writable --output")
     train(cfg)
     return 0
 
@@ -191,7 +241,14 @@ def cmd_extract(args: list[str]) -> int:
     from ovseg3d.teachers.extract import describe, ensure_features, resolve_kind, teacher_scores
     from ovseg3d.train import resolve_device
 
-    a = tyro.cli(ExtractArgs, args=_positional(args, "--scene"), prog="ovseg3d extract SCENE")
+    args = _positional(args, "--scene")
+    _require(args, "--scene", "scene folder", "ovseg3d extract SCENE [options]")
+    a = tyro.cli(ExtractArgs, args=args, prog="ovseg3d extract SCENE")
+    _at_least("downscale", a.downscale, 0, " (0: from --max-long-side)")
+    _at_least("max-long-side", a.max_long_side, 0, " (0: full size)")
+    cache = a.teachers.cache_dir or a.scene / "features" / ("" if a.teachers.kind == "auto" else a.teachers.kind)
+    if a.scene.is_dir() and (a.force or not Path(cache).exists()):  # a complete cache may be read-only
+        check_writable(Path(cache), "the feature cache folder", "write it elsewhere with --cache-dir DIR")
     scene = load_scene(a.scene, a.downscale, max_long_side=a.max_long_side, colmap_model=a.colmap_model)
     if a.teachers.kind == "auto":
         a.teachers = dataclasses.replace(a.teachers, kind=resolve_kind(scene, print))
@@ -213,8 +270,17 @@ def cmd_extract(args: list[str]) -> int:
 def cmd_render(args: list[str]) -> int:
     from ovseg3d.renders import render_run
 
-    a = tyro.cli(RenderArgs, args=_positional(args, "--run"), prog="ovseg3d render RUN")
-    paths = render_run(a.run, a.views, a.query, a.device)
+    args = _positional(args, "--run")
+    _require(args, "--run", "run folder", "ovseg3d render RUN [options]")
+    a = tyro.cli(RenderArgs, args=args, prog="ovseg3d render RUN")
+    for v in a.views:
+        _at_least("views", v, 0)
+    if a.run.is_dir():
+        check_writable(a.run / "renders", "the renders folder", "copy the run to a writable folder")
+    from ovseg3d.run import allow_changed_scene
+
+    with allow_changed_scene(a.force):
+        paths = render_run(a.run, a.views, a.query, a.device)
     print(f"wrote {len(paths)} images to {a.run / 'renders'}")
     return 0
 
@@ -222,21 +288,51 @@ def cmd_render(args: list[str]) -> int:
 def cmd_eval(args: list[str]) -> int:
     from ovseg3d.evaluate import evaluate_run, format_table
 
-    a = tyro.cli(EvalArgs, args=_positional(args, "--run"), prog="ovseg3d eval RUN")
-    if a.max_samples_per_ray < 0:
-        raise UsageError(f"--max-samples-per-ray {a.max_samples_per_ray}: must be 0 (every step) or more")
-    metrics = evaluate_run(a.run, a.device, a.renders, a.max_samples_per_ray)
+    args = _positional(args, "--run")
+    _require(args, "--run", "run folder", "ovseg3d eval RUN [options]")
+    a = tyro.cli(EvalArgs, args=args, prog="ovseg3d eval RUN")
+    _at_least("max-samples-per-ray", a.max_samples_per_ray, 0, " (0: every step)")
+    if a.run.is_dir():  # writes RUN/eval.json, and RUN/renders/ unless --no-renders
+        hint = "copy the run to a writable folder"
+        check_writable(a.run, "the run folder", hint + " (eval writes RUN/eval.json)")
+        if a.renders:
+            check_writable(a.run / "renders", "the renders folder", hint + ", or --no-renders")
+    from ovseg3d.run import allow_changed_scene
+
+    with allow_changed_scene(a.force):
+        metrics = evaluate_run(a.run, a.device, a.renders, a.max_samples_per_ray)
     print(format_table(metrics))
     print(f"wrote {a.run / 'eval.json'}")
     return 0
 
 
+def _check_export_options(o: ExportOptions) -> None:
+    if o.spacing <= 0:
+        raise UsageError(f"--spacing {o.spacing}: must be positive (a share of the scene box's diagonal)")
+    _at_least("min-views", o.min_views, 1)
+    _within("min-opacity", o.min_opacity, 0.0, 1.0)
+    _at_least("max-spread", o.max_spread, 0.0, " (0: keep all)")
+    _at_least("min-agreeing", o.min_agreeing, 0)
+    _at_least("depth-tolerance", o.depth_tolerance, 0.0)
+    _at_least("view-stride", o.view_stride, 1)
+    _at_least("chunk", o.chunk, 1)
+
+
 def cmd_export(args: list[str]) -> int:
     from ovseg3d.export import extract_cloud, write_export
 
-    a = tyro.cli(ExportArgs, args=_positional(args, "--run"), prog="ovseg3d export RUN")
-    cloud = extract_cloud(a.run, a.options, a.device)
-    paths = write_export(cloud, a.output or a.run / "export", a.run, a.options)
+    args = _positional(args, "--run")
+    _require(args, "--run", "run folder", "ovseg3d export RUN [options]")
+    a = tyro.cli(ExportArgs, args=args, prog="ovseg3d export RUN")
+    _check_export_options(a.options)
+    out = a.output or a.run / "export"
+    if a.run.is_dir():
+        check_writable(out, "the export folder", "write it elsewhere with --output DIR", beside=True)
+    from ovseg3d.run import allow_changed_scene
+
+    with allow_changed_scene(a.force):
+        cloud = extract_cloud(a.run, a.options, a.device)
+    paths = write_export(cloud, out, a.run, a.options)
     counts = ", ".join(
         f"{c} {int((cloud.label == i).sum())}" for i, c in enumerate(cloud.classes) if (cloud.label == i).any()
     )
@@ -244,12 +340,39 @@ def cmd_export(args: list[str]) -> int:
     return 0
 
 
+def _check_detect_options(o: DetectOptions) -> None:
+    _at_least("eps", o.eps, 0.0, " (0: 3 x the point spacing)")
+    _at_least("min-points", o.min_points, 1)
+    _at_least("min-score", o.min_score, 0.0)
+    _at_least("scale", o.scale, 0.0, " (metres per scene unit; 0: estimated)")
+    _within("nms-iou", o.nms_iou, 0.0, 1.0)
+    _at_least("front-threshold", o.front_threshold, 0.0)
+    if o.up is not None and not any(o.up):
+        raise UsageError("--up 0 0 0: give a direction, e.g. --up 0 0 1")
+
+
 def cmd_detect(args: list[str]) -> int:
     from ovseg3d.detect.source import run_detect
     from ovseg3d.train import resolve_device
 
-    a = tyro.cli(DetectArgs, args=_positional(args, "--source"), prog="ovseg3d detect RUN|CLOUD")
-    result, path = run_detect(a.source, a.options, a.clip_model, a.view, a.output, resolve_device(a.device))
+    args = _positional(args, "--source")
+    _require(args, "--source", "run folder or point cloud", "ovseg3d detect RUN|CLOUD [options]")
+    a = tyro.cli(DetectArgs, args=args, prog="ovseg3d detect RUN|CLOUD")
+    _check_detect_options(a.options)
+    if a.view is not None:
+        _at_least("view", a.view, 0)
+    if a.output is not None:  # a file, or an existing folder to write detections.json into
+        folder = a.output if a.output.is_dir() else a.output.absolute().parent
+        check_writable(folder, "the folder of --output", "give a writable --output")
+    elif a.source.exists():  # detections.json goes into the run / export folder, or next to the cloud file
+        folder = a.source if a.source.is_dir() else a.source.parent
+        check_writable(folder, "the folder", "write detections.json elsewhere with --output FILE")
+    from ovseg3d.run import allow_changed_scene, check_scene
+
+    if a.source.is_dir() and (a.source / "run.json").is_file():  # a run folder: made from the same scene?
+        check_scene(a.source, a.force)
+    with allow_changed_scene(a.force):
+        result, path = run_detect(a.source, a.options, a.clip_model, a.view, a.output, resolve_device(a.device))
     for d in result.detections:
         pose = "symmetric" if d.symmetric else f"yaw {d.yaw * 57.29578:+.0f} deg"
         size = " x ".join(f"{v:.2f}" for v in d.size)
@@ -259,15 +382,26 @@ def cmd_detect(args: list[str]) -> int:
 
 
 def cmd_view(args: list[str]) -> int:
-    from ovseg3d.viewer import Viewer, load_queries
+    from ovseg3d.viewer import Viewer, check_listen, is_loopback, load_queries
 
-    a = tyro.cli(ViewArgs, args=_positional(args, "--run"), prog="ovseg3d view RUN")
+    args = _positional(args, "--run")
+    _require(args, "--run", "run folder", "ovseg3d view RUN [options]")
+    a = tyro.cli(ViewArgs, args=args, prog="ovseg3d view RUN")
+    _at_least("max-points", a.max_points, 1)
+    _at_least("point-size", a.point_size, 0.0, " (0: the export's voxel size)")
+    check_listen(a.host, a.port)  # before loading the run (which may extract its cloud for minutes)
     queries, trainer, distiller = load_queries(a.run, a.max_points, a.device)
     size = a.point_size or max(queries.cloud.voxel_size, 1e-3)
     viewer = Viewer(queries, trainer, distiller, a.host, a.port, size, a.run)
-    print(
-        f"ovseg3d view: {len(queries.cloud)} points of {a.run} at http://localhost:{viewer.server.get_port()} (Ctrl-C stops)"
-    )
+    port = viewer.server.get_port()
+    url_host = "localhost" if is_loopback(a.host) or a.host in ("0.0.0.0", "::", "") else a.host
+    print(f"ovseg3d view: {len(queries.cloud)} points of {a.run} at http://{url_host}:{port} (Ctrl-C stops)")
+    if not is_loopback(a.host):
+        print(
+            f"ovseg3d view: listening on {a.host or 'every interface'}:{port}: anyone who can reach this machine "
+            "can see the scene and render it (--host 127.0.0.1 keeps it to this machine)",
+            file=sys.stderr,
+        )
     try:
         viewer.server.sleep_forever()
     except KeyboardInterrupt:
@@ -300,13 +434,121 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ovseg3d.config import ConfigError
-    from ovseg3d.data.scene import SceneError
-    from ovseg3d.run import RunError
-    from ovseg3d.teachers.config import TeacherError
+# What each command leaves behind when Ctrl-C stops it (only train can be continued: --resume).
+INTERRUPTED = {
+    "synth": "nothing was written (the partial scene was removed; OUT is as it was)",
+    "extract": "the views extracted so far are kept in the cache: the same command continues from them",
+    "train": "the last checkpoint is kept: the same command with --resume continues from it",
+    "render": "the images written so far are in RUN/renders",
+    "eval": "RUN/eval.json was not updated (the renders written so far are in RUN/renders)",
+    "export": "nothing was written (a previous export is kept whole)",
+    "detect": "nothing was written",
+    "view": "stopped",
+}
+# What to do about an output folder that cannot be written, by command.
+WRITE_HINTS = {
+    "synth": "give another OUT",
+    "extract": "write the cache elsewhere with --cache-dir DIR",
+    "train": "give another --output",
+    "render": "copy the run to a writable folder",
+    "eval": "copy the run to a writable folder, or --no-renders",
+    "export": "write elsewhere with --output DIR",
+    "detect": "write elsewhere with --output FILE",
+    "view": "",
+}
+# How to use less memory, by command (all: --device cpu, where host memory is larger).
+MEMORY_HINTS = {
+    "synth": "a smaller --width / --height or --supersample",
+    "extract": "a smaller --clip-batch or --max-long-side",
+    "train": "fewer rays per step (--rays-per-step, --sem-rays), a smaller --eval-chunk or --max-long-side",
+    "render": "fewer --views",
+    "eval": "--max-samples-per-ray 64",
+    "export": "a smaller --chunk, a larger --view-stride",
+    "detect": "fewer --classes",
+    "view": "a smaller --max-points",
+}
 
+
+def _first_line(text: str) -> str:
+    lines = [s.strip() for s in str(text).strip().splitlines() if s.strip()]
+    return lines[0] if lines else ""
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT anywhere in the chain, or torch.save's ``[enforce fail at inline_container.cc]`` /
+    ``PytorchStreamWriter failed writing file`` (how a full disk reaches it)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "inline_container.cc" in text or "PytorchStreamWriter failed writing" in text or "file write failed" in text
+    )
+
+
+def _os_error_line(exc: OSError, hint: str) -> str:
+    """One line for a file-system error: the path, what went wrong, what to do."""
+    path = str(exc.filename) if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        path += f" -> {exc.filename2}"
+    what = exc.strerror or _first_line(str(exc)) or type(exc).__name__
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
+        return f"{path or 'a file'}: {why}: " + (f"{hint}, or make it writable" if hint else "check its permissions")
+    if isinstance(exc, FileExistsError):
+        return f"{path}: already exists; remove it" + (f" or {hint}" if hint else "")
+    if isinstance(exc, IsADirectoryError):
+        return f"{path}: is a folder where a file was expected"
+    if isinstance(exc, NotADirectoryError):
+        return f"{path}: a part of it is a file where a folder was expected"
+    if isinstance(exc, FileNotFoundError):
+        return f"{path}: no such file or folder"
+    return f"{path}: {what}" if path else f"{type(exc).__name__}: {what}"
+
+
+def _explain(name: str, exc: Exception) -> tuple[str, int]:
+    """The one line for an expected failure (exit 2), or the bug line (exit 1; the caller shows the
+    traceback)."""
+    if isinstance(exc, UsageError):
+        return f"error: {exc}", 2
+    hint = WRITE_HINTS.get(name, "")
+    if _is_disk_full(exc):
+        where = f" writing {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
+        return f"error: no space left on the device{where}: free some disk space" + (f", or {hint}" if hint else ""), 2
+    if _is_out_of_memory(exc):
+        more = MEMORY_HINTS.get(name, "")
+        return f"error: out of memory ({_first_line(exc)[:160]}): try {more + ', or ' if more else ''}--device cpu", 2
+    if isinstance(exc, OSError):
+        return f"error: {_os_error_line(exc, hint)}", 2
+    return (
+        f"internal error: {type(exc).__name__}: {_first_line(exc)[:200]}. This is a bug in ovseg3d (or a library "
+        f"under it): please report it with the traceback above and the version ({__version__})",
+        1,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ovseg3d [--debug] COMMAND [options]``. A failure the user can fix (bad input or options, a file or
+    folder that cannot be read or written, a full disk, out of memory) is one line and exit status 2; anything
+    else is a bug: its traceback, one line saying so, and exit status 1. ``--debug`` (anywhere) or
+    ``OVSEG3D_DEBUG=1`` shows the traceback of every failure."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = os.environ.get("OVSEG3D_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+    if "--debug" in argv:
+        debug, argv = True, [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -319,12 +561,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[name][0](rest)
-    except (SceneError, RunError, ConfigError, TeacherError, ValueError, RuntimeError, FileNotFoundError) as exc:
-        print(f"ovseg3d {name}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(f"ovseg3d {name}: interrupted (the last checkpoint is kept; --resume continues)", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"ovseg3d {name}: interrupted: {INTERRUPTED[name]}", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - every failure ends here: one line, or a bug's traceback
+        line, code = _explain(name, exc)
+        if debug or code == 1:
+            traceback.print_exc()
+        print(f"ovseg3d {name}: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 A train config is resolved in this order, each layer overriding the one before:
 dataclass defaults < preset file (``--preset NAME`` -> ``configs/NAME.toml``) < ``--config FILE``
 < command-line flags. The resolved config is written to ``RUN/config.toml``.
+
+The presets are read through importlib.resources from the package ``ovseg3d.configs``: pyproject.toml installs
+the top-level ``configs/`` folder as that package, so editable and non-editable installs both find them.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import tomllib
 import tyro
 
 from ovseg3d.errors import UsageError
@@ -22,7 +27,8 @@ from ovseg3d.field.hashgrid import HashGridConfig
 from ovseg3d.field.radiance import FieldConfig
 from ovseg3d.teachers.config import TeacherConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESETS = "ovseg3d.configs"
+"""The package of the presets (the top-level configs/ folder, mapped by pyproject.toml)."""
 
 
 @dataclass
@@ -283,9 +289,9 @@ class ConfigError(UsageError):
     """A config file that cannot be used; one line naming the file."""
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path | Traversable) -> dict[str, Any]:
     try:
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
@@ -331,11 +337,18 @@ def apply_overrides(cfg: Any, values: dict[str, Any], source: Path | str) -> Any
     return dataclasses.replace(cfg, **typed)
 
 
-def preset_path(name: str) -> Path:
-    path = CONFIG_DIR / f"{name}.toml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
-        raise ConfigError(f"unknown preset '{name}' (known: {known}; presets live in {CONFIG_DIR})")
+def preset_names() -> list[str]:
+    """The presets shipped in the package (``configs/*.toml``)."""
+    return sorted(p.name.removesuffix(".toml") for p in resources.files(PRESETS).iterdir() if p.name.endswith(".toml"))
+
+
+def preset_path(name: str) -> Traversable:
+    """``configs/NAME.toml`` as installed in the package ``ovseg3d.configs`` (a Path in an installed tree)."""
+    folder = resources.files(PRESETS)
+    path = folder / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(preset_names())
+        raise ConfigError(f"unknown preset '{name}' (known: {known}; presets live in {folder})")
     return path
 
 
@@ -389,7 +402,8 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 def resolve_base(preset: str, config_file: Path | None) -> TrainConfig:
     """Defaults < preset < config file (command-line flags go on top, in the CLI)."""
-    cfg = apply_overrides(TrainConfig(), read_toml(preset_path(preset)), preset_path(preset))
+    path = preset_path(preset)
+    cfg = apply_overrides(TrainConfig(), read_toml(path), path)
     cfg = dataclasses.replace(cfg, preset=preset)
     if config_file is not None:
         values = {k: v for k, v in read_toml(config_file).items() if k not in ("config", "resume")}

@@ -1,4 +1,10 @@
-"""Image metrics and ``ovseg3d eval``: render the held-out views of a run and score them."""
+"""Image metrics and ``ovseg3d eval``: render the held-out views of a run and score them.
+
+Writes ``RUN/eval.json`` (metrics; other stages' keys kept) and, unless ``--no-renders``, per held-out view
+``RUN/renders/view_NNN.png`` (ground truth | render | depth) and per annotated view ``seg_eval_NNN.png``
+(image | ground truth | 2D teacher | ours). ``ovseg3d render`` writes other names (``rgb_``, ``depth_``,
+``seg_``, ``rel_``), so neither overwrites the other's pictures.
+"""
 
 from __future__ import annotations
 
@@ -49,14 +55,25 @@ def ssim(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5) -> 
     return float((num / den).mean())
 
 
-def update_eval_json(run: Path, metrics: dict) -> Path:
-    """Merge ``metrics`` into ``RUN/eval.json`` (keys written by other stages are kept)."""
+def update_eval_json(run: Path, metrics: dict, log=print) -> Path:  # noqa: ANN001
+    """Merge ``metrics`` into ``RUN/eval.json`` (keys written by other stages are kept), whole or not at all.
+    An unreadable file (truncated, not JSON, not an object) never costs the new metrics: one warning line,
+    and the file is replaced by them."""
+    from ovseg3d.atomic import write_json
+
     path = run / "eval.json"
-    current = json.loads(path.read_text()) if path.exists() else {}
+    current: dict = {}
+    if path.exists():
+        try:
+            current = json.loads(path.read_text())
+            if not isinstance(current, dict):
+                raise ValueError(f"a JSON {type(current).__name__}, not an object")
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            reason = " ".join(str(exc).split())[:120]
+            log(f"warning: {path} was unreadable ({reason}): writing this evaluation's metrics alone over it")
+            current = {}
     current.update(metrics)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(current, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, current)
     return path
 
 
@@ -95,7 +112,8 @@ def evaluate_run(run: Path, device_name: str = "auto", save_renders: bool = True
 
 def semantic_metrics(run: Path, trainer, save_renders: bool = True) -> dict:
     """3D segmentation and 2D-teacher scores on the annotated views (3D-OVS protocol); ``{}`` for a run
-    without a semantic field or a scene without annotations."""
+    without a semantic field or a scene without annotations. ``save_renders``: ``RUN/renders/seg_eval_NNN.png``,
+    image | ground truth | 2D teacher | ours per annotated view (``ovseg3d render`` writes ``seg_NNN.png``)."""
     from ovseg3d.distill import load_distiller
     from ovseg3d.images import colorize_labels, save_png, side_by_side
     from ovseg3d.run import latest_checkpoint, load_checkpoint
@@ -117,7 +135,7 @@ def semantic_metrics(run: Path, trainer, save_renders: bool = True) -> dict:
         for v in views:
             gt = torch.where(scene.segmentations[v].any(0), scene.segmentations[v].double().argmax(0), n)
             panel = side_by_side(scene.image_float(v), *(colorize_labels(x, n) for x in (gt, teacher[v], ours[v])))
-            save_png(run / "renders" / f"seg_{v:03d}.png", panel)
+            save_png(run / "renders" / f"seg_eval_{v:03d}.png", panel)
     return {
         "miou": m["miou"],
         "miou_gt_classes": m["miou_gt_classes"],

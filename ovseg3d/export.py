@@ -11,15 +11,23 @@ and, if asked, the CLIP feature.
 
 Files (world frame of the input poses, metres if the poses are)::
 
-    RUN/export/points.ply    binary little-endian PLY: x y z red green blue label confidence views rel_*
-    RUN/export/points.npz    everything, including per-class probabilities and (optional) float16 features
+    RUN/export/points.ply    binary little-endian PLY: x y z red green blue label confidence views prob_<i> rel_*
+    RUN/export/points.npz    everything: also the (optional) float16 features
     RUN/export/points.json   classes, label colours, queries, counts and how the points were made
+
+The PLY holds what ``ovseg3d detect`` reads from the NPZ (per-class probabilities ``prob_<i>``, the voxel size
+and the query texts in header comments), so both give the same boxes; only the features are the NPZ's alone.
+The three files are written into a hidden sibling folder (``RUN/.export.tmp-PID``) that then takes the place
+of ``RUN/export``: a failed or killed export leaves the previous one whole, never a mix of old and new files.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -328,9 +336,20 @@ def extract_cloud(run: Path, opts: ExportOptions, device_name: str = "auto", log
 # -- files -----------------------------------------------------------------------------------------------
 
 
+EXPORT_FILES = ("points.ply", "points.npz", "points.json")
+_OLD_STRAYS = ("points.tmp",)  # what the writers before the folder swap left behind on a failure
+
+
+def _ply_probs(cloud: LabelledCloud) -> bool:
+    """Whether the PLY gets one ``prob_<i>`` column per class (it does whenever the cloud has them)."""
+    return cloud.probs.ndim == 2 and cloud.probs.shape[1] == len(cloud.classes) > 0
+
+
 def ply_dtype(cloud: LabelledCloud) -> np.dtype:
     fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
     fields += [("label", "<i4"), ("confidence", "<f4"), ("views", "<i4")]
+    if _ply_probs(cloud):
+        fields += [(f"prob_{i}", "<f4") for i in range(len(cloud.classes))]
     fields += [(f"rel_{query_slug(q)}", "<f4") for q in cloud.relevancy]
     return np.dtype(fields)
 
@@ -338,25 +357,48 @@ def ply_dtype(cloud: LabelledCloud) -> np.dtype:
 _PLY_TYPES = {"<f4": "float", "u1": "uchar", "<i4": "int", "|u1": "uchar"}
 
 
+def _header_text(text: str) -> str:
+    """``text`` safe on one ASCII header line: backslashes, line breaks and non-ASCII characters escaped
+    (:func:`_unescape` undoes it)."""
+    return text.encode("unicode_escape").decode("ascii")
+
+
+def _unescape(text: str) -> str:
+    return text.encode("latin-1", "replace").decode("unicode_escape") if "\\" in text else text
+
+
 def write_ply(path: Path, cloud: LabelledCloud) -> None:
-    """Binary little-endian PLY with one ``vertex`` element (Open3D, MeshLab, CloudCompare read it)."""
+    """Binary little-endian PLY with one ``vertex`` element (Open3D, MeshLab, CloudCompare read it), whole or
+    not at all (written beside ``path``, then renamed over it).
+
+    Besides ``x y z red green blue label confidence views`` and the ``rel_<query>`` columns it carries what
+    :func:`read_ply` needs to give ``ovseg3d detect`` the same cloud as ``points.npz``: the per-class
+    probabilities (``prob_<i>``, class ``i`` of the ``comment class i NAME`` lines; float16 values stored as
+    float), the fusion's voxel edge (``comment voxel_size``) and the query texts (``comment query SLUG TEXT``).
+    Only the CLIP features are left to the ``.npz``."""
+    from ovseg3d.atomic import replacing
+
     dtype = ply_dtype(cloud)
     data = np.empty(len(cloud), dtype=dtype)
     data["x"], data["y"], data["z"] = cloud.xyz.T
     data["red"], data["green"], data["blue"] = cloud.rgb.T
     data["label"], data["confidence"], data["views"] = cloud.label, cloud.confidence, cloud.views
+    if _ply_probs(cloud):
+        for i in range(len(cloud.classes)):
+            data[f"prob_{i}"] = cloud.probs[:, i]
     for q, values in cloud.relevancy.items():
         data[f"rel_{query_slug(q)}"] = values
     header = ["ply", "format binary_little_endian 1.0", f"comment ovseg3d {__version__}"]
-    header += [f"comment class {i} {name}" for i, name in enumerate(cloud.classes)]
+    header += [f"comment class {i} {_header_text(name)}" for i, name in enumerate(cloud.classes)]
+    header += [f"comment query {query_slug(q)} {_header_text(q)}" for q in cloud.relevancy]
+    if cloud.voxel_size > 0:
+        header += [f"comment voxel_size {float(cloud.voxel_size)!r}"]
     header += [f"element vertex {len(cloud)}"]
     header += [f"property {_PLY_TYPES[dtype.fields[n][0].str]} {n}" for n in dtype.names]
     header += ["end_header"]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
+    with replacing(path) as f:
         f.write(("\n".join(header) + "\n").encode("ascii"))
         f.write(data.tobytes())
-    tmp.replace(path)
 
 
 _PLY_NUMPY = {
@@ -379,15 +421,31 @@ _PLY_NUMPY = {
 }
 
 
+def _label_probs(label: np.ndarray, conf: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-class probabilities of a PLY without ``prob_<i>`` columns (another tool's, or an export made before
+    the PLY carried them): the label's confidence, the rest spread evenly over the other classes (the most
+    even distribution with that label and confidence, so a weak label is not read as background)."""
+    probs = np.zeros((len(label), n_classes), np.float32)
+    ok = (label >= 0) & (label < n_classes)
+    if n_classes > 1:
+        probs[ok] = ((1.0 - conf[ok]) / (n_classes - 1)).clip(0, 1)[:, None]
+    probs[np.flatnonzero(ok), label[ok]] = conf[ok]
+    return probs.astype(np.float16)
+
+
 def read_ply(path: Path) -> LabelledCloud:
     """Any PLY point cloud (binary little-endian or ascii; the ``vertex`` element first): ``x y z``, and
     ``red green blue``, ``label`` (class names from ``comment class I NAME`` lines, as :func:`write_ply`
-    writes them) and ``confidence`` where present. Missing colours are grey, missing labels -1."""
+    writes them), ``confidence``, ``prob_<i>``, ``rel_<query>`` and ``comment voxel_size`` where present.
+    Missing colours are grey, missing labels -1; without ``prob_<i>`` columns the probabilities are made up
+    from the label and its confidence (:func:`_label_probs`)."""
     try:
         with open(path, "rb") as f:
             if f.readline().strip() != b"ply":
                 raise UsageError("no 'ply' magic line")
             fmt, count, props, classes, in_vertex, first = "", -1, [], {}, False, True
+            queries: dict[str, str] = {}
+            voxel_size = 0.0
             while (line := f.readline().decode("ascii", "replace").strip()) != "end_header":
                 if not line and f.peek(1) == b"":
                     raise UsageError("no end_header")
@@ -395,7 +453,11 @@ def read_ply(path: Path) -> LabelledCloud:
                 if words[:1] == ["format"]:
                     fmt = words[1]
                 elif words[:1] == ["comment"] and words[1:2] == ["class"] and len(words) >= 4:
-                    classes[int(words[2])] = " ".join(words[3:])
+                    classes[int(words[2])] = _unescape(line.split(maxsplit=3)[3])
+                elif words[:1] == ["comment"] and words[1:2] == ["query"] and len(words) >= 4:
+                    queries[words[2]] = _unescape(line.split(maxsplit=3)[3])
+                elif words[:1] == ["comment"] and words[1:2] == ["voxel_size"] and len(words) == 3:
+                    voxel_size = float(words[2])
                 elif words[:1] == ["element"]:
                     in_vertex = words[1] == "vertex" and first
                     if in_vertex:
@@ -419,8 +481,11 @@ def read_ply(path: Path) -> LabelledCloud:
                     data[name] = rows[:, i]
             else:
                 raise UsageError(f"unsupported format {fmt!r} (binary_little_endian or ascii)")
-    except (OSError, ValueError, KeyError, IndexError, UnicodeDecodeError) as exc:
+    except UsageError as exc:
         raise UsageError(f"{path}: not a readable PLY point cloud ({exc})") from None
+    except (OSError, ValueError, KeyError, IndexError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise UsageError(f"{path}: not a readable PLY point cloud ({reason}); write it again") from None
     names = set(dtype.names)
     n = len(data)
     rgb = (
@@ -429,14 +494,21 @@ def read_ply(path: Path) -> LabelledCloud:
         else np.full((n, 3), 128, np.uint8)
     )
     label = data["label"].astype(np.int32) if "label" in names else np.full(n, -1, np.int32)
-    n_classes = max(classes, default=-1) + 1
+    n_prob = 0
+    while f"prob_{n_prob}" in names:
+        n_prob += 1
+    n_classes = max(max(classes, default=-1) + 1, n_prob)
     names_list = [classes.get(i, f"class {i}") for i in range(n_classes)]
     if n_classes == 0 and (label >= 0).any():
         names_list = [f"class {i}" for i in range(int(label.max()) + 1)]
     conf = data["confidence"].astype(np.float32) if "confidence" in names else (label >= 0).astype(np.float32)
-    probs = np.zeros((n, len(names_list)), np.float16)
-    ok = (label >= 0) & (label < len(names_list))
-    probs[np.flatnonzero(ok), label[ok]] = conf[ok]
+    if n_prob and n_prob == len(names_list):
+        probs = np.stack([data[f"prob_{i}"] for i in range(n_prob)], 1).astype(np.float16)
+    else:
+        probs = _label_probs(label, conf, len(names_list))
+    relevancy = {
+        queries.get(name[4:], name[4:]): data[name].astype(np.float32) for name in dtype.names if name[:4] == "rel_"
+    }
     return LabelledCloud(
         xyz=np.stack([data["x"], data["y"], data["z"]], 1).astype(np.float32),
         rgb=rgb,
@@ -444,73 +516,116 @@ def read_ply(path: Path) -> LabelledCloud:
         label=label,
         confidence=conf,
         probs=probs,
-        relevancy={},
+        relevancy=relevancy,
         feature=None,
         classes=names_list,
+        voxel_size=voxel_size,
     )
+
+
+def _carried_over(out_dir: Path) -> list[Path]:
+    """The files of an existing ``out_dir`` that are not the export's own (a ``detections.json``, notes): they
+    are carried into the new export folder. A folder with sub-folders is not an export and is refused, so
+    that ``--output`` pointed at the wrong place replaces nothing."""
+    if not out_dir.exists():
+        return []
+    if not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: is a file, not a folder; give --output a new or empty folder")
+    extra = []
+    for p in sorted(out_dir.iterdir()):
+        if p.name in EXPORT_FILES or p.name in _OLD_STRAYS:
+            continue
+        if p.is_dir() or not p.is_file():
+            raise UsageError(f"{out_dir}: holds {p.name}/, which no export writes; give --output a new or empty folder")
+        extra.append(p)
+    return extra
 
 
 def write_export(cloud: LabelledCloud, out_dir: Path, run: Path, opts: ExportOptions) -> list[Path]:
-    """Write ``points.ply``, ``points.npz`` and ``points.json`` to ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ply, npz, sidecar = out_dir / "points.ply", out_dir / "points.npz", out_dir / "points.json"
-    write_ply(ply, cloud)
-    arrays = {
-        "xyz": cloud.xyz,
-        "rgb": cloud.rgb,
-        "views": cloud.views,
-        "label": cloud.label,
-        "confidence": cloud.confidence,
-        "probs": cloud.probs,
-        "classes": np.array(cloud.classes, dtype=str),
-        "voxel_size": np.float64(cloud.voxel_size),
-        "queries": np.array(list(cloud.relevancy), dtype=str),
-    }
-    if cloud.relevancy:
-        arrays["relevancy"] = np.stack(list(cloud.relevancy.values()), 1)
-    if cloud.feature is not None:
-        arrays["feature"] = cloud.feature
-    with open(npz.with_suffix(".tmp"), "wb") as f:
-        np.savez_compressed(f, **arrays)
-    npz.with_suffix(".tmp").replace(npz)
-    palette = (np.asarray(label_palette(len(cloud.classes))) * 255).round().astype(int).tolist()
-    info = {
-        "ovseg3d_version": __version__,
-        "export_format": EXPORT_FORMAT,
-        "run": str(run.resolve()),
-        "frame": "world frame of the input poses",
-        "n_points": len(cloud),
-        "classes": cloud.classes,
-        "label_colors": palette,
-        "queries": {q: f"rel_{query_slug(q)}" for q in cloud.relevancy},
-        "voxel_size": cloud.voxel_size,
-        "options": {k: v for k, v in vars(opts).items() if k != "chunk"},
-        "files": {"ply": ply.name, "npz": npz.name},
-        "label_counts": {
-            name: int((cloud.label == i).sum()) for i, name in enumerate(cloud.classes) if (cloud.label == i).any()
-        },
-    }
-    sidecar.write_text(json.dumps(info, indent=2) + "\n")
-    return [ply, npz, sidecar]
+    """Write ``points.ply``, ``points.npz`` and ``points.json`` to ``out_dir``, together: they are written into
+    a hidden sibling folder (``.export.tmp-PID``) that then takes the place of ``out_dir``
+    (:func:`ovseg3d.atomic.swapped_folder`), so a kill or a full disk leaves the previous export whole, or
+    none, and no temporary file. Other files of an existing ``out_dir`` are carried over."""
+    from ovseg3d.atomic import swapped_folder
+
+    out_dir = Path(out_dir)
+    extra = _carried_over(out_dir)
+    names = dict(zip(("ply", "npz", "json"), EXPORT_FILES))
+    with swapped_folder(out_dir) as tmp:
+        for p in extra:
+            shutil.copy2(p, tmp / p.name)
+        write_ply(tmp / names["ply"], cloud)
+        arrays = {
+            "xyz": cloud.xyz,
+            "rgb": cloud.rgb,
+            "views": cloud.views,
+            "label": cloud.label,
+            "confidence": cloud.confidence,
+            "probs": cloud.probs,
+            "classes": np.array(cloud.classes, dtype=str),
+            "voxel_size": np.float64(cloud.voxel_size),
+            "queries": np.array(list(cloud.relevancy), dtype=str),
+        }
+        if cloud.relevancy:
+            arrays["relevancy"] = np.stack(list(cloud.relevancy.values()), 1)
+        if cloud.feature is not None:
+            arrays["feature"] = cloud.feature
+        with open(tmp / names["npz"], "wb") as f:
+            np.savez_compressed(f, **arrays)
+        palette = (np.asarray(label_palette(len(cloud.classes))) * 255).round().astype(int).tolist()
+        info = {
+            "ovseg3d_version": __version__,
+            "export_format": EXPORT_FORMAT,
+            "run": str(run.resolve()),
+            "frame": "world frame of the input poses",
+            "n_points": len(cloud),
+            "classes": cloud.classes,
+            "label_colors": palette,
+            "queries": {q: f"rel_{query_slug(q)}" for q in cloud.relevancy},
+            "voxel_size": cloud.voxel_size,
+            "options": {k: v for k, v in vars(opts).items() if k != "chunk"},
+            "files": {"ply": names["ply"], "npz": names["npz"]},
+            "label_counts": {
+                name: int((cloud.label == i).sum()) for i, name in enumerate(cloud.classes) if (cloud.label == i).any()
+            },
+        }
+        (tmp / names["json"]).write_text(json.dumps(info, indent=2) + "\n")
+    return [out_dir / name for name in EXPORT_FILES]
+
+
+_PER_POINT = ("rgb", "views", "label", "confidence", "probs", "relevancy", "feature")
 
 
 def load_export(path: Path) -> LabelledCloud:
-    """Read back ``points.npz`` (or the export folder holding it)."""
+    """Read back ``points.npz`` (or the export folder holding it). A damaged or truncated file is one line."""
     npz = path / "points.npz" if path.is_dir() else path
     if not npz.exists():
         raise MissingFileError(f"{npz}: no exported point cloud here (run: ovseg3d export RUN)")
-    d = np.load(npz)
-    queries = [str(q) for q in d["queries"]]
-    rel = {q: d["relevancy"][:, i] for i, q in enumerate(queries)} if queries else {}
-    return LabelledCloud(
-        xyz=d["xyz"],
-        rgb=d["rgb"],
-        views=d["views"],
-        label=d["label"],
-        confidence=d["confidence"],
-        probs=d["probs"],
-        relevancy=rel,
-        feature=d["feature"] if "feature" in d else None,
-        classes=[str(c) for c in d["classes"]],
-        voxel_size=float(d["voxel_size"]),
-    )
+    again = "export it again (ovseg3d export RUN)"
+    try:
+        with np.load(npz) as d:
+            arrays = {k: d[k] for k in d.files}
+        queries = [str(q) for q in arrays["queries"]]
+        cloud = LabelledCloud(
+            xyz=arrays["xyz"],
+            rgb=arrays["rgb"],
+            views=arrays["views"],
+            label=arrays["label"],
+            confidence=arrays["confidence"],
+            probs=arrays["probs"],
+            relevancy={q: arrays["relevancy"][:, i] for i, q in enumerate(queries)} if queries else {},
+            feature=arrays.get("feature"),
+            classes=[str(c) for c in arrays["classes"]],
+            voxel_size=float(arrays["voxel_size"]),
+        )
+    except KeyError as exc:
+        raise UsageError(f"{npz}: not an ovseg3d point cloud (no {exc} array); {again}") from None
+    except (OSError, ValueError, EOFError, IndexError, TypeError, zipfile.BadZipFile, zlib.error) as exc:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise UsageError(f"{npz}: unreadable, truncated or damaged ({reason}); {again}") from None
+    n = len(cloud.xyz)
+    short = [k for k in _PER_POINT if k in arrays and len(arrays[k]) != n]
+    if cloud.xyz.ndim != 2 or cloud.xyz.shape[1] != 3 or short:
+        what = f"{short[0]} has {len(arrays[short[0]])} rows for {n} points" if short else "xyz is not [P, 3]"
+        raise UsageError(f"{npz}: damaged ({what}); {again}")
+    return cloud

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ovseg3d.atomic import write_bytes
+
 # Turbo colour map, sampled at 9 points and interpolated (perceptual rainbow for depth)
 _TURBO = np.array(
     [
@@ -54,10 +56,10 @@ def colorize_depth(depth: Tensor, opacity: Tensor) -> np.ndarray:
 
 
 def save_png(path: Path, img: Tensor | np.ndarray) -> None:
-    """Save a float ``[H, W, 3]`` image in [0, 1] (or uint8) as PNG, creating parent folders."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Save a float ``[H, W, 3]`` image in [0, 1] (or uint8) as PNG, creating parent folders; whole or not at
+    all (encoded in memory, written beside ``path`` and renamed over it)."""
     arr = img if isinstance(img, np.ndarray) and img.dtype == np.uint8 else to_uint8(img)
-    iio.imwrite(path, arr)
+    write_bytes(Path(path), iio.imwrite("<bytes>", arr, extension=".png"))
 
 
 def side_by_side(*images: np.ndarray | Tensor, gap: int = 2) -> np.ndarray:

@@ -1,7 +1,9 @@
 """``ovseg3d render RUN``: images of a trained run for people to look at.
 
 Per view: ``rgb_NNN.png``, ``depth_NNN.png``, ``seg_NNN.png`` (segmentation over the scene's classes with a
-legend) and ``rel_NNN_<query>.png`` (LERF relevancy of each ``--query`` text over the rgb).
+legend) and ``rel_NNN_<query>.png`` (LERF relevancy of each ``--query`` text over the rgb), in ``RUN/renders``.
+``ovseg3d eval`` writes its own names there (``view_NNN.png``, ``seg_eval_NNN.png``): neither overwrites the
+other's pictures.
 """
 
 from __future__ import annotations

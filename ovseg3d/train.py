@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,10 @@ if TYPE_CHECKING:
     from ovseg3d.distill import Distiller
 
 from ovseg3d import accel
-from ovseg3d.config import TrainConfig, write_toml
+from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, read_toml, write_toml
 from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
 from ovseg3d.data.loader import load_scene
-from ovseg3d.data.scene import GIVEN_BOUNDS, Scene
+from ovseg3d.data.scene import GIVEN_BOUNDS, Scene, check_poses
 from ovseg3d.field.radiance import RadianceField
 from ovseg3d.field.space import check_contraction, step_scale
 from ovseg3d.images import colorize_depth, save_png, side_by_side
@@ -35,11 +36,16 @@ from ovseg3d.render.volume import RaySamples
 from ovseg3d.run import (
     GEOMETRY_CHECKPOINT,
     RunError,
-    checkpoint_path,
+    check_run,
+    check_scene,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     load_run_config,
+    new_checkpoint_path,
     save_checkpoint,
+    trim_log,
+    write_checkpoint,
     write_run_info,
 )
 from ovseg3d.teachers.cache import TeacherFeatures
@@ -54,10 +60,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def scene_of(cfg: TrainConfig) -> Scene:
-    """The scene of a train config, loaded at its training size."""
-    return load_scene(
+    """The scene of a train config, loaded at its training size; poses that no training can use (a rotation
+    of all zeros, near >= far) are a one-line error naming the pose file."""
+    scene = load_scene(
         cfg.scene, cfg.downscale, cfg.train_on_annotated, cfg.holdout_every, cfg.max_long_side, cfg.colmap_model
     )
+    check_poses(scene, f"the COLMAP model {cfg.colmap_model}" if cfg.colmap_model is not None else None)
+    return scene
 
 
 def resolve_contraction(kind: str, scene: Scene) -> str:
@@ -296,18 +305,99 @@ class Trainer:
             torch.set_rng_state(state["rng"].cpu())
 
 
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# option -> (lowest, highest, whether the lowest is allowed); None: no bound on that side
+_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    **{k: (1, None, True) for k in ("steps", "distill_steps", "rays_per_step", "checkpoint_every", "log_every")},
+    **{k: (1, None, True) for k in ("eval_chunk", "render_steps", "occ_resolution", "occ_update_every")},
+    **{k: (1, None, True) for k in ("holdout_every", "n_levels", "base_resolution", "hidden_dim", "color_hidden_dim")},
+    **{k: (1, None, True) for k in ("latent_dim", "sem_levels", "sem_rays", "sem_max_resolution", "fda_stride")},
+    **{k: (1, 30, True) for k in ("log2_hashmap_size", "sem_log2_hashmap_size")},
+    "sh_degree": (1, 4, True),
+    "fda_patch_size": (2, None, True),
+    **{k: (0, None, True) for k in ("max_minutes", "distill_minutes", "threads", "downscale", "max_long_side")},
+    **{k: (0, None, True) for k in ("geo_feat_dim", "appearance_dim", "target_samples", "max_samples_per_ray")},
+    **{k: (0, None, True) for k in ("refine_samples", "occ_warmup", "sem_max_samples", "sem_refine_samples")},
+    **{k: (0, None, True) for k in ("fda_patches", "fda_ramp", "weight_decay", "distortion_weight")},
+    **{k: (0, None, True) for k in ("grad_scale_distance", "feature_weight", "rda_weight", "dino_weight")},
+    **{k: (0, None, True) for k in ("fda_pos_weight", "fda_neg_weight")},
+    **{k: (0, None, False) for k in ("lr", "sem_lr", "lr_final_factor", "sem_weight_power", "occ_threshold")},
+    **{k: (0, None, False) for k in ("rda_temperature", "rda_field_temperature", "fda_temperature")},
+    **{k: (0, 1, True) for k in ("joint_after", "fda_start", "occ_ema_decay", "occ_visibility_eps")},
+    **{k: (0, 1, True) for k in ("early_stop_eps", "alpha_thre", "sem_weight_eps", "near_plane")},
+}
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Refuse, in one line naming the option, a train config that would fail in its first steps (or never
+    end): counts below 1, rates and temperatures that are not above 0, shares outside 0..1, NaN."""
+    for name, (low, high, low_ok) in _RANGES.items():
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{_option(name)} {value!r}: must be a number")
+        if not math.isfinite(value):
+            raise UsageError(f"{_option(name)} {value}: must be a finite number")
+        if low is not None and (value < low or (value == low and not low_ok)):
+            need = f"at least {low}" if low_ok else f"above {low}"
+            raise UsageError(f"{_option(name)} {value}: must be {need}" + (f" (and at most {high})" if high else ""))
+        if high is not None and value > high:
+            raise UsageError(f"{_option(name)} {value}: must be at most {high}")
+    if cfg.n_features_per_level not in (1, 2, 4, 8):
+        raise UsageError(f"--n-features-per-level {cfg.n_features_per_level}: must be 1, 2, 4 or 8")
+    if cfg.sem_features_per_level not in (1, 2, 4, 8):
+        raise UsageError(f"--sem-features-per-level {cfg.sem_features_per_level}: must be 1, 2, 4 or 8")
+    if cfg.max_resolution < cfg.base_resolution:
+        raise UsageError(
+            f"--max-resolution {cfg.max_resolution}: must be at least --base-resolution {cfg.base_resolution}"
+        )
+
+
 def prepare_run(cfg: TrainConfig) -> Path:
-    """Create (or, with --resume, check) the run folder; never overwrites an existing run."""
+    """Create (or, with --resume, check) the run folder; never overwrites a run that saved a checkpoint. A run
+    folder whose training never saved one (made by an older ovseg3d that left it behind) is started over."""
     run = Path(cfg.output)
-    ckpt = latest_checkpoint(run) if run.exists() else None
+    if run.exists() and not run.is_dir():
+        raise RunError(f"--output {run} is a file, not a folder: choose another --output")
+    ckpts = list_checkpoints(run)
     if cfg.resume:
-        if ckpt is None:
-            raise RunError(f"--resume: {run} has no checkpoint to resume from")
+        if not run.is_dir():
+            raise RunError(f"--resume: {run} does not exist: train it first (ovseg3d train SCENE --output {run})")
+        check_run(run)
+        if not ckpts:
+            raise RunError(
+                f"--resume: {run} has no checkpoint to resume from (its training never saved one): "
+                f"train it again without --resume"
+            )
+        latest_checkpoint(run)  # a one-line error when none of them is readable
         return run
-    if ckpt is not None or (run / "run.json").exists():
+    if ckpts:
         raise RunError(f"{run} already holds a run: pass --resume to continue it, or choose another --output")
+    if (run / "run.json").exists():
+        tqdm.write(f"note: {run} holds a run that never saved a checkpoint: starting it over", file=sys.stderr)
+        _discard(run, fresh=False)
     run.mkdir(parents=True, exist_ok=True)
     return run
+
+
+_RUN_FILES = ("run.json", "config.toml", "log.jsonl", GEOMETRY_CHECKPOINT, "eval.json")
+_RUN_FOLDERS = ("checkpoints", "renders")
+
+
+def _discard(run: Path, fresh: bool) -> None:
+    """Remove what training wrote in ``run`` before its first checkpoint: the whole folder when this training
+    made it (``fresh``), else only the run's own files (and the folder, if that leaves it empty)."""
+    if fresh:
+        shutil.rmtree(run, ignore_errors=True)
+        return
+    for name in _RUN_FILES:
+        (run / name).unlink(missing_ok=True)
+    for name in _RUN_FOLDERS:
+        shutil.rmtree(run / name, ignore_errors=True)
+    if run.is_dir() and not any(run.iterdir()):
+        run.rmdir()
 
 
 def save_panel(run: Path, scene: Scene, view: int, out: RenderOutput) -> Path:
@@ -327,34 +417,30 @@ def save_renders(trainer: Trainer, run: Path, limit: int = 0) -> list[Path]:
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Run ``ovseg3d train``: returns the run folder."""
+    """Run ``ovseg3d train``: returns the run folder. Options are checked before anything is written, and a
+    training that fails before its first checkpoint leaves no run folder behind."""
+    validate_config(cfg)  # before anything is written
     accel.configure_cpu_allocator()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    if cfg.sem_weight_power <= 0:  # before anything is written
-        raise UsageError(f"--sem-weight-power {cfg.sem_weight_power}: must be above 0 (1 = the plain weights)")
     cfg = dataclasses.replace(cfg, scene=Path(cfg.scene).resolve())
     fresh = not Path(cfg.output).exists()
     run = prepare_run(cfg)
     try:
-        trainer, features = _start(cfg, run)
-    except BaseException:  # bad scene, missing teacher weights, ...: leave no empty run folder behind
-        if fresh and run.is_dir() and not any(run.iterdir()):
-            run.rmdir()
+        trainer, features, semantic = _start(cfg, run)
+        ran = _loop(trainer, run)
+    except BaseException:  # bad scene, missing teacher weights, a failed first step, Ctrl-C: no dead run folder
+        if not cfg.resume and not list_checkpoints(run):
+            _discard(run, fresh)
         raise
-    _loop(trainer, run)
-    geometry = checkpoint_path(run, trainer.step)
-    if not geometry.exists():
-        save_checkpoint(geometry, trainer.state_dict())
     if features is not None:
-        if not (run / GEOMETRY_CHECKPOINT).exists():  # the radiance field before distillation, to re-distil from
-            shutil.copyfile(geometry, run / GEOMETRY_CHECKPOINT)
+        if ran or not (run / GEOMETRY_CHECKPOINT).exists():  # the radiance field before distillation
+            write_checkpoint(run / GEOMETRY_CHECKPOINT, trainer.state_dict())
         from ovseg3d.distill import Distiller
 
         distiller = Distiller(trainer, features)
-        state = load_checkpoint(latest_checkpoint(run), trainer.device)  # type: ignore[arg-type]
-        if "semantic" in state:
-            distiller.load_state_dict(state["semantic"])
+        if semantic is not None:  # continuing a distillation (the geometry did not change since)
+            distiller.load_state_dict(semantic)
         distill_loop(distiller, run)
     paths = save_renders(trainer, run, limit=1)  # a preview: `ovseg3d eval` renders and scores them all
     preview = f"; a held-out view in {paths[0]} (ovseg3d eval {run}: all of them, scored)" if paths else ""
@@ -362,10 +448,13 @@ def train(cfg: TrainConfig) -> Path:
     return run
 
 
-def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None]:
-    """Load the scene and the teacher features, build (or restore) the trainer, write the run's files."""
+def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None, dict | None]:
+    """Load the scene and the teacher features, build (or restore) the trainer, write the run's files. Returns
+    the trainer, the teacher features (``None`` without a teacher) and, when a resumed run's geometry is done
+    and its checkpoint has one, the semantic field's state to continue the distillation from."""
     if cfg.resume:
         cfg = _resumed_config(cfg, run)
+        check_scene(run, resume=True)
     device = resolve_device(cfg.device)
     scene = scene_of(cfg)
     if cfg.teachers.kind == "auto":
@@ -379,8 +468,14 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
         features = ensure_features(scene, cfg.teachers, device)
     cfg = dataclasses.replace(cfg, contraction=resolve_contraction(cfg.contraction, scene))
     trainer = Trainer(cfg, scene, device)
+    semantic = None
     if cfg.resume:
-        trainer.load_state_dict(load_checkpoint(latest_checkpoint(run), device))  # type: ignore[arg-type]
+        state = load_checkpoint(latest_checkpoint(run), device)  # type: ignore[arg-type]
+        trainer.load_state_dict(state)
+        # more geometry steps to come: the distillation starts over on the new geometry
+        if trainer.done() and "semantic" in state:
+            semantic = state["semantic"]
+        trim_log(run, trainer.step, int(semantic["step"]) if semantic is not None else None)
     else:
         write_run_info(run, cfg)
     write_toml(cfg, run / "config.toml")
@@ -391,15 +486,93 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
     lo, hi = scene.aabb[:3].tolist(), scene.aabb[3:].tolist()
     box = " x ".join(f"[{a:.3g}, {b:.3g}]" for a, b in zip(lo, hi))
     tqdm.write(f"scene box {box}: {scene.bounds}; contraction beyond it: {cfg.contraction}")
-    return trainer, features
+    return trainer, features, semantic
+
+
+# what --resume may change: the schedule, how often to save and log, and where and how fast to run
+RESUME_MAY_CHANGE = (
+    "steps",
+    "max_minutes",
+    "distill_steps",
+    "distill_minutes",
+    "checkpoint_every",
+    "log_every",
+    "eval_chunk",
+    "device",
+    "threads",
+    "compile_grid",
+    "teachers.clip_batch",
+    "teachers.cache_dir",
+)
+_NOT_SETTINGS = ("output", "resume", "config")
+
+
+def _flat(cfg: TrainConfig) -> dict[str, object]:
+    """A config's settings as ``{key: value}``, nested configs as ``teachers.key``; the scene resolved."""
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update({f"{f.name}.{k}": v for k, v in dataclasses.asdict(value).items()})  # type: ignore[arg-type]
+        elif f.name == "scene":
+            out[f.name] = Path(value).resolve()
+        elif f.name not in _NOT_SETTINGS:
+            out[f.name] = value
+    return out
+
+
+def _given_settings(cfg: TrainConfig, kept: dict[str, object]) -> tuple[dict[str, object], set[str]]:
+    """The settings of a --resume invocation, a --config file's values over the run's saved ones ``kept`` and
+    the flags over them; and the keys that the file gives."""
+    given = _flat(cfg)
+    if cfg.config is None:
+        return given, set()
+    values = {k: v for k, v in read_toml(Path(cfg.config)).items() if k not in _NOT_SETTINGS}
+    try:
+        in_file = _flat(apply_overrides(TrainConfig(), values, cfg.config))
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    from_file = {k for k, v in values.items() if not isinstance(v, dict)}
+    from_file |= {f"{k}.{sub}" for k, v in values.items() if isinstance(v, dict) for sub in v}
+    for key in from_file:
+        if given[key] == kept[key]:  # no flag changed it
+            given[key] = in_file[key]
+    return given, from_file
 
 
 def _resumed_config(cfg: TrainConfig, run: Path) -> TrainConfig:
-    """The run's saved config with this invocation's schedule (so a run can be extended)."""
-
+    """The run's saved config with this invocation's schedule and other :data:`RESUME_MAY_CHANGE` settings (so
+    a run can be extended). Any other setting given that differs from the saved one (model flags, another
+    --preset, another SCENE, a --config file) is refused in one line listing them."""
     saved = load_run_config(run)
-    schedule = {k: getattr(cfg, k) for k in ("steps", "max_minutes", "distill_steps", "distill_minutes")}
-    return dataclasses.replace(saved, **schedule, resume=True, output=run)
+    kept, default = _flat(saved), _flat(TrainConfig())
+    given, from_file = _given_settings(cfg, kept)
+    # `ovseg3d train --resume` builds its config over the saved one, so whatever differs was given; a config
+    # built over the defaults (train() called with a fresh TrainConfig) only gives what differs from them
+    model_keys = [k for k in kept if k not in RESUME_MAY_CHANGE and k not in ("scene", "preset")]
+    over_defaults = all(given[k] == default[k] for k in model_keys if kept[k] != default[k])
+    if over_defaults and any(kept[k] != default[k] for k in model_keys):
+        candidates = [k for k in kept if given[k] != default[k] or k in from_file]
+    else:
+        candidates = list(kept)
+    differ = [k for k in candidates if k not in RESUME_MAY_CHANGE and given[k] != kept[k]]
+    if differ:
+        listed = ", ".join(f"{k} (saved {_show(kept[k])}, given {_show(given[k])})" for k in differ)
+        raise RunError(
+            f"--resume: {run} was trained with other settings: {listed}; drop them to continue the run as it was "
+            f"saved (only {', '.join(RESUME_MAY_CHANGE[:6])}, device, threads may change), or train a new run "
+            f"with another --output"
+        )
+    schedule = {k: given[k] for k in RESUME_MAY_CHANGE if "." not in k}  # flags over a --config file
+    teachers = {k.split(".")[1]: given[k] for k in RESUME_MAY_CHANGE if k.startswith("teachers.")}
+    teachers = dataclasses.replace(saved.teachers, **teachers)
+    return dataclasses.replace(saved, **schedule, teachers=teachers, resume=True, output=run)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
 
 
 def budget_bar(bar: tqdm, step: int, progress: float) -> None:
@@ -411,11 +584,19 @@ def budget_bar(bar: tqdm, step: int, progress: float) -> None:
             bar.total = total
 
 
-def _loop(trainer: Trainer, run: Path) -> None:
+def _loop(trainer: Trainer, run: Path) -> bool:
+    """The geometry steps left; saves a checkpoint every ``checkpoint_every`` steps and at the end. Returns
+    whether it ran any step."""
     cfg = trainer.cfg
+    start = trainer.step
     with open(run / "log.jsonl", "a") as log, tqdm(total=cfg.steps, initial=trainer.step, unit="step") as bar:
         while not trainer.done():
             stats = trainer.train_step()
+            if not math.isfinite(stats.loss):
+                raise RunError(
+                    f"step {trainer.step}: the loss is {stats.loss} (training diverged): lower --lr "
+                    f"{cfg.lr:g}, or check the scene's poses"
+                )
             budget_bar(bar, trainer.step, trainer.progress())
             bar.update(1)
             if trainer.step % cfg.log_every == 0 or trainer.done():
@@ -432,8 +613,10 @@ def _loop(trainer: Trainer, run: Path) -> None:
                     "occupied": round(trainer.grid.occupied_fraction(), 4),
                 }
                 log.write(json.dumps(record) + "\n")
-            if trainer.step % cfg.checkpoint_every == 0:
-                save_checkpoint(checkpoint_path(run, trainer.step), trainer.state_dict())
+                log.flush()
+            if trainer.step % cfg.checkpoint_every == 0 or trainer.done():
+                save_checkpoint(new_checkpoint_path(run, trainer.step), trainer.state_dict())
+    return trainer.step != start
 
 
 def distill_loop(distiller: Distiller, run: Path) -> None:
@@ -456,20 +639,21 @@ def distill_loop(distiller: Distiller, run: Path) -> None:
                     **vars(stats),
                 }
                 log.write(json.dumps(record) + "\n")
+                log.flush()
             if distiller.step % cfg.checkpoint_every == 0 or distiller.done():
                 state = {**geo.state_dict(), "semantic": distiller.state_dict()}
-                save_checkpoint(checkpoint_path(run, geo.step + distiller.step), state)
+                save_checkpoint(new_checkpoint_path(run, geo.step + distiller.step), state)
 
 
-def load_trainer(run: Path, device_name: str = "auto") -> Trainer:
-    """A Trainer restored from a run folder's latest checkpoint (for eval, render and export)."""
-    from ovseg3d.run import check_run
-
+def load_trainer(run: Path, device_name: str = "auto", force: bool = False) -> Trainer:
+    """A Trainer restored from a run folder's latest checkpoint (for eval, render and export). A run whose scene
+    changed since training is refused unless ``force`` (:func:`~ovseg3d.run.check_scene`)."""
     check_run(run)
     cfg = load_run_config(run)
     ckpt = latest_checkpoint(run)
     if ckpt is None:
         raise RunError(f"{run} has no checkpoint yet: train it first")
+    check_scene(run, force)
     device = resolve_device(device_name)
     scene = scene_of(cfg)
     trainer = Trainer(cfg, scene, device)

@@ -11,8 +11,11 @@ that queries and colours are testable and timeable without a browser.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
 import math
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +125,44 @@ def load_queries(run: Path, max_points: int, device_name: str = "cpu", log=print
     return CloudQueries(cloud, features, text_encoder(trainer.cfg.teachers, trainer.device)), trainer, distiller
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (127.x.x.x, ::1, localhost): nobody else can reach the viewer."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen(host: str, port: int) -> None:
+    """Fail in one line, before any work, if the viewer could not listen on ``host:port``: a port outside
+    1-65535 (0: any free port), a host that is not an interface of this machine, or a port in use (viser itself
+    would silently take the next free port, or hang on a bad one)."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port}: must be between 1 and 65535 (0: any free port)")
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise UsageError(f"--host {host}: not an address of this machine ({exc})") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise UsageError(
+                        f"--port {port}: already in use on {host} (another ovseg3d view?): choose another "
+                        "--port, or --port 0 for any free one"
+                    ) from None
+                if exc.errno in (errno.EACCES, errno.EPERM):
+                    raise UsageError(
+                        f"--port {port}: not allowed on {host} ({exc.strerror}): use a port >= 1024"
+                    ) from None
+                raise UsageError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+
+
 def box_orientation(box: dict) -> tuple[float, float, float, float]:
     """``wxyz`` of a detections box: its ``rotation`` (world-from-object, as ``ovseg3d detect`` writes it,
     right for any up direction) or else its ``yaw`` about +z."""
@@ -196,7 +237,11 @@ class Viewer:
         self.mode = "label" if queries.cloud.classes else "rgb"
         self.query, self.rel, self.hidden = "", None, set()
         self.last_query_ms = 0.0
+        check_listen(host, port)  # viser hangs on a port outside 0-65535 or a host it cannot bind
         self.server = viser.ViserServer(host=host, port=port, verbose=False)
+        if port and self.server.get_port() != port:  # taken since check_listen: viser moved to the next port
+            self.server.stop()
+            raise UsageError(f"--port {port}: already in use on {host}: choose another --port, or --port 0 for any")
         scene, gui = self.server.scene, self.server.gui
         self.points = scene.add_point_cloud(
             "/points", queries.cloud.xyz, self.q.colours(self.mode), point_size=point_size, point_shape="rounded"

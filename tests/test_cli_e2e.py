@@ -38,22 +38,23 @@ def test_train_writes_every_file_a_user_looks_at(trained):
     assert len(renders) == 1  # a preview of the first held-out view; eval renders them all
 
 
-def test_eval_writes_psnr_and_ssim(trained, capsys):
-    assert main(["eval", str(trained), "--device", "cpu"]) == 0
-    metrics = json.loads((trained / "eval.json").read_text())
+def test_eval_writes_psnr_and_ssim(trained, copy_run, capsys):
+    run = copy_run(trained)  # eval writes eval.json and renders into the run
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    metrics = json.loads((run / "eval.json").read_text())
     assert metrics["n_views"] == 2 and metrics["step"] == 20
-    assert len(list((trained / "renders").glob("view_*.png"))) == 2  # the two annotated views are held out
+    assert len(list((run / "renders").glob("view_*.png"))) == 2  # the two annotated views are held out
     assert 5.0 < metrics["psnr"] < 60.0 and -1.0 <= metrics["ssim"] <= 1.0
     assert "mean" in capsys.readouterr().out
 
 
-def test_eval_keeps_keys_written_by_other_stages(trained):
-    path = trained / "eval.json"
-    data = json.loads(path.read_text())
-    data["miou"] = 0.5
-    path.write_text(json.dumps(data))
-    assert main(["eval", str(trained), "--device", "cpu", "--no-renders"]) == 0
-    assert json.loads(path.read_text())["miou"] == 0.5
+def test_eval_keeps_keys_written_by_other_stages(trained, copy_run):
+    run = copy_run(trained)
+    path = run / "eval.json"
+    path.write_text(json.dumps({"miou": 0.5, "n_views": -1}))  # as the distillation's eval would leave it
+    assert main(["eval", str(run), "--device", "cpu", "--no-renders"]) == 0
+    metrics = json.loads(path.read_text())
+    assert metrics["miou"] == 0.5 and metrics["n_views"] == 2 and "psnr" in metrics
 
 
 def test_resume_continues_from_the_checkpoint_step(scenes, tmp_path):

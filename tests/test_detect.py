@@ -282,10 +282,10 @@ def test_detect_command_writes_what_eval_and_the_viewer_read(tmp_path):
     assert m["map50"] == 100.0 and m["pose_acc_pi6"] == 100.0
 
 
-def test_detect_and_eval_on_a_trained_run(exported):
+def test_detect_and_eval_on_a_trained_run(exported_copy):
     """The whole chain on the toy run (conftest.py): export -> detect -> eval adds the detection scores.
     The toy's 80x60 field is too rough for gravity from its floor (measured 15 deg off), so up is given."""
-    scene, run = exported
+    scene, run = exported_copy  # detect and eval write into the run
     assert main(["detect", str(run), "--up", "0", "0", "1", "--view", "0", "--device", "cpu"]) == 0
     boxes = json.loads((run / "detections.json").read_text())["boxes"]
     assert all("viewpoint" in b and 0 <= b["viewpoint"]["azimuth"] < 2 * math.pi for b in boxes)

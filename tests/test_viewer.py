@@ -86,10 +86,12 @@ def _wait_for(ws, accept, timeout: float = 60.0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def viewer(toy_run):
+def viewer(exported, module_copy_run):
+    """The viewer on a copy of the exported toy run (conftest.py): its cloud is RUN/export, and the detections
+    file written here stays in the copy."""
     from ovseg3d.viewer import Viewer
 
-    scene, run = toy_run
+    scene, run = exported[0], module_copy_run(exported[1])
     queries, trainer, distiller = load_queries(run, max_points=3000, device_name="cpu", log=lambda s: None)
     # the true objects as detections, in objects.json's own format
     objects = json.loads((scene / "objects.json").read_text())["objects"]
@@ -98,7 +100,6 @@ def viewer(toy_run):
     v = Viewer(queries, trainer, distiller, "127.0.0.1", _free_port(), 0.01, run)
     yield v
     v.stop()
-    (run / "detections.json").unlink()
 
 
 def test_a_malformed_detections_file_is_one_clear_error(tmp_path):

@@ -102,3 +102,54 @@ class Scene:
     def extent(self) -> float:
         """Length of the aabb diagonal: the scene's scale for tolerances."""
         return float(torch.linalg.norm(self.aabb[3:] - self.aabb[:3]))
+
+
+def pose_file(scene: Scene) -> str:
+    """The file (or folder) a scene's poses were read from, for messages."""
+    if scene.format == "llff":
+        return str(scene.root / "poses_bounds.npy")
+    if scene.format == "transforms":
+        return str(scene.root / "transforms.json")
+    return f"the COLMAP model of {scene.root}"
+
+
+def check_poses(scene: Scene, source: str | Path | None = None) -> None:
+    """Raise :class:`SceneError` (one line naming the pose file ``source``, default :func:`pose_file`) for poses
+    that no training can use: a non-finite camera matrix or one whose rotation part is not a rotation
+    (``|det|`` far from 1, e.g. all zeros), non-finite or non-positive focal lengths, and LLFF depth bounds
+    that are not finite or have ``near >= far`` or ``near < 0``."""
+    where = str(source) if source is not None else pose_file(scene)
+    cams = scene.cameras
+
+    def name(i: int) -> str:
+        image = scene.image_paths[i].name if i < len(scene.image_paths) else "?"
+        return f"view {i} ({image})"
+
+    c2w = cams.c2w.double()
+    finite = torch.isfinite(c2w).flatten(1).all(1)
+    if not bool(finite.all()):
+        i = int((~finite).nonzero()[0])
+        raise SceneError(f"{where}: {name(i)} has a camera pose with NaN or infinite values: fix or remove it")
+    det = torch.linalg.det(c2w[:, :, :3]).abs()
+    bad = (det - 1.0).abs() > 0.1
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise SceneError(
+            f"{where}: {name(i)} has a camera rotation with determinant {float(det[i]):.3g} (a rotation has 1 or "
+            f"-1; {int(bad.sum())} such poses): fix or remove them"
+        )
+    for label, focal in (("fx", cams.fx), ("fy", cams.fy)):
+        bad = ~torch.isfinite(focal) | (focal <= 0)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise SceneError(f"{where}: {name(i)} has focal length {label} = {float(focal[i]):g}: must be above 0")
+    if scene.near_far is not None:
+        nf = scene.near_far.double()
+        bad = ~torch.isfinite(nf).all(1) | (nf[:, 0] >= nf[:, 1]) | (nf[:, 0] < 0)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            near, far = (float(x) for x in nf[i])
+            raise SceneError(
+                f"{where}: {name(i)} has depth bounds near {near:g}, far {far:g}: need 0 <= near < far "
+                f"({int(bad.sum())} such views): fix or remove them"
+            )

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -1443,8 +1444,9 @@ _OUTPUTS = (
 )
 
 
-def _prepare_output(out: Path) -> None:
-    """Create ``out``, or clear the files of a previous synth scene there; refuse anything else."""
+def _check_output(out: Path) -> None:
+    """``out`` may be written: missing, empty, or a previous synth scene (whose files are replaced, others
+    kept); refuse anything else, before anything is rendered."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()):
@@ -1454,13 +1456,39 @@ def _prepare_output(out: Path) -> None:
             previous = None
         if previous != GENERATOR:
             raise UsageError(f"{out} is not empty and holds no synth scene (scene.json); refusing to write there")
-        for name in _OUTPUTS:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def _partial_folder(out: Path) -> Path:
+    """A fresh hidden sibling ``.NAME.tmp-PID`` of ``out`` to render into (the name :mod:`ovseg3d.atomic`
+    uses, so that what a killed synth leaves there is tidied by the next one)."""
+    from ovseg3d.atomic import recover_folder
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Make the complete scene in ``tmp`` the scene in ``out``: one rename if ``out`` is missing; else the
+    previous scene's files are replaced one by one (other files of ``out`` kept), ``scene.json`` last, so that
+    ``out`` holds a ``scene.json`` (and is accepted by the next synth) at every moment."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    for name in _OUTPUTS:
+        old, new = out / name, tmp / name
+        if name == "scene.json":
+            continue
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        elif old.exists() or old.is_symlink():
+            old.unlink()
+        if new.exists():
+            os.rename(new, old)
+    os.replace(tmp / "scene.json", out / "scene.json")
 
 
 def annotated_views(n_views: int, n_annotated: int) -> list[int]:
@@ -1568,7 +1596,8 @@ def synthesize(cfg: SynthConfig, out: Path) -> Path:
     points3D}.bin``, ``segmentations/`` (``classes.txt`` and masks of the annotated views), ``labels/``,
     ``instances/``, ``objects.json`` and ``scene.json``. Raises ``ValueError`` if ``out`` is non-empty and not a
     previous synth output, or for a lens that LLFF cannot hold. An outdoor scene's settings are first resolved
-    (:func:`resolve_config`) and written so into ``scene.json``.
+    (:func:`resolve_config`) and written so into ``scene.json``. The scene is rendered into a hidden sibling
+    folder and moved into ``out`` when complete: an interrupted or failed synth leaves ``out`` as it was.
     """
     out = Path(out)
     cfg = resolve_config(cfg)
@@ -1578,7 +1607,21 @@ def synthesize(cfg: SynthConfig, out: Path) -> Path:
     if cams.lens != LENS_PINHOLE:  # raises before anything is written if the lens folds inside the image
         cams.pixel_dirs(np.linspace(0.0, cfg.width, 4 * cfg.width + 1), np.array([0.0, cfg.height]))
         cams.pixel_dirs(np.array([0.0, cfg.width]), np.linspace(0.0, cfg.height, 4 * cfg.height + 1))
-    _prepare_output(out)
+    _check_output(out)
+    # rendered into a hidden sibling and moved into place at the end: Ctrl-C, an error or a full disk leaves
+    # ``out`` as it was (and the same command can run again), never a half-written scene
+    target = Path(os.path.realpath(out))
+    tmp = _partial_folder(target)
+    try:
+        _write_scene(cfg, scene, cams, tmp)
+        _move_into_place(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_scene(cfg: SynthConfig, scene: SynthScene, cams: SynthCameras, out: Path) -> None:
+    """Render every view of ``scene`` and write the scene's files into the empty folder ``out``."""
     digits = max(2, len(str(cfg.n_views - 1)))
     names = [f"{i:0{digits}d}" for i in range(cfg.n_views)]
     annotated = set(annotated_views(cfg.n_views, cfg.n_annotated))
@@ -1621,4 +1664,3 @@ def synthesize(cfg: SynthConfig, out: Path) -> Path:
     objects = {"up": [0.0, 0.0, 1.0], "objects": scene.objects}
     (out / "objects.json").write_text(json.dumps(objects, indent=2) + "\n")
     (out / "scene.json").write_text(json.dumps(scene_to_json(cfg, scene, cams), indent=1) + "\n")
-    return out

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ovseg3d.atomic import write_json
 from ovseg3d.detect.boxes import Box, face, fit_upright_box, front_yaw
 from ovseg3d.detect.gravity import estimate_up, gravity_rotation
 from ovseg3d.detect.instances import clean_instance, connected_components, label_instances, merge_pieces
@@ -190,6 +190,20 @@ class InstanceClassifier:
         return out
 
 
+def usable_cloud(cloud: LabelledCloud, name: str = "the point cloud", log=print) -> LabelledCloud:  # noqa: ANN001
+    """``cloud`` without its points whose coordinates are NaN or infinite (one line says how many went);
+    a :class:`UsageError` naming ``name`` when no point is left, or none was there."""
+    if len(cloud) == 0:
+        raise UsageError(f"{name}: empty, no points to detect in; export or write it again")
+    finite = np.isfinite(cloud.xyz).all(1)
+    if finite.all():
+        return cloud
+    if not finite.any():
+        raise UsageError(f"{name}: no point has finite coordinates (all NaN or infinite); export or write it again")
+    log(f"warning: {name}: left out {int((~finite).sum())} of {len(cloud)} points with NaN or infinite coordinates")
+    return cloud.subset(finite)
+
+
 Pieces = list[tuple[str, list[np.ndarray]]]
 """Per object class of a labelled cloud: its name and the point indices of its label's connected pieces."""
 
@@ -320,8 +334,7 @@ def detect(
     """Boxes for ``cloud``. ``text``: the teacher's text encoder (for the distilled features); ``depth``: a
     :class:`~ovseg3d.detect.depthmaps.DepthMapClassifier`; ``up_hint``: e.g. the cameras' mean up; ``render``:
     a :class:`~ovseg3d.detect.rgbviews.RenderClassifier` of the run the cloud comes from."""
-    if len(cloud) == 0:
-        raise UsageError("the point cloud is empty: nothing to detect")
+    cloud = usable_cloud(cloud, log=log)
     if not (math.isfinite(opts.scale) and opts.scale >= 0):
         raise UsageError(f"--scale {opts.scale}: metres per scene unit must be positive (or 0 to estimate it)")
     t0 = time.perf_counter()
@@ -454,6 +467,6 @@ def write_detections(
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
         "boxes": boxes,
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    tmp.replace(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a folder; give --output a file name (e.g. {path / 'detections.json'})")
+    write_json(path, info)  # whole or not at all: no partial file, no stray temporary one

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ovseg3d.data.loader import camera_up
-from ovseg3d.detect.head import DetectOptions, DetectResult, detect, write_detections
+from ovseg3d.detect.head import DetectOptions, DetectResult, detect, usable_cloud, write_detections
 from ovseg3d.detect.metrics import viewpoint
 from ovseg3d.errors import MissingFileError, UsageError
 from ovseg3d.export import LabelledCloud, load_export, read_ply
@@ -27,17 +27,19 @@ class Source:
 
 
 def load_source(path: Path, device: torch.device, log=print) -> Source:  # noqa: ANN001
-    """A run folder (its ``export/points.npz``), an export folder, or a ``.ply`` / ``.npz`` file."""
+    """A run folder (its ``export/points.npz``), an export folder, or a ``.ply`` / ``.npz`` file; its cloud
+    without points with NaN or infinite coordinates (:func:`~ovseg3d.detect.head.usable_cloud`). An export's
+    ``points.ply`` and ``points.npz`` give the same cloud but for the features, which only the ``.npz`` has."""
     if not path.exists():
         raise MissingFileError(f"{path}: no such run folder or point cloud file")
     if path.is_file():
         if path.suffix.lower() == ".ply":
-            return Source(read_ply(path))
+            return Source(usable_cloud(read_ply(path), str(path), log))
         if path.suffix.lower() == ".npz":
-            return Source(load_export(path))
+            return Source(usable_cloud(load_export(path), str(path), log))
         raise UsageError(f"{path}: not a point cloud (.ply or ovseg3d's points.npz) nor a run folder")
     if (path / "points.npz").exists():
-        return Source(load_export(path))
+        return Source(usable_cloud(load_export(path), str(path / "points.npz"), log))
     from ovseg3d.data.loader import read_cameras
     from ovseg3d.renders import text_encoder
     from ovseg3d.run import check_run, load_run_config
@@ -46,7 +48,7 @@ def load_source(path: Path, device: torch.device, log=print) -> Source:  # noqa:
     npz = path / "export" / "points.npz"
     if not npz.exists():
         raise MissingFileError(f"{npz}: the run has no exported cloud yet (run: ovseg3d export {path} --features)")
-    cloud = load_export(npz)
+    cloud = usable_cloud(load_export(npz), str(npz), log)
     cfg = load_run_config(path)
     text = None
     if cloud.feature is not None and cfg.teachers.kind != "none":
@@ -101,8 +103,9 @@ def run_detect(
     device: torch.device | None = None,
     log=print,  # noqa: ANN001
 ) -> tuple[DetectResult, Path]:
-    """Detect in ``path`` and write ``detections.json`` (next to the run, or to ``output``). ``view``: also
-    give each box's azimuth, elevation and in-plane angle seen from that training view (ImageNet3D)."""
+    """Detect in ``path`` and write ``detections.json`` (next to the run, or to ``output``: a file, or a folder
+    to write it in), whole or not at all. ``view``: also give each box's azimuth, elevation and in-plane angle
+    seen from that training view (ImageNet3D)."""
     device = device or torch.device("cpu")
     src = load_source(path, device, log)
     hint = camera_up(src.c2w) if src.c2w is not None else None
@@ -125,5 +128,7 @@ def run_detect(
             extra[i] = {"view": view, "azimuth": a, "elevation": e, "theta": t, "distance": dist}
     if output is None:
         output = (src.run if src.run is not None else (path if path.is_dir() else path.parent)) / "detections.json"
+    elif output.is_dir():
+        output = output / "detections.json"
     write_detections(output, result, str(path.resolve()), opts, extra)
     return result, output

@@ -16,7 +16,6 @@ Pixel-major layouts make a random batch of pixels a gather of contiguous rows.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ovseg3d import __version__
+from ovseg3d.atomic import write_json
 from ovseg3d.teachers.config import TeacherError
 
 CACHE_FORMAT = 2  # 2: DINO grid scaled up for small images
@@ -67,15 +67,15 @@ class TeacherFeatures:
 def read_meta(path: Path) -> dict[str, Any] | None:
     """The sidecar of a cache folder, or ``None`` if there is none or it is unreadable."""
     try:
-        return json.loads((path / "meta.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):  # JSONDecodeError, UnicodeDecodeError
         return None
+    return meta if isinstance(meta, dict) else None
 
 
 def write_meta(path: Path, meta: dict[str, Any]) -> None:
-    tmp = path / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp, path / "meta.json")
+    """``meta.json``, whole or not at all (a kill leaves the previous sidecar, and no temporary file)."""
+    write_json(path / "meta.json", meta, indent=1)
 
 
 def stale_reason(stored: dict[str, Any], expected: dict[str, Any]) -> str | None:
@@ -132,7 +132,8 @@ def clear(path: Path) -> None:
     """Remove what a cache folder holds (only the files a cache writes)."""
     for name in (*ARRAYS, "text"):
         (path / f"{name}.npy").unlink(missing_ok=True)
-    (path / "meta.json").unlink(missing_ok=True)
+    for name in ("meta.json", "meta.json.tmp"):  # meta.json.tmp: what writers before ovseg3d.atomic left
+        (path / name).unlink(missing_ok=True)
     shutil.rmtree(path / "preview", ignore_errors=True)
 
 

@@ -1,7 +1,9 @@
 """Run the teachers over every view of a scene into the cache, or reuse a cache that still matches.
 
 ``ensure_features`` is what ``ovseg3d extract`` and ``ovseg3d train`` call: it reuses a complete cache made
-with the same settings from the same inputs, continues an interrupted one, and rebuilds a stale one.
+with the same settings from the same inputs, continues an interrupted one, and rebuilds a stale one. The
+other stages (``eval``, ``render``, ``export``, ``view``) reach it through ``load_distiller`` with its routine
+lines silenced; a cache they find missing, stale or unfinished is still said in one line (its ``notice``).
 """
 
 from __future__ import annotations
@@ -162,23 +164,42 @@ def ensure_features(
     device: torch.device,
     force: bool = False,
     log: Log = tqdm.write,
+    notice: Log | None = tqdm.write,
 ) -> cache.TeacherFeatures:
-    """A complete, matching feature cache for ``scene``: reused, continued or (re)built."""
+    """A complete, matching feature cache for ``scene``: reused, continued or (re)built.
+
+    ``log`` gets every line. The lines a user must see whichever stage asks, that the cache is missing,
+    stale (and why) or unfinished and is being built, rebuilt or continued now (long, and it changes what the
+    run's semantic field is read against), also go to ``notice`` (printed by default; ``None``: ``log``
+    only), so that they are said when a stage silences ``log``: ``eval``, ``render``, ``export`` and ``view``
+    load the features through :func:`~ovseg3d.distill.load_distiller`, which does."""
+
+    def say(line: str) -> None:
+        log(line)
+        if notice is not None and notice is not log:
+            notice(line)
+
     cfg.check()
     path = cache_path(scene, cfg)
     expected = expected_meta(scene, cfg)
     stored = cache.read_meta(path)
     meta = None
-    if stored is not None and not force:
+    if force:
+        log(f"teacher features: rebuilding {path} (--force)")
+    elif stored is None and (path / "meta.json").exists():
+        say(f"teacher features: {path / 'meta.json'} is unreadable: rebuilding {path} now")
+    elif stored is None:
+        say(f"teacher features: none in {path} yet: extracting them now ({len(scene)} views)")
+    else:
         reason = cache.stale_reason(stored, expected)
         if reason is None and stored.get("complete"):
             log(f"teacher features: reusing {path}")
             return cache.open_features(path)
         if reason is None:
-            log(f"teacher features: continuing {path} ({len(stored.get('done', []))}/{len(scene)} views done)")
+            say(f"teacher features: continuing {path} ({len(stored.get('done', []))}/{len(scene)} views done)")
             meta = stored
         else:
-            log(f"teacher features: rebuilding {path} ({reason})")
+            say(f"teacher features: rebuilding {path}, which is stale ({reason})")
     teachers = build_teachers(scene, cfg, device)  # before touching the folder: a failure loses nothing
     if meta is None:
         path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,48 @@
+"""What an install ships: the presets are read through the package (importlib.resources, as an installed
+wheel has them), and pyproject.toml installs every package and the presets."""
+
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from ovseg3d.config import PRESETS, ConfigError, TrainConfig, _field_docs, preset_names, preset_path, resolve_base
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _documented_presets() -> list[str]:
+    """The names that ``ovseg3d train --help`` gives for ``--preset``: "... from configs/ (tiny, cpu, gpu) ..."."""
+    found = re.search(r"\(([a-z0-9_, ]+)\)", _field_docs(TrainConfig)["preset"])
+    assert found, "the --preset help no longer lists the presets"
+    return found.group(1).split(", ")
+
+
+@pytest.mark.parametrize("name", sorted({*_documented_presets(), TrainConfig().preset}))
+def test_every_documented_preset_is_found_through_the_package_and_parses(name):
+    path = preset_path(name)
+    assert path == resources.files(PRESETS) / f"{name}.toml" and path.is_file()
+    values = tomllib.loads(path.read_text())
+    cfg = resolve_base(name, None)
+    assert cfg.preset == name and values
+    for key, value in values.items():
+        assert getattr(cfg, key) == value, key
+
+
+def test_the_package_ships_exactly_the_documented_presets_and_names_them_for_an_unknown_one():
+    assert preset_names() == sorted(_documented_presets())
+    with pytest.raises(ConfigError, match=r"unknown preset 'nope' \(known: cpu, gpu, tiny;"):
+        preset_path("nope")
+
+
+def test_pyproject_installs_every_package_and_the_presets():
+    """The package list is explicit (the presets' folder is mapped into the package), so a new subpackage must
+    be added to it; the presets ship as package data."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    setup = project["tool"]["setuptools"]
+    tree = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "ovseg3d").rglob("__init__.py")}
+    assert set(setup["packages"]) == tree | {PRESETS}
+    assert setup["package-dir"] == {PRESETS: "configs"} and setup["package-data"][PRESETS] == ["*.toml"]
+    assert project["project"]["requires-python"] == ">=3.11"  # tomllib

@@ -176,7 +176,7 @@ def ensure_features(
 
     def say(line: str) -> None:
         log(line)
-        if notice is not None and notice is not log:
+        if notice is not None and notice != log:  # bound methods (tqdm.write) are new objects each time
             notice(line)
 
     cfg.check()

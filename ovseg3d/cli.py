@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import tyro
@@ -151,6 +151,57 @@ class DetectArgs:
     in RUN/run.json)."""
 
 
+@dataclass
+class BatchArgs:
+    """Run the pipeline (teachers, geometry, distill, export, detect, eval) over many scenes, each into its own
+    run folder RUNS/<scene name>: in parallel as Ray tasks (pip install -e ".[batch]"), else one after another.
+    A scene that fails is reported and the others go on; the same command again skips the stages that finished
+    and continues an interrupted scene from its checkpoint. Writes RUNS/summary.json and RUNS/summary.csv."""
+
+    output: Path
+    """Folder of the run folders (RUNS/<scene name>) and of summary.json / summary.csv."""
+    scenes: Annotated[list[str], tyro.conf.Positional, tyro.conf.arg(metavar="SCENES")] = dataclasses.field(
+        default_factory=list
+    )
+    """Scene folders, globs ('scenes/*': quoted, or expanded by the shell) or text files listing scene folders
+    one per line (# comments)."""
+    preset: str = "cpu"
+    """Training preset from configs/ (tiny, cpu, gpu)."""
+    config: Path | None = None
+    """A TOML config file applied over the preset (any ovseg3d train setting)."""
+    teacher: Literal["preset", "auto", "none", "clip", "synthetic"] = "preset"
+    """The 2D teachers: 'auto' (synthetic for a generated scene with labels, else clip), 'clip', 'synthetic',
+    'none' (no semantic field: the distill, export and detect stages have nothing to work on); 'preset': as the
+    preset / --config says (auto)."""
+    from_stage: Literal["teachers", "geometry", "distill", "export", "detect", "eval"] = "teachers"
+    """The first stage to run (stages before it must have run: a later stage needs their files)."""
+    to_stage: Literal["teachers", "geometry", "distill", "export", "detect", "eval"] = "eval"
+    """The last stage to run."""
+    steps: int = 0
+    """Geometry steps per scene (0: the preset's)."""
+    max_minutes: float = -1.0
+    """Geometry time limit per scene in minutes (0: none; -1: the preset's, 3 for cpu)."""
+    distill_steps: int = 0
+    """Distillation steps per scene (0: the preset's)."""
+    distill_minutes: float = -1.0
+    """Distillation time limit per scene in minutes (0: none; -1: the preset's, 4.5 for cpu)."""
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda' (with Ray, a scene sees a GPU only with --gpus-per-scene above 0)."""
+    address: str | None = None
+    """Run on this Ray cluster ('auto': the one started on this machine with ray start; or HOST:PORT) instead
+    of a Ray started for this batch over this machine's cores and GPUs. Its workers need ovseg3d and the scene
+    and RUNS folders at the same paths."""
+    cpus_per_scene: float = 1.0
+    """CPU cores per scene (Ray runs as many scenes at a time as the cores allow; torch uses this many
+    threads in each)."""
+    gpus_per_scene: float = 0.0
+    """GPUs per scene (0.5: two scenes share one GPU)."""
+    no_ray: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False
+    """Run the scenes one after another in this process, without Ray."""
+    export: Annotated[ExportOptions, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=ExportOptions)
+    detect: Annotated[DetectOptions, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=DetectOptions)
+
+
 def _positional(args: list[str], flag: str) -> list[str]:
     """Let the first bare argument stand for ``flag`` (``ovseg3d train SCENE`` = ``--scene SCENE``)."""
     if args and not args[0].startswith("-"):
@@ -180,7 +231,7 @@ def _within(option: str, value: float, low: float, high: float) -> None:
 
 
 def cmd_synth(args: list[str]) -> int:
-    from ovseg3d.data.synth import SynthConfig, synthesize
+    from ovseg3d.synth import SynthConfig, synthesize
 
     out = None
     if args and not args[0].startswith("-"):
@@ -208,8 +259,8 @@ def cmd_synth(args: list[str]) -> int:
 
 def cmd_train(args: list[str]) -> int:
     from ovseg3d.config import TrainConfig, read_toml, resolve_base
+    from ovseg3d.pipeline import train
     from ovseg3d.run import load_run_config
-    from ovseg3d.train import train
 
     args = _positional(args, "--scene")
     pre = argparse.ArgumentParser(add_help=False)
@@ -286,7 +337,8 @@ def cmd_render(args: list[str]) -> int:
 
 
 def cmd_eval(args: list[str]) -> int:
-    from ovseg3d.evaluate import evaluate_run, format_table
+    from ovseg3d.evaluate import format_table
+    from ovseg3d.pipeline import evaluate
 
     args = _positional(args, "--run")
     _require(args, "--run", "run folder", "ovseg3d eval RUN [options]")
@@ -300,7 +352,7 @@ def cmd_eval(args: list[str]) -> int:
     from ovseg3d.run import allow_changed_scene
 
     with allow_changed_scene(a.force):
-        metrics = evaluate_run(a.run, a.device, a.renders, a.max_samples_per_ray)
+        metrics = evaluate(a.run, a.device, a.renders, a.max_samples_per_ray)
     print(format_table(metrics))
     print(f"wrote {a.run / 'eval.json'}")
     return 0
@@ -409,6 +461,64 @@ def cmd_view(args: list[str]) -> int:
     return 0
 
 
+def cmd_batch(args: list[str]) -> int:
+    from tqdm import tqdm
+
+    from ovseg3d.batch import find_scenes, format_summary, run_batch, write_summary
+    from ovseg3d.config import resolve_base
+    from ovseg3d.pipeline import stage_range
+
+    usage = "ovseg3d batch SCENES... --output RUNS [options]"
+    _require(args, "--output", "folder for the runs", usage)
+    a = tyro.cli(BatchArgs, args=args, prog="ovseg3d batch --output RUNS")
+    if not a.scenes:
+        raise UsageError(f"give the scenes (folders, globs or list files): {usage}")
+    stages = stage_range(a.from_stage, a.to_stage)
+    _at_least("steps", a.steps, 0, " (0: the preset's)")
+    _at_least("distill-steps", a.distill_steps, 0, " (0: the preset's)")
+    _at_least("max-minutes", a.max_minutes, -1, " (0: no limit; -1: the preset's)")
+    _at_least("distill-minutes", a.distill_minutes, -1, " (0: no limit; -1: the preset's)")
+    if a.cpus_per_scene <= 0:
+        raise UsageError(f"--cpus-per-scene {a.cpus_per_scene}: must be above 0")
+    _at_least("gpus-per-scene", a.gpus_per_scene, 0)
+    if a.no_ray and a.address is not None:
+        raise UsageError("--address needs Ray: drop --no-ray")
+    _check_export_options(a.export)
+    _check_detect_options(a.detect)
+    cfg = resolve_base(a.preset, a.config)
+    overrides: dict[str, object] = {"device": a.device}
+    if a.steps:
+        overrides["steps"] = a.steps
+    if a.distill_steps:
+        overrides["distill_steps"] = a.distill_steps
+    if a.max_minutes >= 0:
+        overrides["max_minutes"] = a.max_minutes
+    if a.distill_minutes >= 0:
+        overrides["distill_minutes"] = a.distill_minutes
+    if a.teacher != "preset":
+        overrides["teachers"] = dataclasses.replace(cfg.teachers, kind=a.teacher)
+    cfg = dataclasses.replace(cfg, **overrides)
+    scenes = find_scenes(a.scenes)
+    check_writable(a.output, "the runs folder", "give a writable --output")
+    results = run_batch(
+        scenes,
+        a.output,
+        stages,
+        cfg,
+        a.export,
+        a.detect,
+        address=a.address,
+        cpus_per_scene=a.cpus_per_scene,
+        gpus_per_scene=a.gpus_per_scene,
+        use_ray=not a.no_ray,
+        log=tqdm.write,
+    )
+    paths = write_summary(results, a.output)
+    print(format_summary(results))
+    print(f"wrote {' and '.join(str(p) for p in paths)}")
+    return 0 if all(r.status == "done" for r in results) else 1
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "synth": (cmd_synth, "render a procedural scene with ground truth (3D-OVS/LLFF, transforms.json or COLMAP)"),
     "extract": (cmd_extract, "run the 2D teachers (CLIP, DINO, or simulated) over a scene into a feature cache"),
@@ -418,6 +528,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "export": (cmd_export, "write a run's labelled point cloud (PLY, NPZ, JSON)"),
     "detect": (cmd_detect, "find oriented 3D boxes with class names and poses in a labelled point cloud"),
     "view": (cmd_view, "browse a run's labelled point cloud and ask it free-text queries (viser)"),
+    "batch": (cmd_batch, "run every stage over many scenes (in parallel with Ray), with a summary of them all"),
 }
 
 
@@ -444,6 +555,7 @@ INTERRUPTED = {
     "export": "nothing was written (a previous export is kept whole)",
     "detect": "nothing was written",
     "view": "stopped",
+    "batch": "each scene's finished stages and checkpoints are kept: the same command continues from them",
 }
 # What to do about an output folder that cannot be written, by command.
 WRITE_HINTS = {
@@ -455,6 +567,7 @@ WRITE_HINTS = {
     "export": "write elsewhere with --output DIR",
     "detect": "write elsewhere with --output FILE",
     "view": "",
+    "batch": "give another --output",
 }
 # How to use less memory, by command (all: --device cpu, where host memory is larger).
 MEMORY_HINTS = {
@@ -466,6 +579,7 @@ MEMORY_HINTS = {
     "export": "a smaller --chunk, a larger --view-stride",
     "detect": "fewer --classes",
     "view": "a smaller --max-points",
+    "batch": "fewer scenes at a time (a larger --cpus-per-scene)",
 }
 
 

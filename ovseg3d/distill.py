@@ -8,14 +8,17 @@ move the geometry.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm import tqdm
 
 from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
 from ovseg3d.errors import UsageError
@@ -24,9 +27,10 @@ from ovseg3d.field.semantic import SemanticConfig, SemanticField, SemanticOutput
 from ovseg3d.losses import class_probabilities, fda_loss, feature_loss, rda_loss
 from ovseg3d.render.renderer import refine_samples
 from ovseg3d.render.volume import accumulate, render_weights
+from ovseg3d.run import new_checkpoint_path, save_checkpoint
 from ovseg3d.teachers.cache import TeacherFeatures
 from ovseg3d.teachers.clip import axis_coverage, crop_layout
-from ovseg3d.train import Trainer
+from ovseg3d.train import Trainer, Training, budget_bar
 
 
 def nearest_cell(x: Tensor, image_size: int, map_size: int) -> Tensor:
@@ -322,3 +326,43 @@ def load_distiller(trainer: Trainer, state: dict) -> tuple[Distiller, TeacherFea
     sem.pop("optimizer", None)
     distiller.load_state_dict(sem)
     return distiller, features
+
+
+def distill_training(t: Training) -> Distiller:
+    """The distillation stage of a training whose geometry is done: the semantic field (continued from a resumed
+    run's state) trained to its budget, checkpoints as it goes."""
+    if t.features is None:
+        raise UsageError(f"{t.run}: no teacher features to distil (trained with --teacher none)")
+    distiller = Distiller(t.trainer, t.features)
+    if t.semantic is not None:  # continuing a distillation (the geometry did not change since)
+        distiller.load_state_dict(t.semantic)
+    distill_loop(distiller, t.run)
+    return distiller
+
+
+def distill_loop(distiller: Distiller, run: Path) -> None:
+    """The distillation steps left; a checkpoint (geometry and semantic field) every ``checkpoint_every``
+    steps and at the end."""
+    cfg = distiller.cfg
+    geo = distiller.geo
+    with (
+        open(run / "log.jsonl", "a") as log,
+        tqdm(total=cfg.distill_steps, initial=distiller.step, unit="step", desc="distill") as bar,
+    ):
+        while not distiller.done():
+            stats = distiller.train_step()
+            budget_bar(bar, distiller.step, distiller.progress())
+            bar.update(1)
+            if distiller.step % cfg.log_every == 0 or distiller.done():
+                bar.set_postfix(feat=f"{stats.feature:.3f}", rda=f"{stats.rda:.3f}", fda=f"{stats.fda:.3f}")
+                record = {
+                    "stage": "distill",
+                    "distill_step": distiller.step,
+                    "time": round(distiller.elapsed, 3),
+                    **vars(stats),
+                }
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if distiller.step % cfg.checkpoint_every == 0 or distiller.done():
+                state = {**geo.state_dict(), "semantic": distiller.state_dict()}
+                save_checkpoint(new_checkpoint_path(run, geo.step + distiller.step), state)

@@ -24,7 +24,6 @@ of ``RUN/export``: a failed or killed export leaves the previous one whole, neve
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import zipfile
 import zlib
@@ -43,6 +42,7 @@ from ovseg3d.errors import MissingFileError, UsageError
 from ovseg3d.images import label_palette
 from ovseg3d.losses import class_probabilities
 from ovseg3d.render.renderer import render_median_depth
+from ovseg3d.teachers.relevancy import query_slug
 
 EXPORT_FORMAT = 1
 
@@ -107,11 +107,6 @@ class LabelledCloud:
             classes=self.classes,
             voxel_size=self.voxel_size,
         )
-
-
-def query_slug(query: str) -> str:
-    """A property-name-safe form of a query (``"red mug"`` -> ``red_mug``)."""
-    return re.sub(r"[^a-z0-9]+", "_", query.lower()).strip("_") or "query"
 
 
 # -- surface points --------------------------------------------------------------------------------------
@@ -294,8 +289,8 @@ def point_semantics(
 def extract_cloud(run: Path, opts: ExportOptions, device_name: str = "auto", log=print) -> LabelledCloud:  # noqa: ANN001
     """The labelled point cloud of a run with a semantic field (see the module docstring)."""
     from ovseg3d.distill import load_distiller
-    from ovseg3d.renders import text_encoder
     from ovseg3d.run import latest_checkpoint, load_checkpoint
+    from ovseg3d.teachers.extract import text_encoder
     from ovseg3d.train import load_trainer
 
     trainer = load_trainer(run, device_name)

@@ -11,27 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from ovseg3d.errors import UsageError
-from ovseg3d.export import query_slug
 from ovseg3d.images import colorize, colorize_depth, colorize_labels, label_palette, save_png
-from ovseg3d.teachers.base import CropEncoder
-from ovseg3d.teachers.config import TeacherConfig
-from ovseg3d.teachers.relevancy import CANONICAL_NEGATIVES, query_relevancy
-
-
-def text_encoder(cfg: TeacherConfig, device: torch.device) -> CropEncoder:
-    """The teacher's text side, for free-text queries (the CLIP model for real teachers)."""
-    if cfg.kind == "synthetic":
-        from ovseg3d.teachers.synthetic import SyntheticText
-
-        return SyntheticText(cfg.syn_dim, cfg.teacher_seed)  # type: ignore[return-value]
-    from ovseg3d.teachers.clip import build_clip
-
-    return build_clip(cfg, device)
+from ovseg3d.teachers.extract import text_encoder
+from ovseg3d.teachers.relevancy import CANONICAL_NEGATIVES, query_relevancy, query_slug
 
 
 def legend(classes: list[str], height: int) -> np.ndarray:

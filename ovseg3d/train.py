@@ -1,4 +1,6 @@
-"""Training a radiance field on a scene: the Trainer (build, step, state) and the ``train`` loop."""
+"""The geometry stage: a radiance field trained on a scene's photos (the Trainer: build, step, state), its run
+folder (checked options, checkpoints, resume) and its loop. The distillation (:mod:`ovseg3d.distill`) continues
+from here; :func:`ovseg3d.pipeline.train` runs both, as ``ovseg3d train`` does."""
 
 from __future__ import annotations
 
@@ -10,23 +12,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from ovseg3d.errors import UsageError
-
-if TYPE_CHECKING:
-    from ovseg3d.distill import Distiller
-
 from ovseg3d import accel
 from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, read_toml, write_toml
 from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
 from ovseg3d.data.loader import load_scene
 from ovseg3d.data.scene import GIVEN_BOUNDS, Scene, check_poses
+from ovseg3d.errors import UsageError
 from ovseg3d.field.radiance import RadianceField
 from ovseg3d.field.space import check_contraction, step_scale
 from ovseg3d.images import colorize_depth, save_png, side_by_side
@@ -416,9 +413,24 @@ def save_renders(trainer: Trainer, run: Path, limit: int = 0) -> list[Path]:
     return [save_panel(run, scene, i, trainer.render_view(scene.cameras, i, scene.near_far)) for i in views]
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run ``ovseg3d train``: returns the run folder. Options are checked before anything is written, and a
-    training that fails before its first checkpoint leaves no run folder behind."""
+@dataclass
+class Training:
+    """A started training: its run folder, trainer (restored when resumed), the teacher features (``None``
+    without a teacher), and a resumed run's semantic state to continue its distillation from (``None`` when
+    its geometry has steps left or it had no distillation yet)."""
+
+    run: Path
+    trainer: Trainer
+    features: TeacherFeatures | None
+    semantic: dict | None
+    fresh: bool
+    """This training made the run folder."""
+    resume: bool
+
+
+def start_training(cfg: TrainConfig) -> Training:
+    """Check the options (before anything is written), make or check the run folder, load the scene and the
+    teacher features and build (or restore) the trainer. A failure here leaves no run folder behind."""
     validate_config(cfg)  # before anything is written
     accel.configure_cpu_allocator()
     if cfg.threads > 0:
@@ -428,24 +440,35 @@ def train(cfg: TrainConfig) -> Path:
     run = prepare_run(cfg)
     try:
         trainer, features, semantic = _start(cfg, run)
-        ran = _loop(trainer, run)
-    except BaseException:  # bad scene, missing teacher weights, a failed first step, Ctrl-C: no dead run folder
-        if not cfg.resume and not list_checkpoints(run):
-            _discard(run, fresh)
+    except BaseException:  # bad scene, missing teacher weights, Ctrl-C: no dead run folder
+        abandon(run, fresh, cfg.resume)
         raise
-    if features is not None:
-        if ran or not (run / GEOMETRY_CHECKPOINT).exists():  # the radiance field before distillation
-            write_checkpoint(run / GEOMETRY_CHECKPOINT, trainer.state_dict())
-        from ovseg3d.distill import Distiller
+    return Training(run, trainer, features, semantic, fresh, cfg.resume)
 
-        distiller = Distiller(trainer, features)
-        if semantic is not None:  # continuing a distillation (the geometry did not change since)
-            distiller.load_state_dict(semantic)
-        distill_loop(distiller, run)
-    paths = save_renders(trainer, run, limit=1)  # a preview: `ovseg3d eval` renders and scores them all
-    preview = f"; a held-out view in {paths[0]} (ovseg3d eval {run}: all of them, scored)" if paths else ""
-    tqdm.write(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s{preview}")
-    return run
+
+def abandon(run: Path, fresh: bool, resume: bool) -> None:
+    """After a failure: remove what a new training wrote when it never saved a checkpoint."""
+    if not resume and not list_checkpoints(run):
+        _discard(run, fresh)
+
+
+def train_geometry(t: Training) -> bool:
+    """The geometry steps left (checkpoints as it goes); with a teacher, ``geometry.pt`` (the radiance field
+    before distillation) when it ran steps or is missing. Returns whether it ran any step."""
+    try:
+        ran = _loop(t.trainer, t.run)
+    except BaseException:  # a failed first step, Ctrl-C: no dead run folder
+        abandon(t.run, t.fresh, t.resume)
+        raise
+    if t.features is not None and (ran or not (t.run / GEOMETRY_CHECKPOINT).exists()):
+        write_checkpoint(t.run / GEOMETRY_CHECKPOINT, t.trainer.state_dict())
+    return ran
+
+
+def preview(trainer: Trainer, run: Path) -> str:
+    """Render the first held-out view (``ovseg3d eval`` renders and scores them all); the line that says so."""
+    paths = save_renders(trainer, run, limit=1)
+    return f"; a held-out view in {paths[0]} (ovseg3d eval {run}: all of them, scored)" if paths else ""
 
 
 def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None, dict | None]:
@@ -617,32 +640,6 @@ def _loop(trainer: Trainer, run: Path) -> bool:
             if trainer.step % cfg.checkpoint_every == 0 or trainer.done():
                 save_checkpoint(new_checkpoint_path(run, trainer.step), trainer.state_dict())
     return trainer.step != start
-
-
-def distill_loop(distiller: Distiller, run: Path) -> None:
-    cfg = distiller.cfg
-    geo = distiller.geo
-    with (
-        open(run / "log.jsonl", "a") as log,
-        tqdm(total=cfg.distill_steps, initial=distiller.step, unit="step", desc="distill") as bar,
-    ):
-        while not distiller.done():
-            stats = distiller.train_step()
-            budget_bar(bar, distiller.step, distiller.progress())
-            bar.update(1)
-            if distiller.step % cfg.log_every == 0 or distiller.done():
-                bar.set_postfix(feat=f"{stats.feature:.3f}", rda=f"{stats.rda:.3f}", fda=f"{stats.fda:.3f}")
-                record = {
-                    "stage": "distill",
-                    "distill_step": distiller.step,
-                    "time": round(distiller.elapsed, 3),
-                    **vars(stats),
-                }
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            if distiller.step % cfg.checkpoint_every == 0 or distiller.done():
-                state = {**geo.state_dict(), "semantic": distiller.state_dict()}
-                save_checkpoint(new_checkpoint_path(run, geo.step + distiller.step), state)
 
 
 def load_trainer(run: Path, device_name: str = "auto", force: bool = False) -> Trainer:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import json
 import math
 import socket
 import time
@@ -26,30 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ovseg3d.data.cameras import Cameras, opencv_to_opengl
+from ovseg3d.detect.results import DETECTIONS, read_detections
 from ovseg3d.errors import UsageError
 from ovseg3d.export import LabelledCloud
 from ovseg3d.images import colorize, label_palette
 from ovseg3d.teachers.relevancy import CANONICAL_NEGATIVES, relevancy_from_cosines
 
 COLOUR_MODES = ("rgb", "label", "relevancy")
-DETECTIONS = "detections.json"
-"""Oriented boxes of a run: ``{"up": [0, 0, 1], "boxes": [{"class", "center", "size", "yaw", "score"}]}`` in the
-world frame (``yaw``: radians about +z, ``size``: extents along the box's own x, y, z), as ``objects.json``;
-``ovseg3d detect`` adds ``rotation`` (world-from-object), which wins over ``yaw`` when present."""
-
-
-def read_detections(path: Path) -> list[dict]:
-    """The boxes of a detections file, ``[]`` if there is none; a malformed file is a one-line error."""
-    if not path.exists():
-        return []
-    try:
-        boxes = json.loads(path.read_text())["boxes"]
-        for b in boxes:
-            if len(b["center"]) != 3 or len(b["size"]) != 3 or not isinstance(b["class"], str):
-                raise UsageError("center and size need 3 numbers, class a name")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"{path}: not a detections file ({exc})") from None
-    return boxes
 
 
 @dataclass
@@ -104,8 +86,8 @@ def load_queries(run: Path, max_points: int, device_name: str = "cpu", log=print
     features, at most ``max_points`` of them (a random subset), and the trainer and distiller to render."""
     from ovseg3d.distill import load_distiller
     from ovseg3d.export import ExportOptions, extract_cloud, load_export
-    from ovseg3d.renders import text_encoder
     from ovseg3d.run import latest_checkpoint, load_checkpoint
+    from ovseg3d.teachers.extract import text_encoder
     from ovseg3d.train import load_trainer
 
     trainer = load_trainer(run, device_name)

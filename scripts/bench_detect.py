@@ -27,11 +27,11 @@ from bench_distill import GENERATED, full_run, scene_folder
 from bench_distill import Args as DistillArgs
 
 from ovseg3d.data.loader import camera_up
-from ovseg3d.data.synth import SynthConfig
 from ovseg3d.detect.head import DetectOptions, detect
+from ovseg3d.detect.results import detection_metrics
 from ovseg3d.detect.source import load_source, run_detect
-from ovseg3d.evaluate import detection_metrics
 from ovseg3d.export import ExportOptions, extract_cloud, load_export, write_export
+from ovseg3d.synth import SynthConfig
 
 SCENES = {
     **GENERATED,

@@ -29,10 +29,12 @@ import tyro
 
 from ovseg3d import accel
 from ovseg3d.config import apply_overrides, parse_overrides, resolve_base, write_toml
-from ovseg3d.data.synth import SynthConfig, synthesize
-from ovseg3d.evaluate import evaluate_run
+from ovseg3d.distill import distill_loop
+from ovseg3d.pipeline import evaluate as evaluate_run
+from ovseg3d.pipeline import train
 from ovseg3d.run import GEOMETRY_CHECKPOINT, checkpoint_path, load_checkpoint, load_run_config
-from ovseg3d.train import distill_loop, load_trainer, resolve_device, train
+from ovseg3d.synth import SynthConfig, synthesize
+from ovseg3d.train import load_trainer, resolve_device
 
 GENERATED = {"orbit": SynthConfig(cameras="orbit", format="transforms", seed=3)}
 """Scenes the benchmark generates itself (``ovseg3d synth OUT --cameras orbit --format transforms --seed 3``)."""

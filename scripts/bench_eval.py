@@ -24,7 +24,7 @@ from typing import Annotated
 
 import tyro
 
-from ovseg3d.evaluate import evaluate_run
+from ovseg3d.pipeline import evaluate as evaluate_run
 
 
 @dataclass

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 import tyro
 
 from ovseg3d import accel
-from ovseg3d.data.synth import class_distances
 from ovseg3d.export import ExportOptions, extract_cloud, write_export
 from ovseg3d.run import load_run_config
+from ovseg3d.synth import class_distances
 from ovseg3d.viewer import CloudQueries
 
 
@@ -91,8 +91,8 @@ def main(args: Args) -> dict:
             "clear_accuracy": float((pred == c)[clear_c].mean()) if clear_c.any() else None,
         }
 
-    from ovseg3d.renders import text_encoder
     from ovseg3d.teachers.config import TeacherConfig
+    from ovseg3d.teachers.extract import text_encoder
 
     feats = F.normalize(torch.from_numpy(cloud.feature.astype(np.float32)), dim=-1)
     reps = -(-args.query_points // len(feats))

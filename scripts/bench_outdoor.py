@@ -31,7 +31,7 @@ import tyro
 
 from ovseg3d.data import colmap
 from ovseg3d.data.llff import write_poses_bounds
-from ovseg3d.data.synth import SynthConfig, synthesize
+from ovseg3d.synth import SynthConfig, synthesize
 
 
 @dataclass

@@ -21,8 +21,8 @@ from pathlib import Path
 import tyro
 
 from ovseg3d.config import apply_overrides, parse_overrides, resolve_base
-from ovseg3d.evaluate import evaluate_run
-from ovseg3d.train import train
+from ovseg3d.pipeline import evaluate as evaluate_run
+from ovseg3d.pipeline import train
 
 VARIANTS: dict[str, dict] = {
     "default": {},

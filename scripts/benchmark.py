@@ -27,8 +27,8 @@ import tyro
 
 from ovseg3d import accel
 from ovseg3d.config import apply_overrides, parse_overrides, resolve_base
-from ovseg3d.evaluate import psnr, ssim
 from ovseg3d.field.hashgrid import HashGridConfig, TorchHashGrid, make_hash_grid
+from ovseg3d.metrics import psnr, ssim
 from ovseg3d.train import Trainer, resolve_device, scene_of
 
 

@@ -122,9 +122,10 @@ def run_cli(
     env: dict[str, str],
     logs: Path,
     interrupt: Callable[[], bool] | None = None,
+    sig: int = signal.SIGINT,
 ) -> Outcome:
     """``python -m ovseg3d.cli ARGV`` in its own process group, its stdout and stderr in ``logs``.out / .err;
-    Ctrl-C (SIGINT) sent to it once ``interrupt()`` is true; the group killed after ``timeout`` s."""
+    ``sig`` (Ctrl-C: SIGINT) sent to it once ``interrupt()`` is true; the group killed after ``timeout`` s."""
     start = time.perf_counter()
     out, err = logs.with_suffix(".out"), logs.with_suffix(".err")
     with open(out, "wb") as fout, open(err, "wb") as ferr:
@@ -144,7 +145,7 @@ def run_cli(
             break
         except subprocess.TimeoutExpired:
             if interrupt is not None and not interrupted and interrupt():
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(sig)
                 interrupted = True
     if code is None:
         try:
@@ -168,12 +169,15 @@ def make_base(root: Path, logs: Path) -> tuple[Base, list[dict]]:
     """Synthesize the scenes, train and export the run (stdout, stderr in ``logs``); stops the script if any of
     it fails."""
     base = Base(root / "scene", root / "scene_tf", root / "run")
-    size = ["--width", "64", "--height", "48", "--n-views", "8"]
+    size = ["--width", "80", "--height", "60", "--n-views", "16", "--n-annotated", "2", "--supersample", "1"]
+    # the cpu preset's field on a step budget: the tiny preset's is too faint to export a cloud from
+    budget = ["--preset", "cpu", "--no-compile-grid", "--steps", "400", "--max-minutes", "0"]
+    budget += ["--distill-steps", "60", "--distill-minutes", "0", "--teacher", "synthetic"]
     steps = [
         ["synth", str(base.scene), *size],
         ["synth", str(base.scene_tf), *size, "--format", "transforms"],
-        ["train", str(base.scene), "--output", str(base.run), "--preset", "tiny", "--teacher", "synthetic"],
-        ["export", str(base.run)],
+        ["train", str(base.scene), "--output", str(base.run), *budget],
+        ["export", str(base.run), "--max-spread", "0"],
     ]
     done = []
     for i, argv in enumerate(steps):
@@ -446,6 +450,81 @@ def checkpoint_kept(b: Base, d: Path, o: Outcome) -> str | None:
     return f"latest checkpoint damaged ({bad})" if bad else None
 
 
+def extend_finished(b: Base, d: Path) -> list[str]:
+    """``train --resume --steps`` past the end of a finished run (geometry and distillation done)."""
+    run = copy_run(b, d)
+    steps = str(checkpoint_step(latest_checkpoint(run)) + 40)
+    return ["train", str(b.scene), "--output", str(run), "--resume", "--steps", steps, "--device", "cpu"]
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.stem.split("_step_")[1])
+
+
+def extended(b: Base, d: Path, o: Outcome) -> str | None:
+    """The newest checkpoint holds the new steps (it is not deleted for sorting before the old ones)."""
+    old = checkpoint_step(latest_checkpoint(b.run))
+    new = checkpoint_step(latest_checkpoint(d / "run"))
+    return None if new > old else f"newest checkpoint at step {new}, not past {old}"
+
+
+def killed_then_resumed(b: Base, d: Path) -> list[str]:
+    """A training killed (SIGKILL: no handler runs) after its first checkpoints, then ``train --resume``."""
+    flags = ["--preset", "tiny", "--teacher", "none", "--steps", "100000", "--checkpoint-every", "5"]
+    argv = ["train", str(b.scene), "--output", str(d / "run"), *flags, "--device", "cpu"]
+    (d / "kill").mkdir()
+    run_cli(argv, 60, child_env(1), d / "kill" / "train", lambda: has_checkpoint(d), sig=signal.SIGKILL)
+    return ["train", str(b.scene), "--output", str(d / "run"), "--resume", "--steps", "60", "--device", "cpu"]
+
+
+def resumed(b: Base, d: Path, o: Outcome) -> str | None:
+    ckpts = list((d / "run" / "checkpoints").glob("ckpt_*_step_*.pt"))
+    steps = max((checkpoint_step(c) for c in ckpts), default=0)
+    return None if steps >= 60 else f"newest checkpoint at step {steps}, not 60"
+
+
+def synth_after_interrupt(b: Base, d: Path) -> list[str]:
+    """``synth`` stopped with Ctrl-C half-way, then the same ``synth`` again."""
+    argv = ["synth", str(d / "scene"), "--width", "320", "--height", "240", "--n-views", "64"]
+    (d / "stop").mkdir()
+    started = time.perf_counter()
+    run_cli(argv, 60, child_env(1), d / "stop" / "synth", lambda: time.perf_counter() - started > 3.0)
+    return ["synth", str(d / "scene"), "--width", "64", "--height", "48", "--n-views", "8"]
+
+
+def synth_whole(b: Base, d: Path, o: Outcome) -> str | None:
+    return None if (d / "scene" / POSES).is_file() else "no scene written"
+
+
+def render_then_eval(b: Base, d: Path) -> list[str]:
+    """``render`` then ``eval`` on the same run: each keeps its own pictures."""
+    run = copy_run(b, d)
+    (d / "render").mkdir()
+    run_cli(["render", str(run), "--device", "cpu"], 120, child_env(1), d / "render" / "render")
+    return ["eval", str(run), "--device", "cpu"]
+
+
+def both_pictures(b: Base, d: Path, o: Outcome) -> str | None:
+    renders = d / "run" / "renders"
+    seg = [p for p in renders.glob("seg_*.png") if not p.name.startswith("seg_eval_")]
+    seg_eval = list(renders.glob("seg_eval_*.png"))
+    return None if seg and seg_eval else f"render's seg_NNN.png: {len(seg)}, eval's seg_eval_NNN.png: {len(seg_eval)}"
+
+
+def truncated_eval_json(run: Path) -> None:
+    (run / "eval.json").write_text('{"psnr": 3')
+
+
+def eval_json_whole(b: Base, d: Path, o: Outcome) -> str | None:
+    try:
+        metrics = json.loads((d / "run" / "eval.json").read_text())
+    except (OSError, ValueError) as exc:
+        return f"eval.json unreadable ({exc})"
+    if "psnr" not in metrics or metrics["psnr"] == 3:
+        return "eval.json lacks the new PSNR"
+    return warned(o, "warning:")
+
+
 def fixed(*argv: str) -> Setup:
     return lambda b, d: list(argv)
 
@@ -479,6 +558,8 @@ def cases() -> list[Case]:
             interrupt=has_checkpoint,
             last_line="ovseg3d train: interrupted",
         ),
+        Case("train, SIGKILL, then --resume", killed_then_resumed, succeed=True, check=resumed),
+        Case("train --resume --steps past the end", extend_finished, succeed=True, check=extended),
         Case("train onto a run, no --resume", train_over_run("--preset", "tiny"), check=run_intact),
         Case("train --resume --n-levels 3", train_over_run("--resume", "--n-levels", "3"), check=run_intact),
         Case("eval: scene changed", changed_scene()),
@@ -489,10 +570,17 @@ def cases() -> list[Case]:
             succeed=True,
             check=checkpoint_fallback,
         ),
+        Case(
+            "eval: eval.json truncated",
+            on_run("eval", "--device", "cpu", damage=truncated_eval_json),
+            succeed=True,
+            check=eval_json_whole,
+        ),
+        Case("render, then eval", render_then_eval, succeed=True, check=both_pictures),
         Case("eval: run.json is a list", on_run("eval", "--device", "cpu", damage=run_json_list)),
         Case("eval: not a run folder", not_a_run),
         Case("eval: no such folder", lambda b, d: ["eval", str(d / "nosuch"), "--device", "cpu"]),
-        Case("eval: unknown option", on_run("eval", "--device", "cpu", "--no-such-option")),
+        Case("eval: unknown option", on_run("eval", "--device", "cpu", "--no-such-option"), usage_after=True),
         Case("export without RUN", fixed("export")),
         Case("export twice", on_run("export", "--device", "cpu"), succeed=True, check=one_export),
         Case("detect: NaN cloud", cloud_file(nan_xyz)),
@@ -501,6 +589,7 @@ def cases() -> list[Case]:
         Case("detect --output existing file", detect_over_file, succeed=True, check=detections_replaced),
         Case("view --port 99999", on_run("view", "--port", "99999", "--device", "cpu"), timeout=20),
         Case("view --port -5", on_run("view", "--port", "-5", "--device", "cpu"), timeout=20),
+        Case("synth after an interrupted synth", synth_after_interrupt, succeed=True, check=synth_whole),
         Case("unknown command", fixed("frobnicate"), usage_after=True),
         Case("--debug, bad option", bad_train_option("--rays-per-step", "0", "--debug"), traceback=True),
         Case("eval: read-only run", read_only_run("eval"), needs_non_root=True),

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 import tyro
 
 from ovseg3d.data.loader import load_scene
-from ovseg3d.data.synth import SynthCameras, camera_rays, cast_rays, scene_from_json
-from ovseg3d.evaluate import segmentation_metrics
+from ovseg3d.metrics import segmentation_metrics
+from ovseg3d.synth import SynthCameras, camera_rays, cast_rays, scene_from_json
 from ovseg3d.teachers.cache import open_features
 
 

@@ -108,11 +108,11 @@ def test_commands_ask_for_their_run_or_scene(capsys, args, asks):
 
 
 def test_train_takes_its_scene_and_run_from_resume_or_a_config_file(tmp_path, monkeypatch, capsys):
-    import ovseg3d.train
+    import ovseg3d.pipeline
     from ovseg3d.config import TrainConfig, write_toml
 
     trained = []
-    monkeypatch.setattr(ovseg3d.train, "train", trained.append)
+    monkeypatch.setattr(ovseg3d.pipeline, "train", trained.append)
     run = tmp_path / "run"
     run.mkdir()
     write_toml(TrainConfig(scene=tmp_path / "scene", output=run, preset="tiny"), run / "config.toml")
@@ -269,9 +269,9 @@ def test_loopback_hosts():
 
 
 def _interrupt_after(monkeypatch, views: int, exc: BaseException) -> None:
-    import ovseg3d.data.synth as synth
+    import ovseg3d.synth.writers as writers  # the module whose _write_scene looks render_view up
 
-    render = synth.render_view
+    render = writers.render_view
     calls = {"n": 0}
 
     def render_then_stop(*args, **kwargs):
@@ -280,7 +280,7 @@ def _interrupt_after(monkeypatch, views: int, exc: BaseException) -> None:
             raise exc
         return render(*args, **kwargs)
 
-    monkeypatch.setattr(synth, "render_view", render_then_stop)
+    monkeypatch.setattr(writers, "render_view", render_then_stop)
 
 
 def test_an_interrupted_synth_leaves_nothing_and_runs_again(tmp_path, monkeypatch, capsys):

@@ -264,8 +264,7 @@ def test_ply_files_round_trip_and_ascii_ones_are_read(tmp_path):
 
 def test_detect_command_writes_what_eval_and_the_viewer_read(tmp_path):
     """``ovseg3d detect`` on a labelled PLY of a synthetic room: the boxes match the objects placed."""
-    from ovseg3d.evaluate import detection_metrics
-    from ovseg3d.viewer import read_detections
+    from ovseg3d.detect.results import detection_metrics, read_detections
 
     objects = [
         {"class": "book", "center": [0.3, 0.2, 0.025], "size": [0.24, 0.17, 0.05], "yaw": 0.5, "symmetric": True},

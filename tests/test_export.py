@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ovseg3d.cli import main
-from ovseg3d.data.synth import surface_distance
 from ovseg3d.export import LabelledCloud, agreeing_views, fuse_points, load_export, write_ply
+from ovseg3d.synth import surface_distance
 
 plyfile = pytest.importorskip("plyfile")
 

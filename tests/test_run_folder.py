@@ -246,7 +246,7 @@ def test_resume_refuses_settings_it_would_ignore(plain_run, scene, tmp_path, cap
     assert load_checkpoint(latest_checkpoint(run))["step"] == 24
 
     from ovseg3d.config import TrainConfig
-    from ovseg3d.train import train
+    from ovseg3d.pipeline import train
 
     train(TrainConfig(output=run, resume=True, steps=26, device="cpu"))  # the API: defaults are not "given"
     assert load_checkpoint(latest_checkpoint(run))["step"] == 26

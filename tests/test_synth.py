@@ -1,4 +1,4 @@
-"""Tests of the procedural scene synthesizer (ovseg3d.data.synth): files, ground truth, geometry."""
+"""Tests of the procedural scene synthesizer (ovseg3d.synth): files, ground truth, geometry."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ from PIL import Image
 from ovseg3d.data.cameras import image_rays
 from ovseg3d.data.llff import read_poses_bounds
 from ovseg3d.data.loader import load_scene
-from ovseg3d.data.synth import (
+from ovseg3d.synth import (
     VOCABULARY,
     SynthCameras,
     SynthConfig,
-    _front_to_cameras,
     annotated_views,
     build_scene,
     camera_rays,
@@ -28,6 +27,7 @@ from ovseg3d.data.synth import (
     surface_distance,
     synthesize,
 )
+from ovseg3d.synth.layout import _front_to_cameras
 
 TINY = dict(width=40, height=30, n_views=6, supersample=1, n_annotated=2)
 

@@ -1,4 +1,4 @@
-"""Generated outdoor scenes (ovseg3d.data.synth, ``outdoor``): objects on open ground under a sky, buildings tens
+"""Generated outdoor scenes (ovseg3d.synth, ``outdoor``): objects on open ground under a sky, buildings tens
 of metres away; the ground truth, the three output formats and the loader's view of an unbounded scene."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ovseg3d.cli import main
 from ovseg3d.data import colmap
 from ovseg3d.data.llff import read_poses_bounds
 from ovseg3d.data.loader import load_scene
-from ovseg3d.data.synth import (
+from ovseg3d.synth import (
     BUILDING_HEIGHT,
     BUILDING_RANGE,
     OUTDOOR_CAMERAS,

@@ -1,5 +1,5 @@
 """Generated scenes in the formats and lenses of real captures: COLMAP binary models, OpenCV and fisheye lenses
-(ovseg3d.data.synth), read back by ovseg3d's loader and by pycolmap."""
+(ovseg3d.synth), read back by ovseg3d's loader and by pycolmap."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ovseg3d.data import colmap
 from ovseg3d.data.cameras import image_rays, pixel_rays, project_points
 from ovseg3d.data.lenses import LENS_FISHEYE, LENS_OPENCV, LENS_PINHOLE
 from ovseg3d.data.loader import load_scene
-from ovseg3d.data.synth import (
+from ovseg3d.synth import (
     DEFAULT_DISTORTION,
     SynthCameras,
     SynthConfig,

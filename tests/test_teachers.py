@@ -15,7 +15,8 @@ from tiny_models import save_tiny_clip, save_tiny_dino
 
 from ovseg3d.cli import main
 from ovseg3d.data.loader import load_scene
-from ovseg3d.evaluate import class_ious, per_view_table, segmentation_metrics, shifted_gt_miou
+from ovseg3d.evaluate import per_view_table
+from ovseg3d.metrics import class_ious, segmentation_metrics, shifted_gt_miou
 from ovseg3d.teachers import cache
 from ovseg3d.teachers.base import TeacherView
 from ovseg3d.teachers.clip import build_clip, crop_boxes, crop_coverage, multiscale_features, splat_crops

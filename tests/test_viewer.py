@@ -103,7 +103,7 @@ def viewer(exported, module_copy_run):
 
 
 def test_a_malformed_detections_file_is_one_clear_error(tmp_path):
-    from ovseg3d.viewer import read_detections
+    from ovseg3d.detect.results import read_detections
 
     assert read_detections(tmp_path / "none.json") == []
     (tmp_path / "d.json").write_text('{"boxes": [{"class": "mug", "center": [0, 0], "size": [1, 1, 1]}]}')

@@ -41,8 +41,8 @@ def load_source(path: Path, device: torch.device, log=print) -> Source:  # noqa:
     if (path / "points.npz").exists():
         return Source(usable_cloud(load_export(path), str(path / "points.npz"), log))
     from ovseg3d.data.loader import read_cameras
-    from ovseg3d.renders import text_encoder
     from ovseg3d.run import check_run, load_run_config
+    from ovseg3d.teachers.extract import text_encoder
 
     check_run(path)
     npz = path / "export" / "points.npz"

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from ovseg3d.data.loader import read_rgb, resize_box
 from ovseg3d.data.scene import Scene
-from ovseg3d.evaluate import segmentation_metrics
 from ovseg3d.images import colorize_labels, pca_rgb, resize_rgb, save_png, side_by_side
+from ovseg3d.metrics import segmentation_metrics
 from ovseg3d.teachers import cache
 from ovseg3d.teachers.base import CropEncoder, PatchEncoder, TeacherView
 from ovseg3d.teachers.clip import build_clip, clip_backend, count_crops, feature_size, multiscale_features
@@ -140,6 +140,17 @@ def build_teachers(scene: Scene, cfg: TeacherConfig, device: torch.device) -> tu
         require_model(cfg.dino_model, "DINO model", "--dino-model")
         return build_clip(cfg, device), TransformersDino(cfg.dino_model, device, cfg.dino_long_side, cfg.half)
     raise TeacherError(f"no teacher to extract (--teacher {cfg.kind}); choose clip or synthetic")
+
+
+def text_encoder(cfg: TeacherConfig, device: torch.device) -> CropEncoder:
+    """The teacher's text side, for free-text queries (the CLIP model for real teachers)."""
+    if cfg.kind == "synthetic":
+        from ovseg3d.teachers.synthetic import SyntheticText
+
+        return SyntheticText(cfg.syn_dim, cfg.teacher_seed)  # type: ignore[return-value]
+    from ovseg3d.teachers.clip import build_clip
+
+    return build_clip(cfg, device)
 
 
 def teacher_view(scene: Scene, index: int, cfg: TeacherConfig) -> TeacherView:

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -55,3 +57,8 @@ def teacher_segmentation(relevancy: Tensor) -> Tensor:
     """The 2D teacher's own labels: ``[S, H, W, C]`` relevancy -> ``[H, W]`` argmax over classes of the
     mean relevancy over scales (the baseline that distillation must beat)."""
     return relevancy.float().mean(dim=0).argmax(dim=-1)
+
+
+def query_slug(query: str) -> str:
+    """A property-name-safe form of a query (``"red mug"`` -> ``red_mug``)."""
+    return re.sub(r"[^a-z0-9]+", "_", query.lower()).strip("_") or "query"

@@ -1,0 +1,123 @@
+"""Scores shared by every stage: image quality (PSNR, SSIM) and 3D-OVS segmentation (mIoU, accuracy).
+
+Pure functions of tensors; the stages that report them (teacher extraction, evaluation, benchmarks) import them
+from here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ovseg3d.errors import UsageError
+
+
+def psnr(pred: Tensor, target: Tensor) -> float:
+    """Peak signal-to-noise ratio (dB) of images in [0, 1], any matching shapes."""
+    mse = F.mse_loss(pred.clamp(0, 1).float(), target.float())
+    return float(-10.0 * torch.log10(mse.clamp(min=1e-12)))
+
+
+def _gaussian_window(size: int, sigma: float) -> Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    return g / g.sum()
+
+
+def ssim(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5) -> float:
+    """Structural similarity (Wang et al. 2004) of ``[H, W, C]`` images in [0, 1].
+
+    Gaussian window (11, sigma 1.5), constants ``(0.01)^2`` and ``(0.03)^2``, valid filtering,
+    mean over pixels and channels: the variant NeRF papers report.
+    """
+    x = pred.clamp(0, 1).double().permute(2, 0, 1)[:, None]  # [C, 1, H, W]
+    y = target.double().permute(2, 0, 1)[:, None]
+    g = _gaussian_window(min(window, x.shape[-1], x.shape[-2]), sigma)
+    kx, ky = g.view(1, 1, 1, -1), g.view(1, 1, -1, 1)
+
+    def blur(z: Tensor) -> Tensor:
+        return F.conv2d(F.conv2d(z, kx), ky)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    return float((num / den).mean())
+
+
+def class_ious(pred: Tensor, masks: Tensor) -> tuple[Tensor, int, int]:
+    """IoU per class of one view (3D-OVS protocol, REFERENCE.md §1).
+
+    Args:
+        pred: ``[H, W]`` predicted class index.
+        masks: ``[C, H, W]`` bool ground-truth masks; pixels in no mask are ignored.
+
+    Returns:
+        ``[C]`` IoU (NaN where the class is in neither the prediction nor the ground truth),
+        correctly labelled pixels, and labelled pixels.
+    """
+    n_cls = masks.shape[0]
+    valid = masks.any(0)
+    onehot = torch.nn.functional.one_hot(pred.long().clamp(0, n_cls - 1), n_cls).permute(2, 0, 1).bool()
+    onehot &= valid
+    inter = (onehot & masks).flatten(1).sum(1).double()
+    union = (onehot | masks).flatten(1).sum(1).double()
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(union, float("nan")))
+    gt = masks.double().argmax(0)
+    correct = int(((pred.long() == gt) & valid).sum())
+    return iou, correct, int(valid.sum())
+
+
+def shifted_gt_miou(masks: dict[int, Tensor], classes: list[str]) -> float:
+    """mIoU of the ground truth itself moved by one pixel: the mean of a step right and a step down.
+
+    How much a one-pixel misregistration costs on these views. Objects a few pixels wide lose a large
+    share of their IoU to it, so it tells how close to 100 a method can be expected to come on them.
+    """
+    labels = {v: m.double().argmax(0) for v, m in masks.items()}
+    right = {v: torch.cat([g[:, :1], g[:, :-1]], 1) for v, g in labels.items()}
+    down = {v: torch.cat([g[:1], g[:-1]], 0) for v, g in labels.items()}
+    return round(sum(segmentation_metrics(p, masks, classes)["miou"] for p in (right, down)) / 2, 2)
+
+
+def segmentation_metrics(preds: dict[int, Tensor], masks: dict[int, Tensor], classes: list[str]) -> dict:
+    """mIoU (mean of every defined per-class, per-view IoU), pixel accuracy and per-class IoU, in percent.
+
+    A class that a view's ground truth lacks but its prediction has scores 0 in that view, however few its
+    pixels: one stray pixel costs as much as a missed object. ``miou_gt_classes`` is the same mean over only
+    the classes each view's ground truth has (the stray pixels still count against the class they belong
+    to), reported beside ``miou`` so that the two kinds of error can be told apart. ``per_view_iou`` holds
+    every term of the mean: view -> class -> IoU, for the classes in the view's ground truth or prediction.
+    """
+    if not masks:
+        raise UsageError("no annotated views (segmentations/) to score segmentation on")
+    ious, present, correct, total = [], [], 0, 0
+    for view, gt in masks.items():
+        iou, c, t = class_ious(preds[view], gt)
+        ious.append(iou)
+        present.append(gt.flatten(1).any(1))
+        correct, total = correct + c, total + t
+    table = torch.stack(ious)  # [V, C]
+    defined = ~torch.isnan(table)
+    in_gt = torch.stack(present)
+    per_class = {
+        name: round(100 * float(table[defined[:, i], i].mean()), 2)
+        for i, name in enumerate(classes)
+        if defined[:, i].any()
+    }
+    per_view = {
+        str(view): {name: round(100 * float(row[i]), 2) for i, name in enumerate(classes) if not row[i].isnan()}
+        for view, row in zip(masks, table)
+    }
+    return {
+        "miou": round(100 * float(table[defined].mean()), 2),
+        "miou_gt_classes": round(100 * float(table[in_gt].mean()), 2),
+        "accuracy": round(100 * correct / max(total, 1), 2),
+        "per_class_iou": per_class,
+        "per_view_iou": per_view,
+        "n_views": len(masks),
+    }

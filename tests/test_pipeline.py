@@ -1,0 +1,77 @@
+"""ovseg3d.pipeline: the stages over one scene, each skipped when its outputs are current."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from ovseg3d.config import resolve_base
+from ovseg3d.errors import UsageError
+from ovseg3d.export import ExportOptions
+from ovseg3d.pipeline import STAGE_FILE, is_current, read_stages, run_scene, stage_range
+from ovseg3d.run import RUN_FORMAT
+
+
+def toy_config():
+    """The toy run's own settings (tests/conftest.py), so that resuming it is allowed and trains no step."""
+    cfg = resolve_base("cpu", None)
+    budget = dict(steps=600, max_minutes=0.0, distill_steps=300, distill_minutes=0.0, compile_grid=False)
+    return dataclasses.replace(cfg, **budget, device="cpu")
+
+
+def test_run_scene_twice_does_no_work_the_second_time(toy_run_copy):
+    scene, run = toy_run_copy
+    stages = ["geometry", "distill", "export", "detect", "eval"]
+    started: list[str] = []
+    opts = ExportOptions(max_spread=0.0)
+    first = run_scene(scene, run, stages, toy_config(), export=opts, log=lambda s: None, on_stage=started.append)
+    assert first.status == "done" and first.skipped == []
+    assert started == ["teachers", *stages]  # the scene and its features are loaded once for geometry + distill
+    assert (run / "export" / "points.npz").is_file() and (run / "detections.json").is_file()
+    assert "psnr" in first.metrics and "miou" in first.metrics
+    eval_json = (run / "eval.json").stat().st_mtime_ns
+    records = read_stages(run)
+    assert set(stages) <= set(records) and all(is_current(run, s) for s in stages)
+
+    again: list[str] = []
+    second = run_scene(scene, run, stages, toy_config(), export=opts, log=lambda s: None, on_stage=again.append)
+    assert again == [] and second.skipped == stages
+    assert all(v == 0.0 for v in second.seconds.values())
+    assert (run / "eval.json").stat().st_mtime_ns == eval_json
+    assert second.metrics == first.metrics
+
+    # a newer export makes the detections and the scores stale; the export itself stays current
+    stamp = run / "export" / "points.npz"
+    stamp.write_bytes(stamp.read_bytes())
+    assert is_current(run, "export") and not is_current(run, "detect") and not is_current(run, "eval")
+
+
+def test_a_lost_stage_record_redoes_only_that_stage(toy_run_copy):
+    scene, run = toy_run_copy
+    opts = ExportOptions(max_spread=0.0)
+    run_scene(scene, run, ["geometry", "distill"], toy_config(), log=lambda s: None)
+    records = json.loads((run / STAGE_FILE).read_text())
+    assert {"geometry", "distill"} <= set(records)
+    started: list[str] = []
+    run_scene(scene, run, ["geometry", "distill", "export"], toy_config(), export=opts, on_stage=started.append)
+    assert started == ["export"]
+
+
+def test_a_stage_without_its_inputs_is_one_line(tmp_path):
+    with pytest.raises(UsageError, match="no checkpoint to export"):
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "run.json").write_text(json.dumps({"run_format": RUN_FORMAT}))
+        run_scene(tmp_path / "scene", tmp_path / "run", ["export"], toy_config())
+
+
+def test_stage_names_and_ranges():
+    assert stage_range("distill", "detect") == ["distill", "export", "detect"]
+    with pytest.raises(UsageError, match="unknown stage"):
+        stage_range("fit", "eval")
+    with pytest.raises(UsageError, match="comes before"):
+        stage_range("eval", "export")
+    with pytest.raises(UsageError, match="unknown stage"):
+        run_scene(Path("x"), Path("y"), ["train"])

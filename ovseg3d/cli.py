@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
+import io
 import os
 import sys
 import traceback
@@ -202,6 +204,29 @@ class BatchArgs:
     detect: Annotated[DetectOptions, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=DetectOptions)
 
 
+def _parse(cls, args: list[str], prog: str, **kwargs):  # noqa: ANN001, ANN202 - tyro's own signature
+    """``tyro.cli`` with a parse error (an unknown option, a value of the wrong type) as one line (UsageError)
+    instead of tyro's box; --help prints as tyro prints it."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            parsed = tyro.cli(cls, args=args, prog=prog, **kwargs)
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            sys.stderr.write(err.getvalue())
+            raise
+        text = [line.strip(" │╭╮╰╯─┃━┏┓┗┛") for line in err.getvalue().splitlines()]
+        words = [t for t in text if t and not t.startswith("For full helptext")]
+        if "Argument helptext:" in words:  # the option's help after the error: --help shows it
+            words = words[: words.index("Argument helptext:")]
+        words = words[1:] if len(words) > 1 else words  # the box's title ("Unrecognized options") repeats
+        raise UsageError(
+            "; ".join(words or ["bad options"]) + f" (ovseg3d {prog.split()[1]} --help lists them)"
+        ) from None
+    sys.stderr.write(err.getvalue())  # tyro's warnings, if any
+    return parsed
+
+
 def _positional(args: list[str], flag: str) -> list[str]:
     """Let the first bare argument stand for ``flag`` (``ovseg3d train SCENE`` = ``--scene SCENE``)."""
     if args and not args[0].startswith("-"):
@@ -236,7 +261,7 @@ def cmd_synth(args: list[str]) -> int:
     out = None
     if args and not args[0].startswith("-"):
         out, args = Path(args[0]), args[1:]
-    cfg = tyro.cli(
+    cfg = _parse(
         SynthConfig,
         args=args,
         prog="ovseg3d synth OUT",
@@ -274,7 +299,7 @@ def cmd_train(args: list[str]) -> int:
         base = dataclasses.replace(load_run_config(known.output), resume=True)
     else:
         base = resolve_base(known.preset, known.config)
-    cfg = tyro.cli(TrainConfig, args=args, default=base, prog="ovseg3d train SCENE --output RUN")
+    cfg = _parse(TrainConfig, args=args, default=base, prog="ovseg3d train SCENE --output RUN")
     # the scene and the run folder are asked for (no scenes/demo -> runs/demo by default); a --config file that
     # names them (a copy of RUN/config.toml) or --resume of a run folder count as giving them
     in_file = set(read_toml(known.config)) if known.config is not None else set()
@@ -294,7 +319,7 @@ def cmd_extract(args: list[str]) -> int:
 
     args = _positional(args, "--scene")
     _require(args, "--scene", "scene folder", "ovseg3d extract SCENE [options]")
-    a = tyro.cli(ExtractArgs, args=args, prog="ovseg3d extract SCENE")
+    a = _parse(ExtractArgs, args=args, prog="ovseg3d extract SCENE")
     _at_least("downscale", a.downscale, 0, " (0: from --max-long-side)")
     _at_least("max-long-side", a.max_long_side, 0, " (0: full size)")
     cache = a.teachers.cache_dir or a.scene / "features" / ("" if a.teachers.kind == "auto" else a.teachers.kind)
@@ -323,7 +348,7 @@ def cmd_render(args: list[str]) -> int:
 
     args = _positional(args, "--run")
     _require(args, "--run", "run folder", "ovseg3d render RUN [options]")
-    a = tyro.cli(RenderArgs, args=args, prog="ovseg3d render RUN")
+    a = _parse(RenderArgs, args=args, prog="ovseg3d render RUN")
     for v in a.views:
         _at_least("views", v, 0)
     if a.run.is_dir():
@@ -342,7 +367,7 @@ def cmd_eval(args: list[str]) -> int:
 
     args = _positional(args, "--run")
     _require(args, "--run", "run folder", "ovseg3d eval RUN [options]")
-    a = tyro.cli(EvalArgs, args=args, prog="ovseg3d eval RUN")
+    a = _parse(EvalArgs, args=args, prog="ovseg3d eval RUN")
     _at_least("max-samples-per-ray", a.max_samples_per_ray, 0, " (0: every step)")
     if a.run.is_dir():  # writes RUN/eval.json, and RUN/renders/ unless --no-renders
         hint = "copy the run to a writable folder"
@@ -375,7 +400,7 @@ def cmd_export(args: list[str]) -> int:
 
     args = _positional(args, "--run")
     _require(args, "--run", "run folder", "ovseg3d export RUN [options]")
-    a = tyro.cli(ExportArgs, args=args, prog="ovseg3d export RUN")
+    a = _parse(ExportArgs, args=args, prog="ovseg3d export RUN")
     _check_export_options(a.options)
     out = a.output or a.run / "export"
     if a.run.is_dir():
@@ -409,7 +434,7 @@ def cmd_detect(args: list[str]) -> int:
 
     args = _positional(args, "--source")
     _require(args, "--source", "run folder or point cloud", "ovseg3d detect RUN|CLOUD [options]")
-    a = tyro.cli(DetectArgs, args=args, prog="ovseg3d detect RUN|CLOUD")
+    a = _parse(DetectArgs, args=args, prog="ovseg3d detect RUN|CLOUD")
     _check_detect_options(a.options)
     if a.view is not None:
         _at_least("view", a.view, 0)
@@ -438,7 +463,7 @@ def cmd_view(args: list[str]) -> int:
 
     args = _positional(args, "--run")
     _require(args, "--run", "run folder", "ovseg3d view RUN [options]")
-    a = tyro.cli(ViewArgs, args=args, prog="ovseg3d view RUN")
+    a = _parse(ViewArgs, args=args, prog="ovseg3d view RUN")
     _at_least("max-points", a.max_points, 1)
     _at_least("point-size", a.point_size, 0.0, " (0: the export's voxel size)")
     check_listen(a.host, a.port)  # before loading the run (which may extract its cloud for minutes)
@@ -470,7 +495,7 @@ def cmd_batch(args: list[str]) -> int:
 
     usage = "ovseg3d batch SCENES... --output RUNS [options]"
     _require(args, "--output", "folder for the runs", usage)
-    a = tyro.cli(BatchArgs, args=args, prog="ovseg3d batch --output RUNS")
+    a = _parse(BatchArgs, args=args, prog="ovseg3d batch --output RUNS")
     if not a.scenes:
         raise UsageError(f"give the scenes (folders, globs or list files): {usage}")
     stages = stage_range(a.from_stage, a.to_stage)

@@ -131,6 +131,20 @@ def test_help_needs_no_run(capsys):
     assert exit_.value.code == 0 and "--run" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["eval", "runs/x", "--no-such-option"], "Unrecognized options: --no-such-option"),
+        (["train", "scenes/x", "--output", "runs/x", "--steps", "many"], "Error parsing --steps"),
+        (["detect", "runs/x", "--min-points", "1.5"], "--min-points"),
+    ],
+)
+def test_bad_options_are_one_line(capsys, args, says):
+    assert main(args) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and says in err[0] and f"ovseg3d {args[0]} --help" in err[0], err
+
+
 def _read_only(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(stat.S_IRUSR | stat.S_IXUSR)

@@ -124,6 +124,9 @@ class ViewArgs:
     """Point size in world units (0: the export's voxel size)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
+    force: bool = False
+    """Use the run even if its scene changed since training (images or poses that differ from the fingerprint
+    in RUN/run.json)."""
 
 
 @dataclass
@@ -467,7 +470,10 @@ def cmd_view(args: list[str]) -> int:
     _at_least("max-points", a.max_points, 1)
     _at_least("point-size", a.point_size, 0.0, " (0: the export's voxel size)")
     check_listen(a.host, a.port)  # before loading the run (which may extract its cloud for minutes)
-    queries, trainer, distiller = load_queries(a.run, a.max_points, a.device)
+    from ovseg3d.run import allow_changed_scene
+
+    with allow_changed_scene(a.force):
+        queries, trainer, distiller = load_queries(a.run, a.max_points, a.device)
     size = a.point_size or max(queries.cloud.voxel_size, 1e-3)
     viewer = Viewer(queries, trainer, distiller, a.host, a.port, size, a.run)
     port = viewer.server.get_port()
@@ -574,7 +580,8 @@ def _usage() -> str:
 INTERRUPTED = {
     "synth": "nothing was written (the partial scene was removed; OUT is as it was)",
     "extract": "the views extracted so far are kept in the cache: the same command continues from them",
-    "train": "the last checkpoint is kept: the same command with --resume continues from it",
+    "train": "the last checkpoint is kept (the same command with --resume continues from it); a run that had "
+    "saved none was removed",
     "render": "the images written so far are in RUN/renders",
     "eval": "RUN/eval.json was not updated (the renders written so far are in RUN/renders)",
     "export": "nothing was written (a previous export is kept whole)",

@@ -188,14 +188,15 @@ def run_scene(
 
     def finish(stage: str, start: float) -> None:
         result.seconds[stage] = round(time.perf_counter() - start, 3)
-        _record(run, stage, result.seconds[stage], **_inputs(run, stage))
+        _record(run, stage, result.seconds[stage], **_inputs(run, stage), **_budget(stage, cfg))
 
     def skip(stage: str) -> None:
         result.skipped.append(stage)
         result.seconds[stage] = 0.0
 
     fitting = [s for s in todo if s in ("teachers", "geometry", "distill")]
-    pending = [s for s in fitting if not is_current(run, s, done)]
+    # a larger step or time budget than the one a fitting stage finished with continues it from its checkpoint
+    pending = [s for s in fitting if not is_current(run, s, done) or _budget_grew(done.get(s, {}), s, cfg)]
     for stage in fitting:
         if stage not in pending:
             skip(stage)
@@ -252,6 +253,26 @@ def run_scene(
         finish(stage, start)
     result.metrics = scene_metrics(run)
     return result
+
+
+def _budget(stage: str, cfg: TrainConfig) -> dict[str, float]:
+    """The step and time budget a fitting stage ran to (recorded with it)."""
+    if stage == "geometry":
+        return {"steps": cfg.steps, "max_minutes": cfg.max_minutes}
+    if stage == "distill":
+        return {"distill_steps": cfg.distill_steps, "distill_minutes": cfg.distill_minutes}
+    return {}
+
+
+def _budget_grew(record: dict, stage: str, cfg: TrainConfig) -> bool:
+    """Whether ``cfg`` gives ``stage`` more steps or minutes than it finished with (0 minutes: no time limit)."""
+    for key, now in _budget(stage, cfg).items():
+        before = record.get(key, now)
+        if key.endswith("minutes"):
+            before, now = before or float("inf"), now or float("inf")
+        if now > before:
+            return True
+    return False
 
 
 def _resumable(cfg: TrainConfig, run: Path) -> TrainConfig:

@@ -383,3 +383,16 @@ def test_names_outside_the_scene_classes_come_from_the_distilled_features():
     named = [d for d in found if d.name == "coffee mug"]
     assert len(named) == 1 and np.linalg.norm(named[0].center[:2] - mug_at[:2]) < 0.03
     assert set(named[0].cues) == {"feature", "size_prior"}  # the labels cannot speak for "coffee mug"
+
+
+def test_up_from_two_planes_whose_mean_normal_lies_between_them():
+    """Floors tilted +4.5 and -4.5 deg: the mean shift's mode (0 deg) is 4.5 deg from every normal, so its
+    narrowest window (2.5 deg) holds none. The last window's mode is kept (the old code divided by zero)."""
+    rng = np.random.default_rng(0)
+
+    def patch(x0: float, tilt_deg: float) -> np.ndarray:
+        xy = rng.uniform(0, 1, (4000, 2)) + [x0, 0.0]
+        return np.c_[xy, math.tan(math.radians(tilt_deg)) * (xy[:, 1] - 0.5)]
+
+    up = estimate_up(np.vstack([patch(0, 4.5), patch(2, -4.5)]), 0.1)
+    assert np.isfinite(up).all() and math.degrees(math.acos(min(1.0, abs(float(up[2]))))) < 1.0

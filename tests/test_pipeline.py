@@ -75,3 +75,20 @@ def test_stage_names_and_ranges():
         stage_range("eval", "export")
     with pytest.raises(UsageError, match="unknown stage"):
         run_scene(Path("x"), Path("y"), ["train"])
+
+
+def test_a_larger_step_budget_continues_the_geometry(toy_run_copy):
+    from ovseg3d.run import latest_checkpoint, load_checkpoint
+
+    def geometry_step() -> int:
+        return int(load_checkpoint(latest_checkpoint(run))["step"])
+
+    scene, run = toy_run_copy
+    first = run_scene(scene, run, ["geometry"], toy_config(), log=lambda s: None)
+    before = geometry_step()
+    assert first.skipped == [] and read_stages(run)["geometry"]["steps"] == 600
+    assert run_scene(scene, run, ["geometry"], toy_config(), log=lambda s: None).skipped == ["geometry"]
+    more = dataclasses.replace(toy_config(), steps=before + 20)
+    started: list[str] = []
+    run_scene(scene, run, ["geometry"], more, log=lambda s: None, on_stage=started.append)
+    assert "geometry" in started and geometry_step() == before + 20

@@ -84,11 +84,14 @@ def estimate_up(
     cos_in = np.cos(np.radians(inlier_deg))
     support = (np.abs(cands @ n.T) > cos_in).astype(np.float64) @ w
     up = cands[int(np.argmax(support))]
+    inl = np.abs(n @ up) > cos_in
     for deg in (inlier_deg, inlier_deg / 2, inlier_deg / 4, inlier_deg / 4):  # shrinking mean shift to the mode
-        inl = np.abs(n @ up) > np.cos(np.radians(deg))
-        aligned = n[inl] * np.sign(n[inl] @ up)[:, None]
-        up = (aligned * w[inl, None]).sum(0)
-        up /= np.linalg.norm(up)
+        window = np.abs(n @ up) > np.cos(np.radians(deg))
+        aligned = n[window] * np.sign(n[window] @ up)[:, None]
+        mean = (aligned * w[window, None]).sum(0)
+        if not window.any() or np.linalg.norm(mean) < 1e-12:
+            break  # a narrower window holds no normal: keep the mode of the last one
+        inl, up = window, mean / np.linalg.norm(mean)
     on_plane = np.isin(planes.point_voxel, np.flatnonzero(flat)[inl])
     if ground is not None and ground.sum() >= 30:
         up = fit_plane_normal(xyz[ground], up)  # the labelled floor, whatever its share of the flat area

@@ -12,7 +12,7 @@ import torch
 
 from ovseg3d.cli import main
 from ovseg3d.detect.boxes import face, fit_upright_box, front_yaw
-from ovseg3d.detect.gravity import estimate_up, rotation_between
+from ovseg3d.detect.gravity import NoFlatSurface, estimate_up, rotation_between
 from ovseg3d.detect.head import DetectOptions, detect, point_spacing
 from ovseg3d.detect.instances import connected_components, merge_pieces
 from ovseg3d.detect.metrics import box_iou, rot_z
@@ -396,3 +396,16 @@ def test_up_from_two_planes_whose_mean_normal_lies_between_them():
 
     up = estimate_up(np.vstack([patch(0, 4.5), patch(2, -4.5)]), 0.1)
     assert np.isfinite(up).all() and math.degrees(math.acos(min(1.0, abs(float(up[2]))))) < 1.0
+
+
+def test_a_cloud_without_flat_surfaces_is_levelled_by_the_cameras_up():
+    """A cloud of noisy blobs has no flat patch: with the cameras' up as a hint, detect uses it (one line);
+    without any hint, it asks for --up in one line."""
+    blobs = [(RNG.normal(c, 0.03, (400, 3)), i) for i, c in enumerate([(0, 0, 0.1), (0.5, 0.2, 0.1)])]
+    cloud = cloud_of(blobs, ["mug", "book"])
+    said: list[str] = []
+    result = detect(cloud, DetectOptions(size_prior=False), up_hint=np.array([0, 0, 2.0]), log=said.append)
+    assert np.allclose(result.up, [0, 0, 1]) and any("cameras' mean up" in s for s in said)
+    assert sorted(d.name for d in result.detections) == ["book", "mug"]
+    with pytest.raises(NoFlatSurface, match="--up X Y Z"):
+        detect(cloud, DetectOptions(size_prior=False), log=lambda *_: None)

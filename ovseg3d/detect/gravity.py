@@ -38,6 +38,10 @@ def voxel_normals(xyz: np.ndarray, cell: float, min_points: int = 8) -> LocalPla
     return LocalPlanes(evecs[:, :, 0], planarity, counts[keep], remap[inv])
 
 
+class NoFlatSurface(UsageError):
+    """The cloud has too few flat patches to tell up from."""
+
+
 def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The smallest rotation taking unit ``a`` onto unit ``b`` (Rodrigues: ``I + [v]x + [v]x^2 (1-c)/s^2``)."""
     a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
@@ -70,7 +74,7 @@ def estimate_up(
     planes = voxel_normals(xyz, cell)
     flat = planes.planarity > 0.9
     if flat.sum() < 3:
-        raise UsageError("no flat surfaces found to estimate gravity from: give the up direction (--up X Y Z)")
+        raise NoFlatSurface("no flat surfaces found to estimate gravity from: give the up direction (--up X Y Z)")
     n, w = planes.normals[flat], planes.counts[flat].astype(np.float64)
     cands = n
     if hint is not None:

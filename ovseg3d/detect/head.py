@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ovseg3d.atomic import write_json
 from ovseg3d.detect.boxes import Box, face, fit_upright_box, front_yaw
-from ovseg3d.detect.gravity import estimate_up, gravity_rotation
+from ovseg3d.detect.gravity import NoFlatSurface, estimate_up, gravity_rotation
 from ovseg3d.detect.instances import clean_instance, connected_components, label_instances, merge_pieces
 from ovseg3d.detect.metrics import box_iou, rot_z
 from ovseg3d.detect.priors import SizePriors
@@ -363,7 +363,13 @@ def detect(
     if opts.up is not None:
         up = np.asarray(opts.up, np.float64) / np.linalg.norm(opts.up)
     else:
-        up = estimate_up(xyz, 8 * spacing, hint=up_hint, ground=ground)
+        try:
+            up = estimate_up(xyz, 8 * spacing, hint=up_hint, ground=ground)
+        except NoFlatSurface:
+            if up_hint is None:
+                raise
+            log("no flat surface in the cloud to level it by: using the cameras' mean up (--up X Y Z to give it)")
+            up = np.asarray(up_hint, np.float64) / np.linalg.norm(up_hint)
     grav = gravity_rotation(up)
     xyz_up = xyz @ grav.T
     t1 = time.perf_counter()

@@ -87,38 +87,56 @@ def _record(run: Path, stage: str, seconds: float, **inputs: object) -> None:
     write_json(run / STAGE_FILE, stages)
 
 
-def _latest(run: Path) -> str | None:
-    ckpt = latest_checkpoint(run) if list_checkpoints(run) else None
-    return ckpt.name if ckpt is not None else None
+EXPORT_NPZ = "export/points.npz"
+# what each stage is made from (compared with its record) and the file it writes
+_MADE_FROM = {
+    "distill": ("checkpoint",),
+    "export": ("checkpoint",),
+    "detect": ("export",),
+    "eval": ("checkpoint", "detections"),
+}
+_OUTPUTS = {"export": EXPORT_NPZ, "detect": DETECTIONS, "eval": "eval.json"}
+
+
+def _sources(run: Path) -> dict[str, str | None]:
+    """What the stages are made from, now: the newest checkpoint's name, the export's and detections' stamps."""
+    ckpt = latest_checkpoint(run)
+    return {
+        "checkpoint": ckpt.name if ckpt is not None else None,
+        "export": file_stamp(run / EXPORT_NPZ),
+        "detections": file_stamp(run / DETECTIONS),
+    }
 
 
 def _inputs(run: Path, stage: str) -> dict[str, object]:
-    """What ``stage`` is made from, now: compared with its record to tell whether its outputs are current."""
-    if stage in ("distill", "export"):
-        return {"checkpoint": _latest(run)}
-    if stage == "detect":
-        return {"export": file_stamp(run / "export" / "points.npz")}
-    if stage == "eval":
-        return {"checkpoint": _latest(run), "detections": file_stamp(run / DETECTIONS)}
-    return {}
+    """What ``stage`` is made from, now: recorded with it, to tell later whether its outputs are current."""
+    now = _sources(run)
+    return {k: now[k] for k in _MADE_FROM.get(stage, ())}
 
 
-_OUTPUTS = {"export": "export/points.npz", "detect": DETECTIONS, "eval": "eval.json"}
+def current_stages(run: Path, stages: dict[str, dict] | None = None) -> set[str]:
+    """The stages whose outputs in ``run`` are current: each finished, its outputs are there and what it was
+    made from has not changed since; a stale stage (one that ran) makes every stage after it stale too."""
+    stages = read_stages(run) if stages is None else stages
+    if not stages or not list_checkpoints(run):
+        return set()
+    now = _sources(run)
+    current: set[str] = set()
+    for stage in STAGES:
+        record = stages.get(stage)
+        if record is None:  # never ran here: nothing of it to be stale
+            continue
+        if stage in _OUTPUTS and not (run / _OUTPUTS[stage]).exists():
+            break
+        if any(record.get(k) != now[k] for k in _MADE_FROM.get(stage, ())):
+            break
+        current.add(stage)
+    return current
 
 
 def is_current(run: Path, stage: str, stages: dict[str, dict] | None = None) -> bool:
-    """Whether ``stage``'s outputs in ``run`` are current: it finished, its outputs are there and what it was
-    made from has not changed since."""
-    stages = read_stages(run) if stages is None else stages
-    record = stages.get(stage)
-    if record is None or not list_checkpoints(run):
-        return False
-    if stage in _OUTPUTS and not (run / _OUTPUTS[stage]).exists():
-        return False
-    if any(record.get(k) != v for k, v in _inputs(run, stage).items()):
-        return False
-    earlier = STAGES[: STAGES.index(stage)]  # a stale stage before it (that ran) makes it stale too
-    return all(is_current(run, s, stages) for s in earlier if s in stages)
+    """Whether ``stage``'s outputs in ``run`` are current (:func:`current_stages`)."""
+    return stage in current_stages(run, stages)
 
 
 @dataclass
@@ -179,7 +197,7 @@ def run_scene(
     result = SceneResult(str(scene), str(run))
     cfg = config if config is not None else resolve_base("cpu", None)
     cfg = dataclasses.replace(cfg, scene=Path(scene), output=Path(run))
-    done = read_stages(run) if run.is_dir() else {}
+    done = read_stages(run)
 
     def begin(stage: str) -> float:
         if on_stage is not None:
@@ -196,7 +214,8 @@ def run_scene(
 
     fitting = [s for s in todo if s in ("teachers", "geometry", "distill")]
     # a larger step or time budget than the one a fitting stage finished with continues it from its checkpoint
-    pending = [s for s in fitting if not is_current(run, s, done) or _budget_grew(done.get(s, {}), s, cfg)]
+    current = current_stages(run, done)
+    pending = [s for s in fitting if s not in current or _budget_grew(done.get(s, {}), s, cfg)]
     for stage in fitting:
         if stage not in pending:
             skip(stage)
@@ -244,7 +263,7 @@ def run_scene(
             eopts = export or ExportOptions()
             write_export(extract_cloud(run, eopts, cfg.device, log=log), run / "export", run, eopts)
         elif stage == "detect":
-            if not (run / "export" / "points.npz").exists():
+            if not (run / EXPORT_NPZ).exists():
                 raise UsageError(f"{run}: no export/points.npz to detect in: run the export stage first")
             run_detect(run, detect or DetectOptions(), device=resolve_device(cfg.device), log=log)
         else:

@@ -34,7 +34,7 @@ import torch
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from tiny_models import save_tiny_clip, save_tiny_dino  # noqa: E402
+from tiny_models import TEXT_B, VIT_B8, VIT_B16, save_tiny_clip, save_tiny_dino  # noqa: E402
 
 from ovseg3d.config import resolve_base  # noqa: E402
 from ovseg3d.data.loader import load_scene  # noqa: E402
@@ -46,9 +46,6 @@ from ovseg3d.teachers.config import TeacherConfig  # noqa: E402
 from ovseg3d.teachers.extract import ensure_features  # noqa: E402
 from ovseg3d.train import resolve_device  # noqa: E402
 
-VIT_B16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16)
-TEXT_B = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)
-VIT_B8 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=8)
 OVS_SECONDS = 1.5 * 3600  # 3D-OVS: about 1.5 h per scene after its TensoRF (its paper)
 
 

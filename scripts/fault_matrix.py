@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import tyro
 
+from ovseg3d.run import checkpoint_step, list_checkpoints
+
 TEMP_MARKERS = (".tmp", ".old-")  # ovseg3d.atomic's .NAME.tmp-PID / .NAME.old-PID
 POSES = "poses_bounds.npy"
 
@@ -241,7 +243,8 @@ def zero_bounds(arr: np.ndarray) -> None:
 
 
 def latest_checkpoint(run: Path) -> Path:
-    return sorted((run / "checkpoints").glob("ckpt_*_step_*.pt"))[-1]  # zero-padded counter: newest last
+    """The newest checkpoint written, damaged or not (ovseg3d's own choice skips a damaged one)."""
+    return list_checkpoints(run)[-1]
 
 
 def write_ply(path: Path, xyz: np.ndarray) -> None:
@@ -457,10 +460,6 @@ def extend_finished(b: Base, d: Path) -> list[str]:
     return ["train", str(b.scene), "--output", str(run), "--resume", "--steps", steps, "--device", "cpu"]
 
 
-def checkpoint_step(path: Path) -> int:
-    return int(path.stem.split("_step_")[1])
-
-
 def extended(b: Base, d: Path, o: Outcome) -> str | None:
     """The newest checkpoint holds the new steps (it is not deleted for sorting before the old ones)."""
     old = checkpoint_step(latest_checkpoint(b.run))
@@ -478,8 +477,7 @@ def killed_then_resumed(b: Base, d: Path) -> list[str]:
 
 
 def resumed(b: Base, d: Path, o: Outcome) -> str | None:
-    ckpts = list((d / "run" / "checkpoints").glob("ckpt_*_step_*.pt"))
-    steps = max((checkpoint_step(c) for c in ckpts), default=0)
+    steps = max((checkpoint_step(c) for c in list_checkpoints(d / "run")), default=0)
     return None if steps >= 60 else f"newest checkpoint at step {steps}, not 60"
 
 

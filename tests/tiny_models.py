@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# the real architectures (CLIP ViT-B/16 vision and text towers, DINO ViT-B/8), for the benchmarks' random models
+VIT_B16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16)
+TEXT_B = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)
+VIT_B8 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=8)
+
 
 def _byte_vocab() -> dict[str, int]:
     """A byte-level BPE vocabulary with single characters only (every text tokenises, no merges)."""

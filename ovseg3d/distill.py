@@ -26,11 +26,11 @@ from ovseg3d.field.hashgrid import HashGridConfig
 from ovseg3d.field.semantic import SemanticConfig, SemanticField, SemanticOutput
 from ovseg3d.losses import class_probabilities, fda_loss, feature_loss, rda_loss
 from ovseg3d.render.renderer import refine_samples
-from ovseg3d.render.volume import accumulate, render_weights
+from ovseg3d.render.volume import accumulate, mask_indices, render_weights
 from ovseg3d.run import new_checkpoint_path, save_checkpoint
 from ovseg3d.teachers.cache import TeacherFeatures
 from ovseg3d.teachers.clip import axis_coverage, crop_layout
-from ovseg3d.train import Trainer, Training, budget_bar
+from ovseg3d.train import Divergence, Trainer, Training, budget_bar
 
 
 def nearest_cell(x: Tensor, image_size: int, map_size: int) -> Tensor:
@@ -76,18 +76,22 @@ def training_selection(selection: Tensor, learned: bool = False, scale: int = -1
     n_rays, n_scales = selection.shape
     if learned:
         return selection
-    index = torch.full((n_rays,), scale % n_scales, device=selection.device)
-    return F.one_hot(index, n_scales).to(selection.dtype)
+    one = selection.new_zeros(n_rays, n_scales)  # not F.one_hot, which reads its indices' range back
+    one[:, scale % n_scales] = 1.0
+    return one
 
 
 @dataclass
 class DistillStats:
-    loss: float
-    feature: float
-    rda: float
-    fda: float
-    dino: float
+    """One distillation step; the losses stay one device tensor ``[5]`` (loss, feature, rda, fda, dino) until
+    :meth:`read`, at the log steps (a read per step would make a GPU wait for each step to finish)."""
+
+    losses: Tensor
     n_rays: int
+
+    def read(self) -> dict[str, float | int]:
+        loss, feature, rda, fda, dino = self.losses.tolist()
+        return {"loss": loss, "feature": feature, "rda": rda, "fda": fda, "dino": dino, "n_rays": self.n_rays}
 
 
 def semantic_weights(
@@ -96,14 +100,14 @@ def semantic_weights(
     """Which samples the semantic field reads, and their weights: the radiance weights raised to ``power``
     and normalised per ray, for the samples whose normalised weight is above ``eps``.
 
-    Returns ``keep`` ``[M]`` bool and the kept samples' weights (each kept ray's weights sum to 1)."""
+    Returns ``keep`` ``[K]``, the indices of the samples kept, and their weights (each kept ray's sum to 1)."""
     sharp = weights**power if power != 1.0 else weights
     total = accumulate(sharp, None, ray_indices, n_rays)[:, 0]
     share = sharp / total[ray_indices].clamp(min=1e-12)
-    keep = (share > eps) & (sharp > 0)
-    kept = sharp[keep]
-    total = accumulate(kept, None, ray_indices[keep], n_rays)[:, 0]
-    return keep, kept / total[ray_indices[keep]]
+    keep = mask_indices((share > eps) & (sharp > 0))
+    kept, kept_rays = sharp[keep], ray_indices[keep]
+    total = accumulate(kept, None, kept_rays, n_rays)[:, 0]
+    return keep, kept / total[kept_rays]
 
 
 @dataclass
@@ -149,8 +153,15 @@ class Distiller:
         grid = HashGridConfig(cfg.sem_levels, cfg.sem_features_per_level, cfg.sem_log2_hashmap_size, 16, scale)
         sem = SemanticConfig(grid, cfg.latent_dim, 64, int(clip_dim), int(n_scales), int(self.teacher.dino.shape[-1]))
         self.field = SemanticField(geo.field.aabb, sem, geo.device, cfg.grid_impl, geo.field.contraction)
-        self.optimizer = torch.optim.Adam(self.field.parameters(), lr=cfg.sem_lr, betas=(0.9, 0.99), eps=1e-15)
+        # fused: one kernel for all parameters, its step counts on the device (the default reads them every step)
+        self.optimizer = torch.optim.Adam(
+            self.field.parameters(), lr=cfg.sem_lr, betas=(0.9, 0.99), eps=1e-15, fused=True
+        )
+        self.divergence = Divergence(geo.device)
         self.train_views = torch.as_tensor(geo.scene.train_ids, device=geo.device)
+        scene = geo.scene  # all the scene's views (pixels are drawn from its training views), on the device once
+        self.cameras = scene.cameras.to(geo.device)
+        self.near_far = scene.near_far.to(geo.device) if scene.near_far is not None else None
         self.coverage = CropCoverage.of(geo) if cfg.coverage_weights else None
         self.step = 0
         self.elapsed = 0.0
@@ -219,9 +230,8 @@ class Distiller:
             group["lr"] = lr
         views, u, v = self.sample_pixels()
         scene = geo.scene
-        cams = scene.cameras.to(self.device)
-        origins, dirs = pixel_rays(cams, views, u, v)
-        z = self.render_latent(cams, views, origins, dirs, scene.near_far)
+        origins, dirs = pixel_rays(self.cameras, views, u, v)
+        z = self.render_latent(self.cameras, views, origins, dirs, self.near_far)
         out = self.field.decode(z)
         t_clip, t_rel, t_dino = self.teacher.lookup(views, u, v, scene.width, scene.height)
         cover = None if self.coverage is None else self.coverage.at(u, v, scene.width, scene.height)
@@ -229,12 +239,18 @@ class Distiller:
         self.optimizer.zero_grad(set_to_none=True)
         stats[0].backward()
         self.optimizer.step()
+        self.divergence.update(stats[0])
         if cfg.joint_after < 1.0 and self.progress() >= cfg.joint_after:
             geo.train_step()
         self.step += 1
         self.elapsed += time.perf_counter() - start
-        loss, feat, rda, fda, dino = (float(x.detach()) for x in stats)
-        return DistillStats(loss, feat, rda, fda, dino, len(views))
+        return DistillStats(torch.stack([x.detach() for x in stats]), len(views))
+
+    def check_finite(self) -> None:
+        """Raise :class:`RunError` if a distillation loss so far (or a joint geometry step's) was not finite."""
+        fix = f"lower --sem-lr {self.cfg.sem_lr:g} (nothing after the last checkpoint was saved)"
+        self.divergence.check(self.step, "distillation", fix)
+        self.geo.check_finite()
 
     def losses(
         self, out: SemanticOutput, t_clip: Tensor, t_rel: Tensor, t_dino: Tensor, cover: Tensor | None = None
@@ -353,16 +369,19 @@ def distill_loop(distiller: Distiller, run: Path) -> None:
             stats = distiller.train_step()
             budget_bar(bar, distiller.step, distiller.progress())
             bar.update(1)
-            if distiller.step % cfg.log_every == 0 or distiller.done():
-                bar.set_postfix(feat=f"{stats.feature:.3f}", rda=f"{stats.rda:.3f}", fda=f"{stats.fda:.3f}")
+            checkpoint = distiller.step % cfg.checkpoint_every == 0 or distiller.done()
+            if distiller.step % cfg.log_every == 0 or checkpoint:  # the only steps that read from the device
+                distiller.check_finite()
+                values = stats.read()
+                bar.set_postfix(feat=f"{values['feature']:.3f}", rda=f"{values['rda']:.3f}", fda=f"{values['fda']:.3f}")
                 record = {
                     "stage": "distill",
                     "distill_step": distiller.step,
                     "time": round(distiller.elapsed, 3),
-                    **vars(stats),
+                    **values,
                 }
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-            if distiller.step % cfg.checkpoint_every == 0 or distiller.done():
+            if checkpoint:
                 state = {**geo.state_dict(), "semantic": distiller.state_dict()}
                 save_checkpoint(new_checkpoint_path(run, geo.step + distiller.step), state)

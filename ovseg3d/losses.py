@@ -88,10 +88,7 @@ def fda_loss(probs: Tensor, dino: Tensor, w_pos: float = 200.0, w_neg: float = 0
     sim = d @ d.transpose(1, 2) - threshold  # [B, N, N]
     js = js_divergence(probs[:, :, None, :], probs[:, None, :, :])  # [B, N, N]
     dj = sim * js
-    pos, neg = sim > 0, sim < 0
-    loss = probs.new_zeros(())
-    if pos.any():
-        loss = loss + w_pos * dj[pos].mean()
-    if neg.any():
-        loss = loss + w_neg * dj[neg].mean()
+    pos, neg = (sim > 0).to(dj.dtype), (sim < 0).to(dj.dtype)
+    # means over the pairs of each sign, 0 where there is none (masked sums: no read back from the device)
+    loss = w_pos * (dj * pos).sum() / pos.sum().clamp(min=1.0) + w_neg * (dj * neg).sum() / neg.sum().clamp(min=1.0)
     return loss

@@ -29,7 +29,7 @@ from ovseg3d.field.space import check_contraction, step_scale
 from ovseg3d.images import colorize_depth, save_png, side_by_side
 from ovseg3d.render.occupancy import OccupancyGrid
 from ovseg3d.render.renderer import RenderOptions, RenderOutput, refine_samples, render_image_rays, render_rays
-from ovseg3d.render.volume import RaySamples
+from ovseg3d.render.volume import RaySamples, ray_counts
 from ovseg3d.run import (
     GEOMETRY_CHECKPOINT,
     RunError,
@@ -93,10 +93,32 @@ def ray_limits(
 
 @dataclass
 class StepStats:
-    loss: float
-    psnr: float
+    """One geometry step. ``loss`` (the colour MSE) stays a device tensor: reading it every step would make a GPU
+    wait for the step to finish; :meth:`read` does it at the log steps."""
+
+    loss: Tensor
     n_rays: int
     n_samples: int
+
+    def read(self) -> dict[str, float | int]:
+        """The log record's values: loss, psnr, n_rays, n_samples (one read from the device)."""
+        mse = float(self.loss)
+        return {"loss": mse, "psnr": psnr(mse), "n_rays": self.n_rays, "n_samples": self.n_samples}
+
+
+class Divergence:
+    """Whether any loss since the start was not finite, kept on the device (no read per step); :meth:`check`
+    reads it, before each log line and checkpoint, so that a diverged field is never saved."""
+
+    def __init__(self, device: torch.device):
+        self.flag = torch.zeros((), dtype=torch.bool, device=device)
+
+    def update(self, loss: Tensor) -> None:
+        torch.logical_or(self.flag, ~torch.isfinite(loss.detach()), out=self.flag)
+
+    def check(self, step: int, what: str, fix: str) -> None:
+        if bool(self.flag):
+            raise RunError(f"{what} diverged by step {step} (a loss that is not finite): {fix}")
 
 
 class Trainer:
@@ -129,7 +151,8 @@ class Trainer:
         )
         self.images = scene.images[scene.train_ids].to(device)  # [N, H, W, 3] uint8
         self.cameras: Cameras = scene.cameras.subset(scene.train_ids).to(device)
-        self.near_far = scene.near_far[scene.train_ids] if scene.near_far is not None else None
+        self.near_far = scene.near_far[scene.train_ids].to(device) if scene.near_far is not None else None
+        self.divergence = Divergence(device)
         self.step = 0
         self.elapsed = 0.0  # training seconds so far
         self.n_rays = cfg.rays_per_step
@@ -230,16 +253,25 @@ class Trainer:
             appearance=self.field.appearance_codes(cam[: len(origins)], len(origins)),
             distortion_scale=0.5 * self.diag if self.contracted else 0.0,
         )
-        loss = F.mse_loss(out.rgb, target)
+        mse = F.mse_loss(out.rgb, target)
+        loss = mse
         if out.distortion is not None:
             loss = loss + dist_w * out.distortion.mean() / (1.0 if self.contracted else self.diag)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self.divergence.update(loss)
         self.step += 1
         self.elapsed += time.perf_counter() - start
-        mse = float(F.mse_loss(out.rgb.detach(), target))
-        return StepStats(mse, psnr(mse), len(origins), out.n_samples)
+        return StepStats(mse.detach(), len(origins), out.n_samples)
+
+    def check_finite(self) -> None:
+        """Raise :class:`RunError` if a loss so far was not finite (the field diverged)."""
+        self.divergence.check(
+            self.step,
+            "training",
+            f"lower --lr {self.cfg.lr:g}, or check the scene's poses (nothing after the last checkpoint was saved)",
+        )
 
     def _cap_samples(
         self, origins: Tensor, dirs: Tensor, target: Tensor, samples: RaySamples
@@ -249,7 +281,7 @@ class Trainer:
         cap = self.cfg.target_samples
         if cap <= 0:
             return origins, dirs, target, samples
-        counts = torch.bincount(samples.ray_indices, minlength=len(origins))
+        counts = ray_counts(samples.ray_indices, len(origins))
         n_keep = max(1, int((torch.cumsum(counts, 0) <= cap).sum()))
         per_ray = max(1.0, len(samples) / len(origins))
         self.n_rays = int(min(max(cap / per_ray, 256), self.cfg.rays_per_step * 4))
@@ -615,29 +647,27 @@ def _loop(trainer: Trainer, run: Path) -> bool:
     with open(run / "log.jsonl", "a") as log, tqdm(total=cfg.steps, initial=trainer.step, unit="step") as bar:
         while not trainer.done():
             stats = trainer.train_step()
-            if not math.isfinite(stats.loss):
-                raise RunError(
-                    f"step {trainer.step}: the loss is {stats.loss} (training diverged): lower --lr "
-                    f"{cfg.lr:g}, or check the scene's poses"
-                )
             budget_bar(bar, trainer.step, trainer.progress())
             bar.update(1)
-            if trainer.step % cfg.log_every == 0 or trainer.done():
+            checkpoint = trainer.step % cfg.checkpoint_every == 0 or trainer.done()
+            if trainer.step % cfg.log_every == 0 or checkpoint:  # the only steps that read from the device
+                trainer.check_finite()
+                values = stats.read()
                 bar.set_postfix(
-                    loss=f"{stats.loss:.4f}",
-                    psnr=f"{stats.psnr:.2f}",
+                    loss=f"{values['loss']:.4f}",
+                    psnr=f"{values['psnr']:.2f}",
                     rays=stats.n_rays,
                     spr=f"{stats.n_samples / max(stats.n_rays, 1):.1f}",
                 )
                 record = {
                     "step": trainer.step,
                     "time": round(trainer.elapsed, 3),
-                    **vars(stats),
+                    **values,
                     "occupied": round(trainer.grid.occupied_fraction(), 4),
                 }
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-            if trainer.step % cfg.checkpoint_every == 0 or trainer.done():
+            if checkpoint:
                 save_checkpoint(new_checkpoint_path(run, trainer.step), trainer.state_dict())
     return trainer.step != start
 

@@ -12,7 +12,15 @@ PACKAGE = Path(ovseg3d.__file__).parent
 
 # lowest first; a module may import its own layer and the layers below (never a layer above)
 LAYERS: list[tuple[str, ...]] = [
-    ("ovseg3d", "ovseg3d.errors", "ovseg3d.atomic", "ovseg3d.accel", "ovseg3d.images", "ovseg3d.losses"),
+    (
+        "ovseg3d",
+        "ovseg3d.errors",
+        "ovseg3d.atomic",
+        "ovseg3d.accel",
+        "ovseg3d.images",
+        "ovseg3d.losses",
+        "ovseg3d.syncs",
+    ),
     ("ovseg3d.metrics",),
     ("ovseg3d.data",),
     ("ovseg3d.synth",),

@@ -236,6 +236,8 @@ class _HashGridFunction(torch.autograd.Function):
         rows, weights = ctx.saved_tensors
         n, n_levels, _ = rows.shape
         grad = torch.zeros(ctx.n_params, dtype=torch.float32, device=grad_out.device)
+        if n == 0:  # no point (e.g. every sample of a step left the occupied cells): nothing to scatter
+            return grad, None, None, None
         g = grad_out.float().reshape(n, n_levels, -1).contiguous()
         if grad.device.type == "cpu" and n_levels > 1:
             # levels write disjoint slices of the table: interleave them over two threads

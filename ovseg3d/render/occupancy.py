@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ovseg3d import accel
 from ovseg3d.field.space import MAX_RADIUS, check_contraction, from_unit, roi_center_half, to_unit
-from ovseg3d.render.volume import RaySamples
+from ovseg3d.render.volume import RaySamples, mask_indices, ray_counts
 
 VISIBILITY_DECAY = 0.5  # a cell unseen for ~10 updates (1e-3) is emptied
 MARCH_CANDIDATES = 1 << 21  # candidate samples tested against the grid at a time
@@ -70,7 +70,8 @@ class OccupancyGrid(nn.Module):
     def observe(self, points: Tensor, transmittance: Tensor) -> None:
         """Record that rays reached ``points`` ``[P, 3]`` with ``transmittance`` ``[P]``."""
         flat, inside = self._cell_coords(points)
-        self.visibility.scatter_reduce_(0, flat[inside], transmittance[inside], reduce="amax")
+        # points outside the grid count 0, which changes no cell (visibilities are >= 0): no mask to cut by
+        self.visibility.scatter_reduce_(0, flat, torch.where(inside, transmittance, 0.0), reduce="amax")
 
     def query(self, points: Tensor) -> Tensor:
         """``[...]`` bool: the points lie in occupied cells."""
@@ -90,8 +91,7 @@ class OccupancyGrid(nn.Module):
         every step's midpoint then lies at most one cell from the middle in grid coordinates (the sphere's
         contraction never stretches distances, the cube's max-norm one by less than 2), so its cell is the
         middle's or one of its neighbours."""
-        _, half = roi_center_half(self.aabb)
-        world_per_cell = float(half.min()) * (2.0 if self.contraction == "none" else 4.0) / self.resolution
+        world_per_cell = self._half_extent()[0] * (2.0 if self.contraction == "none" else 4.0) / self.resolution
         if self.contraction == "cube":
             world_per_cell /= 2.0
         return max(1, int(1.9 * world_per_cell / step) + 1)  # (group - 1) / 2 steps <= 0.95 cells
@@ -225,13 +225,20 @@ class OccupancyGrid(nn.Module):
 
     def far_distance(self) -> float:
         """World distance beyond which a contracted grid models nothing (:data:`MAX_RADIUS`)."""
-        _, half = roi_center_half(self.aabb)
-        return float(half.max()) / (2.0 - MAX_RADIUS)
+        return self._half_extent()[1] / (2.0 - MAX_RADIUS)
 
     def outer_steps(self, step: float) -> int:
         """Samples per ray beyond the ROI: as many as steps of ``step`` fit in the contracted shell."""
-        _, half = roi_center_half(self.aabb)
-        return max(8, int(round((MAX_RADIUS - 1.0) * float(half.min()) / step)))
+        return max(8, int(round((MAX_RADIUS - 1.0) * self._half_extent()[0] / step)))
+
+    def _half_extent(self) -> tuple[float, float]:
+        """The smallest and largest half side of the region of interest, read from the device once per box
+        (every march asks; a read is a synchronisation on a GPU)."""
+        key = (self.aabbs.data_ptr(), self.aabbs._version)
+        if getattr(self, "_half_key", None) != key:
+            _, half = roi_center_half(self.aabb)
+            self._half_cache, self._half_key = (float(half.min()), float(half.max())), key
+        return self._half_cache
 
     def _march_contracted(
         self, origins: Tensor, dirs: Tensor, step: float, near: Tensor | None, far: Tensor | None, stratified: bool
@@ -306,7 +313,7 @@ def thin_samples(samples: RaySamples, max_per_ray: int, stratified: bool) -> Ray
     n_rays = samples.n_rays
     if len(samples) == 0:
         return samples
-    counts = torch.bincount(samples.ray_indices, minlength=n_rays)
+    counts = ray_counts(samples.ray_indices, n_rays)
     stride = torch.clamp(torch.ceil(counts / max_per_ray), min=1).long()  # [R]
     if int(stride.max()) == 1:
         return samples
@@ -314,7 +321,7 @@ def thin_samples(samples: RaySamples, max_per_ray: int, stratified: bool) -> Ray
     rank = torch.arange(len(samples), device=counts.device) - first[samples.ray_indices]
     phase = (torch.rand(n_rays, device=counts.device) * stride).long() if stratified else torch.zeros_like(stride)
     k = stride[samples.ray_indices]
-    keep = (rank % k) == phase[samples.ray_indices]
+    keep = mask_indices((rank % k) == phase[samples.ray_indices])
     deltas = samples.t_ends - samples.t_starts
     if bool((deltas - deltas[0]).abs().max() <= 1e-6 * deltas[0].abs().clamp(min=1e-12)):
         length = deltas[keep] * k[keep]  # even steps: the k steps of the group

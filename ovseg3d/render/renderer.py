@@ -14,6 +14,7 @@ from ovseg3d.render.volume import (
     accumulate,
     distortion_loss,
     exclusive_cumsum,
+    mask_indices,
     render_weights,
     transmittance_and_alpha,
 )
@@ -126,7 +127,7 @@ def _render_no_grad(
     trans, alpha = transmittance_and_alpha(sigma, samples.deltas, samples.ray_indices, n_rays)
     if observe:
         grid.observe(points, trans)
-    keep = (trans >= opts.early_stop_eps) & (alpha >= opts.alpha_thre)
+    keep = mask_indices((trans >= opts.early_stop_eps) & (alpha >= opts.alpha_thre))
     samples, weights = samples.select(keep), (trans * alpha)[keep]
     codes = None if appearance is None else appearance[samples.ray_indices]
     rgb = field.color(geo[keep], dirs[samples.ray_indices], codes)
@@ -195,7 +196,7 @@ def refine_samples(
     trans, alpha = transmittance_and_alpha(sigma, samples.deltas, samples.ray_indices, samples.n_rays)
     if observe:
         grid.observe(points, trans)
-    keep = trans >= opts.early_stop_eps
+    keep = mask_indices(trans >= opts.early_stop_eps)
     samples, weights = samples.select(keep), (trans * alpha)[keep]
     deltas = samples.deltas
     max_parts = torch.clamp(torch.round(deltas / opts.step_size), min=1.0)

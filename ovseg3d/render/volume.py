@@ -50,13 +50,32 @@ class RaySamples:
         """``[M, 3]`` world positions of the interval midpoints."""
         return origins[self.ray_indices] + self.t_mid[:, None] * dirs[self.ray_indices]
 
-    def select(self, mask: Tensor) -> RaySamples:
-        return RaySamples(self.ray_indices[mask], self.t_starts[mask], self.t_ends[mask], self.n_rays)
+    def select(self, keep: Tensor) -> RaySamples:
+        """The samples at ``keep``: a bool mask ``[M]`` or sample indices (see :func:`mask_indices`)."""
+        index = mask_indices(keep) if keep.dtype == torch.bool else keep
+        return RaySamples(self.ray_indices[index], self.t_starts[index], self.t_ends[index], self.n_rays)
+
+
+def mask_indices(mask: Tensor) -> Tensor:
+    """``[K]`` long: where ``mask`` is true. Cutting several arrays with these indices costs one read back from a
+    GPU (the count); cutting each with the mask costs one read per array."""
+    return torch.nonzero(mask).squeeze(1)
+
+
+def ray_counts(ray_indices: Tensor, n_rays: int) -> Tensor:
+    """``[n_rays]`` long: how many samples each ray has. ``bincount`` on a CPU (the fastest there); on a GPU a
+    scatter into ``n_rays`` zeros, because CUDA's ``bincount`` reads the largest index back to the host first
+    (a synchronisation every call)."""
+    if ray_indices.device.type == "cpu":
+        return torch.bincount(ray_indices, minlength=n_rays)
+    return torch.zeros(n_rays, dtype=torch.long, device=ray_indices.device).index_add_(
+        0, ray_indices, torch.ones_like(ray_indices)
+    )
 
 
 def ray_first_sample(ray_indices: Tensor, n_rays: int) -> Tensor:
     """``[n_rays]`` index of each ray's first sample in the packed array (sorted ``ray_indices``)."""
-    counts = torch.bincount(ray_indices, minlength=n_rays)
+    counts = ray_counts(ray_indices, n_rays)
     return torch.cumsum(counts, 0) - counts
 
 

@@ -3,15 +3,31 @@
 Everything else asks this module; a missing accelerator means the pure-PyTorch path and one
 clear log line, never an import-time crash. Both are used only for CUDA tensors: importing
 tinycudann without a GPU raises, and nerfacc's packed ops try to compile CUDA on first use.
+
+A tinycudann build that does not match its torch, CUDA or GPU can crash the process in its first forward
+pass (a segfault no Python code can catch; seen with tiny-cuda-nn 2.0, torch 2.11, CUDA 13 on an H100). So
+before it is first used, a separate Python runs a forward and backward pass of a small tinycudann grid
+(:data:`TCNN_TEST`); if that process dies or fails, ovseg3d says so in one line and uses its torch grid. The
+answer is remembered per installation (tinycudann's files, torch, CUDA, the GPU) in
+``~/.cache/ovseg3d/accelerators.json``, so the test costs its few seconds once.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from types import ModuleType
 
 import torch
+
+from ovseg3d.atomic import write_json
 
 log = logging.getLogger("ovseg3d")
 
@@ -29,9 +45,104 @@ def _cuda(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda" and torch.cuda.is_available()
 
 
+TCNN_TEST = """
+import torch, tinycudann
+config = {"otype": "HashGrid", "n_levels": 8, "n_features_per_level": 2, "log2_hashmap_size": 15,
+          "base_resolution": 16, "per_level_scale": 1.5}
+grid = tinycudann.Encoding(3, config).cuda()
+x = torch.rand(4096, 3, device="cuda")
+y = grid(x)
+y.float().square().sum().backward()
+torch.cuda.synchronize()
+assert y.shape == (4096, 16) and bool(torch.isfinite(y).all()), "outputs not finite"
+assert grid.params.grad is not None and bool(grid.params.grad.abs().sum() > 0), "no gradient"
+"""
+"""What a tinycudann installation must survive in a separate process before ovseg3d uses it."""
+
+
+def run_test(code: str, timeout: float = 600.0) -> tuple[bool, str]:
+    """Run ``code`` in a fresh Python (``-X faulthandler``): whether it exited with status 0, and else one line
+    on how it failed: the signal that killed it and the innermost Python frame it was in, or the last line of
+    its error output."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-X", "faulthandler", "-c", code], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"no answer in {timeout:.0f} s"
+    if proc.returncode == 0:
+        return True, ""
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        frames = [line for line in lines if line.startswith("File ")]
+        return False, f"killed by {name}" + (f" ({frames[0]})" if frames else "")
+    return False, f"exit status {proc.returncode}" + (f": {lines[-1]}" if lines else "")
+
+
+def cache_file() -> Path:
+    """Where tested accelerators are remembered: ``$XDG_CACHE_HOME/ovseg3d`` or ``~/.cache/ovseg3d``."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "ovseg3d" / "accelerators.json"
+
+
+def remembered_test(key: str, code: str) -> tuple[bool, str]:
+    """:func:`run_test`, its answer remembered under ``key`` in :func:`cache_file` (an unreadable cache is
+    ignored and rewritten; one that cannot be written costs only the test next time)."""
+    path = cache_file()
+    try:
+        known = json.loads(path.read_text())
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), list) and len(known[key]) == 2:
+        ok, detail = known[key]
+        return bool(ok), str(detail)
+    ok, detail = run_test(code)
+    known[key] = [ok, detail]
+    try:
+        write_json(path, known)
+    except OSError:
+        pass
+    return ok, detail
+
+
+def _installation_key(name: str) -> str | None:
+    """What identifies one installation of ``name`` with this torch and GPU (``None``: not installed)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        return None
+    files = Path(spec.origin).parent
+    stamp = max((p.stat().st_mtime_ns for p in files.iterdir() if p.is_file()), default=0)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no gpu"
+    return f"{name} {files} {stamp} | torch {torch.__version__} cuda {torch.version.cuda} | {gpu}"
+
+
+@functools.cache
+def _tcnn_tested() -> ModuleType | None:
+    key = _installation_key("tinycudann")
+    if key is None:
+        log.info("tinycudann not installed: using the PyTorch hash grid")
+        return None
+    ok, detail = remembered_test(key, TCNN_TEST)
+    if not ok:
+        log.warning(
+            "tinycudann failed its test in a separate process (%s): using the PyTorch hash grid "
+            "(--grid-impl torch skips tinycudann; delete %s to test it again)",
+            detail,
+            cache_file(),
+        )
+        return None
+    return _import("tinycudann")
+
+
 def tcnn(device: torch.device | str) -> ModuleType | None:
-    """The ``tinycudann`` module when it can run on ``device``, else ``None``."""
-    return _import("tinycudann") if _cuda(device) else None
+    """The ``tinycudann`` module when it can run on ``device`` (installed, and its test passed), else ``None``."""
+    return _tcnn_tested() if _cuda(device) else None
 
 
 @functools.cache

@@ -330,7 +330,10 @@ def make_hash_grid(
 
     tcnn = accel.tcnn(device) if implementation in ("auto", "tcnn") else None
     if implementation == "tcnn" and tcnn is None:
-        raise UsageError("implementation='tcnn' needs tinycudann and a CUDA device; use 'torch' or 'auto'")
+        raise UsageError(
+            "--grid-impl tcnn needs tinycudann, installed and passing its test (see the line above), and a CUDA "
+            "device; use --grid-impl torch or auto"
+        )
     if tcnn is None:
         return TorchHashGrid(cfg, compile=compile).to(device)
     return tcnn.Encoding(3, cfg.tcnn_config()).to(device)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 28 in as few device calls as possible, for a lent machine that cannot reach the
+# package registries (its image has torch, transformers, nvcc and ninja, but not nerfacc, tyro or plyfile).
+#
+#   bash scripts/gpu_session.sh wheels   # here, with a network: the missing pure-Python wheels into .whl/
+#   bash scripts/gpu_session.sh check    # there (carry .whl): CUDA tests, tinycudann's test, the step profile
+#   bash scripts/gpu_session.sh bench    # there (carry .whl): scripts/bench_gpu.py, JSON under $OUT or bench/
+#
+# nerfacc compiles its CUDA ops with the machine's nvcc on first use (about a minute, inside `check`).
+# tinycudann is not on the image and cannot be fetched there: it is tested only where it is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WHEELS=(nerfacc==0.5.3 tyro docstring-parser typeguard shtab plyfile)
+OUT_DIR="${OUT:-bench}"
+
+install_wheels() {
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PWD"
+    export PYTHONUNBUFFERED=1
+    python3 -c "import torch, ovseg3d.accel as a; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0)); print(a.describe('cuda'))"
+}
+
+case "${1:-}" in
+wheels)
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl "${WHEELS[@]}"
+    ls .whl
+    ;;
+check)
+    install_wheels
+    mkdir -p "$OUT_DIR"
+    python3 -m pytest -q -m cuda tests 2>&1 | tee "$OUT_DIR/cuda_tests.log"
+    python3 -c "import ovseg3d.accel as a; print('tinycudann test:', a.run_test(a.TCNN_TEST))" || true
+    python3 scripts/profile_steps.py --preset gpu --device cuda --out "$OUT_DIR/profile_steps_gpu.json"
+    ;;
+bench)
+    install_wheels
+    mkdir -p "$OUT_DIR"
+    python3 scripts/bench_gpu.py --out "$OUT_DIR/gpu.json" "${@:2}"
+    ;;
+*)
+    echo "usage: bash scripts/gpu_session.sh wheels|check|bench [bench_gpu.py options]" >&2
+    exit 2
+    ;;
+esac

@@ -294,3 +294,40 @@ def test_render_rays_reports_visibility_with_or_without_the_hidden_sample_pass(e
     seen = grid.visibility.view(6, 6, 6)[:, 3, 3]  # the cells along the x axis, x from -3 to 3 in steps of 1
     assert bool((seen[:4] > 0.99).all())  # x < 1: in front of the slab, or on the ray that misses it
     assert float(seen[5]) < 1e-3  # x in [2, 3): behind the slab
+
+
+def test_the_grouped_march_uses_the_dilation_of_the_grid_as_it_is_after_every_update():
+    # update() replaces the binaries tensor; a cache keyed by id() sometimes returned the previous grid's
+    # dilation (a freed tensor's id is reused), so marching depended on memory addresses
+    grid = OccupancyGrid(torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]), resolution=8)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(60):
+        for _ in range(1 + step % 2):  # sometimes two updates between marches
+            blob = torch.rand(3, generator=gen) * 1.6 - 0.8
+            grid.update(step, lambda x, c=blob: ((x - c).norm(dim=-1) < 0.3).float(), occ_thre=0.5, ema_decay=0.0)
+        expected = torch.nn.functional.max_pool3d(grid.binaries.float()[None], 3, stride=1, padding=1)
+        assert torch.equal(grid._dilated(), expected.bool().reshape(-1)), f"stale after update {step}"
+
+
+def test_a_grid_update_keeps_the_largest_value_of_a_cell_drawn_more_than_once():
+    # after the warm-up the cells are drawn at random and among the occupied ones, so some come twice; each
+    # keeps max(decayed value, its samples' values), whatever the order of the writes
+    grid = OccupancyGrid(torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0]), resolution=4)
+    grid.occs.fill_(0.5)
+    grid.binaries.fill_(True)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def occ(x: torch.Tensor) -> torch.Tensor:
+        values = torch.rand(len(x))
+        seen.append((grid._cell_coords(x)[0], values))
+        return values
+
+    before = grid.occs.clone()
+    grid.update(1000, occ, ema_decay=0.9, warmup_steps=10)
+    cells, values = (torch.cat(parts) for parts in zip(*seen))
+    assert len(cells) > len(cells.unique())  # some cell was drawn twice
+    expected = before.clone()
+    expected[cells] = before[cells] * 0.9
+    for cell, value in zip(cells.tolist(), values.tolist()):
+        expected[cell] = max(expected[cell].item(), value)
+    torch.testing.assert_close(grid.occs, expected, rtol=0, atol=0)

@@ -80,8 +80,11 @@ class OccupancyGrid(nn.Module):
 
     def _dilated(self) -> Tensor:
         """Flat ``[R^3]`` bool: the cell or one of its 26 neighbours is occupied (rebuilt when the grid changes)."""
-        key = (id(self.binaries), self.binaries._version)
-        if getattr(self, "_dilated_key", None) != key:
+        # keyed by the tensor itself, not its id(): update() replaces it, and a new tensor can get a freed one's
+        # id (and version), which made the march use the previous grid's dilation now and then
+        key = (self.binaries, self.binaries._version)
+        cached = getattr(self, "_dilated_key", None)
+        if cached is None or cached[0] is not key[0] or cached[1] != key[1]:
             grown = nn.functional.max_pool3d(self.binaries.float()[None], 3, stride=1, padding=1)
             self._dilated_cache, self._dilated_key = grown.bool().reshape(-1), key
         return self._dilated_cache
@@ -154,7 +157,12 @@ class OccupancyGrid(nn.Module):
             c = coords[s : s + chunk]
             x = from_unit((c + torch.rand_like(c)) / r, self.aabb, self.contraction)
             occ[s : s + chunk] = occ_eval_fn(x).reshape(-1)
-        self.occs[cells] = torch.maximum(self.occs[cells] * ema_decay, occ)
+        # a cell drawn twice (at random and as occupied) keeps the larger of its values: scatter's max does not
+        # depend on the order of the writes, where `occs[cells] = ...` with repeated cells kept whichever write
+        # landed last (training differed from run to run after the warm-up)
+        decayed = self.occs.view(-1).clone()
+        decayed[cells] = self.occs.view(-1)[cells] * ema_decay
+        self.occs.copy_(decayed.scatter_reduce_(0, cells, occ, reduce="amax").view(self.occs.shape))
         thre = torch.clamp(self.occs.mean(), max=occ_thre)
         binaries = self.occs > thre
         if visibility_eps > 0:
@@ -234,8 +242,9 @@ class OccupancyGrid(nn.Module):
     def _half_extent(self) -> tuple[float, float]:
         """The smallest and largest half side of the region of interest, read from the device once per box
         (every march asks; a read is a synchronisation on a GPU)."""
-        key = (self.aabbs.data_ptr(), self.aabbs._version)
-        if getattr(self, "_half_key", None) != key:
+        key = (self.aabbs, self.aabbs._version)
+        cached = getattr(self, "_half_key", None)
+        if cached is None or cached[0] is not key[0] or cached[1] != key[1]:
             _, half = roi_center_half(self.aabb)
             self._half_cache, self._half_key = (float(half.min()), float(half.max())), key
         return self._half_cache

@@ -546,6 +546,12 @@ def cases() -> list[Case]:
         Case("train --log-every 0", bad_train_option("--log-every", "0"), check=no_run_left),
         Case("train --steps -1", bad_train_option("--steps", "-1"), check=no_run_left),
         Case("train --lr 0", bad_train_option("--lr", "0"), check=no_run_left),
+        Case(
+            "train --lr 1e6 (diverges)",
+            bad_train_option("--lr", "1e6"),
+            check=no_run_left,
+            last_line="ovseg3d train: error: training diverged by step",
+        ),
         Case("train --preset nosuch", bad_train_option("--preset", "nosuch"), check=no_run_left),
         Case("train without SCENE", lambda b, d: ["train", "--output", str(d / "run")], check=no_run_left),
         Case(

@@ -678,6 +678,10 @@ def print_table(rows: list[dict]) -> None:
 
 def main(args: Args) -> None:
     start = time.perf_counter()
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # started in the background (`nohup ... &`): the shell ignores SIGINT there, the commands would inherit
+        # that, and Ctrl-C cases would never see their Ctrl-C. A handled SIGINT is reset to the default on exec.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="ovseg3d-faults-"))
     root = root.absolute()
     if args.workdir is not None and root.exists() and any(root.iterdir()):

@@ -279,6 +279,7 @@ def cmd_synth(args: list[str]) -> int:
     _at_least("height", cfg.height, 1)
     _at_least("n-objects", cfg.n_objects, 0)
     _at_least("n-annotated", cfg.n_annotated, 0)
+    _at_least("workers", cfg.workers, 0)
     check_writable(out, "the output folder", "give another OUT", beside=True)  # written beside OUT, moved in
     path = synthesize(cfg, out)
     print(f"wrote {path}")

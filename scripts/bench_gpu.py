@@ -72,7 +72,9 @@ class Args:
 def make_scene(root: Path, name: str, size: tuple[int, int], views: int, cameras: str) -> Path:
     path = root / "scenes" / name
     if not (path / "scene.json").exists():
-        cfg = SynthConfig(width=size[0], height=size[1], n_views=views, cameras=cameras, n_annotated=4)  # type: ignore[arg-type]
+        # workers=0: one process a core (the views render independently; on 2 cores 8 views of 500x375 took 10.8 s
+        # instead of 15.9)
+        cfg = SynthConfig(width=size[0], height=size[1], n_views=views, cameras=cameras, n_annotated=4, workers=0)  # type: ignore[arg-type]
         synthesize(cfg, path)
     return path
 

@@ -370,3 +370,15 @@ def test_supersampling_antialiases() -> None:
     edge[:, 1:] |= label[:, 1:] != label[:, :-1]
     edge[1:] |= label[1:] != label[:-1]
     assert diff[edge].mean() > 2 * diff[~edge].mean()
+
+
+def test_views_rendered_by_worker_processes_give_the_same_files(tmp_path):
+    import dataclasses
+
+    cfg = SynthConfig(width=48, height=36, n_views=5, n_annotated=2, supersample=1)
+    one = synthesize(cfg, tmp_path / "one")
+    two = synthesize(dataclasses.replace(cfg, workers=2), tmp_path / "two")
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
+    assert "workers" not in json.loads((two / "scene.json").read_text())["config"]

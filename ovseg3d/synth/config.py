@@ -84,6 +84,9 @@ class SynthConfig:
     sky, with buildings 15-60 m away; classes ground and building, sky unlabelled. Camera settings left at their
     defaults take outdoor values (forward: distance 1.8, elevation 14, patch 1.0 x 0.5; orbit: distance 2,
     elevations 10-18). transforms.json gets no aabb (unbounded)."""
+    workers: int = 1
+    """Processes rendering the views (0 = one per CPU core). Each view is rendered on its own, so the files are
+    the same for any number; not part of the scene (scene.json leaves it out)."""
 
 
 def resolve_config(cfg: SynthConfig) -> SynthConfig:

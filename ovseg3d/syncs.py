@@ -30,14 +30,15 @@ SYNC_OPS = {
 }
 
 
-PACKAGE = Path(__file__).resolve().parent
+_THIS = Path(__file__).resolve()
+PACKAGE = _THIS.parent
 
 
 def where(stack: traceback.StackSummary) -> str:
     """The innermost frame of the package in a Python stack: ``ovseg3d/path.py:line (function)``."""
     for frame in reversed(stack):
         path = Path(frame.filename).resolve()
-        if path.is_relative_to(PACKAGE) and path != Path(__file__).resolve():
+        if path.is_relative_to(PACKAGE) and path != _THIS:
             rel = path.relative_to(PACKAGE.parent).as_posix()
             return f"{rel}:{frame.lineno} ({frame.name})"
     return "(outside ovseg3d)"

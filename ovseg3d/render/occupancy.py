@@ -12,6 +12,7 @@ elsewhere the pure-PyTorch marcher below does.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -80,14 +81,11 @@ class OccupancyGrid(nn.Module):
 
     def _dilated(self) -> Tensor:
         """Flat ``[R^3]`` bool: the cell or one of its 26 neighbours is occupied (rebuilt when the grid changes)."""
-        # keyed by the tensor itself, not its id(): update() replaces it, and a new tensor can get a freed one's
-        # id (and version), which made the march use the previous grid's dilation now and then
-        key = (self.binaries, self.binaries._version)
-        cached = getattr(self, "_dilated_key", None)
-        if cached is None or cached[0] is not key[0] or cached[1] != key[1]:
-            grown = nn.functional.max_pool3d(self.binaries.float()[None], 3, stride=1, padding=1)
-            self._dilated_cache, self._dilated_key = grown.bool().reshape(-1), key
-        return self._dilated_cache
+        return self._derived(
+            "dilated",
+            self.binaries,
+            lambda b: nn.functional.max_pool3d(b.float()[None], 3, stride=1, padding=1).bool().reshape(-1),
+        )
 
     def group_size(self, step: float) -> int:
         """How many consecutive even steps of ``step`` one test of the dilated grid at their middle can stand for:
@@ -160,9 +158,8 @@ class OccupancyGrid(nn.Module):
         # a cell drawn twice (at random and as occupied) keeps the larger of its values: scatter's max does not
         # depend on the order of the writes, where `occs[cells] = ...` with repeated cells kept whichever write
         # landed last (training differed from run to run after the warm-up)
-        decayed = self.occs.view(-1).clone()
-        decayed[cells] = self.occs.view(-1)[cells] * ema_decay
-        self.occs.copy_(decayed.scatter_reduce_(0, cells, occ, reduce="amax").view(self.occs.shape))
+        self.occs[cells] = self.occs[cells] * ema_decay  # repeated cells write the same value
+        self.occs.scatter_reduce_(0, cells, occ, reduce="amax")
         thre = torch.clamp(self.occs.mean(), max=occ_thre)
         binaries = self.occs > thre
         if visibility_eps > 0:
@@ -242,12 +239,22 @@ class OccupancyGrid(nn.Module):
     def _half_extent(self) -> tuple[float, float]:
         """The smallest and largest half side of the region of interest, read from the device once per box
         (every march asks; a read is a synchronisation on a GPU)."""
-        key = (self.aabbs, self.aabbs._version)
-        cached = getattr(self, "_half_key", None)
-        if cached is None or cached[0] is not key[0] or cached[1] != key[1]:
-            _, half = roi_center_half(self.aabb)
-            self._half_cache, self._half_key = (float(half.min()), float(half.max())), key
-        return self._half_cache
+
+        def extent(aabbs: Tensor) -> tuple[float, float]:
+            _, half = roi_center_half(aabbs[0])
+            return float(half.min()), float(half.max())
+
+        return self._derived("half_extent", self.aabbs, extent)
+
+    def _derived(self, name: str, source: Tensor, compute: Callable[[Tensor], Any]) -> Any:
+        """``compute(source)``, cached until ``source`` is replaced or changed in place. Keyed by the tensor
+        itself, not its id(): update() replaces ``binaries``, and a new tensor can get a freed one's id (and
+        version), which made the march use the previous grid's dilation now and then."""
+        cache: dict[str, tuple[Tensor, int, Any]] = self.__dict__.setdefault("_derived_cache", {})
+        held = cache.get(name)
+        if held is None or held[0] is not source or held[1] != source._version:
+            held = cache[name] = (source, source._version, compute(source))
+        return held[2]
 
     def _march_contracted(
         self, origins: Tensor, dirs: Tensor, step: float, near: Tensor | None, far: Tensor | None, stratified: bool

@@ -55,13 +55,16 @@ def op_name(func: torch._ops.OpOverload, args: tuple) -> str:
 
 
 class SyncCounter(TorchDispatchMode):
-    """Counts the synchronising ops (:data:`SYNC_OPS`) run under it: ``counts[(op, where)]``."""
+    """Counts the synchronising ops (:data:`SYNC_OPS`) run under it: ``counts[(op, where)]``; and all the aten
+    ops in ``ops`` (on a GPU, about one kernel launch each)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.counts: Counter[tuple[str, str]] = Counter()
+        self.ops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops += 1
         name = op_name(func, args)
         if name in SYNC_OPS:
             self.counts[(name, where(traceback.extract_stack()))] += 1
@@ -73,3 +76,12 @@ def count_syncs(run: Callable[[], object]) -> Counter[tuple[str, str]]:
     with SyncCounter() as counter:
         run()
     return counter.counts
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (on the CPU) copied to ``device`` without waiting for the GPU: through pinned memory with
+    ``non_blocking=True`` on CUDA, where a plain ``.to(device)`` of pageable memory waits for every kernel
+    queued before it. Other devices: ``.to(device)``."""
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

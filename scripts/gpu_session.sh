@@ -3,7 +3,7 @@
 # package registries (its image has torch, transformers, nvcc and ninja, but not nerfacc, tyro or plyfile).
 #
 #   bash scripts/gpu_session.sh wheels   # here, with a network: the missing pure-Python wheels into .whl/
-#   bash scripts/gpu_session.sh check    # there (carry .whl): CUDA tests, tinycudann's test, the step profile
+#   bash scripts/gpu_session.sh check    # there (carry .whl): CUDA tests, tinycudann's test, the step profile, teacher speed
 #   bash scripts/gpu_session.sh bench    # there (carry .whl): scripts/bench_gpu.py, JSON under $OUT or bench/
 #
 # nerfacc compiles its CUDA ops with the machine's nvcc on first use (about a minute, inside `check`).
@@ -38,6 +38,9 @@ check)
     python3 -P -m pytest -q -m cuda tests 2>&1 | tee "$OUT_DIR/cuda_tests.log" || true
     python3 -c "import ovseg3d.accel as a; print('tinycudann test:', a.run_test(a.TCNN_TEST))" || true
     python3 scripts/profile_steps.py --preset gpu --device cuda --out "$OUT_DIR/profile_steps_gpu.json"
+    # real-size CLIP / DINO throughput, and the crops of a 1000x750 view resized per crop and batched
+    python3 scripts/bench_teachers.py --device cuda --backends transformers --crops 1024 --batch 256 \
+        --skip-synthetic --out "$OUT_DIR/teachers_gpu.json" || true
     ;;
 bench)
     install_wheels

@@ -66,8 +66,8 @@ class CropEncoder(Protocol):
         ...
 
     def encode_crops(self, view: TeacherView, boxes: Tensor) -> Tensor:
-        """``[K, 4]`` pixel boxes ``(x0, y0, x1, y1)`` (end exclusive) of ``view`` -> ``[K, D]`` unit
-        embeddings (float32, CPU)."""
+        """``[K, 4]`` pixel boxes ``(x0, y0, x1, y1)`` (end exclusive, on the CPU) of ``view`` -> ``[K, D]``
+        unit embeddings (float32, on the encoder's device: a view's crops stay there until its maps are made)."""
         ...
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ovseg3d.syncs import to_device
 from ovseg3d.teachers.base import CropEncoder, TeacherView, autocast, half_dtype
 from ovseg3d.teachers.config import TeacherConfig, TeacherError
 from ovseg3d.teachers.hub import hub_files, hub_unavailable, load_pretrained, read_preprocessor, require_model
@@ -85,11 +86,12 @@ def splat_crops(boxes: Tensor, embeddings: Tensor, width: int, height: int, out_
 
     Args:
         boxes: ``[K, 4]`` ``(x0, y0, x1, y1)`` in pixels of a ``width x height`` image.
-        embeddings: ``[K, D]``.
+        embeddings: ``[K, D]``, on any device.
 
     Returns:
-        ``[out_h, out_w, D]`` float32; pixels no crop covers are zero.
+        ``[out_h, out_w, D]`` float32 on the embeddings' device; pixels no crop covers are zero.
     """
+    device = embeddings.device
     b = boxes.double()
     sx, sy = out_w / width, out_h / height
     x0 = torch.ceil(b[:, 0] * sx - 0.5).clamp(0, out_w).long()
@@ -99,11 +101,13 @@ def splat_crops(boxes: Tensor, embeddings: Tensor, width: int, height: int, out_
     x1 = torch.maximum(x1, (x0 + 1).clamp(max=out_w))  # a box smaller than a map pixel still counts
     y1 = torch.maximum(y1, (y0 + 1).clamp(max=out_h))
     x0, y0 = torch.minimum(x0, x1 - 1).clamp(min=0), torch.minimum(y0, y1 - 1).clamp(min=0)
+    row = out_w + 1  # [4, K]: the cells of the four corners, computed on the CPU and moved at once
+    corners = to_device(torch.stack([y0 * row + x0, y0 * row + x1, y1 * row + x0, y1 * row + x1]), device)
     dim = embeddings.shape[1]
-    values = torch.cat([embeddings.float(), torch.ones(len(b), 1)], 1)  # last channel counts
-    diff = torch.zeros((out_h + 1) * (out_w + 1), dim + 1)
-    for ys, xs, sign in ((y0, x0, 1.0), (y0, x1, -1.0), (y1, x0, -1.0), (y1, x1, 1.0)):
-        diff.index_add_(0, ys * (out_w + 1) + xs, values * sign)
+    values = torch.cat([embeddings.float(), torch.ones(len(b), 1, device=device)], 1)  # last channel counts
+    diff = torch.zeros((out_h + 1) * (out_w + 1), dim + 1, device=device)
+    for cells, sign in zip(corners, (1.0, -1.0, -1.0, 1.0)):
+        diff.index_add_(0, cells, values * sign)
     total = diff.view(out_h + 1, out_w + 1, dim + 1).cumsum(0).cumsum(1)[:out_h, :out_w]
     mean = total[..., :dim] / total[..., dim:].clamp(min=1e-6)
     return F.normalize(mean, dim=-1)
@@ -123,7 +127,8 @@ def multiscale_features(
     generator: torch.Generator | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> Tensor:
-    """3D-OVS CLIP features of one view: ``[S, h, w, D]`` unit vectors, one map per scale.
+    """3D-OVS CLIP features of one view: ``[S, h, w, D]`` unit vectors, one map per scale, on the encoder's
+    device (the crops' embeddings never leave it).
 
     ``on_batch(n)`` is called after every batch of ``n`` crops (progress bars).
     """
@@ -146,14 +151,73 @@ def count_crops(width: int, height: int, cfg: TeacherConfig) -> int:
     return sum(len(crop_boxes(width, height, k, cfg.clip_stride)) for k in cfg.clip_scales)
 
 
+def _keys_cubic(x: Tensor) -> Tensor:
+    """Keys' cubic convolution kernel with ``a = -0.5``, the filter of antialiased bicubic resizing."""
+    a = -0.5
+    x = x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return torch.where(x < 1, near, far * (x < 2))
+
+
+def resize_matrices(lengths: Tensor, size: int, window: int) -> Tensor:
+    """``[K, size, window]``: matrix ``k`` resizes a line of ``lengths[k]`` pixels (the first ones of a
+    ``window``-pixel line; ``lengths <= window``) to ``size`` pixels with the weights of
+    ``F.interpolate(mode="bicubic", antialias=True, align_corners=False)``, computed as PyTorch does: Keys'
+    cubic stretched by the downscale factor, cut to the pixels inside the line, normalised per output pixel.
+    Built on ``lengths``' device, in float32."""
+    device = lengths.device
+    length = lengths.float()[:, None, None]
+    scale = length / size
+    stretch = scale.clamp(min=1.0)  # the kernel widens when downscaling (antialiasing), never when enlarging
+    center = scale * (torch.arange(size, device=device, dtype=torch.float32)[None, :, None] + 0.5)
+    first = (center - 2.0 * stretch + 0.5).clamp(min=0).floor()
+    end = torch.minimum((center + 2.0 * stretch + 0.5).floor(), length)
+    j = torch.arange(window, device=device, dtype=torch.float32)[None, None, :]
+    weights = _keys_cubic((j - center + 0.5) / stretch) * ((j >= first) & (j < end))
+    total = weights.sum(-1, keepdim=True)
+    return weights / torch.where(total != 0, total, torch.ones_like(total))
+
+
+def resize_crops(image: Tensor, boxes: Tensor, size: int, batched: bool | None = None) -> Tensor:
+    """Cut ``boxes`` (``[K, 4]`` long ``(x0, y0, x1, y1)``, on the CPU) out of ``image`` (``[3, H, W]`` float)
+    and resize each to ``size x size`` as ``F.interpolate(mode="bicubic", antialias=True)`` does:
+    ``[K, 3, size, size]`` on the image's device.
+
+    ``batched`` (default: on any device but a CPU) resizes all crops at once, whatever their sizes: each is cut
+    as a window of the batch's largest crop and resized by two batched matrix products with
+    :func:`resize_matrices` (zero past its own edge): about 20 kernels a batch, where one ``F.interpolate``
+    per crop launches about 3000 per 1000x750 view. On a CPU, which launches nothing, the per-crop loop is
+    faster (64 crops of 180x180 on 2 cores: 0.04 s against 0.1 s).
+    """
+    if batched is None:
+        batched = image.device.type != "cpu"
+    if not batched:
+        crops = [
+            F.interpolate(
+                image[None, :, y0:y1, x0:x1], size=(size, size), mode="bicubic", antialias=True, align_corners=False
+            )
+            for x0, y0, x1, y1 in boxes.tolist()
+        ]
+        return torch.cat(crops)
+    device = image.device
+    height, width = image.shape[1:]
+    sides = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1)  # [K, 2] (w, h), on the CPU: no read back
+    win_w, win_h = (int(v) for v in sides.amax(0))
+    starts, sides = to_device(torch.cat([boxes[:, :2], sides], 1), device).split(2, dim=1)
+    rows = (starts[:, 1:] + torch.arange(win_h, device=device)).clamp(max=height - 1)  # [K, win_h]
+    cols = (starts[:, :1] + torch.arange(win_w, device=device)).clamp(max=width - 1)  # [K, win_w]
+    windows = image[:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)  # [K, 3, win_h, win_w]
+    k = len(boxes)
+    both = resize_matrices(sides.T.reshape(-1), size, max(win_w, win_h))  # x then y: [2K, size, win]
+    along_x, along_y = both[:k, None, :, :win_w], both[k:, None, :, :win_h]  # [K, 1, size, win_*]
+    return along_y @ windows @ along_x.transpose(-1, -2)
+
+
 def crops_to_pixels(image: Tensor, boxes: Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """Cut ``boxes`` out of ``image`` (``[3, H, W]`` float in [0, 1], on the model's device), resize each to
-    ``size x size`` (bicubic, antialiased) and normalise: ``[K, 3, size, size]``."""
-    crops = []
-    for x0, y0, x1, y1 in boxes.tolist():
-        crop = image[None, :, y0:y1, x0:x1]
-        crops.append(F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False))
-    pixels = torch.cat(crops).clamp(0, 1)
+    """A CLIP batch: ``boxes`` cut out of ``image`` (``[3, H, W]`` float in [0, 1], on the model's device) by
+    :func:`resize_crops` and normalised: ``[K, 3, size, size]``."""
+    pixels = resize_crops(image, boxes, size).clamp(0, 1)
     m = torch.tensor(mean, device=image.device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=image.device).view(1, 3, 1, 1)
     return (pixels - m) / s
@@ -211,7 +275,7 @@ class TransformersClip:
         pixels = crops_to_pixels(self._image.get(view), boxes, self.image_size, self.mean, self.std)
         with autocast(self.device, self.dtype):
             out = _features(self.model.get_image_features(pixel_values=pixels))
-        return F.normalize(out.float(), dim=-1).cpu()
+        return F.normalize(out.float(), dim=-1)
 
 
 class OpenClip:
@@ -256,7 +320,7 @@ class OpenClip:
         pixels = crops_to_pixels(self._image.get(view), boxes, self.image_size, self.mean, self.std)
         with autocast(self.device, self.dtype):
             out = self.model.encode_image(pixels)
-        return F.normalize(out.float(), dim=-1).cpu()
+        return F.normalize(out.float(), dim=-1)
 
 
 def import_open_clip():

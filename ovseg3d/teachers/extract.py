@@ -240,8 +240,8 @@ def extract_into(
         for i in todo:
             view = teacher_view(scene, i, cfg)
             feats = multiscale_features(clip, view, cfg, (rel_w, rel_h), _view_generator(cfg, i), bar.update)
-            rel = class_relevancy(feats, text)  # [S, h, w, C]
-            feats = shrink_features(feats, out_w, out_h)
+            rel = class_relevancy(feats, text.to(feats.device)).cpu()  # [S, h, w, C]
+            feats = shrink_features(feats, out_w, out_h).cpu()  # the view's one copy back
             patches = dino.encode_patches(view)  # [hd, wd, Dd]
             if arrays is None:
                 n, s = len(scene), cfg.n_scales()

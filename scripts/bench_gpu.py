@@ -13,8 +13,10 @@ throughput, and the teacher extraction at real model size.
 
 On a CUDA machine (the default ``gpu`` preset)::
 
-    python scripts/bench_gpu.py                       # both scenes, about 5 minutes on an H100
-    python scripts/bench_gpu.py --skip-orbit
+    python scripts/bench_gpu.py                       # both scenes
+    python scripts/bench_gpu.py --scenes forward      # one scene: the JSON keeps the other's row
+
+The real-size teachers run with the preset's teacher settings (the ``gpu`` preset's CLIP batch).
 
 On a CPU, ``--small`` checks the script end to end in a few minutes (80x60, 16 views, 400 + 60 steps, tiny
 teachers); its figures say nothing about a GPU. Writes JSON (default ``bench/gpu.json``).
@@ -60,7 +62,8 @@ class Args:
     forward_views: int = 32
     orbit_size: tuple[int, int] = (640, 480)
     orbit_views: int = 150
-    skip_orbit: bool = False
+    scenes: tuple[str, ...] = ("forward", "orbit")
+    """Which scenes to run; rows of the others already in --out are kept (a device call runs at most 10 min)."""
     skip_real_teachers: bool = False
     """Skip the real-size CLIP / DINO extraction (the simulated teachers' pipeline still runs)."""
     small: bool = False
@@ -104,10 +107,12 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def real_teachers(scene_path: Path, clip: Path, dino: Path, cache: Path, device: torch.device) -> dict:
+def real_teachers(
+    scene_path: Path, clip: Path, dino: Path, cache: Path, device: torch.device, base: TeacherConfig
+) -> dict:
     """Extract CLIP + DINO features of every view at real model size: seconds, crops/s, peak memory."""
     scene = load_scene(scene_path)
-    cfg = TeacherConfig(kind="clip", clip_model=str(clip), dino_model=str(dino), cache_dir=str(cache))
+    cfg = dataclasses.replace(base, kind="clip", clip_model=str(clip), dino_model=str(dino), cache_dir=cache)
     crops = count_crops(scene.width, scene.height, cfg) * len(scene.image_paths)
     reset_peak(device)
     start = time.perf_counter()
@@ -120,6 +125,7 @@ def real_teachers(scene_path: Path, clip: Path, dino: Path, cache: Path, device:
         "views": len(scene.image_paths),
         "crops": crops,
         "crops_per_s": round(crops / seconds, 1),
+        "clip_batch": cfg.clip_batch,
         "peak_gib": peak_gib(device),
     }
 
@@ -170,9 +176,15 @@ def pipeline(scene: Path, run: Path, args: Args, device: torch.device) -> dict:
 def main(args: Args) -> None:
     device = resolve_device(args.device)
     root = args.root / ("small" if args.small else "full")
-    scenes = {"forward": ("forward", args.forward_size, args.forward_views)}
-    if not args.skip_orbit:
-        scenes["orbit"] = ("orbit", args.orbit_size, args.orbit_views)
+    known = {
+        "forward": ("forward", args.forward_size, args.forward_views),
+        "orbit": ("orbit", args.orbit_size, args.orbit_views),
+    }
+    unknown = sorted(set(args.scenes) - set(known))
+    if unknown:
+        raise SystemExit(f"bench_gpu: unknown scene(s) {', '.join(unknown)} (known: forward, orbit)")
+    scenes = {k: v for k, v in known.items() if k in args.scenes}
+    teachers = resolve_base("cpu" if args.small else args.preset, None).teachers
     if args.small:
         scenes = {k: (c, (80, 60), 16) for k, (c, _, _) in scenes.items()}
     clip, dino = real_models(root, args.small) if not args.skip_real_teachers else (None, None)
@@ -186,7 +198,7 @@ def main(args: Args) -> None:
             shutil.rmtree(run)
         row: dict = {"size": list(size), "views": views}
         if clip is not None and dino is not None:
-            row["real_teachers"] = real_teachers(scene, clip, dino, root / "cache" / name, device)
+            row["real_teachers"] = real_teachers(scene, clip, dino, root / "cache" / name, device, teachers)
         row["pipeline"] = pipeline(scene, run, args, device)
         rows[name] = row
     print(f"\ndevice: {torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}")
@@ -219,8 +231,11 @@ def main(args: Args) -> None:
         "torch": torch.__version__,
         "preset": "cpu (400 + 60 steps)" if args.small else args.preset,
         "small": args.small,
-        "scenes": rows,
     }
+    before = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if all(before.get(k) == v for k, v in info.items()):  # the same machine and settings: keep its other scenes
+        rows = {k: v for k, v in before.get("scenes", {}).items() if k not in rows} | rows
+    info["scenes"] = rows
     args.out.write_text(json.dumps(info, indent=2) + "\n")
     print(f"wrote {args.out}")
 

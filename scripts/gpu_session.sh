@@ -4,7 +4,9 @@
 #
 #   bash scripts/gpu_session.sh wheels   # here, with a network: the missing pure-Python wheels into .whl/
 #   bash scripts/gpu_session.sh check    # there (carry .whl): CUDA tests, tinycudann's test, the step profile, teacher speed
-#   bash scripts/gpu_session.sh bench    # there (carry .whl): scripts/bench_gpu.py, JSON under $OUT or bench/
+#   bash scripts/gpu_session.sh bench --fresh --scenes forward   # there (carry .whl): scripts/bench_gpu.py,
+#   bash scripts/gpu_session.sh bench --fresh --scenes orbit     # one scene a call (10 min each at most); the
+#                                                                # JSON under $OUT or bench/ keeps both rows
 #
 # nerfacc compiles its CUDA ops with the machine's nvcc on first use (about a minute, inside `check`).
 # tinycudann is not on the image and cannot be fetched there: it is tested only where it is installed.
@@ -45,7 +47,9 @@ check)
 bench)
     install_wheels
     mkdir -p "$OUT_DIR"
-    python3 scripts/bench_gpu.py --out "$OUT_DIR/gpu.json" "${@:2}"
+    # bench/ stays on a warm machine between calls ($OUT is new each call): the rows of both calls add up there
+    python3 scripts/bench_gpu.py --out bench/gpu.json "${@:2}"
+    [ "$OUT_DIR" = bench ] || cp bench/gpu.json "$OUT_DIR/gpu.json"
     ;;
 *)
     echo "usage: bash scripts/gpu_session.sh wheels|check|bench [bench_gpu.py options]" >&2

@@ -148,6 +148,16 @@ def test_batched_crop_resizing_matches_f_interpolate_crop_by_crop():
     torch.testing.assert_close(batched, each, atol=2e-6, rtol=0)
 
 
+def test_batched_resizing_in_parts_gives_the_same_crops(monkeypatch):
+    import ovseg3d.teachers.clip as clip_module
+
+    image = torch.rand(3, 90, 120, generator=torch.Generator().manual_seed(0))
+    boxes = _mixed_boxes(120, 90)
+    whole = resize_crops(image, boxes, 24, batched=True)
+    monkeypatch.setattr(clip_module, "RESIZE_FLOATS", 200_000)  # parts of 3 to 40 crops
+    torch.testing.assert_close(resize_crops(image, boxes, 24, batched=True), whole, atol=1e-6, rtol=0)
+
+
 def test_resize_matrices_are_normalised_and_end_at_each_line():
     lengths = torch.tensor([3, 24, 50, 97])
     mats = resize_matrices(lengths, 24, 100)

@@ -179,6 +179,11 @@ def resize_matrices(lengths: Tensor, size: int, window: int) -> Tensor:
     return weights / torch.where(total != 0, total, torch.ones_like(total))
 
 
+RESIZE_FLOATS = 1 << 26
+"""At most about this many floats (256 MiB) of windows and matrices in one batched resize (a 4032x3024 photo's
+largest crops are 725 pixels wide: 28 of them at a time)."""
+
+
 def resize_crops(image: Tensor, boxes: Tensor, size: int, batched: bool | None = None) -> Tensor:
     """Cut ``boxes`` (``[K, 4]`` long ``(x0, y0, x1, y1)``, on the CPU) out of ``image`` (``[3, H, W]`` float)
     and resize each to ``size x size`` as ``F.interpolate(mode="bicubic", antialias=True)`` does:
@@ -204,6 +209,11 @@ def resize_crops(image: Tensor, boxes: Tensor, size: int, batched: bool | None =
     height, width = image.shape[1:]
     sides = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1)  # [K, 2] (w, h), on the CPU: no read back
     win_w, win_h = (int(v) for v in sides.amax(0))
+    # floats a crop takes: its window, its two matrices, its half-resized window; big photos go in parts
+    per_crop = 3 * win_h * win_w + 2 * size * max(win_h, win_w) + 3 * size * win_w
+    part = max(1, RESIZE_FLOATS // per_crop)
+    if len(boxes) > part:
+        return torch.cat([resize_crops(image, boxes[i : i + part], size, True) for i in range(0, len(boxes), part)])
     starts, sides = to_device(torch.cat([boxes[:, :2], sides], 1), device).split(2, dim=1)
     rows = (starts[:, 1:] + torch.arange(win_h, device=device)).clamp(max=height - 1)  # [K, win_h]
     cols = (starts[:, :1] + torch.arange(win_w, device=device)).clamp(max=width - 1)  # [K, win_w]

@@ -55,16 +55,13 @@ def op_name(func: torch._ops.OpOverload, args: tuple) -> str:
 
 
 class SyncCounter(TorchDispatchMode):
-    """Counts the synchronising ops (:data:`SYNC_OPS`) run under it: ``counts[(op, where)]``; and all the aten
-    ops in ``ops`` (on a GPU, about one kernel launch each)."""
+    """Counts the synchronising ops (:data:`SYNC_OPS`) run under it: ``counts[(op, where)]``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.counts: Counter[tuple[str, str]] = Counter()
-        self.ops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        self.ops += 1
         name = op_name(func, args)
         if name in SYNC_OPS:
             self.counts[(name, where(traceback.extract_stack()))] += 1

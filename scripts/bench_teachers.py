@@ -9,9 +9,6 @@ Prints tables and writes JSON (default ``bench/teachers.json``):
 * ``dino``: seconds per image of DINO ViT-B/8 at ``--dino-long-side``.
 * ``per_image``: crops, cache MiB per image; with ``--full-image``, the whole per-image pipeline (crops ->
   CLIP -> splat -> relevancy, DINO) run and timed on one synthetic image of ``--image-size``.
-* ``resize``: cutting and resizing every crop of one ``--resize-size`` view to 224x224, per crop
-  (``F.interpolate``) and batched (:func:`~ovseg3d.teachers.clip.resize_crops`): seconds and aten ops (on a
-  GPU, about one kernel launch each).
 * ``synthetic``: simulated teachers on ``--scene``: extraction time, cache size, 2D teacher mIoU / accuracy.
 
 The CLIP and DINO models have the real architectures (ViT-B/16, ViT-B/8) with random weights: weights do
@@ -39,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from tiny_models import TEXT_B, VIT_B8, VIT_B16, save_tiny_clip, save_tiny_dino  # noqa: E402
 
 from ovseg3d.data.loader import load_scene  # noqa: E402
-from ovseg3d.syncs import SyncCounter  # noqa: E402
 from ovseg3d.teachers.base import TeacherView, half_dtype  # noqa: E402
 from ovseg3d.teachers.clip import (  # noqa: E402
     OpenClip,
@@ -48,7 +44,6 @@ from ovseg3d.teachers.clip import (  # noqa: E402
     crop_boxes,
     feature_size,
     multiscale_features,
-    resize_crops,
 )
 from ovseg3d.teachers.config import TeacherConfig, TeacherError  # noqa: E402
 from ovseg3d.teachers.dino import TransformersDino  # noqa: E402
@@ -69,8 +64,6 @@ class Args:
     """Crops timed per backend and precision (after one warm-up batch)."""
     batch: int = 32
     """Crops per CLIP forward pass in the throughput rows (a GPU wants more: the gpu session uses 256)."""
-    resize_size: tuple[int, int] = (1000, 750)
-    """Width and height of the view whose crops are resized (3D-OVS's photos)."""
     backends: list[str] = field(default_factory=lambda: ["transformers", "open_clip"])
     full_image: bool = False
     """Also run one image of --image-size through the whole pipeline (slow on a CPU)."""
@@ -204,38 +197,6 @@ def full_image(args: Args, device: torch.device, tmp: Path) -> dict:
     }
 
 
-def bench_resize(args: Args, device: torch.device) -> list[dict]:
-    """Every crop of one view (all scales, grown) cut and resized to 224x224 in CLIP batches, both ways."""
-    w, h = args.resize_size
-    cfg = TeacherConfig()
-    image = _view(w, h).image.to(device).permute(2, 0, 1).float() / 255.0
-    g = torch.Generator().manual_seed(0)
-    boxes = torch.cat([crop_boxes(w, h, k, cfg.clip_stride, cfg.clip_grow, g) for k in cfg.clip_scales])
-    batches = [boxes[i : i + cfg.clip_batch] for i in range(0, len(boxes), cfg.clip_batch)]
-    rows = []
-    for batched in (False, True):
-        resize_crops(image, batches[0], 224, batched)  # warm-up
-        _sync(device)
-        start = time.perf_counter()
-        for b in batches:
-            resize_crops(image, b, 224, batched)
-        _sync(device)
-        seconds = time.perf_counter() - start
-        with SyncCounter() as counter:
-            for b in batches:
-                resize_crops(image, b, 224, batched)
-        rows.append(
-            {
-                "way": "batched" if batched else "per crop",
-                "crops": len(boxes),
-                "seconds": round(seconds, 3),
-                "aten_ops": counter.ops,
-                "aten_ops_per_batch": round(counter.ops / len(batches), 1),
-            }
-        )
-    return rows
-
-
 def bench_synthetic(args: Args, device: torch.device, tmp: Path) -> dict:
     scene = load_scene(args.scene)
     cfg = TeacherConfig(kind="synthetic", cache_dir=tmp / "synthetic")
@@ -284,11 +245,6 @@ def main(args: Args) -> dict:
         print(
             f"\nDINO ViT-B/8 ({result['dino']['precision']}): grid {result['dino']['grid']}, {result['dino']['s_per_image']} s/image"
         )
-        result["resize"] = bench_resize(args, device)
-        print(f"\ncrops of one {args.resize_size[0]}x{args.resize_size[1]} view resized to 224x224")
-        print(f"{'way':<10}{'crops':>7}{'seconds':>9}{'aten ops':>10}{'per batch':>11}")
-        for r in result["resize"]:
-            print(f"{r['way']:<10}{r['crops']:>7}{r['seconds']:>9.2f}{r['aten_ops']:>10}{r['aten_ops_per_batch']:>11}")
         result["per_image"] = cache_bytes(args, TeacherConfig(), result["dino"]["grid"])
         print(f"cache per image: {result['per_image']}")
         if args.full_image:

@@ -40,7 +40,7 @@ check)
     python3 -P -m pytest -q -m cuda tests 2>&1 | tee "$OUT_DIR/cuda_tests.log" || true
     python3 -c "import ovseg3d.accel as a; print('tinycudann test:', a.run_test(a.TCNN_TEST))" || true
     python3 scripts/profile_steps.py --preset gpu --device cuda --out "$OUT_DIR/profile_steps_gpu.json"
-    # real-size CLIP / DINO throughput, and the crops of a 1000x750 view resized per crop and batched
+    # real-size CLIP / DINO throughput on the GPU (CLIP batches of 256, as the gpu preset)
     python3 scripts/bench_teachers.py --device cuda --backends transformers --crops 1024 --batch 256 \
         --skip-synthetic --out "$OUT_DIR/teachers_gpu.json" || true
     ;;

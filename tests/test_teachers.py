@@ -19,15 +19,7 @@ from ovseg3d.evaluate import per_view_table
 from ovseg3d.metrics import class_ious, segmentation_metrics, shifted_gt_miou
 from ovseg3d.teachers import cache
 from ovseg3d.teachers.base import TeacherView
-from ovseg3d.teachers.clip import (
-    build_clip,
-    crop_boxes,
-    crop_coverage,
-    multiscale_features,
-    resize_crops,
-    resize_matrices,
-    splat_crops,
-)
+from ovseg3d.teachers.clip import build_clip, crop_boxes, crop_coverage, multiscale_features, splat_crops
 from ovseg3d.teachers.config import TeacherConfig, TeacherError
 from ovseg3d.teachers.dino import TransformersDino, dino_input_size
 from ovseg3d.teachers.extract import ensure_features, teacher_scores
@@ -125,46 +117,6 @@ def test_splat_is_the_mean_of_the_covering_crops():
             inside = (boxes[:, 0] <= cx) & (cx < boxes[:, 2]) & (boxes[:, 1] <= cy) & (cy < boxes[:, 3])
             expect[j, i] = emb[inside].mean(0)
     torch.testing.assert_close(out.double(), F.normalize(expect, dim=-1), atol=1e-5, rtol=0)
-
-
-def _mixed_boxes(width: int, height: int) -> torch.Tensor:
-    """Crops of every scale of a grown layout plus a few that are enlarged (smaller than 24 px) or touch the
-    image's edges."""
-    g = torch.Generator().manual_seed(2)
-    grown = [crop_boxes(width, height, k, grow=0.3, generator=g) for k in (2, 5, 10)]
-    odd = torch.tensor([[0, 0, 7, 5], [width - 3, height - 9, width, height], [10, 3, 11, 4], [0, 0, width, height]])
-    return torch.cat([*grown, odd])
-
-
-def test_batched_crop_resizing_matches_f_interpolate_crop_by_crop():
-    image = torch.rand(3, 90, 120, generator=torch.Generator().manual_seed(0))
-    boxes = _mixed_boxes(120, 90)
-    each = resize_crops(image, boxes, 24, batched=False)
-    for x0, y0, x1, y1 in boxes[[0, -3]].tolist():  # the loop is F.interpolate itself
-        crop = F.interpolate(image[None, :, y0:y1, x0:x1], size=(24, 24), mode="bicubic", antialias=True)
-        assert torch.equal(crop[0], each[boxes[:, 0].eq(x0) & boxes[:, 1].eq(y0)][0])
-    batched = resize_crops(image, boxes, 24, batched=True)
-    assert batched.shape == (len(boxes), 3, 24, 24)
-    torch.testing.assert_close(batched, each, atol=2e-6, rtol=0)
-
-
-def test_batched_resizing_in_parts_gives_the_same_crops(monkeypatch):
-    import ovseg3d.teachers.clip as clip_module
-
-    image = torch.rand(3, 90, 120, generator=torch.Generator().manual_seed(0))
-    boxes = _mixed_boxes(120, 90)
-    whole = resize_crops(image, boxes, 24, batched=True)
-    monkeypatch.setattr(clip_module, "RESIZE_FLOATS", 200_000)  # parts of 3 to 40 crops
-    torch.testing.assert_close(resize_crops(image, boxes, 24, batched=True), whole, atol=1e-6, rtol=0)
-
-
-def test_resize_matrices_are_normalised_and_end_at_each_line():
-    lengths = torch.tensor([3, 24, 50, 97])
-    mats = resize_matrices(lengths, 24, 100)
-    torch.testing.assert_close(mats.sum(-1), torch.ones(4, 24))
-    for k, n in enumerate(lengths.tolist()):
-        assert mats[k, :, n:].abs().max() == 0
-    torch.testing.assert_close(mats[1, :, :24], torch.eye(24))  # same size: the identity
 
 
 # ------------------------------------------------------------------------------------------- relevancy
@@ -456,7 +408,9 @@ def test_half_precision_on_cuda_matches_float32_on_the_cpu(models):
     cpu = build_clip(dataclasses.replace(cfg, half=False), CPU).encode_crops(view, boxes)
     gpu_clip = build_clip(cfg, torch.device("cuda"))
     assert gpu_clip.dtype == torch.float16
-    cos = (gpu_clip.encode_crops(view, boxes).cpu() * cpu).sum(-1)
+    emb = gpu_clip.encode_crops(view, boxes)
+    assert emb.is_cuda  # a view's embeddings stay on the device until its maps are made
+    cos = (emb.cpu() * cpu).sum(-1)
     assert cos.min() > 0.99
     dino_cpu = TransformersDino(str(models["vit"]), CPU, 48, half=False).encode_patches(view)
     dino_gpu = TransformersDino(str(models["vit"]), torch.device("cuda"), 48).encode_patches(view)
@@ -465,12 +419,10 @@ def test_half_precision_on_cuda_matches_float32_on_the_cpu(models):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_crops_resized_on_cuda_match_the_cpu():
-    image = torch.rand(3, 90, 120, generator=torch.Generator().manual_seed(0))
-    boxes = _mixed_boxes(120, 90)
-    cuda = resize_crops(image.cuda(), boxes, 24)  # batched there by default
-    torch.testing.assert_close(cuda.cpu(), resize_crops(image, boxes, 24), atol=1e-5, rtol=0)
-    emb = torch.randn(len(boxes), 8, generator=torch.Generator().manual_seed(1))
+def test_crop_embeddings_are_splatted_on_cuda_as_on_the_cpu():
+    g = torch.Generator().manual_seed(1)
+    boxes = crop_boxes(120, 90, 5, grow=0.3, generator=g)
+    emb = torch.randn(len(boxes), 8, generator=g)
     splat = splat_crops(boxes, emb.cuda(), 120, 90, 30, 20)
     assert splat.is_cuda
     torch.testing.assert_close(splat.cpu(), splat_crops(boxes, emb, 120, 90, 30, 20), atol=1e-5, rtol=0)

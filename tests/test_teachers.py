@@ -301,6 +301,18 @@ def test_cache_is_reused_rebuilt_when_stale_and_continued_after_an_interruption(
     assert "rebuilding" in logs[-1] and "view 2" in logs[-1]
 
 
+def test_the_clip_batch_is_a_speed_setting_for_the_simulated_teacher(scene_dir, tmp_path):
+    scene = load_scene(scene_dir)
+    cfg = TeacherConfig(kind="synthetic", cache_dir=tmp_path / "a", clip_batch=7)
+    logs: list[str] = []
+    small = np.array(ensure_features(scene, cfg, CPU, log=logs.append).clip)
+    big = dataclasses.replace(cfg, clip_batch=256)
+    ensure_features(scene, big, CPU, log=logs.append)
+    assert "reusing" in logs[-1]  # not stale: the same features
+    fresh = ensure_features(scene, dataclasses.replace(big, cache_dir=tmp_path / "b"), CPU, log=logs.append)
+    np.testing.assert_array_equal(np.array(fresh.clip), small)
+
+
 def test_real_teacher_cache_keys_on_image_files(scene_dir, tmp_path, models):
     scene = load_scene(scene_dir)
     cfg = TeacherConfig(

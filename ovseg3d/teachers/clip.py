@@ -130,15 +130,18 @@ def multiscale_features(
     """3D-OVS CLIP features of one view: ``[S, h, w, D]`` unit vectors, one map per scale, on the encoder's
     device (the crops' embeddings never leave it).
 
-    ``on_batch(n)`` is called after every batch of ``n`` crops (progress bars).
+    Crops go to the encoder ``cfg.clip_batch`` at a time, or its own ``batch_size`` when it has one (the
+    simulated CLIP, whose noise is drawn per batch). ``on_batch(n)`` is called after every batch of ``n`` crops
+    (progress bars).
     """
     out_w, out_h = out_size
+    step = getattr(encoder, "batch_size", None) or cfg.clip_batch
     maps = []
     for divisor in cfg.clip_scales:
         boxes = crop_boxes(view.width, view.height, divisor, cfg.clip_stride, cfg.clip_grow, generator)
         parts = []
-        for start in range(0, len(boxes), cfg.clip_batch):
-            batch = boxes[start : start + cfg.clip_batch]
+        for start in range(0, len(boxes), step):
+            batch = boxes[start : start + step]
             parts.append(encoder.encode_crops(view, batch))
             if on_batch is not None:
                 on_batch(len(batch))

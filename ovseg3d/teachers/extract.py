@@ -100,6 +100,9 @@ def expected_meta(scene: Scene, cfg: TeacherConfig) -> dict[str, Any]:
     keys = _SYNTHETIC_SETTINGS if cfg.kind == "synthetic" else _REAL_SETTINGS
     settings = {k: _jsonable(getattr(cfg, k)) for k in keys}
     if cfg.kind == "synthetic":
+        from ovseg3d.teachers.synthetic import SyntheticClip
+
+        settings["clip_batch"] = SyntheticClip.batch_size  # the batches its noise is drawn in, not cfg's
         inputs = [_tensor_hash(scene.images[i], scene.labels.get(i), scene.instances.get(i)) for i in range(len(scene))]
     else:
         inputs = [_file_hash(p) for p in scene.image_paths]

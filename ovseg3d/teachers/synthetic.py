@@ -81,9 +81,13 @@ class SyntheticText:
 
 
 class SyntheticClip:
-    """A CLIP-like crop encoder that reads the ground-truth label map instead of pixels."""
+    """A CLIP-like crop encoder that reads the ground-truth label map instead of pixels.
+
+    Its noise is drawn per call, so it is always called with :attr:`batch_size` crops (whatever
+    ``clip_batch``, a speed setting of the real CLIP, says): the same settings give the same features."""
 
     name = "synthetic-clip"
+    batch_size = 64
 
     def __init__(self, classes: list[str], cfg: TeacherConfig):
         if not classes:

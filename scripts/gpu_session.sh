@@ -3,7 +3,7 @@
 # package registries (its image has torch, transformers, nvcc and ninja, but not nerfacc, tyro or plyfile).
 #
 #   bash scripts/gpu_session.sh wheels   # here, with a network: the missing pure-Python wheels into .whl/
-#   bash scripts/gpu_session.sh check    # there (carry .whl): CUDA tests, tinycudann's test, the step profile, teacher speed
+#   bash scripts/gpu_session.sh check    # there (carry .whl): CUDA tests, tinycudann's test, step profile, teachers
 #   bash scripts/gpu_session.sh bench --fresh --scenes forward   # there (carry .whl): scripts/bench_gpu.py,
 #   bash scripts/gpu_session.sh bench --fresh --scenes orbit     # one scene a call (10 min each at most); the
 #                                                                # JSON under $OUT or bench/ keeps both rows

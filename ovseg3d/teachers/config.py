@@ -40,7 +40,7 @@ class TeacherConfig:
     clip_grow: float = 0.1
     """Each crop side grows by a random amount in [0, this x patch] (3D-OVS's random crop growth)."""
     clip_batch: int = 64
-    """Crops per CLIP forward pass."""
+    """Crops per CLIP forward pass: a speed setting, the features do not depend on it (the gpu preset: 256)."""
     feature_long_side: int = 64
     """Long side of the stored CLIP feature maps (pixels; capped at the image size). CLIP features are
     smooth at the crop stride, and 512 float16 channels per scale make these maps the bulk of the cache."""

@@ -69,6 +69,44 @@ class TeacherTensors:
         )
 
 
+@dataclass(frozen=True)
+class TeacherSpace:
+    """What the semantic field needs of its teacher once trained: the sizes of its heads and the CLIP text
+    embeddings of the scene's classes that its features are read against.
+
+    Every checkpoint keeps it (``semantic.teacher_space``), so ``eval``, ``render``, ``export`` and ``view``
+    read a field without the teacher's maps: no cache of hundreds of MB copied onto the device, and no
+    re-extraction when the cache went missing or its settings changed since training (the field was trained
+    against these embeddings, not a rebuilt cache's)."""
+
+    classes: tuple[str, ...]
+    text: Tensor  # [C, D] float32
+    clip_dim: int
+    n_scales: int
+    dino_dim: int
+
+    @classmethod
+    def of(cls, teacher: TeacherTensors, classes: list[str]) -> TeacherSpace:
+        n_scales, clip_dim = teacher.clip.shape[3:]
+        return cls(tuple(classes), teacher.text, int(clip_dim), int(n_scales), int(teacher.dino.shape[-1]))
+
+    def state_dict(self) -> dict:
+        return {
+            "classes": list(self.classes),
+            "text": self.text.detach().cpu(),
+            "clip_dim": self.clip_dim,
+            "n_scales": self.n_scales,
+            "dino_dim": self.dino_dim,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device) -> TeacherSpace:
+        text = torch.as_tensor(state["text"]).float().to(device)
+        return cls(
+            tuple(state["classes"]), text, int(state["clip_dim"]), int(state["n_scales"]), int(state["dino_dim"])
+        )
+
+
 def training_selection(selection: Tensor, learned: bool = False, scale: int = -1) -> Tensor:
     """``[R, S]`` weights of the teacher's scales in the training targets: the field's rendered selection
     ``selection`` (3D-OVS's, when ``learned``), else all on the one ``scale`` (Python index: -1 = the last,
@@ -139,11 +177,18 @@ class CropCoverage:
 class Distiller:
     """The semantic field, its optimiser and one distillation step over a trained :class:`Trainer`."""
 
-    def __init__(self, geo: Trainer, features: TeacherFeatures):
+    def __init__(self, geo: Trainer, features: TeacherFeatures | None = None, space: TeacherSpace | None = None):
+        """Over the teacher's ``features`` (to train), or only its ``space`` (to read a trained field: a
+        checkpoint's, see :func:`load_distiller`; :meth:`train_step` then refuses)."""
         cfg = geo.cfg
         self.geo, self.cfg, self.device = geo, cfg, geo.device
-        self.teacher = TeacherTensors.load(features, geo.device)
-        n_scales, clip_dim = self.teacher.clip.shape[3:]
+        self.teacher = TeacherTensors.load(features, geo.device) if features is not None else None
+        if self.teacher is not None:
+            space = TeacherSpace.of(self.teacher, features.classes)  # type: ignore[union-attr]
+        if space is None:
+            raise ValueError("a Distiller needs the teacher's features or its space")
+        self.space = space
+        n_scales, clip_dim = space.n_scales, space.clip_dim
         if not -n_scales <= cfg.teacher_scale < n_scales:
             raise UsageError(
                 f"--teacher-scale {cfg.teacher_scale}: the teacher has {n_scales} scales "
@@ -151,7 +196,7 @@ class Distiller:
             )
         scale = math.exp(math.log(cfg.sem_max_resolution / 16) / max(1, cfg.sem_levels - 1))
         grid = HashGridConfig(cfg.sem_levels, cfg.sem_features_per_level, cfg.sem_log2_hashmap_size, 16, scale)
-        sem = SemanticConfig(grid, cfg.latent_dim, 64, int(clip_dim), int(n_scales), int(self.teacher.dino.shape[-1]))
+        sem = SemanticConfig(grid, cfg.latent_dim, 64, clip_dim, n_scales, space.dino_dim)
         self.field = SemanticField(geo.field.aabb, sem, geo.device, cfg.grid_impl, geo.field.contraction)
         # fused: one kernel for all parameters, its step counts on the device (the default reads them every step)
         self.optimizer = torch.optim.Adam(
@@ -233,6 +278,8 @@ class Distiller:
         origins, dirs = pixel_rays(self.cameras, views, u, v)
         z = self.render_latent(self.cameras, views, origins, dirs, self.near_far)
         out = self.field.decode(z)
+        if self.teacher is None:
+            raise UsageError("this distiller reads a trained semantic field: it has no teacher features to train on")
         t_clip, t_rel, t_dino = self.teacher.lookup(views, u, v, scene.width, scene.height)
         cover = None if self.coverage is None else self.coverage.at(u, v, scene.width, scene.height)
         stats = self.losses(out, t_clip, t_rel, t_dino, cover)
@@ -258,7 +305,7 @@ class Distiller:
         """The losses of one batch; ``cover [R, S]``: the teacher's crop coverage of each ray's pixel per scale
         (weighs the CLIP feature and RDA terms when given)."""
         cfg = self.cfg
-        text = self.teacher.text
+        text = self.space.text
         selection = training_selection(out.selection, cfg.scale_selection, cfg.teacher_scale)
         weights = None if cover is None else (selection.detach() * cover).sum(-1)
         feat = feature_loss(out.clip, t_clip, selection, weights)
@@ -311,7 +358,7 @@ class Distiller:
     def segment(self, cameras: Cameras, idx: int, near_far: Tensor | None = None) -> Tensor:
         """``[H, W]`` class index (argmax of the cosine with the class texts)."""
         feats = self.render_semantics(cameras, idx, near_far)
-        return (feats @ F.normalize(self.teacher.text, dim=-1).T).argmax(-1).cpu()
+        return (feats @ F.normalize(self.space.text, dim=-1).T).argmax(-1).cpu()
 
     # -- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -320,6 +367,7 @@ class Distiller:
             "elapsed": self.elapsed,
             "field": self.field.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "teacher_space": self.space.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -329,19 +377,28 @@ class Distiller:
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
 
 
-def load_distiller(trainer: Trainer, state: dict) -> tuple[Distiller, TeacherFeatures] | None:
-    """The run's distiller from a checkpoint ``state`` (``None`` if the run has no semantic field); the
-    teacher features come from the (reused) cache."""
+def load_distiller(trainer: Trainer, state: dict) -> Distiller | None:
+    """The run's trained distiller from a checkpoint ``state`` (``None`` if the run has no semantic field).
+
+    It reads the field against the teacher space saved with it (:class:`TeacherSpace`): the teacher's cache is
+    not needed. A checkpoint from before that was saved, or whose classes are not the scene's any more, is
+    read against the teacher's cache (reused, or rebuilt with a notice)."""
     if "semantic" not in state:
         return None
-    from ovseg3d.teachers.extract import ensure_features
-
-    features = ensure_features(trainer.scene, trainer.cfg.teachers, trainer.device, log=lambda s: None)
-    distiller = Distiller(trainer, features)
     sem = dict(state["semantic"])
     sem.pop("optimizer", None)
+    saved = sem.pop("teacher_space", None)
+    space = TeacherSpace.from_state(saved, trainer.device) if saved is not None else None
+    if space is not None and list(space.classes) == list(trainer.scene.classes):
+        distiller = Distiller(trainer, space=space)
+    else:
+        from ovseg3d.teachers.extract import ensure_features
+
+        distiller = Distiller(
+            trainer, ensure_features(trainer.scene, trainer.cfg.teachers, trainer.device, log=lambda s: None)
+        )
     distiller.load_state_dict(sem)
-    return distiller, features
+    return distiller
 
 
 def distill_training(t: Training) -> Distiller:

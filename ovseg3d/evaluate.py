@@ -90,13 +90,14 @@ def semantic_metrics(run: Path, trainer, save_renders: bool = True) -> dict:
     from ovseg3d.distill import load_distiller
     from ovseg3d.images import colorize_labels, save_png, side_by_side
     from ovseg3d.run import latest_checkpoint, load_checkpoint
-    from ovseg3d.teachers.extract import teacher_labels
+    from ovseg3d.teachers.extract import ensure_features, teacher_labels
 
     scene = trainer.scene
-    loaded = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
-    if loaded is None or not scene.segmentations or not scene.classes:
+    distiller = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
+    if distiller is None or not scene.segmentations or not scene.classes:
         return {}
-    distiller, features = loaded
+    # the 2D teacher's own labels of the annotated views, for comparison: read from its cache (memory-mapped)
+    features = ensure_features(scene, trainer.cfg.teachers, trainer.device, log=lambda s: None)
     views = sorted(scene.segmentations)
     ours = {v: distiller.segment(scene.cameras, v, scene.near_far) for v in views}
     teacher = {v: teacher_labels(features, v, scene.width, scene.height) for v in views}

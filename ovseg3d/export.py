@@ -112,10 +112,10 @@ class LabelledCloud:
 # -- surface points --------------------------------------------------------------------------------------
 
 
-def depth_map(trainer, view: int, min_opacity: float, max_spread: float = 0.0) -> tuple[Tensor, int]:  # noqa: ANN001
+def depth_map(trainer, view: int, min_opacity: float, max_spread: float = 0.0) -> tuple[Tensor, Tensor]:  # noqa: ANN001
     """``[H*W]`` median depth of ``view``'s rays (:func:`render_median_depth`), ``nan`` where not solid or,
     with ``max_spread``, where the ray's weight spreads more than that; and how many solid pixels the
-    spread took out."""
+    spread took out (a device scalar: read once for all views)."""
     scene = trainer.scene
     cams = scene.cameras.to(trainer.device)
     origins, dirs = image_rays(cams, view)
@@ -127,13 +127,16 @@ def depth_map(trainer, view: int, min_opacity: float, max_spread: float = 0.0) -
     )
     solid = opacity >= min_opacity
     crisp = spread <= max_spread if max_spread > 0 else torch.ones_like(solid)
-    return torch.where(solid & crisp, depth, torch.full_like(depth, float("nan"))), int((solid & ~crisp).sum())
+    return torch.where(solid & crisp, depth, torch.full_like(depth, float("nan"))), (solid & ~crisp).sum()
 
 
 def agreeing_views(points: Tensor, depths: dict[int, Tensor], cameras: Cameras, skip: int, tol: float) -> Tensor:
     """``[P]`` how many views (other than ``skip``) see a surface where ``points`` are: projected into the view,
     its depth map there is within ``tol`` (relative) of the point's distance. A view that sees something
-    nearer (an occluder) or nothing gives no support."""
+    nearer (an occluder) or nothing gives no support.
+
+    No op here has a data-dependent size: on a GPU the loop over views queues without waiting (a mask
+    indexing per view pair made the host wait for each)."""
     support = torch.zeros(len(points), dtype=torch.long, device=points.device)
     for j, depth in depths.items():
         if j == skip:
@@ -141,10 +144,10 @@ def agreeing_views(points: Tensor, depths: dict[int, Tensor], cameras: Cameras, 
         u, v, front = project_points(cameras, j, points)
         col, row = torch.floor(u).long(), torch.floor(v).long()
         inside = front & (col >= 0) & (col < cameras.width) & (row >= 0) & (row < cameras.height)
-        t = torch.full((len(points),), float("nan"), device=points.device)
-        t[inside] = depth[(row * cameras.width + col)[inside]]
+        pixel = row.clamp(0, cameras.height - 1) * cameras.width + col.clamp(0, cameras.width - 1)
         dist = (points - cameras.c2w[j, :, 3].to(points.device)).norm(dim=-1)
-        support += ((t - dist).abs() <= tol * dist).long()  # nan compares False
+        agree = (depth[pixel] - dist).abs() <= tol * dist  # nan (no surface there) compares False
+        support += (agree & inside).long()
     return support
 
 
@@ -201,15 +204,15 @@ def surface_points(
     scene = trainer.scene
     views = scene.train_ids[:: max(1, opts.view_stride)]
     cams = scene.cameras.to(trainer.device)
-    depths, n_spread = {}, 0
+    depths, spread = {}, torch.zeros((), dtype=torch.long, device=trainer.device)
     for v in tqdm(views, desc="depth", unit="view", leave=False):
         depths[v], dropped = depth_map(trainer, v, opts.min_opacity, opts.max_spread)
-        n_spread += dropped
-    pts, vals, ids, n_pixels = [], [], [], 0
+        spread += dropped
+    pts, vals, ids, pixels = [], [], [], torch.zeros((), dtype=torch.long, device=trainer.device)
     for v in tqdm(views, desc="fuse", unit="view", leave=False):
         origins, dirs = image_rays(cams, v)
         solid = torch.isfinite(depths[v])
-        n_pixels += int(solid.sum())
+        pixels += solid.sum()
         p = origins[solid] + depths[v][solid, None] * dirs[solid]
         agree = agreeing_views(p, depths, cams, v, opts.depth_tolerance) >= opts.min_agreeing
         rays = torch.nonzero(solid)[:, 0][agree]
@@ -223,6 +226,7 @@ def surface_points(
     voxel = opts.spacing * trainer.diag
     origin = scene.aabb[:3].to(points.device)
     xyz, values, n_views = fuse_points(points, torch.cat(vals), torch.cat(ids), origin, voxel, opts.min_views)
+    n_pixels, n_spread = int(pixels), int(spread)
     log(
         f"{n_pixels} solid pixels of {len(views)} views ({n_spread} more spread their weight over more than "
         f"{opts.max_spread:g} of their depth), {len(points)} seen alike by {opts.min_agreeing}+ other views -> "
@@ -264,7 +268,7 @@ def point_semantics(
     from ovseg3d.teachers.relevancy import CANONICAL_NEGATIVES, query_relevancy
 
     distiller.field.eval()
-    text = distiller.teacher.text
+    text = distiller.space.text
     temperature = distiller.cfg.rda_field_temperature
     q_emb = neg = None
     if queries:
@@ -294,12 +298,11 @@ def extract_cloud(run: Path, opts: ExportOptions, device_name: str = "auto", log
     from ovseg3d.train import load_trainer
 
     trainer = load_trainer(run, device_name)
-    loaded = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
-    if loaded is None:
+    distiller = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
+    if distiller is None:
         raise UsageError(
             f"{run} has no semantic field (trained with --teacher none): train with --teacher synthetic|clip to export"
         )
-    distiller = loaded[0]
     classes = list(trainer.scene.classes)
     xyz, rgb, n_views, latent = surface_points(trainer, opts, distiller, log)
     if len(xyz) == 0:

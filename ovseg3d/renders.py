@@ -53,11 +53,11 @@ def render_run(run: Path, views: list[int] | None, queries: list[str], device_na
     bad = [v for v in views if not 0 <= v < len(scene)]
     if bad:
         raise UsageError(f"view {bad[0]} is not in the scene (0..{len(scene) - 1})")
-    loaded = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
-    if queries and loaded is None:
+    distiller = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
+    if queries and distiller is None:
         raise UsageError(f"{run} has no semantic field (trained without --teacher): --query needs one")
     query_emb = negatives = None
-    if queries and loaded is not None:
+    if queries and distiller is not None:
         enc = text_encoder(trainer.cfg.teachers, trainer.device)
         query_emb, negatives = enc.encode_text(queries), enc.encode_text(list(CANONICAL_NEGATIVES))
     out_dir, paths = run / "renders", []
@@ -67,12 +67,11 @@ def render_run(run: Path, views: list[int] | None, queries: list[str], device_na
         paths += [out_dir / f"rgb_{v:03d}.png", out_dir / f"depth_{v:03d}.png"]
         save_png(paths[-2], rgb)
         save_png(paths[-1], colorize_depth(out.depth, out.opacity))
-        if loaded is None:
+        if distiller is None:
             continue
-        distiller = loaded[0]
         feats = distiller.render_semantics(scene.cameras, v, scene.near_far)
         if scene.classes:
-            labels = (feats @ F.normalize(distiller.teacher.text, dim=-1).T).argmax(-1).cpu()
+            labels = (feats @ F.normalize(distiller.space.text, dim=-1).T).argmax(-1).cpu()
             seg = np.concatenate([colorize_labels(labels, len(scene.classes)), legend(scene.classes, scene.height)], 1)
             paths.append(out_dir / f"seg_{v:03d}.png")
             save_png(paths[-1], seg)

@@ -91,10 +91,9 @@ def load_queries(run: Path, max_points: int, device_name: str = "cpu", log=print
     from ovseg3d.train import load_trainer
 
     trainer = load_trainer(run, device_name)
-    loaded = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
-    if loaded is None:
+    distiller = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
+    if distiller is None:
         raise UsageError(f"{run} has no semantic field (trained with --teacher none): nothing to query")
-    distiller = loaded[0]
     npz = run / "export" / "points.npz"
     cloud = load_export(npz) if npz.exists() else None
     if cloud is None or cloud.feature is None:
@@ -299,7 +298,7 @@ class Viewer:
             return rgb
         feats = self.distiller.render_semantics(camera, 0)
         if kind == "segmentation":
-            text = F.normalize(self.distiller.teacher.text, dim=-1)
+            text = F.normalize(self.distiller.space.text, dim=-1)
             labels = (feats @ text.T).argmax(-1).cpu().numpy()
             palette = label_palette(max(1, len(self.q.cloud.classes)))
             return 0.3 * rgb + 0.7 * palette[labels]

@@ -164,13 +164,14 @@ def test_the_coverage_weights_follow_the_teachers_crop_layout(distilled):
     on the teacher's source image; ``--no-coverage-weights`` leaves it out."""
     import dataclasses
 
-    from ovseg3d.distill import Distiller, load_distiller
-    from ovseg3d.run import latest_checkpoint, load_checkpoint
+    from ovseg3d.distill import Distiller
+    from ovseg3d.teachers.extract import ensure_features
     from ovseg3d.train import load_trainer
 
     _, run = distilled
     trainer = load_trainer(run, "cpu")
-    distiller, features = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
+    features = ensure_features(trainer.scene, trainer.cfg.teachers, trainer.device)
+    distiller = Distiller(trainer, features)
     cover = (distiller.coverage.rows[:, None] * distiller.coverage.cols[None])[None]  # [1, H, W, S]
     scales = trainer.cfg.teachers.clip_scales
     assert cover.shape == (1, trainer.scene.height, trainer.scene.width, len(scales))
@@ -178,3 +179,48 @@ def test_the_coverage_weights_follow_the_teachers_crop_layout(distilled):
     assert torch.all(mid == 1.0) and torch.all(cover[0, 0, 0] < 0.5) and torch.all(cover > 0)
     trainer.cfg = dataclasses.replace(trainer.cfg, coverage_weights=False)
     assert Distiller(trainer, features).coverage is None
+
+
+def test_a_checkpoint_keeps_its_teacher_space_so_export_needs_no_teacher_cache(distilled, copy_run, monkeypatch):
+    """The semantic field is read against the class texts it was trained with, saved in its checkpoint: with
+    the teacher's cache out of reach, export gives the cloud it gives from the cache. A checkpoint saved before
+    the teacher space existed is read against the cache, as before."""
+    import numpy as np
+
+    import ovseg3d.teachers.extract as extract
+    from ovseg3d.export import ExportOptions, extract_cloud
+    from ovseg3d.run import latest_checkpoint, load_checkpoint, write_checkpoint
+
+    quiet = lambda s: None  # noqa: E731
+    run = copy_run(distilled[1])
+    ckpt = latest_checkpoint(run)
+    space = load_checkpoint(ckpt)["semantic"]["teacher_space"]
+    assert space["classes"] and space["text"].shape == (len(space["classes"]), space["clip_dim"])
+
+    def no_cache(*args, **kwargs):
+        raise AssertionError("the teacher's cache was read")
+
+    with monkeypatch.context() as m:
+        m.setattr(extract, "ensure_features", no_cache)
+        saved = extract_cloud(
+            run, ExportOptions(min_opacity=0.3, max_spread=0.0, min_agreeing=0, min_views=1), "cpu", log=quiet
+        )
+    assert len(saved) > 0 and (saved.label >= 0).all()
+
+    state = load_checkpoint(ckpt)
+    del state["semantic"]["teacher_space"]  # as written before the teacher space was saved
+    write_checkpoint(ckpt, state)
+    real, reads = extract.ensure_features, []
+
+    def counted(*args, **kwargs):
+        reads.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "ensure_features", counted)
+    cached = extract_cloud(
+        run, ExportOptions(min_opacity=0.3, max_spread=0.0, min_agreeing=0, min_views=1), "cpu", log=quiet
+    )
+    assert reads == [1]
+    np.testing.assert_array_equal(cached.xyz, saved.xyz)
+    np.testing.assert_array_equal(cached.label, saved.label)
+    np.testing.assert_array_equal(cached.probs, saved.probs)

@@ -8,6 +8,7 @@ import torch
 
 from ovseg3d.cli import main
 from ovseg3d.export import LabelledCloud, agreeing_views, fuse_points, load_export, write_ply
+from ovseg3d.syncs import count_syncs
 from ovseg3d.synth import surface_distance
 
 plyfile = pytest.importorskip("plyfile")
@@ -57,6 +58,15 @@ def test_agreeing_views_counts_views_whose_depth_matches():
     above = torch.tensor([[0.01, 0.01, 0.3]])
     assert int(agreeing_views(on_plane, depths, cams, skip=0, tol=0.01)[0]) == 1  # camera 1 agrees
     assert int(agreeing_views(above, depths, cams, skip=0, tol=0.01)[0]) == 0
+    # camera 1 sees a surface at distance r in every pixel: a point at that distance straight below it agrees,
+    # one at that distance outside its picture does not (whatever the depth at the border pixels)
+    r = 29**0.5
+    flat = {0: depths[0], 1: torch.full_like(depths[1], r)}
+    below, aside = torch.tensor([[0.0, 0.0, 2.0 - r]]), torch.tensor([[5.0, 0.0, 0.0]])
+    assert agreeing_views(torch.cat([below, aside]), flat, cams, skip=0, tol=0.01).tolist() == [1, 0]
+    # nothing with a data-dependent size or a value read back: a GPU queues the views without waiting
+    points = torch.cat([on_plane, above, below, aside])
+    assert not count_syncs(lambda: agreeing_views(points, depths, cams, skip=0, tol=0.01))
 
 
 def _cloud(n: int = 7) -> LabelledCloud:

@@ -273,9 +273,11 @@ def render_median_depth(
         t = torch.cat([samples.t_mid, samples.t_mid.new_full((1,), float("nan"))])
         quartiles = []
         for q in (0.25, 0.5, 0.75):
-            reached = cum >= q
+            # the first sample of each ray whose accumulated weight reaches q (len(samples): none, t = nan);
+            # torch.where rather than a mask, whose data-dependent size would make a GPU wait
+            reached = torch.where(cum >= q, index, len(samples))
             first = torch.full((len(o),), len(samples), dtype=torch.long, device=o.device)
-            first = first.scatter_reduce(0, samples.ray_indices[reached], index[reached], reduce="amin")
+            first = first.scatter_reduce(0, samples.ray_indices, reached, reduce="amin")
             quartiles.append(t[first])
         depths.append(quartiles[1])
         spreads.append((quartiles[2] - quartiles[0]) / quartiles[1])

@@ -1,9 +1,11 @@
 """Run the teachers over every view of a scene into the cache, or reuse a cache that still matches.
 
 ``ensure_features`` is what ``ovseg3d extract`` and ``ovseg3d train`` call: it reuses a complete cache made
-with the same settings from the same inputs, continues an interrupted one, and rebuilds a stale one. The
-other stages (``eval``, ``render``, ``export``, ``view``) reach it through ``load_distiller`` with its routine
-lines silenced; a cache they find missing, stale or unfinished is still said in one line (its ``notice``).
+with the same settings from the same inputs, continues an interrupted one, and rebuilds a stale one. ``eval``
+reads the teacher's own labels from it, with its routine lines silenced; a cache it finds missing, stale or
+unfinished is still said in one line (its ``notice``). ``render``, ``export`` and ``view`` need no cache: a
+checkpoint keeps the teacher space its field was trained in (``ovseg3d.distill.TeacherSpace``); only a
+checkpoint from before that reaches the cache, through ``load_distiller``.
 """
 
 from __future__ import annotations
@@ -185,8 +187,8 @@ def ensure_features(
     ``log`` gets every line. The lines a user must see whichever stage asks, that the cache is missing,
     stale (and why) or unfinished and is being built, rebuilt or continued now (long, and it changes what the
     run's semantic field is read against), also go to ``notice`` (printed by default; ``None``: ``log``
-    only), so that they are said when a stage silences ``log``: ``eval``, ``render``, ``export`` and ``view``
-    load the features through :func:`~ovseg3d.distill.load_distiller`, which does."""
+    only), so that they are said when a stage silences ``log``: ``eval`` does, and so does
+    :func:`~ovseg3d.distill.load_distiller` for a checkpoint without its teacher space."""
 
     def say(line: str) -> None:
         log(line)

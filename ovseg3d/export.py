@@ -42,6 +42,7 @@ from ovseg3d.errors import MissingFileError, UsageError
 from ovseg3d.images import label_palette
 from ovseg3d.losses import class_probabilities
 from ovseg3d.render.renderer import render_median_depth
+from ovseg3d.syncs import to_device
 from ovseg3d.teachers.relevancy import query_slug
 
 EXPORT_FORMAT = 1
@@ -130,24 +131,33 @@ def depth_map(trainer, view: int, min_opacity: float, max_spread: float = 0.0) -
     return torch.where(solid & crisp, depth, torch.full_like(depth, float("nan"))), (solid & ~crisp).sum()
 
 
-def agreeing_views(points: Tensor, depths: dict[int, Tensor], cameras: Cameras, skip: int, tol: float) -> Tensor:
+def agreeing_views(
+    points: Tensor, depths: dict[int, Tensor], cameras: Cameras, skip: int, tol: float, batch: int = 0
+) -> Tensor:
     """``[P]`` how many views (other than ``skip``) see a surface where ``points`` are: projected into the view,
     its depth map there is within ``tol`` (relative) of the point's distance. A view that sees something
     nearer (an occluder) or nothing gives no support.
 
-    No op here has a data-dependent size: on a GPU the loop over views queues without waiting (a mask
-    indexing per view pair made the host wait for each)."""
+    The views are taken in groups of about ``batch`` point-view pairs (0: 2^24 on a GPU; 2^22 on a CPU, whose
+    temporaries then stay below the 32 MB that :func:`~ovseg3d.accel.configure_cpu_allocator` keeps in the
+    heap), and no op has a data-dependent size: on a GPU a view's check is a few hundred kernels queued without
+    a wait (the loop over single views with a mask each made the host wait for each of the V^2 pairs)."""
     support = torch.zeros(len(points), dtype=torch.long, device=points.device)
-    for j, depth in depths.items():
-        if j == skip:
-            continue
-        u, v, front = project_points(cameras, j, points)
+    others = [j for j in depths if j != skip]
+    if not others or not len(points):
+        return support
+    ids = to_device(torch.tensor(others), points.device)
+    group = max(1, (batch or (1 << 24 if points.is_cuda else 1 << 22)) // len(points))
+    for s in range(0, len(others), group):
+        cams = ids[s : s + group]
+        u, v, front = project_points(cameras, cams, points)  # [G, P]
         col, row = torch.floor(u).long(), torch.floor(v).long()
         inside = front & (col >= 0) & (col < cameras.width) & (row >= 0) & (row < cameras.height)
         pixel = row.clamp(0, cameras.height - 1) * cameras.width + col.clamp(0, cameras.width - 1)
-        dist = (points - cameras.c2w[j, :, 3].to(points.device)).norm(dim=-1)
-        agree = (depth[pixel] - dist).abs() <= tol * dist  # nan (no surface there) compares False
-        support += (agree & inside).long()
+        seen = torch.stack([depths[j] for j in others[s : s + group]]).gather(1, pixel)  # [G, P]
+        dist = (points[None] - cameras.c2w[cams.to(cameras.c2w.device), :, 3].to(points.device)[:, None]).norm(dim=-1)
+        agree = (seen - dist).abs() <= tol * dist  # nan (no surface there) compares False
+        support += (agree & inside).sum(0)
     return support
 
 

@@ -253,6 +253,7 @@ def run_scene(
                 start = clock("distill")
                 distill_training(training)
                 finish("distill", start)
+        del training  # the training's field, optimiser and grids: the later stages load the run's checkpoint
     for stage in (s for s in todo if s in ("export", "detect", "eval")):
         if is_current(run, stage, read_stages(run)):
             skip(stage)

@@ -67,6 +67,32 @@ def test_agreeing_views_counts_views_whose_depth_matches():
     # nothing with a data-dependent size or a value read back: a GPU queues the views without waiting
     points = torch.cat([on_plane, above, below, aside])
     assert not count_syncs(lambda: agreeing_views(points, depths, cams, skip=0, tol=0.01))
+    # the views taken one at a time or all at once: the same counts
+    for skip in range(3):
+        one = agreeing_views(points, flat | {2: depths[2]}, cams, skip=skip, tol=0.01, batch=1)
+        assert torch.equal(one, agreeing_views(points, flat | {2: depths[2]}, cams, skip=skip, tol=0.01))
+
+
+def test_projecting_into_several_cameras_at_once_is_projecting_into_each():
+    from ovseg3d.data.cameras import Cameras, project_points
+    from ovseg3d.data.lenses import LENS_FISHEYE, LENS_OPENCV, LENS_PINHOLE
+
+    gen = torch.Generator().manual_seed(0)
+    c2w = torch.zeros(3, 3, 4)
+    c2w[:, :, :3] = torch.eye(3)
+    c2w[:, :, 3] = torch.randn(3, 3, generator=gen) * 0.1 + torch.tensor([0.0, 0.0, 2.0])
+    f = torch.tensor([40.0, 50.0, 60.0])
+    lens = torch.tensor([LENS_PINHOLE, LENS_OPENCV, LENS_FISHEYE])
+    coeffs = torch.zeros(3, 8)
+    coeffs[1, :4] = torch.tensor([-0.1, 0.02, 0.001, -0.002])
+    coeffs[2, :4] = torch.tensor([0.05, -0.01, 0.0, 0.0])
+    cams = Cameras(c2w, f, f * 1.1, torch.full((3,), 32.0), torch.full((3,), 24.0), 64, 48, lens, coeffs)
+    points = torch.randn(50, 3, generator=gen)
+    together = project_points(cams, torch.tensor([2, 0, 1]), points)
+    for row, cam in enumerate([2, 0, 1]):
+        alone = project_points(cams, cam, points)
+        for a, b in zip(alone, together):
+            torch.testing.assert_close(a, b[row], rtol=0, atol=1e-5)
 
 
 def _cloud(n: int = 7) -> LabelledCloud:

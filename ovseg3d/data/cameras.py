@@ -129,24 +129,27 @@ def camera_directions(cameras: Cameras, cam_ids: Tensor, x: Tensor, y: Tensor) -
     return d_cv * d_cv.new_tensor([1.0, -1.0, -1.0])  # OpenCV (x right, y down, z ahead) -> OpenGL
 
 
-def project_points(cameras: Cameras, cam: int, points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def project_points(cameras: Cameras, cam: int | Tensor, points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """World points ``[P, 3]`` into camera ``cam``: pixel ``u, v`` ``[P]`` (continuous, pixel centres at +0.5) and
-    a ``[P]`` mask of points in front of the camera that its lens can see."""
-    c2w = cameras.c2w[cam].to(points.device)
-    local = (points - c2w[:, 3]) @ c2w[:, :3]  # OpenGL camera axes
+    a ``[P]`` mask of points in front of the camera that its lens can see. With ``cam`` a ``[G]`` tensor of
+    camera ids, into each of them at once: ``[G, P]`` each."""
+    one = not isinstance(cam, Tensor)
+
+    def per_camera(x: Tensor) -> Tensor:  # [G, ...] on the points' device (a slice for one camera: no copy)
+        return (x[cam : cam + 1] if one else x[cam.to(x.device)]).to(points.device)  # type: ignore[union-attr,operator]
+
+    c2w = per_camera(cameras.c2w)  # [G, 3, 4]
+    local = (points[None] - c2w[:, None, :, 3]) @ c2w[:, :, :3]  # [G, P, 3], OpenGL camera axes
     d_cv = local * local.new_tensor([1.0, -1.0, -1.0])
     if cameras.lens is None:
-        ahead = d_cv[:, 2]
+        ahead = d_cv[..., 2]
         front = ahead > 1e-6
-        xy = d_cv[:, :2] / ahead.clamp(min=1e-6)[:, None]
-    else:
-        n = len(points)
-        lens = cameras.lens[cam].to(points.device).expand(n)
-        coeffs = cameras.coeffs[cam].to(points.device).expand(n, -1)  # type: ignore[index]
-        xy, front = project(d_cv, lens, coeffs)
-    u = cameras.cx[cam].to(points.device) + cameras.fx[cam].to(points.device) * xy[:, 0]
-    v = cameras.cy[cam].to(points.device) + cameras.fy[cam].to(points.device) * xy[:, 1]
-    return u, v, front
+        xy = d_cv[..., :2] / ahead.clamp(min=1e-6)[..., None]
+    else:  # each camera's lens broadcast over its points
+        xy, front = project(d_cv, per_camera(cameras.lens)[:, None], per_camera(cameras.coeffs)[:, None])  # type: ignore[arg-type]
+    u = per_camera(cameras.cx)[:, None] + per_camera(cameras.fx)[:, None] * xy[..., 0]
+    v = per_camera(cameras.cy)[:, None] + per_camera(cameras.fy)[:, None] * xy[..., 1]
+    return (u[0], v[0], front[0]) if one else (u, v, front)
 
 
 def pixel_rays(cameras: Cameras, cam_ids: Tensor, u: Tensor, v: Tensor, jitter: bool = False) -> tuple[Tensor, Tensor]:

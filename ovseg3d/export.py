@@ -140,7 +140,7 @@ def agreeing_views(
 
     The views are taken in groups of about ``batch`` point-view pairs (0: 2^24 on a GPU; 2^22 on a CPU, whose
     temporaries then stay below the 32 MB that :func:`~ovseg3d.accel.configure_cpu_allocator` keeps in the
-    heap), and no op has a data-dependent size: on a GPU a view's check is a few hundred kernels queued without
+    heap), and no op has a data-dependent size: on a GPU a group is about 44 ops queued without
     a wait (the loop over single views with a mask each made the host wait for each of the V^2 pairs)."""
     support = torch.zeros(len(points), dtype=torch.long, device=points.device)
     others = [j for j in depths if j != skip]

@@ -65,6 +65,10 @@ class ExportOptions:
     """Relative depth difference under which another view agrees with a point."""
     view_stride: int = 1
     """Use every N-th training view."""
+    pixel_stride: int = 0
+    """Lift one pixel in N along each image axis: the views are rendered at 1/N of their size (N^2 fewer rays),
+    each ray's colour the mean of its N x N pixels. 0: the largest N, up to 4, that still puts 2 pixels across a
+    fusion voxel at the views' median depth (read from a 1/8-size render of 4 views); 1: every pixel."""
     queries: list[str] = field(default_factory=list)
     """Free-text queries: one relevancy value per point each."""
     features: bool = False
@@ -113,12 +117,14 @@ class LabelledCloud:
 # -- surface points --------------------------------------------------------------------------------------
 
 
-def depth_map(trainer, view: int, min_opacity: float, max_spread: float = 0.0) -> tuple[Tensor, Tensor]:  # noqa: ANN001
-    """``[H*W]`` median depth of ``view``'s rays (:func:`render_median_depth`), ``nan`` where not solid or,
-    with ``max_spread``, where the ray's weight spreads more than that; and how many solid pixels the
-    spread took out (a device scalar: read once for all views)."""
+def depth_map(  # noqa: ANN001
+    trainer, cams: Cameras, view: int, min_opacity: float, max_spread: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """``[H*W]`` median depth of the rays of camera ``view`` of ``cams`` (the scene's, on the trainer's device,
+    or those scaled to another image size) (:func:`render_median_depth`), ``nan`` where not solid or, with
+    ``max_spread``, where the ray's weight spreads more than that; and how many solid pixels the spread took
+    out (a device scalar: read once for all views)."""
     scene = trainer.scene
-    cams = scene.cameras.to(trainer.device)
     origins, dirs = image_rays(cams, view)
     cam = torch.full((len(dirs),), view, dtype=torch.long, device=trainer.device)
     near, far = trainer.ray_limits(cams, scene.near_far, cam, dirs)
@@ -129,6 +135,28 @@ def depth_map(trainer, view: int, min_opacity: float, max_spread: float = 0.0) -
     solid = opacity >= min_opacity
     crisp = spread <= max_spread if max_spread > 0 else torch.ones_like(solid)
     return torch.where(solid & crisp, depth, torch.full_like(depth, float("nan"))), (solid & ~crisp).sum()
+
+
+def auto_pixel_stride(trainer, cams: Cameras, views: list[int], voxel: float, min_opacity: float) -> int:  # noqa: ANN001
+    """The largest pixel stride, up to 4, whose pixels are still at most half a fusion ``voxel`` wide at the
+    median depth of the views' solid pixels, read from a 1/8-size render of 4 of ``views`` (1 if none is
+    solid)."""
+    coarse = cams.scaled(1 / 8)
+    picks = views[:: max(1, len(views) // 4)][:4]
+    depth = torch.cat([depth_map(trainer, coarse, v, min_opacity)[0] for v in picks])
+    depth = depth[torch.isfinite(depth)]
+    if not len(depth):
+        return 1
+    pixel = float(depth.median()) / float(cams.fx[picks].mean())  # a full-size pixel's width there
+    return max(1, min(4, int(voxel / (2 * pixel))))
+
+
+def view_colours(image: Tensor, cams: Cameras) -> Tensor:
+    """``[h*w, 3]`` float colours of an ``[H, W, 3]`` uint8 image at the size of ``cams`` (area mean)."""
+    if image.shape[:2] == (cams.height, cams.width):
+        return image.reshape(-1, 3).float()
+    small = F.interpolate(image.permute(2, 0, 1)[None].float(), size=(cams.height, cams.width), mode="area")
+    return small[0].permute(1, 2, 0).reshape(-1, 3)
 
 
 def agreeing_views(
@@ -214,9 +242,13 @@ def surface_points(
     scene = trainer.scene
     views = scene.train_ids[:: max(1, opts.view_stride)]
     cams = scene.cameras.to(trainer.device)
+    voxel = opts.spacing * trainer.diag
+    stride = opts.pixel_stride or auto_pixel_stride(trainer, cams, views, voxel, opts.min_opacity)
+    if stride > 1:
+        cams = cams.scaled(1 / stride)
     depths, spread = {}, torch.zeros((), dtype=torch.long, device=trainer.device)
     for v in tqdm(views, desc="depth", unit="view", leave=False):
-        depths[v], dropped = depth_map(trainer, v, opts.min_opacity, opts.max_spread)
+        depths[v], dropped = depth_map(trainer, cams, v, opts.min_opacity, opts.max_spread)
         spread += dropped
     pts, vals, ids, pixels = [], [], [], torch.zeros((), dtype=torch.long, device=trainer.device)
     for v in tqdm(views, desc="fuse", unit="view", leave=False):
@@ -226,19 +258,19 @@ def surface_points(
         p = origins[solid] + depths[v][solid, None] * dirs[solid]
         agree = agreeing_views(p, depths, cams, v, opts.depth_tolerance) >= opts.min_agreeing
         rays = torch.nonzero(solid)[:, 0][agree]
-        value = scene.images[v].reshape(-1, 3).to(trainer.device)[rays].float()
+        value = view_colours(scene.images[v].to(trainer.device), cams)[rays]
         if distiller is not None:
             value = torch.cat([value, pixel_latents(distiller, cams, v, origins[rays], dirs[rays], scene.near_far)], 1)
         pts.append(p[agree])
         vals.append(value)
         ids.append(torch.full((len(rays),), v, dtype=torch.long, device=trainer.device))
     points = torch.cat(pts)
-    voxel = opts.spacing * trainer.diag
     origin = scene.aabb[:3].to(points.device)
     xyz, values, n_views = fuse_points(points, torch.cat(vals), torch.cat(ids), origin, voxel, opts.min_views)
     n_pixels, n_spread = int(pixels), int(spread)
+    size = f"{cams.width}x{cams.height}" + (f", one pixel in {stride} along each axis" if stride > 1 else "")
     log(
-        f"{n_pixels} solid pixels of {len(views)} views ({n_spread} more spread their weight over more than "
+        f"{n_pixels} solid pixels of {len(views)} views at {size} ({n_spread} more spread their weight over more than "
         f"{opts.max_spread:g} of their depth), {len(points)} seen alike by {opts.min_agreeing}+ other views -> "
         f"{len(xyz)} points on a {voxel * 1000:.1f} mm grid"
     )

@@ -49,6 +49,8 @@ class Args:
     min_agreeing: int = ExportOptions.min_agreeing
     max_spread: float = ExportOptions.max_spread
     depth_tolerance: float = ExportOptions.depth_tolerance
+    pixel_stride: int = ExportOptions.pixel_stride
+    """Lift one pixel in N along each axis (0: chosen from the voxel size, as ovseg3d export does)."""
     query_points: int = 200_000
     device: str = "cpu"
     out: Path = Path("bench/export.json")
@@ -65,10 +67,12 @@ def main(args: Args) -> dict:
         min_agreeing=args.min_agreeing,
         max_spread=args.max_spread,
         depth_tolerance=args.depth_tolerance,
+        pixel_stride=args.pixel_stride,
         features=True,
     )
     start = time.perf_counter()
-    cloud = extract_cloud(args.run, opts, args.device)
+    lines: list[str] = []
+    cloud = extract_cloud(args.run, opts, args.device, log=lambda s: (lines.append(s), print(s)))
     seconds = time.perf_counter() - start
     write_export(cloud, args.run / "export", args.run, opts)
 
@@ -118,8 +122,10 @@ def main(args: Args) -> dict:
         "label_accuracy_clear": float((pred == true_cls)[clear].mean()),
         "per_class": per_class,
         "options": {
-            k: getattr(opts, k) for k in ("spacing", "min_views", "min_agreeing", "max_spread", "depth_tolerance")
+            k: getattr(opts, k)
+            for k in ("spacing", "min_views", "min_agreeing", "max_spread", "depth_tolerance", "pixel_stride")
         },
+        "export_log": lines,
         "export_seconds": round(seconds, 1),
         "query_points": args.query_points,
         "query_ms_median": float(np.median(times)),

@@ -1,5 +1,6 @@
 """Labelled point clouds: fusion, the PLY / NPZ files, and a distilled scene's points on its true surfaces."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -165,3 +166,44 @@ def test_export_refuses_a_run_without_semantics_and_an_empty_cloud(exported, tmp
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert last.startswith("ovseg3d export: error:") and "empty" in last
     assert not (tmp_path / "e").exists()
+
+
+def test_a_strided_view_takes_the_mean_colour_of_its_pixels():
+    from ovseg3d.data.cameras import Cameras
+    from ovseg3d.export import view_colours
+
+    image = torch.arange(4 * 6 * 3, dtype=torch.uint8).reshape(4, 6, 3)
+    one = torch.ones(1)
+    cams = Cameras(torch.zeros(1, 3, 4), one, one, one, one, 6, 4)
+    assert torch.equal(view_colours(image, cams), image.reshape(-1, 3).float())
+    half = view_colours(image, cams.scaled(0.5))  # 3 x 2 pixels, each the mean of a 2 x 2 block
+    expected = image.float().reshape(2, 2, 3, 2, 3).mean((1, 3)).reshape(-1, 3)
+    torch.testing.assert_close(half, expected)
+
+
+def test_export_lifts_one_pixel_in_n_and_its_points_still_lie_on_the_surfaces(exported, capsys):
+    """--pixel-stride 2 renders the views at half size: about a quarter of the solid pixels, and the fused points
+    as close to the true surfaces as every pixel's; the automatic stride of the 80 x 60 toy keeps every pixel."""
+    import re
+
+    from ovseg3d.export import ExportOptions, auto_pixel_stride, extract_cloud
+    from ovseg3d.train import load_trainer
+
+    scene, run = exported
+    lines: list[str] = []
+    opts = ExportOptions(max_spread=0.0)
+    full = extract_cloud(run, opts, "cpu", log=lines.append)
+    half = extract_cloud(run, dataclasses.replace(opts, pixel_stride=2), "cpu", log=lines.append)
+    solid = [int(re.match(r"(\d+) solid pixels", line).group(1)) for line in lines if "solid pixels" in line]
+    assert "at 80x60 " in lines[0] and "at 40x30, one pixel in 2 along each axis" in lines[-1]
+    assert 0.15 < solid[1] / solid[0] < 0.35
+    scene_json = json.loads((scene / "scene.json").read_text())
+    near = [float(np.median(surface_distance(scene_json, c.xyz))) for c in (full, half)]
+    assert near[1] < 1.5 * near[0] + 1e-3
+    trainer = load_trainer(run, "cpu")
+    cams = trainer.scene.cameras
+    voxel = opts.spacing * trainer.diag
+    assert auto_pixel_stride(trainer, cams, trainer.scene.train_ids, voxel, opts.min_opacity) == 1
+    # the same views seen 8 times sharper (a focal length 8 times longer): their pixels are 8 times narrower
+    sharp = dataclasses.replace(cams, fx=cams.fx * 8, fy=cams.fy * 8)
+    assert auto_pixel_stride(trainer, sharp, trainer.scene.train_ids, voxel, opts.min_opacity) > 1

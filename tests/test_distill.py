@@ -224,3 +224,13 @@ def test_a_checkpoint_keeps_its_teacher_space_so_export_needs_no_teacher_cache(d
     np.testing.assert_array_equal(cached.xyz, saved.xyz)
     np.testing.assert_array_equal(cached.label, saved.label)
     np.testing.assert_array_equal(cached.probs, saved.probs)
+
+    # a saved space whose classes are not the scene's (its class list was edited since) reads the cache too
+    from ovseg3d.distill import load_distiller
+    from ovseg3d.train import load_trainer
+
+    space["classes"] = list(reversed(space["classes"]))
+    state["semantic"]["teacher_space"] = space
+    write_checkpoint(ckpt, state)
+    distiller = load_distiller(load_trainer(run, "cpu"), load_checkpoint(ckpt))
+    assert reads == [1, 1] and distiller.teacher is not None

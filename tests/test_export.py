@@ -74,6 +74,29 @@ def test_agreeing_views_counts_views_whose_depth_matches():
         assert torch.equal(one, agreeing_views(points, flat | {2: depths[2]}, cams, skip=skip, tol=0.01))
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_depth_agreement_on_cuda_is_the_cpus_and_queues_without_a_wait():
+    from ovseg3d.data.cameras import Cameras
+
+    gen = torch.Generator().manual_seed(0)
+    n = 12
+    c2w = torch.zeros(n, 3, 4)
+    c2w[:, :, :3] = torch.eye(3)
+    c2w[:, :, 3] = torch.randn(n, 3, generator=gen) * 0.2 + torch.tensor([0.0, 0.0, 2.0])
+    f = torch.full((n,), 60.0)
+    cams = Cameras(c2w, f, f, torch.full((n,), 32.0), torch.full((n,), 24.0), 64, 48)
+    depths = {i: 1.5 + torch.rand(64 * 48, generator=gen) for i in range(n)}
+    depths[3][:100] = float("nan")
+    points = torch.randn(5000, 3, generator=gen) * 0.5
+    cpu = agreeing_views(points, depths, cams, skip=0, tol=0.2)
+    gpu_depths = {i: d.cuda() for i, d in depths.items()}
+    gpu = agreeing_views(points.cuda(), gpu_depths, cams.to("cuda"), skip=0, tol=0.2)
+    # equal but for a point whose projection lands on a pixel border in one float arithmetic and not the other
+    assert cpu.sum() > 0 and (gpu.cpu() != cpu).float().mean() < 1e-3
+    assert not count_syncs(lambda: agreeing_views(points.cuda(), gpu_depths, cams.to("cuda"), skip=0, tol=0.2))
+
+
 def test_projecting_into_several_cameras_at_once_is_projecting_into_each():
     from ovseg3d.data.cameras import Cameras, project_points
     from ovseg3d.data.lenses import LENS_FISHEYE, LENS_OPENCV, LENS_PINHOLE

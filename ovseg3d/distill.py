@@ -182,9 +182,10 @@ class Distiller:
         checkpoint's, see :func:`load_distiller`; :meth:`train_step` then refuses)."""
         cfg = geo.cfg
         self.geo, self.cfg, self.device = geo, cfg, geo.device
-        self.teacher = TeacherTensors.load(features, geo.device) if features is not None else None
-        if self.teacher is not None:
-            space = TeacherSpace.of(self.teacher, features.classes)  # type: ignore[union-attr]
+        self.teacher: TeacherTensors | None = None
+        if features is not None:
+            self.teacher = TeacherTensors.load(features, geo.device)
+            space = TeacherSpace.of(self.teacher, features.classes)
         if space is None:
             raise ValueError("a Distiller needs the teacher's features or its space")
         self.space = space

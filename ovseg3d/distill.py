@@ -24,7 +24,7 @@ from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
 from ovseg3d.errors import UsageError
 from ovseg3d.field.hashgrid import HashGridConfig
 from ovseg3d.field.semantic import SemanticConfig, SemanticField, SemanticOutput
-from ovseg3d.losses import class_probabilities, fda_loss, feature_loss, rda_loss
+from ovseg3d.losses import class_probabilities, fda_loss, feature_loss, rda_loss, weighted_mean
 from ovseg3d.render.renderer import refine_samples
 from ovseg3d.render.volume import accumulate, mask_indices, render_weights
 from ovseg3d.run import new_checkpoint_path, save_checkpoint
@@ -209,6 +209,8 @@ class Distiller:
         self.cameras = scene.cameras.to(geo.device)
         self.near_far = scene.near_far.to(geo.device) if scene.near_far is not None else None
         self.coverage = CropCoverage.of(geo) if cfg.coverage_weights else None
+        used = scene.used_pixels(list(range(len(scene))))  # masks: [N, H, W] bool of every view, or None
+        self.used = used.to(geo.device) if used is not None else None
         self.step = 0
         self.elapsed = 0.0
 
@@ -224,12 +226,18 @@ class Distiller:
 
     # -- rays ------------------------------------------------------------------------------------------
     def sample_pixels(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Random pixels plus ``fda_patches`` strided square patches (last ``B*N`` rays): views, u, v."""
+        """Random pixels plus ``fda_patches`` strided square patches (last ``B*N`` rays): views, u, v. The random
+        pixels are drawn among those the masks leave (the geometry's table); a patch may cover masked pixels,
+        which :meth:`losses` leaves out."""
         cfg, dev = self.cfg, self.device
         w, h = self.geo.scene.width, self.geo.scene.height
         n = cfg.sem_rays
-        views = self.train_views[torch.randint(len(self.train_views), (n,), device=dev)]
-        u, v = torch.randint(w, (n,), device=dev), torch.randint(h, (n,), device=dev)
+        if self.geo.pixels is None:
+            views = self.train_views[torch.randint(len(self.train_views), (n,), device=dev)]
+            u, v = torch.randint(w, (n,), device=dev), torch.randint(h, (n,), device=dev)
+        else:
+            flat = self.geo.pixels[torch.randint(0, len(self.geo.pixels), (n,), device=dev)].long()
+            views, v, u = self.train_views[flat // (h * w)], (flat // w) % h, flat % w
         k, s = cfg.fda_patch_size, cfg.fda_stride
         span_w, span_h = min(w, (k - 1) * s + 1), min(h, (k - 1) * s + 1)
         step_w, step_h = max(1, (span_w - 1) // (k - 1)), max(1, (span_h - 1) // (k - 1))
@@ -283,7 +291,8 @@ class Distiller:
             raise UsageError("this distiller reads a trained semantic field: it has no teacher features to train on")
         t_clip, t_rel, t_dino = self.teacher.lookup(views, u, v, scene.width, scene.height)
         cover = None if self.coverage is None else self.coverage.at(u, v, scene.width, scene.height)
-        stats = self.losses(out, t_clip, t_rel, t_dino, cover)
+        used = None if self.used is None else self.used[views, v, u]
+        stats = self.losses(out, t_clip, t_rel, t_dino, cover, used)
         self.optimizer.zero_grad(set_to_none=True)
         stats[0].backward()
         self.optimizer.step()
@@ -301,14 +310,23 @@ class Distiller:
         self.geo.check_finite()
 
     def losses(
-        self, out: SemanticOutput, t_clip: Tensor, t_rel: Tensor, t_dino: Tensor, cover: Tensor | None = None
+        self,
+        out: SemanticOutput,
+        t_clip: Tensor,
+        t_rel: Tensor,
+        t_dino: Tensor,
+        cover: Tensor | None = None,
+        used: Tensor | None = None,
     ) -> tuple[Tensor, ...]:
         """The losses of one batch; ``cover [R, S]``: the teacher's crop coverage of each ray's pixel per scale
-        (weighs the CLIP feature and RDA terms when given)."""
+        (weighs the CLIP feature and RDA terms when given); ``used [R]`` bool: the rays whose pixel a mask lets
+        training use (the others count in no term)."""
         cfg = self.cfg
         text = self.space.text
         selection = training_selection(out.selection, cfg.scale_selection, cfg.teacher_scale)
         weights = None if cover is None else (selection.detach() * cover).sum(-1)
+        if used is not None:
+            weights = used.float() if weights is None else weights * used
         feat = feature_loss(out.clip, t_clip, selection, weights)
         rda = (
             rda_loss(
@@ -324,7 +342,8 @@ class Distiller:
             if len(text)
             else feat.new_zeros(())
         )
-        dino = (1.0 - F.cosine_similarity(out.dino, t_dino.float(), dim=-1)).mean()
+        dino_cos = F.cosine_similarity(out.dino, t_dino.float(), dim=-1)
+        dino = weighted_mean(1.0 - dino_cos, None if used is None else used.float())
         fda = feat.new_zeros(())
         n_patch = cfg.fda_patches * cfg.fda_patch_size**2
         ramp = min(1.0, max(0.0, (self.progress() - cfg.fda_start) / max(cfg.fda_ramp, 1e-6)))
@@ -337,6 +356,7 @@ class Distiller:
                 t_dino[-n_patch:].view(cfg.fda_patches, -1, t_dino.shape[-1]),
                 ramp * cfg.fda_pos_weight,
                 ramp * cfg.fda_neg_weight,
+                used=None if used is None else used[-n_patch:].view(cfg.fda_patches, -1),
             )
         loss = cfg.feature_weight * feat + cfg.rda_weight * rda + fda + cfg.dino_weight * dino
         return loss, feat, rda, fda, dino

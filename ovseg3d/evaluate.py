@@ -62,12 +62,17 @@ def evaluate_run(
         raise UsageError(f"{scene.root}: no held-out views to evaluate")
     per_view = []
     for i in scene.eval_ids:
+        if i in scene.masks and not bool(scene.masks[i].any()):
+            continue  # masked whole: nothing to score
         out = trainer.render_view(scene.cameras, i, scene.near_far, max_samples_per_ray)
         gt = scene.image_float(i)
-        rgb = out.rgb.cpu()
-        per_view.append({"view": i, "psnr": psnr(rgb, gt), "ssim": ssim(rgb, gt)})
+        rgb, mask = out.rgb.cpu(), scene.masks.get(i)  # a view's mask: scored on the pixels it keeps
+        row = {"view": i, "psnr": psnr(rgb, gt, mask), "ssim": ssim(rgb, gt, mask=mask)}
+        per_view.append(row if mask is None else {**row, "masked_pixels": int((~mask).sum())})
         if save_renders:
             save_panel(run, scene, i, out)
+    if not per_view:
+        raise UsageError(f"{scene.root}: the masks of the {len(scene.eval_ids)} held-out views leave no pixel to score")
     metrics = {
         **semantic_metrics(run, trainer, save_renders),
         **(more(scene) if more is not None else {}),
@@ -143,6 +148,9 @@ def format_table(metrics: dict) -> str:
     for v in metrics["per_view"]:
         lines.append(f"{v['view']:>6} {v['psnr']:>8.2f} {v['ssim']:>7.4f}")
     lines.append(f"{'mean':>6} {metrics['psnr']:>8.2f} {metrics['ssim']:>7.4f}")
+    masked = sum(1 for v in metrics["per_view"] if v.get("masked_pixels"))
+    if masked:
+        lines.append(f"({masked} of these views are scored on the pixels their masks keep)")
     if "miou" in metrics:
         lines.append(
             f"segmentation on {metrics['n_annotated_views']} annotated views: mIoU {metrics['miou']:.1f} "

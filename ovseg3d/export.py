@@ -226,6 +226,19 @@ def fuse_points(
     return sums[idx, :3].float(), sums[idx, 3:], views[idx]
 
 
+def view_used(scene, view: int, cams: Cameras) -> Tensor | None:  # noqa: ANN001
+    """``[h*w]`` bool at the size of ``cams``: the pixels of ``view`` its mask keeps (a pixel of a smaller size
+    where every pixel under it is kept), on the cameras' device; ``None`` without a mask."""
+    mask = scene.masks.get(view)
+    if mask is None:
+        return None
+    mask = mask.to(cams.c2w.device)
+    if mask.shape != (cams.height, cams.width):
+        share = F.interpolate(mask[None, None].float(), size=(cams.height, cams.width), mode="area")[0, 0]
+        mask = share >= 1.0 - 1e-6
+    return mask.reshape(-1)
+
+
 def surface_points(
     trainer,
     opts: ExportOptions,
@@ -237,7 +250,8 @@ def surface_points(
 
     Each solid pixel is lifted to its median depth and kept if at least ``opts.min_agreeing`` other views'
     depth maps agree (:func:`agreeing_views`); the kept points are fused by :func:`fuse_points` on a voxel
-    grid of ``opts.spacing`` times the scene box diagonal.
+    grid of ``opts.spacing`` times the scene box diagonal. A pixel its view's mask leaves out is not lifted (its
+    colour is the occluder's), though its depth still counts in the agreement (it is the field's).
     """
     scene = trainer.scene
     views = scene.train_ids[:: max(1, opts.view_stride)]
@@ -254,6 +268,9 @@ def surface_points(
     for v in tqdm(views, desc="fuse", unit="view", leave=False):
         origins, dirs = image_rays(cams, v)
         solid = torch.isfinite(depths[v])
+        used = view_used(scene, v, cams)
+        if used is not None:
+            solid = solid & used
         pixels += solid.sum()
         p = origins[solid] + depths[v][solid, None] * dirs[solid]
         agree = agreeing_views(p, depths, cams, v, opts.depth_tolerance) >= opts.min_agreeing

@@ -77,18 +77,30 @@ def rda_loss(
     return weighted_mean(js_divergence(p_field, p_teacher), weights)
 
 
-def fda_loss(probs: Tensor, dino: Tensor, w_pos: float = 200.0, w_neg: float = 0.2, threshold: float = 0.7) -> Tensor:
+def fda_loss(
+    probs: Tensor,
+    dino: Tensor,
+    w_pos: float = 200.0,
+    w_neg: float = 0.2,
+    threshold: float = 0.7,
+    used: Tensor | None = None,
+) -> Tensor:
     """Feature-distribution alignment over patches.
 
     Args:
         probs: ``[B, N, C]`` class distributions of the ``N`` rays of each of ``B`` patches.
         dino: ``[B, N, Dd]`` DINO features of the same pixels.
+        used: ``[B, N]`` bool, the pixels a mask lets training use (pairs with another pixel count only when
+            both are used); ``None``: all.
     """
     d = F.normalize(dino.float(), dim=-1)
     sim = d @ d.transpose(1, 2) - threshold  # [B, N, N]
     js = js_divergence(probs[:, :, None, :], probs[:, None, :, :])  # [B, N, N]
     dj = sim * js
     pos, neg = (sim > 0).to(dj.dtype), (sim < 0).to(dj.dtype)
+    if used is not None:
+        pairs = (used[:, :, None] & used[:, None, :]).to(dj.dtype)
+        pos, neg = pos * pairs, neg * pairs
     # means over the pairs of each sign, 0 where there is none (masked sums: no read back from the device)
     loss = w_pos * (dj * pos).sum() / pos.sum().clamp(min=1.0) + w_neg * (dj * neg).sum() / neg.sum().clamp(min=1.0)
     return loss

@@ -13,8 +13,11 @@ from torch import Tensor
 from ovseg3d.errors import UsageError
 
 
-def psnr(pred: Tensor, target: Tensor) -> float:
-    """Peak signal-to-noise ratio (dB) of images in [0, 1], any matching shapes."""
+def psnr(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
+    """Peak signal-to-noise ratio (dB) of images in [0, 1], any matching shapes; ``mask``: ``[H, W]`` bool of
+    ``[H, W, C]`` images, the pixels to score (a capture's mask), all when ``None``."""
+    if mask is not None:
+        pred, target = pred[mask], target[mask]
     mse = F.mse_loss(pred.clamp(0, 1).float(), target.float())
     return float(-10.0 * torch.log10(mse.clamp(min=1e-12)))
 
@@ -25,11 +28,12 @@ def _gaussian_window(size: int, sigma: float) -> Tensor:
     return g / g.sum()
 
 
-def ssim(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5) -> float:
+def ssim(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5, mask: Tensor | None = None) -> float:
     """Structural similarity (Wang et al. 2004) of ``[H, W, C]`` images in [0, 1].
 
     Gaussian window (11, sigma 1.5), constants ``(0.01)^2`` and ``(0.03)^2``, valid filtering,
-    mean over pixels and channels: the variant NeRF papers report.
+    mean over pixels and channels: the variant NeRF papers report. ``mask``: ``[H, W]`` bool, the mean is over
+    the windows centred on its pixels.
     """
     x = pred.clamp(0, 1).double().permute(2, 0, 1)[:, None]  # [C, 1, H, W]
     y = target.double().permute(2, 0, 1)[:, None]
@@ -46,7 +50,12 @@ def ssim(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5) -> 
     c1, c2 = 0.01**2, 0.03**2
     num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
     den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-    return float((num / den).mean())
+    index = num / den  # [C, 1, H', W']
+    if mask is None:
+        return float(index.mean())
+    r, (hh, ww) = (len(g) - 1) // 2, index.shape[-2:]
+    centred = mask[r : r + hh, r : r + ww].to(index.device)
+    return float(index[..., centred].mean())
 
 
 def class_ious(pred: Tensor, masks: Tensor) -> tuple[Tensor, int, int]:

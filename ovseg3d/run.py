@@ -24,7 +24,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +32,9 @@ from ovseg3d import __version__
 from ovseg3d.atomic import replacing, write_json
 from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, read_toml
 from ovseg3d.errors import UsageError
+
+if TYPE_CHECKING:
+    from ovseg3d.data.nerfstudio import TransformsViews
 
 RUN_FORMAT = 1
 GEOMETRY_CHECKPOINT = "geometry.pt"  # the radiance field as it was before distillation
@@ -87,10 +90,22 @@ def check_run(run: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- what a run is made from
 
 
+def _quiet_transforms(root: Path) -> TransformsViews:
+    """``root/transforms.json`` read without its warnings (missing images): they are the scene loader's to give."""
+    from ovseg3d.data import nerfstudio
+
+    quiet = nerfstudio.log.disabled
+    nerfstudio.log.disabled = True
+    try:
+        return nerfstudio.read_transforms(root / nerfstudio.TRANSFORMS_FILE)
+    finally:
+        nerfstudio.log.disabled = quiet
+
+
 def _scene_inputs(root: Path, colmap_model: Path | str | None) -> tuple[str, list[Path], list[Path], list[Path]]:
     """A scene folder's format, its image files, the files its poses come from (hashed whole) and other
     files of its model (large: only their sizes and times), without decoding anything."""
-    from ovseg3d.data import colmap, nerfstudio
+    from ovseg3d.data import colmap
     from ovseg3d.data.llff import POSES_FILE, is_image_file, list_images
     from ovseg3d.data.loader import detect_format
     from ovseg3d.data.nerfstudio import TRANSFORMS_FILE
@@ -104,13 +119,7 @@ def _scene_inputs(root: Path, colmap_model: Path | str | None) -> tuple[str, lis
         folder = root / "images"
         return fmt, list_images(folder) if folder.is_dir() else [], [root / POSES_FILE], []
     if fmt == "transforms":
-        quiet = nerfstudio.log.disabled
-        nerfstudio.log.disabled = True  # its warnings (missing images) are the scene loader's to give
-        try:
-            images = list(nerfstudio.read_transforms(root / TRANSFORMS_FILE).image_paths)
-        finally:
-            nerfstudio.log.disabled = quiet
-        return fmt, images, [root / TRANSFORMS_FILE], []
+        return fmt, list(_quiet_transforms(root).image_paths), [root / TRANSFORMS_FILE], []
     assert model is not None
     folder = root / "images"
     images = sorted(p for p in folder.rglob("*") if is_image_file(p)) if folder.is_dir() else []
@@ -126,6 +135,17 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.resolve())
 
 
+def _mask_inputs(root: Path, fmt: str, images: list[Path]) -> list[Path]:
+    """The mask files of a scene's images (:mod:`ovseg3d.data.masks`; none for most scenes)."""
+    from ovseg3d.data import masks
+
+    listed = _quiet_transforms(root).masks if fmt == "transforms" else None
+    try:
+        return list(masks.mask_files(root, images, listed).values())
+    except UsageError:  # a listed mask that is gone: the scene loader says so
+        return [m for m in listed or [] if m is not None and m.is_file()]
+
+
 def scene_fingerprint(root: Path | str, colmap_model: Path | str | None = None) -> dict[str, Any]:
     """What a scene folder's training inputs are, cheaply: its format, number of images, a sha1 over the
     images' relative paths, sizes and modification times (whole seconds), and a sha1 over the bytes of its
@@ -134,7 +154,7 @@ def scene_fingerprint(root: Path | str, colmap_model: Path | str | None = None) 
     root = Path(root)
     fmt, images, poses, others = _scene_inputs(root, colmap_model)
     listing = hashlib.sha1()
-    for p in images:
+    for p in [*images, *_mask_inputs(root, fmt, images)]:
         st = p.stat()
         listing.update(f"{_relative(p, root)}\t{st.st_size}\t{int(st.st_mtime)}\n".encode())
     pose_hash = hashlib.sha1()
@@ -163,7 +183,7 @@ def scene_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     if saved.get("pose_files_sha1") != now["pose_files_sha1"]:
         changes.append(f"{' / '.join(now['pose_files']) or 'the pose files'} changed")
     if saved.get("image_files_sha1") != now["image_files_sha1"] and saved.get("images") == now["images"]:
-        changes.append("image files changed (names, sizes or modification times)")
+        changes.append("image or mask files changed (names, sizes or modification times)")
     return changes
 
 

@@ -22,7 +22,7 @@ from ovseg3d import accel
 from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, read_toml, write_toml
 from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
 from ovseg3d.data.loader import load_scene
-from ovseg3d.data.scene import GIVEN_BOUNDS, Scene, check_poses
+from ovseg3d.data.scene import GIVEN_BOUNDS, Scene, SceneError, check_poses
 from ovseg3d.errors import UsageError
 from ovseg3d.field.radiance import RadianceField
 from ovseg3d.field.space import check_contraction, step_scale
@@ -121,6 +121,19 @@ class Divergence:
             raise RunError(f"{what} diverged by step {step} (a loss that is not finite): {fix}")
 
 
+def usable_pixels(scene: Scene, device: torch.device) -> Tensor | None:
+    """``[P]`` the flat indices ``(i * H + y) * W + x`` of the pixels of training view ``i`` (its place in
+    ``scene.train_ids``) that its mask lets training use, on ``device`` (int32 while they fit); ``None`` when no
+    training view has a mask. Masks that leave no training pixel are a :class:`SceneError`."""
+    used = scene.used_pixels(scene.train_ids)
+    if used is None:
+        return None
+    flat = used.flatten().nonzero()[:, 0]
+    if len(flat) == 0:
+        raise SceneError(f"{scene.root}: the masks leave no pixel of the {len(scene.train_ids)} training views")
+    return flat.to(torch.int32 if used.numel() < 2**31 else torch.int64).to(device)
+
+
 class Trainer:
     """One scene's radiance field, occupancy grid and optimiser, stepped one batch at a time."""
 
@@ -150,6 +163,7 @@ class Trainer:
             fused=True,  # one kernel over the whole table: ~8x faster than the default on a CPU
         )
         self.images = scene.images[scene.train_ids].to(device)  # [N, H, W, 3] uint8
+        self.pixels = usable_pixels(scene, device)  # the flat pixels a mask lets training use; None: all
         self.cameras: Cameras = scene.cameras.subset(scene.train_ids).to(device)
         self.near_far = scene.near_far[scene.train_ids].to(device) if scene.near_far is not None else None
         self.divergence = Divergence(device)
@@ -193,7 +207,10 @@ class Trainer:
     def sample_batch(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Random pixels of the training views: origins, directions, colours ``[R, 3]``, camera ``[R]``."""
         n_img, h, w, _ = self.images.shape
-        flat = torch.randint(0, n_img * h * w, (self.n_rays,), device=self.device)
+        if self.pixels is None:
+            flat = torch.randint(0, n_img * h * w, (self.n_rays,), device=self.device)
+        else:  # uniform over the pixels the masks leave
+            flat = self.pixels[torch.randint(0, len(self.pixels), (self.n_rays,), device=self.device)].long()
         cam, v, u = flat // (h * w), (flat // w) % h, flat % w
         origins, dirs = pixel_rays(self.cameras, cam, u, v)
         target = self.images[cam, v, u].float() / 255.0

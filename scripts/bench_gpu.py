@@ -39,7 +39,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from tiny_models import TEXT_B, VIT_B8, VIT_B16, save_tiny_clip, save_tiny_dino  # noqa: E402
 
-from ovseg3d.config import resolve_base  # noqa: E402
+from ovseg3d.config import TrainConfig, resolve_base  # noqa: E402
 from ovseg3d.data.loader import load_scene  # noqa: E402
 from ovseg3d.export import ExportOptions  # noqa: E402
 from ovseg3d.pipeline import STAGES, run_scene  # noqa: E402
@@ -131,9 +131,8 @@ def real_teachers(
     }
 
 
-def pipeline(scene: Path, run: Path, args: Args, device: torch.device) -> dict:
-    """The simulated teachers' pipeline, every stage timed with its peak GPU memory."""
-    cfg = resolve_base("cpu" if args.small else args.preset, None)
+def pipeline(scene: Path, run: Path, args: Args, cfg: TrainConfig, device: torch.device) -> dict:
+    """The simulated teachers' pipeline with the preset ``cfg``, every stage timed with its peak GPU memory."""
     cfg = dataclasses.replace(cfg, device=str(device), teachers=dataclasses.replace(cfg.teachers, kind="synthetic"))
     if args.small:
         budget = dict(steps=400, distill_steps=60, max_minutes=0.0, distill_minutes=0.0, compile_grid=False)
@@ -182,7 +181,7 @@ def main(args: Args) -> None:
         "orbit": ("orbit", args.orbit_size, args.orbit_views),
     }
     scenes = {k: v for k, v in known.items() if k in args.scenes}
-    teachers = resolve_base("cpu" if args.small else args.preset, None).teachers
+    preset = resolve_base("cpu" if args.small else args.preset, None)
     if args.small:
         scenes = {k: (c, (80, 60), 16) for k, (c, _, _) in scenes.items()}
     clip, dino = real_models(root, args.small) if not args.skip_real_teachers else (None, None)
@@ -196,8 +195,8 @@ def main(args: Args) -> None:
             shutil.rmtree(run)
         row: dict = {"size": list(size), "views": views}
         if clip is not None and dino is not None:
-            row["real_teachers"] = real_teachers(scene, clip, dino, root / "cache" / name, device, teachers)
-        row["pipeline"] = pipeline(scene, run, args, device)
+            row["real_teachers"] = real_teachers(scene, clip, dino, root / "cache" / name, device, preset.teachers)
+        row["pipeline"] = pipeline(scene, run, args, preset, device)
         rows[name] = row
     print(f"\ndevice: {torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}")
     print(f"{'scene':<8} {'stage':<9} {'seconds':>8} {'peak GiB':>9}  throughput")

@@ -12,6 +12,9 @@ own camera (they are resized to the most common size). Optional ground truth, in
 * ``objects.json``: ``{"up": [x, y, z], "objects": [{"class", "instance", "center", "size", "yaw",
   "symmetric"}]}``.
 
+Optional pixel masks, 0 = do not train on the pixel (:mod:`.masks`): a ``transforms.json`` frame's
+``mask_path``, or ``masks/<image name>.png`` in any format.
+
 Every problem with the input raises :class:`SceneError` with one line naming the file; nothing is
 returned half loaded.
 """
@@ -37,6 +40,7 @@ from ovseg3d.data.llff import (
     llff_cameras,
     read_llff,
 )
+from ovseg3d.data.masks import mask_files, read_masks
 from ovseg3d.data.nerfstudio import (
     TRANSFORMS_FILE,
     as_array,
@@ -192,6 +196,7 @@ class _Views:
     near_far: np.ndarray | None  # [N, 2]
     aabb: np.ndarray | None  # [6] from the file
     points: np.ndarray | None = None  # [P, 3] sparse structure (COLMAP)
+    masks: list[Path | None] | None = None  # per image, the mask its pose file names (transforms.json mask_path)
 
 
 def _read_views(root: Path, fmt: str, model_dir: Path | None = None) -> _Views:
@@ -206,7 +211,7 @@ def _read_views(root: Path, fmt: str, model_dir: Path | None = None) -> _Views:
     declared = [_declared(f.w, f.h) for f in tf.intrinsics]
     sizes, (width, height) = usual_size(tf.image_paths, declared)
     own = [transforms_cameras(tf, w, h).subset([i]) for i, (w, h) in enumerate(sizes)]
-    return _Views(tf.image_paths, _at_size(own, width, height), sizes, None, tf.aabb)
+    return _Views(tf.image_paths, _at_size(own, width, height), sizes, None, tf.aabb, masks=tf.masks)
 
 
 def _declared(w: float | None, h: float | None) -> tuple[int, int] | None:
@@ -578,6 +583,7 @@ def load_scene(
     k = downscale_factor(width, height, downscale, max_long_side)
     images, cameras = _load_images(root, fmt, views, k)
     w, h = cameras.width, cameras.height
+    masks = read_masks(mask_files(root, paths, views.masks), paths, views.sizes, w, h)
     aabb, bounds = scene_box(views, cameras)
     train_ids, eval_ids = split_views(len(paths), list(segs), train_on_annotated, holdout_every)
     return Scene(
@@ -594,6 +600,7 @@ def load_scene(
         segmentations={v: torch.from_numpy(resize_nearest(m, w, h)) for v, m in segs.items()},
         labels={v: torch.from_numpy(resize_nearest(m, w, h)) for v, m in labels.items()},
         instances={v: torch.from_numpy(resize_nearest(m, w, h)) for v, m in instances.items()},
+        masks={v: torch.from_numpy(m) for v, m in masks.items()},
         objects=objects,
         up=up if up is not None else camera_up(views.cameras.c2w.numpy()),
         bounds=bounds,

@@ -7,8 +7,9 @@ default to the image centre and missing ``w, h`` to the image size. The lens: ``
 (``OPENCV``, the default when coefficients are given, ``OPENCV_FISHEYE``, ``PINHOLE``, ``SIMPLE_PINHOLE``;
 instant-ngp's ``is_fisheye``) with ``k1 k2 k3 k4 p1 p2``. An optional top-level
 ``"aabb": [[xmin, ymin, zmin], [xmax, ymax, zmax]]`` (an ovseg3d extension) gives the scene box;
-``aabb_scale`` (instant-ngp), ``applied_transform`` (nerfstudio; already in the poses), ``sharpness``,
-``mask_path`` and ``depth_file_path`` are read and checked but not used. Frames whose image file is missing
+A frame's ``mask_path`` (0 = ignore the pixel) is read by :mod:`.masks`. ``aabb_scale`` (instant-ngp),
+``applied_transform`` (nerfstudio; already in the poses), ``sharpness`` and ``depth_file_path`` are read and
+checked but not used. Frames whose image file is missing
 are skipped with one warning; fewer than :data:`MIN_VIEWS` remaining is an error.
 """
 
@@ -120,12 +121,14 @@ class TransformsViews:
         c2w: ``[N, 3, 4]`` float64 OpenGL camera-to-world.
         intrinsics: ``N`` frame intrinsics.
         aabb: ``[6]`` float64 scene box from the top-level ``"aabb"``, or ``None``.
+        masks: per frame, its ``mask_path`` (relative to the file's folder) or ``None``.
     """
 
     image_paths: list[Path]
     c2w: np.ndarray
     intrinsics: list[FrameIntrinsics]
     aabb: np.ndarray | None
+    masks: list[Path | None] | None = None
 
 
 def _frame_intrinsics(top: dict[str, Any], frame: dict[str, Any], where: str) -> FrameIntrinsics:
@@ -214,7 +217,7 @@ def read_transforms(path: Path) -> TransformsViews:
     if not isinstance(frames, list) or not frames:
         raise SceneError(f'{path}: no frames (expected a non-empty "frames" list)')
     _check_extras(meta, path)
-    paths, c2ws, intrinsics, missing = [], [], [], []
+    paths, c2ws, intrinsics, masks, missing = [], [], [], [], []
     for i, frame in enumerate(frames):
         where = f"{path}: frame {i}"
         if not isinstance(frame, dict):
@@ -233,8 +236,9 @@ def read_transforms(path: Path) -> TransformsViews:
         paths.append(file)
         c2ws.append(pose)
         intrinsics.append(intr)
+        masks.append(path.parent / frame["mask_path"] if frame.get("mask_path") else None)
     warn_missing(path, missing, len(frames))
-    return TransformsViews(paths, np.stack(c2ws), intrinsics, _read_aabb(meta, path))
+    return TransformsViews(paths, np.stack(c2ws), intrinsics, _read_aabb(meta, path), masks)
 
 
 def _check_extras(meta: dict[str, Any], path: Path) -> None:

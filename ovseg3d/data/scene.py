@@ -61,6 +61,8 @@ class Scene:
         segmentations: view index -> ``[C, H, W]`` bool 3D-OVS masks (one per class in ``classes``).
         labels: view index -> ``[H, W]`` uint8 class index (255 = none), from ``labels/``.
         instances: view index -> ``[H, W]`` int32 instance id (0 = none), from ``instances/``.
+        masks: view index -> ``[H, W]`` bool, the pixels training may use (a ``mask_path`` or ``masks/``); a
+            view without one uses every pixel.
         objects: annotated objects from ``objects.json``.
         up: unit up vector from ``objects.json`` (or estimated from the cameras).
         bounds: where ``aabb`` came from (one of :data:`GIVEN_BOUNDS`, or how it was estimated: the region of
@@ -80,6 +82,7 @@ class Scene:
     segmentations: dict[int, Tensor] = field(default_factory=dict)
     labels: dict[int, Tensor] = field(default_factory=dict)
     instances: dict[int, Tensor] = field(default_factory=dict)
+    masks: dict[int, Tensor] = field(default_factory=dict)
     objects: list[SceneObject] = field(default_factory=list)
     up: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 1.0]))
     bounds: str = GIVEN_BOUNDS[0]
@@ -98,6 +101,14 @@ class Scene:
     def image_float(self, idx: int) -> Tensor:
         """``[H, W, 3]`` float32 in [0, 1]."""
         return self.images[idx].float() / 255.0
+
+    def used_pixels(self, views: list[int]) -> Tensor | None:
+        """``[len(views), H, W]`` bool, the pixels of ``views`` that training may use; ``None`` when none of
+        them has a mask (every pixel is used)."""
+        if not any(v in self.masks for v in views):
+            return None
+        every = torch.ones(self.height, self.width, dtype=torch.bool)
+        return torch.stack([self.masks.get(v, every) for v in views])
 
     def extent(self) -> float:
         """Length of the aabb diagonal: the scene's scale for tolerances."""

@@ -240,12 +240,15 @@ def extract_into(
     done = set(meta["done"])
     todo = [i for i in range(len(scene)) if i not in done]
     arrays = cache.open_arrays(path, "r+") if done else None
+    text_on: dict[torch.device, Tensor] = {}  # the class texts on the crops' device, moved once per scene
     start = time.perf_counter()
     with tqdm(total=len(todo) * count_crops(src_w, src_h, cfg), unit="crop", desc=f"{cfg.kind} teacher") as bar:
         for i in todo:
             view = teacher_view(scene, i, cfg)
             feats = multiscale_features(clip, view, cfg, (rel_w, rel_h), _view_generator(cfg, i), bar.update)
-            rel = class_relevancy(feats, text.to(feats.device)).cpu()  # [S, h, w, C]
+            if feats.device not in text_on:
+                text_on[feats.device] = text.to(feats.device)
+            rel = class_relevancy(feats, text_on[feats.device]).cpu()  # [S, h, w, C]
             feats = shrink_features(feats, out_w, out_h).cpu()  # the view's one copy back
             patches = dino.encode_patches(view)  # [hd, wd, Dd]
             if arrays is None:

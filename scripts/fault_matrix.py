@@ -223,6 +223,21 @@ def truncate(path: Path, keep: float = 0.5) -> None:
     path.write_bytes(data[: int(len(data) * keep)])
 
 
+def add_mask(scene: Path, size: tuple[int, int] | None = None, damaged: bool = False) -> None:
+    """``masks/<stem>.png`` for the first image: all kept, of ``size`` ``(w, h)`` (default: the image's);
+    ``damaged``: cut to half its bytes."""
+    from PIL import Image
+
+    image = images(scene)[0]
+    with Image.open(image) as im:
+        w, h = size or im.size
+    (scene / "masks").mkdir(exist_ok=True)
+    mask = scene / "masks" / f"{image.stem}.png"
+    Image.fromarray(np.full((h, w), 255, np.uint8)).save(mask)
+    if damaged:
+        truncate(mask)
+
+
 def edit_poses(scene: Path, edit: Callable[[np.ndarray], None]) -> None:
     """Change ``poses_bounds.npy`` (N x 17: a 3x5 matrix per view, then near, far) in place."""
     path = scene / POSES
@@ -539,6 +554,8 @@ def cases() -> list[Case]:
             broken_scene(lambda s: (s / "transforms.json").write_text('{"frames": [\n'), transforms=True),
             check=no_run_left,
         ),
+        Case("scene: mask of another size", broken_scene(lambda s: add_mask(s, (7, 5))), check=no_run_left),
+        Case("scene: mask truncated", broken_scene(lambda s: add_mask(s, damaged=True)), check=no_run_left),
         Case("scene: all-zero rotation", broken_scene(lambda s: edit_poses(s, zero_rotation)), check=no_run_left),
         Case("scene: near = far = 0", broken_scene(lambda s: edit_poses(s, zero_bounds)), check=no_run_left),
         Case("train --rays-per-step 0", bad_train_option("--rays-per-step", "0"), check=no_run_left),

@@ -82,6 +82,22 @@ def _leftovers(target: Path, kind: str) -> list[tuple[Path, int]]:
     return out
 
 
+def remove_dead_files(folder: Path) -> list[Path]:
+    """Remove the temporary files (``.NAME.tmp-PID``, ``.NAME.old-PID``) in ``folder`` whose process is gone,
+    whatever their name: a file written under a name that is never written again (a checkpoint's carries its
+    step) is not tidied by :func:`replacing`. Returns what was removed."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        name, _, pid = p.name.rpartition("-")
+        if p.name.startswith(".") and name.endswith((".tmp", ".old")) and pid.isdigit() and p.is_file():
+            if not _pid_alive(int(pid)):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
 def recover_folder(target: Path) -> None:
     """Tidy what a killed :func:`swapped_folder` left beside ``target``: a half-written new folder is removed;
     an old folder moved aside is put back if ``target`` is missing (the kill fell between the two renames),

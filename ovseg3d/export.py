@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from ovseg3d import __version__
 from ovseg3d.data.cameras import Cameras, image_rays, project_points
+from ovseg3d.data.scene import Scene
 from ovseg3d.errors import MissingFileError, UsageError
 from ovseg3d.images import label_palette
 from ovseg3d.losses import class_probabilities
@@ -226,7 +227,7 @@ def fuse_points(
     return sums[idx, :3].float(), sums[idx, 3:], views[idx]
 
 
-def view_used(scene, view: int, cams: Cameras) -> Tensor | None:  # noqa: ANN001
+def view_used(scene: Scene, view: int, cams: Cameras) -> Tensor | None:
     """``[h*w]`` bool at the size of ``cams``: the pixels of ``view`` its mask keeps (a pixel of a smaller size
     where every pixel under it is kept), on the cameras' device; ``None`` without a mask."""
     mask = scene.masks.get(view)

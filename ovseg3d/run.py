@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ovseg3d import __version__
-from ovseg3d.atomic import replacing, write_json
+from ovseg3d.atomic import remove_dead_files, replacing, write_json
 from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, read_toml
 from ovseg3d.errors import UsageError
 
@@ -364,8 +364,10 @@ def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any], keep: int = 2) -> None:
     """Atomically write ``state`` to ``path`` (a name from :func:`new_checkpoint_path`), then keep the newest
-    ``keep`` checkpoints of its folder (in the order written; ``path`` itself is always kept)."""
+    ``keep`` checkpoints of its folder (in the order written; ``path`` itself is always kept), and remove what
+    a killed run left half written there."""
     write_checkpoint(path, state)
+    remove_dead_files(path.parent)
     older = [p for p in list_checkpoints(path.parent.parent) if p != path]
     intact = [p for p in older if not _known_damaged(p)]
     kept = set(intact[max(0, len(intact) - (keep - 1)) :]) if keep > 1 else set()

@@ -213,3 +213,31 @@ def test_a_changed_mask_changes_the_scene_fingerprint(synth: Path, tmp_path: Pat
     assert scene_changes(before, scene_fingerprint(scene)) == [
         "image or mask files changed (names, sizes or modification times)"
     ]
+
+
+def test_export_lifts_no_masked_pixel(toy_run) -> None:
+    """The toy run's cloud with masks over its training views: no point from a view masked whole, fewer with
+    the left half of every view masked; at a pixel stride a small pixel is kept only where all under it are."""
+    from ovseg3d.export import ExportOptions, surface_points, view_used
+    from ovseg3d.train import load_trainer
+
+    _, run = toy_run
+    trainer = load_trainer(run, "cpu")
+    scene = trainer.scene
+    opts = ExportOptions(max_spread=0.0, pixel_stride=1)
+    quiet = lambda s: None  # noqa: E731
+    every = len(surface_points(trainer, opts, log=quiet)[0])
+    half = torch.ones(scene.height, scene.width, dtype=torch.bool)
+    half[:, : scene.width // 2] = False
+    scene.masks = {v: half for v in scene.train_ids}
+    some = len(surface_points(trainer, opts, log=quiet)[0])
+    assert 0 < some < every
+    scene.masks = {v: torch.zeros_like(half) for v in scene.train_ids}
+    assert len(surface_points(trainer, opts, log=quiet)[0]) == 0
+
+    odd = torch.ones(scene.height, scene.width, dtype=torch.bool)
+    odd[:, :5] = False  # at stride 2 a pixel covers columns 4 and 5, both masked; column 6 is kept
+    scene.masks = {0: odd}
+    small = view_used(scene, 0, scene.cameras.scaled(1 / 2)).view(scene.height // 2, scene.width // 2)
+    assert not small[:, :3].any() and small[:, 3:].all()
+    assert view_used(scene, 1, scene.cameras) is None

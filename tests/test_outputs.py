@@ -194,6 +194,22 @@ def test_what_a_killed_export_left_is_tidied_by_the_next(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["export"] and len(load_export(out)) == 300
 
 
+def test_a_checkpoint_half_written_by_a_killed_run_is_removed_by_the_next_checkpoint(tmp_path):
+    """A SIGKILL during a checkpoint's write leaves ``.ckpt_..._step_N.pt.tmp-PID``; that name is never written
+    again (the step is in it), so the next checkpoint of the run removes it. A live process's file stays."""
+    from ovseg3d.run import list_checkpoints, new_checkpoint_path, save_checkpoint
+
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    dead = folder / f".ckpt_000005_step_0000025.pt.tmp-{DEAD_PID}"
+    dead.write_bytes(b"PK partial")
+    live = folder / f".ckpt_000009_step_0000090.pt.tmp-{os.getpid()}"
+    live.write_bytes(b"PK being written")
+    path = new_checkpoint_path(tmp_path / "run", 30)
+    save_checkpoint(path, {"step": 30})
+    assert not dead.exists() and live.exists() and list_checkpoints(tmp_path / "run") == [path]
+
+
 # ----------------------------------------------------------------------------------- single files
 
 

@@ -110,6 +110,21 @@ def test_a_masks_folder_takes_colmap_names_and_stems(synth: Path, tmp_path: Path
     assert int((~loaded.masks[0]).sum()) == 5 * 48 and int((~loaded.masks[3]).sum()) == 3 * 36
 
 
+def test_instant_ngp_dynamic_masks_mark_what_to_leave_out(tmp_path: Path) -> None:
+    """``images/dynamic_mask_<stem>.png`` (instant-ngp): non-zero, in any channel, is masked away; a frame's
+    ``mask_path`` wins over it."""
+    images = _transforms_scene(tmp_path)
+    dynamic = np.zeros((32, 48, 3), np.uint8)
+    dynamic[10:20, 5:25, 2] = 1  # a faint blue is still a mask
+    iio.imwrite(tmp_path / "images" / "dynamic_mask_0002.png", dynamic)
+    iio.imwrite(tmp_path / "images" / "dynamic_mask_0003.png", dynamic)
+    _add_mask_paths(tmp_path, {3: np.full((32, 48), 255, np.uint8)})
+    scene = load_scene(tmp_path)
+    assert sorted(scene.masks) == [2, 3] and len(scene) == len(images)
+    assert int((~scene.masks[2]).sum()) == 10 * 20 and not bool(scene.masks[2][10:20, 5:25].any())
+    assert bool(scene.masks[3].all())  # its mask_path, not the dynamic mask
+
+
 def test_bad_masks_are_one_line_naming_the_file(tmp_path: Path) -> None:
     _transforms_scene(tmp_path)
     _add_mask_paths(tmp_path, {0: np.zeros((16, 24), np.uint8) + 255})

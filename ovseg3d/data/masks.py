@@ -7,7 +7,12 @@ Where they come from, the first found:
 * ``transforms.json``: a frame's ``mask_path`` (nerfstudio's ``ns-process-data`` writes them), relative to
   the file;
 * any format: ``masks/<image name>.png`` beside ``images/`` (COLMAP's ``--ImageReader.mask_path`` naming:
-  ``IMG_01.jpg`` -> ``IMG_01.jpg.png``, subfolders kept) or ``masks/<image stem>.png``.
+  ``IMG_01.jpg`` -> ``IMG_01.jpg.png``, subfolders kept) or ``masks/<image stem>.png``;
+* instant-ngp's ``dynamic_mask_<image stem>.png`` beside the image (``colmap2nerf.py --mask_categories``
+  writes them), with the opposite meaning: non-zero = masked away (instant-ngp's ``nerf_loader.cu``). Only for
+  formats that list their images (transforms.json, COLMAP): in an LLFF ``images/`` it would count as a photo.
+
+A colour mask counts a pixel as non-zero when any channel is.
 
 Photos without a mask use every pixel. A mask has its photo's size (after the photo's EXIF orientation); at
 a smaller training size a pixel is used only where every photo pixel under it is (a box filter that keeps
@@ -24,6 +29,8 @@ from PIL import Image
 from ovseg3d.data.scene import SceneError
 
 MASKS_DIR = "masks"
+DYNAMIC_PREFIX = "dynamic_mask_"
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -45,9 +52,15 @@ def folder_mask(root: Path, image: Path) -> Path | None:
     return None
 
 
+def dynamic_mask(image: Path) -> Path | None:
+    """instant-ngp's ``dynamic_mask_<stem>.png`` beside ``image`` (non-zero = masked away), ``None`` when none."""
+    path = image.parent / f"{DYNAMIC_PREFIX}{image.stem}.png"
+    return path if path.is_file() else None
+
+
 def mask_files(root: Path, images: list[Path], listed: list[Path | None] | None = None) -> dict[int, Path]:
     """view index -> mask file: ``listed[i]`` (a frame's ``mask_path``, which must exist), else the ``masks/``
-    folder's file for the image."""
+    folder's file for the image, else its instant-ngp dynamic mask."""
     out: dict[int, Path] = {}
     for i, image in enumerate(images):
         given = listed[i] if listed is not None else None
@@ -56,19 +69,20 @@ def mask_files(root: Path, images: list[Path], listed: list[Path | None] | None 
                 raise SceneError(f"{given}: mask_path of {image.name} not found")
             out[i] = given
             continue
-        found = folder_mask(root, image)
+        found = folder_mask(root, image) or dynamic_mask(image)
         if found is not None:
             out[i] = found
     return out
 
 
 def read_mask(path: Path, image: Path, size: tuple[int, int]) -> np.ndarray:
-    """``[H, W]`` bool (True = use) of a mask that must be ``size`` ``(width, height)``, its photo's size."""
+    """``[H, W]`` bool (True = use) of a mask that must be ``size`` ``(width, height)``, its photo's size: its
+    non-zero pixels, or for an instant-ngp dynamic mask its zero ones."""
     try:
         with Image.open(path) as im:
             im.load()
-            gray = im.convert("L") if im.mode not in ("I", "I;16", "I;16B", "I;16L", "F") else im
-            used = np.asarray(gray) != 0
+            values = np.asarray(im) if im.mode in _WIDE_MODES else np.asarray(im.convert("RGB")).max(-1)
+            used = values == 0 if path.name.startswith(DYNAMIC_PREFIX) else values != 0
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise SceneError(f"{path}: cannot read mask ({_one_line(exc)})") from None
     if (used.shape[1], used.shape[0]) != tuple(size):

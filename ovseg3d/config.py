@@ -37,7 +37,8 @@ class TrainConfig:
 
     scene: Path = Path("scenes/demo")
     """Scene folder: 3D-OVS / LLFF (poses_bounds.npy), nerfstudio / instant-ngp (transforms.json) or COLMAP
-    (images/ + sparse/0/ or sparse/)."""
+    (images/ + sparse/0/ or sparse/). Optional masks of pixels not to train on (0 = leave out): a frame's
+    mask_path, masks/<image name>.png, or instant-ngp's dynamic_mask_<stem>.png (non-zero = leave out)."""
     output: Path = Path("runs/demo")
     """Run folder: config, checkpoints, log, renders and metrics are written here."""
     preset: str = "cpu"

@@ -141,19 +141,32 @@ def test_bad_masks_are_one_line_naming_the_file(tmp_path: Path) -> None:
         load_scene(tmp_path)
 
 
-def test_training_never_samples_a_masked_pixel_and_reads_nothing_back_for_it(synth: Path, tmp_path: Path) -> None:
+CUDA = pytest.param(
+    "cuda",
+    marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")],
+)
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_training_never_samples_a_masked_pixel_and_reads_nothing_back_for_it(
+    synth: Path, tmp_path: Path, device: str
+) -> None:
     scene = _masked_copy(synth, tmp_path / "scene", cut=20)
     cfg = resolve_base("tiny", None)
     cfg = dataclasses.replace(
-        cfg, scene=scene, output=tmp_path / "run", device="cpu", teachers=TeacherConfig(kind="synthetic"), seed=0
+        cfg, scene=scene, output=tmp_path / "run", device=device, teachers=TeacherConfig(kind="synthetic"), seed=0
     )
     t = start_training(cfg)
     trainer = t.trainer
     assert trainer.pixels is not None and len(trainer.pixels) == len(trainer.scene.train_ids) * 36 * 28
     n_img, h, w = trainer.images.shape[:3]
+    saved = trainer.images.clone()
+    trainer.images[:, :, :20] = torch.tensor([255, 0, 255], dtype=torch.uint8)  # paint the masked pixels magenta
     for _ in range(5):
         _, _, target, cam = trainer.sample_batch()
-        assert cam.max() < n_img
+        magenta = (target == torch.tensor([1.0, 0.0, 1.0], device=target.device)).all(-1)
+        assert not magenta.any() and cam.max() < n_img and len(cam.unique()) > 1
+    trainer.images = saved
     flat = trainer.pixels[torch.randint(0, len(trainer.pixels), (4096,))].long()
     assert ((flat % w) >= 20).all()  # the table holds only kept pixels
     for _ in range(10):  # the occupancy grid's warm-up
@@ -169,7 +182,7 @@ def test_training_never_samples_a_masked_pixel_and_reads_nothing_back_for_it(syn
     with torch.no_grad():
         out = distiller.field.decode(distiller.render_latent(distiller.cameras, views, origins, dirs, None))
     targets = distiller.teacher.lookup(views, u, v, w, h)
-    used = torch.ones(len(views), dtype=torch.bool)
+    used = torch.ones(len(views), dtype=torch.bool, device=views.device)
     used[::3] = False
     spoilt = [x.clone() for x in targets]
     for x in spoilt:

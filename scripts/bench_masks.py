@@ -12,6 +12,7 @@ Each trains the radiance field alone (``--teacher none``) for the same number of
 clean held-out views. Prints a table and writes JSON (default ``bench/masks.json``).
 
     python scripts/bench_masks.py --steps 1500
+    python scripts/bench_masks.py --scene /data/fox --steps 1800 --out bench/masks_fox.json --work bench/masks_fox
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ DEMO = Path(__file__).resolve().parent.parent / "scenes" / "demo"
 @dataclass
 class Args:
     scene: Path = DEMO
-    """The scene to copy (an LLFF / 3D-OVS folder whose held-out views are its annotated ones)."""
+    """The scene to copy, any format with its photos under images/ (the demo; instant-ngp's fox, ...)."""
     work: Path = Path("bench/masks")
     """Scenes and runs go here (replaced)."""
     out: Path = Path("bench/masks.json")
@@ -75,13 +76,17 @@ def make_scenes(args: Args) -> dict[str, Path]:
     for i, image_path in enumerate(scene.image_paths):
         if i in held_out:
             continue
+        where = image_path.relative_to(args.scene)  # the same file in each copy (JPEGs re-encoded alike)
         image = iio.imread(image_path)[..., :3].copy()
+        iio.imwrite(paths["clean"] / where, image)
         inside, colours = transient(image.shape[:2], args.area, rng)
         image[inside] = colours[inside]
         covered.append(float(inside.mean()))
         for name in ("occluded", "masked"):
-            iio.imwrite(paths[name] / "images" / image_path.name, image)
-        iio.imwrite(paths["masked"] / "masks" / f"{image_path.stem}.png", np.where(inside, 0, 255).astype(np.uint8))
+            iio.imwrite(paths[name] / where, image)
+        mask = paths["masked"] / "masks" / image_path.relative_to(args.scene / "images").with_suffix(".png")
+        mask.parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(mask, np.where(inside, 0, 255).astype(np.uint8))
     print(f"{len(covered)} training views occluded, {100 * np.mean(covered):.1f} % of each on average")
     return paths
 

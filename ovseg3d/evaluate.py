@@ -61,9 +61,10 @@ def evaluate_run(
     if not scene.eval_ids:
         raise UsageError(f"{scene.root}: no held-out views to evaluate")
     per_view = []
+    masked_whole = [i for i in scene.eval_ids if i in scene.masks and not bool(scene.masks[i].any())]
     for i in scene.eval_ids:
-        if i in scene.masks and not bool(scene.masks[i].any()):
-            continue  # masked whole: nothing to score
+        if i in masked_whole:
+            continue  # nothing to score
         out = trainer.render_view(scene.cameras, i, scene.near_far, max_samples_per_ray)
         gt = scene.image_float(i)
         rgb, mask = out.rgb.cpu(), scene.masks.get(i)  # a view's mask: scored on the pixels it keeps
@@ -79,6 +80,7 @@ def evaluate_run(
         "psnr": sum(v["psnr"] for v in per_view) / len(per_view),
         "ssim": sum(v["ssim"] for v in per_view) / len(per_view),
         "n_views": len(per_view),
+        "views_masked_whole": masked_whole,
         "max_samples_per_ray": max_samples_per_ray,
         "step": trainer.step,
         "train_seconds": round(trainer.elapsed, 2),
@@ -151,6 +153,8 @@ def format_table(metrics: dict) -> str:
     masked = sum(1 for v in metrics["per_view"] if v.get("masked_pixels"))
     if masked:
         lines.append(f"({masked} of these views are scored on the pixels their masks keep)")
+    if metrics.get("views_masked_whole"):
+        lines.append(f"(held-out views {metrics['views_masked_whole']} are masked whole: not scored)")
     if "miou" in metrics:
         lines.append(
             f"segmentation on {metrics['n_annotated_views']} annotated views: mIoU {metrics['miou']:.1f} "

@@ -269,3 +269,20 @@ def test_export_lifts_no_masked_pixel(toy_run) -> None:
     small = view_used(scene, 0, scene.cameras.scaled(1 / 2)).view(scene.height // 2, scene.width // 2)
     assert not small[:, :3].any() and small[:, 3:].all()
     assert view_used(scene, 1, scene.cameras) is None
+
+
+def test_eval_scores_held_out_views_on_their_kept_pixels(synth: Path, tmp_path: Path, capsys) -> None:
+    """A masked held-out view is scored on what its mask keeps and says so; one masked whole is not scored."""
+    scene = _masked_copy(synth, tmp_path / "scene", cut=20)
+    held_out = load_scene(scene).eval_ids
+    assert len(held_out) == 2
+    iio.imwrite(scene / "masks" / f"{held_out[0]:02d}.png", np.zeros((36, 48), np.uint8))
+    run = tmp_path / "run"
+    args = ["train", str(scene), "--output", str(run), "--preset", "tiny", "--device", "cpu", "--teacher", "none"]
+    assert main(args) == 0
+    assert main(["eval", str(run), "--device", "cpu", "--no-renders"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((run / "eval.json").read_text())
+    assert metrics["views_masked_whole"] == [held_out[0]] and metrics["n_views"] == 1
+    assert metrics["per_view"][0]["view"] == held_out[1] and metrics["per_view"][0]["masked_pixels"] == 20 * 36
+    assert "scored on the pixels their masks keep" in out and "masked whole: not scored" in out

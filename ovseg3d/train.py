@@ -558,7 +558,20 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
     lo, hi = scene.aabb[:3].tolist(), scene.aabb[3:].tolist()
     box = " x ".join(f"[{a:.3g}, {b:.3g}]" for a, b in zip(lo, hi))
     tqdm.write(f"scene box {box}: {scene.bounds}; contraction beyond it: {cfg.contraction}")
+    if scene.masks:
+        tqdm.write(masks_line(scene))
     return trainer, features, semantic
+
+
+def masks_line(scene: Scene) -> str:
+    """What the scene's masks leave out, for the training log: views with a mask and their share of pixels."""
+    train = [v for v in scene.train_ids if v in scene.masks]
+    left = sum(int((~scene.masks[v]).sum()) for v in train) / max(1, len(scene.train_ids) * scene.height * scene.width)
+    held = sum(1 for v in scene.eval_ids if v in scene.masks)
+    return (
+        f"masks: {len(train)} of {len(scene.train_ids)} training views ({100 * left:.1f} % of their pixels left out)"
+        + (f", {held} of {len(scene.eval_ids)} held-out views (scored on what they keep)" if held else "")
+    )
 
 
 # what --resume may change: the schedule, how often to save and log, and where and how fast to run

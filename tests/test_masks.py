@@ -280,6 +280,9 @@ def test_eval_scores_held_out_views_on_their_kept_pixels(synth: Path, tmp_path: 
     run = tmp_path / "run"
     args = ["train", str(scene), "--output", str(run), "--preset", "tiny", "--device", "cpu", "--teacher", "none"]
     assert main(args) == 0
+    log = capsys.readouterr().out
+    share = 100 * 20 / 48  # the 20 leftmost of 48 columns
+    assert f"masks: 6 of 6 training views ({share:.1f} % of their pixels left out), 2 of 2 held-out views" in log
     assert main(["eval", str(run), "--device", "cpu", "--no-renders"]) == 0
     out = capsys.readouterr().out
     metrics = json.loads((run / "eval.json").read_text())

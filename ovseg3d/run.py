@@ -24,7 +24,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -32,9 +32,6 @@ from ovseg3d import __version__
 from ovseg3d.atomic import remove_dead_files, replacing, write_json
 from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, read_toml
 from ovseg3d.errors import UsageError
-
-if TYPE_CHECKING:
-    from ovseg3d.data.nerfstudio import TransformsViews
 
 RUN_FORMAT = 1
 GEOMETRY_CHECKPOINT = "geometry.pt"  # the radiance field as it was before distillation
@@ -90,25 +87,15 @@ def check_run(run: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- what a run is made from
 
 
-def _quiet_transforms(root: Path) -> TransformsViews:
-    """``root/transforms.json`` read without its warnings (missing images): they are the scene loader's to give."""
-    from ovseg3d.data import nerfstudio
-
-    quiet = nerfstudio.log.disabled
-    nerfstudio.log.disabled = True
-    try:
-        return nerfstudio.read_transforms(root / nerfstudio.TRANSFORMS_FILE)
-    finally:
-        nerfstudio.log.disabled = quiet
-
-
-def _scene_inputs(root: Path, colmap_model: Path | str | None) -> tuple[str, list[Path], list[Path], list[Path]]:
-    """A scene folder's format, its image files, the files its poses come from (hashed whole) and other
-    files of its model (large: only their sizes and times), without decoding anything."""
-    from ovseg3d.data import colmap
+def _scene_inputs(
+    root: Path, colmap_model: Path | str | None
+) -> tuple[str, list[Path], list[Path], list[Path], list[Path]]:
+    """A scene folder's format, its image files, their mask files (:mod:`ovseg3d.data.masks`; none for most
+    scenes), the files its poses come from (hashed whole) and other files of its model (large: only their sizes
+    and times), without decoding anything."""
+    from ovseg3d.data import colmap, nerfstudio
     from ovseg3d.data.llff import POSES_FILE, is_image_file, list_images
     from ovseg3d.data.loader import detect_format
-    from ovseg3d.data.nerfstudio import TRANSFORMS_FILE
 
     if colmap_model is not None:
         fmt, model = "colmap", Path(colmap_model)
@@ -117,15 +104,23 @@ def _scene_inputs(root: Path, colmap_model: Path | str | None) -> tuple[str, lis
         model = colmap.find_model(root) if fmt == "colmap" else None
     if fmt == "llff":
         folder = root / "images"
-        return fmt, list_images(folder) if folder.is_dir() else [], [root / POSES_FILE], []
+        images = list_images(folder) if folder.is_dir() else []
+        return fmt, images, _mask_inputs(root, images), [root / POSES_FILE], []
     if fmt == "transforms":
-        return fmt, list(_quiet_transforms(root).image_paths), [root / TRANSFORMS_FILE], []
+        quiet = nerfstudio.log.disabled
+        nerfstudio.log.disabled = True  # its warnings (missing images) are the scene loader's to give
+        try:
+            views = nerfstudio.read_transforms(root / nerfstudio.TRANSFORMS_FILE)
+        finally:
+            nerfstudio.log.disabled = quiet
+        images = list(views.image_paths)
+        return fmt, images, _mask_inputs(root, images, views.masks), [root / nerfstudio.TRANSFORMS_FILE], []
     assert model is not None
     folder = root / "images"
     images = sorted(p for p in folder.rglob("*") if is_image_file(p)) if folder.is_dir() else []
     files = sorted(p for p in model.iterdir() if p.is_file())
     poses = [p for p in files if p.stem in ("cameras", "images")]
-    return fmt, images, poses, [p for p in files if p not in poses]
+    return fmt, images, _mask_inputs(root, images), poses, [p for p in files if p not in poses]
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -135,11 +130,10 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.resolve())
 
 
-def _mask_inputs(root: Path, fmt: str, images: list[Path]) -> list[Path]:
-    """The mask files of a scene's images (:mod:`ovseg3d.data.masks`; none for most scenes)."""
+def _mask_inputs(root: Path, images: list[Path], listed: list[Path | None] | None = None) -> list[Path]:
+    """The mask files of ``images``; ``listed``: the masks a transforms.json names (see ``mask_files``)."""
     from ovseg3d.data import masks
 
-    listed = _quiet_transforms(root).masks if fmt == "transforms" else None
     try:
         return list(masks.mask_files(root, images, listed).values())
     except UsageError:  # a listed mask that is gone: the scene loader says so
@@ -152,9 +146,9 @@ def scene_fingerprint(root: Path | str, colmap_model: Path | str | None = None) 
     pose files (poses_bounds.npy, transforms.json, or the COLMAP model's cameras and images files; the sizes
     and times of its other files)."""
     root = Path(root)
-    fmt, images, poses, others = _scene_inputs(root, colmap_model)
+    fmt, images, masks, poses, others = _scene_inputs(root, colmap_model)
     listing = hashlib.sha1()
-    for p in [*images, *_mask_inputs(root, fmt, images)]:
+    for p in [*images, *masks]:
         st = p.stat()
         listing.update(f"{_relative(p, root)}\t{st.st_size}\t{int(st.st_mtime)}\n".encode())
     pose_hash = hashlib.sha1()

@@ -82,6 +82,23 @@ class TrainConfig:
     L-infinity variant). 'auto': none where the scene's box is given (LLFF depth bounds, a transforms.json
     "aabb"), else sphere."""
 
+    # where the field's samples come from
+    sampler: Literal["auto", "grid", "proposal"] = "auto"
+    """'grid': an occupancy grid skips empty space and the march keeps what is left (Instant-NGP); 'proposal':
+    small proposal density networks learn where along each ray the field's weight is and place its samples there
+    (mip-NeRF 360, nerfacto). 'auto': the grid for a bounded scene (contraction none), proposals for an unbounded
+    one, where little of the contracted world is empty and the grid's march spreads a CPU's few samples per ray
+    over the whole ray (the log says which)."""
+    proposal_samples: tuple[int, ...] = (64, 32)
+    """Intervals per ray evaluated by each proposal network, in order (one network per entry)."""
+    proposal_field_samples: int = 24
+    """Intervals per ray the proposals give the radiance field."""
+    interlevel_weight: float = 1.0
+    """Weight of mip-NeRF 360's interlevel loss, which trains the proposal networks to bound the field's weights."""
+    proposal_distortion_weight: float = 0.002
+    """With proposals: weight of mip-NeRF 360's distortion loss over the normalised ray distance (nerfacto's
+    0.002); --distortion-weight is the occupancy grid's."""
+
     # field
     grid_impl: Literal["auto", "torch", "tcnn"] = "auto"
     """Hash-grid implementation: tinycudann on CUDA when installed ('auto'), or the PyTorch path."""

@@ -42,17 +42,61 @@ def update_eval_json(run: Path, metrics: dict, log=print) -> Path:  # noqa: ANN0
     return path
 
 
+GAP_WARNING_DB = 5.0
+"""A held-out PSNR this far below the training views' is a field that does not generalise: one warning line."""
+
+
+def training_views(train_ids: list[int], n: int) -> list[int]:
+    """``n`` training views spread evenly through the training sequence (all of them when there are fewer)."""
+    if n <= 0 or not train_ids:
+        return []
+    if n >= len(train_ids):
+        return list(train_ids)
+    return [train_ids[round(i * (len(train_ids) - 1) / (n - 1))] if n > 1 else train_ids[0] for i in range(n)]
+
+
+def gap_warning(metrics: dict, trainer) -> str | None:  # noqa: ANN001
+    """One line when the held-out PSNR is more than :data:`GAP_WARNING_DB` below the training views', naming the
+    likely cause; ``None`` otherwise (or without training views scored)."""
+    if "train_psnr" not in metrics:
+        return None
+    gap = metrics["train_psnr"] - metrics["psnr"]
+    if gap <= GAP_WARNING_DB:
+        return None
+    n_train = len(trainer.scene.train_ids)
+    if trainer.contracted and not trainer.proposal:
+        cause = (
+            "an unbounded scene sampled through the occupancy grid, whose few samples per ray spread over the whole "
+            "ray: train with --sampler proposal"
+        )
+    elif n_train < 20:
+        cause = f"{n_train} training views are few for this scene: the field fits each view with fog between them"
+    elif trainer.step < 500:
+        cause = f"a short run ({trainer.step} steps)"
+    else:
+        cause = (
+            "floaters that only the training views need (look at the depth panels in renders/), or poses that do "
+            "not agree with each other"
+        )
+    return (
+        f"warning: held-out PSNR {metrics['psnr']:.1f} dB is {gap:.1f} dB below the training views' "
+        f"{metrics['train_psnr']:.1f} dB (the field does not generalise); likely cause: {cause}"
+    )
+
+
 def evaluate_run(
     run: Path,
     device_name: str = "auto",
     save_renders: bool = True,
     max_samples_per_ray: int = 0,
     more: Callable[[Scene], dict] | None = None,
+    train_views: int = 3,
 ) -> dict:
     """Render every held-out view of ``run`` and compute PSNR / SSIM (and the segmentation scores of a run
     with a semantic field); writes ``RUN/eval.json``. ``max_samples_per_ray`` > 0 renders faster with fewer
     samples (0: every marching step). ``more(scene)``: scores of later stages to add (the pipeline's eval adds
-    the detections' mAP this way)."""
+    the detections' mAP this way). ``train_views``: also score this many training views (``train_psnr``,
+    ``train_ssim``, ``generalisation_gap``: how much better the field does on what it was trained on)."""
     from ovseg3d.train import load_trainer, save_panel
 
     accel.configure_cpu_allocator()
@@ -74,6 +118,14 @@ def evaluate_run(
             save_panel(run, scene, i, out)
     if not per_view:
         raise UsageError(f"{scene.root}: the masks of the {len(scene.eval_ids)} held-out views leave no pixel to score")
+    seen = []
+    for i in training_views([v for v in scene.train_ids if v not in scene.eval_ids], train_views):
+        if i in scene.masks and not bool(scene.masks[i].any()):
+            continue
+        out = trainer.render_view(scene.cameras, i, scene.near_far, max_samples_per_ray)
+        rgb, mask = out.rgb.cpu(), scene.masks.get(i)
+        gt = scene.image_float(i)
+        seen.append({"view": i, "psnr": psnr(rgb, gt, mask), "ssim": ssim(rgb, gt, mask=mask)})
     metrics = {
         **semantic_metrics(run, trainer, save_renders),
         **(more(scene) if more is not None else {}),
@@ -86,6 +138,14 @@ def evaluate_run(
         "train_seconds": round(trainer.elapsed, 2),
         "per_view": per_view,
     }
+    if seen:
+        metrics["train_psnr"] = sum(v["psnr"] for v in seen) / len(seen)
+        metrics["train_ssim"] = sum(v["ssim"] for v in seen) / len(seen)
+        metrics["generalisation_gap"] = metrics["train_psnr"] - metrics["psnr"]
+        metrics["train_views"] = seen
+        warning = gap_warning(metrics, trainer)
+        if warning is not None:
+            metrics["gap_warning"] = warning
     update_eval_json(run, metrics)
     return metrics
 
@@ -150,6 +210,14 @@ def format_table(metrics: dict) -> str:
     for v in metrics["per_view"]:
         lines.append(f"{v['view']:>6} {v['psnr']:>8.2f} {v['ssim']:>7.4f}")
     lines.append(f"{'mean':>6} {metrics['psnr']:>8.2f} {metrics['ssim']:>7.4f}")
+    if "train_psnr" in metrics:
+        views = ", ".join(str(v["view"]) for v in metrics.get("train_views", []))
+        lines.append(
+            f"{'train':>6} {metrics['train_psnr']:>8.2f} {metrics['train_ssim']:>7.4f}  (training views {views}: "
+            f"held out {metrics['generalisation_gap']:.2f} dB below them)"
+        )
+    if metrics.get("gap_warning"):
+        lines.append(metrics["gap_warning"])
     masked = sum(1 for v in metrics["per_view"] if v.get("masked_pixels"))
     if masked:
         lines.append(f"({masked} of these views are scored on the pixels their masks keep)")

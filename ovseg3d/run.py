@@ -233,6 +233,7 @@ _BEFORE_FIELD = {
     "contraction": "none",
     "downscale": 1,
     "learned_background": False,
+    "sampler": "grid",
 }
 
 

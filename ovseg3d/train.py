@@ -28,8 +28,9 @@ from ovseg3d.field.radiance import RadianceField
 from ovseg3d.field.space import check_contraction, step_scale
 from ovseg3d.images import colorize_depth, save_png, side_by_side
 from ovseg3d.render.occupancy import OccupancyGrid
+from ovseg3d.render.proposal import ProposalConfig, ProposalSampler, interlevel_loss
 from ovseg3d.render.renderer import RenderOptions, RenderOutput, refine_samples, render_image_rays, render_rays
-from ovseg3d.render.volume import RaySamples, ray_counts
+from ovseg3d.render.volume import RaySamples, distortion_loss, ray_counts
 from ovseg3d.run import (
     GEOMETRY_CHECKPOINT,
     RunError,
@@ -72,6 +73,15 @@ def resolve_contraction(kind: str, scene: Scene) -> str:
     if kind != "auto":
         return check_contraction(kind)
     return "none" if scene.bounds in GIVEN_BOUNDS else "sphere"
+
+
+def resolve_sampler(kind: str, contraction: str) -> str:
+    """``"auto"``: the occupancy grid for a bounded scene, proposal networks for an unbounded one."""
+    if kind not in ("auto", "grid", "proposal"):
+        raise UsageError(f"sampler must be one of auto, grid, proposal, got {kind!r}")
+    if kind != "auto":
+        return kind
+    return "grid" if contraction == "none" else "proposal"
 
 
 def psnr(mse: float | Tensor) -> float:
@@ -148,15 +158,24 @@ class Trainer:
             background=cfg.learned_background and contraction != "none",
         )
         self.field = RadianceField(aabb, field_cfg, device, cfg.grid_impl, cfg.compile_grid, contraction)
-        self.grid = OccupancyGrid(aabb, cfg.occ_resolution, contraction).to(device)
+        self.sampler = resolve_sampler(cfg.sampler, contraction)
+        self.grid: OccupancyGrid | ProposalSampler  # where the field's samples come from
+        if self.sampler == "proposal":
+            prop_cfg = ProposalConfig(tuple(cfg.proposal_samples), cfg.proposal_field_samples)
+            self.grid = ProposalSampler(aabb, contraction, prop_cfg, device, cfg.grid_impl)
+        else:
+            self.grid = OccupancyGrid(aabb, cfg.occ_resolution, contraction).to(device)
         self._set_box()
         self._init_density_bias()
         mlp_params = [p for n, p in self.field.named_parameters() if not n.startswith("grid.")]
+        groups = [
+            {"params": list(self.field.grid.parameters()), "weight_decay": 0.0},
+            {"params": mlp_params, "weight_decay": cfg.weight_decay},
+        ]
+        if self.proposal:
+            groups.append({"params": list(self.grid.parameters()), "weight_decay": 0.0})
         self.optimizer = torch.optim.Adam(
-            [
-                {"params": list(self.field.grid.parameters()), "weight_decay": 0.0},
-                {"params": mlp_params, "weight_decay": cfg.weight_decay},
-            ],
+            groups,
             lr=cfg.lr,
             betas=(0.9, 0.99),
             eps=1e-15,
@@ -170,10 +189,17 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0  # training seconds so far
         self.n_rays = cfg.rays_per_step
+        if self.proposal and cfg.target_samples > 0:  # a fixed number of field samples per ray: rays from the cap
+            self.n_rays = max(64, cfg.target_samples // cfg.proposal_field_samples)
 
     @property
     def contracted(self) -> bool:
         return self.field.contraction != "none"
+
+    @property
+    def proposal(self) -> bool:
+        """The field's samples come from proposal networks (else from the occupancy grid's march)."""
+        return isinstance(self.grid, ProposalSampler)
 
     def _set_box(self) -> None:
         """Step size and scale from the field's ROI box (the scene's, or a checkpoint's)."""
@@ -221,6 +247,8 @@ class Trainer:
         return ray_limits(cameras, near_far, cam, dirs, self.cfg.near_plane * self.diag)
 
     def update_grid(self) -> None:
+        if self.proposal:
+            return  # proposal networks learn from the loss
         step_size, aabb, kind = self.opts.step_size, self.field.aabb, self.field.contraction
         self.grid.update(
             self.step,
@@ -239,6 +267,8 @@ class Trainer:
         self._set_lr()
         origins, dirs, target, cam = self.sample_batch()
         near, far = self.ray_limits(self.cameras, self.near_far, cam, dirs)
+        if self.proposal:
+            return self._proposal_step(start, origins, dirs, target, cam, near, far)
         samples = self.grid.march(
             origins, dirs, self.opts.step_size, near, far, stratified=True, max_per_ray=self.cfg.max_samples_per_ray
         )
@@ -274,6 +304,46 @@ class Trainer:
         loss = mse
         if out.distortion is not None:
             loss = loss + dist_w * out.distortion.mean() / (1.0 if self.contracted else self.diag)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.divergence.update(loss)
+        self.step += 1
+        self.elapsed += time.perf_counter() - start
+        return StepStats(mse.detach(), len(origins), out.n_samples)
+
+    def _proposal_step(
+        self, start: float, origins: Tensor, dirs: Tensor, target: Tensor, cam: Tensor, near, far  # noqa: ANN001
+    ) -> StepStats:
+        """One step with proposal sampling: the proposals place ``proposal_field_samples`` intervals per ray, the
+        field renders them; the colour loss, the interlevel loss (the proposals learn the field's weights) and the
+        distortion loss over the normalised ray distance."""
+        assert isinstance(self.grid, ProposalSampler)
+        self.grid.train()
+        spacing, edges, rounds = self.grid.propose(origins, dirs, near, far, stratified=True)
+        samples = self.grid.samples(spacing, edges)
+        opts = dataclasses.replace(self.opts, early_stop_eps=0.0, alpha_thre=0.0)  # every sample: [R, K] weights
+        out = render_rays(
+            self.field,
+            self.grid,
+            origins,
+            dirs,
+            opts,
+            samples=samples,
+            grad_scale_distance=self.cfg.grad_scale_distance * self.diag if self.near_far is None else 0.0,
+            appearance=self.field.appearance_codes(cam, len(origins)),
+        )
+        mse = F.mse_loss(out.rgb, target)
+        assert out.weights is not None
+        weights = out.weights.view(len(origins), -1)
+        loss = mse + self.cfg.interlevel_weight * interlevel_loss(
+            edges, weights, [(r.edges, r.weights) for r in rounds]
+        )
+        if self.cfg.proposal_distortion_weight > 0:  # over s, the normalised distance the samples are spaced in
+            dist = distortion_loss(
+                out.weights, edges[:, :-1].reshape(-1), edges[:, 1:].reshape(-1), samples.ray_indices, len(origins)
+            )
+            loss = loss + self.cfg.proposal_distortion_weight * dist.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -557,10 +627,21 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
     )
     lo, hi = scene.aabb[:3].tolist(), scene.aabb[3:].tolist()
     box = " x ".join(f"[{a:.3g}, {b:.3g}]" for a, b in zip(lo, hi))
-    tqdm.write(f"scene box {box}: {scene.bounds}; contraction beyond it: {cfg.contraction}")
+    tqdm.write(f"scene box {box}: {scene.bounds}; contraction beyond it: {cfg.contraction}; {sampler_line(trainer)}")
     if scene.masks:
         tqdm.write(masks_line(scene))
     return trainer, features, semantic
+
+
+def sampler_line(trainer: Trainer) -> str:
+    """Where the field's samples come from, for the training log."""
+    cfg = trainer.cfg
+    if trainer.proposal:
+        rounds = " -> ".join(str(n) for n in (*cfg.proposal_samples, cfg.proposal_field_samples))
+        why = "" if cfg.sampler != "auto" else " (unbounded scene)"
+        return f"samples: proposal networks{why}, {rounds} per ray"
+    why = "" if cfg.sampler != "auto" else " (bounded scene)"
+    return f"samples: occupancy grid{why}, {cfg.occ_resolution}^3 cells"
 
 
 def masks_line(scene: Scene) -> str:
@@ -693,8 +774,9 @@ def _loop(trainer: Trainer, run: Path) -> bool:
                     "step": trainer.step,
                     "time": round(trainer.elapsed, 3),
                     **values,
-                    "occupied": round(trainer.grid.occupied_fraction(), 4),
                 }
+                if not trainer.proposal:
+                    record["occupied"] = round(trainer.grid.occupied_fraction(), 4)
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if checkpoint:

@@ -31,13 +31,15 @@ class RenderOptions:
 @dataclass
 class RenderOutput:
     """Per-ray results. rgb ``[R, 3]``, depth ``[R]`` (expected t), opacity ``[R]``, n_samples (evaluated);
-    distortion ``[R]`` (:func:`distortion_loss`, in world units) when asked for."""
+    distortion ``[R]`` (:func:`distortion_loss`, in world units) when asked for; weights ``[M]``: the compositing
+    weight of each sample (when rendered with gradients)."""
 
     rgb: Tensor
     depth: Tensor
     opacity: Tensor
     n_samples: int
     distortion: Tensor | None = None
+    weights: Tensor | None = None
 
 
 def render_rays(
@@ -104,7 +106,7 @@ def render_rays(
         if distortion_scale > 0:  # unbounded: mip-NeRF 360's normalised distance, s = t / (t + scale) in [0, 1)
             t0, t1 = t0 / (t0 + distortion_scale), t1 / (t1 + distortion_scale)
         dist = distortion_loss(weights, t0, t1, samples.ray_indices, n_rays)
-    return RenderOutput(color, depth, opacity, len(samples), dist)
+    return RenderOutput(color, depth, opacity, len(samples), dist, weights)
 
 
 def _render_no_grad(

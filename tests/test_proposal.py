@@ -1,0 +1,146 @@
+"""Proposal sampling for unbounded scenes (mip-NeRF 360 / nerfacto): spacing, inverse transform sampling, the
+interlevel and distortion losses, and proposal networks that learn where a known density is."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ovseg3d.render.proposal import (
+    ProposalConfig,
+    ProposalSampler,
+    dense_weights,
+    interlevel_loss,
+    make_spacing,
+    outer_bound,
+    sample_from_histogram,
+    uniform_edges,
+)
+from ovseg3d.render.volume import distortion_loss
+
+AABB = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
+
+
+def test_distortion_loss_of_a_small_ray_equals_the_hand_computed_value():
+    # one ray, intervals [0, 1] and [1, 3] with weights 0.5 and 0.25: midpoints 0.5 and 2
+    # sum_ij w_i w_j |m_i - m_j| = 2 * 0.5 * 0.25 * 1.5 = 0.375; 1/3 sum_i w_i^2 d_i = (0.25 * 1 + 0.0625 * 2) / 3 = 0.125
+    w = torch.tensor([0.5, 0.25])
+    got = distortion_loss(w, torch.tensor([0.0, 1.0]), torch.tensor([1.0, 3.0]), torch.tensor([0, 0]), 1)
+    assert float(got[0]) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_spacing_is_linear_in_the_box_then_linear_in_disparity_out_to_the_far_distance():
+    origins = torch.tensor([[-3.0, 0.0, 0.0]])
+    dirs = torch.tensor([[1.0, 0.0, 0.0]])
+    sp = make_spacing(origins, dirs, AABB, 1000.0, torch.tensor([0.1]), None)
+    t = sp.to_t(torch.tensor([[0.0, 0.25, 0.5, 0.75, 1.0]]))[0]
+    assert t[0] == pytest.approx(0.1) and t[2] == pytest.approx(4.0)  # the box's exit at t = 4 is s = 0.5
+    assert t[1] == pytest.approx(0.5 * (0.1 + 4.0))
+    assert 1.0 / t[3] == pytest.approx(0.5 * (1 / 4.0 + 1 / 1000.0))  # halfway in disparity
+    assert t[4] == pytest.approx(1000.0, rel=1e-5)
+    s = torch.linspace(0, 1, 101)[None]
+    assert bool((sp.to_t(s)[0].diff() > 0).all())  # monotone
+
+
+def test_inverse_transform_sampling_puts_the_new_intervals_where_the_mass_is():
+    edges = uniform_edges(1, 10, False, torch.device("cpu"))
+    weights = torch.zeros(1, 10)
+    weights[0, 6] = 1.0  # all the mass in [0.6, 0.7]
+    new = sample_from_histogram(edges, weights, 20, stratified=False)
+    mids = 0.5 * (new[0, 1:] + new[0, :-1])
+    inside = ((mids > 0.6) & (mids < 0.7)).float().mean()
+    assert float(inside) > 0.8  # the padding leaves a few elsewhere
+    assert bool((new.diff(dim=-1) >= 0).all())
+    jittered = sample_from_histogram(edges, weights, 20, stratified=True)
+    assert not torch.equal(jittered, new) and bool((jittered.diff(dim=-1) >= 0).all())
+
+
+def test_outer_bound_and_interlevel_loss():
+    field_edges = torch.tensor([[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]])
+    field_w = torch.zeros(1, 10)
+    field_w[0, 3] = 0.9
+    # a proposal with the same mass in a bin that covers the field's: the bound holds, no loss
+    good_edges = torch.tensor([[0.0, 0.25, 0.45, 1.0]])
+    good_w = torch.tensor([[0.0, 0.9, 0.05]], requires_grad=True)
+    assert float(outer_bound(field_edges, good_edges, good_w.detach())[0, 3]) == pytest.approx(0.9)
+    assert float(interlevel_loss(field_edges, field_w, [(good_edges, good_w)]).detach()) == pytest.approx(0.0, abs=1e-6)
+    # a proposal that puts the mass elsewhere is penalised, and the gradient raises the bin under the field's mass
+    bad_w = torch.tensor([[0.0, 0.05, 0.9]], requires_grad=True)
+    loss = interlevel_loss(field_edges, field_w, [(good_edges, bad_w)])
+    assert float(loss) > 0.5
+    loss.backward()
+    assert float(bad_w.grad[0, 1]) < 0 and float(bad_w.grad[0, 2]) == 0.0
+
+
+class _Sphere(torch.nn.Module):
+    """A known density: 50 inside a sphere of radius 0.3 about (0.4, 0, 0), 0 elsewhere."""
+
+    def forward(self, x, aabb, contraction):  # noqa: ANN001
+        return 50.0 * ((x - torch.tensor([0.4, 0.0, 0.0])).norm(dim=-1) < 0.3).float()
+
+
+class _Empty(torch.nn.Module):
+    def forward(self, x, aabb, contraction):  # noqa: ANN001
+        return torch.zeros(len(x))
+
+
+def _rays(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays from about (-3, 0, 0) through the sphere's neighbourhood."""
+    g = torch.Generator().manual_seed(seed)
+    origins = torch.tensor([-3.0, 0.0, 0.0]) + 0.05 * torch.randn(n, 3, generator=g)
+    target = torch.tensor([0.4, 0.0, 0.0]) + 0.15 * torch.randn(n, 3, generator=g)
+    dirs = torch.nn.functional.normalize(target - origins, dim=-1)
+    return origins, dirs
+
+
+def _share_in_sphere(sampler: ProposalSampler, origins: torch.Tensor, dirs: torch.Tensor) -> float:
+    samples = sampler.march(origins, dirs)
+    inside = (samples.positions(origins, dirs) - torch.tensor([0.4, 0.0, 0.0])).norm(dim=-1) < 0.35
+    return float(inside.float().mean())
+
+
+def test_proposals_of_a_known_density_concentrate_the_samples_on_the_sphere():
+    sampler = ProposalSampler(AABB, "sphere", ProposalConfig(samples=(64, 32), field_samples=16))
+    sampler.nets = torch.nn.ModuleList([_Sphere(), _Sphere()])
+    origins, dirs = _rays(64)
+    share = _share_in_sphere(sampler, origins, dirs)
+    # the sphere holds about 0.6 of the 4 units of these rays inside the box, a small part of the whole ray
+    uniform = ProposalSampler(AABB, "sphere", ProposalConfig(samples=(64,), field_samples=16))
+    uniform.nets = torch.nn.ModuleList([_Empty()])
+    assert share > 0.6 > 3 * _share_in_sphere(uniform, origins, dirs)
+
+
+def test_proposal_networks_learn_where_the_field_weight_is():
+    """The proposal networks, trained with the interlevel loss alone against a field with a known sphere of
+    density, end up putting most of the field's samples on the sphere (they start spread along the ray)."""
+    torch.manual_seed(0)
+    cfg = ProposalConfig(samples=(48, 24), field_samples=16, log2_hashmap_size=12, max_resolutions=(64, 64))
+    sampler = ProposalSampler(AABB, "sphere", cfg)
+    field = _Sphere()
+    origins, dirs = _rays(256, seed=1)
+    before = _share_in_sphere(sampler, origins, dirs)
+    opt = torch.optim.Adam(sampler.parameters(), lr=1e-2, eps=1e-15)
+    for step in range(150):
+        o, d = _rays(256, seed=step + 2)
+        spacing, edges, rounds = sampler.propose(o, d, None, None, stratified=True)
+        t = spacing.to_t(edges)
+        mid = 0.5 * (t[:, 1:] + t[:, :-1])
+        sigma = field(o[:, None] + mid[..., None] * d[:, None], AABB, "sphere")
+        w = dense_weights(sigma, t)
+        loss = interlevel_loss(edges, w, [(r.edges, r.weights) for r in rounds])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = _share_in_sphere(sampler, origins, dirs)
+    assert before < 0.3 and after > 0.6, (before, after)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_proposal_sampling_on_cuda_equals_the_cpu():
+    torch.manual_seed(0)
+    sampler = ProposalSampler(AABB, "sphere", ProposalConfig(), grid_impl="torch")
+    origins, dirs = _rays(512)
+    cpu = sampler.march(origins, dirs, near=torch.full((512,), 0.1))
+    gpu = sampler.to("cuda").march(origins.cuda(), dirs.cuda(), near=torch.full((512,), 0.1, device="cuda"))
+    torch.testing.assert_close(gpu.t_starts.cpu(), cpu.t_starts, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gpu.t_ends.cpu(), cpu.t_ends, rtol=1e-4, atol=1e-4)

@@ -93,6 +93,11 @@ class TrainConfig:
     """Intervals per ray evaluated by each proposal network, in order (one network per entry)."""
     proposal_field_samples: int = 24
     """Intervals per ray the proposals give the radiance field."""
+    init_optical_depth: float = 0.5
+    """With proposals: the field's density at the start, as the optical depth across the scene box's diagonal. A
+    field that starts as thick fog (the occupancy grid's start, optical depth 10) is fitted by fog right in front of
+    each camera, which no other view checks: on an unbounded scene from another generator its rendered depths came
+    out at a tenth of the true ones."""
     interlevel_weight: float = 1.0
     """Weight of mip-NeRF 360's interlevel loss, which trains the proposal networks to bound the field's weights."""
     proposal_distortion_weight: float = 0.002

@@ -212,6 +212,8 @@ class Trainer:
         occupied, free space is then trained below the threshold, and occluded space is emptied
         by the grid's visibility record (``occ_visibility_eps``)."""
         sigma0 = 2.0 * self.cfg.occ_threshold / self.opts.step_size
+        if self.proposal:  # no grid to start occupied: nearly clear air, optical depth init_optical_depth over the box
+            sigma0 = self.cfg.init_optical_depth / self.diag
         with torch.no_grad():
             self.field.density_mlp[-1].bias[0] = math.log(sigma0)
 

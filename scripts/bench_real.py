@@ -2,8 +2,8 @@
 """Real-capture benchmark: the radiance field alone (``--teacher none``) on a scene as users bring it.
 
 For each variant, ``ovseg3d train SCENE`` runs with the preset and the variant's overrides, then ``ovseg3d eval``
-renders the held-out views (every 8th). Prints a table (held-out PSNR / SSIM, training steps and seconds, eval
-seconds) and writes JSON (default ``bench/real.json``); each variant's first held-out panel (ground truth | render
+renders the held-out views (every 8th) and three training views. Prints a table (held-out PSNR / SSIM, the
+training views' PSNR beside it, training steps and seconds, eval seconds) and writes JSON (default ``bench/real.json``); each variant's first held-out panel (ground truth | render
 | depth) is copied to ``bench/<name>_<variant>.png``.
 
     python scripts/bench_real.py --scene /data/fox                         # instant-ngp's fox, as published
@@ -26,6 +26,8 @@ from ovseg3d.pipeline import train
 
 VARIANTS: dict[str, dict] = {
     "default": {},
+    "grid": {"sampler": "grid"},
+    "proposal": {"sampler": "proposal"},
     "no_contraction": {"contraction": "none"},
     "cube": {"contraction": "cube"},
     "appearance": {"appearance_dim": 16},
@@ -75,6 +77,8 @@ def run_variant(args: Args, name: str, variant: str) -> dict:
         "overrides": overrides,
         "psnr": metrics["psnr"],
         "ssim": metrics["ssim"],
+        "train_view_psnr": metrics.get("train_psnr"),
+        "train_view_ssim": metrics.get("train_ssim"),
         "steps": log[-1]["step"] if log else 0,
         "train_psnr_last": log[-1]["psnr"] if log else None,
         "train_seconds": round(log[-1]["time"], 1) if log else None,
@@ -93,10 +97,11 @@ def main() -> None:
         raise SystemExit(f"unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
     rows = [run_variant(args, name, v) for v in args.variants]
     print(f"\n{name}, preset {args.preset}")
-    print(f"{'variant':<16} {'PSNR':>6} {'SSIM':>6} {'steps':>6} {'train s':>8} {'eval s':>7}")
+    print(f"{'variant':<16} {'PSNR':>6} {'SSIM':>6} {'train-view PSNR':>15} {'steps':>6} {'train s':>8} {'eval s':>7}")
     for r in rows:
+        seen = f"{r['train_view_psnr']:.2f}" if r["train_view_psnr"] is not None else "-"
         print(
-            f"{r['variant']:<16} {r['psnr']:>6.2f} {r['ssim']:>6.3f} {r['steps']:>6} {r['train_seconds']:>8} "
+            f"{r['variant']:<16} {r['psnr']:>6.2f} {r['ssim']:>6.3f} {seen:>15} {r['steps']:>6} {r['train_seconds']:>8} "
             f"{r['eval_seconds']:>7}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -315,7 +315,14 @@ class Trainer:
         return StepStats(mse.detach(), len(origins), out.n_samples)
 
     def _proposal_step(
-        self, start: float, origins: Tensor, dirs: Tensor, target: Tensor, cam: Tensor, near, far  # noqa: ANN001
+        self,
+        start: float,
+        origins: Tensor,
+        dirs: Tensor,
+        target: Tensor,
+        cam: Tensor,
+        near,
+        far,  # noqa: ANN001
     ) -> StepStats:
         """One step with proposal sampling: the proposals place ``proposal_field_samples`` intervals per ray, the
         field renders them; the colour loss, the interlevel loss (the proposals learn the field's weights) and the
@@ -610,7 +617,9 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
         from ovseg3d.teachers.extract import ensure_features
 
         features = ensure_features(scene, cfg.teachers, device)
+    chosen = cfg.sampler == "auto"
     cfg = dataclasses.replace(cfg, contraction=resolve_contraction(cfg.contraction, scene))
+    cfg = dataclasses.replace(cfg, sampler=resolve_sampler(cfg.sampler, cfg.contraction))
     trainer = Trainer(cfg, scene, device)
     semantic = None
     if cfg.resume:
@@ -629,20 +638,20 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
     )
     lo, hi = scene.aabb[:3].tolist(), scene.aabb[3:].tolist()
     box = " x ".join(f"[{a:.3g}, {b:.3g}]" for a, b in zip(lo, hi))
-    tqdm.write(f"scene box {box}: {scene.bounds}; contraction beyond it: {cfg.contraction}; {sampler_line(trainer)}")
+    tqdm.write(f"scene box {box}: {scene.bounds}; contraction beyond it: {cfg.contraction}; {sampler_line(trainer, chosen)}")
     if scene.masks:
         tqdm.write(masks_line(scene))
     return trainer, features, semantic
 
 
-def sampler_line(trainer: Trainer) -> str:
-    """Where the field's samples come from, for the training log."""
+def sampler_line(trainer: Trainer, chosen: bool) -> str:
+    """Where the field's samples come from, for the training log (``chosen``: by ``--sampler auto``)."""
     cfg = trainer.cfg
     if trainer.proposal:
         rounds = " -> ".join(str(n) for n in (*cfg.proposal_samples, cfg.proposal_field_samples))
-        why = "" if cfg.sampler != "auto" else " (unbounded scene)"
+        why = " (unbounded scene)" if chosen else ""
         return f"samples: proposal networks{why}, {rounds} per ray"
-    why = "" if cfg.sampler != "auto" else " (bounded scene)"
+    why = " (bounded scene)" if chosen else ""
     return f"samples: occupancy grid{why}, {cfg.occ_resolution}^3 cells"
 
 

@@ -67,7 +67,7 @@ def test_outer_bound_and_interlevel_loss():
     # a proposal that puts the mass elsewhere is penalised, and the gradient raises the bin under the field's mass
     bad_w = torch.tensor([[0.0, 0.05, 0.9]], requires_grad=True)
     loss = interlevel_loss(field_edges, field_w, [(good_edges, bad_w)])
-    assert float(loss) > 0.5
+    assert float(loss.detach()) > 0.5
     loss.backward()
     assert float(bad_w.grad[0, 1]) < 0 and float(bad_w.grad[0, 2]) == 0.0
 
@@ -144,3 +144,35 @@ def test_proposal_sampling_on_cuda_equals_the_cpu():
     gpu = sampler.to("cuda").march(origins.cuda(), dirs.cuda(), near=torch.full((512,), 0.1, device="cuda"))
     torch.testing.assert_close(gpu.t_starts.cpu(), cpu.t_starts, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gpu.t_ends.cpu(), cpu.t_ends, rtol=1e-4, atol=1e-4)
+
+
+def test_an_unbounded_scene_trains_with_proposals_and_says_so(tmp_path, capsys):
+    """``--sampler auto`` picks proposal networks for a scene without a given box (and says so); the run's config
+    records it, and a run folder saved before the option existed reads as the occupancy grid it was trained with."""
+    from ovseg3d.cli import main
+    from ovseg3d.run import load_run_config
+
+    scene, run = tmp_path / "scene", tmp_path / "run"
+    toy = ["--width", "64", "--height", "48", "--n-views", "10", "--supersample", "1", "--outdoor"]
+    assert main(["synth", str(scene), *toy, "--cameras", "orbit", "--format", "colmap", "--seed", "2"]) == 0
+    capsys.readouterr()
+    train = ["train", str(scene), "--output", str(run), "--preset", "tiny", "--device", "cpu", "--teacher", "none"]
+    assert main(train) == 0
+    assert "samples: proposal networks (unbounded scene), 64 -> 32 -> 24 per ray" in capsys.readouterr().out
+    assert load_run_config(run).sampler == "proposal"
+    assert main(["eval", str(run), "--no-renders"]) == 0
+    assert "train " in capsys.readouterr().out
+    config = run / "config.toml"
+    config.write_text("\n".join(line for line in config.read_text().splitlines() if not line.startswith("sampler")))
+    assert load_run_config(run).sampler == "grid"
+
+
+def test_a_bounded_scene_keeps_the_occupancy_grid(tmp_path, capsys):
+    from ovseg3d.cli import main
+
+    scene, run = tmp_path / "scene", tmp_path / "run"
+    assert main(["synth", str(scene), "--width", "48", "--height", "36", "--n-views", "6", "--supersample", "1"]) == 0
+    capsys.readouterr()
+    train = ["train", str(scene), "--output", str(run), "--preset", "tiny", "--device", "cpu", "--teacher", "none"]
+    assert main([*train, "--steps", "5"]) == 0
+    assert "samples: occupancy grid (bounded scene), 16^3 cells" in capsys.readouterr().out

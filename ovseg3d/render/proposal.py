@@ -65,7 +65,9 @@ class ProposalDensity(nn.Module):
             cfg.n_levels, cfg.features_per_level, cfg.log2_hashmap_size, cfg.base_resolution, scale
         )
         self.grid = make_hash_grid(grid_cfg, device, grid_impl)
-        self.mlp = nn.Sequential(nn.Linear(grid_cfg.output_dim, cfg.hidden_dim), nn.ReLU(), nn.Linear(cfg.hidden_dim, 1))
+        self.mlp = nn.Sequential(
+            nn.Linear(grid_cfg.output_dim, cfg.hidden_dim), nn.ReLU(), nn.Linear(cfg.hidden_dim, 1)
+        )
         self.to(device)
 
     def forward(self, x: Tensor, aabb: Tensor, contraction: str) -> Tensor:
@@ -205,8 +207,9 @@ class ProposalSampler(nn.Module):
         self.cfg = cfg or ProposalConfig()
         self.contraction = check_contraction(contraction)
         self.register_buffer("aabbs", aabb.float().reshape(1, 6).clone())
-        resolutions = [self.cfg.max_resolutions[min(i, len(self.cfg.max_resolutions) - 1)] for i in
-                       range(len(self.cfg.samples))]
+        resolutions = [
+            self.cfg.max_resolutions[min(i, len(self.cfg.max_resolutions) - 1)] for i in range(len(self.cfg.samples))
+        ]
         self.nets = nn.ModuleList(ProposalDensity(self.cfg, r, device, grid_impl) for r in resolutions)
         self.to(device)
 

@@ -638,7 +638,9 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
     )
     lo, hi = scene.aabb[:3].tolist(), scene.aabb[3:].tolist()
     box = " x ".join(f"[{a:.3g}, {b:.3g}]" for a, b in zip(lo, hi))
-    tqdm.write(f"scene box {box}: {scene.bounds}; contraction beyond it: {cfg.contraction}; {sampler_line(trainer, chosen)}")
+    tqdm.write(
+        f"scene box {box}: {scene.bounds}; contraction beyond it: {cfg.contraction}; {sampler_line(trainer, chosen)}"
+    )
     if scene.masks:
         tqdm.write(masks_line(scene))
     return trainer, features, semantic

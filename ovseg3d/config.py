@@ -86,18 +86,19 @@ class TrainConfig:
     sampler: Literal["auto", "grid", "proposal"] = "auto"
     """'grid': an occupancy grid skips empty space and the march keeps what is left (Instant-NGP); 'proposal':
     small proposal density networks learn where along each ray the field's weight is and place its samples there
-    (mip-NeRF 360, nerfacto). 'auto': the grid for a bounded scene (contraction none), proposals for an unbounded
-    one, where little of the contracted world is empty and the grid's march spreads a CPU's few samples per ray
-    over the whole ray (the log says which)."""
+    (mip-NeRF 360, nerfacto). 'auto' is the grid: with the unbounded field's clear-air start (init_optical_depth) it
+    beat the proposals on every scene measured (an outdoor scene from another generator, a generated one,
+    instant-ngp's fox), at equal steps and more so at equal time (the grid's steps are cheaper on a CPU)."""
     proposal_samples: tuple[int, ...] = (64, 32)
     """Intervals per ray evaluated by each proposal network, in order (one network per entry)."""
     proposal_field_samples: int = 24
     """Intervals per ray the proposals give the radiance field."""
     init_optical_depth: float = 0.5
-    """With proposals: the field's density at the start, as the optical depth across the scene box's diagonal. A
-    field that starts as thick fog (the occupancy grid's start, optical depth 10) is fitted by fog right in front of
-    each camera, which no other view checks: on an unbounded scene from another generator its rendered depths came
-    out at a tenth of the true ones."""
+    """Unbounded scenes (a contraction): the field's density at the start, as the optical depth across the scene
+    box's diagonal; the occupancy grid keeps every cell marched through its warm-up. A field that starts as thick
+    fog (the bounded scenes' start, optical depth 10 over the diagonal, every cell above the grid's threshold) was
+    fitted by fog right in front of each camera, which no other view checks: on an outdoor scene from another
+    generator, training views 26-28 dB, held-out 13 dB, rendered depths a tenth of the true ones."""
     interlevel_weight: float = 1.0
     """Weight of mip-NeRF 360's interlevel loss, which trains the proposal networks to bound the field's weights."""
     proposal_distortion_weight: float = 0.002

@@ -64,10 +64,10 @@ def gap_warning(metrics: dict, trainer) -> str | None:  # noqa: ANN001
     if gap <= GAP_WARNING_DB:
         return None
     n_train = len(trainer.scene.train_ids)
-    if trainer.contracted and not trainer.proposal:
+    if trainer.contracted and trainer.cfg.init_optical_depth > 2.0:
         cause = (
-            "an unbounded scene sampled through the occupancy grid, whose few samples per ray spread over the whole "
-            "ray: train with --sampler proposal"
+            f"an unbounded field that started as thick fog (--init-optical-depth {trainer.cfg.init_optical_depth:g}), "
+            "fitted by fog in front of each camera: train with the default 0.5"
         )
     elif n_train < 20:
         cause = f"{n_train} training views are few for this scene: the field fits each view with fog between them"

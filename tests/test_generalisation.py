@@ -16,10 +16,11 @@ def test_training_views_are_spread_through_the_sequence():
 
 
 def test_an_overfitted_run_gets_the_gap_warning(tmp_path, capsys):
-    """Four training views of a forward-facing room, 400 steps: the field fits them and not the views between."""
+    """Four training views of a room, 90 degrees apart on an orbit, 400 steps: the field fits them and not the
+    views between."""
     scene, run = tmp_path / "scene", tmp_path / "run"
     toy = ["--width", "80", "--height", "60", "--n-views", "8", "--n-annotated", "0", "--supersample", "1"]
-    assert main(["synth", str(scene), *toy, "--seed", "3", "--patch-width", "1.2"]) == 0
+    assert main(["synth", str(scene), *toy, "--seed", "3", "--cameras", "orbit", "--orbit-rings", "1"]) == 0
     train = ["train", str(scene), "--output", str(run), "--preset", "cpu", "--device", "cpu", "--teacher", "none"]
     assert main([*train, "--steps", "400", "--max-minutes", "0", "--holdout-every", "2"]) == 0
     capsys.readouterr()

@@ -17,6 +17,7 @@ from ovseg3d.render.proposal import (
     uniform_edges,
 )
 from ovseg3d.render.volume import distortion_loss
+from ovseg3d.train import resolve_sampler
 
 AABB = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
 
@@ -147,7 +148,7 @@ def test_proposal_sampling_on_cuda_equals_the_cpu():
 
 
 def test_an_unbounded_scene_trains_with_proposals_and_says_so(tmp_path, capsys):
-    """``--sampler auto`` picks proposal networks for a scene without a given box (and says so); the run's config
+    """``--sampler proposal`` on a scene without a given box trains, says so and evaluates; the run's config
     records it, and a run folder saved before the option existed reads as the occupancy grid it was trained with."""
     from ovseg3d.cli import main
     from ovseg3d.run import load_run_config
@@ -157,8 +158,8 @@ def test_an_unbounded_scene_trains_with_proposals_and_says_so(tmp_path, capsys):
     assert main(["synth", str(scene), *toy, "--cameras", "orbit", "--format", "colmap", "--seed", "2"]) == 0
     capsys.readouterr()
     train = ["train", str(scene), "--output", str(run), "--preset", "tiny", "--device", "cpu", "--teacher", "none"]
-    assert main(train) == 0
-    assert "samples: proposal networks (unbounded scene), 64 -> 32 -> 24 per ray" in capsys.readouterr().out
+    assert main([*train, "--sampler", "proposal"]) == 0
+    assert "samples: proposal networks, 64 -> 32 -> 24 per ray" in capsys.readouterr().out
     assert load_run_config(run).sampler == "proposal"
     assert main(["eval", str(run), "--no-renders"]) == 0
     assert "train " in capsys.readouterr().out
@@ -167,7 +168,7 @@ def test_an_unbounded_scene_trains_with_proposals_and_says_so(tmp_path, capsys):
     assert load_run_config(run).sampler == "grid"
 
 
-def test_a_bounded_scene_keeps_the_occupancy_grid(tmp_path, capsys):
+def test_auto_is_the_occupancy_grid_and_the_log_says_it(tmp_path, capsys):
     from ovseg3d.cli import main
 
     scene, run = tmp_path / "scene", tmp_path / "run"
@@ -175,4 +176,16 @@ def test_a_bounded_scene_keeps_the_occupancy_grid(tmp_path, capsys):
     capsys.readouterr()
     train = ["train", str(scene), "--output", str(run), "--preset", "tiny", "--device", "cpu", "--teacher", "none"]
     assert main([*train, "--steps", "5"]) == 0
-    assert "samples: occupancy grid (bounded scene), 16^3 cells" in capsys.readouterr().out
+    assert "samples: occupancy grid, 16^3 cells" in capsys.readouterr().out
+    assert resolve_sampler("auto", "sphere") == "grid" and resolve_sampler("proposal", "none") == "proposal"
+
+
+def test_a_held_grid_updates_its_opacities_but_keeps_every_cell_occupied():
+    from ovseg3d.render.occupancy import OccupancyGrid
+
+    grid = OccupancyGrid(AABB, 8, "sphere")
+    empty = lambda x: torch.zeros(len(x))  # noqa: E731
+    grid.update(0, empty, warmup_steps=4, hold_occupied=True)
+    assert grid.occupied_fraction() == 1.0 and float(grid.occs.max()) == 0.0
+    grid.update(1, empty, warmup_steps=4)
+    assert grid.occupied_fraction() == 0.0

@@ -130,6 +130,7 @@ class OccupancyGrid(nn.Module):
         warmup_steps: int = 256,
         chunk: int = 1 << 16,
         visibility_eps: float = 0.0,
+        hold_occupied: bool = False,
     ) -> None:
         """Re-estimate occupancy. ``occ_eval_fn``: ``[P, 3]`` world points -> ``[P]`` step opacity.
 
@@ -137,6 +138,7 @@ class OccupancyGrid(nn.Module):
         many occupied ones (nerfacc's schedule). With ``visibility_eps > 0`` a cell is also emptied
         when no training ray has reached it with transmittance above that during the last updates
         (occluded space, space outside every view): the remembered visibility halves each update.
+        ``hold_occupied``: the cells' opacities are updated but every cell stays occupied.
         """
         n_cells = self.occs.numel()
         device = self.occs.device
@@ -162,6 +164,8 @@ class OccupancyGrid(nn.Module):
         self.occs.scatter_reduce_(0, cells, occ, reduce="amax")
         thre = torch.clamp(self.occs.mean(), max=occ_thre)
         binaries = self.occs > thre
+        if hold_occupied:  # a field that starts as clear air: every cell stays marched until it has learnt
+            binaries = torch.ones_like(binaries)
         if visibility_eps > 0:
             binaries &= self.visibility > visibility_eps
             self.visibility.mul_(VISIBILITY_DECAY)

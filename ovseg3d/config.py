@@ -93,12 +93,13 @@ class TrainConfig:
     """Intervals per ray evaluated by each proposal network, in order (one network per entry)."""
     proposal_field_samples: int = 24
     """Intervals per ray the proposals give the radiance field."""
-    init_optical_depth: float = 0.5
+    init_optical_depth: float = 2.0
     """Unbounded scenes (a contraction): the field's density at the start, as the optical depth across the scene
     box's diagonal; the occupancy grid keeps every cell marched through its warm-up. A field that starts as thick
     fog (the bounded scenes' start, optical depth 10 over the diagonal, every cell above the grid's threshold) was
     fitted by fog right in front of each camera, which no other view checks: on an outdoor scene from another
-    generator, training views 26-28 dB, held-out 13 dB, rendered depths a tenth of the true ones."""
+    generator, training views 26-28 dB, held-out 13 dB, rendered depths a tenth of the true ones. Held out at 1000
+    steps there: 21.9 dB at 0.5, 23.1 at 2; instant-ngp's fox (about 1,300 steps): 22.4 at 0.5, 23.6 at 2."""
     interlevel_weight: float = 1.0
     """Weight of mip-NeRF 360's interlevel loss, which trains the proposal networks to bound the field's weights."""
     proposal_distortion_weight: float = 0.002

@@ -64,10 +64,10 @@ def gap_warning(metrics: dict, trainer) -> str | None:  # noqa: ANN001
     if gap <= GAP_WARNING_DB:
         return None
     n_train = len(trainer.scene.train_ids)
-    if trainer.contracted and trainer.cfg.init_optical_depth > 2.0:
+    if trainer.contracted and trainer.cfg.init_optical_depth > 5.0:
         cause = (
             f"an unbounded field that started as thick fog (--init-optical-depth {trainer.cfg.init_optical_depth:g}), "
-            "fitted by fog in front of each camera: train with the default 0.5"
+            "fitted by fog in front of each camera: train with the default 2"
         )
     elif n_train < 20:
         cause = f"{n_train} training views are few for this scene: the field fits each view with fog between them"

@@ -212,7 +212,7 @@ class Trainer:
         occupied, free space is then trained below the threshold, and occluded space is emptied
         by the grid's visibility record (``occ_visibility_eps``)."""
         sigma0 = 2.0 * self.cfg.occ_threshold / self.opts.step_size
-        if self.contracted:  # unbounded: nearly clear air, optical depth init_optical_depth across the box
+        if self.contracted:  # unbounded: clear air, optical depth init_optical_depth across the box
             sigma0 = self.cfg.init_optical_depth / self.diag
         with torch.no_grad():
             self.field.density_mlp[-1].bias[0] = math.log(sigma0)

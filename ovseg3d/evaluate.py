@@ -18,6 +18,7 @@ from ovseg3d import accel
 from ovseg3d.data.scene import Scene
 from ovseg3d.errors import UsageError
 from ovseg3d.metrics import psnr, segmentation_metrics, shifted_gt_miou, ssim
+from ovseg3d.render.renderer import RenderOutput
 
 
 def update_eval_json(run: Path, metrics: dict, log=print) -> Path:  # noqa: ANN001
@@ -52,7 +53,9 @@ def training_views(train_ids: list[int], n: int) -> list[int]:
         return []
     if n >= len(train_ids):
         return list(train_ids)
-    return [train_ids[round(i * (len(train_ids) - 1) / (n - 1))] if n > 1 else train_ids[0] for i in range(n)]
+    if n == 1:
+        return [train_ids[0]]
+    return [train_ids[round(i * (len(train_ids) - 1) / (n - 1))] for i in range(n)]
 
 
 def gap_warning(metrics: dict, trainer) -> str | None:  # noqa: ANN001
@@ -84,6 +87,16 @@ def gap_warning(metrics: dict, trainer) -> str | None:  # noqa: ANN001
     )
 
 
+def score_view(trainer, view: int, max_samples_per_ray: int = 0) -> tuple[dict, RenderOutput]:  # noqa: ANN001
+    """Render one view of the trainer's scene and score it against its photo (on the pixels its mask keeps):
+    ``{"view", "psnr", "ssim"[, "masked_pixels"]}`` and the render."""
+    scene = trainer.scene
+    out = trainer.render_view(scene.cameras, view, scene.near_far, max_samples_per_ray)
+    gt, rgb, mask = scene.image_float(view), out.rgb.cpu(), scene.masks.get(view)
+    row = {"view": view, "psnr": psnr(rgb, gt, mask), "ssim": ssim(rgb, gt, mask=mask)}
+    return (row if mask is None else {**row, "masked_pixels": int((~mask).sum())}), out
+
+
 def evaluate_run(
     run: Path,
     device_name: str = "auto",
@@ -109,23 +122,17 @@ def evaluate_run(
     for i in scene.eval_ids:
         if i in masked_whole:
             continue  # nothing to score
-        out = trainer.render_view(scene.cameras, i, scene.near_far, max_samples_per_ray)
-        gt = scene.image_float(i)
-        rgb, mask = out.rgb.cpu(), scene.masks.get(i)  # a view's mask: scored on the pixels it keeps
-        row = {"view": i, "psnr": psnr(rgb, gt, mask), "ssim": ssim(rgb, gt, mask=mask)}
-        per_view.append(row if mask is None else {**row, "masked_pixels": int((~mask).sum())})
+        row, out = score_view(trainer, i, max_samples_per_ray)
+        per_view.append(row)
         if save_renders:
             save_panel(run, scene, i, out)
     if not per_view:
         raise UsageError(f"{scene.root}: the masks of the {len(scene.eval_ids)} held-out views leave no pixel to score")
-    seen = []
-    for i in training_views([v for v in scene.train_ids if v not in scene.eval_ids], train_views):
-        if i in scene.masks and not bool(scene.masks[i].any()):
-            continue
-        out = trainer.render_view(scene.cameras, i, scene.near_far, max_samples_per_ray)
-        rgb, mask = out.rgb.cpu(), scene.masks.get(i)
-        gt = scene.image_float(i)
-        seen.append({"view": i, "psnr": psnr(rgb, gt, mask), "ssim": ssim(rgb, gt, mask=mask)})
+    seen = [
+        score_view(trainer, i, max_samples_per_ray)[0]
+        for i in training_views([v for v in scene.train_ids if v not in scene.eval_ids], train_views)
+        if i not in scene.masks or bool(scene.masks[i].any())
+    ]
     metrics = {
         **semantic_metrics(run, trainer, save_renders),
         **(more(scene) if more is not None else {}),

@@ -158,9 +158,8 @@ class Trainer:
             background=cfg.learned_background and contraction != "none",
         )
         self.field = RadianceField(aabb, field_cfg, device, cfg.grid_impl, cfg.compile_grid, contraction)
-        self.sampler = resolve_sampler(cfg.sampler, contraction)
         self.grid: OccupancyGrid | ProposalSampler  # where the field's samples come from
-        if self.sampler == "proposal":
+        if resolve_sampler(cfg.sampler, contraction) == "proposal":
             prop_cfg = ProposalConfig(tuple(cfg.proposal_samples), cfg.proposal_field_samples)
             self.grid = ProposalSampler(aabb, contraction, prop_cfg, device, cfg.grid_impl)
         else:
@@ -307,13 +306,17 @@ class Trainer:
         loss = mse
         if out.distortion is not None:
             loss = loss + dist_w * out.distortion.mean() / (1.0 if self.contracted else self.diag)
+        return self._apply(start, loss, mse, len(origins), out.n_samples)
+
+    def _apply(self, start: float, loss: Tensor, mse: Tensor, n_rays: int, n_samples: int) -> StepStats:
+        """The optimiser step on ``loss``; the step's count, time and stats."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.divergence.update(loss)
         self.step += 1
         self.elapsed += time.perf_counter() - start
-        return StepStats(mse.detach(), len(origins), out.n_samples)
+        return StepStats(mse.detach(), n_rays, n_samples)
 
     def _proposal_step(
         self,
@@ -354,13 +357,7 @@ class Trainer:
                 out.weights, edges[:, :-1].reshape(-1), edges[:, 1:].reshape(-1), samples.ray_indices, len(origins)
             )
             loss = loss + self.cfg.proposal_distortion_weight * dist.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.divergence.update(loss)
-        self.step += 1
-        self.elapsed += time.perf_counter() - start
-        return StepStats(mse.detach(), len(origins), out.n_samples)
+        return self._apply(start, loss, mse, len(origins), out.n_samples)
 
     def check_finite(self) -> None:
         """Raise :class:`RunError` if a loss so far was not finite (the field diverged)."""

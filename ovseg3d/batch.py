@@ -14,6 +14,8 @@ system) and have ovseg3d installed.
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import glob
 import io
@@ -34,7 +36,7 @@ from ovseg3d.config import TrainConfig
 from ovseg3d.detect.head import DetectOptions
 from ovseg3d.errors import UsageError
 from ovseg3d.export import ExportOptions
-from ovseg3d.pipeline import STAGES, SceneResult, run_scene
+from ovseg3d.pipeline import STAGES, SceneResult, StageError, run_scene, scene_metrics
 
 Log = Callable[[str], None]
 
@@ -45,6 +47,7 @@ SUMMARY_COLUMNS = (
     "scene",
     "run",
     "status",
+    "failed_stage",
     "error",
     "psnr",
     "miou",
@@ -186,12 +189,21 @@ def _run_job(job: _Job, log: Log, on_stage: Callable[[str], None] | None = None)
     try:
         result = run_scene(job.scene, job.run, job.stages, job.config, job.export, job.detect, log=log, on_stage=stage)
         return result, ""
+    except StageError as exc:  # a later stage failed: the stages that did not need it ran, their scores are kept
+        cause = exc.__cause__ or exc
+        result = dataclasses.replace(exc.result, error=error_line(cause))
+        trace = "".join(traceback.format_exception(cause)) if not isinstance(cause, UsageError) else ""
+        return result, trace
     except Exception as exc:  # noqa: BLE001 - one scene's failure, whatever it is, must not stop the others
         now, marks = time.perf_counter(), sorted(starts.items(), key=lambda kv: kv[1])
         seconds = {
             name: round((marks[i + 1][1] if i + 1 < len(marks) else now) - t, 3) for i, (name, t) in enumerate(marks)
         }
-        result = SceneResult(str(job.scene), str(job.run), "failed", error_line(exc), seconds)
+        failed_stage = marks[-1][0] if marks else ""
+        result = SceneResult(
+            str(job.scene), str(job.run), "failed", error_line(exc), seconds, failed_stage=failed_stage
+        )
+        result.metrics = scene_metrics(job.run)
         return result, "" if isinstance(exc, UsageError) else traceback.format_exc()
 
 
@@ -403,7 +415,13 @@ def summary_rows(results: Sequence[SceneResult]) -> list[dict[str, Any]]:
     """One flat dict per scene with :data:`SUMMARY_COLUMNS` (a missing score: None)."""
     rows = []
     for r in results:
-        row: dict[str, Any] = {"scene": r.scene, "run": r.run, "status": r.status, "error": r.error}
+        row: dict[str, Any] = {
+            "scene": r.scene,
+            "run": r.run,
+            "status": r.status,
+            "failed_stage": r.failed_stage,
+            "error": r.error,
+        }
         for key in ("psnr", "miou", "teacher_miou", "map25"):
             row[key] = r.metrics.get(key)
         for stage in STAGES:
@@ -456,5 +474,8 @@ def format_summary(results: Sequence[SceneResult]) -> str:
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (head, *rows)]
     failed = [r for r in results if r.status != "done"]
     lines.append(f"{len(results) - len(failed)} done, {len(failed)} failed")
-    lines += [f"  failed: {Path(r.run).name} ({r.scene}): {r.error}" for r in failed]
+    lines += [
+        f"  failed: {Path(r.run).name} ({r.scene}){f' at {r.failed_stage}' if r.failed_stage else ''}: {r.error}"
+        for r in failed
+    ]
     return "\n".join(lines)

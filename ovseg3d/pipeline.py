@@ -156,12 +156,28 @@ class SceneResult:
     """Stages whose outputs were current (or that do not apply: distill without a teacher)."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """From ``RUN/eval.json``: psnr, ssim, miou, teacher_miou, map25, map50 where the run has them."""
+    failed_stage: str = ""
+    """The stage that failed (status ``failed``)."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 SUMMARY_KEYS = ("psnr", "ssim", "miou", "teacher_miou", "map25", "map50", "step")
+
+# the stages each later stage reads the outputs of: when one fails, these are not run (eval reads only the run's
+# checkpoint, and its detection scores are left out without detections)
+NEEDS = {"detect": ("export",)}
+
+
+class StageError(Exception):
+    """A stage of :func:`run_scene` failed: ``stage``, and ``result`` with what ran (the seconds, and the scores of
+    the stages that did not need the failed one). The original exception is the ``__cause__``."""
+
+    def __init__(self, stage: str, result: SceneResult) -> None:
+        super().__init__(stage)
+        self.stage = stage
+        self.result = result
 
 
 def stage_range(first: str = STAGES[0], last: str = STAGES[-1]) -> list[str]:
@@ -189,7 +205,10 @@ def run_scene(
     are current; a stage whose inputs are missing (export before any training) is a one-line error. ``config``:
     the training config (default: the cpu preset); its scene and output are set from ``scene`` and ``run``,
     and an existing run is resumed (with its saved settings: other model settings are refused in one line).
-    ``on_stage(name)`` is called as each stage starts (a progress bar)."""
+    ``on_stage(name)`` is called as each stage starts (a progress bar).
+
+    A failing stage raises :class:`StageError` (from the original exception), after the later stages that do not
+    need its outputs have run: a failed export still leaves the held-out scores of ``eval`` in the result."""
     from ovseg3d.config import resolve_base
 
     unknown = [s for s in stages if s not in STAGES]
@@ -256,25 +275,43 @@ def run_scene(
                 distill_training(training)
                 finish("distill", start)
         del training  # the training's field, optimiser and grids: the later stages load the run's checkpoint
+    failure: tuple[str, Exception] | None = None
     for stage in (s for s in todo if s in ("export", "detect", "eval")):
+        if failure is not None and failure[0] in NEEDS.get(stage, ()):
+            continue
         if is_current(run, stage, read_stages(run)):
             skip(stage)
             continue
         start = begin(stage)
-        if stage == "export":
-            _need_run(run, "export")
-            eopts = export or ExportOptions()
-            write_export(extract_cloud(run, eopts, cfg.device, log=log), run / "export", run, eopts)
-        elif stage == "detect":
-            if not (run / EXPORT_NPZ).exists():
-                raise UsageError(f"{run}: no export/points.npz to detect in: run the export stage first")
-            run_detect(run, detect or DetectOptions(), device=resolve_device(cfg.device), log=log)
-        else:
-            _need_run(run, "eval")
-            evaluate(run, cfg.device)
+        try:
+            _later_stage(stage, run, cfg, export, detect, log)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, once the stages that do not need it have run
+            result.seconds[stage] = round(time.perf_counter() - start, 3)
+            failure = failure or (stage, exc)
+            continue
         finish(stage, start)
     result.metrics = scene_metrics(run)
+    if failure is not None:
+        result.status, result.failed_stage = "failed", failure[0]
+        raise StageError(failure[0], result) from failure[1]
     return result
+
+
+def _later_stage(
+    stage: str, run: Path, cfg: TrainConfig, export: ExportOptions | None, detect: DetectOptions | None, log: Log
+) -> None:
+    """Run the ``export``, ``detect`` or ``eval`` stage of a trained run."""
+    if stage == "export":
+        _need_run(run, "export")
+        eopts = export or ExportOptions()
+        write_export(extract_cloud(run, eopts, cfg.device, log=log), run / "export", run, eopts)
+    elif stage == "detect":
+        if not (run / EXPORT_NPZ).exists():
+            raise UsageError(f"{run}: no export/points.npz to detect in: run the export stage first")
+        run_detect(run, detect or DetectOptions(), device=resolve_device(cfg.device), log=log)
+    else:
+        _need_run(run, "eval")
+        evaluate(run, cfg.device)
 
 
 def _budget(stage: str, cfg: TrainConfig) -> dict[str, float]:

@@ -11,6 +11,8 @@ views' PSNR, and the gap. Prints a table and writes JSON (default ``bench/unboun
     python scripts/bench_unbounded.py                                     # the generated family, default settings
     python scripts/bench_unbounded.py --cases seed5 --scenes ../shared/external-scenes/outdoor-colmap-lens \\
         --settings default sampler=grid "init_optical_depth=10"           # what each change is worth
+    python scripts/bench_unbounded.py --cases seed7_views16 seed7_views24 seed7_views32 seed7_views40 --steps 1000
+                                                                          # held out against the number of views
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ CASES: dict[str, list[str]] = {
     "no_antialias": ["--seed", "11", "--n-views", "30", "--supersample", "1"],
     "wide_lens": ["--seed", "12", "--n-views", "30", "--fov-deg", "80"],
 }
+# The view-count sweep: one world (seed 7, the views16 case's), only the number of cameras on the orbit changes.
+for _n in (16, 20, 24, 32, 40):
+    CASES[f"seed7_views{_n}"] = ["--seed", "7", "--n-views", str(_n)]
 
 
 @dataclass

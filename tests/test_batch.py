@@ -17,6 +17,8 @@ from ovseg3d.batch import find_scenes, format_summary, run_batch, run_names, wri
 from ovseg3d.cli import main
 from ovseg3d.config import resolve_base
 from ovseg3d.errors import UsageError
+from ovseg3d.export import ExportOptions
+from ovseg3d.pipeline import STAGES as STAGE_NAMES
 
 SCENE = ["--width", "48", "--height", "36", "--n-views", "8", "--n-annotated", "2", "--supersample", "1"]
 STAGES = ["teachers", "geometry"]
@@ -105,7 +107,25 @@ def test_one_failing_scene_does_not_stop_the_others(local_batch, scenes):
     assert [row["status"] for row in table] == ["done", "done", "failed"]
     assert table[2]["error"] == broken.error and table[0]["seconds_geometry"] == str(results[0].seconds["geometry"])
     text = format_summary(results)
-    assert "2 done, 1 failed" in text and f"failed: broken ({scenes[2]}): {broken.error}" in text
+    assert broken.failed_stage == "teachers" and rows[2]["failed_stage"] == "teachers"
+    assert "2 done, 1 failed" in text and f"failed: broken ({scenes[2]}) at teachers: {broken.error}" in text
+
+
+def test_a_failed_export_keeps_the_scores_of_the_stages_that_ran(scenes, tmp_path):
+    """An export that finds no point (no voxel can be seen by 10,000 views) fails the scene at export; detect,
+    which reads the export, does not run; eval, which reads only the checkpoint, does, and its scores stay in
+    the result and the summary."""
+    runs = tmp_path / "runs"
+    impossible = ExportOptions(min_views=10_000)
+    results = run_batch(scenes[:1], runs, list(STAGE_NAMES), _config(), impossible, use_ray=False, progress=False)
+    (r,) = results
+    assert r.status == "failed" and r.failed_stage == "export" and "point cloud is empty" in r.error
+    assert "detect" not in r.seconds and r.seconds["eval"] > 0
+    assert r.metrics["psnr"] > 5 and "miou" in r.metrics
+    write_summary(results, runs)
+    (row,) = json.loads((runs / "summary.json").read_text())
+    assert row["failed_stage"] == "export" and row["psnr"] == r.metrics["psnr"]
+    assert "at export: " in format_summary(results)
 
 
 def test_the_same_batch_again_does_no_work(local_batch, scenes, capsys):

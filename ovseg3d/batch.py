@@ -14,9 +14,8 @@ system) and have ovseg3d installed.
 
 from __future__ import annotations
 
-import dataclasses
-
 import csv
+import dataclasses
 import glob
 import io
 import logging

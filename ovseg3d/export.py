@@ -27,7 +27,7 @@ import json
 import shutil
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,11 @@ class ExportOptions:
     """Keep a pixel's point only if at least this many other views' depth maps agree with it."""
     depth_tolerance: float = 0.005
     """Relative depth difference under which another view agrees with a point."""
+    min_points: int = 1000
+    """With fewer points than this at the thresholds above (a short run's faint field), the export is made
+    again once with them relaxed from the run's own opacities (median-opacity pixels, depths at the middle of
+    the weight each ray holds, no spread limit, 1 agreeing view and 1 view a voxel, a 4x depth tolerance), and
+    says so in one line. 0: never."""
     view_stride: int = 1
     """Use every N-th training view."""
     pixel_stride: int = 0
@@ -95,6 +100,8 @@ class LabelledCloud:
     feature: np.ndarray | None
     classes: list[str]
     voxel_size: float = 0.0
+    relaxed: dict[str, float] = field(default_factory=dict)
+    """The export options relaxed for a faint field (``ExportOptions.min_points``), with the values used."""
 
     def __len__(self) -> int:
         return int(self.xyz.shape[0])
@@ -112,6 +119,7 @@ class LabelledCloud:
             feature=self.feature[idx] if self.feature is not None else None,
             classes=self.classes,
             voxel_size=self.voxel_size,
+            relaxed=self.relaxed,
         )
 
 
@@ -119,23 +127,24 @@ class LabelledCloud:
 
 
 def depth_map(  # noqa: ANN001
-    trainer, cams: Cameras, view: int, min_opacity: float, max_spread: float = 0.0
-) -> tuple[Tensor, Tensor]:
+    trainer, cams: Cameras, view: int, min_opacity: float, max_spread: float = 0.0, relative: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
     """``[H*W]`` median depth of the rays of camera ``view`` of ``cams`` (the scene's, on the trainer's device,
-    or those scaled to another image size) (:func:`render_median_depth`), ``nan`` where not solid or, with
-    ``max_spread``, where the ray's weight spreads more than that; and how many solid pixels the spread took
-    out (a device scalar: read once for all views)."""
+    or those scaled to another image size) (:func:`render_median_depth`, ``relative`` passed on), ``nan`` where
+    not solid or, with ``max_spread``, where the ray's weight spreads more than that; how many solid pixels the
+    spread took out (a device scalar: read once for all views); and ``[H*W]`` the rays' opacity."""
     scene = trainer.scene
     origins, dirs = image_rays(cams, view)
     cam = torch.full((len(dirs),), view, dtype=torch.long, device=trainer.device)
     near, far = trainer.ray_limits(cams, scene.near_far, cam, dirs)
     trainer.field.eval()
     depth, opacity, spread = render_median_depth(
-        trainer.field, trainer.grid, origins, dirs, trainer.opts, near, far, trainer.cfg.eval_chunk
+        trainer.field, trainer.grid, origins, dirs, trainer.opts, near, far, trainer.cfg.eval_chunk, relative
     )
     solid = opacity >= min_opacity
     crisp = spread <= max_spread if max_spread > 0 else torch.ones_like(solid)
-    return torch.where(solid & crisp, depth, torch.full_like(depth, float("nan"))), (solid & ~crisp).sum()
+    kept = torch.where(solid & crisp, depth, torch.full_like(depth, float("nan")))
+    return kept, (solid & ~crisp).sum(), opacity
 
 
 def auto_pixel_stride(trainer, cams: Cameras, views: list[int], voxel: float, min_opacity: float) -> int:  # noqa: ANN001
@@ -240,31 +249,78 @@ def view_used(scene: Scene, view: int, cams: Cameras) -> Tensor | None:
     return mask.reshape(-1)
 
 
+def relaxed_options(opts: ExportOptions, opacity: Tensor) -> ExportOptions:
+    """The thresholds of the second try of a faint field's export (see ``ExportOptions.min_points``): the
+    opacity of the median pixel of the views (at most ``opts.min_opacity``, at least 0.05), no spread limit,
+    one agreeing view (which makes a point seen by two views: the fusion's voxels then need only one), four times
+    the depth tolerance."""
+    median = float(opacity.float().quantile(0.5)) if len(opacity) else opts.min_opacity
+    return replace(
+        opts,
+        min_opacity=round(min(opts.min_opacity, max(0.05, median)), 3),
+        max_spread=0.0,
+        min_agreeing=min(opts.min_agreeing, 1),
+        min_views=1,
+        depth_tolerance=4 * opts.depth_tolerance,
+        min_points=0,
+    )
+
+
 def surface_points(
     trainer,
     opts: ExportOptions,
     distiller=None,
     log=print,  # noqa: ANN001
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Fused surface points of the run's training views: ``xyz``, ``rgb`` (uint8), ``views`` and, with a
-    ``distiller``, the mean rendered semantic latent of each point's pixels.
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, dict[str, float]]:
+    """Fused surface points of the run's training views: ``xyz``, ``rgb`` (uint8), ``views``, with a
+    ``distiller`` the mean rendered semantic latent of each point's pixels, and the options that were relaxed
+    (name -> value used; empty when none was).
 
     Each solid pixel is lifted to its median depth and kept if at least ``opts.min_agreeing`` other views'
     depth maps agree (:func:`agreeing_views`); the kept points are fused by :func:`fuse_points` on a voxel
     grid of ``opts.spacing`` times the scene box diagonal. A pixel its view's mask leaves out is not lifted (its
-    colour is the occluder's), though its depth still counts in the agreement (it is the field's).
+    colour is the occluder's), though its depth still counts in the agreement (it is the field's). With fewer
+    than ``opts.min_points`` points, once more with :func:`relaxed_options` (one line says so).
     """
-    scene = trainer.scene
-    views = scene.train_ids[:: max(1, opts.view_stride)]
-    cams = scene.cameras.to(trainer.device)
+    views = trainer.scene.train_ids[:: max(1, opts.view_stride)]
+    cams = trainer.scene.cameras.to(trainer.device)
     voxel = opts.spacing * trainer.diag
     stride = opts.pixel_stride or auto_pixel_stride(trainer, cams, views, voxel, opts.min_opacity)
     if stride > 1:
         cams = cams.scaled(1 / stride)
+    xyz, values, n_views, opacity = _lift_views(trainer, opts, cams, views, stride, distiller, log)
+    changed: dict[str, float] = {}
+    if len(xyz) < opts.min_points:
+        relaxed = relaxed_options(opts, opacity)
+        log(
+            f"{len(xyz)} points at the export's thresholds (a faint field: a short run?): made again with them "
+            f"relaxed from this run's opacities: --min-opacity {opts.min_opacity:g} -> {relaxed.min_opacity:g} "
+            f"(the views' median pixel), depth at the middle of the weight each ray holds, --max-spread "
+            f"{opts.max_spread:g} -> 0, --min-agreeing {opts.min_agreeing} -> {relaxed.min_agreeing}, "
+            f"--min-views {opts.min_views} -> 1, --depth-tolerance {opts.depth_tolerance:g} -> "
+            f"{relaxed.depth_tolerance:g} (--min-points 0: never)"
+        )
+        xyz, values, n_views, _ = _lift_views(trainer, relaxed, cams, views, stride, distiller, log, relative=True)
+        changed = {k: v for k, v in vars(relaxed).items() if k != "min_points" and v != getattr(opts, k)}
+        changed["relative_depth"] = True
+    rgb = values[:, :3].round().clamp(0, 255).to(torch.uint8)
+    latent = values[:, 3:].float() if distiller is not None else None
+    return xyz, rgb, n_views, latent, changed
+
+
+def _lift_views(  # noqa: ANN001
+    trainer, opts: ExportOptions, cams: Cameras, views: list[int], stride: int, distiller, log, relative: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The body of :func:`surface_points` at one set of thresholds: fused ``xyz``, ``values`` (colour, then the
+    latent), ``views``, and the opacity of every pixel rendered (for :func:`relaxed_options`)."""
+    scene = trainer.scene
+    voxel = opts.spacing * trainer.diag
     depths, spread = {}, torch.zeros((), dtype=torch.long, device=trainer.device)
+    opacities = []
     for v in tqdm(views, desc="depth", unit="view", leave=False):
-        depths[v], dropped = depth_map(trainer, cams, v, opts.min_opacity, opts.max_spread)
+        depths[v], dropped, opacity = depth_map(trainer, cams, v, opts.min_opacity, opts.max_spread, relative)
         spread += dropped
+        opacities.append(opacity)
     pts, vals, ids, pixels = [], [], [], torch.zeros((), dtype=torch.long, device=trainer.device)
     for v in tqdm(views, desc="fuse", unit="view", leave=False):
         origins, dirs = image_rays(cams, v)
@@ -294,9 +350,7 @@ def surface_points(
     )
     if n_spread > n_pixels:
         log("most solid pixels were left out for their spread: the field is blurry; --max-spread 0 keeps them")
-    rgb = values[:, :3].round().clamp(0, 255).to(torch.uint8)
-    latent = values[:, 3:].float() if distiller is not None else None
-    return xyz, rgb, n_views, latent
+    return xyz, values, n_views, torch.cat(opacities)
 
 
 @torch.no_grad()
@@ -364,7 +418,7 @@ def extract_cloud(run: Path, opts: ExportOptions, device_name: str = "auto", log
             f"{run} has no semantic field (trained with --teacher none): train with --teacher synthetic|clip to export"
         )
     classes = list(trainer.scene.classes)
-    xyz, rgb, n_views, latent = surface_points(trainer, opts, distiller, log)
+    xyz, rgb, n_views, latent, relaxed = surface_points(trainer, opts, distiller, log)
     if len(xyz) == 0:
         raise UsageError(
             f"{run}: the point cloud is empty (no pixel reached opacity {opts.min_opacity} and was seen alike by "
@@ -388,6 +442,7 @@ def extract_cloud(run: Path, opts: ExportOptions, device_name: str = "auto", log
         feature=feats.cpu().numpy() if feats is not None else None,
         classes=classes,
         voxel_size=opts.spacing * trainer.diag,
+        relaxed=relaxed,
     )
 
 
@@ -642,6 +697,7 @@ def write_export(cloud: LabelledCloud, out_dir: Path, run: Path, opts: ExportOpt
             "queries": {q: f"rel_{query_slug(q)}" for q in cloud.relevancy},
             "voxel_size": cloud.voxel_size,
             "options": {k: v for k, v in vars(opts).items() if k != "chunk"},
+            "relaxed": cloud.relaxed,
             "files": {"ply": names["ply"], "npz": names["npz"]},
             "label_counts": {
                 name: int((cloud.label == i).sum()) for i, name in enumerate(cloud.classes) if (cloud.label == i).any()

@@ -112,11 +112,12 @@ def test_one_failing_scene_does_not_stop_the_others(local_batch, scenes):
 
 
 def test_a_failed_export_keeps_the_scores_of_the_stages_that_ran(scenes, tmp_path):
-    """An export that finds no point (no voxel can be seen by 10,000 views) fails the scene at export; detect,
+    """An export that finds no point (no voxel can be seen by 10,000 views, and no second try with relaxed
+    thresholds) fails the scene at export; detect,
     which reads the export, does not run; eval, which reads only the checkpoint, does, and its scores stay in
     the result and the summary."""
     runs = tmp_path / "runs"
-    impossible = ExportOptions(min_views=10_000)
+    impossible = ExportOptions(min_views=10_000, min_points=0)
     results = run_batch(scenes[:1], runs, list(STAGE_NAMES), _config(), impossible, use_ray=False, progress=False)
     (r,) = results
     assert r.status == "failed" and r.failed_stage == "export" and "point cloud is empty" in r.error

@@ -253,6 +253,7 @@ def render_median_depth(
     near: Tensor | None = None,
     far: Tensor | None = None,
     chunk: int = 8192,
+    relative: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``[R]`` median depth, ``[R]`` opacity and ``[R]`` spread of each ray.
 
@@ -260,7 +261,9 @@ def render_median_depth(
     0.5: a point on the first surface, where the expected depth of a ray grazing an edge would float
     between the object and the background. The spread is the depth between the weight's quartiles over the
     median depth: a few hundredths for a ray stopped by a crisp surface, more where it crosses fog or a
-    smeared one. ``nan`` where the opacity stays below 0.5 (0.25 for the first quartile).
+    smeared one. ``nan`` where the opacity stays below 0.5 (0.25 for the first quartile). ``relative``: the
+    quartiles of the weight the ray holds (0.5 of its opacity for the median), so that a faint field (a short
+    run's) has depths too; ``nan`` only where the ray holds no weight.
     """
     depths, opacities, spreads = [], [], []
     for s in range(0, len(origins), chunk):
@@ -271,17 +274,19 @@ def render_median_depth(
         sigma = field.density(samples.positions(o, d))
         w = render_weights(sigma, samples.deltas, samples.ray_indices, len(o))
         cum = exclusive_cumsum(w, samples.ray_indices, len(o)) + w
+        opacity = accumulate(w, None, samples.ray_indices, len(o))[:, 0]
+        held = opacity[samples.ray_indices] if relative else torch.ones_like(cum)
         index = torch.arange(len(samples), device=o.device)
         t = torch.cat([samples.t_mid, samples.t_mid.new_full((1,), float("nan"))])
         quartiles = []
         for q in (0.25, 0.5, 0.75):
             # the first sample of each ray whose accumulated weight reaches q (len(samples): none, t = nan);
             # torch.where rather than a mask, whose data-dependent size would make a GPU wait
-            reached = torch.where(cum >= q, index, len(samples))
+            reached = torch.where((cum >= q * held) & (held > 0), index, len(samples))
             first = torch.full((len(o),), len(samples), dtype=torch.long, device=o.device)
             first = first.scatter_reduce(0, samples.ray_indices, reached, reduce="amin")
             quartiles.append(t[first])
         depths.append(quartiles[1])
         spreads.append((quartiles[2] - quartiles[0]) / quartiles[1])
-        opacities.append(accumulate(w, None, samples.ray_indices, len(o))[:, 0])
+        opacities.append(opacity)
     return torch.cat(depths), torch.cat(opacities), torch.cat(spreads)

@@ -478,11 +478,34 @@ def read_objects(root: Path, classes: list[str]) -> tuple[list[SceneObject], np.
 # ------------------------------------------------------------------------------------ geometry, splits
 
 
+LEVEL_SPREAD = 0.05
+"""The second eigenvalue of the cameras' mean right-vector outer product above which their right vectors span a
+plane (cameras turned about up: an orbit, a walk) rather than a line (a forward-facing capture)."""
+
+
 def camera_up(c2w: Tensor | np.ndarray) -> np.ndarray:
-    """Normalised mean of the cameras' up vectors (column 1 of ``[N, 3, 4]`` c2w); +z if they cancel."""
-    up = np.asarray(c2w, dtype=np.float64)[:, :, 1].mean(axis=0)
-    norm = np.linalg.norm(up)
-    return up / norm if norm > 1e-9 else np.array([0.0, 0.0, 1.0])
+    """Which way is up, from the cameras alone (``[N, 3, 4]`` c2w, columns right, up, back), in any world frame.
+
+    Photos are taken nearly level: each camera's right vector (column 0) is nearly horizontal, whatever its
+    pitch. Where the right vectors span a plane (cameras turned about the vertical), up is the normal of that
+    plane (the smallest eigenvector of their outer products, as nerfstudio's "vertical" orientation), signed by
+    the cameras' mean up; else (all cameras face one way) the mean up vector made orthogonal to their common
+    right vector, which still carries the cameras' mean pitch (a forward-facing room tilted down by 20 deg is
+    20 deg off: the flat surfaces settle it, :func:`~ovseg3d.detect.gravity.estimate_up`). +z if the cameras
+    give nothing."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    mean_up = c2w[:, :, 1].mean(axis=0)
+    right = c2w[:, :, 0] / np.linalg.norm(c2w[:, :, 0], axis=1, keepdims=True)
+    evals, evecs = np.linalg.eigh(right.T @ right / len(right))
+    if evals[1] > LEVEL_SPREAD:
+        up = evecs[:, 0]
+    else:
+        axis = evecs[:, 2]
+        up = mean_up - (mean_up @ axis) * axis
+    if np.linalg.norm(up) < 1e-9 or np.linalg.norm(mean_up) < 1e-9:
+        return np.array([0.0, 0.0, 1.0]) if np.linalg.norm(mean_up) < 1e-9 else mean_up / np.linalg.norm(mean_up)
+    up = up / np.linalg.norm(up)
+    return up if up @ mean_up >= 0 else -up
 
 
 def frustum_corners(cameras: Cameras, depths: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,13 +65,16 @@ def estimate_up(
     hint_deg: float = 35.0,
     inlier_deg: float = 10.0,
     ground: np.ndarray | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """The unit up vector of a scene: the direction shared by the most area of flat surfaces (floors, table
-    tops), refined by a mean shift over their normals with a shrinking window. ``hint`` (e.g. the cameras' mean up) keeps
-    only directions within ``hint_deg`` of it and picks the sign; without it the sign puts the support plane
+    tops), refined by a mean shift over their normals with a shrinking window. ``hint`` (e.g. the cameras' up,
+    :func:`~ovseg3d.data.loader.camera_up`) keeps only directions within ``hint_deg`` of it and picks the sign; without it the sign puts the support plane
     below the rest of the points. ``ground`` (``[N]`` bool, e.g. the points labelled floor) names the plane
     to level: without it the plane is the one where most flat points lie, which in a sparse cloud can be a
-    book's top."""
+    book's top. A labelled floor whose plane leans more than ``inlier_deg`` from the flat surfaces' mode (floor
+    labels spilling onto a wall's foot) is not used, and a result more than ``hint_deg`` from the hint is said
+    in one line through ``log``."""
     planes = voxel_normals(xyz, cell)
     flat = planes.planarity > 0.9
     if flat.sum() < 3:
@@ -97,17 +101,35 @@ def estimate_up(
             break  # a narrower window holds no normal: keep the mode of the last one
         inl, up = window, mean / np.linalg.norm(mean)
     on_plane = np.isin(planes.point_voxel, np.flatnonzero(flat)[inl])
+    mode = up
+    up = refine_plane_normal(xyz, mode, on_plane, cell)
     if ground is not None and ground.sum() >= 30:
-        up = fit_plane_normal(xyz[ground], up)  # the labelled floor, whatever its share of the flat area
-    else:
-        up = refine_plane_normal(xyz, up, on_plane, cell)
+        # the labelled floor, whatever its share of the flat area: the plane at the height where most of its points
+        # lie (a label that spills onto the feet of objects and walls leaves that height's band alone)
+        floor = refine_plane_normal(xyz[ground], mode, np.ones(int(ground.sum()), bool), cell)
+        if abs(float(floor @ mode)) >= cos_in:
+            up = floor
+        elif log is not None:
+            log(
+                f"the points labelled floor lie on no level plane (theirs leans {_degrees(floor, mode):.0f} deg from "
+                "the flat surfaces'): levelled by the flat surfaces"
+            )
     if hint is not None:
-        return up if up @ hint >= 0 else -up
+        up = up if up @ hint >= 0 else -up
+        if log is not None and _degrees(up, hint) > hint_deg:
+            log(f"up is {_degrees(up, hint):.0f} deg from the cameras' up: check it, or give --up X Y Z")
+        return up
     height = xyz @ up
     lo, hi = np.percentile(height, [2, 98])
     # the support plane (most flat area) is the floor or a table top: more of the scene lies above it
     plane_h = float(np.median(height[on_plane]))
     return up if (plane_h - lo) <= (hi - plane_h) else -up
+
+
+def _degrees(a: np.ndarray, b: np.ndarray) -> float:
+    """The angle between two directions, in degrees (sign ignored)."""
+    cos = abs(float(a @ b)) / (np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.degrees(np.arccos(min(1.0, cos))))
 
 
 def refine_plane_normal(xyz: np.ndarray, up: np.ndarray, seeds: np.ndarray, cell: float, iters: int = 6) -> np.ndarray:

@@ -364,7 +364,7 @@ def detect(
         up = np.asarray(opts.up, np.float64) / np.linalg.norm(opts.up)
     else:
         try:
-            up = estimate_up(xyz, 8 * spacing, hint=up_hint, ground=ground)
+            up = estimate_up(xyz, 8 * spacing, hint=up_hint, ground=ground, log=log)
         except NoFlatSurface:
             if up_hint is None:
                 raise

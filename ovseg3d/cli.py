@@ -125,7 +125,7 @@ class ViewArgs:
     max_points: int = 200_000
     """Show at most this many points (a random subset)."""
     point_size: float = 0.0
-    """Point size in world units (0: the export's voxel size)."""
+    """Point size in world units (0: the typical distance between neighbouring points of the cloud)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
     force: bool = False
@@ -470,19 +470,19 @@ def cmd_detect(args: list[str]) -> int:
 
 
 def cmd_view(args: list[str]) -> int:
-    from ovseg3d.viewer import Viewer, check_listen, is_loopback, load_queries
+    from ovseg3d.viewer import Viewer, check_listen, is_loopback, load_queries, point_size
 
     args = _positional(args, "--run")
     _require(args, "--run", "run folder", "ovseg3d view RUN [options]")
     a = _parse(ViewArgs, args=args, prog="ovseg3d view RUN")
     _at_least("max-points", a.max_points, 1)
-    _at_least("point-size", a.point_size, 0.0, " (0: the export's voxel size)")
+    _at_least("point-size", a.point_size, 0.0, " (0: from the cloud's point spacing)")
     check_listen(a.host, a.port)  # before loading the run (which may extract its cloud for minutes)
     from ovseg3d.run import allow_changed_scene
 
     with allow_changed_scene(a.force):
         queries, trainer, distiller = load_queries(a.run, a.max_points, a.device)
-    size = a.point_size or max(queries.cloud.voxel_size, 1e-3)
+    size = a.point_size or point_size(queries.cloud)
     viewer = Viewer(queries, trainer, distiller, a.host, a.port, size, a.run)
     port = viewer.server.get_port()
     url_host = "localhost" if is_loopback(a.host) or a.host in ("0.0.0.0", "::", "") else a.host

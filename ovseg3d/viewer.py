@@ -198,6 +198,60 @@ def browser_camera(wxyz: np.ndarray, position: np.ndarray, fov_y: float, aspect:
     return Cameras(c2w, t(f), t(f), t(width / 2), t(height / 2), width, height)
 
 
+@dataclass
+class StartView:
+    """Where the browser's camera starts: ``position``, ``look_at``, ``up`` (world), ``fov`` (vertical, radians)."""
+
+    position: np.ndarray
+    look_at: np.ndarray
+    up: np.ndarray
+    fov: float
+
+
+def start_view(
+    xyz: np.ndarray,
+    c2w: np.ndarray,
+    fy: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    size: tuple[int, int],
+    sample: int = 4096,
+) -> StartView:
+    """The training camera (``[N, 3, 4]`` OpenGL c2w, focal ``fy`` and principal point ``[N]``, images of
+    ``size`` (width, height)) whose frame holds the most of the cloud ``xyz`` (a sample of ``sample`` points), as nerfstudio's viewer starts from a training
+    camera: it stands where a photo was taken, inside a room rather than in the middle of its objects or behind
+    a wall, and frames what was photographed. It looks at the median depth of the points it sees, with a field
+    of view 10 % wider than the photo's; up is the cameras' (their level right vectors)."""
+    from ovseg3d.data.loader import camera_up
+
+    pts = np.asarray(xyz, np.float64)
+    if len(pts) > sample:
+        pts = pts[np.random.default_rng(0).choice(len(pts), sample, replace=False)]
+    rot, centre = c2w[:, :, :3], c2w[:, :, 3]
+    local = np.einsum("nji,npj->npi", rot, pts[None] - centre[:, None])  # camera frame: x right, y up, -z ahead
+    depth = -local[..., 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = fy[:, None] * local[..., 0] / depth + cx[:, None]
+        v = -fy[:, None] * local[..., 1] / depth + cy[:, None]
+    inside = (depth > 0) & (u >= 0) & (u < size[0]) & (v >= 0) & (v < size[1])
+    best = int(np.argmax(inside.sum(1)))
+    seen = depth[best][inside[best]]
+    ahead = float(np.median(seen)) if len(seen) else float(np.linalg.norm(pts.mean(0) - centre[best])) or 1.0
+    forward = -rot[best][:, 2]
+    fov = 1.1 * 2.0 * math.atan(0.5 * size[1] / float(fy[best]))
+    return StartView(centre[best].copy(), centre[best] + ahead * forward, camera_up(c2w), fov)
+
+
+def point_size(cloud: LabelledCloud) -> float:
+    """The points' size in the browser (world units): the typical distance between neighbouring points
+    (:func:`~ovseg3d.detect.head.point_spacing`), at least the fusion's voxel, so that a surface reads as one
+    and a sparse cloud is not drawn as overlapping blobs."""
+    from ovseg3d.detect.head import point_spacing
+
+    spacing = point_spacing(cloud.xyz.astype(np.float64)) if len(cloud) > 1 else 0.0
+    return max(spacing, cloud.voxel_size, 1e-4)
+
+
 class Viewer:
     """The viser server. ``set_query`` / ``set_mode`` / ``set_hidden`` are what the panel calls; ``run``: where
     to look for ``detections.json`` (boxes drawn with their class names)."""
@@ -340,17 +394,22 @@ class Viewer:
             )
 
     def _place_camera(self) -> None:
-        """Up is the training cameras' mean up; the first view looks at the cloud from behind the cameras."""
-        c2w = self.trainer.scene.cameras.c2w[self.trainer.scene.train_ids].double().numpy()
-        up = c2w[:, :, 1].mean(0)
-        up /= np.linalg.norm(up)
-        self.server.scene.set_up_direction(tuple(up))
-        target = np.median(self.q.cloud.xyz, axis=0).astype(np.float64)
-        eye = c2w[:, :, 3].mean(0)
+        """The first view is a training camera's, the one that sees the most of the cloud (:func:`start_view`);
+        up is the cameras' (:func:`~ovseg3d.data.loader.camera_up`)."""
+        scene = self.trainer.scene
+        ids = scene.train_ids
+        cams = scene.cameras
+        view = start_view(
+            self.q.cloud.xyz,
+            cams.c2w[ids].double().numpy(),
+            cams.fy[ids].double().numpy(),
+            cams.cx[ids].double().numpy(),
+            cams.cy[ids].double().numpy(),
+            (cams.width, cams.height),
+        )
+        self.server.scene.set_up_direction(tuple(view.up))
         cam = self.server.initial_camera
-        cam.position = tuple(target + 1.6 * (eye - target))  # behind the cameras, so they are in view
-        cam.look_at = tuple(target)
-        cam.up = tuple(up)
+        cam.position, cam.look_at, cam.up, cam.fov = tuple(view.position), tuple(view.look_at), tuple(view.up), view.fov
 
     def _add_boxes(self, path: Path) -> list[dict]:
         """Draw the oriented boxes of ``RUN/detections.json`` (if it exists) with their class names."""

@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from ovseg3d.viewer import CloudQueries, browser_camera, load_queries, matrix_to_quaternion, quaternion_to_matrix
+from ovseg3d.export import LabelledCloud
+from ovseg3d.viewer import (
+    CloudQueries,
+    browser_camera,
+    load_queries,
+    matrix_to_quaternion,
+    point_size,
+    quaternion_to_matrix,
+    start_view,
+)
 
 viser = pytest.importorskip("viser")
 websockets_sync = pytest.importorskip("websockets.sync.client")
@@ -185,3 +194,47 @@ def test_boxes_turn_by_their_rotation_or_else_their_yaw():
         quaternion_to_matrix(np.array(box_orientation({"rotation": tilted.tolist()}))), tilted, atol=1e-9
     )
     np.testing.assert_allclose(quaternion_to_matrix(np.array(box_orientation({"yaw": 0.7}))), rot_z(0.7), atol=1e-9)
+
+
+def test_the_first_view_stands_at_a_training_camera_and_frames_the_objects():
+    """An orbit room: cameras on a ring inside the walls, all looking at a table of objects in the middle. The
+    cameras' mean position is the middle of the objects (the first view used to stand there, 1.6x that from
+    the target: inside the cloud); the first view now stands at a training camera, looks at the objects and
+    keeps all of them in its frame."""
+    rng = np.random.default_rng(0)
+    objects = rng.uniform([-0.4, -0.4, 0.0], [0.4, 0.4, 0.5], (3000, 3))
+    t = rng.uniform(0, 2 * np.pi, 6000)
+    walls = np.c_[3 * np.cos(t), 3 * np.sin(t), rng.uniform(0, 2.5, 6000)]  # a round room, 3 m in radius
+    xyz = np.vstack([objects, walls])
+    c2w = []
+    for a in np.linspace(0, 2 * np.pi, 16, endpoint=False):
+        eye = np.array([1.8 * np.cos(a), 1.8 * np.sin(a), 1.2])
+        back = (eye - [0, 0, 0.25]) / np.linalg.norm(eye - [0, 0, 0.25])
+        right = np.cross([0, 0, 1.0], back)
+        right /= np.linalg.norm(right)
+        c2w.append(np.c_[right, np.cross(back, right), back, eye])
+    c2w = np.stack(c2w)
+    n = len(c2w)
+    fy, cx, cy = np.full(n, 100.0), np.full(n, 80.0), np.full(n, 60.0)
+    view = start_view(xyz, c2w, fy, cx, cy, (160, 120))
+    assert np.linalg.norm(c2w[:, :, 3].mean(0) - [0, 0, 1.2]) < 1e-6  # the old rule's eye: amid the objects
+    assert min(np.linalg.norm(c2w[:, :, 3] - view.position, axis=1)) < 1e-9  # a training camera's centre
+    np.testing.assert_allclose(view.up, [0, 0, 1], atol=1e-6)
+    # every object point is in front of it and inside its field of view
+    forward = (view.look_at - view.position) / np.linalg.norm(view.look_at - view.position)
+    rel = objects - view.position
+    cos = (rel @ forward) / np.linalg.norm(rel, axis=1)
+    assert (cos > np.cos(view.fov / 2)).all()
+    assert np.linalg.norm(view.look_at - view.position) < 3.0  # looking into the room, not at a far wall
+
+
+def test_points_are_sized_from_their_spacing():
+    """A plane of points 5 cm apart is drawn with points about 5 cm wide, whatever the fusion voxel said."""
+    g = np.arange(0, 2, 0.05)
+    xyz = np.stack([*np.meshgrid(g, g, indexing="ij"), np.zeros((len(g), len(g)))], -1).reshape(-1, 3)
+    n = len(xyz)
+    cloud = LabelledCloud(
+        xyz.astype(np.float32), np.zeros((n, 3), np.uint8), np.ones(n, np.int32), np.full(n, -1, np.int32),
+        np.zeros(n, np.float32), np.zeros((n, 0), np.float16), {}, None, [], voxel_size=0.01,
+    )  # fmt: skip
+    assert 0.035 < point_size(cloud) < 0.07

@@ -130,3 +130,23 @@ def segmentation_metrics(preds: dict[int, Tensor], masks: dict[int, Tensor], cla
         "per_view_iou": per_view,
         "n_views": len(masks),
     }
+
+
+def nearest_distances(queries: Tensor, points: Tensor, chunk: int = 2048) -> Tensor:
+    """``[Q]`` distance from each of ``queries [Q, 3]`` to its nearest of ``points [P, 3]`` (``inf`` when there
+    are none), in chunks of queries so that memory stays at ``chunk x P``."""
+    if not len(points):
+        return torch.full((len(queries),), float("inf"), dtype=queries.dtype, device=queries.device)
+    out = [torch.cdist(queries[s : s + chunk], points).min(1).values for s in range(0, len(queries), chunk)]
+    return torch.cat(out) if out else queries.new_zeros(0)
+
+
+def surface_fscore(to_truth: Tensor, to_cloud: Tensor, tau: float) -> dict[str, float]:
+    """Tanks and Temples' scores of a reconstruction at threshold ``tau``: precision (accuracy), the share of
+    the cloud's points within ``tau`` of the true surface (``to_truth [P]``: each point's distance to it);
+    recall (completeness), the share of points sampled on the true surface within ``tau`` of the cloud
+    (``to_cloud [G]``); and their harmonic mean, the F-score. An empty side scores 0."""
+    precision = float((to_truth <= tau).float().mean()) if len(to_truth) else 0.0
+    recall = float((to_cloud <= tau).float().mean()) if len(to_cloud) else 0.0
+    f = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": precision, "recall": recall, "fscore": f}

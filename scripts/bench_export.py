@@ -11,6 +11,10 @@ For a run of a scene made by ``ovseg3d synth`` (default: ``bench/runs/demo`` fro
   points farther than 1 % of the extent from every surface are left out: they have no true class), and the
   same over the points clearly on one class's surface (within 5 mm of it, 2 cm clear of any other class's):
   near contacts a 2 cm depth error alone changes the nearest class;
+* **completeness** (Tanks and Temples): the true surface is sampled by casting the training cameras' rays (one
+  pixel in ``--truth-stride``) into ``scene.json``'s primitives, keeping the hits that at least one other
+  training view also sees (in its frame, not occluded); precision (accuracy), recall (completeness) and F-score
+  at 0.5 % and 1 % of the extent, overall and per true class;
 * **query**: the time of one relevancy query over ``--query-points`` points (the cloud's features, repeated
   when it has fewer), as ``ovseg3d view`` computes it on each query, median over 20 queries.
 
@@ -33,9 +37,14 @@ import torch.nn.functional as F
 import tyro
 
 from ovseg3d import accel
+from ovseg3d.data.cameras import Cameras, image_rays, project_points
 from ovseg3d.export import ExportOptions, extract_cloud, write_export
+from ovseg3d.metrics import nearest_distances, surface_fscore
 from ovseg3d.run import load_run_config
 from ovseg3d.synth import class_distances
+from ovseg3d.synth.raycast import cast_rays
+from ovseg3d.synth.scene import scene_from_json
+from ovseg3d.train import load_trainer
 from ovseg3d.viewer import CloudQueries
 
 
@@ -52,8 +61,63 @@ class Args:
     pixel_stride: int = ExportOptions.pixel_stride
     """Lift one pixel in N along each axis (0: chosen from the voxel size, as ovseg3d export does)."""
     query_points: int = 200_000
+    truth_stride: int = 2
+    """Sample the true surface at one pixel in N along each axis of the training views."""
     device: str = "cpu"
     out: Path = Path("bench/export.json")
+
+
+def visible_truth(scene_json: dict, cams: Cameras, views: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Points of the true surface seen by at least two of ``views``: each view's rays cast into the scene's
+    primitives, a hit kept when another view has it in frame with nothing nearer on the ray from its centre.
+    Returns ``xyz [G, 3]`` and each point's class name."""
+    scene = scene_from_json(scene_json)
+    pts, cls, owner = [], [], []
+    for v in views:
+        origins, dirs = (t.double().numpy() for t in image_rays(cams, v))
+        t, prim = cast_rays(scene, origins, dirs / np.linalg.norm(dirs, axis=1, keepdims=True))
+        hit = np.isfinite(t)
+        pts.append(origins[hit] + t[hit, None] * dirs[hit] / np.linalg.norm(dirs[hit], axis=1, keepdims=True))
+        cls.append(np.array([scene.primitives[i].cls for i in prim[hit]], dtype=object))
+        owner.append(np.full(int(hit.sum()), v))
+    xyz, cls, owner = np.concatenate(pts), np.concatenate(cls), np.concatenate(owner)
+    seen = np.zeros(len(xyz), dtype=np.int64)
+    x = torch.from_numpy(xyz).float()
+    for v in views:
+        u, w, front = project_points(cams, v, x)
+        inside = (front & (u >= 0) & (u < cams.width) & (w >= 0) & (w < cams.height)).numpy()
+        centre = cams.c2w[v, :, 3].double().numpy()
+        ray = xyz[inside] - centre
+        dist = np.linalg.norm(ray, axis=1)
+        t, _ = cast_rays(scene, np.broadcast_to(centre, ray.shape).copy(), ray / dist[:, None])
+        visible = np.zeros(len(xyz), bool)
+        visible[np.flatnonzero(inside)] = t >= dist * (1 - 1e-4) - 1e-6
+        seen += visible & (owner != v)
+    keep = seen >= 1
+    return xyz[keep], cls[keep]
+
+
+def completeness(scene_json: dict, run: Path, cloud_xyz: np.ndarray, extent: float, stride: int) -> dict:
+    """Precision, recall and F-score of the cloud against the true surface the training views see, at 0.5 % and
+    1 % of ``extent``, overall and per class (recall per true class; precision per the nearest surface's)."""
+    trainer = load_trainer(run, "cpu")
+    cams = trainer.scene.cameras.scaled(1 / stride) if stride > 1 else trainer.scene.cameras
+    truth, truth_cls = visible_truth(scene_json, cams, list(trainer.scene.train_ids))
+    to_cloud = nearest_distances(torch.from_numpy(truth).float(), torch.from_numpy(cloud_xyz).float()).numpy()
+    by_class, names = class_distances(scene_json, cloud_xyz)
+    to_truth, near_cls = by_class.min(1), names[by_class.argmin(1)]
+    out: dict = {"truth_points": len(truth)}
+    for share in (0.005, 0.01):
+        tau = share * extent
+        key = f"tau_{share * 100:g}pct"
+        out[key] = surface_fscore(torch.from_numpy(to_truth), torch.from_numpy(to_cloud), tau)
+        out[key]["per_class"] = {
+            str(c): surface_fscore(
+                torch.from_numpy(to_truth[near_cls == c]), torch.from_numpy(to_cloud[truth_cls == c]), tau
+            )
+            for c in np.unique(truth_cls)
+        }
+    return out
 
 
 def main(args: Args) -> dict:
@@ -110,6 +174,7 @@ def main(args: Args) -> dict:
         queries.relevancy(words[i % len(words)])
         times.append(1000 * (time.perf_counter() - t))
 
+    complete = completeness(scene_json, args.run, cloud.xyz, extent, args.truth_stride)
     result = {
         "run": str(args.run),
         "scene": str(cfg.scene),
@@ -121,6 +186,7 @@ def main(args: Args) -> dict:
         "label_accuracy": float((pred == true_cls)[near].mean()),
         "label_accuracy_clear": float((pred == true_cls)[clear].mean()),
         "per_class": per_class,
+        "completeness": complete,
         "options": {
             k: getattr(opts, k)
             for k in ("spacing", "min_views", "min_agreeing", "max_spread", "depth_tolerance", "pixel_stride")
@@ -140,6 +206,16 @@ def main(args: Args) -> dict:
     for c, v in per_class.items():
         clear_txt = f"; clear: {100 * v['clear_accuracy']:.1f} % of {v['clear_points']}" if v["clear_points"] else ""
         print(f"{'  ' + c:<34} {100 * v['accuracy']:.1f} % of {v['points']}{clear_txt}")
+    for key in ("tau_0.5pct", "tau_1pct"):
+        c = complete[key]
+        print(
+            f"{'P / R / F at ' + key[4:].replace('pct', ' %'):<34} {100 * c['precision']:.1f} / "
+            f"{100 * c['recall']:.1f} / {100 * c['fscore']:.1f}  (true surface: {complete['truth_points']} points)"
+        )
+        for cls_name, v in c["per_class"].items():
+            print(
+                f"{'  ' + cls_name:<34} {100 * v['precision']:.1f} / {100 * v['recall']:.1f} / {100 * v['fscore']:.1f}"
+            )
     print(f"{'export time':<34} {seconds:.1f} s")
     print(f"{f'query over {args.query_points} points':<34} {result['query_ms_median']:.1f} ms")
     args.out.parent.mkdir(parents=True, exist_ok=True)

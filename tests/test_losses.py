@@ -102,3 +102,25 @@ def test_training_selection_learned_or_one_scale():
     torch.testing.assert_close(training_selection(learned), finest)  # the default: the finest scale
     torch.testing.assert_close(training_selection(learned, scale=2), finest)
     torch.testing.assert_close(training_selection(learned, scale=-3), torch.tensor([[1.0, 0.0, 0.0]]).expand(5, 3))
+
+
+def test_the_fscore_of_a_cloud_missing_its_floor_is_low():
+    """A room's floor and a box on it, sampled as the true surface; a cloud of the box alone is accurate
+    (precision 1) but misses the floor, so its completeness and F-score are low; the whole cloud scores 1."""
+    from ovseg3d.metrics import nearest_distances, surface_fscore
+
+    g = torch.linspace(-1, 1, 60)
+    floor = torch.stack([*torch.meshgrid(g, g, indexing="ij"), torch.zeros(60, 60)], -1).reshape(-1, 3)
+    h = torch.linspace(-0.2, 0.2, 20)
+    box = torch.stack([*torch.meshgrid(h, h, indexing="ij"), torch.full((20, 20), 0.4)], -1).reshape(-1, 3)
+    truth = torch.cat([floor, box])
+    tau = 0.01 * 2 * 2**0.5  # 1 % of the room's diagonal
+    for cloud, low in ((box + 0.001, True), (truth + 0.001, False)):
+        to_truth = nearest_distances(cloud, truth)
+        scores = surface_fscore(to_truth, nearest_distances(truth, cloud), tau)
+        assert scores["precision"] == 1.0
+        if low:
+            assert scores["recall"] < 0.2 and scores["fscore"] < 0.9
+        else:
+            assert scores["recall"] == 1.0 and scores["fscore"] == 1.0
+    assert surface_fscore(torch.zeros(0), nearest_distances(truth, torch.zeros(0, 3)), tau)["fscore"] == 0.0

@@ -22,7 +22,8 @@ from ovseg3d.train import load_trainer
 
 @dataclass
 class Args:
-    run: Path
+    run: tyro.conf.Positional[Path]
+    """The run folder."""
     held_out: int = 5
     """Held-out views to check (the first N)."""
     training: int = 5

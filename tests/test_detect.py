@@ -409,3 +409,34 @@ def test_a_cloud_without_flat_surfaces_is_levelled_by_the_cameras_up():
     assert sorted(d.name for d in result.detections) == ["book", "mug"]
     with pytest.raises(NoFlatSurface, match="--up X Y Z"):
         detect(cloud, DetectOptions(size_prior=False), log=lambda *_: None)
+
+
+def _sphere_shell(center, r: float, n: int = 3000) -> np.ndarray:
+    d = RNG.normal(size=(n, 3))
+    return np.asarray(center) + r * d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+def _can_shell(center, r: float, h: float, n: int = 3000) -> np.ndarray:
+    a, z = RNG.uniform(0, 2 * np.pi, n), RNG.uniform(-h / 2, h / 2, n)
+    return np.asarray(center) + np.c_[r * np.cos(a), r * np.sin(a), z]
+
+
+def test_a_half_seen_ball_or_can_gets_the_whole_objects_box():
+    """A tennis ball and a soda can seen from one side only (the half facing +x, as one camera sees them, and
+    the ball's top): their boxes are the whole ball's (6.7 cm a side, centred on it) and the whole can's
+    footprint; without completion they are half as deep. A book's box is left alone."""
+    ball = _sphere_shell([0.0, 0.0, 0.0335], 0.0335)
+    can = _can_shell([0.4, 0.0, 0.061], 0.033, 0.122)
+    book = box_surface([-0.4, 0.0, 0.02], [0.2, 0.14, 0.04], 0.0)
+    parts = [(floor(), 3), (ball[ball[:, 0] > 0.0], 0), (can[can[:, 0] > 0.4], 1), (book, 2)]
+    cloud = cloud_of(parts, ["tennis ball", "soda can", "book", "floor"])
+    quiet = {"up_hint": np.array([0, 0, 1.0]), "log": lambda *_: None}
+    found = {d.name: d for d in detect(cloud, DetectOptions(size_prior=False), **quiet).detections}
+    np.testing.assert_allclose(found["tennis ball"].size, 0.067, atol=0.004)
+    np.testing.assert_allclose(found["tennis ball"].center, [0.0, 0.0, 0.0335], atol=0.003)
+    np.testing.assert_allclose(sorted(found["soda can"].size[:2]), [0.066, 0.066], atol=0.004)
+    np.testing.assert_allclose(found["soda can"].center[:2], [0.4, 0.0], atol=0.003)
+    np.testing.assert_allclose(sorted(found["book"].size), [0.04, 0.14, 0.2], atol=0.01)
+    plain = detect(cloud, DetectOptions(size_prior=False, complete_round=False), **quiet).detections
+    half = {d.name: d for d in plain}
+    assert min(half["tennis ball"].size[:2]) < 0.04 and min(half["soda can"].size[:2]) < 0.04

@@ -138,3 +138,46 @@ def face(
             size = box.size[[1, 0, 2]] if k % 2 else box.size.copy()
             return Box(box.center.copy(), size, side)
     return fit_upright_box(xyz, yaw=refined)
+
+
+def fit_sphere(xyz: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Least-squares sphere through ``xyz [N, 3]`` (the algebraic fit ``|p|^2 = 2 c.p + k``): centre, radius and
+    the RMS of the points' distances to it over the radius."""
+    a = np.c_[2 * xyz, np.ones(len(xyz))]
+    sol = np.linalg.lstsq(a, (xyz**2).sum(1), rcond=None)[0]
+    centre = sol[:3]
+    radius = float(np.sqrt(max(sol[3] + centre @ centre, 1e-18)))
+    rms = float(np.sqrt(np.mean((np.linalg.norm(xyz - centre, axis=1) - radius) ** 2)))
+    return centre, radius, rms / radius
+
+
+def fit_circle(xy: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """:func:`fit_sphere` in the plane: centre, radius and relative RMS of ``xy [N, 2]``."""
+    a = np.c_[2 * xy, np.ones(len(xy))]
+    sol = np.linalg.lstsq(a, (xy**2).sum(1), rcond=None)[0]
+    centre = sol[:2]
+    radius = float(np.sqrt(max(sol[2] + centre @ centre, 1e-18)))
+    rms = float(np.sqrt(np.mean((np.linalg.norm(xy - centre, axis=1) - radius) ** 2)))
+    return centre, radius, rms / radius
+
+
+def complete_round(box: Box, xyz: np.ndarray, shape: str, max_rms: float = 0.15) -> Box:
+    """The amodal box of a round object of which ``xyz`` (+z up) is the visible shell: a ``sphere``'s box is the
+    fitted sphere's cube; a ``cylinder``'s (about +z) footprint is the square around the fitted circle (its
+    radius the 98th percentile of the points' distances from the axis, for a bulging vase), its height the
+    box's. ``box`` is kept when the fit is poor (relative RMS over ``max_rms``: not round after all), when the
+    fit would more than double the box or shrink it (a flat patch fits any large sphere)."""
+    if len(xyz) < 10:
+        return box
+    if shape == "sphere":
+        centre, radius, rms = fit_sphere(xyz)
+        size = np.full(3, 2 * radius)
+    else:
+        c2, _, rms = fit_circle(xyz[:, :2])
+        radius = float(np.quantile(np.linalg.norm(xyz[:, :2] - c2, axis=1), 0.98))
+        centre = np.array([c2[0], c2[1], box.center[2]])
+        size = np.array([2 * radius, 2 * radius, box.size[2]])
+    grows = size.max() >= 0.95 * box.size.max() and size.max() <= 2.0 * box.size.max()
+    if rms > max_rms or not grows:
+        return box
+    return Box(centre, size, box.yaw)

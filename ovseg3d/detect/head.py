@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ovseg3d.atomic import write_json
-from ovseg3d.detect.boxes import Box, face, fit_upright_box, front_yaw
+from ovseg3d.detect.boxes import Box, complete_round, face, fit_upright_box, front_yaw
 from ovseg3d.detect.gravity import NoFlatSurface, estimate_up, gravity_rotation
 from ovseg3d.detect.instances import clean_instance, connected_components, label_instances, merge_pieces
 from ovseg3d.detect.metrics import box_iou, rot_z
@@ -61,6 +61,10 @@ class DetectOptions:
     """A box whose bottom is less than its own height above the support (the height where most points
     labelled floor lie, or most points when none is) is grown down to it: objects stand on it, and a fused
     cloud seldom keeps an object's bottom centimetres, which cameras see at a grazing angle or label floor."""
+    complete_round: bool = True
+    """Complete a round object (a class whose size prior says ``sphere`` or ``cylinder``) from its visible shell:
+    the box of the fitted sphere, or the square around the fitted circle of a cylinder's footprint, so that a
+    half-seen ball gets the whole ball's box (the amodal box)."""
     join_pieces: bool = True
     """Join pieces of one class whose bounding boxes overlap or lie within --eps of each other when the
     joined box is nearer the class's prior size than either (a chair seen from the front can fall apart into
@@ -431,6 +435,9 @@ def _posed(
         symmetric = asym < opts.front_threshold if symmetric is None else False
         if not symmetric:
             box = face(box, yaw, pts)
+    shape = priors.shapes.get(cand.name.lower())
+    if opts.complete_round and shape is not None:
+        box = complete_round(box, pts, shape)
     if opts.rest_on_support:
         box = rest_on(box, support)
     det = Detection(

@@ -12,15 +12,18 @@ import numpy as np
 from ovseg3d.errors import UsageError
 
 SHIPPED = Path(__file__).with_name("size_priors.json")
+SHAPES = ("sphere", "cylinder")
 
 
 @dataclass
 class SizePriors:
     """``sizes``: class -> (L, W, H) metres; ``symmetric``: class -> looks alike from front and back;
-    ``stuff``: classes that are surfaces of the scene, never boxed."""
+    ``shapes``: class -> ``sphere`` or ``cylinder`` (about the vertical) for round objects; ``stuff``: classes
+    that are surfaces of the scene, never boxed."""
 
     sizes: dict[str, np.ndarray] = field(default_factory=dict)
     symmetric: dict[str, bool] = field(default_factory=dict)
+    shapes: dict[str, str] = field(default_factory=dict)
     stuff: set[str] = field(default_factory=set)
 
     @classmethod
@@ -37,6 +40,10 @@ class SizePriors:
                     priors.sizes[name.lower()] = size
                     if "symmetric" in entry:
                         priors.symmetric[name.lower()] = bool(entry["symmetric"])
+                    if "shape" in entry:
+                        if entry["shape"] not in SHAPES:
+                            raise UsageError(f"class {name!r}: shape must be one of {', '.join(SHAPES)}")
+                        priors.shapes[name.lower()] = entry["shape"]
                 priors.stuff |= {s.lower() for s in table.get("stuff", [])}
             except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise UsageError(f"{path}: not a size-prior table ({exc})") from None

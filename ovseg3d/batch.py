@@ -35,7 +35,7 @@ from ovseg3d.config import TrainConfig
 from ovseg3d.detect.head import DetectOptions
 from ovseg3d.errors import UsageError
 from ovseg3d.export import ExportOptions
-from ovseg3d.pipeline import STAGES, SceneResult, StageError, run_scene, scene_metrics
+from ovseg3d.pipeline import STAGES, SceneResult, partial_result, run_scene, scene_metrics
 
 Log = Callable[[str], None]
 
@@ -188,12 +188,11 @@ def _run_job(job: _Job, log: Log, on_stage: Callable[[str], None] | None = None)
     try:
         result = run_scene(job.scene, job.run, job.stages, job.config, job.export, job.detect, log=log, on_stage=stage)
         return result, ""
-    except StageError as exc:  # a later stage failed: the stages that did not need it ran, their scores are kept
-        cause = exc.__cause__ or exc
-        result = dataclasses.replace(exc.result, error=error_line(cause))
-        trace = "".join(traceback.format_exception(cause)) if not isinstance(cause, UsageError) else ""
-        return result, trace
     except Exception as exc:  # noqa: BLE001 - one scene's failure, whatever it is, must not stop the others
+        partial = partial_result(exc)  # a later stage failed: the stages that did not need it ran, scores kept
+        if partial is not None:
+            trace = "" if isinstance(exc, UsageError) else traceback.format_exc()
+            return dataclasses.replace(partial, error=error_line(exc)), trace
         now, marks = time.perf_counter(), sorted(starts.items(), key=lambda kv: kv[1])
         seconds = {
             name: round((marks[i + 1][1] if i + 1 < len(marks) else now) - t, 3) for i, (name, t) in enumerate(marks)

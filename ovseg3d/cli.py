@@ -400,7 +400,7 @@ def _check_export_options(o: ExportOptions) -> None:
     _at_least("max-spread", o.max_spread, 0.0, " (0: keep all)")
     _at_least("min-agreeing", o.min_agreeing, 0)
     _at_least("depth-tolerance", o.depth_tolerance, 0.0)
-    _at_least("min-points", o.min_points, 0, " (0: never relax the thresholds)")
+    _at_least("relax-below", o.relax_below, 0, " (0: never relax the thresholds)")
     _at_least("view-stride", o.view_stride, 1)
     _at_least("pixel-stride", o.pixel_stride, 0, " (0: chosen from the fusion's voxel size)")
     _at_least("chunk", o.chunk, 1)

@@ -64,7 +64,7 @@ class ExportOptions:
     """Keep a pixel's point only if at least this many other views' depth maps agree with it."""
     depth_tolerance: float = 0.005
     """Relative depth difference under which another view agrees with a point."""
-    min_points: int = 1000
+    relax_below: int = 1000
     """With fewer points than this at the thresholds above (a short run's faint field), the export is made
     again once with them relaxed from the run's own opacities (median-opacity pixels, depths at the middle of
     the weight each ray holds, no spread limit, 1 agreeing view and 1 view a voxel, a 4x depth tolerance), and
@@ -101,7 +101,7 @@ class LabelledCloud:
     classes: list[str]
     voxel_size: float = 0.0
     relaxed: dict[str, float] = field(default_factory=dict)
-    """The export options relaxed for a faint field (``ExportOptions.min_points``), with the values used."""
+    """The export options relaxed for a faint field (``ExportOptions.relax_below``), with the values used."""
 
     def __len__(self) -> int:
         return int(self.xyz.shape[0])
@@ -250,7 +250,7 @@ def view_used(scene: Scene, view: int, cams: Cameras) -> Tensor | None:
 
 
 def relaxed_options(opts: ExportOptions, opacity: Tensor) -> ExportOptions:
-    """The thresholds of the second try of a faint field's export (see ``ExportOptions.min_points``): the
+    """The thresholds of the second try of a faint field's export (see ``ExportOptions.relax_below``): the
     opacity of the median pixel of the views (at most ``opts.min_opacity``, at least 0.05), no spread limit,
     one agreeing view (which makes a point seen by two views: the fusion's voxels then need only one), four times
     the depth tolerance."""
@@ -262,7 +262,7 @@ def relaxed_options(opts: ExportOptions, opacity: Tensor) -> ExportOptions:
         min_agreeing=min(opts.min_agreeing, 1),
         min_views=1,
         depth_tolerance=4 * opts.depth_tolerance,
-        min_points=0,
+        relax_below=0,
     )
 
 
@@ -280,7 +280,7 @@ def surface_points(
     depth maps agree (:func:`agreeing_views`); the kept points are fused by :func:`fuse_points` on a voxel
     grid of ``opts.spacing`` times the scene box diagonal. A pixel its view's mask leaves out is not lifted (its
     colour is the occluder's), though its depth still counts in the agreement (it is the field's). With fewer
-    than ``opts.min_points`` points, once more with :func:`relaxed_options` (one line says so).
+    than ``opts.relax_below`` points, once more with :func:`relaxed_options` (one line says so).
     """
     views = trainer.scene.train_ids[:: max(1, opts.view_stride)]
     cams = trainer.scene.cameras.to(trainer.device)
@@ -290,7 +290,7 @@ def surface_points(
         cams = cams.scaled(1 / stride)
     xyz, values, n_views, opacity = _lift_views(trainer, opts, cams, views, stride, distiller, log)
     changed: dict[str, float] = {}
-    if len(xyz) < opts.min_points:
+    if len(xyz) < opts.relax_below:
         relaxed = relaxed_options(opts, opacity)
         log(
             f"{len(xyz)} points at the export's thresholds (a faint field: a short run?): made again with them "
@@ -298,10 +298,10 @@ def surface_points(
             f"(the views' median pixel), depth at the middle of the weight each ray holds, --max-spread "
             f"{opts.max_spread:g} -> 0, --min-agreeing {opts.min_agreeing} -> {relaxed.min_agreeing}, "
             f"--min-views {opts.min_views} -> 1, --depth-tolerance {opts.depth_tolerance:g} -> "
-            f"{relaxed.depth_tolerance:g} (--min-points 0: never)"
+            f"{relaxed.depth_tolerance:g} (--relax-below 0: never)"
         )
         xyz, values, n_views, _ = _lift_views(trainer, relaxed, cams, views, stride, distiller, log, relative=True)
-        changed = {k: v for k, v in vars(relaxed).items() if k != "min_points" and v != getattr(opts, k)}
+        changed = {k: v for k, v in vars(relaxed).items() if k != "relax_below" and v != getattr(opts, k)}
         changed["relative_depth"] = True
     rgb = values[:, :3].round().clamp(0, 255).to(torch.uint8)
     latent = values[:, 3:].float() if distiller is not None else None

@@ -170,14 +170,16 @@ SUMMARY_KEYS = ("psnr", "ssim", "miou", "teacher_miou", "map25", "map50", "step"
 NEEDS = {"detect": ("export",)}
 
 
-class StageError(Exception):
-    """A stage of :func:`run_scene` failed: ``stage``, and ``result`` with what ran (the seconds, and the scores of
-    the stages that did not need the failed one). The original exception is the ``__cause__``."""
+def partial_result(exc: BaseException) -> SceneResult | None:
+    """The result a failed :func:`run_scene` left on its exception: what ran before and after the failed stage
+    (``failed_stage`` set), or ``None`` when the failure came before any stage finished."""
+    return getattr(exc, "scene_result", None)
 
-    def __init__(self, stage: str, result: SceneResult) -> None:
-        super().__init__(stage)
-        self.stage = stage
-        self.result = result
+
+def __init__(self, stage: str, result: SceneResult) -> None:
+    super().__init__(stage)
+    self.stage = stage
+    self.result = result
 
 
 def stage_range(first: str = STAGES[0], last: str = STAGES[-1]) -> list[str]:
@@ -207,8 +209,9 @@ def run_scene(
     and an existing run is resumed (with its saved settings: other model settings are refused in one line).
     ``on_stage(name)`` is called as each stage starts (a progress bar).
 
-    A failing stage raises :class:`StageError` (from the original exception), after the later stages that do not
-    need its outputs have run: a failed export still leaves the held-out scores of ``eval`` in the result."""
+    A failing export or detect raises its own exception after the later stages that do not need its outputs have
+    run (a failed export still leaves the held-out scores of ``eval``), with the result so far attached
+    (:func:`partial_result`)."""
     from ovseg3d.config import resolve_base
 
     unknown = [s for s in stages if s not in STAGES]
@@ -293,7 +296,8 @@ def run_scene(
     result.metrics = scene_metrics(run)
     if failure is not None:
         result.status, result.failed_stage = "failed", failure[0]
-        raise StageError(failure[0], result) from failure[1]
+        failure[1].scene_result = result  # type: ignore[attr-defined]
+        raise failure[1]
     return result
 
 

@@ -117,7 +117,7 @@ def test_a_failed_export_keeps_the_scores_of_the_stages_that_ran(scenes, tmp_pat
     which reads the export, does not run; eval, which reads only the checkpoint, does, and its scores stay in
     the result and the summary."""
     runs = tmp_path / "runs"
-    impossible = ExportOptions(min_views=10_000, min_points=0)
+    impossible = ExportOptions(min_views=10_000, relax_below=0)
     results = run_batch(scenes[:1], runs, list(STAGE_NAMES), _config(), impossible, use_ray=False, progress=False)
     (r,) = results
     assert r.status == "failed" and r.failed_stage == "export" and "point cloud is empty" in r.error

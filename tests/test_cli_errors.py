@@ -8,6 +8,7 @@ import socket
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -258,6 +259,7 @@ def test_the_viewer_is_private_unless_shared(monkeypatch, tmp_path, capsys, host
 
     class Cloud:
         voxel_size = 0.01
+        xyz = np.arange(15, dtype=np.float32).reshape(5, 3)
 
         def __len__(self) -> int:
             return 5

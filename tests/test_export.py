@@ -186,7 +186,7 @@ def test_export_refuses_a_run_without_semantics_and_an_empty_cloud(exported, tmp
     assert main(["export", str(geo), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no semantic field" in err and len(err.splitlines()) == 1
-    impossible = ["--min-views", "1000", "--min-points", "0"]  # and not made again with relaxed thresholds
+    impossible = ["--min-views", "1000", "--relax-below", "0"]  # and not made again with relaxed thresholds
     assert main(["export", str(run), "--device", "cpu", *impossible, "--output", str(tmp_path / "e")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert last.startswith("ovseg3d export: error:") and "empty" in last
@@ -201,7 +201,9 @@ def test_a_tiny_runs_export_is_not_empty_and_says_what_was_relaxed(tmp_path, cap
     assert main(["synth", str(scene), "--width", "96", "--height", "72", "--n-views", "12", "--seed", "3"]) == 0
     assert main(["train", str(scene), "--output", str(run), "--preset", "tiny", "--device", "cpu"]) == 0
     capsys.readouterr()
-    assert main(["export", str(run), "--device", "cpu", "--min-points", "0", "--output", str(tmp_path / "strict")]) == 2
+    assert (
+        main(["export", str(run), "--device", "cpu", "--relax-below", "0", "--output", str(tmp_path / "strict")]) == 2
+    )
     assert "empty" in capsys.readouterr().err
     assert main(["export", str(run), "--device", "cpu"]) == 0
     out = capsys.readouterr().out

@@ -502,8 +502,10 @@ def camera_up(c2w: Tensor | np.ndarray) -> np.ndarray:
     else:
         axis = evecs[:, 2]
         up = mean_up - (mean_up @ axis) * axis
-    if np.linalg.norm(up) < 1e-9 or np.linalg.norm(mean_up) < 1e-9:
-        return np.array([0.0, 0.0, 1.0]) if np.linalg.norm(mean_up) < 1e-9 else mean_up / np.linalg.norm(mean_up)
+    if np.linalg.norm(mean_up) < 1e-9:
+        return np.array([0.0, 0.0, 1.0])
+    if np.linalg.norm(up) < 1e-9:
+        return mean_up / np.linalg.norm(mean_up)
     up = up / np.linalg.norm(up)
     return up if up @ mean_up >= 0 else -up
 

@@ -140,24 +140,15 @@ def face(
     return fit_upright_box(xyz, yaw=refined)
 
 
-def fit_sphere(xyz: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Least-squares sphere through ``xyz [N, 3]`` (the algebraic fit ``|p|^2 = 2 c.p + k``): centre, radius and
-    the RMS of the points' distances to it over the radius."""
-    a = np.c_[2 * xyz, np.ones(len(xyz))]
-    sol = np.linalg.lstsq(a, (xyz**2).sum(1), rcond=None)[0]
-    centre = sol[:3]
-    radius = float(np.sqrt(max(sol[3] + centre @ centre, 1e-18)))
-    rms = float(np.sqrt(np.mean((np.linalg.norm(xyz - centre, axis=1) - radius) ** 2)))
-    return centre, radius, rms / radius
-
-
-def fit_circle(xy: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """:func:`fit_sphere` in the plane: centre, radius and relative RMS of ``xy [N, 2]``."""
-    a = np.c_[2 * xy, np.ones(len(xy))]
-    sol = np.linalg.lstsq(a, (xy**2).sum(1), rcond=None)[0]
-    centre = sol[:2]
-    radius = float(np.sqrt(max(sol[2] + centre @ centre, 1e-18)))
-    rms = float(np.sqrt(np.mean((np.linalg.norm(xy - centre, axis=1) - radius) ** 2)))
+def fit_ball(points: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Least-squares sphere (``[N, 3]`` points) or circle (``[N, 2]``) through ``points`` (the algebraic fit
+    ``|p|^2 = 2 c.p + k``): centre, radius and the RMS of the points' distances to it over the radius."""
+    dim = points.shape[1]
+    a = np.c_[2 * points, np.ones(len(points))]
+    sol = np.linalg.lstsq(a, (points**2).sum(1), rcond=None)[0]
+    centre = sol[:dim]
+    radius = float(np.sqrt(max(sol[dim] + centre @ centre, 1e-18)))
+    rms = float(np.sqrt(np.mean((np.linalg.norm(points - centre, axis=1) - radius) ** 2)))
     return centre, radius, rms / radius
 
 
@@ -170,10 +161,10 @@ def complete_round(box: Box, xyz: np.ndarray, shape: str, max_rms: float = 0.15)
     if len(xyz) < 10:
         return box
     if shape == "sphere":
-        centre, radius, rms = fit_sphere(xyz)
+        centre, radius, rms = fit_ball(xyz)
         size = np.full(3, 2 * radius)
     else:
-        c2, _, rms = fit_circle(xyz[:, :2])
+        c2, _, rms = fit_ball(xyz[:, :2])
         radius = float(np.quantile(np.linalg.norm(xyz[:, :2] - c2, axis=1), 0.98))
         centre = np.array([c2[0], c2[1], box.center[2]])
         size = np.array([2 * radius, 2 * radius, box.size[2]])

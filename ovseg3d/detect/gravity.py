@@ -101,8 +101,7 @@ def estimate_up(
             break  # a narrower window holds no normal: keep the mode of the last one
         inl, up = window, mean / np.linalg.norm(mean)
     on_plane = np.isin(planes.point_voxel, np.flatnonzero(flat)[inl])
-    mode = up
-    up = refine_plane_normal(xyz, mode, on_plane, cell)
+    mode, up = up, None
     if ground is not None and ground.sum() >= 30:
         # the labelled floor, whatever its share of the flat area: the plane at the height where most of its points
         # lie (a label that spills onto the feet of objects and walls leaves that height's band alone)
@@ -114,6 +113,8 @@ def estimate_up(
                 f"the points labelled floor lie on no level plane (theirs leans {_degrees(floor, mode):.0f} deg from "
                 "the flat surfaces'): levelled by the flat surfaces"
             )
+    if up is None:
+        up = refine_plane_normal(xyz, mode, on_plane, cell)
     if hint is not None:
         up = up if up @ hint >= 0 else -up
         if log is not None and _degrees(up, hint) > hint_deg:

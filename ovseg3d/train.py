@@ -350,7 +350,7 @@ class Trainer:
         assert out.weights is not None
         weights = out.weights.view(len(origins), -1)
         loss = mse + self.cfg.interlevel_weight * interlevel_loss(
-            edges, weights, [(r.edges, r.weights) for r in rounds]
+            edges, weights, [(r.edges, r.weights) for r in rounds], backend=self.grid.backend
         )
         if self.cfg.proposal_distortion_weight > 0:  # over s, the normalised distance the samples are spaced in
             dist = distortion_loss(

@@ -10,6 +10,12 @@
 #
 #   bash scripts/gpu_session.sh tcnn-src DIR # here: tiny-cuda-nn's sources (a checkout with its submodules;
 #                                            # none given: cloned from GitHub) packed into .tcnn/ (about 2 MB)
+#   bash scripts/gpu_session.sh session [SECONDS]   # there (carry .whl .tcnn .ext): all of it in one device call,
+#                                            # within SECONDS (default 540): tinycudann builds in the background
+#                                            # while check and bench forward run; then the tcnn tests, profile,
+#                                            # teachers, orbit and the shared outdoor scene as time allows.
+#                                            # Everything lands in $OUT (session.log, results.tgz)
+#
 #   bash scripts/gpu_session.sh tcnn         # there (carry .whl .tcnn): build tinycudann's encodings, test them in
 #                                            # a separate Python, a native backtrace (cuda-gdb) if that crashes;
 #                                            # if it passes: the parity test, grid speed, 30 s of training
@@ -77,6 +83,94 @@ tcnn-src)
     (cd "$src" && git rev-parse HEAD 2>/dev/null || echo unknown) > .tcnn/COMMIT
     ls -la .tcnn
     ;;
+session)
+    # One device call for a whole lent session: every step is given what is left of the budget, the long
+    # tinycudann build overlaps the first steps (niced: the timed steps keep their cores), and the results are
+    # packed after each step so that a call stopped at its limit still brings back what was done.
+    budget="${2:-540}"
+    deadline=$((SECONDS + budget))
+    out="${OUT:-bench/session}"
+    mkdir -p "$out" /tmp/res
+    exec > >(tee -a "$out/session.log") 2>&1
+    pack() { tar czf "$out/results.tgz" -C /tmp/res . 2>/dev/null || true; }
+    step() {  # step NAME MIN_SECONDS MAX_SECONDS CMD...: run CMD for at most MAX_SECONDS, skipped under MIN_SECONDS
+        local name="$1" need="$2" most="$3"
+        shift 3
+        local left=$((deadline - SECONDS - 15))
+        if [ "$left" -lt "$need" ]; then
+            echo "=== $name: skipped ($left s left, needs $need)"
+            return 0
+        fi
+        [ "$most" -gt "$left" ] && most=$left
+        echo "=== $name (at most $most s; $((SECONDS))s into the session)"
+        local t0=$SECONDS rc=0
+        timeout --kill-after=5 "$most" "$@" || rc=$?
+        echo "=== $name: rc=$rc in $((SECONDS - t0)) s"
+        pack
+    }
+    install_wheels
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    if [ -f .tcnn/tiny-cuda-nn.tar.gz ]; then
+        (nice -n 19 env MAX_JOBS=10 bash scripts/gpu_session.sh tcnn-build >/tmp/res/tcnn_build.log 2>&1; echo "build rc=$?" >>/tmp/res/tcnn_build.log) &
+        build_pid=$!
+    fi
+    step "CUDA tests" 60 200 python3 -P -m pytest -q -m cuda tests -p no:cacheprovider
+    step "bench forward" 120 300 python3 scripts/bench_gpu.py --fresh --scenes forward --out /tmp/res/gpu.json
+    if [ -n "${build_pid:-}" ]; then
+        left=$((deadline - SECONDS - 60))
+        [ "$left" -gt 0 ] && timeout "$left" tail --pid="$build_pid" -f /dev/null || true
+        tail -n 5 /tmp/res/tcnn_build.log
+        if grep -q "build rc=0" /tmp/res/tcnn_build.log; then
+            export PYTHONPATH="/tmp/site"
+            # in a separate Python (a crash costs that process only); the verdict is cached per installation
+            tcnn_ok=$(timeout 120 python3 -c "import ovseg3d.accel as a; ok, why = a.run_test(a.TCNN_TEST); print(why if not ok else ''); print(int(ok))" 2>&1 | tee -a /tmp/res/tcnn_build.log | tail -n 1)
+            echo "=== tinycudann test: $([ "$tcnn_ok" = 1 ] && echo passed || echo FAILED)"
+            if [ "${tcnn_ok:-0}" = 1 ]; then
+                step "tcnn parity" 20 60 python3 -P -m pytest -q -m cuda tests/test_hashgrid.py tests/test_accel.py -p no:cacheprovider
+                step "tcnn grid speed" 20 60 python3 scripts/benchmark.py --preset gpu --device cuda --skip-train \
+                    --grid-points 1048576 --out /tmp/res/tcnn_grid.json
+                step "tcnn training" 60 90 python3 scripts/benchmark.py --preset gpu --device cuda --skip-grid \
+                    --marks 10 20 30 --set grid_impl=tcnn --out /tmp/res/tcnn_train.json
+            else
+                step "tcnn backtrace" 30 90 cuda-gdb -batch -ex "set pagination off" -ex run -ex bt \
+                    -ex "info sharedlibrary" --args python3 -c "import ovseg3d.accel as a; exec(a.TCNN_TEST)" \
+                    >/tmp/res/tcnn_backtrace.txt 2>&1
+                grep -E -A 30 "SIGSEGV|signal" /tmp/res/tcnn_backtrace.txt | head -n 50 || true
+            fi
+        fi
+        pack
+    fi
+    step "step profile" 60 100 python3 scripts/profile_steps.py --preset gpu --device cuda --out /tmp/res/profile_steps_gpu.json
+    step "teachers" 40 80 python3 scripts/bench_teachers.py --device cuda --backends transformers --crops 1024 \
+        --batch 256 --skip-synthetic --out /tmp/res/teachers_gpu.json
+    if [ -d .ext/outdoor ]; then
+        for sampler in proposal grid; do
+            step "outdoor $sampler" 60 100 sh -c "python3 -m ovseg3d.cli train .ext/outdoor --output /tmp/res/out_$sampler \
+                --preset gpu --device cuda --teacher none --sampler $sampler && python3 -m ovseg3d.cli eval /tmp/res/out_$sampler"
+        done
+        rm -rf /tmp/res/out_*/checkpoints /tmp/res/out_*/*.pt 2>/dev/null || true
+    fi
+    step "bench orbit" 150 300 python3 scripts/bench_gpu.py --fresh --scenes orbit --skip-real-teachers --out /tmp/res/gpu.json
+    pack
+    echo "=== session done in $SECONDS s"
+    ;;
+tcnn-build)
+    # the build alone (the first half of `tcnn`), into /tmp/site; used by `session` in the background
+    rm -rf /tmp/tiny-cuda-nn && tar xzf .tcnn/tiny-cuda-nn.tar.gz -C /tmp
+    echo "tiny-cuda-nn $(cat .tcnn/COMMIT 2>/dev/null)"
+    nvcc --version | tail -n 2
+    python3 -c "import torch, setuptools; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'setuptools', setuptools.__version__)"
+    cd /tmp/tiny-cuda-nn/bindings/torch
+    python3 -c "import pkg_resources" 2>/dev/null ||
+        sed -i 's/^from pkg_resources import parse_version/from packaging.version import parse as parse_version/' setup.py
+    export MAX_JOBS="${MAX_JOBS:-16}" TCNN_CUDA_ARCHITECTURES
+    TCNN_CUDA_ARCHITECTURES="$(python3 -c "import torch; a, b = torch.cuda.get_device_capability(); print(10 * a + b)")"
+    start=$SECONDS
+    python3 setup.py --no-networks bdist_wheel -d /tmp/tcnn_wheel
+    echo "built in $((SECONDS - start)) s"
+    python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site /tmp/tcnn_wheel/*.whl
+    ldd /tmp/site/tinycudann_bindings/*.so | grep -E "cuda|nvrtc|torch|c10|stdc" || true
+    ;;
 tcnn)
     install_wheels
     mkdir -p "$OUT_DIR"
@@ -116,7 +210,7 @@ tcnn)
     fi
     ;;
 *)
-    echo "usage: bash scripts/gpu_session.sh wheels|check|bench [bench_gpu.py options]|tcnn-src [DIR]|tcnn" >&2
+    echo "usage: bash scripts/gpu_session.sh wheels|check|bench [bench_gpu.py options]|tcnn-src [DIR]|tcnn|session [SECONDS]" >&2
     exit 2
     ;;
 esac

@@ -16,8 +16,10 @@ disparity ``1 / t`` out to the farthest modelled distance (the second half), as 
 
 Each proposal network learns from the field through mip-NeRF 360's interlevel loss (:func:`interlevel_loss`): its
 histogram must bound the field's from above, so the field's weight is never where no sample will be drawn.
-Everything is dense ``[rays, samples]`` tensor work (``cumsum``, ``searchsorted``): the same code runs on a CPU
-and on a GPU.
+Everything is dense ``[rays, samples]`` tensor work (``cumsum``, ``searchsorted``), the same on a CPU and a GPU.
+On CUDA with nerfacc installed, its kernels (``importance_sampling``, ``searchsorted``: what its
+``PropNetEstimator`` is built on) do the inverse transform sampling and the interlevel loss's bounds instead
+(``backend="auto"``); ``backend="torch"`` keeps the dense code everywhere. Both give the same samples and loss.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ovseg3d import accel
 from ovseg3d.field.hashgrid import HashGridConfig, make_hash_grid
 from ovseg3d.field.radiance import trunc_exp
 from ovseg3d.field.space import MAX_RADIUS, check_contraction, roi_center_half, step_scale, to_unit
 from ovseg3d.render.occupancy import ray_aabb
 from ovseg3d.render.volume import RaySamples
 
+BACKENDS = ("auto", "torch")
 INSIDE_SHARE = 0.5  # the share of s spent between the ray's start and its exit from the region of interest
 HISTOGRAM_PADDING = 0.01  # added to each proposal weight before sampling (nerfacto's histogram_padding)
 
@@ -128,7 +132,14 @@ def uniform_edges(n_rays: int, n: int, stratified: bool, device: torch.device) -
     return edges.contiguous()
 
 
-def sample_from_histogram(edges: Tensor, weights: Tensor, n: int, stratified: bool) -> Tensor:
+def _nerfacc_for(t: Tensor, backend: str):  # noqa: ANN202 - the nerfacc module or None
+    """nerfacc when ``backend`` allows it and its CUDA ops run on ``t``'s device, else ``None``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown proposal backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    return accel.nerfacc(t.device) if backend == "auto" else None
+
+
+def sample_from_histogram(edges: Tensor, weights: Tensor, n: int, stratified: bool, backend: str = "auto") -> Tensor:
     """Inverse transform sampling: ``[R, n + 1]`` new edges in ``s`` drawn from the piecewise-constant density
     whose bins are ``edges`` ``[R, K + 1]`` and whose masses are ``weights`` ``[R, K]`` (padded by
     :data:`HISTOGRAM_PADDING`, so that no bin is never sampled). The new edges sit at evenly spaced quantiles
@@ -136,6 +147,15 @@ def sample_from_histogram(edges: Tensor, weights: Tensor, n: int, stratified: bo
     w = weights.detach().clamp(min=0.0) + HISTOGRAM_PADDING
     cdf = torch.cumsum(w, -1)
     cdf = torch.cat([torch.zeros_like(cdf[:, :1]), cdf / cdf[:, -1:]], -1)  # [R, K + 1], 0 .. 1
+    if _nerfacc_for(edges, backend) is not None:
+        from nerfacc.data_specs import RayIntervals
+        from nerfacc.pdf import importance_sampling
+
+        # n + 1 samples at the quantiles (i + 0.5) / (n + 1), one jitter per ray: the edges below
+        _, drawn = importance_sampling(
+            RayIntervals(vals=edges.float().contiguous()), cdf.float().contiguous(), n + 1, stratified
+        )
+        return drawn.vals.detach()
     r = edges.shape[0]
     if stratified:
         u = (torch.arange(n + 1, device=edges.device) + torch.rand(r, 1, device=edges.device)) / (n + 1)
@@ -157,11 +177,18 @@ def dense_weights(sigma: Tensor, t_edges: Tensor) -> Tensor:
     return trans * alpha
 
 
-def outer_bound(edges: Tensor, env_edges: Tensor, env_weights: Tensor) -> Tensor:
+def outer_bound(edges: Tensor, env_edges: Tensor, env_weights: Tensor, backend: str = "auto") -> Tensor:
     """``[R, K]`` for each interval ``[edges_i, edges_i+1]`` the total of ``env_weights`` ``[R, J]`` over the
     intervals of ``env_edges`` ``[R, J + 1]`` that overlap it: the most weight the coarser histogram puts there."""
     cum = torch.cat([torch.zeros_like(env_weights[:, :1]), torch.cumsum(env_weights, -1)], -1)  # [R, J + 1]
     j = env_weights.shape[1]
+    if _nerfacc_for(edges, backend) is not None:
+        from nerfacc.data_specs import RayIntervals
+        from nerfacc.pdf import searchsorted
+
+        # env[left] <= value < env[right], clipped to the envelope's range (as nerfacc's own _pdf_loss uses it)
+        left, right = searchsorted(RayIntervals(vals=env_edges.contiguous()), RayIntervals(vals=edges.contiguous()))
+        return cum.gather(1, right[:, 1:]) - cum.gather(1, left[:, :-1])
     # the first envelope interval overlapping [a, b) starts at or before a; the last one starts before b
     lo = (torch.searchsorted(env_edges.contiguous(), edges[:, :-1].contiguous(), right=True) - 1).clamp(0, j - 1)
     hi = torch.searchsorted(env_edges.contiguous(), edges[:, 1:].contiguous(), right=False).clamp(1, j)
@@ -169,7 +196,11 @@ def outer_bound(edges: Tensor, env_edges: Tensor, env_weights: Tensor) -> Tensor
 
 
 def interlevel_loss(
-    field_edges: Tensor, field_weights: Tensor, proposals: list[tuple[Tensor, Tensor]], eps: float = 1e-7
+    field_edges: Tensor,
+    field_weights: Tensor,
+    proposals: list[tuple[Tensor, Tensor]],
+    eps: float = 1e-7,
+    backend: str = "auto",
 ) -> Tensor:
     """mip-NeRF 360's proposal loss: for each proposal histogram ``(edges [R, J + 1], weights [R, J])``, the
     field's weight ``w`` (``[R, K]`` on ``field_edges`` ``[R, K + 1]``, both held fixed) above the proposal's bound
@@ -178,7 +209,7 @@ def interlevel_loss(
     w = field_weights.detach()
     total = w.new_zeros(())
     for edges, weights in proposals:
-        bound = outer_bound(field_edges.detach(), edges.detach(), weights)
+        bound = outer_bound(field_edges.detach(), edges.detach(), weights, backend)
         total = total + ((w - bound).clamp(min=0.0).square() / (w + eps)).sum(-1).mean()
     return total
 
@@ -202,8 +233,13 @@ class ProposalSampler(nn.Module):
         cfg: ProposalConfig | None = None,
         device: torch.device | str = "cpu",
         grid_impl: str = "auto",
+        backend: str = "auto",
     ):
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown proposal backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        """``auto``: nerfacc's sampling kernels on CUDA when installed, else dense torch; ``torch``: always torch."""
         self.cfg = cfg or ProposalConfig()
         self.contraction = check_contraction(contraction)
         self.register_buffer("aabbs", aabb.float().reshape(1, 6).clone())
@@ -244,13 +280,13 @@ class ProposalSampler(nn.Module):
         rounds: list[ProposalRound] = []
         for i, net in enumerate(self.nets):
             if i > 0:
-                edges = sample_from_histogram(edges, rounds[-1].weights, self.cfg.samples[i], stratified)
+                edges = sample_from_histogram(edges, rounds[-1].weights, self.cfg.samples[i], stratified, self.backend)
             t = spacing.to_t(edges)
             mid = 0.5 * (t[:, 1:] + t[:, :-1])
             points = origins[:, None, :] + mid[..., None] * dirs[:, None, :]
             sigma = net(points.reshape(-1, 3), self.aabb, self.contraction).view(mid.shape)
             rounds.append(ProposalRound(edges, dense_weights(sigma, t)))
-        field_edges = sample_from_histogram(edges, rounds[-1].weights, self.cfg.field_samples, stratified)
+        field_edges = sample_from_histogram(edges, rounds[-1].weights, self.cfg.field_samples, stratified, self.backend)
         return spacing, field_edges, rounds
 
     def samples(self, spacing: Spacing, field_edges: Tensor) -> RaySamples:

@@ -111,7 +111,7 @@ session)
     install_wheels
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     if [ -f .tcnn/tiny-cuda-nn.tar.gz ]; then
-        (nice -n 19 env MAX_JOBS=10 bash scripts/gpu_session.sh tcnn-build >/tmp/res/tcnn_build.log 2>&1; echo "build rc=$?" >>/tmp/res/tcnn_build.log) &
+        (nice -n 19 env MAX_JOBS=10 bash scripts/gpu_session.sh tcnn-build >/tmp/res/tcnn_build.log 2>&1 || rc=$?; echo "build rc=${rc:-0}" >>/tmp/res/tcnn_build.log) &
         build_pid=$!
     fi
     step "CUDA tests" 60 200 python3 -P -m pytest -q -m cuda tests -p no:cacheprovider
@@ -145,8 +145,8 @@ session)
         --batch 256 --skip-synthetic --out /tmp/res/teachers_gpu.json
     if [ -d .ext/outdoor ]; then
         for sampler in proposal grid; do
-            step "outdoor $sampler" 60 100 sh -c "python3 -m ovseg3d.cli train .ext/outdoor --output /tmp/res/out_$sampler \
-                --preset gpu --device cuda --teacher none --sampler $sampler && python3 -m ovseg3d.cli eval /tmp/res/out_$sampler"
+            step "outdoor $sampler" 60 100 sh -c "python3 -P -m ovseg3d.cli train .ext/outdoor --output /tmp/res/out_$sampler \
+                --preset gpu --device cuda --teacher none --sampler $sampler && python3 -P -m ovseg3d.cli eval /tmp/res/out_$sampler"
         done
         rm -rf /tmp/res/out_*/checkpoints /tmp/res/out_*/*.pt 2>/dev/null || true
     fi
@@ -155,21 +155,80 @@ session)
     echo "=== session done in $SECONDS s"
     ;;
 tcnn-build)
-    # the build alone (the first half of `tcnn`), into /tmp/site; used by `session` in the background
-    rm -rf /tmp/tiny-cuda-nn && tar xzf .tcnn/tiny-cuda-nn.tar.gz -C /tmp
+    # the build alone (the first half of `tcnn`), into $TCNN_SITE (default /tmp/site); used by `session` and
+    # `tcnn-fix` in the background. HOST_CC=/usr/bin/gcc: build with that compiler (host code of nvcc too);
+    # TCNN_LDFLAGS: extra link flags
+    site="${TCNN_SITE:-/tmp/site}" work="${TCNN_WORK:-/tmp}"
+    mkdir -p "$work" && rm -rf "$work/tiny-cuda-nn" && tar xzf .tcnn/tiny-cuda-nn.tar.gz -C "$work"
     echo "tiny-cuda-nn $(cat .tcnn/COMMIT 2>/dev/null)"
     nvcc --version | tail -n 2
     python3 -c "import torch, setuptools; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'setuptools', setuptools.__version__)"
-    cd /tmp/tiny-cuda-nn/bindings/torch
+    if [ -n "${HOST_CC:-}" ]; then
+        export CC="$HOST_CC" CXX="${HOST_CC%gcc}g++" LDSHARED="${HOST_CC%gcc}g++ -shared"
+    fi
+    [ -n "${TCNN_LDFLAGS:-}" ] && export LDFLAGS="$TCNN_LDFLAGS"
+    echo "compiler: $(${CXX:-g++} --version | head -n 1) ($(command -v "${CXX:-g++}")); LDFLAGS=${LDFLAGS:-}"
+    ${CXX:-g++} -v 2>&1 | grep -o -- "--with-static-standard-libraries" || true
+    cd "$work/tiny-cuda-nn/bindings/torch"
     python3 -c "import pkg_resources" 2>/dev/null ||
         sed -i 's/^from pkg_resources import parse_version/from packaging.version import parse as parse_version/' setup.py
     export MAX_JOBS="${MAX_JOBS:-16}" TCNN_CUDA_ARCHITECTURES
     TCNN_CUDA_ARCHITECTURES="$(python3 -c "import torch; a, b = torch.cuda.get_device_capability(); print(10 * a + b)")"
     start=$SECONDS
-    python3 setup.py --no-networks bdist_wheel -d /tmp/tcnn_wheel
+    python3 setup.py --no-networks bdist_wheel -d "$work/tcnn_wheel"
     echo "built in $((SECONDS - start)) s"
-    python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site /tmp/tcnn_wheel/*.whl
-    ldd /tmp/site/tinycudann_bindings/*.so | grep -E "cuda|nvrtc|torch|c10|stdc" || true
+    python3 -m pip install -q --no-index --no-deps --no-cache-dir --target "$site" "$work"/tcnn_wheel/*.whl
+    ldd "$site"/tinycudann_bindings/*.so | grep -E "cuda|nvrtc|torch|c10|stdc" || true
+    ;;
+tcnn-fix)
+    # tiny-cuda-nn's crash (session of 2026-11-25): the image's /opt/gcc links libstdc++ statically into the
+    # extension; its copy's locale code meets the process's own libstdc++ (torch's) and crashes in the first
+    # std::ostream of a double (tcnn::bytes_to_string). Two builds side by side: A with the system compiler
+    # (libstdc++ linked dynamically, as torch's), B with /opt/gcc and the static copy's symbols kept local.
+    budget="${2:-330}"
+    deadline=$((SECONDS + budget))
+    out="${OUT:-bench/session}"
+    mkdir -p "$out" /tmp/res
+    exec > >(tee -a "$out/session.log") 2>&1
+    pack() { tar czf "$out/results.tgz" -C /tmp/res . 2>/dev/null || true; }
+    install_wheels
+    pids=()
+    which -a gcc g++ || true
+    ls /usr/bin/g++* /usr/bin/gcc* 2>/dev/null || true
+    if [ -x /usr/bin/gcc ] && [ -x /usr/bin/g++ ]; then
+        (TCNN_SITE=/tmp/siteA TCNN_WORK=/tmp/A HOST_CC=/usr/bin/gcc MAX_JOBS=8 bash scripts/gpu_session.sh tcnn-build \
+            >/tmp/res/tcnn_build_A.log 2>&1 || rc=$?; echo "build rc=${rc:-0}" >>/tmp/res/tcnn_build_A.log) &
+        pids+=($!)
+    fi
+    (TCNN_SITE=/tmp/siteB TCNN_WORK=/tmp/B TCNN_LDFLAGS="-Wl,--exclude-libs,ALL" MAX_JOBS=8 \
+        bash scripts/gpu_session.sh tcnn-build >/tmp/res/tcnn_build_B.log 2>&1 || rc=$?; echo "build rc=${rc:-0}" >>/tmp/res/tcnn_build_B.log) &
+    pids+=($!)
+    timeout 60 python3 -P -m pytest -q -rs -m cuda tests/test_proposal.py tests/test_render.py -p no:cacheprovider || true
+    wait "${pids[@]}" || true  # not a bare wait: that would also wait for the tee above
+    chosen=""
+    for v in A B; do
+        [ -f /tmp/res/tcnn_build_$v.log ] || continue
+        tail -n 8 /tmp/res/tcnn_build_$v.log
+        grep -q "build rc=0" /tmp/res/tcnn_build_$v.log || continue
+        rm -f ~/.cache/ovseg3d/accelerators.json
+        verdict=$(PYTHONPATH=/tmp/site$v:/tmp/site timeout 90 python3 -P -c "import ovseg3d.accel as a; ok, why = a.run_test(a.TCNN_TEST); print('passed' if ok else 'FAILED: ' + why)" 2>&1 | tail -n 1)
+        echo "=== build $v: tinycudann test $verdict"
+        [ -z "$chosen" ] && [ "$verdict" = passed ] && chosen=$v
+    done
+    pack
+    if [ -n "$chosen" ]; then
+        export PYTHONPATH=/tmp/site$chosen:/tmp/site
+        rm -f ~/.cache/ovseg3d/accelerators.json
+        left() { echo $((deadline - SECONDS - 10)); }
+        timeout "$(left)" python3 -P -m pytest -q -rs -m cuda tests/test_hashgrid.py tests/test_accel.py -p no:cacheprovider || true
+        timeout "$(left)" python3 scripts/benchmark.py --preset gpu --device cuda --skip-train --grid-points 1048576 \
+            --out /tmp/res/tcnn_grid.json || true
+        pack
+        [ "$(left)" -gt 50 ] && timeout "$(left)" python3 scripts/benchmark.py --preset gpu --device cuda --skip-grid \
+            --marks 10 20 30 --set grid_impl=tcnn --out /tmp/res/tcnn_train.json || true
+        pack
+    fi
+    echo "=== tcnn-fix done in $SECONDS s (chosen build: ${chosen:-none})"
     ;;
 tcnn)
     install_wheels

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,51 @@ def run_test(code: str, timeout: float = 600.0) -> tuple[bool, str]:
     return False, f"exit status {proc.returncode}" + (f": {lines[-1]}" if lines else "")
 
 
+def needed_libraries(path: Path) -> list[str] | None:
+    """The shared libraries an ELF64 little-endian file names as needed (its ``DT_NEEDED`` entries, what ``ldd``
+    starts from), or ``None`` when ``path`` is not such a file."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return None
+    shoff, (shentsize, shnum) = struct.unpack_from("<Q", data, 0x28)[0], struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    for _, kind, _, _, offset, size, link, _, _, entsize in sections:
+        if kind != 6 or entsize == 0:  # SHT_DYNAMIC; its sh_link is the string table it refers to
+            continue
+        strings = sections[link][4]
+        names = []
+        for i in range(size // entsize):
+            tag, value = struct.unpack_from("<qQ", data, offset + i * entsize)
+            if tag == 0:  # DT_NULL ends the table
+                break
+            if tag == 1:  # DT_NEEDED
+                end = data.index(b"\0", strings + value)
+                names.append(data[strings + value : end].decode(errors="replace"))
+        return names
+    return []
+
+
+def static_libstdcxx_hint(package: str = "tinycudann_bindings") -> str:
+    """One sentence when ``package``'s compiled extension does not load libstdc++ dynamically (a compiler that
+    links it statically; that copy's locale code crashes on meeting torch's libstdc++, as tiny-cuda-nn's
+    first forward pass did), else ``""``."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    for lib in sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.so")):
+        needed = needed_libraries(lib)
+        if needed is not None and not any(n.startswith("libstdc++") for n in needed):
+            return (
+                f"{lib.name} does not load libstdc++.so dynamically: it was built by a compiler that links "
+                "libstdc++ statically, which crashes beside torch's; rebuild it with the system compiler "
+                "(CC=/usr/bin/gcc CXX=/usr/bin/g++, see the README)"
+            )
+    return ""
+
+
 def cache_file() -> Path:
     """Where tested accelerators are remembered: ``$XDG_CACHE_HOME/ovseg3d`` or ``~/.cache/ovseg3d``."""
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -130,11 +176,13 @@ def _tcnn_tested() -> ModuleType | None:
         return None
     ok, detail = remembered_test(key, TCNN_TEST)
     if not ok:
+        hint = static_libstdcxx_hint()
         log.warning(
             "tinycudann failed its test in a separate process (%s): using the PyTorch hash grid "
-            "(--grid-impl torch skips tinycudann; delete %s to test it again)",
+            "(--grid-impl torch skips tinycudann; delete %s to test it again)%s",
             detail,
             cache_file(),
+            f". {hint}" if hint else "",
         )
         return None
     return _import("tinycudann")

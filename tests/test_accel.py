@@ -54,3 +54,39 @@ def test_on_a_gpu_tinycudann_is_used_only_when_its_test_passes():
     ok, detail = accel.run_test(accel.TCNN_TEST)
     grid = make_hash_grid(HashGridConfig(n_levels=2, log2_hashmap_size=8), "cuda", "auto")
     assert isinstance(grid, TorchHashGrid) != ok, detail
+
+
+def _lib(name: str):
+    import _ctypes
+    from pathlib import Path
+
+    return Path(_ctypes.__file__) if name == "c" else Path(torch.__file__).parent / "lib" / "libc10.so"
+
+
+def test_the_needed_libraries_of_an_elf_file_are_read_as_ldd_starts_from_them(tmp_path):
+    if not _lib("c++").exists() or _lib("c").suffix != ".so":
+        pytest.skip("needs torch's libc10.so and a compiled _ctypes (Linux)")
+    cxx, c = accel.needed_libraries(_lib("c++")), accel.needed_libraries(_lib("c"))
+    assert cxx is not None and "libstdc++.so.6" in cxx and "libc.so.6" in cxx
+    assert c is not None and "libc.so.6" in c and not any(n.startswith("libstdc++") for n in c)
+    (tmp_path / "notelf.so").write_text("not a shared library")
+    assert accel.needed_libraries(tmp_path / "notelf.so") is None
+
+
+def test_an_extension_without_a_dynamic_libstdcxx_gets_the_compiler_hint(tmp_path, monkeypatch):
+    """tiny-cuda-nn built by a compiler that links libstdc++ statically crashed in its first forward pass (H100 and
+    H200, torch 2.11): the warning then says how to rebuild it; a build that loads libstdc++.so says nothing."""
+    import shutil
+
+    if not _lib("c++").exists() or _lib("c").suffix != ".so":
+        pytest.skip("needs torch's libc10.so and a compiled _ctypes (Linux)")
+    for name, lib in (("static_bindings", "c"), ("dynamic_bindings", "c++")):
+        pkg = tmp_path / name
+        pkg.mkdir()
+        (pkg / "__init__.py").write_text("")
+        shutil.copy(_lib(lib), pkg / "_90_C.cpython-311-x86_64-linux-gnu.so")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    hint = accel.static_libstdcxx_hint("static_bindings")
+    assert "_90_C" in hint and "CC=/usr/bin/gcc CXX=/usr/bin/g++" in hint
+    assert accel.static_libstdcxx_hint("dynamic_bindings") == ""
+    assert accel.static_libstdcxx_hint("no_such_bindings") == ""

@@ -16,7 +16,10 @@
 #                                            # teachers, orbit and the shared outdoor scene as time allows.
 #                                            # Everything lands in $OUT (session.log, results.tgz)
 #
-#   bash scripts/gpu_session.sh tcnn         # there (carry .whl .tcnn): build tinycudann's encodings, test them in
+#   bash scripts/gpu_session.sh tcnn-fix     # there (carry .whl .tcnn): two builds side by side (system gcc; /opt/gcc
+#                                            # with --exclude-libs), each tested; the one that passes is timed
+#   bash scripts/gpu_session.sh tcnn         # there (carry .whl .tcnn): build tinycudann's encodings (with the
+#                                            # system compiler: see tcnn-build), test them in
 #                                            # a separate Python, a native backtrace (cuda-gdb) if that crashes;
 #                                            # if it passes: the parity test, grid speed, 30 s of training
 #
@@ -163,6 +166,10 @@ tcnn-build)
     echo "tiny-cuda-nn $(cat .tcnn/COMMIT 2>/dev/null)"
     nvcc --version | tail -n 2
     python3 -c "import torch, setuptools; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'setuptools', setuptools.__version__)"
+    # the system compiler unless HOST_CC says otherwise (HOST_CC= : the default g++): the machines' image's
+    # default g++ (/opt/gcc) links libstdc++ statically, and such a build crashes in its first forward pass
+    HOST_CC="${HOST_CC-/usr/bin/gcc}"
+    [ -x "${HOST_CC:-/nonexistent}" ] && [ -x "${HOST_CC%gcc}g++" ] || HOST_CC=""
     if [ -n "${HOST_CC:-}" ]; then
         export CC="$HOST_CC" CXX="${HOST_CC%gcc}g++" LDSHARED="${HOST_CC%gcc}g++ -shared"
     fi
@@ -200,7 +207,7 @@ tcnn-fix)
             >/tmp/res/tcnn_build_A.log 2>&1 || rc=$?; echo "build rc=${rc:-0}" >>/tmp/res/tcnn_build_A.log) &
         pids+=($!)
     fi
-    (TCNN_SITE=/tmp/siteB TCNN_WORK=/tmp/B TCNN_LDFLAGS="-Wl,--exclude-libs,ALL" MAX_JOBS=8 \
+    (HOST_CC= TCNN_SITE=/tmp/siteB TCNN_WORK=/tmp/B TCNN_LDFLAGS="-Wl,--exclude-libs,ALL" MAX_JOBS=8 \
         bash scripts/gpu_session.sh tcnn-build >/tmp/res/tcnn_build_B.log 2>&1 || rc=$?; echo "build rc=${rc:-0}" >>/tmp/res/tcnn_build_B.log) &
     pids+=($!)
     timeout 60 python3 -P -m pytest -q -rs -m cuda tests/test_proposal.py tests/test_render.py -p no:cacheprovider || true
@@ -234,25 +241,8 @@ tcnn)
     install_wheels
     mkdir -p "$OUT_DIR"
     log="$(realpath "$OUT_DIR")/tcnn.log"
-    rm -rf /tmp/tiny-cuda-nn && tar xzf .tcnn/tiny-cuda-nn.tar.gz -C /tmp
-    {
-        echo "tiny-cuda-nn $(cat .tcnn/COMMIT 2>/dev/null)"
-        nvcc --version | tail -n 2
-        python3 -c "import torch, setuptools; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'setuptools', setuptools.__version__)"
-    } 2>&1 | tee "$log"
-    cd /tmp/tiny-cuda-nn/bindings/torch
-    # setuptools 81+ has no pkg_resources: its setup.py needs only parse_version, which packaging has
-    python3 -c "import pkg_resources" 2>/dev/null ||
-        sed -i 's/^from pkg_resources import parse_version/from packaging.version import parse as parse_version/' setup.py
-    # ovseg3d uses tiny-cuda-nn's encodings only: --no-networks leaves out its MLPs (half the build)
-    export MAX_JOBS=16 TCNN_CUDA_ARCHITECTURES
-    TCNN_CUDA_ARCHITECTURES="$(python3 -c "import torch; a, b = torch.cuda.get_device_capability(); print(10 * a + b)")"
-    start=$SECONDS
-    python3 setup.py --no-networks bdist_wheel -d /tmp/tcnn_wheel >>"$log" 2>&1 || { tail -n 40 "$log"; exit 1; }
-    echo "built in $((SECONDS - start)) s" | tee -a "$log"
-    python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site /tmp/tcnn_wheel/*.whl
-    cd - >/dev/null
-    { ldd /tmp/site/tinycudann_bindings/*.so | grep -E "cuda|nvrtc|torch|c10|stdc" || true; } | tee -a "$log"
+    MAX_JOBS=16 bash scripts/gpu_session.sh tcnn-build >"$log" 2>&1 || { tail -n 40 "$log"; exit 1; }
+    grep -E "built in|compiler:|libstdc" "$log" || true
     verdict="$(python3 -c "import ovseg3d.accel as a; ok, why = a.run_test(a.TCNN_TEST); print('passed' if ok else 'FAILED: ' + why)")"
     echo "tinycudann test: $verdict" | tee -a "$log"
     if [ "$verdict" = passed ]; then

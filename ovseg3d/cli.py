@@ -290,6 +290,38 @@ def cmd_synth(args: list[str]) -> int:
     return 0
 
 
+def cmd_prepare(args: list[str]) -> int:
+    from ovseg3d.prepare import PrepareConfig, prepare
+
+    usage = "ovseg3d prepare PHOTOS_OR_VIDEO OUT [options]"
+    given = []
+    while args and not args[0].startswith("-") and len(given) < 2:
+        given, args = [*given, Path(args[0])], args[1:]
+    cfg = _parse(
+        PrepareConfig,
+        args=args,
+        prog=usage,
+        description="Make a scene of a folder of photos or of a video: frames or photos upright at a working size, "
+        "SIFT features, matching, incremental mapping and bundle adjustment with pycolmap (COLMAP on the CPU, no "
+        "separate install), the model turned so that the cameras' up is +z. Writes OUT/images/ and OUT/sparse/0/ "
+        "(what ovseg3d train reads), images_2/4/8, database.db and prepare.json (what was registered, the "
+        "reprojection error, the seconds of each step). OUT appears only when whole; run the same command again "
+        "to resume an interrupted one.",
+    )
+    if len(given) < 2:
+        raise UsageError(f"give the photos (a folder) or a video, and the scene folder to write: {usage}")
+    _at_least("frames", cfg.frames, 3)
+    _at_least("max-long-side", cfg.max_long_side, 0, " (0: full size)")
+    _at_least("max-features", cfg.max_features, 64)
+    _at_least("overlap", cfg.overlap, 1)
+    _at_least("loop-pairs", cfg.loop_pairs, 0)
+    if any(k < 2 for k in cfg.downscales):
+        raise UsageError(f"--downscales must be factors of 2 or more, got {list(cfg.downscales)}")
+    check_writable(given[1], "the scene folder", "give another OUT", beside=True)
+    prepare(given[0], given[1], cfg)
+    return 0
+
+
 def cmd_train(args: list[str]) -> int:
     from ovseg3d.config import TrainConfig, read_toml, resolve_base
     from ovseg3d.pipeline import train
@@ -559,6 +591,10 @@ def cmd_batch(args: list[str]) -> int:
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "prepare": (
+        cmd_prepare,
+        "make a scene (COLMAP images/ + sparse/0/) of a folder of photos or a video, with pycolmap",
+    ),
     "synth": (cmd_synth, "render a procedural scene with ground truth (3D-OVS/LLFF, transforms.json or COLMAP)"),
     "extract": (cmd_extract, "run the 2D teachers (CLIP, DINO, or simulated) over a scene into a feature cache"),
     "train": (cmd_train, "fit a hash-grid radiance field to a scene folder"),
@@ -586,6 +622,7 @@ def _usage() -> str:
 
 # What each command leaves behind when Ctrl-C stops it (only train can be continued: --resume).
 INTERRUPTED = {
+    "prepare": "the work so far is kept in OUT.partial: the same command resumes it",
     "synth": "nothing was written (the partial scene was removed; OUT is as it was)",
     "extract": "the views extracted so far are kept in the cache: the same command continues from them",
     "train": "the last checkpoint is kept (the same command with --resume continues from it); a run that had "
@@ -599,6 +636,7 @@ INTERRUPTED = {
 }
 # What to do about an output folder that cannot be written, by command.
 WRITE_HINTS = {
+    "prepare": "give another OUT",
     "synth": "give another OUT",
     "extract": "write the cache elsewhere with --cache-dir DIR",
     "train": "give another --output",
@@ -611,6 +649,7 @@ WRITE_HINTS = {
 }
 # How to use less memory, by command (all: --device cpu, where host memory is larger).
 MEMORY_HINTS = {
+    "prepare": "a smaller --max-long-side or --max-features",
     "synth": "a smaller --width / --height or --supersample",
     "extract": "a smaller --clip-batch or --max-long-side",
     "train": "fewer rays per step (--rays-per-step, --sem-rays), a smaller --eval-chunk or --max-long-side",

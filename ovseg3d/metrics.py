@@ -6,6 +6,7 @@ from here.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -150,3 +151,31 @@ def surface_fscore(to_truth: Tensor, to_cloud: Tensor, tau: float) -> dict[str, 
     recall = float((to_cloud <= tau).float().mean()) if len(to_cloud) else 0.0
     f = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return {"precision": precision, "recall": recall, "fscore": f}
+
+
+def similarity_alignment(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """``(s, R, t)`` minimising ``sum ||s R src_i + t - dst_i||^2`` over points ``[N, 3]`` (Umeyama 1991, with
+    the reflection case excluded): how camera centres of a reconstruction in its own frame and scale are
+    compared with the truth."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    cov = b.T @ a / len(src)
+    u, d, vt = np.linalg.svd(cov)
+    sign = np.eye(3)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[2, 2] = -1.0
+    rot = u @ sign @ vt
+    var = (a**2).sum() / len(src)
+    scale = float(np.trace(np.diag(d) @ sign) / var) if var > 0 else 1.0
+    return scale, rot, mu_d - scale * rot @ mu_s
+
+
+def trajectory_error(estimated: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Absolute trajectory error of camera centres ``[N, 3]`` after a similarity alignment onto ``truth``: the RMSE,
+    the largest error, and the RMSE as a share of the true cameras' extent (the diagonal of their box)."""
+    s, rot, t = similarity_alignment(estimated, truth)
+    err = np.linalg.norm((s * estimated @ rot.T + t) - truth, axis=1)
+    rmse = float(np.sqrt((err**2).mean()))
+    extent = float(np.linalg.norm(truth.max(0) - truth.min(0)))
+    return {"rmse": rmse, "max": float(err.max()), "rmse_share": rmse / extent if extent > 0 else float("nan")}

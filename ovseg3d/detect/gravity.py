@@ -102,10 +102,13 @@ def estimate_up(
         inl, up = window, mean / np.linalg.norm(mean)
     on_plane = np.isin(planes.point_voxel, np.flatnonzero(flat)[inl])
     mode, up = up, None
+    facing = _facing(planes, mode, inlier_deg)
     if ground is not None and ground.sum() >= 30:
         # the labelled floor, whatever its share of the flat area: the plane at the height where most of its points
         # lie (a label that spills onto the feet of objects and walls leaves that height's band alone)
-        floor = refine_plane_normal(xyz[ground], mode, np.ones(int(ground.sum()), bool), cell)
+        floor = settle_plane_normal(
+            xyz[ground], mode, np.ones(int(ground.sum()), bool), facing[ground], cell, inlier_deg
+        )
         if abs(float(floor @ mode)) >= cos_in:
             up = floor
         elif log is not None:
@@ -114,7 +117,7 @@ def estimate_up(
                 "the flat surfaces'): levelled by the flat surfaces"
             )
     if up is None:
-        up = refine_plane_normal(xyz, mode, on_plane, cell)
+        up = settle_plane_normal(xyz, mode, on_plane, facing, cell, inlier_deg)
     if hint is not None:
         up = up if up @ hint >= 0 else -up
         if log is not None and _degrees(up, hint) > hint_deg:
@@ -133,15 +136,92 @@ def _degrees(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.degrees(np.arccos(min(1.0, cos))))
 
 
-def refine_plane_normal(xyz: np.ndarray, up: np.ndarray, seeds: np.ndarray, cell: float, iters: int = 6) -> np.ndarray:
+def _facing(planes: LocalPlanes, up: np.ndarray, max_deg: float, min_planarity: float = 0.5) -> np.ndarray:
+    """``[N]`` whether each point's local patch is roughly flat and faces ``up`` within ``2 * max_deg``: the
+    points a level plane may hold (a wall's foot in the same height band does not)."""
+    ok = (planes.planarity > min_planarity) & (np.abs(planes.normals @ up) > np.cos(np.radians(2 * max_deg)))
+    return np.where(planes.point_voxel >= 0, ok[np.maximum(planes.point_voxel, 0)], False)
+
+
+def refine_plane_normal(
+    xyz: np.ndarray, up: np.ndarray, seeds: np.ndarray, cell: float, iters: int = 6, members: np.ndarray | None = None
+) -> np.ndarray:
     """The normal of the largest plane facing ``up``: points within ``cell`` of the height where most
     ``seeds`` (points of flat voxels facing ``up``) lie, fitted by least squares with residuals beyond 2.5
     robust sigmas dropped at each pass. Local normals of fused points are noisy; the plane over the whole
-    floor is not."""
+    floor is not. ``members`` (``[N]`` bool): only these points may be fitted (e.g. :func:`_facing`)."""
     height = xyz @ up
     hist, edges = np.histogram(height[seeds], bins=max(8, int(np.ptp(height[seeds]) / (cell / 4)) + 1))
     h0 = (edges[int(np.argmax(hist))] + edges[int(np.argmax(hist)) + 1]) / 2
-    return fit_plane_normal(xyz[np.abs(height - h0) < cell], up, iters)
+    band = np.abs(height - h0) < cell
+    if members is not None and (band & members).sum() >= 10:
+        band &= members
+    pts = xyz[band]
+    tol = cell / 8
+    inliers = largest_plane(pts, up, tol)
+    normal = fit_plane_normal(pts[inliers], up, iters)
+    for _ in range(2):  # the plane's points again, around the fitted plane rather than the 3 points' one
+        centre = pts[inliers].mean(0)
+        near = np.abs((pts - centre) @ normal) < 2 * tol
+        if near.sum() < 10:
+            break
+        inliers = near
+        normal = fit_plane_normal(pts[inliers], up, iters)
+    return normal
+
+
+def largest_plane(pts: np.ndarray, up: np.ndarray, tol: float, max_deg: float = 20.0, tries: int = 256) -> np.ndarray:
+    """``[N]`` the inliers (within ``tol``) of the plane through 3 of ``pts`` that holds the most of them, among
+    planes whose normal is within ``max_deg`` of ``up`` (RANSAC, a fixed seed: the same in every world frame). A
+    height band can hold two level planes, a table top and, further off, a box top: a least-squares fit would
+    tilt to pass through both."""
+    n = len(pts)
+    if n < 10:
+        return np.ones(n, bool)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, n, size=(tries, 3))
+    a, b, c = pts[idx[:, 0]], pts[idx[:, 1]], pts[idx[:, 2]]
+    normals = np.cross(b - a, c - a)
+    norm = np.linalg.norm(normals, axis=1)
+    ok = norm > 1e-12
+    normals = normals[ok] / norm[ok, None]
+    a = a[ok]
+    level = np.abs(normals @ up) > np.cos(np.radians(max_deg))
+    if not level.any():
+        return np.ones(n, bool)
+    normals, a = normals[level], a[level]
+    best, best_count = np.ones(n, bool), -1
+    for start in range(0, len(normals), 32):  # [32, N] distances at a time
+        dist = np.abs((pts[None, :, :] - a[start : start + 32, None, :]) @ normals[start : start + 32, :, None])[..., 0]
+        counts = (dist < tol).sum(1)
+        k = int(np.argmax(counts))
+        if counts[k] > best_count:
+            best_count, best = int(counts[k]), dist[k] < tol
+    return best if best_count >= 10 else np.ones(n, bool)
+
+
+def settle_plane_normal(
+    xyz: np.ndarray,
+    mode: np.ndarray,
+    seeds: np.ndarray,
+    members: np.ndarray,
+    cell: float,
+    max_deg: float,
+    rounds: int = 6,
+) -> np.ndarray:
+    """:func:`refine_plane_normal` repeated, each round's height band taken along the last round's normal,
+    until the normal moves less than 0.05 deg: a fixed point of the fit, the same in every world frame (a band
+    cut along a normal a few degrees off holds a slanted strip of the plane, and the voxel grid that gave the
+    first normal is cut differently in each frame). A result more than ``max_deg`` from the flat surfaces'
+    ``mode`` (a band that slid onto another structure) falls back to the first round's."""
+    first = normal = refine_plane_normal(xyz, mode, seeds, cell, members=members)
+    for _ in range(rounds):
+        nxt = refine_plane_normal(xyz, normal, seeds, cell, members=members)
+        moved = _degrees(nxt, normal)
+        normal = nxt
+        if moved < 0.05:
+            break
+    return normal if _degrees(normal, mode) <= max_deg else first
 
 
 def fit_plane_normal(pts: np.ndarray, up: np.ndarray, iters: int = 6) -> np.ndarray:

@@ -1,0 +1,558 @@
+"""``ovseg3d prepare``: from a folder of photos or a video to a scene ``ovseg3d train`` reads, through pycolmap's
+structure from motion (COLMAP's SIFT, matching, incremental mapping and bundle adjustment, on a CPU).
+
+The steps, each resumable (a killed run continues from the work folder's database):
+
+1. **images**: photos with their EXIF orientation applied, or the sharpest frame (variance of the Laplacian) of
+   each of ``--frames`` equal windows of a video (imageio's ffmpeg plugin), downscaled to ``--max-long-side``;
+2. **features**: SIFT per image, one camera for all (``--camera-model``, refined in bundle adjustment);
+3. **matches**: every pair for up to ``--exhaustive-up-to`` photos, else (and for video) each image with its
+   ``--overlap`` successors plus a coarse all-pairs grid over the sequence that closes loops (COLMAP's own
+   loop detection needs a vocabulary tree file, which is not bundled);
+4. **mapping**: incremental mapping; the model with the most registered images is kept, and the images it
+   leaves out are named in one line;
+5. **frame**: the model turned so that the cameras' up is +z and the sparse points' median is the origin
+   (``--no-gravity``: COLMAP's own frame); optional undistortion (``--undistort``; ovseg3d models the lens
+   otherwise); ``images_2/4/8``.
+
+OUT is written as ``OUT.partial`` and renamed when whole: it holds ``images/``, ``sparse/0/`` (binary),
+``images_2/`` ... , ``database.db`` and ``prepare.json`` (what was registered, the reprojection error, the seconds
+of each step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from ovseg3d.atomic import write_json
+from ovseg3d.errors import MissingFileError, UsageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+MIN_IMAGES = 3
+STATE = "prepare_state.json"
+STEPS = ("images", "features", "matches", "mapping")
+
+
+class PrepareError(UsageError):
+    """The photos or video cannot make a scene (too few images, an unreadable video, too few matches,
+    nothing registered): one line saying which and what to try."""
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How ``ovseg3d prepare`` makes a scene of photos or a video."""
+
+    frames: int = 150
+    """Video: frames kept, the sharpest of each of this many equal stretches of the video."""
+    max_long_side: int = 1600
+    """Images with a longer side are downscaled to this many pixels for SfM and training (0: as they are)."""
+    camera_model: Literal["OPENCV", "SIMPLE_RADIAL", "RADIAL", "PINHOLE", "SIMPLE_PINHOLE", "OPENCV_FISHEYE"] = "OPENCV"
+    """COLMAP camera model, refined in bundle adjustment (OPENCV: focal lengths, principal point, k1 k2 p1 p2)."""
+    single_camera: bool = True
+    """One camera for every image (one phone, one zoom); --no-single-camera: one per image."""
+    matcher: Literal["auto", "exhaustive", "sequential"] = "auto"
+    """auto: every pair for photos up to --exhaustive-up-to, else (and for a video) sequential with loop pairs."""
+    exhaustive_up_to: int = 300
+    """With --matcher auto: the most photos matched pair by pair (n^2 / 2 pairs)."""
+    overlap: int = 10
+    """Sequential matching: each image is matched with this many that follow it."""
+    loop_pairs: int = 20
+    """Sequential matching: also every pair of this many images spread over the sequence (closes loops)."""
+    max_features: int = 8192
+    """SIFT features per image."""
+    gravity: bool = True
+    """Turn the model so that the cameras' up is +z and the sparse points' median the origin."""
+    undistort: bool = False
+    """Write undistorted (pinhole) images and cameras instead of keeping the lens (ovseg3d models OPENCV lenses)."""
+    downscales: tuple[int, ...] = (2, 4, 8)
+    """Also write images_K/ for each K (the layout train reads pre-resized images from)."""
+    threads: int = -1
+    """CPU threads for pycolmap (-1: all)."""
+
+
+def _pycolmap():  # noqa: ANN202 - the module
+    try:
+        import pycolmap
+    except ImportError:
+        raise UsageError('ovseg3d prepare needs pycolmap: pip install "ovseg3d[prepare]"') from None
+    return pycolmap
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. images
+
+
+def list_inputs(source: Path) -> tuple[str, list[Path]]:
+    """``("video", [file])`` or ``("photos", files sorted by name)``; a one-line error for anything else."""
+    if not source.exists():
+        raise MissingFileError(f"{source}: no such file or folder (give a folder of photos or a video file)")
+    if source.is_file():
+        if source.suffix.lower() not in VIDEO_SUFFIXES:
+            raise PrepareError(f"{source}: not a video ({', '.join(VIDEO_SUFFIXES)}) nor a folder of photos")
+        return "video", [source]
+    photos = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(photos) < MIN_IMAGES:
+        raise PrepareError(
+            f"{source} holds {len(photos)} photo{'s' if len(photos) != 1 else ''} "
+            f"({', '.join(IMAGE_SUFFIXES)}): prepare needs at least {MIN_IMAGES} of one scene, seen from several places"
+        )
+    return "photos", photos
+
+
+def working_size(width: int, height: int, max_long_side: int) -> tuple[int, int]:
+    """``(width, height)`` scaled down so that the longer side is at most ``max_long_side`` (0: unchanged)."""
+    long_side = max(width, height)
+    if max_long_side <= 0 or long_side <= max_long_side:
+        return width, height
+    s = max_long_side / long_side
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
+def _save(im: Image.Image, path: Path) -> None:
+    im = im.convert("RGB")
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        im.save(tmp, format="JPEG", quality=95)
+    else:
+        im.save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def write_photos(photos: list[Path], folder: Path, max_long_side: int) -> list[str]:
+    """Each photo upright (EXIF orientation applied), at the working size, into ``folder``; the names written
+    (a photo already there is kept: a resumed run)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for photo in tqdm(photos, desc="images", unit="photo", leave=False):
+        suffix = ".jpg" if photo.suffix.lower() in (".jpg", ".jpeg") else ".png"
+        name = photo.stem + suffix
+        if name in names:
+            raise PrepareError(f"{photo}: two photos are named {photo.stem} (rename one)")
+        names.append(name)
+        if (folder / name).is_file():
+            continue
+        try:
+            with Image.open(photo) as im:
+                im = ImageOps.exif_transpose(im)
+                size = working_size(*im.size, max_long_side)
+                if size != im.size:
+                    im = im.resize(size, Image.Resampling.LANCZOS)
+                _save(im, folder / name)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise PrepareError(
+                f"{photo}: cannot read image ({str(exc).splitlines()[0]}): remove it or replace it"
+            ) from None
+    return names
+
+
+def sharpness(rgb: np.ndarray) -> float:
+    """Variance of the Laplacian of the grey image (blurred or smeared frames score low)."""
+    g = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    lap = g[1:-1, 1:-1] * -4.0 + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
+    return float(lap.var())
+
+
+def _video_frames(video: Path):  # noqa: ANN202 - (count or None, iterator of frames)
+    try:
+        import imageio.v3 as iio
+        import imageio_ffmpeg
+    except ImportError:
+        raise UsageError('reading a video needs imageio-ffmpeg: pip install "ovseg3d[prepare]"') from None
+    try:
+        count, _ = imageio_ffmpeg.count_frames_and_secs(str(video))
+        return count, iio.imiter(video, plugin="FFMPEG")
+    except (OSError, RuntimeError, ValueError, StopIteration) as exc:
+        raise PrepareError(f"{video}: ffmpeg cannot read it as a video ({str(exc).splitlines()[0][:160]})") from None
+
+
+def write_video_frames(video: Path, folder: Path, frames: int, max_long_side: int) -> list[str]:
+    """The sharpest frame of each of ``frames`` equal stretches of ``video``, at the working size, into
+    ``folder`` as ``frame_00001.jpg`` ...; the names written."""
+    count, reader = _video_frames(video)
+    if count < MIN_IMAGES:
+        raise PrepareError(f"{video}: {count} frames: prepare needs at least {MIN_IMAGES}")
+    n = min(frames, count)
+    window = count / n
+    best: list[tuple[float, np.ndarray | None]] = [(-1.0, None)] * n
+    bar = tqdm(total=count, desc="frames", unit="frame", leave=False)
+    try:
+        for i, frame in enumerate(reader):
+            k = min(int(i / window), n - 1)
+            small = frame[::2, ::2] if max(frame.shape[:2]) > 720 else frame
+            score = sharpness(small)
+            if score > best[k][0]:
+                best[k] = (score, frame)
+            bar.update()
+    except (OSError, RuntimeError) as exc:
+        raise PrepareError(f"{video}: ffmpeg stopped reading it ({str(exc).splitlines()[0][:160]})") from None
+    finally:
+        bar.close()
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for k, (_, frame) in enumerate(best):
+        if frame is None:  # fewer frames decoded than counted
+            continue
+        name = f"frame_{k + 1:05d}.jpg"
+        im = Image.fromarray(np.ascontiguousarray(frame[..., :3]))
+        size = working_size(*im.size, max_long_side)
+        _save(im.resize(size, Image.Resampling.LANCZOS) if size != im.size else im, folder / name)
+        names.append(name)
+    if len(names) < MIN_IMAGES:
+        raise PrepareError(f"{video}: only {len(names)} frames could be decoded: prepare needs at least {MIN_IMAGES}")
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2-4. features, matches, mapping
+
+
+def image_pairs(n: int, matcher: str, overlap: int, loop_pairs: int) -> list[tuple[int, int]]:
+    """Index pairs ``i < j`` to match: all of them (``exhaustive``), or each image with its ``overlap`` successors
+    plus every pair of ``loop_pairs`` images spread evenly over the sequence (``sequential``)."""
+    if matcher == "exhaustive":
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+    pairs = {(i, j) for i in range(n) for j in range(i + 1, min(n, i + 1 + overlap))}
+    anchors = sorted({int(round(x)) for x in np.linspace(0, n - 1, min(n, loop_pairs))})
+    pairs |= {(a, b) for ai, a in enumerate(anchors) for b in anchors[ai + 1 :]}
+    return sorted(pairs)
+
+
+def _extract(pycolmap, db: Path, images: Path, names: list[str], cfg: PrepareConfig) -> None:  # noqa: ANN001
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = cfg.camera_model
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.num_threads = cfg.threads
+    extraction.use_gpu = False
+    extraction.sift.max_num_features = cfg.max_features
+    mode = pycolmap.CameraMode.SINGLE if cfg.single_camera else pycolmap.CameraMode.PER_IMAGE
+    chunk = 8
+    with tqdm(total=len(names), desc="features", unit="image", leave=False) as bar:
+        for start in range(0, len(names), chunk):  # COLMAP skips images already in the database: resumable
+            part = names[start : start + chunk]
+            pycolmap.extract_features(
+                db,
+                images,
+                image_names=part,
+                camera_mode=mode,
+                reader_options=reader,
+                extraction_options=extraction,
+                device=pycolmap.Device.cpu,
+            )
+            bar.update(len(part))
+
+
+def _match(pycolmap, db: Path, work: Path, names: list[str], matcher: str, cfg: PrepareConfig) -> int:  # noqa: ANN001
+    """Match the chosen pairs in chunks (a progress bar; pairs already matched are skipped by COLMAP); the
+    number of pairs that passed geometric verification."""
+    pairs = image_pairs(len(names), matcher, cfg.overlap, cfg.loop_pairs)
+    options = pycolmap.FeatureMatchingOptions()
+    options.num_threads = cfg.threads
+    options.use_gpu = False
+    chunk = 256
+    with tqdm(total=len(pairs), desc=f"matches ({matcher})", unit="pair", leave=False) as bar:
+        for start in range(0, len(pairs), chunk):
+            part = pairs[start : start + chunk]
+            listing = work / "pairs.txt"
+            listing.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in part))
+            pairing = pycolmap.ImportedPairingOptions()
+            pairing.match_list_path = listing
+            pycolmap.match_image_pairs(
+                db, matching_options=options, pairing_options=pairing, device=pycolmap.Device.cpu
+            )
+            bar.update(len(part))
+    with pycolmap.Database.open(db) as database:
+        return int(database.num_verified_image_pairs())
+
+
+def _map(pycolmap, db: Path, images: Path, work: Path, n_images: int, cfg: PrepareConfig):  # noqa: ANN001, ANN202
+    """Incremental mapping; the reconstruction with the most registered images."""
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = cfg.threads
+    options.min_model_size = min(10, max(MIN_IMAGES, n_images // 4))
+    bar = tqdm(total=n_images, desc="mapping", unit="image", leave=False)
+    registered = [0]
+
+    def next_image() -> None:
+        registered[0] += 1
+        bar.update(1)
+
+    out = work / "models"
+    if out.exists():
+        shutil.rmtree(out)  # mapping starts over on a resumed run (features and matches are kept)
+    out.mkdir()
+    try:
+        models = pycolmap.incremental_mapping(db, images, out, options=options, next_image_callback=next_image)
+    finally:
+        bar.close()
+    if not models:
+        raise PrepareError(
+            "no model could be built: no two images gave a good enough start (too little overlap, or too "
+            "little texture); try more photos from closer together, or --camera-model SIMPLE_RADIAL"
+        )
+    return max(models.values(), key=lambda rec: rec.num_reg_images())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. frame
+
+
+def gravity_transform(rec) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001 - a pycolmap.Reconstruction
+    """``(R, t)``: the rotation taking the cameras' up (:func:`~ovseg3d.data.loader.camera_up`) to +z and the
+    translation then taking the sparse points' median (the cameras' centroid without points) to the origin."""
+    from ovseg3d.data.loader import camera_up
+    from ovseg3d.detect.gravity import rotation_between
+
+    c2w = []
+    for image in rec.images.values():
+        if not image.has_pose:
+            continue
+        w2c = image.cam_from_world().matrix()  # [3, 4] OpenCV
+        rot, t = w2c[:, :3], w2c[:, 3]
+        c2w.append(np.c_[rot.T * np.array([1.0, -1.0, -1.0]), -rot.T @ t])
+    up = camera_up(np.stack(c2w))
+    rotation = rotation_between(up, np.array([0.0, 0.0, 1.0]))
+    xyz = np.array([p.xyz for p in rec.points3D.values()]) if rec.num_points3D() else np.stack(c2w)[:, :, 3]
+    return rotation, -rotation @ np.median(xyz, axis=0)
+
+
+def _downscale(images: Path, root: Path, factors: tuple[int, ...], names: list[str]) -> None:
+    for k in factors:
+        folder = root / f"images_{k}"
+        folder.mkdir(exist_ok=True)
+        for name in tqdm(names, desc=f"images_{k}", unit="image", leave=False):
+            if (folder / name).is_file():
+                continue
+            with Image.open(images / name) as im:
+                size = (max(1, -(-im.size[0] // k)), max(1, -(-im.size[1] // k)))
+                _save(im.resize(size, Image.Resampling.BOX), folder / name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _fingerprint(kind: str, inputs: list[Path], cfg: PrepareConfig) -> str:
+    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True, default=list).encode())
+    h.update(kind.encode())
+    for p in inputs:
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _sfm(work: Path) -> None:
+    """Steps 2-5 on the prepared images of ``work``, in this process (the child of :func:`prepare`): features,
+    matches, mapping, the gravity frame, ``sparse/0`` (or the undistorted images and model). Writes each finished
+    step to the state file and the model's figures to ``sfm.json``."""
+    pycolmap = _pycolmap()
+    pycolmap.logging.minloglevel = 2  # COLMAP's own log: errors only (the progress bars say what runs)
+    state = json.loads((work / STATE).read_text())
+    cfg = PrepareConfig(**{**state["config"], "downscales": tuple(state["config"]["downscales"])})
+    names, kind = list(state["names"]), state["kind"]
+    images, db = work / "images", work / "database.db"
+
+    def finish(step: str, start: float, **extra: object) -> None:
+        state["done"].append(step)
+        state["seconds"][step] = round(time.perf_counter() - start, 1)
+        state.update(extra)
+        write_json(work / STATE, state)
+
+    if "features" not in state["done"]:
+        t0 = time.perf_counter()
+        _extract(pycolmap, db, images, names, cfg)
+        finish("features", t0)
+    matcher = cfg.matcher
+    if matcher == "auto":
+        matcher = "exhaustive" if kind == "photos" and len(names) <= cfg.exhaustive_up_to else "sequential"
+    if "matches" not in state["done"]:
+        t0 = time.perf_counter()
+        verified = _match(pycolmap, db, work, names, matcher, cfg)
+        if verified == 0:
+            raise PrepareError(
+                f"no two of the {len(names)} images share enough verified matches: the photos must overlap "
+                "(each part of the scene in several of them), with texture to match"
+            )
+        finish("matches", t0, verified_pairs=verified, matcher=matcher)
+
+    if "mapping" in state["done"] and (work / "sfm.json").is_file():
+        return  # a resumed run whose child had finished
+    t0 = time.perf_counter()
+    rec = _map(pycolmap, db, images, work, len(names), cfg)
+    registered = sorted(rec.images[i].name for i in rec.reg_image_ids())
+    if len(registered) < MIN_IMAGES:
+        raise PrepareError(
+            f"only {len(registered)} of the {len(names)} images could be placed: too little overlap or texture "
+            "between them (more photos, closer together; or --camera-model SIMPLE_RADIAL)"
+        )
+    up = None
+    if cfg.gravity:
+        rotation, translation = gravity_transform(rec)
+        rec.transform(pycolmap.Sim3d(1.0, pycolmap.Rotation3d(rotation), translation))
+        up = rotation.T @ np.array([0.0, 0.0, 1.0])
+    sparse = work / "sparse" / "0"
+    shutil.rmtree(sparse.parent, ignore_errors=True)
+    sparse.mkdir(parents=True)
+    if cfg.undistort:
+        model, undistorted = work / "model_tmp", work / "undistorted"
+        for folder in (model, undistorted):
+            shutil.rmtree(folder, ignore_errors=True)
+        model.mkdir()
+        rec.write(model)
+        pycolmap.undistort_images(undistorted, model, images, image_names=registered, num_threads=cfg.threads)
+        shutil.rmtree(images)
+        (undistorted / "images").rename(images)
+        for f in (undistorted / "sparse").iterdir():
+            f.rename(sparse / f.name)
+        shutil.rmtree(undistorted)
+        shutil.rmtree(model)
+    else:
+        rec.write(sparse)
+    shutil.rmtree(work / "models", ignore_errors=True)
+    stats = {
+        "registered": registered,
+        "points": int(rec.num_points3D()),
+        "mean_reprojection_error_px": round(float(rec.compute_mean_reprojection_error()), 3),
+        "mean_track_length": round(float(rec.compute_mean_track_length()), 2),
+        "matcher": state.get("matcher", matcher),
+        "verified_pairs": state.get("verified_pairs"),
+        "gravity_up_in_colmap_frame": None if up is None else np.round(up, 6).tolist(),
+        "pycolmap": pycolmap.__version__,
+    }
+    write_json(work / "sfm.json", stats)
+    finish("mapping", t0)
+
+
+def _run_sfm_child(work: Path) -> dict:
+    """:func:`_sfm` in a child Python: pycolmap's native code (and its libraries, which broke Pillow's PNG
+    encoder when loaded first in one process) stays out of this one, and a native abort is one line here."""
+    import signal
+    import subprocess
+    import sys
+
+    (work / "sfm_error.txt").unlink(missing_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "ovseg3d.prepare", str(work)], check=False)
+    if proc.returncode == 0:
+        return json.loads((work / "sfm.json").read_text())
+    if (work / "sfm_error.txt").is_file():
+        raise PrepareError((work / "sfm_error.txt").read_text().strip())
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        raise PrepareError(f"pycolmap stopped ({name}); the same command resumes from {work}")
+    raise PrepareError(
+        f"the structure-from-motion step failed (exit status {proc.returncode}, see above); "
+        f"the same command resumes from {work}"
+    )
+
+
+def prepare(source: Path, out: Path, cfg: PrepareConfig = PrepareConfig(), log: Callable[[str], None] = print) -> dict:
+    """Make the scene ``out`` (COLMAP layout) of the photos in the folder ``source``, or of the video file
+    ``source``; the summary written to ``out/prepare.json``. ``out.partial`` holds the work until it is whole;
+    run again, the same command resumes it."""
+    source, out = Path(source), Path(out)
+    import importlib.util
+
+    if importlib.util.find_spec("pycolmap") is None:  # not imported here: it runs in a child process
+        raise UsageError('ovseg3d prepare needs pycolmap: pip install "ovseg3d[prepare]"')
+    if out.exists():
+        raise UsageError(f"{out} already exists: give a new folder (prepare writes a whole scene)")
+    kind, inputs = list_inputs(source)
+    work = out.with_name(out.name + ".partial")
+    fingerprint = _fingerprint(kind, inputs, cfg)
+    state: dict = {}
+    if (work / STATE).is_file():
+        try:
+            state = json.loads((work / STATE).read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state.get("fingerprint") != fingerprint:
+            log(f"{work}: left by a run with other inputs or options: starting over")
+            shutil.rmtree(work)
+            state = {}
+        else:
+            log(f"{work}: resuming after {state.get('done', [])[-1] if state.get('done') else 'nothing'}")
+    work.mkdir(parents=True, exist_ok=True)
+    state.setdefault("fingerprint", fingerprint)
+    state.setdefault("done", [])
+    state.setdefault("seconds", {})
+
+    def finish(step: str, start: float, **extra: object) -> None:
+        state["done"].append(step)
+        state["seconds"][step] = round(time.perf_counter() - start + state["seconds"].get(step, 0.0), 1)
+        state.update(extra)
+        write_json(work / STATE, state)
+
+    images = work / "images"
+    if "images" not in state["done"]:
+        t0 = time.perf_counter()
+        if kind == "video":
+            names = write_video_frames(inputs[0], images, cfg.frames, cfg.max_long_side)
+        else:
+            names = write_photos(inputs, images, cfg.max_long_side)
+        finish("images", t0, names=names)
+    names = list(state["names"])
+    with Image.open(images / names[0]) as im:
+        size = im.size
+    log(f"{len(names)} {'frames' if kind == 'video' else 'photos'} at {size[0]}x{size[1]} in {images}")
+
+    state["config"], state["kind"] = asdict(cfg), kind
+    write_json(work / STATE, state)
+    sfm = _run_sfm_child(work)
+    state = json.loads((work / STATE).read_text())
+    registered = list(sfm["registered"])
+    missing = sorted(set(names) - set(registered))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        log(f"{len(missing)} of {len(names)} images were not registered (left out of the scene): {shown}")
+    for name in missing:  # the scene holds the registered images only
+        (images / name).unlink(missing_ok=True)
+    stats = {
+        "source": str(source),
+        "kind": kind,
+        "images": len(names),
+        "registered": len(registered),
+        "unregistered": missing,
+        "size": list(size),
+        **{k: v for k, v in sfm.items() if k != "registered"},
+        "camera_model": cfg.camera_model,
+        "undistorted": cfg.undistort,
+        "config": asdict(cfg),
+    }
+    t0 = time.perf_counter()
+    _downscale(images, work, cfg.downscales, registered)
+    state["seconds"]["downscale"] = round(time.perf_counter() - t0, 1)
+    stats["seconds"] = dict(state["seconds"], total=round(sum(state["seconds"].values()), 1))
+    for leftover in ("pairs.txt", "sfm.json", "sfm_error.txt", STATE):
+        (work / leftover).unlink(missing_ok=True)
+    write_json(work / "prepare.json", stats)
+    work.rename(out)
+    log(
+        f"{len(registered)} of {len(names)} images registered, {stats['points']} points, mean reprojection error "
+        f"{stats['mean_reprojection_error_px']:.2f} px, {stats['seconds']['total']:.0f} s -> {out} "
+        f"(ovseg3d train {out} --output RUN)"
+    )
+    return stats
+
+
+if __name__ == "__main__":  # the child process of prepare(): python -m ovseg3d.prepare WORK
+    import sys
+
+    _work = Path(sys.argv[1])
+    try:
+        _sfm(_work)
+    except UsageError as _exc:
+        (_work / "sfm_error.txt").write_text(str(_exc))
+        sys.exit(3)

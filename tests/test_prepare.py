@@ -1,0 +1,121 @@
+"""`ovseg3d prepare`: photos or a video to a COLMAP scene with pycolmap. A generated scene's renders give back
+its cameras (after a similarity alignment), a video gives the frames asked for, bad input is one line, and a
+killed run resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ovseg3d.cli import main
+from ovseg3d.data.loader import camera_up, load_scene
+from ovseg3d.metrics import similarity_alignment, trajectory_error
+from ovseg3d.prepare import image_pairs, sharpness, write_video_frames
+
+pytest.importorskip("pycolmap")
+
+# a forward-facing room at 320x240: enough texture for SIFT at this size (an orbit of the same room, 18 deg a
+# step, matched too few pairs: COLMAP's first pair wants 100 inliers)
+SCENE = ["--width", "320", "--height", "240", "--n-views", "20", "--supersample", "1", "--n-annotated", "0"]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    scene = tmp_path_factory.mktemp("prepare") / "scene"
+    assert main(["synth", str(scene), *SCENE, "--seed", "3"]) == 0
+    return scene
+
+
+def _centres(scene: Path) -> dict[str, np.ndarray]:
+    s = load_scene(scene)
+    c2w = s.cameras.c2w.double().numpy()
+    return {Path(p).name: c2w[i] for i, p in enumerate(s.image_paths)}
+
+
+def test_a_generated_scenes_renders_give_back_its_cameras(rendered, tmp_path):
+    out = tmp_path / "prepared"
+    assert main(["prepare", str(rendered / "images"), str(out), "--max-features", "4096"]) == 0
+    stats = json.loads((out / "prepare.json").read_text())
+    assert stats["registered"] == stats["images"] == 20
+    assert stats["mean_reprojection_error_px"] < 1.5
+    assert (out / "sparse" / "0" / "cameras.bin").is_file() and (out / "images_2").is_dir()
+    assert not (out.parent / "prepared.partial").exists()
+    truth, found = _centres(rendered), _centres(out)
+    names = sorted(found)
+    est = np.stack([found[n][:, 3] for n in names])
+    ref = np.stack([truth[n][:, 3] for n in names])
+    assert trajectory_error(est, ref)["rmse_share"] < 0.02
+    # turned so that the cameras' up is +z; and the same up as the truth's, once aligned
+    up = camera_up(np.stack([found[n] for n in names]))
+    assert math.degrees(math.acos(min(1.0, up[2]))) < 1.0
+    _, rot, _ = similarity_alignment(est, ref)
+    truth_up = camera_up(np.stack([truth[n] for n in names]))
+    assert float(rot @ up @ truth_up) > math.cos(math.radians(3.0))
+
+
+def test_a_killed_prepare_resumes_from_its_work_folder(rendered, tmp_path):
+    out = tmp_path / "scene"
+    cmd = [sys.executable, "-m", "ovseg3d.cli", "prepare", str(rendered / "images"), str(out), "--max-features", "4096"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "scene.partial" / "prepare_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and "images" in json.loads(state.read_text() or "{}").get("done", []):
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the command and its pycolmap child
+    proc.wait()
+    assert not out.exists() and state.is_file()
+    said = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert "resuming after" in said
+    assert json.loads((out / "prepare.json").read_text())["registered"] == 20
+
+
+def test_too_few_photos_or_no_video_is_one_line(tmp_path, rendered, capsys):
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in ("00.png", "01.png"):
+        (two / name).write_bytes((rendered / "images" / name).read_bytes())
+    assert main(["prepare", str(two), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds 2 photos" in err and "at least 3" in err
+    bad = tmp_path / "clip.mp4"
+    bad.write_bytes(b"not a video at all")
+    assert main(["prepare", str(bad), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot read it as a video" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_video_gives_the_sharpest_frame_of_each_stretch(tmp_path):
+    iio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")
+    rng = np.random.default_rng(0)
+    sharp = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+    blurred = sharp.astype(np.float32)
+    for _ in range(6):  # a box blur, six times
+        blurred = (blurred + np.roll(blurred, 1, 0) + np.roll(blurred, 1, 1) + np.roll(blurred, -1, 0)) / 4
+    frames = [sharp if i in (1, 2, 5, 6, 9) else blurred.astype(np.uint8) for i in range(10)]
+    video = tmp_path / "walk.mp4"
+    iio.mimwrite(video, frames, fps=10, macro_block_size=16)
+    names = write_video_frames(video, tmp_path / "frames", frames=5, max_long_side=0)
+    assert names == [f"frame_{k:05d}.jpg" for k in range(1, 6)]
+    kept = [sharpness(np.asarray(iio.imread(tmp_path / "frames" / n))) for n in names]
+    assert min(kept) > 4 * sharpness(blurred.astype(np.uint8))
+
+
+def test_sequential_pairs_close_the_loop_and_exhaustive_pairs_are_all():
+    assert len(image_pairs(20, "exhaustive", 10, 20)) == 190
+    pairs = set(image_pairs(100, "sequential", 5, 10))
+    assert (0, 5) in pairs and (0, 6) not in pairs  # neighbours
+    assert (0, 99) in pairs  # the last frame meets the first: a loop
+    assert len(pairs) < 100 * 5 + 45

@@ -241,6 +241,11 @@ def _extract(pycolmap, db: Path, images: Path, names: list[str], cfg: PrepareCon
     with tqdm(total=len(names), desc="features", unit="image", leave=False) as bar:
         for start in range(0, len(names), chunk):  # COLMAP skips images already in the database: resumable
             part = names[start : start + chunk]
+            if cfg.single_camera and db.is_file():  # SINGLE holds within one call: later chunks join its camera
+                with pycolmap.Database.open(db) as database:
+                    cameras = database.read_all_cameras()
+                if cameras:
+                    reader.existing_camera_id = cameras[0].camera_id
             pycolmap.extract_features(
                 db,
                 images,

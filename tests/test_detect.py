@@ -14,7 +14,7 @@ from ovseg3d.cli import main
 from ovseg3d.detect.boxes import face, fit_upright_box, front_yaw
 from ovseg3d.detect.gravity import NoFlatSurface, estimate_up, rotation_between
 from ovseg3d.detect.head import DetectOptions, detect, point_spacing
-from ovseg3d.detect.instances import connected_components, merge_pieces
+from ovseg3d.detect.instances import connected_components, join_stacked, merge_pieces
 from ovseg3d.detect.metrics import box_iou, rot_z
 from ovseg3d.export import LabelledCloud, read_ply, write_ply
 
@@ -106,6 +106,21 @@ def test_pieces_join_when_the_joined_box_is_nearer_the_class_size():
     side_by_side = np.concatenate([far, far + [0.0, 0.31, 0.0]])
     n = len(far)
     assert len(merge_pieces(side_by_side, [np.arange(n), np.arange(n, 2 * n)], score, gap=0.015)) == 2
+
+
+def test_a_tall_object_split_into_stacked_pieces_is_one_box_and_neighbours_stay_two():
+    """A 60 cm tin can whose middle is missing from the cloud (pieces 0-10, 5-44 and 59-67 cm, as the shared
+    forward room's export gave) joins into one; two cans side by side do not, and neither does a can beside a
+    piece of one above the other's top but not over it."""
+    can = mug([0.0, 0.0, 0.3], 0.0, r=0.15, h=0.6)[:, :3]
+    pieces = [np.flatnonzero((can[:, 2] >= lo) & (can[:, 2] < hi)) for lo, hi in [(0, 0.1), (0.12, 0.44), (0.59, 0.7)]]
+    joined = join_stacked(can, pieces)
+    assert len(joined) == 1 and np.ptp(can[joined[0], 2]) > 0.55
+    pair = np.concatenate([can, can + [0.5, 0.0, 0.0]])
+    n = len(can)
+    assert len(join_stacked(pair, [np.arange(n), np.arange(n, 2 * n)])) == 2
+    aside = np.concatenate([can, can[pieces[2]] + [0.31, 0.0, 0.0]])  # beside, not over: footprints do not overlap
+    assert len(join_stacked(aside, [np.arange(n), np.arange(n, len(aside))])) == 2
 
 
 def test_box_fit_recovers_a_known_box():

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from ovseg3d.cli import main
+from ovseg3d.data.colmap import read_model
 from ovseg3d.data.loader import camera_up, load_scene
 from ovseg3d.metrics import similarity_alignment, trajectory_error
 from ovseg3d.prepare import image_pairs, sharpness, write_video_frames
@@ -48,6 +49,7 @@ def test_a_generated_scenes_renders_give_back_its_cameras(rendered, tmp_path):
     assert stats["registered"] == stats["images"] == 20
     assert stats["mean_reprojection_error_px"] < 1.5
     assert (out / "sparse" / "0" / "cameras.bin").is_file() and (out / "images_2").is_dir()
+    assert len(read_model(out / "sparse" / "0").cameras) == 1  # one camera for all, across extraction chunks
     assert not (out.parent / "prepared.partial").exists()
     truth, found = _centres(rendered), _centres(out)
     names = sorted(found)

@@ -30,7 +30,13 @@ import torch.nn.functional as F
 from ovseg3d.atomic import write_json
 from ovseg3d.detect.boxes import Box, complete_round, face, fit_upright_box, front_yaw
 from ovseg3d.detect.gravity import NoFlatSurface, estimate_up, gravity_rotation
-from ovseg3d.detect.instances import clean_instance, connected_components, label_instances, merge_pieces
+from ovseg3d.detect.instances import (
+    clean_instance,
+    connected_components,
+    join_stacked,
+    label_instances,
+    merge_pieces,
+)
 from ovseg3d.detect.metrics import box_iou, rot_z
 from ovseg3d.detect.priors import SizePriors
 from ovseg3d.detect.scale import SceneScale, estimate_scale
@@ -224,10 +230,13 @@ def _label_pieces(cloud: LabelledCloud, xyz_up: np.ndarray, priors: SizePriors, 
 def _joined(
     pieces: Pieces, xyz_up: np.ndarray, priors: SizePriors, scale: float, eps: float, opts: DetectOptions
 ) -> list[np.ndarray]:
-    """Point indices of the labelled cloud's candidate instances: its pieces, those of one class joined where
-    the size prior (sizes times ``scale``, metres per scene unit) says so."""
+    """Point indices of the labelled cloud's candidate instances: its pieces, those of one class joined where one
+    stands over the other (:func:`~ovseg3d.detect.instances.join_stacked`) and where the size prior (sizes times
+    ``scale``, metres per scene unit) says so."""
     out = []
     for name, parts in pieces:
+        if opts.join_pieces and len(parts) > 1:
+            parts = join_stacked(xyz_up, parts)
         if name.lower() in priors.sizes and opts.size_prior and opts.join_pieces and len(parts) > 1:
             parts = merge_pieces(xyz_up, parts, functools.partial(_prior_score, priors, name, scale), eps)
         out += [p for p in parts if len(p) >= opts.min_points]

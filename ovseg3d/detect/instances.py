@@ -126,3 +126,33 @@ def merge_pieces(
         box[a] = (np.minimum(box[a][0], b_lo), np.maximum(box[a][1], b_hi))
         joined = {k: v for k, v in joined.items() if a not in k and b not in k}
     return [alive[k] for k in sorted(alive)]
+
+
+def join_stacked(
+    xyz_up: np.ndarray, pieces: list[np.ndarray], min_overlap: float = 0.5, max_gap: float = 2.0
+) -> list[np.ndarray]:
+    """Pieces of one class (point indices into ``xyz_up``, +z up) joined where one stands over the other: their
+    footprints (upright boxes' x-y extents) overlap by at least ``min_overlap`` of the smaller one, and the
+    height between them is less than ``max_gap`` times the taller piece's height. A tall object whose middle the
+    export missed (seen at a grazing angle, or labelled otherwise there) falls apart into stacked pieces with a
+    gap between them (the shared forward room's vase: pieces 0.11 and 0.13 tall, 0.18 apart); two objects of one
+    class side by side do not overlap in plan. Until no pair joins."""
+    parts = [p for p in pieces if len(p)]
+    while len(parts) > 1:
+        lo = np.stack([xyz_up[p].min(0) for p in parts])
+        hi = np.stack([xyz_up[p].max(0) for p in parts])
+        area = np.prod(hi[:, :2] - lo[:, :2], axis=1)
+        pair = None
+        for i, j in itertools.combinations(range(len(parts)), 2):
+            over = np.prod(np.maximum(0.0, np.minimum(hi[i, :2], hi[j, :2]) - np.maximum(lo[i, :2], lo[j, :2])))
+            gap = max(lo[i, 2], lo[j, 2]) - min(hi[i, 2], hi[j, 2])
+            tall = max(hi[i, 2] - lo[i, 2], hi[j, 2] - lo[j, 2])
+            if over >= min_overlap * max(min(area[i], area[j]), 1e-12) and gap < max_gap * tall:
+                pair = (i, j)
+                break
+        if pair is None:
+            break
+        i, j = pair
+        parts[i] = np.concatenate([parts[i], parts[j]])
+        del parts[j]
+    return parts

@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""``ovseg3d prepare`` on real photo sets: registered photos, reprojection error, seconds per step and, where the
+set ships camera poses made from the same photos (a COLMAP model, LLFF ``poses_bounds.npy`` or a
+``transforms.json``), the absolute trajectory error of the camera centres after a similarity alignment, as a
+share of the cameras' extent (the diagonal of their box).
+
+Each set is a folder of photos (fetched, never committed) and, optionally, a scene folder with the shipped poses:
+
+    python scripts/bench_prepare.py --sets nerfdb=/work/data/nerfdb/images:/work/data/nerfdb \\
+        fox=/work/data/fox/data/nerf/fox/images:/work/data/fox/data/nerf/fox bonsai=/work/data/bonsai/photos
+
+Prints a table and writes JSON (default ``bench/prepare.json``; rows of sets not run are kept). The prepared
+scenes go to ``--root`` (default ``bench/prepared``), reused unless ``--fresh``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from ovseg3d.data.colmap import c2w_opengl, read_model
+from ovseg3d.data.loader import load_scene
+from ovseg3d.metrics import trajectory_error
+from ovseg3d.prepare import PrepareConfig, prepare
+
+
+@dataclass
+class Args:
+    sets: list[str] = field(default_factory=list)
+    """NAME=PHOTOS[:SCENE_WITH_POSES] for each set."""
+    root: Path = Path("bench/prepared")
+    out: Path = Path("bench/prepare.json")
+    fresh: bool = False
+    """Prepare again even where a prepared scene is there."""
+    max_long_side: int = PrepareConfig.max_long_side
+
+
+def centres_by_name(scene: Path) -> dict[str, np.ndarray]:
+    """Camera centres by image stem, of a scene folder or of a COLMAP model folder (cameras.bin, images.bin)."""
+    if (scene / "images.bin").is_file() or (scene / "images.txt").is_file():
+        model = read_model(scene)
+        return {Path(im.name).stem: c2w_opengl(im)[:, 3] for im in model.images.values()}
+    s = load_scene(scene)
+    c2w = s.cameras.c2w.double().numpy()
+    return {Path(p).stem: c2w[i, :, 3] for i, p in enumerate(s.image_paths)}
+
+
+def main(args: Args) -> None:
+    rows = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    for spec in args.sets:
+        name, _, paths = spec.partition("=")
+        photos, _, reference = paths.partition(":")
+        out = args.root / name
+        if args.fresh and out.exists():
+            shutil.rmtree(out)
+        start = time.perf_counter()
+        if not out.exists():
+            stats = prepare(Path(photos), out, PrepareConfig(max_long_side=args.max_long_side))
+        else:
+            stats = json.loads((out / "prepare.json").read_text())
+        row = {
+            k: stats[k]
+            for k in ("images", "registered", "size", "points", "mean_reprojection_error_px", "matcher", "seconds")
+        }
+        row["registered_share"] = round(stats["registered"] / stats["images"], 4)
+        row["wall_s"] = round(time.perf_counter() - start, 1)
+        if reference:
+            truth, found = centres_by_name(Path(reference)), centres_by_name(out)
+            common = sorted(set(truth) & set(found))
+            est = np.stack([found[n] for n in common])
+            ref = np.stack([truth[n] for n in common])
+            row["ate"] = {k: round(v, 5) for k, v in trajectory_error(est, ref).items()}
+            row["ate_images"] = len(common)
+        rows[name] = row
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=1))
+    print(
+        f"{'set':<10} {'photos':>6} {'size':>10} {'registered':>10} {'reproj px':>9} {'ATE % extent':>12} "
+        f"{'features s':>10} {'matches s':>9} {'mapping s':>9} {'total s':>8}"
+    )
+    for name, r in rows.items():
+        ate = f"{100 * r['ate']['rmse_share']:.2f}" if "ate" in r else "-"
+        sec = r["seconds"]
+        size = "x".join(map(str, r["size"]))
+        print(
+            f"{name:<10} {r['images']:>6} {size:>10} {r['registered']:>10} {r['mean_reprojection_error_px']:>9.2f} "
+            f"{ate:>12} {sec.get('features', 0):>10.0f} {sec.get('matches', 0):>9.0f} {sec.get('mapping', 0):>9.0f} "
+            f"{sec['total']:>8.0f}"
+        )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

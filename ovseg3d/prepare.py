@@ -64,7 +64,7 @@ class PrepareConfig:
     """One camera for every image (one phone, one zoom); --no-single-camera: one per image."""
     matcher: Literal["auto", "exhaustive", "sequential"] = "auto"
     """auto: every pair for photos up to --exhaustive-up-to, else (and for a video) sequential with loop pairs."""
-    exhaustive_up_to: int = 300
+    exhaustive_up_to: int = 150
     """With --matcher auto: the most photos matched pair by pair (n^2 / 2 pairs)."""
     overlap: int = 10
     """Sequential matching: each image is matched with this many that follow it."""

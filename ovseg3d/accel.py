@@ -61,6 +61,14 @@ assert grid.params.grad is not None and bool(grid.params.grad.abs().sum() > 0), 
 """What a tinycudann installation must survive in a separate process before ovseg3d uses it."""
 
 
+def signal_name(number: int) -> str:
+    """``SIGSEGV`` for 11, ``signal N`` for a number without a name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def run_test(code: str, timeout: float = 600.0) -> tuple[bool, str]:
     """Run ``code`` in a fresh Python (``-X faulthandler``): whether it exited with status 0, and else one line
     on how it failed: the signal that killed it and the innermost Python frame it was in, or the last line of
@@ -75,12 +83,8 @@ def run_test(code: str, timeout: float = 600.0) -> tuple[bool, str]:
         return True, ""
     lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
     if proc.returncode < 0:
-        try:
-            name = signal.Signals(-proc.returncode).name
-        except ValueError:
-            name = f"signal {-proc.returncode}"
         frames = [line for line in lines if line.startswith("File ")]
-        return False, f"killed by {name}" + (f" ({frames[0]})" if frames else "")
+        return False, f"killed by {signal_name(-proc.returncode)}" + (f" ({frames[0]})" if frames else "")
     return False, f"exit status {proc.returncode}" + (f": {lines[-1]}" if lines else "")
 
 

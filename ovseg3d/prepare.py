@@ -287,18 +287,12 @@ def _map(pycolmap, db: Path, images: Path, work: Path, n_images: int, cfg: Prepa
     options.num_threads = cfg.threads
     options.min_model_size = min(10, max(MIN_IMAGES, n_images // 4))
     bar = tqdm(total=n_images, desc="mapping", unit="image", leave=False)
-    registered = [0]
-
-    def next_image() -> None:
-        registered[0] += 1
-        bar.update(1)
-
     out = work / "models"
     if out.exists():
         shutil.rmtree(out)  # mapping starts over on a resumed run (features and matches are kept)
     out.mkdir()
     try:
-        models = pycolmap.incremental_mapping(db, images, out, options=options, next_image_callback=next_image)
+        models = pycolmap.incremental_mapping(db, images, out, options=options, next_image_callback=bar.update)
     finally:
         bar.close()
     if not models:
@@ -316,19 +310,15 @@ def _map(pycolmap, db: Path, images: Path, work: Path, n_images: int, cfg: Prepa
 def gravity_transform(rec) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001 - a pycolmap.Reconstruction
     """``(R, t)``: the rotation taking the cameras' up (:func:`~ovseg3d.data.loader.camera_up`) to +z and the
     translation then taking the sparse points' median (the cameras' centroid without points) to the origin."""
+    from ovseg3d.data.colmap import c2w_opengl_from_w2c
     from ovseg3d.data.loader import camera_up
     from ovseg3d.detect.gravity import rotation_between
 
-    c2w = []
-    for image in rec.images.values():
-        if not image.has_pose:
-            continue
-        w2c = image.cam_from_world().matrix()  # [3, 4] OpenCV
-        rot, t = w2c[:, :3], w2c[:, 3]
-        c2w.append(np.c_[rot.T * np.array([1.0, -1.0, -1.0]), -rot.T @ t])
-    up = camera_up(np.stack(c2w))
+    w2c = [image.cam_from_world().matrix() for image in rec.images.values() if image.has_pose]  # [3, 4] OpenCV
+    c2w = np.stack([c2w_opengl_from_w2c(m[:, :3], m[:, 3]) for m in w2c])
+    up = camera_up(c2w)
     rotation = rotation_between(up, np.array([0.0, 0.0, 1.0]))
-    xyz = np.array([p.xyz for p in rec.points3D.values()]) if rec.num_points3D() else np.stack(c2w)[:, :, 3]
+    xyz = np.array([p.xyz for p in rec.points3D.values()]) if rec.num_points3D() else c2w[:, :, 3]
     return rotation, -rotation @ np.median(xyz, axis=0)
 
 
@@ -356,6 +346,14 @@ def _fingerprint(kind: str, inputs: list[Path], cfg: PrepareConfig) -> str:
     return h.hexdigest()[:16]
 
 
+def _finish(work: Path, state: dict, step: str, start: float, **extra: object) -> None:
+    """Record ``step`` as done in the work folder's state file, with its seconds since ``start`` and ``extra``."""
+    state["done"].append(step)
+    state["seconds"][step] = round(time.perf_counter() - start, 1)
+    state.update(extra)
+    write_json(work / STATE, state)
+
+
 def _sfm(work: Path) -> None:
     """Steps 2-5 on the prepared images of ``work``, in this process (the child of :func:`prepare`): features,
     matches, mapping, the gravity frame, ``sparse/0`` (or the undistorted images and model). Writes each finished
@@ -367,16 +365,10 @@ def _sfm(work: Path) -> None:
     names, kind = list(state["names"]), state["kind"]
     images, db = work / "images", work / "database.db"
 
-    def finish(step: str, start: float, **extra: object) -> None:
-        state["done"].append(step)
-        state["seconds"][step] = round(time.perf_counter() - start, 1)
-        state.update(extra)
-        write_json(work / STATE, state)
-
     if "features" not in state["done"]:
         t0 = time.perf_counter()
         _extract(pycolmap, db, images, names, cfg)
-        finish("features", t0)
+        _finish(work, state, "features", t0)
     matcher = cfg.matcher
     if matcher == "auto":
         matcher = "exhaustive" if kind == "photos" and len(names) <= cfg.exhaustive_up_to else "sequential"
@@ -388,7 +380,7 @@ def _sfm(work: Path) -> None:
                 f"no two of the {len(names)} images share enough verified matches: the photos must overlap "
                 "(each part of the scene in several of them), with texture to match"
             )
-        finish("matches", t0, verified_pairs=verified, matcher=matcher)
+        _finish(work, state, "matches", t0, verified_pairs=verified, matcher=matcher)
 
     if "mapping" in state["done"] and (work / "sfm.json").is_file():
         return  # a resumed run whose child had finished
@@ -435,15 +427,16 @@ def _sfm(work: Path) -> None:
         "pycolmap": pycolmap.__version__,
     }
     write_json(work / "sfm.json", stats)
-    finish("mapping", t0)
+    _finish(work, state, "mapping", t0)
 
 
 def _run_sfm_child(work: Path) -> dict:
     """:func:`_sfm` in a child Python: pycolmap's native code (and its libraries, which broke Pillow's PNG
     encoder when loaded first in one process) stays out of this one, and a native abort is one line here."""
-    import signal
     import subprocess
     import sys
+
+    from ovseg3d.accel import signal_name
 
     (work / "sfm_error.txt").unlink(missing_ok=True)
     proc = subprocess.run([sys.executable, "-m", "ovseg3d.prepare", str(work)], check=False)
@@ -452,11 +445,7 @@ def _run_sfm_child(work: Path) -> dict:
     if (work / "sfm_error.txt").is_file():
         raise PrepareError((work / "sfm_error.txt").read_text().strip())
     if proc.returncode < 0:
-        try:
-            name = signal.Signals(-proc.returncode).name
-        except ValueError:
-            name = f"signal {-proc.returncode}"
-        raise PrepareError(f"pycolmap stopped ({name}); the same command resumes from {work}")
+        raise PrepareError(f"pycolmap stopped ({signal_name(-proc.returncode)}); the same command resumes from {work}")
     raise PrepareError(
         f"the structure-from-motion step failed (exit status {proc.returncode}, see above); "
         f"the same command resumes from {work}"
@@ -494,12 +483,6 @@ def prepare(source: Path, out: Path, cfg: PrepareConfig = PrepareConfig(), log: 
     state.setdefault("done", [])
     state.setdefault("seconds", {})
 
-    def finish(step: str, start: float, **extra: object) -> None:
-        state["done"].append(step)
-        state["seconds"][step] = round(time.perf_counter() - start + state["seconds"].get(step, 0.0), 1)
-        state.update(extra)
-        write_json(work / STATE, state)
-
     images = work / "images"
     if "images" not in state["done"]:
         t0 = time.perf_counter()
@@ -507,7 +490,7 @@ def prepare(source: Path, out: Path, cfg: PrepareConfig = PrepareConfig(), log: 
             names = write_video_frames(inputs[0], images, cfg.frames, cfg.max_long_side)
         else:
             names = write_photos(inputs, images, cfg.max_long_side)
-        finish("images", t0, names=names)
+        _finish(work, state, "images", t0, names=names)
     names = list(state["names"])
     with Image.open(images / names[0]) as im:
         size = im.size

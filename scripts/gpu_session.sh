@@ -41,6 +41,16 @@ install_wheels() {
     python3 -c "import torch, ovseg3d.accel as a; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0)); print(a.describe('cuda'))"
 }
 
+# session / tcnn-fix: a deadline BUDGET seconds from now, everything printed also to $OUT/session.log, and
+# pack: /tmp/res (the results so far) into $OUT/results.tgz
+open_session() {
+    deadline=$((SECONDS + $1))
+    out="${OUT:-bench/session}"
+    mkdir -p "$out" /tmp/res
+    exec > >(tee -a "$out/session.log") 2>&1
+}
+pack() { tar czf "$out/results.tgz" -C /tmp/res . 2>/dev/null || true; }
+
 case "${1:-}" in
 wheels)
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -91,11 +101,7 @@ session)
     # tinycudann build overlaps the first steps (niced: the timed steps keep their cores), and the results are
     # packed after each step so that a call stopped at its limit still brings back what was done.
     budget="${2:-540}"
-    deadline=$((SECONDS + budget))
-    out="${OUT:-bench/session}"
-    mkdir -p "$out" /tmp/res
-    exec > >(tee -a "$out/session.log") 2>&1
-    pack() { tar czf "$out/results.tgz" -C /tmp/res . 2>/dev/null || true; }
+    open_session "$budget"
     step() {  # step NAME MIN_SECONDS MAX_SECONDS CMD...: run CMD for at most MAX_SECONDS, skipped under MIN_SECONDS
         local name="$1" need="$2" most="$3"
         shift 3
@@ -193,11 +199,7 @@ tcnn-fix)
     # std::ostream of a double (tcnn::bytes_to_string). Two builds side by side: A with the system compiler
     # (libstdc++ linked dynamically, as torch's), B with /opt/gcc and the static copy's symbols kept local.
     budget="${2:-330}"
-    deadline=$((SECONDS + budget))
-    out="${OUT:-bench/session}"
-    mkdir -p "$out" /tmp/res
-    exec > >(tee -a "$out/session.log") 2>&1
-    pack() { tar czf "$out/results.tgz" -C /tmp/res . 2>/dev/null || true; }
+    open_session "$budget"
     install_wheels
     pids=()
     which -a gcc g++ || true

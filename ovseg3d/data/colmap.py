@@ -175,8 +175,11 @@ def c2w_opengl(image: ColmapImage) -> np.ndarray:
 
     ``c2w_cv = [Rᵀ | -Rᵀ t]`` with ``R = R(q)``; OpenGL flips the camera's y and z: ``R_gl = Rᵀ diag(1, -1, -1)``.
     """
-    rot = qvec_to_rotmat(image.qvec)
-    tvec = np.asarray(image.tvec, dtype=np.float64)
+    return c2w_opengl_from_w2c(qvec_to_rotmat(image.qvec), np.asarray(image.tvec, dtype=np.float64))
+
+
+def c2w_opengl_from_w2c(rot: np.ndarray, tvec: np.ndarray) -> np.ndarray:
+    """``[3, 4]`` OpenGL camera-to-world of a COLMAP (OpenCV) world-to-camera rotation ``rot`` and translation."""
     c2w = np.empty((3, 4))
     c2w[:, :3] = rot.T * np.array([1.0, -1.0, -1.0])
     c2w[:, 3] = -rot.T @ tvec

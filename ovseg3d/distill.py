@@ -208,7 +208,7 @@ class Distiller:
         scene = geo.scene  # all the scene's views (pixels are drawn from its training views), on the device once
         self.cameras = scene.cameras.to(geo.device)
         self.near_far = scene.near_far.to(geo.device) if scene.near_far is not None else None
-        self.coverage = CropCoverage.of(geo) if cfg.coverage_weights else None
+        self.coverage = CropCoverage.of(geo) if cfg.coverage_weights and not cfg.teachers.dense() else None
         used = scene.used_pixels(list(range(len(scene))))  # masks: [N, H, W] bool of every view, or None
         self.used = used.to(geo.device) if used is not None else None
         self.step = 0

@@ -30,6 +30,8 @@ from ovseg3d.atomic import write_json
 from ovseg3d.teachers.config import TeacherError
 
 CACHE_FORMAT = 2  # 2: DINO grid scaled up for small images
+LATER_SETTINGS = {"clip_features": "crops"}
+"""Settings added to the sidecar after its format: a cache made before holds their value here."""
 ARRAYS = ("clip", "relevancy", "dino")
 
 
@@ -84,7 +86,8 @@ def stale_reason(stored: dict[str, Any], expected: dict[str, Any]) -> str | None
         return f"cache format {stored.get('format')} (made by ovseg3d {stored.get('ovseg3d_version', '?')})"
     if stored.get("teacher") != expected["teacher"]:
         return f"teacher {stored.get('teacher')} != {expected['teacher']}"
-    changed = [k for k, v in expected["settings"].items() if stored.get("settings", {}).get(k) != v]
+    settings = {**LATER_SETTINGS, **stored.get("settings", {})}
+    changed = [k for k, v in expected["settings"].items() if settings.get(k) != v]
     if changed:
         return "settings changed: " + ", ".join(changed)
     if stored.get("classes") != expected["classes"]:

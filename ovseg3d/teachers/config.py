@@ -33,6 +33,21 @@ class TeacherConfig:
     """'auto': open_clip for an open_clip architecture name when open_clip is installed, else transformers."""
     clip_pretrained: str = "laion2b_s34b_b88k"
     """open_clip only: pretrained tag (e.g. laion2b_s34b_b88k, openai) or a local weights file."""
+    clip_features: Literal["crops", "dense"] = "crops"
+    """How the CLIP feature maps are made. 'crops': 3D-OVS's crops at the --clip-scales (thousands of CLIP
+    passes a photo: minutes a photo on a CPU); 'dense': ProxyCLIP (training-free, DINO-guided attention on CLIP's
+    last-block values over sliding windows: a few CLIP and DINO passes a photo), one scale; transformers CLIP
+    only. The presets choose (cpu: dense, gpu: crops). The simulated teacher draws crops whatever this says."""
+    dense_short_side: int = 336
+    """dense: the photo's short side for the windows (ProxyCLIP: 336)."""
+    dense_window: int = 336
+    """dense: square window side in pixels (ProxyCLIP: 336)."""
+    dense_stride: int = 112
+    """dense: pixels between windows (ProxyCLIP: 112)."""
+    proxy_beta: float = 1.2
+    """dense: proxy attention offset: similarities below beta x their mean are not attended to (ProxyCLIP: 1.2)."""
+    proxy_gamma: float = 3.0
+    """dense: proxy attention sharpness: the offset similarities are multiplied by it before the softmax (3.0)."""
     clip_scales: tuple[int, ...] = (5, 7, 10)
     """Patch sizes as divisors of min(W, H): one feature map per entry (3D-OVS: 5, 7, 10)."""
     clip_stride: float = 0.25
@@ -78,7 +93,12 @@ class TeacherConfig:
     """Noise on simulated DINO features."""
 
     def n_scales(self) -> int:
+        """Crop scales (of the simulated teacher and of 'crops'; a 'dense' cache holds one map)."""
         return len(self.clip_scales)
+
+    def dense(self) -> bool:
+        """Whether the CLIP maps come from ProxyCLIP (real teachers with --clip-features dense)."""
+        return self.kind == "clip" and self.clip_features == "dense"
 
     def check(self) -> None:
         """Raise TeacherError on settings that cannot work."""
@@ -88,6 +108,10 @@ class TeacherConfig:
             raise TeacherError(f"clip_stride must be in (0, 1], got {self.clip_stride}")
         if min(self.feature_long_side, self.relevancy_long_side) < 1 or self.dino_long_side < 8:
             raise TeacherError("feature_long_side and relevancy_long_side must be >= 1, dino_long_side >= 8")
+        if self.clip_features not in ("crops", "dense"):
+            raise TeacherError(f"clip_features must be crops or dense, got {self.clip_features!r}")
+        if min(self.dense_short_side, self.dense_window, self.dense_stride) < 1 or self.proxy_gamma <= 0:
+            raise TeacherError("dense_short_side, dense_window, dense_stride and proxy_gamma must be positive")
         for name in ("syn_noise", "syn_confusion"):
             if len(getattr(self, name)) != self.n_scales():
                 raise TeacherError(f"{name} needs one value per CLIP scale ({self.n_scales()})")

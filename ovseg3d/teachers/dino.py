@@ -58,11 +58,16 @@ class TransformersDino:
         w, h = dino_input_size(view.width, view.height, self.long_side, self.patch)
         image = view.image.to(self.device).permute(2, 0, 1)[None].float() / 255.0
         image = F.interpolate(image, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
-        pixels = (image - mean) / std
+        return F.normalize(self.encode_pixels(image[0]), dim=-1).cpu()
+
+    @torch.no_grad()
+    def encode_pixels(self, image: Tensor) -> Tensor:
+        """Last-layer patch tokens of ``image`` (``[3, h, w]`` in [0, 1] on the model's device, sides whole
+        patches): ``[h / patch, w / patch, D]`` float32 on the device, not normalised."""
+        mean = torch.tensor(self.mean, device=image.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=image.device).view(1, 3, 1, 1)
+        pixels = (image[None] - mean) / std
         extra = {"interpolate_pos_encoding": True} if self.kind == "vit" else {}
         with autocast(self.device, self.dtype):
             tokens = self.model(pixel_values=pixels, **extra).last_hidden_state[0, self.n_prefix :]
-        grid = tokens.float().reshape(h // self.patch, w // self.patch, -1)
-        return F.normalize(grid, dim=-1).cpu()
+        return tokens.float().reshape(image.shape[1] // self.patch, image.shape[2] // self.patch, -1)

@@ -30,10 +30,12 @@ from ovseg3d.teachers import cache
 from ovseg3d.teachers.base import CropEncoder, PatchEncoder, TeacherView
 from ovseg3d.teachers.clip import build_clip, clip_backend, count_crops, feature_size, multiscale_features
 from ovseg3d.teachers.config import TeacherConfig, TeacherError
+from ovseg3d.teachers.dense import ProxyClip
 from ovseg3d.teachers.hub import require_model
 from ovseg3d.teachers.relevancy import class_relevancy, teacher_segmentation
 
 _REAL_SETTINGS = (
+    "clip_features",
     "clip_model",
     "clip_backend",
     "clip_pretrained",
@@ -48,6 +50,8 @@ _REAL_SETTINGS = (
     "half",
     "teacher_seed",
 )
+_CROP_SETTINGS = ("clip_scales", "clip_stride", "clip_grow")
+_DENSE_SETTINGS = ("dense_short_side", "dense_window", "dense_stride", "proxy_beta", "proxy_gamma")
 _SYNTHETIC_SETTINGS = (
     "clip_scales",
     "clip_stride",
@@ -100,6 +104,8 @@ def source_size(scene: Scene, cfg: TeacherConfig) -> tuple[int, int]:
 def expected_meta(scene: Scene, cfg: TeacherConfig) -> dict[str, Any]:
     """The sidecar a cache of ``scene`` made with ``cfg`` must have (without running any model)."""
     keys = _SYNTHETIC_SETTINGS if cfg.kind == "synthetic" else _REAL_SETTINGS
+    if cfg.dense():  # the crops' settings do not shape a dense map; the windows' do
+        keys = tuple(k for k in keys if k not in _CROP_SETTINGS) + _DENSE_SETTINGS
     settings = {k: _jsonable(getattr(cfg, k)) for k in keys}
     if cfg.kind == "synthetic":
         from ovseg3d.teachers.synthetic import SyntheticClip
@@ -140,6 +146,11 @@ def build_teachers(scene: Scene, cfg: TeacherConfig, device: torch.device) -> tu
         from ovseg3d.teachers.dino import TransformersDino
 
         # both models are checked before either loads: a missing DINO fails without waiting for CLIP to load
+        if cfg.dense() and clip_backend(cfg) != "transformers":
+            raise TeacherError(
+                f"--clip-features dense runs on a transformers CLIP, not open_clip's {cfg.clip_model}: give a "
+                "transformers model (--clip-model openai/clip-vit-base-patch16) or --clip-features crops"
+            )
         if clip_backend(cfg) == "transformers":
             require_model(cfg.clip_model, "CLIP model", "--clip-model")
         require_model(cfg.dino_model, "DINO model", "--dino-model")
@@ -232,6 +243,11 @@ def extract_into(
 ) -> None:
     """Run the teachers over the views not yet in ``meta["done"]``, writing each as it finishes."""
     clip, dino = teachers
+    dense = (
+        ProxyClip(clip, dino, cfg.dense_short_side, cfg.dense_window, cfg.dense_stride, cfg.proxy_beta, cfg.proxy_gamma)
+        if cfg.dense()
+        else None
+    )
     text = clip.encode_text(scene.classes) if scene.classes else torch.zeros(0, clip.embedding_dim)
     np.save(path / "text.npy", text.numpy().astype(np.float32))
     src_w, src_h = meta["source_size"]
@@ -242,17 +258,21 @@ def extract_into(
     arrays = cache.open_arrays(path, "r+") if done else None
     text_on: dict[torch.device, Tensor] = {}  # the class texts on the crops' device, moved once per scene
     start = time.perf_counter()
-    with tqdm(total=len(todo) * count_crops(src_w, src_h, cfg), unit="crop", desc=f"{cfg.kind} teacher") as bar:
+    per_view, unit = (dense.windows(src_w, src_h), "window") if dense else (count_crops(src_w, src_h, cfg), "crop")
+    with tqdm(total=len(todo) * per_view, unit=unit, desc=f"{cfg.kind} teacher") as bar:
         for i in todo:
             view = teacher_view(scene, i, cfg)
-            feats = multiscale_features(clip, view, cfg, (rel_w, rel_h), _view_generator(cfg, i), bar.update)
+            if dense is not None:
+                feats = dense.encode_view(view, (rel_w, rel_h), bar.update)  # [1, h, w, D]
+            else:
+                feats = multiscale_features(clip, view, cfg, (rel_w, rel_h), _view_generator(cfg, i), bar.update)
             if feats.device not in text_on:
                 text_on[feats.device] = text.to(feats.device)
             rel = class_relevancy(feats, text_on[feats.device]).cpu()  # [S, h, w, C]
             feats = shrink_features(feats, out_w, out_h).cpu()  # the view's one copy back
             patches = dino.encode_patches(view)  # [hd, wd, Dd]
             if arrays is None:
-                n, s = len(scene), cfg.n_scales()
+                n, s = len(scene), feats.shape[0]
                 arrays = cache.create_arrays(
                     path,
                     {
@@ -262,7 +282,7 @@ def extract_into(
                     },
                 )
                 meta["shapes"] = {k: list(v.shape) for k, v in arrays.items()}
-                meta["models"] = {"clip": clip.name, "dino": dino.name}
+                meta["models"] = {"clip": (dense or clip).name, "dino": dino.name}
             arrays["clip"][i] = feats.permute(1, 2, 0, 3).numpy()
             arrays["relevancy"][i] = rel.permute(1, 2, 0, 3).numpy()
             arrays["dino"][i] = patches.numpy()

@@ -1,0 +1,172 @@
+"""Dense CLIP features guided by DINO, without training: ProxyCLIP (Lan et al., ECCV 2024), ``--clip-features dense``.
+
+3D-OVS embeds thousands of crops a photo (:mod:`ovseg3d.teachers.clip`); ProxyCLIP gets a text-aligned CLIP
+feature for every patch from one CLIP and one DINO pass per sliding window:
+
+1. The photo is resized so that its short side is ``short_side`` (336) and its long side is a whole number of
+   both models' patches, and covered by square windows of ``window`` (336) pixels, ``stride`` (112) apart, the
+   last one of each row and column flush with the border (as mmseg's sliding inference).
+2. Each window goes through CLIP's vision tower (position embeddings interpolated to the window's patch grid)
+   up to its last block. Of that block only the attention's value projection is kept (of ``layer_norm1`` of its
+   input): the query-key attention, the residual and the MLP are dropped.
+3. The proxy attention comes from DINO's last-layer patch tokens ``f_i`` of the same window (its own
+   normalisation, its finer patch grid): ``s_ij = cos(f_i, f_j)``, ``a_ij = (s_ij - beta mean(s)) gamma`` with
+   the mean over the whole window's matrix, ``a_ij = -inf`` where negative, a softmax over ``j``.
+4. CLIP's values (patch tokens, per head) are resized bilinearly to DINO's grid; each head's output is
+   ``softmax(a) v``; the heads are joined and go through the attention's output projection, CLIP's last layer
+   norm and its visual projection, and are L2-normalised: one CLIP embedding per DINO patch.
+5. Each window's features are resized bilinearly to the window's pixels and averaged over the windows covering a
+   pixel (ProxyCLIP averages the class logits the same way; a logit is linear in the feature), then the map is
+   area-averaged to the size the cache stores, and L2-normalised.
+
+One scale: the cache holds one CLIP map and one relevancy map a view (the crops hold three). Written from the
+paper and checked against the authors' code (``mc-lan/ProxyCLIP``) for the reading of the equations; a plain
+reference (tests/test_dense_clip.py) runs one head and one window at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ovseg3d.teachers.base import TeacherView, autocast
+from ovseg3d.teachers.config import TeacherError
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Window starts along one axis: ``stride`` apart, the last one flush with the end (one window when
+    ``length <= window``)."""
+    n = max(length - window + stride - 1, 0) // stride + 1
+    return [max(min(i * stride + window, length) - window, 0) for i in range(n)]
+
+
+def dense_input_size(width: int, height: int, short_side: int, multiple: int) -> tuple[int, int]:
+    """``(w, h)`` of the photo resized for the windows: the short side ``short_side``, the long side rounded to
+    ``multiple`` pixels (both models' patches tile every window)."""
+    long = max(short_side, round(max(width, height) * short_side / min(width, height) / multiple) * multiple)
+    return (short_side, long) if width <= height else (long, short_side)
+
+
+def proxy_attention(proxy: Tensor, beta: float, gamma: float) -> Tensor:
+    """ProxyCLIP's attention from proxy features ``[N, C]``: ``[N, N]`` rows that sum to 1.
+
+    A row's largest similarity is its own (1), so a row is either partly kept or wholly below the offset (a window
+    whose mean similarity exceeds ``1 / beta``): the method leaves such a row undefined (a softmax over nothing),
+    here it attends to itself alone."""
+    f = F.normalize(proxy.float(), dim=-1)
+    sim = f @ f.T
+    logits = (sim - sim.mean() * beta) * gamma
+    dropped = logits < 0
+    dropped.fill_diagonal_(False)
+    return torch.softmax(logits.masked_fill(dropped, float("-inf")), dim=-1)
+
+
+def count_windows(width: int, height: int, short_side: int, window: int, stride: int, multiple: int) -> int:
+    """Windows a ``width x height`` photo takes (progress bars and benchmarks)."""
+    w, h = dense_input_size(width, height, short_side, multiple)
+    return len(window_starts(w, window, stride)) * len(window_starts(h, window, stride))
+
+
+class ProxyClip:
+    """ProxyCLIP over a transformers CLIP (:class:`~ovseg3d.teachers.clip.TransformersClip`) and a DINO
+    (:class:`~ovseg3d.teachers.dino.TransformersDino`): :meth:`encode_view` gives ``[1, h, w, D]`` unit
+    features, the dense counterpart of :func:`~ovseg3d.teachers.clip.multiscale_features`."""
+
+    def __init__(
+        self,
+        clip,  # noqa: ANN001 - a TransformersClip
+        dino,  # noqa: ANN001 - a TransformersDino
+        short_side: int = 336,
+        window: int = 336,
+        stride: int = 112,
+        beta: float = 1.2,
+        gamma: float = 3.0,
+    ):
+        vision = getattr(getattr(clip, "model", None), "vision_model", None)
+        if vision is None:
+            raise TeacherError(
+                f"--clip-features dense needs a transformers CLIP (got {clip.name}): use --clip-backend "
+                "transformers, or --clip-features crops"
+            )
+        self.clip, self.dino, self.vision = clip, dino, vision
+        self.clip_patch = int(vision.config.patch_size)
+        self.multiple = math.lcm(self.clip_patch, int(dino.patch))
+        if window % self.multiple or short_side % self.multiple or short_side < window or stride < 1:
+            raise TeacherError(
+                f"--dense-window {window} and --dense-short-side {short_side} must be multiples of {self.multiple} "
+                "(the CLIP and DINO patches), the window at most the short side, --dense-stride positive"
+            )
+        self.short_side, self.window, self.stride = short_side, window, stride
+        self.beta, self.gamma = beta, gamma
+        self.name = f"proxyclip({clip.name}, {dino.name})"
+        self.embedding_dim = clip.embedding_dim
+
+    def windows(self, width: int, height: int) -> int:
+        return count_windows(width, height, self.short_side, self.window, self.stride, self.multiple)
+
+    def clip_values(self, pixels: Tensor) -> Tensor:
+        """CLIP's last-block values of a window (``[1, 3, h, w]``, CLIP-normalised): ``[heads, gh, gw, hd]``."""
+        vision = self.vision
+        hidden = vision.embeddings(pixels, interpolate_pos_encoding=True)
+        hidden = vision.pre_layrnorm(hidden)
+        for layer in vision.encoder.layers[:-1]:
+            out = layer(hidden, None)
+            hidden = out[0] if isinstance(out, tuple) else out
+        attn = vision.encoder.layers[-1].self_attn
+        values = attn.v_proj(vision.encoder.layers[-1].layer_norm1(hidden))[0, 1:]  # [gh*gw, E], CLS dropped
+        gh, gw = pixels.shape[2] // self.clip_patch, pixels.shape[3] // self.clip_patch
+        heads = attn.num_heads
+        return values.reshape(gh, gw, heads, -1).permute(2, 0, 1, 3)
+
+    def window_features(self, window: Tensor) -> Tensor:
+        """Features of one window (``[3, h, w]`` in [0, 1] on the model's device): ``[H, W, D]`` unit vectors
+        on DINO's patch grid."""
+        clip, vision = self.clip, self.vision
+        mean = torch.tensor(clip.mean, device=window.device).view(1, 3, 1, 1)
+        std = torch.tensor(clip.std, device=window.device).view(1, 3, 1, 1)
+        with autocast(clip.device, clip.dtype):
+            values = self.clip_values((window[None] - mean) / std)
+        proxy = self.dino.encode_pixels(window)  # [H, W, C]
+        big_h, big_w = proxy.shape[:2]
+        attn = proxy_attention(proxy.reshape(big_h * big_w, -1), self.beta, self.gamma)
+        v = F.interpolate(values.float().permute(0, 3, 1, 2), size=(big_h, big_w), mode="bilinear", align_corners=False)
+        v = v.flatten(2).transpose(1, 2)  # [heads, H*W, hd]
+        heads_out = attn[None] @ v  # [heads, H*W, hd]
+        joined = heads_out.transpose(0, 1).reshape(big_h * big_w, -1)
+        last = vision.encoder.layers[-1].self_attn
+        with autocast(clip.device, clip.dtype):
+            out = clip.model.visual_projection(
+                vision.post_layernorm(last.out_proj(joined.to(last.out_proj.weight.dtype)))
+            )
+        return F.normalize(out.float(), dim=-1).reshape(big_h, big_w, -1)
+
+    @torch.no_grad()
+    def encode_view(
+        self, view: TeacherView, out_size: tuple[int, int], on_window: Callable[[int], None] | None = None
+    ) -> Tensor:
+        """``[1, out_h, out_w, D]`` unit features of ``view``, on the model's device; ``on_window(1)`` after each
+        window (progress bars)."""
+        device = self.clip.device
+        w, h = dense_input_size(view.width, view.height, self.short_side, self.multiple)
+        image = view.image.to(device).permute(2, 0, 1)[None].float() / 255.0
+        image = F.interpolate(image, size=(h, w), mode="bicubic", antialias=True, align_corners=False)[0].clamp(0, 1)
+        total = torch.zeros(h, w, self.embedding_dim, device=device)
+        count = torch.zeros(h, w, 1, device=device)
+        for y in window_starts(h, self.window, self.stride):
+            for x in window_starts(w, self.window, self.stride):
+                feats = self.window_features(image[:, y : y + self.window, x : x + self.window])
+                up = F.interpolate(
+                    feats.permute(2, 0, 1)[None], size=(self.window, self.window), mode="bilinear", align_corners=False
+                )[0].permute(1, 2, 0)
+                total[y : y + self.window, x : x + self.window] += up
+                count[y : y + self.window, x : x + self.window] += 1
+                if on_window is not None:
+                    on_window(1)
+        mean = (total / count).permute(2, 0, 1)[None]
+        out_w, out_h = out_size
+        small = F.interpolate(mean, size=(out_h, out_w), mode="area")[0].permute(1, 2, 0)
+        return F.normalize(small, dim=-1)[None]

@@ -242,14 +242,27 @@ def start_view(
     return StartView(centre[best].copy(), centre[best] + ahead * forward, camera_up(c2w), fov)
 
 
-def point_size(cloud: LabelledCloud) -> float:
-    """The points' size in the browser (world units): the typical distance between neighbouring points
-    (:func:`~ovseg3d.detect.head.point_spacing`), at least the fusion's voxel, so that a surface reads as one
-    and a sparse cloud is not drawn as overlapping blobs."""
-    from ovseg3d.detect.head import point_spacing
+def point_size(cloud: LabelledCloud, sample: int = 2000) -> float:
+    """The points' size in the browser (world units): the median distance from a point to its nearest
+    neighbour (over ``sample`` points drawn at random), so that the points of a surface just touch. The
+    voxel-count spacing (:func:`~ovseg3d.detect.head.point_spacing`) read 3x the neighbour distance on the
+    orbit room's ring-shaped floor, and drew it as overlapping blobs (seen in Chromium)."""
+    if len(cloud) < 2:
+        return max(cloud.voxel_size, 1e-4)
+    xyz = torch.from_numpy(np.ascontiguousarray(cloud.xyz, dtype=np.float32))
+    pick = torch.randperm(len(xyz), generator=torch.Generator().manual_seed(0))[:sample]
+    nearest = torch.cat(
+        [torch.cdist(xyz[pick[s : s + 256]], xyz).topk(2, largest=False).values[:, 1] for s in range(0, len(pick), 256)]
+    )
+    return max(float(nearest.median()), 1e-4)
 
-    spacing = point_spacing(cloud.xyz.astype(np.float64)) if len(cloud) > 1 else 0.0
-    return max(spacing, cloud.voxel_size, 1e-4)
+
+def size_slider(size: float) -> tuple[float, float, float]:
+    """``(min, max, step)`` of the point-size slider around the size the cloud opens with (:func:`point_size`):
+    from a hundredth of its order of magnitude to five times it, in the cloud's own units (a COLMAP scene's
+    unit can be anything)."""
+    step = 10.0 ** math.floor(math.log10(size)) / 10
+    return step, math.ceil(5 * size / step) * step, step
 
 
 class Viewer:
@@ -284,7 +297,7 @@ class Viewer:
         self.mode_box = gui.add_dropdown("colour by", COLOUR_MODES, initial_value=self.mode)
         self.query_box = gui.add_text("query", "", hint="free text, e.g. 'mug' or 'something to read'")
         self.status = gui.add_markdown(f"{len(queries.cloud)} points")
-        self.size = gui.add_slider("point size", 0.001, 0.05, 0.001, point_size)
+        self.size = gui.add_slider("point size", *size_slider(point_size), point_size)
         with gui.add_folder("classes"):
             self.legend = gui.add_html(self._legend_html())
             self.toggles = {c: gui.add_checkbox(c, True) for c in queries.cloud.classes}

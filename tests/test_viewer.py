@@ -18,6 +18,7 @@ from ovseg3d.viewer import (
     matrix_to_quaternion,
     point_size,
     quaternion_to_matrix,
+    size_slider,
     start_view,
 )
 
@@ -238,3 +239,11 @@ def test_points_are_sized_from_their_spacing():
         np.zeros(n, np.float32), np.zeros((n, 0), np.float16), {}, None, [], voxel_size=0.01,
     )  # fmt: skip
     assert 0.035 < point_size(cloud) < 0.07
+
+
+@pytest.mark.parametrize("size", [1e-4, 0.011, 0.0605, 0.7, 42.0])
+def test_the_point_size_slider_holds_the_size_in_any_unit(size):
+    """The orbit room's cloud opened at 0.06 units a point, past the old fixed 0.05 maximum: viser refused."""
+    lo, hi, step = size_slider(size)
+    assert lo <= size <= hi and 0 < step <= lo
+    assert hi >= 4.9 * size and lo <= size / 5

@@ -9,6 +9,10 @@ Prints tables and writes JSON (default ``bench/teachers.json``):
 * ``dino``: seconds per image of DINO ViT-B/8 at ``--dino-long-side``.
 * ``per_image``: crops, cache MiB per image; with ``--full-image``, the whole per-image pipeline (crops ->
   CLIP -> splat -> relevancy, DINO) run and timed on one synthetic image of ``--image-size``.
+* ``dense``: ``--clip-features dense`` (ProxyCLIP: CLIP ViT-B/16 values, DINO ViT-B/8 proxy attention, windows of
+  336 px) per photo of each ``--dense-sizes``: windows (one CLIP and one DINO pass each), seconds for the dense
+  map, its relevancy and the DINO pass of FDA, against the crops' seconds at the measured crop rate (same
+  precision), and what a 30-photo scene costs.
 * ``synthetic``: simulated teachers on ``--scene``: extraction time, cache size, 2D teacher mIoU / accuracy.
 
 The CLIP and DINO models have the real architectures (ViT-B/16, ViT-B/8) with random weights: weights do
@@ -70,6 +74,9 @@ class Args:
     device: str = "auto"
     threads: int = 0
     skip_synthetic: bool = False
+    dense: bool = True
+    """Time --clip-features dense on --dense-sizes."""
+    dense_sizes: list[tuple[int, int]] = field(default_factory=lambda: [(1000, 750), (4032, 3024)])
     out: Path = Path("bench/teachers.json")
 
 
@@ -197,6 +204,61 @@ def full_image(args: Args, device: torch.device, tmp: Path) -> dict:
     }
 
 
+def bench_dense(args: Args, device: torch.device, tmp: Path, crop_rows: list[dict]) -> list[dict]:
+    """Dense (ProxyCLIP) teachers per photo size, beside the crops at the crop rate measured in ``crop_rows``."""
+    from ovseg3d.teachers.dense import ProxyClip
+
+    cfg = TeacherConfig()
+    enc = build_encoder("transformers", cfg.half, device, tmp)
+    folder = tmp / "dino-b8"
+    if not folder.exists():
+        save_tiny_dino(folder, "vit", sizes=VIT_B8 | {"image_size": 224})
+    dino = TransformersDino(str(folder), device, cfg.dino_long_side, cfg.half)
+    dense = ProxyClip(
+        enc, dino, cfg.dense_short_side, cfg.dense_window, cfg.dense_stride, cfg.proxy_beta, cfg.proxy_gamma
+    )
+    precision = str(enc.dtype).replace("torch.", "") if enc.dtype is not None else "float32"
+    rate = next(
+        (r["crops_per_s"] for r in crop_rows if r.get("backend") == "transformers" and r.get("precision") == precision),
+        None,
+    )
+    text = enc.encode_text([f"class {i}" for i in range(args.n_classes)])
+    rows = []
+    for proxy, (w, h) in [(p, size) for p in ("window", "image") for size in args.dense_sizes]:
+        dense = ProxyClip(
+            enc, dino, cfg.dense_short_side, cfg.dense_window, cfg.dense_stride, cfg.proxy_beta, cfg.proxy_gamma, proxy
+        )
+        dense.encode_view(_view(cfg.dense_window, cfg.dense_window), (8, 8))  # warm-up: one window
+        view = _view(w, h)
+        _sync(device)
+        start = time.perf_counter()
+        feats = dense.encode_view(view, feature_size(w, h, cfg.relevancy_long_side))
+        _sync(device)
+        map_s = time.perf_counter() - start
+        class_relevancy(feats, text.to(feats.device))
+        if dense.fda_patches(view) is None:  # FDA's own DINO pass, as extraction runs it
+            dino.encode_patches(view)
+        _sync(device)
+        total_s = time.perf_counter() - start
+        crops = count_crops(w, h, cfg)
+        crops_s = crops / rate if rate else None
+        rows.append(
+            {
+                "size": [w, h],
+                "proxy": proxy,
+                "precision": precision,
+                "windows": dense.windows(w, h),
+                "dense_map_s": round(map_s, 2),
+                "dense_total_s": round(total_s, 2),
+                "crops": crops,
+                "crops_s": None if crops_s is None else round(crops_s, 1),
+                "speedup": None if crops_s is None else round(crops_s / total_s, 1),
+                "scene_30_photos_min": round(30 * total_s / 60, 2),
+            }
+        )
+    return rows
+
+
 def bench_synthetic(args: Args, device: torch.device, tmp: Path) -> dict:
     scene = load_scene(args.scene)
     cfg = TeacherConfig(kind="synthetic", cache_dir=tmp / "synthetic")
@@ -250,6 +312,19 @@ def main(args: Args) -> dict:
         if args.full_image:
             result["per_image"]["measured"] = full_image(args, device, tmp)
             print(f"full image, measured: {result['per_image']['measured']}")
+        if args.dense:
+            result["dense"] = bench_dense(args, device, tmp, result["clip"])
+            print("\ndense CLIP (ProxyCLIP, ViT-B/16 + DINO ViT-B/8 proxy, 336 px windows) per photo, beside the crops")
+            print(
+                f"{'photo':<11}{'precision':<10}{'windows':>8}{'dense s':>9}{'crops':>7}{'crops s':>9}{'speed-up':>10}{'30 photos':>11}"
+            )
+            for r in result["dense"]:
+                crops_s = "-" if r["crops_s"] is None else f"{r['crops_s']:.1f}"
+                speedup = "-" if r["speedup"] is None else f"{r['speedup']:.0f}x"
+                print(
+                    f"{r['size'][0]}x{r['size'][1]:<6}{r['proxy']:<8}{r['precision']:<10}{r['windows']:>8}{r['dense_total_s']:>9.2f}"
+                    f"{r['crops']:>7}{crops_s:>9}{speedup:>10}{r['scene_30_photos_min']:>9.1f} min"
+                )
         if not args.skip_synthetic:
             result["synthetic"] = bench_synthetic(args, device, tmp)
             s = result["synthetic"]

@@ -54,10 +54,16 @@ def _photo(w: int = 70, h: int = 50) -> TeacherView:
 
 
 def reference(
-    clip: TransformersClip, dino: TransformersDino, view: TeacherView, out_size, mutation: str = ""
+    clip: TransformersClip,
+    dino: TransformersDino,
+    view: TeacherView,
+    out_size,
+    mutation: str = "",
+    proxy: str = "window",
 ) -> torch.Tensor:
     """ProxyCLIP from the paper's equations, one window and one head at a time. ``mutation`` changes one step
-    (to show the comparison notices it)."""
+    (to show the comparison notices it); ``proxy="image"``: DINO's tokens from one pass over the whole resized
+    photo, cut to each window."""
     vision, model = clip.model.vision_model, clip.model
     beta, gamma = 1.2, 3.0
     # resize: short side 48, long side to whole 8-pixel patches
@@ -68,8 +74,12 @@ def reference(
     xs = list(range(0, w - WINDOW, STRIDE)) + [w - WINDOW]
     ys = list(range(0, h - WINDOW, STRIDE)) + [h - WINDOW]
     assert (xs, ys) == ([0, 16, 32], [0, 16])
-    total = torch.zeros(h, w, model.config.projection_dim)
-    count = torch.zeros(h, w, 1)
+    d_mean = torch.tensor(dino.mean).view(3, 1, 1)
+    d_std = torch.tensor(dino.std).view(3, 1, 1)
+    whole = dino.model(pixel_values=((image - d_mean) / d_std)[None], interpolate_pos_encoding=True)
+    whole_grid = whole.last_hidden_state[0, 1:].reshape(h // 4, w // 4, -1)
+    total = torch.zeros(h // 4, w // 4, model.config.projection_dim)  # the photo's DINO grid (4-pixel patches)
+    count = torch.zeros(h // 4, w // 4, 1)
     last = vision.encoder.layers[-1]
     n_heads = last.self_attn.num_heads
     hd = last.self_attn.head_dim
@@ -86,13 +96,14 @@ def reference(
                 x_ln = before_last[0, 1:]
             else:
                 x_ln = last.layer_norm1(before_last)[0, 1:]  # CLS dropped
-            d_mean = torch.tensor(dino.mean).view(3, 1, 1)
-            d_std = torch.tensor(dino.std).view(3, 1, 1)
-            tokens = dino.model(pixel_values=((win - d_mean) / d_std)[None], interpolate_pos_encoding=True)
-            proxy = tokens.last_hidden_state[0, 1:]  # [N, C], CLS dropped
-            n = proxy.shape[0]
             side = WINDOW // 4
-            f = proxy / proxy.norm(dim=1, keepdim=True)
+            if proxy == "image":
+                feats_in = whole_grid[y // 4 : y // 4 + side, x // 4 : x // 4 + side].reshape(side * side, -1)
+            else:
+                tokens = dino.model(pixel_values=((win - d_mean) / d_std)[None], interpolate_pos_encoding=True)
+                feats_in = tokens.last_hidden_state[0, 1:]  # [N, C], CLS dropped
+            n = feats_in.shape[0]
+            f = feats_in / feats_in.norm(dim=1, keepdim=True)
             s = f @ f.T
             mean = s.mean(dim=1, keepdim=True) if mutation == "row_mean" else s.mean()
             a = (s - beta * mean) * gamma
@@ -112,22 +123,24 @@ def reference(
             joined = torch.cat(heads, dim=1)
             feats = model.visual_projection(vision.post_layernorm(last.self_attn.out_proj(joined)))
             feats = feats / feats.norm(dim=1, keepdim=True)
-            grid = feats.T.reshape(1, -1, side, side)
-            up = F.interpolate(grid, size=(WINDOW, WINDOW), mode="bilinear", align_corners=False)[0]
-            total[y : y + WINDOW, x : x + WINDOW] += up.permute(1, 2, 0)
-            count[y : y + WINDOW, x : x + WINDOW] += 1
+            for i in range(side):  # stitched by hand, patch by patch
+                for j in range(side):
+                    total[y // 4 + i, x // 4 + j] += feats[i * side + j]
+                    count[y // 4 + i, x // 4 + j] += 1
     stitched = (total / count).permute(2, 0, 1)[None]
-    small = F.interpolate(stitched, size=(out_size[1], out_size[0]), mode="area")[0].permute(1, 2, 0)
+    small = F.interpolate(stitched, size=(out_size[1], out_size[0]), mode="bilinear", align_corners=False)
+    small = small[0].permute(1, 2, 0)
     return small / small.norm(dim=-1, keepdim=True)
 
 
-def test_dense_features_match_the_plain_reference(encoders):
+@pytest.mark.parametrize("proxy", ["window", "image"])
+def test_dense_features_match_the_plain_reference(encoders, proxy):
     clip, dino = encoders
     view = _photo()
-    dense = ProxyClip(clip, dino, SHORT, WINDOW, STRIDE)
+    dense = ProxyClip(clip, dino, SHORT, WINDOW, STRIDE, proxy=proxy)
     with torch.no_grad():
         got = dense.encode_view(view, (20, 14))
-        want = reference(clip, dino, view, (20, 14))
+        want = reference(clip, dino, view, (20, 14), proxy=proxy)
     assert got.shape == (1, 14, 20, clip.embedding_dim)
     assert (got[0] - want).abs().max() < 1e-4
     # the proxy attention keeps some pairs and drops others in these windows (the threshold is exercised)
@@ -145,6 +158,20 @@ def test_the_reference_comparison_notices_a_changed_step(encoders, mutation):
         got = ProxyClip(clip, dino, SHORT, WINDOW, STRIDE).encode_view(view, (20, 14))
         changed = reference(clip, dino, view, (20, 14), mutation)
     assert (got[0] - changed).abs().max() > 1e-3
+
+
+def test_the_image_wide_proxy_pass_is_fdas_dino_pass_when_the_sizes_agree(models):
+    clip = TransformersClip(str(models[0]), CPU, half=False)
+    dino = TransformersDino(str(models[1]), CPU, 64, half=False)  # FDA's DINO sees a 64 x 48 photo at 64 x 48
+    view = _photo(64, 48)
+    dense = ProxyClip(clip, dino, SHORT, WINDOW, STRIDE, proxy="image")
+    dense.encode_view(view, (16, 12))
+    reused = dense.fda_patches(view)
+    assert reused is not None and torch.equal(reused, dino.encode_patches(view))
+    assert dense.fda_patches(TeacherView(1, view.image)) is None  # another view: no reuse
+    other = ProxyClip(clip, TransformersDino(str(models[1]), CPU, 48, half=False), SHORT, WINDOW, STRIDE, proxy="image")
+    other.encode_view(view, (16, 12))
+    assert other.fda_patches(view) is None  # FDA's DINO sees another size
 
 
 def test_windows_cover_the_image_flush_with_its_border():

@@ -44,6 +44,11 @@ class TeacherConfig:
     """dense: square window side in pixels (ProxyCLIP: 336)."""
     dense_stride: int = 112
     """dense: pixels between windows (ProxyCLIP: 112)."""
+    dense_proxy: Literal["window", "image"] = "window"
+    """dense: where the proxy attention's DINO tokens come from. 'window' (ProxyCLIP's): a DINO pass on each
+    window; 'image': the window's part of one DINO pass over the whole resized photo, which is also FDA's DINO
+    pass when the sizes agree (a 4:3 photo at the defaults): a photo then costs its CLIP windows and nothing
+    more (the cpu preset's choice)."""
     proxy_beta: float = 1.2
     """dense: proxy attention offset: similarities below beta x their mean are not attended to (ProxyCLIP: 1.2)."""
     proxy_gamma: float = 3.0

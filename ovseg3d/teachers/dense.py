@@ -10,14 +10,18 @@ feature for every patch from one CLIP and one DINO pass per sliding window:
    up to its last block. Of that block only the attention's value projection is kept (of ``layer_norm1`` of its
    input): the query-key attention, the residual and the MLP are dropped.
 3. The proxy attention comes from DINO's last-layer patch tokens ``f_i`` of the same window (its own
-   normalisation, its finer patch grid): ``s_ij = cos(f_i, f_j)``, ``a_ij = (s_ij - beta mean(s)) gamma`` with
+   normalisation, its finer patch grid; ``proxy="image"``: the window's part of one DINO pass over the whole
+   resized photo, which is FDA's own DINO pass when the sizes agree, so that dense costs one CLIP pass a
+   window and nothing more; ``"window"``, ProxyCLIP's: one DINO pass a window): ``s_ij = cos(f_i, f_j)``, ``a_ij = (s_ij - beta mean(s)) gamma`` with
    the mean over the whole window's matrix, ``a_ij = -inf`` where negative, a softmax over ``j``.
 4. CLIP's values (patch tokens, per head) are resized bilinearly to DINO's grid; each head's output is
    ``softmax(a) v``; the heads are joined and go through the attention's output projection, CLIP's last layer
    norm and its visual projection, and are L2-normalised: one CLIP embedding per DINO patch.
-5. Each window's features are resized bilinearly to the window's pixels and averaged over the windows covering a
-   pixel (ProxyCLIP averages the class logits the same way; a logit is linear in the feature), then the map is
-   area-averaged to the size the cache stores, and L2-normalised.
+5. The windows start on whole DINO patches, so their features are averaged over the windows covering each patch
+   of the photo's DINO grid, and that map is resized bilinearly to the size the cache stores and L2-normalised.
+   ProxyCLIP resizes each window's class logits to the window's pixels first and averages those (a logit is
+   linear in the feature): the same inside the windows, apart within half a patch of a window's edge, and that
+   took 1.1 s a window (512 channels at 336 x 336 pixels) of a photo's 12 s on 2 cores.
 
 One scale: the cache holds one CLIP map and one relevancy map a view (the crops hold three). Written from the
 paper and checked against the authors' code (``mc-lan/ProxyCLIP``) for the reading of the equations; a plain
@@ -85,6 +89,7 @@ class ProxyClip:
         stride: int = 112,
         beta: float = 1.2,
         gamma: float = 3.0,
+        proxy: str = "window",
     ):
         vision = getattr(getattr(clip, "model", None), "vision_model", None)
         if vision is None:
@@ -100,6 +105,12 @@ class ProxyClip:
                 f"--dense-window {window} and --dense-short-side {short_side} must be multiples of {self.multiple} "
                 "(the CLIP and DINO patches), the window at most the short side, --dense-stride positive"
             )
+        if proxy not in ("window", "image"):
+            raise TeacherError(f"--dense-proxy must be window or image, got {proxy!r}")
+        if stride % int(dino.patch):
+            raise TeacherError(f"--dense-stride {stride} must be a multiple of DINO's patch ({dino.patch})")
+        self.proxy = proxy
+        self._tokens: tuple[int, tuple[int, int], Tensor] | None = None  # the last view's image-wide DINO tokens
         self.short_side, self.window, self.stride = short_side, window, stride
         self.beta, self.gamma = beta, gamma
         self.name = f"proxyclip({clip.name}, {dino.name})"
@@ -122,15 +133,15 @@ class ProxyClip:
         heads = attn.num_heads
         return values.reshape(gh, gw, heads, -1).permute(2, 0, 1, 3)
 
-    def window_features(self, window: Tensor) -> Tensor:
+    def window_features(self, window: Tensor, proxy: Tensor | None = None) -> Tensor:
         """Features of one window (``[3, h, w]`` in [0, 1] on the model's device): ``[H, W, D]`` unit vectors
-        on DINO's patch grid."""
+        on DINO's patch grid. ``proxy``: the window's DINO tokens ``[H, W, C]`` (default: DINO run on it)."""
         clip, vision = self.clip, self.vision
         mean = torch.tensor(clip.mean, device=window.device).view(1, 3, 1, 1)
         std = torch.tensor(clip.std, device=window.device).view(1, 3, 1, 1)
         with autocast(clip.device, clip.dtype):
             values = self.clip_values((window[None] - mean) / std)
-        proxy = self.dino.encode_pixels(window)  # [H, W, C]
+        proxy = self.dino.encode_pixels(window) if proxy is None else proxy  # [H, W, C]
         big_h, big_w = proxy.shape[:2]
         attn = proxy_attention(proxy.reshape(big_h * big_w, -1), self.beta, self.gamma)
         v = F.interpolate(values.float().permute(0, 3, 1, 2), size=(big_h, big_w), mode="bilinear", align_corners=False)
@@ -154,19 +165,33 @@ class ProxyClip:
         w, h = dense_input_size(view.width, view.height, self.short_side, self.multiple)
         image = view.image.to(device).permute(2, 0, 1)[None].float() / 255.0
         image = F.interpolate(image, size=(h, w), mode="bicubic", antialias=True, align_corners=False)[0].clamp(0, 1)
-        total = torch.zeros(h, w, self.embedding_dim, device=device)
-        count = torch.zeros(h, w, 1, device=device)
+        tokens = None
+        if self.proxy == "image":
+            tokens = self.dino.encode_pixels(image)
+            self._tokens = (view.index, (w, h), tokens)
+        p = int(self.dino.patch)
+        total = torch.zeros(h // p, w // p, self.embedding_dim, device=device)  # on the photo's DINO grid
+        count = torch.zeros(h // p, w // p, 1, device=device)
+        side = self.window // p
         for y in window_starts(h, self.window, self.stride):
             for x in window_starts(w, self.window, self.stride):
-                feats = self.window_features(image[:, y : y + self.window, x : x + self.window])
-                up = F.interpolate(
-                    feats.permute(2, 0, 1)[None], size=(self.window, self.window), mode="bilinear", align_corners=False
-                )[0].permute(1, 2, 0)
-                total[y : y + self.window, x : x + self.window] += up
-                count[y : y + self.window, x : x + self.window] += 1
+                part = None if tokens is None else tokens[y // p : y // p + side, x // p : x // p + side]
+                feats = self.window_features(image[:, y : y + self.window, x : x + self.window], part)
+                total[y // p : y // p + side, x // p : x // p + side] += feats
+                count[y // p : y // p + side, x // p : x // p + side] += 1
                 if on_window is not None:
                     on_window(1)
         mean = (total / count).permute(2, 0, 1)[None]
         out_w, out_h = out_size
-        small = F.interpolate(mean, size=(out_h, out_w), mode="area")[0].permute(1, 2, 0)
+        small = F.interpolate(mean, size=(out_h, out_w), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
         return F.normalize(small, dim=-1)[None]
+
+    def fda_patches(self, view: TeacherView) -> Tensor | None:
+        """FDA's DINO features of ``view`` (:meth:`TransformersDino.encode_patches`) from the image-wide pass just
+        made for it, when that pass saw the same input (the same size), else ``None``."""
+        from ovseg3d.teachers.dino import dino_input_size
+
+        if self._tokens is None or self._tokens[0] != view.index:
+            return None
+        size = dino_input_size(view.width, view.height, self.dino.long_side, int(self.dino.patch))
+        return F.normalize(self._tokens[2], dim=-1).cpu() if size == self._tokens[1] else None

@@ -51,7 +51,7 @@ _REAL_SETTINGS = (
     "teacher_seed",
 )
 _CROP_SETTINGS = ("clip_scales", "clip_stride", "clip_grow")
-_DENSE_SETTINGS = ("dense_short_side", "dense_window", "dense_stride", "proxy_beta", "proxy_gamma")
+_DENSE_SETTINGS = ("dense_short_side", "dense_window", "dense_stride", "dense_proxy", "proxy_beta", "proxy_gamma")
 _SYNTHETIC_SETTINGS = (
     "clip_scales",
     "clip_stride",
@@ -244,7 +244,16 @@ def extract_into(
     """Run the teachers over the views not yet in ``meta["done"]``, writing each as it finishes."""
     clip, dino = teachers
     dense = (
-        ProxyClip(clip, dino, cfg.dense_short_side, cfg.dense_window, cfg.dense_stride, cfg.proxy_beta, cfg.proxy_gamma)
+        ProxyClip(
+            clip,
+            dino,
+            cfg.dense_short_side,
+            cfg.dense_window,
+            cfg.dense_stride,
+            cfg.proxy_beta,
+            cfg.proxy_gamma,
+            cfg.dense_proxy,
+        )
         if cfg.dense()
         else None
     )
@@ -270,7 +279,8 @@ def extract_into(
                 text_on[feats.device] = text.to(feats.device)
             rel = class_relevancy(feats, text_on[feats.device]).cpu()  # [S, h, w, C]
             feats = shrink_features(feats, out_w, out_h).cpu()  # the view's one copy back
-            patches = dino.encode_patches(view)  # [hd, wd, Dd]
+            reused = dense.fda_patches(view) if dense is not None else None
+            patches = reused if reused is not None else dino.encode_patches(view)  # [hd, wd, Dd]
             if arrays is None:
                 n, s = len(scene), feats.shape[0]
                 arrays = cache.create_arrays(

@@ -41,7 +41,7 @@ from ovseg3d.data.loader import camera_up
 from ovseg3d.detect.gravity import estimate_up
 from ovseg3d.detect.head import SUPPORT_CLASSES, point_spacing
 from ovseg3d.detect.results import detection_metrics
-from ovseg3d.export import load_export
+from ovseg3d.export import ExportOptions, extract_cloud, load_export
 from ovseg3d.pipeline import run_scene
 from ovseg3d.synth import SynthConfig, synthesize
 from ovseg3d.train import load_trainer
@@ -62,6 +62,9 @@ class Args:
     """Random world rotations the gravity is checked under (besides the scene's own frame and y-up)."""
     truth_stride: int = 2
     """Sample the true surface at one pixel in N of the training views."""
+    spreads: list[float] = field(default_factory=list)
+    """Also export each finished member with these --max-spread values (0: no spread filter) and score their
+    completeness beside the default's: how much of the missing surface the spread filter removes."""
     device: str = "cpu"
     work: Path = Path("bench/family")
     out: Path = Path("bench/family.json")
@@ -150,6 +153,25 @@ def measure(name: str, synth: SynthConfig, args: Args) -> dict:
     }
 
 
+def spread_rows(name: str, args: Args) -> dict:
+    """Completeness at 1 % of the extent of ``name``'s run exported with each of ``--spreads``."""
+    scene, run = args.work / "scenes" / name, args.work / "runs" / name
+    scene_json = json.loads((scene / "scene.json").read_text())
+    extent = float(np.linalg.norm(np.array(scene_json["room"]["max"]) - np.array(scene_json["room"]["min"])))
+    rows = {}
+    for spread in args.spreads:
+        cloud = extract_cloud(run, ExportOptions(max_spread=spread, relax_below=0), args.device, log=lambda s: None)
+        c = completeness(scene_json, run, cloud.xyz, extent, args.truth_stride)["tau_1pct"]
+        rows[f"{spread:g}"] = {"points": len(cloud), **{k: c[k] for k in ("precision", "recall", "fscore")}}
+        rows[f"{spread:g}"]["recall_per_class"] = {k: round(v["recall"], 3) for k, v in c["per_class"].items()}
+        print(
+            f"{name} --max-spread {spread:g}: {len(cloud)} points, P/R/F "
+            + "/".join(f"{100 * c[k]:.1f}" for k in ("precision", "recall", "fscore")),
+            flush=True,
+        )
+    return rows
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}" if v <= 1.0 else f"{v:.1f}"
 
@@ -183,10 +205,11 @@ def main(args: Args) -> dict:
     if args.out.exists():
         rows = json.loads(args.out.read_text()).get("members", {})
     for name, synth in members(args).items():
-        if name in rows and "error" not in rows[name]:
-            continue
         try:
-            rows[name] = measure(name, synth, args)
+            if name not in rows or "error" in rows[name]:
+                rows[name] = measure(name, synth, args)
+            if args.spreads:
+                rows[name]["spreads"] = rows[name].get("spreads", {}) | spread_rows(name, args)
         except Exception as exc:  # noqa: BLE001 - one failed member is a row, not the end of the benchmark
             rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -242,3 +242,22 @@ def test_train_distils_from_a_dense_teacher(models, tmp_path):
     assert main([*train, *dense, *models_args]) == 0
     state = load_checkpoint(latest_checkpoint(run))
     assert state["semantic"]["teacher_space"]["n_scales"] == 1  # the field was distilled from the one dense map
+
+
+def test_the_simulated_teacher_is_the_same_with_either_setting(tmp_path):
+    """--clip-features does not reach the simulated teacher: its cache (and the distillation's figures) stay."""
+    from ovseg3d.teachers.extract import expected_meta
+
+    scene_dir = tmp_path / "scene"
+    assert (
+        main(["synth", str(scene_dir), "--width", "32", "--height", "24", "--n-views", "3", "--supersample", "1"]) == 0
+    )
+    scene = load_scene(scene_dir)
+    crops = TeacherConfig(kind="synthetic", cache_dir=tmp_path / "c")
+    dense = dataclasses.replace(crops, clip_features="dense", dense_proxy="image")
+    assert expected_meta(scene, crops) == expected_meta(scene, dense)
+    a = ensure_features(scene, crops, CPU, log=lambda s: None)
+    lines: list[str] = []
+    b = ensure_features(scene, dense, CPU, log=lines.append, notice=None)
+    assert lines == [f"teacher features: reusing {tmp_path / 'c'}"]
+    assert b.clip.shape == a.clip.shape and b.clip.shape[3] == 3

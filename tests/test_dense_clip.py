@@ -261,3 +261,21 @@ def test_the_simulated_teacher_is_the_same_with_either_setting(tmp_path):
     b = ensure_features(scene, dense, CPU, log=lines.append, notice=None)
     assert lines == [f"teacher features: reusing {tmp_path / 'c'}"]
     assert b.clip.shape == a.clip.shape and b.clip.shape[3] == 3
+
+
+def test_bad_window_settings_fail_in_one_line_and_keep_the_cache(models, tmp_path):
+    scene_dir = tmp_path / "scene"
+    args = ["--width", "64", "--height", "48", "--n-views", "3", "--n-annotated", "1", "--supersample", "1"]
+    assert main(["synth", str(scene_dir), *args]) == 0
+    scene = load_scene(scene_dir)
+    base = TeacherConfig(
+        kind="clip", clip_model=str(models[0]), dino_model=str(models[1]), half=False, cache_dir=tmp_path / "cache"
+    )
+    good = dataclasses.replace(base, clip_features="dense", dense_short_side=48, dense_window=32, dense_stride=16)
+    ensure_features(scene, good, CPU, log=lambda s: None)
+    before = (tmp_path / "cache" / "clip.npy").read_bytes()
+    bad = dataclasses.replace(good, dense_window=36)  # not a whole number of 8-pixel patches
+    with pytest.raises(TeacherError, match="--dense-window 36"):
+        ensure_features(scene, bad, CPU, log=lambda s: None)
+    assert (tmp_path / "cache" / "clip.npy").read_bytes() == before
+    assert cache.read_meta(tmp_path / "cache")["settings"]["dense_window"] == 32

@@ -228,35 +228,37 @@ def ensure_features(
         else:
             say(f"teacher features: rebuilding {path}, which is stale ({reason})")
     teachers = build_teachers(scene, cfg, device)  # before touching the folder: a failure loses nothing
+    dense = dense_encoder(cfg, teachers)  # so are bad window settings, which need the models' patch sizes
     if meta is None:
         path.mkdir(parents=True, exist_ok=True)
         cache.clear(path)
         meta = cache.new_meta(expected)
-    extract_into(path, scene, cfg, teachers, meta)
+    extract_into(path, scene, cfg, teachers, meta, dense)
     features = cache.open_features(path)
     write_previews(features, scene)
     return features
 
 
-def extract_into(
-    path: Path, scene: Scene, cfg: TeacherConfig, teachers: tuple[CropEncoder, PatchEncoder], meta: dict[str, Any]
-) -> None:
-    """Run the teachers over the views not yet in ``meta["done"]``, writing each as it finishes."""
+def dense_encoder(cfg: TeacherConfig, teachers: tuple[CropEncoder, PatchEncoder]) -> ProxyClip | None:
+    """The dense CLIP of ``cfg`` over ``teachers`` (``None`` for crops); a one-line error for bad window settings."""
+    if not cfg.dense():
+        return None
     clip, dino = teachers
-    dense = (
-        ProxyClip(
-            clip,
-            dino,
-            cfg.dense_short_side,
-            cfg.dense_window,
-            cfg.dense_stride,
-            cfg.proxy_beta,
-            cfg.proxy_gamma,
-            cfg.dense_proxy,
-        )
-        if cfg.dense()
-        else None
-    )
+    settings = (cfg.dense_short_side, cfg.dense_window, cfg.dense_stride, cfg.proxy_beta, cfg.proxy_gamma)
+    return ProxyClip(clip, dino, *settings, proxy=cfg.dense_proxy)
+
+
+def extract_into(
+    path: Path,
+    scene: Scene,
+    cfg: TeacherConfig,
+    teachers: tuple[CropEncoder, PatchEncoder],
+    meta: dict[str, Any],
+    dense: ProxyClip | None = None,
+) -> None:
+    """Run the teachers over the views not yet in ``meta["done"]``, writing each as it finishes (the CLIP maps from
+    ``dense`` when given, else from crops)."""
+    clip, dino = teachers
     text = clip.encode_text(scene.classes) if scene.classes else torch.zeros(0, clip.embedding_dim)
     np.save(path / "text.npy", text.numpy().astype(np.float32))
     src_w, src_h = meta["source_size"]

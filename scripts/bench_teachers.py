@@ -206,17 +206,14 @@ def full_image(args: Args, device: torch.device, tmp: Path) -> dict:
 
 def bench_dense(args: Args, device: torch.device, tmp: Path, crop_rows: list[dict]) -> list[dict]:
     """Dense (ProxyCLIP) teachers per photo size, beside the crops at the crop rate measured in ``crop_rows``."""
-    from ovseg3d.teachers.dense import ProxyClip
+    from ovseg3d.teachers.extract import dense_encoder
 
-    cfg = TeacherConfig()
+    cfg = TeacherConfig(clip_features="dense")
     enc = build_encoder("transformers", cfg.half, device, tmp)
     folder = tmp / "dino-b8"
     if not folder.exists():
         save_tiny_dino(folder, "vit", sizes=VIT_B8 | {"image_size": 224})
     dino = TransformersDino(str(folder), device, cfg.dino_long_side, cfg.half)
-    dense = ProxyClip(
-        enc, dino, cfg.dense_short_side, cfg.dense_window, cfg.dense_stride, cfg.proxy_beta, cfg.proxy_gamma
-    )
     precision = str(enc.dtype).replace("torch.", "") if enc.dtype is not None else "float32"
     rate = next(
         (r["crops_per_s"] for r in crop_rows if r.get("backend") == "transformers" and r.get("precision") == precision),
@@ -225,9 +222,7 @@ def bench_dense(args: Args, device: torch.device, tmp: Path, crop_rows: list[dic
     text = enc.encode_text([f"class {i}" for i in range(args.n_classes)])
     rows = []
     for proxy, (w, h) in [(p, size) for p in ("window", "image") for size in args.dense_sizes]:
-        dense = ProxyClip(
-            enc, dino, cfg.dense_short_side, cfg.dense_window, cfg.dense_stride, cfg.proxy_beta, cfg.proxy_gamma, proxy
-        )
+        dense = dense_encoder(dataclasses.replace(cfg, dense_proxy=proxy), (enc, dino))
         dense.encode_view(_view(cfg.dense_window, cfg.dense_window), (8, 8))  # warm-up: one window
         view = _view(w, h)
         _sync(device)

@@ -191,15 +191,22 @@ def test_a_row_below_the_offset_attends_to_itself():
     assert torch.isfinite(attn).all()
 
 
-def test_dense_teacher_cache_holds_one_scale_and_is_told_apart_from_crops(models, tmp_path):
+def _cache_case(models, tmp_path):
+    """A 3-view scene and real teacher settings caching into ``tmp_path/cache``: crops, and dense at the test's
+    window sizes."""
     scene_dir = tmp_path / "scene"
     args = ["--width", "64", "--height", "48", "--n-views", "3", "--n-annotated", "1", "--supersample", "1"]
     assert main(["synth", str(scene_dir), *args]) == 0
-    scene = load_scene(scene_dir)
     base = TeacherConfig(
         kind="clip", clip_model=str(models[0]), dino_model=str(models[1]), half=False, cache_dir=tmp_path / "cache"
     )
-    dense = dataclasses.replace(base, clip_features="dense", dense_short_side=48, dense_window=32, dense_stride=16)
+    dense = dataclasses.replace(base, clip_features="dense", dense_short_side=SHORT, dense_window=WINDOW,
+                                dense_stride=STRIDE)  # fmt: skip
+    return load_scene(scene_dir), base, dense
+
+
+def test_dense_teacher_cache_holds_one_scale_and_is_told_apart_from_crops(models, tmp_path):
+    scene, base, dense = _cache_case(models, tmp_path)
     lines: list[str] = []
     feats = ensure_features(scene, dense, CPU, log=lines.append, notice=None)
     assert feats.clip.shape[3] == 1 and feats.relevancy.shape[3] == 1
@@ -264,14 +271,7 @@ def test_the_simulated_teacher_is_the_same_with_either_setting(tmp_path):
 
 
 def test_bad_window_settings_fail_in_one_line_and_keep_the_cache(models, tmp_path):
-    scene_dir = tmp_path / "scene"
-    args = ["--width", "64", "--height", "48", "--n-views", "3", "--n-annotated", "1", "--supersample", "1"]
-    assert main(["synth", str(scene_dir), *args]) == 0
-    scene = load_scene(scene_dir)
-    base = TeacherConfig(
-        kind="clip", clip_model=str(models[0]), dino_model=str(models[1]), half=False, cache_dir=tmp_path / "cache"
-    )
-    good = dataclasses.replace(base, clip_features="dense", dense_short_side=48, dense_window=32, dense_stride=16)
+    scene, _, good = _cache_case(models, tmp_path)
     ensure_features(scene, good, CPU, log=lambda s: None)
     before = (tmp_path / "cache" / "clip.npy").read_bytes()
     bad = dataclasses.replace(good, dense_window=36)  # not a whole number of 8-pixel patches

@@ -9,11 +9,11 @@ feature for every patch from one CLIP and one DINO pass per sliding window:
 2. Each window goes through CLIP's vision tower (position embeddings interpolated to the window's patch grid)
    up to its last block. Of that block only the attention's value projection is kept (of ``layer_norm1`` of its
    input): the query-key attention, the residual and the MLP are dropped.
-3. The proxy attention comes from DINO's last-layer patch tokens ``f_i`` of the same window (its own
-   normalisation, its finer patch grid; ``proxy="image"``: the window's part of one DINO pass over the whole
-   resized photo, which is FDA's own DINO pass when the sizes agree, so that dense costs one CLIP pass a
-   window and nothing more; ``"window"``, ProxyCLIP's: one DINO pass a window): ``s_ij = cos(f_i, f_j)``, ``a_ij = (s_ij - beta mean(s)) gamma`` with
-   the mean over the whole window's matrix, ``a_ij = -inf`` where negative, a softmax over ``j``.
+3. The proxy attention comes from DINO's last-layer patch tokens ``f_i`` of the window (its own normalisation,
+   its finer patch grid): ``s_ij = cos(f_i, f_j)``, ``a_ij = (s_ij - beta mean(s)) gamma`` with the mean over the
+   whole window's matrix, ``a_ij = -inf`` where negative, a softmax over ``j``. ``proxy="window"`` (ProxyCLIP's)
+   runs DINO on each window; ``"image"`` cuts the window's tokens from one DINO pass over the whole resized photo,
+   which is FDA's own DINO pass when the sizes agree, so that dense costs one CLIP pass a window and no more.
 4. CLIP's values (patch tokens, per head) are resized bilinearly to DINO's grid; each head's output is
    ``softmax(a) v``; the heads are joined and go through the attention's output projection, CLIP's last layer
    norm and its visual projection, and are L2-normalised: one CLIP embedding per DINO patch.
@@ -39,6 +39,7 @@ from torch import Tensor
 
 from ovseg3d.teachers.base import TeacherView, autocast
 from ovseg3d.teachers.config import TeacherError
+from ovseg3d.teachers.dino import dino_input_size
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -189,8 +190,6 @@ class ProxyClip:
     def fda_patches(self, view: TeacherView) -> Tensor | None:
         """FDA's DINO features of ``view`` (:meth:`TransformersDino.encode_patches`) from the image-wide pass just
         made for it, when that pass saw the same input (the same size), else ``None``."""
-        from ovseg3d.teachers.dino import dino_input_size
-
         if self._tokens is None or self._tokens[0] != view.index:
             return None
         size = dino_input_size(view.width, view.height, self.dino.long_side, int(self.dino.patch))

@@ -16,6 +16,9 @@
 #                                            # teachers, orbit and the shared outdoor scene as time allows.
 #                                            # Everything lands in $OUT (session.log, results.tgz)
 #
+#   SKIP_STEPS="step profile" bash scripts/gpu_session.sh session 300   # the same, without the named steps
+#   bash scripts/gpu_session.sh family ARGS  # there: scripts/bench_family.py ARGS on the GPU (see below)
+#
 #   bash scripts/gpu_session.sh tcnn-fix     # there (carry .whl .tcnn): two builds side by side (system gcc; /opt/gcc
 #                                            # with --exclude-libs), each tested; the one that passes is timed
 #   bash scripts/gpu_session.sh tcnn         # there (carry .whl .tcnn): build tinycudann's encodings (with the
@@ -76,6 +79,13 @@ bench)
     python3 scripts/bench_gpu.py --out bench/gpu.json "${@:2}"
     [ "$OUT_DIR" = bench ] || cp bench/gpu.json "$OUT_DIR/gpu.json"
     ;;
+family)
+    # scripts/bench_family.py on the GPU (carry the members' scenes without features/, e.g. in .fam/scenes/):
+    #   bash scripts/gpu_session.sh family --work .fam --forward-seeds 1 --max-tilt 10 --steps 8000
+    install_wheels
+    mkdir -p "$OUT_DIR"
+    python3 scripts/bench_family.py --device cuda --out "$OUT_DIR/family_gpu.json" "${@:2}"
+    ;;
 tcnn-src)
     # only what the PyTorch bindings compile: cutlass's headers, not its 400 MB of everything else
     src="${2:-}"
@@ -106,6 +116,10 @@ session)
         local name="$1" need="$2" most="$3"
         shift 3
         local left=$((deadline - SECONDS - 15))
+        if [[ " ${SKIP_STEPS:-} " == *" $name "* ]]; then
+            echo "=== $name: skipped (SKIP_STEPS)"
+            return 0
+        fi
         if [ "$left" -lt "$need" ]; then
             echo "=== $name: skipped ($left s left, needs $need)"
             return 0

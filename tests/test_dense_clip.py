@@ -149,6 +149,22 @@ def test_dense_features_match_the_plain_reference(encoders, proxy):
     assert 0 < (attn == 0).float().mean() < 1
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("proxy", ["window", "image"])
+def test_dense_features_on_cuda_in_half_precision_match_the_cpu(models, encoders, proxy):
+    cuda = torch.device("cuda")
+    clip = TransformersClip(str(models[0]), cuda, half=True)
+    dino = TransformersDino(str(models[1]), cuda, 48, half=True)
+    view = _photo()
+    with torch.no_grad():
+        got = ProxyClip(clip, dino, SHORT, WINDOW, STRIDE, proxy=proxy).encode_view(view, (20, 14))
+        want = ProxyClip(*encoders, SHORT, WINDOW, STRIDE, proxy=proxy).encode_view(view, (20, 14))
+    assert got.is_cuda and got.shape == want.shape
+    cos = (got.float().cpu() * want).sum(-1) / got.float().cpu().norm(dim=-1)
+    assert cos.min() > 0.99
+
+
 @pytest.mark.parametrize("mutation", ["no_threshold", "row_mean", "residual", "nearest"])
 def test_the_reference_comparison_notices_a_changed_step(encoders, mutation):
     """Each step of the method matters here: with one changed, the reference no longer matches."""

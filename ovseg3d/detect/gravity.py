@@ -66,6 +66,7 @@ def estimate_up(
     inlier_deg: float = 10.0,
     ground: np.ndarray | None = None,
     log: Callable[[str], None] | None = None,
+    level: np.ndarray | None = None,
 ) -> np.ndarray:
     """The unit up vector of a scene: the direction shared by the most area of flat surfaces (floors, table
     tops), refined by a mean shift over their normals with a shrinking window. ``hint`` (e.g. the cameras' up,
@@ -74,7 +75,64 @@ def estimate_up(
     to level: without it the plane is the one where most flat points lie, which in a sparse cloud can be a
     book's top. A labelled floor whose plane leans more than ``inlier_deg`` from the flat surfaces' mode (floor
     labels spilling onto a wall's foot) is not used, and a result more than ``hint_deg`` from the hint is said
-    in one line through ``log``."""
+    in one line through ``log``. ``level`` (``[N, 3]``, the cameras' right vectors): photos are taken nearly
+    level, so up is also nearly at right angles to every one of them; the flat surfaces' up is moved to agree
+    (:func:`level_with_cameras`).
+
+    With a ``hint`` the work is done in a frame fixed to the cameras (:func:`camera_frame`): the voxel grid of
+    the local planes turns with the world, so the result does not depend on the world frame the cloud comes in
+    (a COLMAP model's is arbitrary)."""
+    if hint is not None:
+        frame = camera_frame(np.asarray(hint, np.float64), level, xyz)
+        up = _estimate_up(
+            xyz @ frame.T,
+            cell,
+            frame @ hint,
+            hint_deg,
+            inlier_deg,
+            ground,
+            log,
+            None if level is None else level @ frame.T,
+        )
+        return frame.T @ up
+    return _estimate_up(xyz, cell, hint, hint_deg, inlier_deg, ground, log, level)
+
+
+def camera_frame(hint: np.ndarray, level: np.ndarray | None = None, xyz: np.ndarray | None = None) -> np.ndarray:
+    """``[3, 3]`` rotation into a frame fixed to the scene: +z along ``hint``, +x along the cameras' mean right
+    vector (``level``, ``[N, 3]``) made normal to it, or without cameras the main axis of the points ``xyz`` across
+    ``hint`` (signed by their skew); else the world axis furthest from ``hint``. These turn with the world, so a
+    cloud expressed in this frame is the same in every world frame."""
+    z = hint / np.linalg.norm(hint)
+    x = np.zeros(3)
+    if level is not None and len(level):
+        r = np.asarray(level, np.float64)
+        x = (r / np.linalg.norm(r, axis=1, keepdims=True)).mean(0)
+        x = x - (x @ z) * z
+    elif xyz is not None and len(xyz) >= 3:
+        flat = xyz - xyz.mean(0)
+        flat = flat - np.outer(flat @ z, z)
+        x = np.linalg.eigh(flat.T @ flat)[1][:, 2]
+        skew = float(np.mean((flat @ x) ** 3))
+        x = x if skew >= 0 else -x
+    if np.linalg.norm(x) < 1e-6:
+        x = np.eye(3)[int(np.argmin(np.abs(z)))]
+        x = x - (x @ z) * z
+    x = x / np.linalg.norm(x)
+    return np.stack([x, np.cross(z, x), z])
+
+
+def _estimate_up(
+    xyz: np.ndarray,
+    cell: float,
+    hint: np.ndarray | None,
+    hint_deg: float,
+    inlier_deg: float,
+    ground: np.ndarray | None,
+    log: Callable[[str], None] | None,
+    level: np.ndarray | None,
+) -> np.ndarray:
+    """:func:`estimate_up` in the frame it was given."""
     planes = voxel_normals(xyz, cell)
     flat = planes.planarity > 0.9
     if flat.sum() < 3:
@@ -118,6 +176,8 @@ def estimate_up(
             )
     if up is None:
         up = settle_plane_normal(xyz, mode, on_plane, facing, cell, inlier_deg)
+    if level is not None:
+        up = level_with_cameras(up, level, log=log)
     if hint is not None:
         up = up if up @ hint >= 0 else -up
         if log is not None and _degrees(up, hint) > hint_deg:
@@ -128,6 +188,57 @@ def estimate_up(
     # the support plane (most flat area) is the floor or a table top: more of the scene lies above it
     plane_h = float(np.median(height[on_plane]))
     return up if (plane_h - lo) <= (hi - plane_h) else -up
+
+
+SURFACE_DEG = 2.0
+"""How far the flat surfaces' up may lie from the truth, in degrees (a sparse or partial floor)."""
+MIN_ROLL_DEG = 0.5
+"""The least roll noise assumed of the cameras, in degrees (even where they agree better)."""
+INDEPENDENT_CAMERAS = 10
+"""The cameras' rolls count as at most this many independent measurements: a photographer's rolls are not
+independent (a tripod slightly off level rolls every photo alike)."""
+UNLEVEL_DEG = 15.0
+"""Cameras whose right vectors lie further than this (RMS) from level under the flat surfaces' up were not held
+level (portrait photos stored unrotated, a nadir drone survey): they say nothing about up."""
+
+
+def level_with_cameras(
+    up: np.ndarray,
+    rights: np.ndarray,
+    surface_deg: float = SURFACE_DEG,
+    log: Callable[[str], None] | None = None,
+) -> np.ndarray:
+    """``up`` (from flat surfaces) moved to agree with level cameras: the unit ``u`` that minimises
+    ``w sum_i (r_i . u)^2 / sin^2(roll) + |u - up|^2 / sin^2(surface)`` over the right vectors ``r_i``, the
+    least-squares combination of the two cues at their errors (to first order in the angles). ``roll`` is the
+    cameras' own: the RMS of ``r_i . n`` about the level plane that fits them best (``n``, the smallest
+    eigenvector of their outer products), at least ``MIN_ROLL_DEG``; ``w`` counts the cameras as at most
+    ``INDEPENDENT_CAMERAS``.
+
+    Cameras facing one way (a forward-facing capture) share one right vector: mostly the roll of ``up`` about
+    the view direction is corrected, its pitch stays the surfaces'. Cameras turned about the vertical (an orbit,
+    a walk) have right vectors spanning the level plane and fix up nearly alone. ``up`` is returned unchanged
+    when the cameras lie more than ``UNLEVEL_DEG`` (RMS) from level under it."""
+    r = np.asarray(rights, np.float64)
+    up = np.asarray(up, np.float64) / np.linalg.norm(up)
+    if not len(r):
+        return up
+    r = r / np.linalg.norm(r, axis=1, keepdims=True)
+    rms = float(np.degrees(np.arcsin(min(1.0, np.sqrt(np.mean((r @ up) ** 2))))))
+    if rms > UNLEVEL_DEG:
+        if log is not None:
+            log(
+                f"the cameras are {rms:.0f} deg (RMS) from level under the flat surfaces' up: up from the surfaces alone"
+            )
+        return up
+    outer = r.T @ r
+    best = np.linalg.eigh(outer)[1][:, 0]
+    roll = max(float(np.sqrt(np.mean((r @ best) ** 2))), np.sin(np.radians(MIN_ROLL_DEG)))
+    a = outer * min(1.0, INDEPENDENT_CAMERAS / len(r)) / roll**2
+    lam = 1.0 / np.sin(np.radians(surface_deg)) ** 2
+    u = np.linalg.solve(a + lam * np.eye(3), lam * up)
+    u = u / np.linalg.norm(u)
+    return u if u @ up >= 0 else -u
 
 
 def _degrees(a: np.ndarray, b: np.ndarray) -> float:
@@ -151,7 +262,10 @@ def refine_plane_normal(
     robust sigmas dropped at each pass. Local normals of fused points are noisy; the plane over the whole
     floor is not. ``members`` (``[N]`` bool): only these points may be fitted (e.g. :func:`_facing`)."""
     height = xyz @ up
-    hist, edges = np.histogram(height[seeds], bins=max(8, int(np.ptp(height[seeds]) / (cell / 4)) + 1))
+    lo, hi = float(height[seeds].min()), float(height[seeds].max())
+    if hi - lo < cell / 4:  # one level plane, exact to rounding: bins of a range that small have no width
+        lo, hi = lo - cell / 2, hi + cell / 2
+    hist, edges = np.histogram(height[seeds], bins=max(8, int((hi - lo) / (cell / 4)) + 1), range=(lo, hi))
     h0 = (edges[int(np.argmax(hist))] + edges[int(np.argmax(hist)) + 1]) / 2
     band = np.abs(height - h0) < cell
     if members is not None and (band & members).sum() >= 10:

@@ -343,10 +343,13 @@ def detect(
     up_hint: np.ndarray | None = None,
     log=print,  # noqa: ANN001
     render=None,  # noqa: ANN001
+    level: np.ndarray | None = None,
 ) -> DetectResult:
     """Boxes for ``cloud``. ``text``: the teacher's text encoder (for the distilled features); ``depth``: a
     :class:`~ovseg3d.detect.depthmaps.DepthMapClassifier`; ``up_hint``: e.g. the cameras' mean up; ``render``:
-    a :class:`~ovseg3d.detect.rgbviews.RenderClassifier` of the run the cloud comes from."""
+    a :class:`~ovseg3d.detect.rgbviews.RenderClassifier` of the run the cloud comes from; ``level``: the
+    cameras' right vectors (``[N, 3]``), nearly level in photos taken upright (see
+    :func:`~ovseg3d.detect.gravity.estimate_up`)."""
     cloud = usable_cloud(cloud, log=log)
     if not (math.isfinite(opts.scale) and opts.scale >= 0):
         raise UsageError(f"--scale {opts.scale}: metres per scene unit must be positive (or 0 to estimate it)")
@@ -377,7 +380,7 @@ def detect(
         up = np.asarray(opts.up, np.float64) / np.linalg.norm(opts.up)
     else:
         try:
-            up = estimate_up(xyz, 8 * spacing, hint=up_hint, ground=ground, log=log)
+            up = estimate_up(xyz, 8 * spacing, hint=up_hint, ground=ground, log=log, level=level)
         except NoFlatSurface:
             if up_hint is None:
                 raise

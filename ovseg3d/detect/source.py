@@ -117,7 +117,8 @@ def run_detect(
 
             depth = DepthMapClassifier(encoder) if opts.depth_classifier else None
             render = render_classifier(src, encoder, hint, device) if opts.render_classifier else None
-    result = detect(src.cloud, opts, src.text, depth, hint, log, render)
+    level = src.c2w[:, :, 0] if src.c2w is not None else None
+    result = detect(src.cloud, opts, src.text, depth, hint, log, render, level=level)
     extra: dict[int, dict[str, float]] = {}
     if view is not None:
         if src.c2w is None or not 0 <= view < len(src.c2w):

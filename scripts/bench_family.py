@@ -40,8 +40,9 @@ from ovseg3d import accel
 from ovseg3d.config import apply_overrides, resolve_base
 from ovseg3d.data.loader import camera_up
 from ovseg3d.detect.gravity import estimate_up
-from ovseg3d.detect.head import SUPPORT_CLASSES, point_spacing
+from ovseg3d.detect.head import SUPPORT_CLASSES, DetectOptions, point_spacing
 from ovseg3d.detect.results import detection_metrics
+from ovseg3d.detect.source import run_detect
 from ovseg3d.export import ExportOptions, extract_cloud, load_export
 from ovseg3d.pipeline import run_scene
 from ovseg3d.synth import SynthConfig, synthesize
@@ -65,7 +66,8 @@ class Args:
     """The gravity check rolls each camera about its view axis by a random angle of this standard deviation
     (degrees) first: the generator's cameras are exactly level, a hand-held camera's are not."""
     regravity: bool = False
-    """Measure gravity again for members already finished (after a change to it), keeping their other figures."""
+    """Measure gravity again and run ``detect`` again (its boxes' mAP) for members already finished, after a change
+    to either, keeping their other figures."""
     truth_stride: int = 2
     """Sample the true surface at one pixel in N of the training views."""
     spreads: list[float] = field(default_factory=list)
@@ -288,6 +290,16 @@ def main(args: Args) -> dict:
                     f"{name}: gravity, worst of the frames {before:.2f} -> {rows[name]['gravity']['worst_deg']:.2f} deg",
                     flush=True,
                 )
+                run = args.work / "runs" / name
+                run_detect(run, DetectOptions(), log=lambda s: None)
+                objects = json.loads((args.work / "scenes" / name / "objects.json").read_text())["objects"]
+                boxes = detection_metrics(run / "detections.json", objects)
+                print(
+                    f"{name}: mAP@0.25 / 0.5 {rows[name]['map25']} / {rows[name]['map50']} -> "
+                    f"{boxes.get('map25')} / {boxes.get('map50')}",
+                    flush=True,
+                )
+                rows[name]["map25"], rows[name]["map50"] = boxes.get("map25"), boxes.get("map50")
             if args.oracle:
                 rows[name]["oracle"] = oracle_row(name, args)
             if args.spreads:

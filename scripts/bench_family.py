@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,10 +78,20 @@ class Args:
     """Also score the export's agreement rule with perfect geometry: every training pixel's true surface point,
     kept where --min-agreeing other views' true depth agrees within --depth-tolerance (the export's rule), against
     the same true surface: the completeness the rule allows at all."""
+    depth_errors: bool = False
+    """Also score the field's depth per true class: over every 4th training view at half size, the share of
+    pixels whose opacity reaches the export's 0.9, the median relative error of the median depth against the
+    true depth, and the shares within 0.5 % and 2 % (where the field puts each surface, before any filter)."""
     box_oracle: bool = False
     """Also run ``detect`` on the true surface the training views see (points on the export's voxel grid, true
     classes, each object's points one instance): the mAP that perfect geometry and labels allow, half-seen
     objects and all."""
+    scenes: list[Path] = field(default_factory=list)
+    """Also these scenes of ``ovseg3d synth`` (folders with scene.json), e.g. ``scenes/demo``: linked into
+    ``--work``'s scenes/ under their folder's name."""
+    set: list[str] = field(default_factory=list)
+    """Training settings over the cpu preset, ``KEY=VALUE`` (TOML values), e.g. ``background='random'``; give
+    such a run its own ``--work`` (the scenes can be links to the family's)."""
     device: str = "cpu"
     work: Path = Path("bench/family")
     out: Path = Path("bench/family.json")
@@ -97,6 +108,12 @@ def members(args: Args) -> dict[str, SynthConfig]:
         out[f"orbit_s{seed}"] = SynthConfig(seed=seed, cameras="orbit", format="transforms")
     for seed in args.outdoor_seeds:
         out[f"outdoor_s{seed}"] = SynthConfig(seed=seed, outdoor=True, format="colmap", width=240, height=180)
+    for path in args.scenes:
+        link = args.work / "scenes" / path.name
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path.resolve())
+        out[path.name] = SynthConfig(**json.loads((path / "scene.json").read_text()).get("config", {}))
     return out
 
 
@@ -158,7 +175,8 @@ def measure(name: str, synth: SynthConfig, args: Args) -> dict:
         synthesize(synth, scene)
     cfg = resolve_base("cpu", None)
     budget = {"steps": args.steps, "max_minutes": 0.0, "distill_steps": args.distill_steps, "distill_minutes": 0.0}
-    cfg = apply_overrides(cfg, budget, "bench_family")
+    extra = tomllib.loads("\n".join(args.set)) if args.set else {}
+    cfg = apply_overrides(cfg, budget | extra, "bench_family")
     cfg = dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, kind="synthetic"), device=args.device)
     start = time.perf_counter()
     result = run_scene(scene, run, config=cfg, log=lambda s: print(f"  {name}: {s}", flush=True))
@@ -247,6 +265,44 @@ def oracle_row(name: str, args: Args) -> dict:
         flush=True,
     )
     return row
+
+
+def depth_error_row(name: str, args: Args) -> dict:
+    """Per true class: opacity and relative depth error of the field's median depth (see ``--depth-errors``)."""
+    from ovseg3d.data.cameras import image_rays
+    from ovseg3d.export import depth_map
+    from ovseg3d.synth.raycast import cast_rays
+    from ovseg3d.synth.scene import scene_from_json
+
+    scene_dir, run = args.work / "scenes" / name, args.work / "runs" / name
+    scene = scene_from_json(json.loads((scene_dir / "scene.json").read_text()))
+    trainer = load_trainer(run, "cpu")
+    cams = trainer.scene.cameras.scaled(1 / 2)
+    cls_all, err_all, opacity_all = [], [], []
+    for v in list(trainer.scene.train_ids)[::4]:
+        depth, _, opacity = depth_map(trainer, cams, v, 0.0, 0.0)
+        origins, dirs = (t.double().numpy() for t in image_rays(cams, v))
+        norm = np.linalg.norm(dirs, axis=1)
+        t, prim = cast_rays(scene, origins, dirs / norm[:, None])
+        hit = np.isfinite(t)
+        cls_all.append(np.array([scene.primitives[i].cls for i in prim[hit]], dtype=object))
+        err_all.append(np.abs(depth.double().numpy()[hit] * norm[hit] - t[hit]) / t[hit])
+        opacity_all.append(opacity.numpy()[hit])
+    cls, err, opacity = np.concatenate(cls_all), np.concatenate(err_all), np.concatenate(opacity_all)
+    rows = {}
+    for c in np.unique(cls):
+        m = cls == c
+        rows[str(c)] = {
+            "pixels": int(m.sum()),
+            "opaque": round(float((opacity[m] >= 0.9).mean()), 3),
+            "median_rel_error": round(float(np.nanmedian(err[m])), 4),
+            "within_0.5pct": round(float((err[m] <= 0.005).mean()), 3),
+            "within_2pct": round(float((err[m] <= 0.02).mean()), 3),
+        }
+    print(f"{name} field depth per class (opaque / median relative error / within 2 %):")
+    for c, r in rows.items():
+        print(f"  {c:<12} {r['opaque']:.2f} / {r['median_rel_error']:.3f} / {r['within_2pct']:.2f}")
+    return rows
 
 
 def box_oracle_row(name: str, args: Args) -> dict:
@@ -342,6 +398,8 @@ def main(args: Args) -> dict:
                 rows[name]["map25"], rows[name]["map50"] = boxes.get("map25"), boxes.get("map50")
             if args.oracle:
                 rows[name]["oracle"] = oracle_row(name, args)
+            if args.depth_errors:
+                rows[name]["depth_errors"] = depth_error_row(name, args)
             if args.box_oracle:
                 rows[name]["box_oracle"] = box_oracle_row(name, args)
             if args.spreads:

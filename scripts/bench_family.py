@@ -133,12 +133,11 @@ def rolled(c2w: np.ndarray, roll_deg: float, seed: int = 0) -> np.ndarray:
     """``c2w`` with each camera turned about its viewing axis (column 2) by a normal random angle (degrees)."""
     if roll_deg <= 0:
         return c2w
-    angles = np.radians(np.random.default_rng(seed).normal(0.0, roll_deg, len(c2w)))
+    angles = np.radians(np.random.default_rng(seed).normal(0.0, roll_deg, len(c2w)))[:, None]
+    right, up = c2w[:, :, 0], c2w[:, :, 1]
     out = c2w.copy()
-    for i, a in enumerate(angles):
-        right, up = c2w[i, :, 0], c2w[i, :, 1]
-        out[i, :, 0] = np.cos(a) * right + np.sin(a) * up
-        out[i, :, 1] = -np.sin(a) * right + np.cos(a) * up
+    out[:, :, 0] = np.cos(angles) * right + np.sin(angles) * up
+    out[:, :, 1] = -np.sin(angles) * right + np.cos(angles) * up
     return out
 
 
@@ -166,6 +165,27 @@ def gravity_errors(run: Path, rotations: list[np.ndarray], roll_deg: float = 0.0
         "all_deg": errors,
         "roll_deg": roll_deg,
     }
+
+
+def scored_boxes(name: str, args: Args, detections: Path) -> dict:
+    """mAP and pose errors (:func:`detection_metrics`) of ``detections`` against ``name``'s ``objects.json``."""
+    objects = json.loads((args.work / "scenes" / name / "objects.json").read_text())["objects"]
+    return detection_metrics(detections, objects)
+
+
+def regravity(name: str, row: dict, args: Args) -> None:
+    """``row``'s gravity measured again and ``detect`` run again on its finished run (``--regravity``)."""
+    run = args.work / "runs" / name
+    before = row["gravity"]["worst_deg"]
+    row["gravity"] = gravity_errors(run, random_rotations(args.rotations), args.roll_deg)
+    print(f"{name}: gravity, worst of the frames {before:.2f} -> {row['gravity']['worst_deg']:.2f} deg", flush=True)
+    run_detect(run, DetectOptions(), log=lambda s: None)
+    boxes = scored_boxes(name, args, run / "detections.json")
+    print(
+        f"{name}: mAP@0.25 / 0.5 {row['map25']} / {row['map50']} -> {boxes.get('map25')} / {boxes.get('map50')}",
+        flush=True,
+    )
+    row["map25"], row["map50"] = boxes.get("map25"), boxes.get("map50")
 
 
 def measure(name: str, synth: SynthConfig, args: Args) -> dict:
@@ -335,8 +355,7 @@ def box_oracle_row(name: str, args: Args) -> dict:
     result = detect(cloud, opts, None, None, camera_up(c2w), lambda s: None, None, level=c2w[:, :, 0])
     path = args.work / "runs" / name / "detections_box_oracle.json"
     write_detections(path, result, "box oracle", opts)
-    objects = json.loads((scene_dir / "objects.json").read_text())["objects"]
-    boxes = detection_metrics(path, objects)
+    boxes = scored_boxes(name, args, path)
     print(f"{name} box oracle (true surface and labels): mAP@0.25 / 0.5 {boxes.get('map25')} / {boxes.get('map50')}")
     return {"points": n, "map25": boxes.get("map25"), "map50": boxes.get("map50")}
 
@@ -378,24 +397,7 @@ def main(args: Args) -> dict:
             if name not in rows or "error" in rows[name]:
                 rows[name] = measure(name, synth, args)
             elif args.regravity:
-                before = rows[name]["gravity"]["worst_deg"]
-                rows[name]["gravity"] = gravity_errors(
-                    args.work / "runs" / name, random_rotations(args.rotations), args.roll_deg
-                )
-                print(
-                    f"{name}: gravity, worst of the frames {before:.2f} -> {rows[name]['gravity']['worst_deg']:.2f} deg",
-                    flush=True,
-                )
-                run = args.work / "runs" / name
-                run_detect(run, DetectOptions(), log=lambda s: None)
-                objects = json.loads((args.work / "scenes" / name / "objects.json").read_text())["objects"]
-                boxes = detection_metrics(run / "detections.json", objects)
-                print(
-                    f"{name}: mAP@0.25 / 0.5 {rows[name]['map25']} / {rows[name]['map50']} -> "
-                    f"{boxes.get('map25')} / {boxes.get('map50')}",
-                    flush=True,
-                )
-                rows[name]["map25"], rows[name]["map50"] = boxes.get("map25"), boxes.get("map50")
+                regravity(name, rows[name], args)
             if args.oracle:
                 rows[name]["oracle"] = oracle_row(name, args)
             if args.depth_errors:

@@ -83,7 +83,8 @@ def estimate_up(
     the local planes turns with the world, so the result does not depend on the world frame the cloud comes in
     (a COLMAP model's is arbitrary)."""
     if hint is not None:
-        frame = camera_frame(np.asarray(hint, np.float64), level, xyz)
+        hint = np.asarray(hint, np.float64)
+        frame = camera_frame(hint, level, xyz)
         up = _estimate_up(
             xyz @ frame.T,
             cell,

@@ -38,7 +38,7 @@ import tyro
 from bench_export import completeness, visible_truth
 
 from ovseg3d import accel
-from ovseg3d.config import apply_overrides, resolve_base
+from ovseg3d.config import ConfigError, apply_overrides, resolve_base
 from ovseg3d.data.loader import camera_up
 from ovseg3d.detect.gravity import estimate_up
 from ovseg3d.detect.head import SUPPORT_CLASSES, DetectOptions, detect, point_spacing, write_detections
@@ -167,6 +167,16 @@ def gravity_errors(run: Path, rotations: list[np.ndarray], roll_deg: float = 0.0
     }
 
 
+def training_settings(args: Args) -> dict:
+    """``--set``'s settings as a table; one line (and exit) for a value TOML cannot read or an unknown key."""
+    try:
+        extra = tomllib.loads("\n".join(args.set)) if args.set else {}
+        apply_overrides(resolve_base("cpu", None), extra, "--set")
+    except (tomllib.TOMLDecodeError, ConfigError) as exc:
+        raise SystemExit(f"bench_family: --set {' '.join(args.set)}: {exc}") from None
+    return extra
+
+
 def scored_boxes(name: str, args: Args, detections: Path) -> dict:
     """mAP and pose errors (:func:`detection_metrics`) of ``detections`` against ``name``'s ``objects.json``."""
     objects = json.loads((args.work / "scenes" / name / "objects.json").read_text())["objects"]
@@ -195,8 +205,7 @@ def measure(name: str, synth: SynthConfig, args: Args) -> dict:
         synthesize(synth, scene)
     cfg = resolve_base("cpu", None)
     budget = {"steps": args.steps, "max_minutes": 0.0, "distill_steps": args.distill_steps, "distill_minutes": 0.0}
-    extra = tomllib.loads("\n".join(args.set)) if args.set else {}
-    cfg = apply_overrides(cfg, budget | extra, "bench_family")
+    cfg = apply_overrides(cfg, budget | training_settings(args), "bench_family")
     cfg = dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, kind="synthetic"), device=args.device)
     start = time.perf_counter()
     result = run_scene(scene, run, config=cfg, log=lambda s: print(f"  {name}: {s}", flush=True))
@@ -389,6 +398,7 @@ def print_table(rows: dict) -> None:
 
 def main(args: Args) -> dict:
     accel.configure_cpu_allocator()
+    training_settings(args)  # a bad --set fails here, before any member
     rows: dict = {}
     if args.out.exists():
         rows = json.loads(args.out.read_text()).get("members", {})

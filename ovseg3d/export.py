@@ -1,10 +1,10 @@
 """Labelled point clouds out of a trained run (``ovseg3d export RUN``).
 
 Points come from the radiance field's surfaces: every (strided) training view is rendered, each solid pixel
-whose ray stops crisply (its weight's middle half within ``max_spread`` of its depth) is lifted to its median
-depth and kept when the depth maps of other views agree with it (multi-view consistency, as in MVS depth
-fusion), and the points are fused on a voxel grid. A voxel is kept when at least
-``min_views`` views put a point in it and it has an occupied neighbour. Each pixel also renders the semantic
+whose ray stops crisply (its weight's middle half within ``max_spread`` of its depth, allowing more where the
+ray meets the surface at a grazing angle) is lifted to its median depth and kept when the depth maps of other
+views agree with it (multi-view consistency, as in MVS depth fusion), and the points are fused on a voxel grid.
+A voxel is kept when at least ``min_views`` views put a point in it and it has an occupied neighbour. Each pixel also renders the semantic
 field's latent (as ``ovseg3d render`` does); a point's latent is the mean over its pixels, decoded into class
 probabilities over the scene's classes, the label and its confidence, LERF relevancy for free-text queries
 and, if asked, the CLIP feature.
@@ -47,6 +47,12 @@ from ovseg3d.syncs import to_device
 from ovseg3d.teachers.relevancy import query_slug
 
 EXPORT_FORMAT = 1
+MIN_INCIDENCE = 0.2
+"""The smallest cosine a ray's spread is scaled by (78 deg from the surface's normal): at most a five-fold
+allowance for a grazing surface."""
+MAX_BEND = 0.2
+"""The largest sine of the angle between the two steps from a pixel's point to its neighbours' along an image
+axis for :func:`incidence_cosine` to read a surface there (11.5 deg)."""
 
 
 @dataclass
@@ -59,7 +65,9 @@ class ExportOptions:
     """Pixels whose rendered opacity is below this give no point."""
     max_spread: float = 0.08
     """Pixels whose ray spreads the middle half of its weight over more than this share of its depth (fog, a
-    smeared surface) give no point (0: keep all)."""
+    smeared surface) give no point (0: keep all). The spread is first scaled by the cosine of the angle between
+    the ray and the surface the depth map shows there (at least ``MIN_INCIDENCE``): a crisp floor seen at a
+    grazing angle spreads its weight far along the ray without being fog."""
     min_agreeing: int = 3
     """Keep a pixel's point only if at least this many other views' depth maps agree with it."""
     depth_tolerance: float = 0.005
@@ -142,9 +150,40 @@ def depth_map(  # noqa: ANN001
         trainer.field, trainer.grid, origins, dirs, trainer.opts, near, far, trainer.cfg.eval_chunk, relative
     )
     solid = opacity >= min_opacity
-    crisp = spread <= max_spread if max_spread > 0 else torch.ones_like(solid)
+    if max_spread > 0:
+        cosine = incidence_cosine(origins, dirs, depth, cams.height, cams.width).clamp_min(MIN_INCIDENCE)
+        crisp = spread * cosine <= max_spread
+    else:
+        crisp = torch.ones_like(solid)
     kept = torch.where(solid & crisp, depth, torch.full_like(depth, float("nan")))
     return kept, (solid & ~crisp).sum(), opacity
+
+
+def incidence_cosine(origins: Tensor, dirs: Tensor, depth: Tensor, height: int, width: int) -> Tensor:
+    """``[H*W]`` |cos| of the angle between each pixel's ray and the surface its depth map shows there, the
+    normal from the pixel's neighbours along each image axis. Only where the surface is smooth: the three points
+    along each axis lie on a line to within ``MAX_BEND`` (a plane's points along an image row or column do,
+    however grazing; a depth edge's or a noisy, hazy depth map's do not), and 1 (no allowance) elsewhere, where a
+    neighbour is missing (``nan`` depth), at the border and for a single row or column. Row-major ``[H*W]``
+    rays and depths (along ``dirs``), as :func:`~ovseg3d.data.cameras.image_rays` gives them."""
+    if height < 3 or width < 3:
+        return torch.ones_like(depth)
+    p = (origins + depth[:, None] * dirs).reshape(height, width, 3)
+    centre = p[1:-1, 1:-1]
+
+    def tangent(before: Tensor, after: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = centre - before, after - centre
+        bend = torch.linalg.cross(a, b).norm(dim=-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+        return a + b, bend <= MAX_BEND  # nan (a missing point, a repeated one) compares False
+
+    tx, straight_x = tangent(p[1:-1, :-2], p[1:-1, 2:])
+    ty, straight_y = tangent(p[:-2, 1:-1], p[2:, 1:-1])
+    normal = F.normalize(torch.linalg.cross(tx, ty), dim=-1)
+    ray = F.normalize(dirs.reshape(height, width, 3)[1:-1, 1:-1], dim=-1)
+    inner = torch.nan_to_num((normal * ray).sum(-1).abs(), nan=1.0)
+    cosine = torch.ones((height, width), dtype=depth.dtype, device=depth.device)
+    cosine[1:-1, 1:-1] = torch.where(straight_x & straight_y, inner, 1.0)
+    return cosine.reshape(-1)
 
 
 def auto_pixel_stride(trainer, cams: Cameras, views: list[int], voxel: float, min_opacity: float) -> int:  # noqa: ANN001

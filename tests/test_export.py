@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ovseg3d.cli import main
-from ovseg3d.export import LabelledCloud, agreeing_views, fuse_points, load_export, write_ply
+from ovseg3d.export import LabelledCloud, agreeing_views, fuse_points, incidence_cosine, load_export, write_ply
 from ovseg3d.syncs import count_syncs
 from ovseg3d.synth import surface_distance
 
@@ -72,6 +73,36 @@ def test_agreeing_views_counts_views_whose_depth_matches():
     for skip in range(3):
         one = agreeing_views(points, flat | {2: depths[2]}, cams, skip=skip, tol=0.01, batch=1)
         assert torch.equal(one, agreeing_views(points, flat | {2: depths[2]}, cams, skip=skip, tol=0.01))
+
+
+def test_incidence_cosine_is_the_rays_angle_to_a_smooth_surface_and_1_at_edges_and_noise():
+    from ovseg3d.data.cameras import Cameras, image_rays
+
+    # a camera 1 above the plane tilted 80 deg from facing it (z = -tan(80 deg) y): a floor seen at a grazing angle
+    c2w = torch.zeros(1, 3, 4)
+    c2w[0, :, :3] = torch.eye(3)
+    c2w[0, 2, 3] = 1.0
+    f = torch.full((1,), 40.0)
+    cams = Cameras(c2w, f, f, torch.full((1,), 16.0), torch.full((1,), 12.0), 32, 24)
+    origins, dirs = image_rays(cams, 0)
+    tilt = np.deg2rad(80.0)
+    normal = torch.tensor([0.0, np.sin(tilt), np.cos(tilt)], dtype=torch.float32)
+    depth = -(origins @ normal) / (dirs @ normal)  # the plane through the origin
+    truth = (F.normalize(dirs, dim=-1) @ normal).abs().reshape(24, 32)
+    cosine = incidence_cosine(origins, dirs, depth, 24, 32).reshape(24, 32)
+    assert torch.allclose(cosine[1:-1, 1:-1], truth[1:-1, 1:-1], atol=1e-3)
+    assert float(truth[1:-1, 1:-1].max()) < 0.5  # grazing everywhere
+    assert torch.equal(cosine[0], torch.ones(32))  # the border: no allowance
+    # a plate facing the camera at depth 1 over a wall at depth 3: the pixels at the edge get no allowance (a mixed
+    # pixel there must not pass for a surface seen edge-on), nor does one beside a missing depth
+    step = torch.where(torch.arange(32) < 16, 1.0, 3.0).repeat(24) / -dirs[:, 2]
+    step.reshape(24, 32)[:, 8] = float("nan")
+    edge = incidence_cosine(origins, dirs, step, 24, 32).reshape(24, 32)
+    assert float(edge[1:-1, [7, 9, 15, 16]].min()) == 1.0
+    # a hazy layer facing the camera whose depth is noisy by 5 %: its random normals are not read as grazing
+    torch.manual_seed(0)
+    hazy = (1.0 + 0.05 * torch.randn(24 * 32)) / -dirs[:, 2]
+    assert float((incidence_cosine(origins, dirs, hazy, 24, 32) < 0.5).float().mean()) < 0.05
 
 
 @pytest.mark.cuda

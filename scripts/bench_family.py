@@ -73,7 +73,8 @@ class Args:
     """Sample the true surface at one pixel in N of the training views."""
     spreads: list[float] = field(default_factory=list)
     """Also export each finished member with these --max-spread values (0: no spread filter) and score their
-    completeness beside the default's: how much of the missing surface the spread filter removes."""
+    completeness and boxes (``detect`` on each cloud) beside the default's: how much of the missing surface the
+    spread filter removes."""
     oracle: bool = False
     """Also score the export's agreement rule with perfect geometry: every training pixel's true surface point,
     kept where --min-agreeing other views' true depth agrees within --depth-tolerance (the export's rule), against
@@ -183,6 +184,18 @@ def scored_boxes(name: str, args: Args, detections: Path) -> dict:
     return detection_metrics(detections, objects)
 
 
+def cloud_boxes(name: str, args: Args, cloud: LabelledCloud, tag: str) -> dict:
+    """mAP of ``detect`` (defaults, the run's cameras as its level cue, as ``ovseg3d detect`` has them) on
+    ``cloud``, written to ``RUN/detections_<tag>.json``."""
+    run = args.work / "runs" / name
+    c2w = load_trainer(run, "cpu").scene.cameras.c2w.double().numpy()
+    opts = DetectOptions()
+    result = detect(cloud, opts, None, None, camera_up(c2w), lambda s: None, None, level=c2w[:, :, 0])
+    path = run / f"detections_{tag}.json"
+    write_detections(path, result, tag, opts)
+    return scored_boxes(name, args, path)
+
+
 def regravity(name: str, row: dict, args: Args) -> None:
     """``row``'s gravity measured again and ``detect`` run again on its finished run (``--regravity``)."""
     run = args.work / "runs" / name
@@ -247,9 +260,12 @@ def spread_rows(name: str, args: Args) -> dict:
         c = completeness(scene_json, run, cloud.xyz, extent, args.truth_stride)["tau_1pct"]
         rows[f"{spread:g}"] = {"points": len(cloud), **{k: c[k] for k in ("precision", "recall", "fscore")}}
         rows[f"{spread:g}"]["recall_per_class"] = {k: round(v["recall"], 3) for k, v in c["per_class"].items()}
+        boxes = cloud_boxes(name, args, cloud, f"spread_{spread:g}")
+        rows[f"{spread:g}"] |= {"map25": boxes.get("map25"), "map50": boxes.get("map50")}
         print(
             f"{name} --max-spread {spread:g}: {len(cloud)} points, P/R/F "
-            + "/".join(f"{100 * c[k]:.1f}" for k in ("precision", "recall", "fscore")),
+            + "/".join(f"{100 * c[k]:.1f}" for k in ("precision", "recall", "fscore"))
+            + f", mAP@0.25 / 0.5 {boxes.get('map25')} / {boxes.get('map50')}",
             flush=True,
         )
     return rows
@@ -359,12 +375,7 @@ def box_oracle_row(name: str, args: Args) -> dict:
         classes=classes,
         voxel_size=voxel,
     )
-    c2w = trainer.scene.cameras.c2w.double().numpy()
-    opts = DetectOptions()
-    result = detect(cloud, opts, None, None, camera_up(c2w), lambda s: None, None, level=c2w[:, :, 0])
-    path = args.work / "runs" / name / "detections_box_oracle.json"
-    write_detections(path, result, "box oracle", opts)
-    boxes = scored_boxes(name, args, path)
+    boxes = cloud_boxes(name, args, cloud, "box_oracle")
     print(f"{name} box oracle (true surface and labels): mAP@0.25 / 0.5 {boxes.get('map25')} / {boxes.get('map50')}")
     return {"points": n, "map25": boxes.get("map25"), "map50": boxes.get("map50")}
 

@@ -178,6 +178,18 @@ def test_boxes_grow_down_to_the_floor_they_stand_on():
     assert {d.name: d for d in plain}["rubik cube"].size[2] == pytest.approx(0.05, abs=0.006)
 
 
+def test_a_flat_object_seen_only_from_above_still_stands_on_the_floor():
+    """A 4 cm book lying flat of which the cloud holds only the top (its sides seen edge-on): its box reaches the
+    floor, though the gap is twice the top's own height."""
+    top = box_surface([0.0, 0.0, 0.02], [0.24, 0.3, 0.04], 0.4)
+    top = top[top[:, 2] > 0.03]  # the top face and 1 cm of the sides
+    cloud = cloud_of([(floor(), 1), (top, 0)], ["book", "floor"])
+    quiet = {"up_hint": np.array([0, 0, 1.0]), "log": lambda *_: None}
+    (book,) = detect(cloud, DetectOptions(size_prior=False), **quiet).detections
+    assert book.size[2] == pytest.approx(0.04, abs=0.006)
+    assert book.center[2] == pytest.approx(0.02, abs=0.004)
+
+
 def test_touching_objects_of_different_labels_are_separate_boxes():
     a = box_surface([0.0, 0.0, 0.1], [0.2, 0.2, 0.2], 0.0)
     b = box_surface([0.2, 0.0, 0.075], [0.2, 0.15, 0.15], 0.0)  # shares the face x = 0.1 with a

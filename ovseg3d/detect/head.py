@@ -64,9 +64,10 @@ class DetectOptions:
     min_points: int = 30
     """Smallest instance, in points."""
     rest_on_support: bool = True
-    """A box whose bottom is less than its own height above the support (the height where most points
-    labelled floor lie, or most points when none is) is grown down to it: objects stand on it, and a fused
-    cloud seldom keeps an object's bottom centimetres, which cameras see at a grazing angle or label floor."""
+    """A box whose bottom is less than its own height (or half its smaller width) above the support (the height
+    where most points labelled floor lie, or most points when none is) is grown down to it: objects stand on it,
+    and a fused cloud seldom keeps an object's bottom centimetres, which cameras see at a grazing angle or label
+    floor, nor a flat object's sides."""
     complete_round: bool = True
     """Complete a round object (a class whose size prior says ``sphere`` or ``cylinder``) from its visible shell:
     the box of the fitted sphere, or the square around the fitted circle of a cylinder's footprint, so that a
@@ -284,9 +285,11 @@ def support_height(height: np.ndarray, bin_size: float) -> float:
 
 
 def rest_on(box: Box, support: float) -> Box:
-    """``box`` grown down to the ``support`` height when its bottom is above it by less than its height."""
+    """``box`` grown down to the ``support`` height when its bottom is above it by less than its height or half
+    its smaller width (a book lying flat, of which the cloud holds only the top: its gap to the floor is its
+    thickness, more than the height of the top's box)."""
     bottom, top = box.center[2] - box.size[2] / 2, box.center[2] + box.size[2] / 2
-    if not 0.0 < bottom - support < top - bottom:
+    if not 0.0 < bottom - support < max(top - bottom, 0.5 * min(box.size[0], box.size[1])):
         return box
     center, size = box.center.copy(), box.size.copy()
     center[2], size[2] = (support + top) / 2, top - support

@@ -314,9 +314,9 @@ def cmd_prepare(args: list[str]) -> int:
     _at_least("max-long-side", cfg.max_long_side, 0, " (0: full size)")
     _at_least("max-features", cfg.max_features, 64)
     _at_least("overlap", cfg.overlap, 1)
+    _at_least("loop-pairs", cfg.loop_pairs, 0)
     if cfg.mapping_threads == 0 or cfg.mapping_threads < -1:
         raise UsageError(f"--mapping-threads {cfg.mapping_threads}: give 1 or more, or -1 for all")
-    _at_least("loop-pairs", cfg.loop_pairs, 0)
     if any(k < 2 for k in cfg.downscales):
         raise UsageError(f"--downscales must be factors of 2 or more, got {list(cfg.downscales)}")
     check_writable(given[1], "the scene folder", "give another OUT", beside=True)

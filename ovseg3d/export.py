@@ -4,10 +4,10 @@ Points come from the radiance field's surfaces: every (strided) training view is
 whose ray stops crisply (its weight's middle half within ``max_spread`` of its depth, allowing more where the
 ray meets the surface at a grazing angle) is lifted to its median depth and kept when the depth maps of other
 views agree with it (multi-view consistency, as in MVS depth fusion), and the points are fused on a voxel grid.
-A voxel is kept when at least ``min_views`` views put a point in it and it has an occupied neighbour. Each pixel also renders the semantic
-field's latent (as ``ovseg3d render`` does); a point's latent is the mean over its pixels, decoded into class
-probabilities over the scene's classes, the label and its confidence, LERF relevancy for free-text queries
-and, if asked, the CLIP feature.
+A voxel is kept when at least ``min_views`` views put a point in it and it has an occupied neighbour. Each pixel
+also renders the semantic field's latent (as ``ovseg3d render`` does); a point's latent is the mean over its
+pixels, decoded into class probabilities over the scene's classes, the label and its confidence, LERF relevancy
+for free-text queries and, if asked, the CLIP feature.
 
 Files (world frame of the input poses, metres if the poses are)::
 

@@ -14,7 +14,9 @@
 #                                            # within SECONDS (default 540): tinycudann builds in the background
 #                                            # while check and bench forward run; then the tcnn tests, profile,
 #                                            # teachers, orbit and the shared outdoor scene as time allows.
-#                                            # Everything lands in $OUT (session.log, results.tgz)
+#                                            # Everything lands in $OUT (session.log, results.tgz).
+#                                            # Real captures in .real/NAME/ (carried) are trained and scored
+#                                            # for each of REAL_MINUTES (default 0.5) after the tcnn steps
 #
 #   SKIP_STEPS="step profile" bash scripts/gpu_session.sh session 300   # the same, without the named steps
 #   bash scripts/gpu_session.sh family ARGS  # there: scripts/bench_family.py ARGS on the GPU (see below)
@@ -163,6 +165,19 @@ session)
         fi
         pack
     fi
+    # real captures carried in .real/NAME/ (images/ + sparse/0/, e.g. a `prepare` output without its database):
+    # `train --preset gpu` (tinycudann where its test passed) for each of REAL_MINUTES, then `eval`
+    for scene in .real/*/; do
+        [ -d "$scene" ] || continue
+        name=$(basename "$scene")
+        for minutes in ${REAL_MINUTES:-0.5}; do
+            run=/tmp/real/${name}_$minutes
+            need=$(awk "BEGIN { print int($minutes * 60 + 90) }")
+            step "real $name $minutes" "$need" $((need + 60)) sh -c "python3 -P -m ovseg3d.cli train $scene --output $run \
+                --preset gpu --device cuda --teacher none --max-minutes $minutes --steps 1000000 && \
+                python3 -P -m ovseg3d.cli eval $run && cp $run/eval.json /tmp/res/eval_${name}_$minutes.json"
+        done
+    done
     step "step profile" 60 100 python3 scripts/profile_steps.py --preset gpu --device cuda --out /tmp/res/profile_steps_gpu.json
     step "teachers" 40 80 python3 scripts/bench_teachers.py --device cuda --backends transformers --crops 1024 \
         --batch 256 --skip-synthetic --out /tmp/res/teachers_gpu.json

@@ -9,8 +9,10 @@ The steps, each resumable (a killed run continues from the work folder's databas
 3. **matches**: every pair for up to ``--exhaustive-up-to`` photos, else (and for video) each image with its
    ``--overlap`` successors plus a coarse all-pairs grid over the sequence that closes loops (COLMAP's own
    loop detection needs a vocabulary tree file, which is not bundled);
-4. **mapping**: incremental mapping; the model with the most registered images is kept, and the images it
-   leaves out are named in one line;
+4. **mapping**: first a model from the pairs of near photos (within ``--overlap`` in name order) alone; the pairs
+   of far-apart photos whose matches contradict its cameras are dropped (repeated texture, symmetric objects);
+   then incremental mapping on what is left; the model with the most registered images is kept, and the images
+   it leaves out are named in one line;
 5. **frame**: the model turned so that the cameras' up is +z and the sparse points' median is the origin
    (``--no-gravity``: COLMAP's own frame); optional undistortion (``--undistort``; ovseg3d models the lens
    otherwise); ``images_2/4/8``.
@@ -43,6 +45,9 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 MIN_IMAGES = 3
 STATE = "prepare_state.json"
 STEPS = ("images", "features", "matches", "mapping")
+CHAIN_MIN_SHARE = 0.9  # the near pairs' model must place this share of the photos for its cameras to judge others
+FAR_PAIR_MAX_PX = 4.0  # a far pair's match agrees with that model within this Sampson distance (COLMAP's own 4 px)
+FAR_PAIR_MIN_AGREE = 0.5  # share of a far pair's matches that must agree for the pair to be kept
 
 
 class PrepareError(UsageError):
@@ -80,6 +85,12 @@ class PrepareConfig:
     """Also write images_K/ for each K (the layout train reads pre-resized images from)."""
     threads: int = -1
     """CPU threads for pycolmap's features, matching and undistortion (-1: all)."""
+    far_pair_check: bool = True
+    """Before mapping, drop the matched pairs of far-apart photos (more than --overlap apart in name order) whose
+    matches contradict the cameras of a first model built from the near pairs alone: repeated texture (tiles,
+    wallpaper) and near-symmetric objects match photos taken from opposite sides, and COLMAP's mapper then puts
+    whole runs of photos on the wrong side. Skipped when the near pairs alone do not place 90 % of the photos
+    (photos not in capture order). --no-far-pair-check: map every verified pair."""
     mapping_threads: int = 1
     """CPU threads for the incremental mapping (-1: all). COLMAP's mapper builds a different model for each thread
     count: on instant-ngp's fox, 2 threads placed 9 of the 50 photos together 68 % of the cameras' extent away (a
@@ -286,14 +297,14 @@ def _match(pycolmap, db: Path, work: Path, names: list[str], matcher: str, cfg: 
         return int(database.num_verified_image_pairs())
 
 
-def _map(pycolmap, db: Path, images: Path, work: Path, n_images: int, cfg: PrepareConfig):  # noqa: ANN001, ANN202
-    """Incremental mapping; the reconstruction with the most registered images."""
+def _map(pycolmap, db: Path, images: Path, work: Path, n_images: int, cfg: PrepareConfig, name: str = "models"):  # noqa: ANN001, ANN202
+    """Incremental mapping (into ``work/name``); the reconstruction with the most registered images."""
     options = pycolmap.IncrementalPipelineOptions()
     options.num_threads = cfg.mapping_threads
     options.random_seed = 0  # COLMAP's -1 seeds from the clock
     options.min_model_size = min(10, max(MIN_IMAGES, n_images // 4))
-    bar = tqdm(total=n_images, desc="mapping", unit="image", leave=False)
-    out = work / "models"
+    bar = tqdm(total=n_images, desc="mapping" if name == "models" else f"mapping ({name})", unit="image", leave=False)
+    out = work / name
     if out.exists():
         shutil.rmtree(out)  # mapping starts over on a resumed run (features and matches are kept)
     out.mkdir()
@@ -307,6 +318,82 @@ def _map(pycolmap, db: Path, images: Path, work: Path, n_images: int, cfg: Prepa
             "little texture); try more photos from closer together, or --camera-model SIMPLE_RADIAL"
         )
     return max(models.values(), key=lambda rec: rec.num_reg_images())
+
+
+def epipolar_agreement(xa: np.ndarray, xb: np.ndarray, b_from_a: np.ndarray, focal: float, max_px: float) -> float:
+    """The share of matches ``xa[i] <-> xb[i]`` (normalised, undistorted image coordinates ``[N, 2]`` of cameras
+    a and b) within ``max_px`` pixels (Sampson distance, ``focal`` pixels per unit) of the epipolar geometry of
+    the relative pose ``b_from_a`` ``[3, 4]`` (x_b = R x_a + t)."""
+    if len(xa) == 0:
+        return 0.0
+    rot, t = b_from_a[:, :3], b_from_a[:, 3]
+    norm = float(np.linalg.norm(t))
+    if norm == 0.0:
+        return 0.0
+    t = t / norm
+    essential = np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]]) @ rot
+    pa, pb = np.c_[xa, np.ones(len(xa))], np.c_[xb, np.ones(len(xb))]
+    ea, eb = pa @ essential.T, pb @ essential  # epipolar lines in b, in a
+    num = np.sum(pb * ea, axis=1) ** 2
+    den = ea[:, 0] ** 2 + ea[:, 1] ** 2 + eb[:, 0] ** 2 + eb[:, 1] ** 2
+    dist = np.sqrt(num / np.maximum(den, 1e-300)) * focal
+    return float(np.mean(dist < max_px))
+
+
+def check_far_pairs(pycolmap, db: Path, images: Path, work: Path, names: list[str], cfg: PrepareConfig) -> dict:  # noqa: ANN001
+    """Drop from ``db`` the verified pairs of photos more than ``cfg.overlap`` apart in ``names`` whose matches
+    contradict the cameras of a model mapped from the near pairs alone (:data:`FAR_PAIR_MIN_AGREE` of them within
+    :data:`FAR_PAIR_MAX_PX`). Returns what was checked and dropped (``"skipped"`` says why none was)."""
+    order = {name: i for i, name in enumerate(names)}
+    with pycolmap.Database.open(db) as database:
+        ids = {im.image_id: im.name for im in database.read_all_images()}
+        pair_ids, geometries = database.read_two_view_geometries()
+    far = []
+    for pair_id, geometry in zip(pair_ids, geometries):
+        a, b = pycolmap.pair_id_to_image_pair(pair_id)
+        if len(geometry.inlier_matches) and abs(order[ids[a]] - order[ids[b]]) > cfg.overlap:
+            far.append((a, b, geometry.inlier_matches))
+    stats: dict = {"far_pairs": len(far), "far_pairs_dropped": 0}
+    if not far:
+        return stats
+    chain_db = work / "chain.db"
+    shutil.copy(db, chain_db)
+    try:
+        with pycolmap.Database.open(chain_db) as database:
+            for a, b, _ in far:
+                database.delete_two_view_geometry(a, b)
+        chain = _map(pycolmap, chain_db, images, work, len(names), cfg, name="chain")
+    except PrepareError:
+        chain = None
+    finally:
+        chain_db.unlink(missing_ok=True)
+        shutil.rmtree(work / "chain", ignore_errors=True)
+    placed = {im.image_id: im for im in chain.images.values() if im.has_pose} if chain is not None else {}
+    if len(placed) < CHAIN_MIN_SHARE * len(names):
+        stats["skipped"] = f"the near pairs alone placed {len(placed)} of {len(names)} photos (not in capture order?)"
+        return stats
+    by_name = {im.name: im for im in placed.values()}
+    dropped = []
+    with pycolmap.Database.open(db) as database:
+        keypoints = {}
+        for a, b, matches in far:
+            ia, ib = by_name.get(ids[a]), by_name.get(ids[b])
+            if ia is None or ib is None:
+                continue  # no camera to judge by: kept
+            for i in (a, b):
+                if i not in keypoints:
+                    keypoints[i] = database.read_keypoints(i)[:, :2].astype(np.float64)
+            ca, cb = chain.cameras[ia.camera_id], chain.cameras[ib.camera_id]
+            xa = ca.cam_from_img(keypoints[a][matches[:, 0]])
+            xb = cb.cam_from_img(keypoints[b][matches[:, 1]])
+            b_from_a = (ib.cam_from_world() * ia.cam_from_world().inverse()).matrix()
+            focal = 0.5 * (ca.mean_focal_length() + cb.mean_focal_length())
+            if epipolar_agreement(xa, xb, b_from_a, focal, FAR_PAIR_MAX_PX) < FAR_PAIR_MIN_AGREE:
+                dropped.append((a, b))
+        for a, b in dropped:
+            database.delete_two_view_geometry(a, b)
+    stats["far_pairs_dropped"] = len(dropped)
+    return stats
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -390,6 +477,17 @@ def _sfm(work: Path) -> None:
 
     if "mapping" in state["done"] and (work / "sfm.json").is_file():
         return  # a resumed run whose child had finished
+    if cfg.far_pair_check and "far_pairs" not in state["done"]:
+        t0 = time.perf_counter()
+        far = check_far_pairs(pycolmap, db, images, work, names, cfg)
+        if far["far_pairs_dropped"]:
+            tqdm.write(
+                f"far pairs: {far['far_pairs_dropped']} of {far['far_pairs']} contradict the cameras of the near "
+                "pairs' model (repeated texture, a symmetric object): left out of the mapping"
+            )
+        elif "skipped" in far:
+            tqdm.write(f"far pairs: all {far['far_pairs']} kept: {far['skipped']}")
+        _finish(work, state, "far_pairs", t0, far_pair_check=far)
     t0 = time.perf_counter()
     rec = _map(pycolmap, db, images, work, len(names), cfg)
     registered = sorted(rec.images[i].name for i in rec.reg_image_ids())
@@ -429,6 +527,7 @@ def _sfm(work: Path) -> None:
         "mean_track_length": round(float(rec.compute_mean_track_length()), 2),
         "matcher": state.get("matcher", matcher),
         "verified_pairs": state.get("verified_pairs"),
+        "far_pair_check": state.get("far_pair_check"),
         "gravity_up_in_colmap_frame": None if up is None else np.round(up, 6).tolist(),
         "pycolmap": pycolmap.__version__,
     }

@@ -20,7 +20,7 @@ from ovseg3d.cli import main
 from ovseg3d.data.colmap import read_model
 from ovseg3d.data.loader import camera_up, load_scene
 from ovseg3d.metrics import similarity_alignment, trajectory_error
-from ovseg3d.prepare import image_pairs, sharpness, write_video_frames
+from ovseg3d.prepare import FAR_PAIR_MAX_PX, epipolar_agreement, image_pairs, sharpness, write_video_frames
 
 pytest.importorskip("pycolmap")
 
@@ -112,6 +112,65 @@ def test_mapping_the_same_matches_twice_gives_the_same_cameras(prepared, tmp_pat
         [sys.executable, "-c", MAP_TWICE, str(prepared), str(tmp_path)], capture_output=True, text=True, check=True
     )
     assert float(said.stdout.strip().splitlines()[-1]) < 1e-9
+
+
+FAR_PAIRS = """
+import json, shutil, sys
+from dataclasses import replace
+from pathlib import Path
+import numpy as np, pycolmap
+from ovseg3d.prepare import PrepareConfig, check_far_pairs
+scene, work = Path(sys.argv[1]), Path(sys.argv[2])
+db = work / "database.db"
+shutil.copy(scene / "database.db", db)
+names = sorted(p.name for p in (scene / "images").iterdir())
+with pycolmap.Database.open(db) as database:
+    ids = {im.name: im.image_id for im in database.read_all_images()}
+    a, b = ids[names[0]], ids[names[-1]]  # 19 apart: a far pair
+    rng = np.random.default_rng(0)
+    n_a, n_b = database.num_keypoints_for_image(a), database.num_keypoints_for_image(b)
+    false = pycolmap.TwoViewGeometry()
+    false.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+    false.inlier_matches = np.stack([rng.choice(n_a, 200, replace=False), rng.choice(n_b, 200, replace=False)], 1).astype(np.uint32)
+    if database.exists_two_view_geometry(a, b):
+        database.delete_two_view_geometry(a, b)
+    database.write_two_view_geometry(a, b, false)
+for overlap in (10, 25):
+    stats = check_far_pairs(pycolmap, db, scene / "images", work, names, replace(PrepareConfig(), overlap=overlap))
+    with pycolmap.Database.open(db) as database:
+        stats["planted_left"] = database.exists_two_view_geometry(a, b)
+    print(json.dumps(stats))
+"""
+
+
+def test_far_pairs_that_contradict_the_near_pairs_cameras_are_dropped(prepared, tmp_path):
+    """A false pair planted between the first and the last photo (200 random matches) is dropped; the true far
+    pairs of the generated scene are kept; with every pair near (--overlap 25 of 20 photos) nothing is checked."""
+    said = subprocess.run(
+        [sys.executable, "-c", FAR_PAIRS, str(prepared), str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    checked, none = (json.loads(line) for line in said.stdout.strip().splitlines()[-2:])
+    assert checked["far_pairs"] > 20 and "skipped" not in checked
+    assert checked["far_pairs_dropped"] == 1 and not checked["planted_left"]
+    assert none == {"far_pairs": 0, "far_pairs_dropped": 0, "planted_left": False}
+    assert json.loads((prepared / "prepare.json").read_text())["far_pair_check"]["far_pairs_dropped"] == 0
+
+
+def test_epipolar_agreement_tells_a_true_pose_from_a_mirrored_one():
+    rng = np.random.default_rng(1)
+    world = rng.uniform([-1, -1, 4], [1, 1, 6], (300, 3))
+    angle = math.radians(20)
+    rot = np.array([[math.cos(angle), 0, math.sin(angle)], [0, 1, 0], [-math.sin(angle), 0, math.cos(angle)]])
+    b_from_a = np.c_[rot, [-1.5, 0.1, 0.3]]
+    in_b = world @ rot.T + b_from_a[:, 3]
+    xa, xb = world[:, :2] / world[:, 2:], in_b[:, :2] / in_b[:, 2:]
+    focal = 500.0
+    assert epipolar_agreement(xa, xb, b_from_a, focal, FAR_PAIR_MAX_PX) == 1.0
+    noisy = xb + rng.normal(0, 1.0 / focal, xb.shape)  # 1 px of noise: still agrees
+    assert epipolar_agreement(xa, noisy, b_from_a, focal, FAR_PAIR_MAX_PX) > 0.95
+    flipped = np.c_[np.diag([-1.0, 1.0, -1.0]) @ rot, b_from_a[:, 3]]  # turned 180 deg about the vertical
+    assert epipolar_agreement(xa, xb, flipped, focal, FAR_PAIR_MAX_PX) < 0.2
+    assert epipolar_agreement(xa, xb[rng.permutation(len(xb))], b_from_a, focal, FAR_PAIR_MAX_PX) < 0.2
 
 
 def test_too_few_photos_or_no_video_is_one_line(tmp_path, rendered, capsys):

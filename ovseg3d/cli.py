@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import io
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -211,9 +212,33 @@ class BatchArgs:
     detect: Annotated[DetectOptions, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=DetectOptions)
 
 
+def _one_paragraph_field_docs() -> None:
+    """Let ``--help`` reflow every option's text. tyro takes a field's docstring from docstring_parser, which keeps
+    the source's indentation on each line after the first; tyro then keeps a line break before every line that
+    does not start with a letter, so every docstring longer than a line printed with its source's line breaks.
+    Here each docstring's lines are joined (blank lines still part paragraphs). Nothing is done where tyro's
+    internals differ from the version this was written for (1.0)."""
+    from tyro import _docstrings
+
+    original = getattr(_docstrings, "parse_docstring_from_object", None)
+    if original is None or getattr(original, "joined", False):
+        return
+
+    def joined(obj: object) -> dict[str, str]:
+        docs = original(obj)
+        return {
+            name: "\n\n".join(" ".join(part.split()) for part in re.split(r"\n\s*\n", text))
+            for name, text in docs.items()
+        }
+
+    joined.joined = True  # type: ignore[attr-defined]
+    _docstrings.parse_docstring_from_object = joined
+
+
 def _parse(cls, args: list[str], prog: str, **kwargs):  # noqa: ANN001, ANN202 - tyro's own signature
     """``tyro.cli`` with a parse error (an unknown option, a value of the wrong type) as one line (UsageError)
     instead of tyro's box; --help prints as tyro prints it."""
+    _one_paragraph_field_docs()
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):

@@ -1,6 +1,7 @@
 """End to end through the real CLI: synth a tiny scene, train it, evaluate, resume, refuse bad runs."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -141,3 +142,13 @@ def test_console_script_help_lists_commands():
         [sys.executable, "-m", "ovseg3d.cli", "train", "--help"], capture_output=True, text=True, check=True
     )
     assert "--max-minutes" in help_train.stdout and "--preset" in help_train.stdout
+
+
+def test_help_reflows_an_options_text_written_over_several_lines():
+    """A field docstring of several source lines is one paragraph in --help (tyro kept the source's line breaks)."""
+    wide = {**os.environ, "COLUMNS": "400"}
+    said = subprocess.run(
+        [sys.executable, "-m", "ovseg3d.cli", "prepare", "--help"], capture_output=True, text=True, check=True, env=wide
+    ).stdout
+    assert "apart in name order) whose matches contradict" in said
+    assert "(photos not in capture order). --no-far-pair-check" in said

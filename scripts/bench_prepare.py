@@ -2,7 +2,10 @@
 """``ovseg3d prepare`` on real photo sets: registered photos, reprojection error, seconds per step and, where the
 set ships camera poses made from the same photos (a COLMAP model, LLFF ``poses_bounds.npy`` or a
 ``transforms.json``), the absolute trajectory error of the camera centres after a similarity alignment, as a
-share of the cameras' extent (the diagonal of their box).
+share of the cameras' extent (the diagonal of their box). A reference can be wrong too (NeRF-Database's own model
+turns runs of its photos 180 degrees about a can on a tiled floor), so each model's path is also checked on its own:
+in name order (capture order for most sets), the largest step between consecutive cameras as a share of the extent,
+and the number of consecutive turns over 150 degrees (a run of photos placed on the opposite side).
 
 Each set is a folder of photos (fetched, never committed) and, optionally, a scene folder with the shipped poses:
 
@@ -51,6 +54,25 @@ def centres_by_name(scene: Path) -> dict[str, np.ndarray]:
     return {Path(p).stem: c2w[i, :, 3] for i, p in enumerate(s.image_paths)}
 
 
+def path_jumps(scene: Path) -> dict[str, float]:
+    """Consecutive cameras in name order of a scene or COLMAP model folder: the largest step (share of the extent)
+    and the turns over 150 degrees."""
+    if (scene / "images.bin").is_file() or (scene / "images.txt").is_file():
+        model = read_model(scene)
+        ordered = sorted(model.images.values(), key=lambda im: im.name)
+        c2w = np.stack([c2w_opengl(im) for im in ordered])
+    else:
+        s = load_scene(scene)
+        order = np.argsort([Path(p).name for p in s.image_paths])
+        c2w = s.cameras.c2w.double().numpy()[order]
+    centres, rot = c2w[:, :, 3], c2w[:, :, :3]
+    extent = float(np.linalg.norm(centres.max(0) - centres.min(0))) or 1.0
+    steps = np.linalg.norm(np.diff(centres, axis=0), axis=1) / extent
+    cos = (np.einsum("nij,nij->n", rot[:-1], rot[1:]) - 1) / 2  # trace(R_i^T R_j) = sum of the elementwise product
+    turns = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+    return {"max_step_share": round(float(steps.max()), 4), "turns_over_150": int((turns > 150).sum())}
+
+
 def main(args: Args) -> None:
     rows = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for spec in args.sets:
@@ -70,6 +92,8 @@ def main(args: Args) -> None:
         }
         row["registered_share"] = round(stats["registered"] / stats["images"], 4)
         row["wall_s"] = round(time.perf_counter() - start, 1)
+        row["far_pair_check"] = stats.get("far_pair_check")
+        row["path"] = path_jumps(out)
         if reference:
             truth, found = centres_by_name(Path(reference)), centres_by_name(out)
             common = sorted(set(truth) & set(found))
@@ -77,21 +101,27 @@ def main(args: Args) -> None:
             ref = np.stack([truth[n] for n in common])
             row["ate"] = {k: round(v, 5) for k, v in trajectory_error(est, ref).items()}
             row["ate_images"] = len(common)
+            row["reference_path"] = path_jumps(Path(reference))
         rows[name] = row
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))
     print(
         f"{'set':<10} {'photos':>6} {'size':>10} {'registered':>10} {'reproj px':>9} {'ATE % extent':>12} "
-        f"{'features s':>10} {'matches s':>9} {'mapping s':>9} {'total s':>8}"
+        f"{'max step':>8} {'flips':>5} {'far dropped':>11} {'features s':>10} {'matches s':>9} {'far s':>5} "
+        f"{'mapping s':>9} {'total s':>8}"
     )
     for name, r in rows.items():
         ate = f"{100 * r['ate']['rmse_share']:.2f}" if "ate" in r else "-"
         sec = r["seconds"]
         size = "x".join(map(str, r["size"]))
+        path = r.get("path") or {}
+        far = r.get("far_pair_check") or {}
+        dropped = f"{far['far_pairs_dropped']}/{far['far_pairs']}" if far else "-"
         print(
             f"{name:<10} {r['images']:>6} {size:>10} {r['registered']:>10} {r['mean_reprojection_error_px']:>9.2f} "
-            f"{ate:>12} {sec.get('features', 0):>10.0f} {sec.get('matches', 0):>9.0f} {sec.get('mapping', 0):>9.0f} "
-            f"{sec['total']:>8.0f}"
+            f"{ate:>12} {path.get('max_step_share', float('nan')):>8.3f} {path.get('turns_over_150', -1):>5} "
+            f"{dropped:>11} {sec.get('features', 0):>10.0f} {sec.get('matches', 0):>9.0f} "
+            f"{sec.get('far_pairs', 0):>5.0f} {sec.get('mapping', 0):>9.0f} {sec['total']:>8.0f}"
         )
     print(f"wrote {args.out}")
 

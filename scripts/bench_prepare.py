@@ -54,23 +54,51 @@ def centres_by_name(scene: Path) -> dict[str, np.ndarray]:
     return {Path(p).stem: c2w[i, :, 3] for i, p in enumerate(s.image_paths)}
 
 
-def path_jumps(scene: Path) -> dict[str, float]:
-    """Consecutive cameras in name order of a scene or COLMAP model folder: the largest step (share of the extent)
-    and the turns over 150 degrees."""
+def poses_by_name(scene: Path) -> tuple[list[str], np.ndarray]:
+    """Image stems in name order and their camera-to-world matrices ``[N, 3, 4]``, of a scene or COLMAP model
+    folder."""
     if (scene / "images.bin").is_file() or (scene / "images.txt").is_file():
-        model = read_model(scene)
-        ordered = sorted(model.images.values(), key=lambda im: im.name)
-        c2w = np.stack([c2w_opengl(im) for im in ordered])
-    else:
-        s = load_scene(scene)
-        order = np.argsort([Path(p).name for p in s.image_paths])
-        c2w = s.cameras.c2w.double().numpy()[order]
-    centres, rot = c2w[:, :, 3], c2w[:, :, :3]
+        ordered = sorted(read_model(scene).images.values(), key=lambda im: im.name)
+        return [Path(im.name).stem for im in ordered], np.stack([c2w_opengl(im) for im in ordered])
+    s = load_scene(scene)
+    order = np.argsort([Path(p).name for p in s.image_paths])
+    return [Path(s.image_paths[i]).stem for i in order], s.cameras.c2w.double().numpy()[order]
+
+
+def _turns(c2w: np.ndarray) -> np.ndarray:
+    """Degrees turned between consecutive cameras."""
+    rot = c2w[:, :, :3]
+    cos = (np.einsum("nij,nij->n", rot[:-1], rot[1:]) - 1) / 2  # trace(R_i^T R_j) = sum of the elementwise product
+    return np.degrees(np.arccos(np.clip(cos, -1, 1)))
+
+
+def path_jumps(scene: Path) -> dict[str, float]:
+    """Consecutive cameras in name order: the largest step (share of the extent) and the turns over 150 degrees."""
+    _, c2w = poses_by_name(scene)
+    centres = c2w[:, :, 3]
     extent = float(np.linalg.norm(centres.max(0) - centres.min(0))) or 1.0
     steps = np.linalg.norm(np.diff(centres, axis=0), axis=1) / extent
-    cos = (np.einsum("nij,nij->n", rot[:-1], rot[1:]) - 1) / 2  # trace(R_i^T R_j) = sum of the elementwise product
-    turns = np.degrees(np.arccos(np.clip(cos, -1, 1)))
-    return {"max_step_share": round(float(steps.max()), 4), "turns_over_150": int((turns > 150).sum())}
+    return {"max_step_share": round(float(steps.max()), 4), "turns_over_150": int((_turns(c2w) > 150).sum())}
+
+
+def ate_within_reference_runs(reference: Path, found: dict[str, np.ndarray]) -> list[dict] | None:
+    """Where the reference turns over 150 degrees between consecutive photos, its runs alternate between two
+    placements; the ATE of each placement's photos (every other run), aligned on its own. ``None`` when the
+    reference has no such turn."""
+    names, c2w = poses_by_name(reference)
+    cuts = np.flatnonzero(_turns(c2w) > 150) + 1
+    if not len(cuts):
+        return None
+    run = np.zeros(len(names), dtype=int)
+    for cut in cuts:
+        run[cut:] += 1
+    out = []
+    for side in (0, 1):
+        keep = [i for i in range(len(names)) if run[i] % 2 == side and names[i] in found]
+        est = np.stack([found[names[i]] for i in keep])
+        err = trajectory_error(est, c2w[keep, :, 3])
+        out.append({"photos": len(keep), "rmse_share": round(err["rmse_share"], 5)})
+    return out
 
 
 def main(args: Args) -> None:
@@ -102,6 +130,7 @@ def main(args: Args) -> None:
             row["ate"] = {k: round(v, 5) for k, v in trajectory_error(est, ref).items()}
             row["ate_images"] = len(common)
             row["reference_path"] = path_jumps(Path(reference))
+            row["ate_within_reference_runs"] = ate_within_reference_runs(Path(reference), found)
         rows[name] = row
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))
@@ -112,6 +141,8 @@ def main(args: Args) -> None:
     )
     for name, r in rows.items():
         ate = f"{100 * r['ate']['rmse_share']:.2f}" if "ate" in r else "-"
+        if r.get("ate_within_reference_runs"):  # the reference's own flips: ATE of each of its two placements
+            ate += " (" + "/".join(f"{100 * g['rmse_share']:.2f}" for g in r["ate_within_reference_runs"]) + ")"
         sec = r["seconds"]
         size = "x".join(map(str, r["size"]))
         path = r.get("path") or {}

@@ -11,8 +11,8 @@ The steps, each resumable (a killed run continues from the work folder's databas
    loop detection needs a vocabulary tree file, which is not bundled);
 4. **mapping**: first a model from the pairs of near photos (within ``--overlap`` in name order) alone; the pairs
    of far-apart photos whose matches contradict its cameras are dropped (repeated texture, symmetric objects);
-   then incremental mapping on what is left; the model with the most registered images is kept, and the images
-   it leaves out are named in one line;
+   then incremental mapping on what is left, continued from that model; the model with the most registered
+   images is kept, and the images it leaves out are named in one line;
 5. **frame**: the model turned so that the cameras' up is +z and the sparse points' median is the origin
    (``--no-gravity``: COLMAP's own frame); optional undistortion (``--undistort``; ovseg3d models the lens
    otherwise); ``images_2/4/8``.
@@ -297,19 +297,34 @@ def _match(pycolmap, db: Path, work: Path, names: list[str], matcher: str, cfg: 
         return int(database.num_verified_image_pairs())
 
 
-def _map(pycolmap, db: Path, images: Path, work: Path, n_images: int, cfg: PrepareConfig, name: str = "models"):  # noqa: ANN001, ANN202
-    """Incremental mapping (into ``work/name``); the reconstruction with the most registered images."""
+def _map(  # noqa: ANN202 - a pycolmap.Reconstruction
+    pycolmap,  # noqa: ANN001
+    db: Path,
+    images: Path,
+    work: Path,
+    n_images: int,
+    cfg: PrepareConfig,
+    name: str = "models",
+    start: Path | None = None,
+):
+    """Incremental mapping (into ``work/name``), from scratch or continued from the model in ``start`` (its
+    cameras kept, the other images registered, every match triangulated, then bundle adjustment); the
+    reconstruction with the most registered images."""
     options = pycolmap.IncrementalPipelineOptions()
     options.num_threads = cfg.mapping_threads
     options.random_seed = 0  # COLMAP's -1 seeds from the clock
     options.min_model_size = min(10, max(MIN_IMAGES, n_images // 4))
-    bar = tqdm(total=n_images, desc="mapping" if name == "models" else f"mapping ({name})", unit="image", leave=False)
+    placed = pycolmap.Reconstruction(start).num_reg_images() if start is not None else 0
+    desc = "mapping" if name == "models" else f"mapping ({name})"
+    bar = tqdm(total=n_images, initial=placed, desc=desc, unit="image", leave=False)
     out = work / name
     if out.exists():
         shutil.rmtree(out)  # mapping starts over on a resumed run (features and matches are kept)
     out.mkdir()
     try:
-        models = pycolmap.incremental_mapping(db, images, out, options=options, next_image_callback=bar.update)
+        models = pycolmap.incremental_mapping(
+            db, images, out, options=options, input_path=start or "", next_image_callback=bar.update
+        )
     finally:
         bar.close()
     if not models:
@@ -340,10 +355,15 @@ def epipolar_agreement(xa: np.ndarray, xb: np.ndarray, b_from_a: np.ndarray, foc
     return float(np.mean(dist < max_px))
 
 
+CHAIN_MODEL = "chain_model"  # the near pairs' model, kept in the work folder for the mapping to continue from
+
+
 def check_far_pairs(pycolmap, db: Path, images: Path, work: Path, names: list[str], cfg: PrepareConfig) -> dict:  # noqa: ANN001
     """Drop from ``db`` the verified pairs of photos more than ``cfg.overlap`` apart in ``names`` whose matches
     contradict the cameras of a model mapped from the near pairs alone (:data:`FAR_PAIR_MIN_AGREE` of them within
-    :data:`FAR_PAIR_MAX_PX`). Returns what was checked and dropped (``"skipped"`` says why none was)."""
+    :data:`FAR_PAIR_MAX_PX`). That model is left in ``work/chain_model`` when it judged the pairs. Returns what was
+    checked and dropped (``"skipped"`` says why none was)."""
+    shutil.rmtree(work / CHAIN_MODEL, ignore_errors=True)
     order = {name: i for i, name in enumerate(names)}
     with pycolmap.Database.open(db) as database:
         ids = {im.image_id: im.name for im in database.read_all_images()}
@@ -393,6 +413,8 @@ def check_far_pairs(pycolmap, db: Path, images: Path, work: Path, names: list[st
         for a, b in dropped:
             database.delete_two_view_geometry(a, b)
     stats["far_pairs_dropped"] = len(dropped)
+    (work / CHAIN_MODEL).mkdir()
+    chain.write(work / CHAIN_MODEL)
     return stats
 
 
@@ -489,7 +511,10 @@ def _sfm(work: Path) -> None:
             tqdm.write(f"far pairs: all {far['far_pairs']} kept: {far['skipped']}")
         _finish(work, state, "far_pairs", t0, far_pair_check=far)
     t0 = time.perf_counter()
-    rec = _map(pycolmap, db, images, work, len(names), cfg)
+    # from the near pairs' model where the check made one: its cameras stand, the far pairs it kept close loops
+    # in the final triangulation and bundle adjustment (the fox: 7 s instead of 55, ATE 0.055 % against 0.059 %)
+    start = work / CHAIN_MODEL if (work / CHAIN_MODEL / "images.bin").is_file() else None
+    rec = _map(pycolmap, db, images, work, len(names), cfg, start=start)
     registered = sorted(rec.images[i].name for i in rec.reg_image_ids())
     if len(registered) < MIN_IMAGES:
         raise PrepareError(
@@ -520,6 +545,7 @@ def _sfm(work: Path) -> None:
     else:
         rec.write(sparse)
     shutil.rmtree(work / "models", ignore_errors=True)
+    shutil.rmtree(work / CHAIN_MODEL, ignore_errors=True)
     stats = {
         "registered": registered,
         "points": int(rec.num_points3D()),

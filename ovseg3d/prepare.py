@@ -388,11 +388,10 @@ def check_far_pairs(pycolmap, db: Path, images: Path, work: Path, names: list[st
     finally:
         chain_db.unlink(missing_ok=True)
         shutil.rmtree(work / "chain", ignore_errors=True)
-    placed = {im.image_id: im for im in chain.images.values() if im.has_pose} if chain is not None else {}
-    if len(placed) < CHAIN_MIN_SHARE * len(names):
-        stats["skipped"] = f"the near pairs alone placed {len(placed)} of {len(names)} photos (not in capture order?)"
+    by_name = {im.name: im for im in chain.images.values() if im.has_pose} if chain is not None else {}
+    if len(by_name) < CHAIN_MIN_SHARE * len(names):
+        stats["skipped"] = f"the near pairs alone placed {len(by_name)} of {len(names)} photos (not in capture order?)"
         return stats
-    by_name = {im.name: im for im in placed.values()}
     dropped = []
     with pycolmap.Database.open(db) as database:
         keypoints = {}

@@ -44,16 +44,6 @@ class Args:
     max_long_side: int = PrepareConfig.max_long_side
 
 
-def centres_by_name(scene: Path) -> dict[str, np.ndarray]:
-    """Camera centres by image stem, of a scene folder or of a COLMAP model folder (cameras.bin, images.bin)."""
-    if (scene / "images.bin").is_file() or (scene / "images.txt").is_file():
-        model = read_model(scene)
-        return {Path(im.name).stem: c2w_opengl(im)[:, 3] for im in model.images.values()}
-    s = load_scene(scene)
-    c2w = s.cameras.c2w.double().numpy()
-    return {Path(p).stem: c2w[i, :, 3] for i, p in enumerate(s.image_paths)}
-
-
 def poses_by_name(scene: Path) -> tuple[list[str], np.ndarray]:
     """Image stems in name order and their camera-to-world matrices ``[N, 3, 4]``, of a scene or COLMAP model
     folder."""
@@ -72,20 +62,25 @@ def _turns(c2w: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cos, -1, 1)))
 
 
-def path_jumps(scene: Path) -> dict[str, float]:
-    """Consecutive cameras in name order: the largest step (share of the extent) and the turns over 150 degrees."""
-    _, c2w = poses_by_name(scene)
+def centres_by_name(scene: Path) -> dict[str, np.ndarray]:
+    """Camera centres by image stem, of a scene folder or of a COLMAP model folder (cameras.bin, images.bin)."""
+    names, c2w = poses_by_name(scene)
+    return dict(zip(names, c2w[:, :, 3]))
+
+
+def path_jumps(c2w: np.ndarray) -> dict[str, float]:
+    """Consecutive cameras ``[N, 3, 4]`` (in name order): the largest step (share of the extent) and the turns over
+    150 degrees."""
     centres = c2w[:, :, 3]
     extent = float(np.linalg.norm(centres.max(0) - centres.min(0))) or 1.0
     steps = np.linalg.norm(np.diff(centres, axis=0), axis=1) / extent
     return {"max_step_share": round(float(steps.max()), 4), "turns_over_150": int((_turns(c2w) > 150).sum())}
 
 
-def ate_within_reference_runs(reference: Path, found: dict[str, np.ndarray]) -> list[dict] | None:
-    """Where the reference turns over 150 degrees between consecutive photos, its runs alternate between two
-    placements; the ATE of each placement's photos (every other run), aligned on its own. ``None`` when the
-    reference has no such turn."""
-    names, c2w = poses_by_name(reference)
+def ate_within_reference_runs(names: list[str], c2w: np.ndarray, found: dict[str, np.ndarray]) -> list[dict] | None:
+    """Where the reference (``names``, ``c2w`` in name order) turns over 150 degrees between consecutive photos,
+    its runs alternate between two placements; the ATE of each placement's photos (every other run), aligned on
+    its own. ``None`` when the reference has no such turn."""
     cuts = np.flatnonzero(_turns(c2w) > 150) + 1
     if not len(cuts):
         return None
@@ -121,16 +116,18 @@ def main(args: Args) -> None:
         row["registered_share"] = round(stats["registered"] / stats["images"], 4)
         row["wall_s"] = round(time.perf_counter() - start, 1)
         row["far_pair_check"] = stats.get("far_pair_check")
-        row["path"] = path_jumps(out)
+        names, c2w = poses_by_name(out)
+        row["path"] = path_jumps(c2w)
         if reference:
-            truth, found = centres_by_name(Path(reference)), centres_by_name(out)
+            ref_names, ref_c2w = poses_by_name(Path(reference))
+            truth, found = dict(zip(ref_names, ref_c2w[:, :, 3])), dict(zip(names, c2w[:, :, 3]))
             common = sorted(set(truth) & set(found))
             est = np.stack([found[n] for n in common])
             ref = np.stack([truth[n] for n in common])
             row["ate"] = {k: round(v, 5) for k, v in trajectory_error(est, ref).items()}
             row["ate_images"] = len(common)
-            row["reference_path"] = path_jumps(Path(reference))
-            row["ate_within_reference_runs"] = ate_within_reference_runs(Path(reference), found)
+            row["reference_path"] = path_jumps(ref_c2w)
+            row["ate_within_reference_runs"] = ate_within_reference_runs(ref_names, ref_c2w, found)
         rows[name] = row
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))

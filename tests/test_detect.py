@@ -304,6 +304,7 @@ def test_detect_command_writes_what_eval_and_the_viewer_read(tmp_path):
     assert main(["detect", str(tmp_path / "room.ply"), "--up", "0", "0", "1"]) == 0
     boxes = read_detections(tmp_path / "detections.json")
     assert sorted(b["class"] for b in boxes) == ["book", "mug"]
+    assert json.loads((tmp_path / "detections.json").read_text())["gravity"] == {"source": "given"}
     m = detection_metrics(tmp_path / "detections.json", objects)
     assert m["map50"] == 100.0 and m["pose_acc_pi6"] == 100.0
 
@@ -433,10 +434,65 @@ def test_a_cloud_without_flat_surfaces_is_levelled_by_the_cameras_up():
     cloud = cloud_of(blobs, ["mug", "book"])
     said: list[str] = []
     result = detect(cloud, DetectOptions(size_prior=False), up_hint=np.array([0, 0, 2.0]), log=said.append)
-    assert np.allclose(result.up, [0, 0, 1]) and any("cameras' mean up" in s for s in said)
+    assert np.allclose(result.up, [0, 0, 1]) and any("gravity is the cameras' up" in s for s in said)
+    assert result.gravity.source == "cameras' up" and "no flat surfaces" in result.gravity.reason
     assert sorted(d.name for d in result.detections) == ["book", "mug"]
     with pytest.raises(NoFlatSurface, match="--up X Y Z"):
         detect(cloud, DetectOptions(size_prior=False), log=lambda *_: None)
+
+
+def _leaning_boards() -> list[tuple[np.ndarray, int]]:
+    """Two boards leaning 55 deg from level (one about x, one about y), seen from one side: flat, but no flat
+    patch within 35 deg of +z (a box would have an edge whose voxels' normal points up)."""
+    out = []
+    for i, (center, axis) in enumerate([([0.0, 0.0, 0.2], [0, 1, 0]), ([0.6, 0.2, 0.2], [1, 0, 0])]):
+        lean = np.asarray(axis) * math.sin(math.radians(55)) + [0, 0, math.cos(math.radians(55))]
+        board = np.c_[grid(0.3, 0.2), np.zeros(len(grid(0.3, 0.2)))]
+        out.append((board @ rotation_between(np.array([0.0, 0.0, 1.0]), lean).T + center, i))
+    return out
+
+
+def test_a_cloud_without_a_level_plane_takes_the_cameras_up_and_records_it(tmp_path):
+    """Flat surfaces, all 55 deg off the cameras' up (boards leaning on something; a rough cloud): detect used to
+    fail the scene ("no flat surface within 35 deg of the cameras' up"); it now takes the cameras' up, says so in
+    one line and records it in detections.json."""
+    from ovseg3d.detect.head import write_detections
+
+    cloud = cloud_of(_leaning_boards(), ["mug", "book"])
+    hint = np.array([0.1, 0.0, 1.0])
+    with pytest.raises(NoFlatSurface, match="within 35 deg of the cameras' up"):
+        estimate_up(cloud.xyz.astype(np.float64), 8 * point_spacing(cloud.xyz.astype(np.float64)), hint=hint)
+    said: list[str] = []
+    opts = DetectOptions(size_prior=False)
+    result = detect(cloud, opts, up_hint=hint, log=said.append)
+    assert np.allclose(result.up, hint / np.linalg.norm(hint))
+    lines = [s for s in said if "cameras' up" in s]
+    assert len(lines) == 1 and lines[0].startswith("no flat surface within 35 deg of the cameras' up"), said
+    assert "gravity is the cameras' up" in lines[0] and "\n" not in lines[0]
+    assert sorted(d.name for d in result.detections) == ["book", "mug"]
+    write_detections(tmp_path / "detections.json", result, "tilted", opts)
+    gravity = json.loads((tmp_path / "detections.json").read_text())["gravity"]
+    assert gravity["source"] == "cameras' up" and "cameras_up_deg" not in gravity
+    assert gravity["reason"].startswith("no flat surface within 35 deg of the cameras' up")
+
+
+def test_a_cloud_with_a_floor_still_takes_the_plane_and_records_its_angle_to_the_cameras_up(tmp_path):
+    """A floor under the same leaning boards, the cameras' up 10 deg off: up is the floor's, and detections.json
+    says it came from the plane, 10 deg from the cameras' up."""
+    from ovseg3d.detect.head import write_detections
+
+    cloud = cloud_of([*_leaning_boards(), (floor(), 2)], ["mug", "book", "floor"])
+    hint = np.array([math.sin(math.radians(10)), 0.0, math.cos(math.radians(10))])
+    opts = DetectOptions(size_prior=False)
+    said: list[str] = []
+    result = detect(cloud, opts, up_hint=hint, log=said.append)
+    assert math.degrees(math.acos(min(1.0, float(result.up[2])))) < 0.5
+    assert not any("gravity is the cameras' up" in s for s in said)
+    assert result.gravity.source == "plane" and result.gravity.cameras_deg == pytest.approx(10, abs=0.5)
+    write_detections(tmp_path / "detections.json", result, "floor", opts)
+    gravity = json.loads((tmp_path / "detections.json").read_text())["gravity"]
+    assert gravity["source"] == "plane" and gravity["cameras_up_deg"] == pytest.approx(10, abs=0.5)
+    assert "reason" not in gravity
 
 
 def _sphere_shell(center, r: float, n: int = 3000) -> np.ndarray:

@@ -40,7 +40,12 @@ def voxel_normals(xyz: np.ndarray, cell: float, min_points: int = 8) -> LocalPla
 
 
 class NoFlatSurface(UsageError):
-    """The cloud has too few flat patches to tell up from."""
+    """The cloud has too few flat patches to tell up from, or (with a hint) none near the hint. ``reason`` says
+    which, without the remedy (``--up X Y Z``) the message adds: a caller with the cameras' up falls back on it."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"{reason}: give the up direction (--up X Y Z)")
+        self.reason = reason
 
 
 def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -77,7 +82,8 @@ def estimate_up(
     labels spilling onto a wall's foot) is not used, and a result more than ``hint_deg`` from the hint is said
     in one line through ``log``. ``level`` (``[N, 3]``, the cameras' right vectors): photos are taken nearly
     level, so up is also nearly at right angles to every one of them; the flat surfaces' up is moved to agree
-    (:func:`level_with_cameras`).
+    (:func:`level_with_cameras`). :class:`NoFlatSurface` when the cloud has too few flat patches, or none within
+    ``hint_deg`` of the hint (a caller with the cameras' up may take that instead, as ``ovseg3d detect`` does).
 
     With a ``hint`` the work is done in a frame fixed to the cameras (:func:`camera_frame`): the voxel grid of
     the local planes turns with the world, so the result does not depend on the world frame the cloud comes in
@@ -137,14 +143,17 @@ def _estimate_up(
     planes = voxel_normals(xyz, cell)
     flat = planes.planarity > 0.9
     if flat.sum() < 3:
-        raise NoFlatSurface("no flat surfaces found to estimate gravity from: give the up direction (--up X Y Z)")
+        raise NoFlatSurface("no flat surfaces found to estimate gravity from")
     n, w = planes.normals[flat], planes.counts[flat].astype(np.float64)
     cands = n
     if hint is not None:
         hint = np.asarray(hint, np.float64) / np.linalg.norm(hint)
         near = np.abs(n @ hint) > np.cos(np.radians(hint_deg))
         if not near.any():
-            raise UsageError(f"no flat surface within {hint_deg:.0f} deg of the cameras' up: give --up X Y Z")
+            nearest = float(np.degrees(np.arccos(min(1.0, float(np.abs(n @ hint).max())))))
+            raise NoFlatSurface(
+                f"no flat surface within {hint_deg:.0f} deg of the cameras' up (the nearest is {nearest:.0f} deg off)"
+            )
         cands = n[near]
     rng = np.random.default_rng(0)
     cands = cands[rng.choice(len(cands), min(256, len(cands)), replace=False)]

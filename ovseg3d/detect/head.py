@@ -132,6 +132,30 @@ class Detection:
         }
 
 
+GRAVITY_SOURCES = ("given", "plane", "cameras' up")
+"""Where up came from: ``--up``; the flat surfaces (the plane of the largest one facing their mode, or of the
+floor's points); the cameras alone, when the cloud has no level plane near their up."""
+
+
+@dataclass
+class Gravity:
+    """Where a scene's up came from (one of :data:`GRAVITY_SOURCES`), for ``detections.json``."""
+
+    source: str
+    cameras_deg: float | None = None
+    """The angle between the plane's up and the cameras' up, in degrees (a plane found in a run's cloud)."""
+    reason: str = ""
+    """Why the cameras' up was taken (no flat surface, or none near it)."""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source}
+        if self.cameras_deg is not None:
+            out["cameras_up_deg"] = round(self.cameras_deg, 3)
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
 @dataclass
 class DetectResult:
     detections: list[Detection]
@@ -140,6 +164,35 @@ class DetectResult:
     rejected: dict[str, int]
     seconds: dict[str, float]
     scale: SceneScale = field(default_factory=lambda: SceneScale(1.0, "default"))
+    gravity: Gravity = field(default_factory=lambda: Gravity("given"))
+
+
+def scene_up(
+    xyz: np.ndarray,
+    cell: float,
+    given: tuple[float, float, float] | None = None,
+    hint: np.ndarray | None = None,
+    ground: np.ndarray | None = None,
+    level: np.ndarray | None = None,
+    log=print,  # noqa: ANN001
+) -> tuple[np.ndarray, Gravity]:
+    """The unit up of a scene and where it came from: ``given`` (``--up``); else the flat surfaces'
+    (:func:`~ovseg3d.detect.gravity.estimate_up` on voxels of edge ``cell``, near the cameras' up ``hint``);
+    else, when the cloud has no flat surface near ``hint``, ``hint`` itself (one line says so). Without a
+    ``hint`` no flat surface is a one-line error asking for ``--up``."""
+    if given is not None:
+        return np.asarray(given, np.float64) / np.linalg.norm(given), Gravity("given")
+    try:
+        up = estimate_up(xyz, cell, hint=hint, ground=ground, log=log, level=level)
+    except NoFlatSurface as exc:
+        if hint is None:
+            raise
+        log(f"{exc.reason}: gravity is the cameras' up (--up X Y Z to give it)")
+        return np.asarray(hint, np.float64) / np.linalg.norm(hint), Gravity("cameras' up", reason=exc.reason)
+    if hint is None:
+        return up, Gravity("plane")
+    cos = float(up @ hint) / float(np.linalg.norm(hint))
+    return up, Gravity("plane", cameras_deg=math.degrees(math.acos(min(1.0, max(-1.0, cos)))))
 
 
 def point_spacing(xyz: np.ndarray, per_cell: float = 16.0) -> float:
@@ -379,16 +432,7 @@ def detect(
     spacing = cloud.voxel_size or point_spacing(xyz)
     on_ground = np.isin(cloud.label, [i for i, c in enumerate(cloud.classes) if c.lower() in SUPPORT_CLASSES])
     ground = on_ground if on_ground.sum() >= 30 else None  # enough floor points to level and stand on
-    if opts.up is not None:
-        up = np.asarray(opts.up, np.float64) / np.linalg.norm(opts.up)
-    else:
-        try:
-            up = estimate_up(xyz, 8 * spacing, hint=up_hint, ground=ground, log=log, level=level)
-        except NoFlatSurface:
-            if up_hint is None:
-                raise
-            log("no flat surface in the cloud to level it by: using the cameras' mean up (--up X Y Z to give it)")
-            up = np.asarray(up_hint, np.float64) / np.linalg.norm(up_hint)
+    up, gravity = scene_up(xyz, 8 * spacing, opts.up, up_hint, ground, level, log)
     grav = gravity_rotation(up)
     xyz_up = xyz @ grav.T
     t1 = time.perf_counter()
@@ -434,7 +478,7 @@ def detect(
         f"scale {scale.metres_per_unit:.4g} m per scene unit: {scale.describe()})"
         + "".join(f"; {v} dropped as {k}" for k, v in rejected.items() if v)
     )
-    return DetectResult([d for d, _ in kept], up, vocabulary, rejected, seconds, scale)
+    return DetectResult([d for d, _ in kept], up, vocabulary, rejected, seconds, scale, gravity)
 
 
 def _posed(
@@ -486,8 +530,10 @@ def write_detections(
         "detections_format": DETECTIONS_FORMAT,
         "source": source,
         "frame": "world frame and units of the input poses; yaw about 'up', rotation is world-from-object; "
+        "gravity: where 'up' came from (given, plane, cameras' up) and the plane's angle to the cameras' up; "
         "scale: metres per unit, as the size prior saw the boxes",
         "up": [round(float(v), 6) for v in result.up],
+        "gravity": result.gravity.to_json(),
         **result.scale.to_json(),
         "classes": result.vocabulary,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items() if k != "priors"},

@@ -195,7 +195,13 @@ class TrainConfig:
     lr: float = 1e-2
     """Adam learning rate at the start."""
     lr_final_factor: float = 0.03
-    """Learning rate at the end, as a fraction of lr (exponential decay)."""
+    """Learning rate at the end, as a fraction of lr (with --lr-schedule exp)."""
+    lr_schedule: Literal["exp", "steps"] = "exp"
+    """How the learning rate falls over the budget (steps or minutes, whichever ends first): 'exp', an exponential
+    decay from lr to lr * lr_final_factor; 'steps', Instant-NGP's and nerfacc's: lr until half the budget, then a
+    third of it at 50, 75 and 90 %, after a linear warm-up of lr_warmup_steps."""
+    lr_warmup_steps: int = 0
+    """With --lr-schedule steps: steps of linear warm-up from a hundredth of lr (nerfacc: 100)."""
     weight_decay: float = 1e-6
     """Weight decay of the MLPs."""
 

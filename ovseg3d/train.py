@@ -29,7 +29,14 @@ from ovseg3d.field.space import check_contraction, step_scale
 from ovseg3d.images import colorize_depth, save_png, side_by_side
 from ovseg3d.render.occupancy import OccupancyGrid
 from ovseg3d.render.proposal import ProposalConfig, ProposalSampler, interlevel_loss
-from ovseg3d.render.renderer import RenderOptions, RenderOutput, refine_samples, render_image_rays, render_rays
+from ovseg3d.render.renderer import (
+    RenderOptions,
+    RenderOutput,
+    cull_samples,
+    refine_samples,
+    render_image_rays,
+    render_rays,
+)
 from ovseg3d.render.volume import RaySamples, distortion_loss, ray_counts
 from ovseg3d.run import (
     GEOMETRY_CHECKPOINT,
@@ -99,6 +106,18 @@ def ray_limits(
     cos = -(dirs * cameras.c2w[cam, :, 2]).sum(-1)  # cosine to the viewing axis (-z)
     bounds = near_far.to(dirs.device)[cam]
     return bounds[:, 0] / cos, bounds[:, 1] / cos
+
+
+def lr_factor(cfg: TrainConfig, progress: float, step: int) -> float:
+    """The learning rate's share of ``cfg.lr`` at ``progress`` (0-1 of the budget) and ``step``."""
+    if cfg.lr_schedule == "exp":
+        return cfg.lr_final_factor**progress
+    if cfg.lr_schedule != "steps":
+        raise ConfigError(f"lr_schedule must be 'exp' or 'steps', got {cfg.lr_schedule!r}")
+    factor = 0.33 ** sum(progress >= m for m in (0.5, 0.75, 0.9))
+    if step < cfg.lr_warmup_steps:
+        factor *= 0.01 + 0.99 * step / cfg.lr_warmup_steps
+    return factor
 
 
 @dataclass
@@ -226,7 +245,7 @@ class Trainer:
         return self.progress() >= 1.0
 
     def _set_lr(self) -> None:
-        lr = self.cfg.lr * self.cfg.lr_final_factor ** self.progress()
+        lr = self.cfg.lr * lr_factor(self.cfg, self.progress(), self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -281,6 +300,11 @@ class Trainer:
                 self.field, self.grid, origins, dirs, samples, opts, self.cfg.refine_samples, observe=observe
             )
             opts, observe = dataclasses.replace(opts, early_stop_eps=0.0), False  # done by the refinement
+        elif opts.early_stop_eps > 0 or opts.alpha_thre > 0:
+            # the samples the rendering will use, before the sample cap: the next step's ray count then follows
+            # the samples a ray really costs (nerfacc's dynamic batch counts them after its sigma_fn)
+            samples = cull_samples(self.field, self.grid, origins, dirs, samples, opts, observe)
+            opts, observe = dataclasses.replace(opts, early_stop_eps=0.0, alpha_thre=0.0), False
         origins, dirs, target, samples = self._cap_samples(origins, dirs, target, samples)
         background = None  # black, or the field's own colour at infinity when it learns one
         if not self.field.cfg.background and self.cfg.background == "random":

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import tyro
 
 from ovseg3d.config import apply_overrides, parse_overrides, resolve_base
@@ -32,6 +33,10 @@ VARIANTS: dict[str, dict] = {
     "cube": {"contraction": "cube"},
     "appearance": {"appearance_dim": 16},
     "no_learned_background": {"learned_background": False},
+    "random_background": {"learned_background": False, "background": "random"},
+    "lr_steps": {"lr_schedule": "steps", "lr_warmup_steps": 100},
+    "no_visibility": {"occ_visibility_eps": 0.0},
+    "cull": {"alpha_thre": 0.01, "train_early_stop": True},
 }
 
 
@@ -43,32 +48,44 @@ class Args:
     """Name in the table and file names (default: the scene folder's name)."""
     preset: str = "cpu"
     variants: list[str] = field(default_factory=lambda: ["default"])
-    """Variants to run: names of VARIANTS."""
+    """Variants to run: names of VARIANTS, or several joined by '+' (e.g. cull+lr_steps)."""
     set: list[str] = field(default_factory=list)
     """Config overrides as key=value for every variant (e.g. --set max_minutes=30)."""
     work: Path = Path("bench/runs")
     """Run folders go here (replaced)."""
     out: Path = Path("bench/real.json")
     device: str = "auto"
+    eval_max_samples: int = 0
+    """Evaluation: march at most about this many samples per ray (0: every step; 64 keeps a CPU's eval short)."""
+
+
+def variant_overrides(variant: str) -> dict:
+    """The overrides of a variant: a name of VARIANTS, or several joined by '+' (applied in order)."""
+    merged: dict = {}
+    for part in variant.split("+"):
+        merged.update(VARIANTS[part])
+    return merged
 
 
 def run_variant(args: Args, name: str, variant: str) -> dict:
-    run = args.work / f"{name}_{variant}"
+    run = args.work / f"{name}_{variant.replace('+', '-')}"
     if run.exists():
         shutil.rmtree(run)
-    overrides = {**parse_overrides(args.set), **VARIANTS[variant]}
+    overrides = {**parse_overrides(args.set), **variant_overrides(variant)}
     cfg = resolve_base(args.preset, None)
     values = {**overrides, "scene": str(args.scene), "output": str(run), "device": args.device}
     cfg = apply_overrides(cfg, {**values, "teachers": {"kind": "none"}}, "bench_real")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     train(cfg)
     seconds = time.perf_counter() - start
     start = time.perf_counter()
-    metrics = evaluate_run(run, args.device, True)
+    metrics = evaluate_run(run, args.device, True, args.eval_max_samples)
     eval_seconds = time.perf_counter() - start
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     panels = sorted((run / "renders").glob("view_*.png"))
-    picture = args.out.parent / f"{name}_{variant}.png"
+    picture = args.out.parent / f"{name}_{variant.replace('+', '-')}.png"
     if panels:
         picture.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(panels[0], picture)
@@ -85,6 +102,7 @@ def run_variant(args: Args, name: str, variant: str) -> dict:
         "wall_seconds": round(seconds, 1),
         "eval_seconds": round(eval_seconds, 1),
         "eval_views": len(metrics["per_view"]),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "picture": str(picture),
     }
 
@@ -92,10 +110,13 @@ def run_variant(args: Args, name: str, variant: str) -> dict:
 def main() -> None:
     args = tyro.cli(Args)
     name = args.name or args.scene.name
-    unknown = [v for v in args.variants if v not in VARIANTS]
+    unknown = [v for v in args.variants if any(p not in VARIANTS for p in v.split("+"))]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
-    rows = [run_variant(args, name, v) for v in args.variants]
+    rows = []
+    for variant in args.variants:  # the JSON after each variant: a run stopped at its limit keeps what was done
+        rows.append(run_variant(args, name, variant))
+        write_rows(args, name, rows)
     print(f"\n{name}, preset {args.preset}")
     print(f"{'variant':<16} {'PSNR':>6} {'SSIM':>6} {'train-view PSNR':>15} {'steps':>6} {'train s':>8} {'eval s':>7}")
     for r in rows:
@@ -104,11 +125,15 @@ def main() -> None:
             f"{r['variant']:<16} {r['psnr']:>6.2f} {r['ssim']:>6.3f} {seen:>15} {r['steps']:>6} {r['train_seconds']:>8} "
             f"{r['eval_seconds']:>7}"
         )
+    print(f"wrote {args.out}")
+
+
+def write_rows(args: Args, name: str, rows: list[dict]) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results[name] = {"preset": args.preset, "scene": str(args.scene), "rows": rows}
+    machine = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    results[name] = {"preset": args.preset, "scene": str(args.scene), "machine": machine, "rows": rows}
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,20 @@
 #                                            # a separate Python, a native backtrace (cuda-gdb) if that crashes;
 #                                            # if it passes: the parity test, grid speed, 30 s of training
 #
+#   FIELD_VARIANTS="default cull" bash scripts/gpu_session.sh field SCENE [SECONDS]  # there (carry .whl .tcnn
+#                                            # .nerfacc SCENE): the field on a real capture, 30 s per variant,
+#                                            # the best at 90 s, nerfacc's examples beside it (issue 48)
+#   bash scripts/gpu_session.sh nerfacc-src [GIT_DIR]  # here: nerfacc v0.5.3's example modules (its NGP fields and
+#                                            # renderers) from a clone or bare mirror of nerfstudio-project/nerfacc
+#                                            # (default /work/.mirror/nerfstudio-project+nerfacc/repo) into
+#                                            # .nerfacc/examples/ (ignored: never committed)
+#   bash scripts/gpu_session.sh reference SCENE [ARGS]  # there (carry .whl .tcnn .nerfacc and SCENE): nerfacc's own
+#                                            # Instant-NGP examples trained on SCENE by wall clock and scored
+#                                            # (scripts/nerfacc_reference.py SCENE ARGS, e.g. --marks 30 90
+#                                            # --method prop occ); builds tinycudann with its MLPs into
+#                                            # /tmp/tcnn_nets (a few minutes; kept on a warm machine) and
+#                                            # nerfacc's CUDA ops first. JSON and renders land in $OUT (or bench/)
+#
 # nerfacc compiles its CUDA ops with the machine's nvcc on first use (about a minute, inside `check`).
 # tinycudann is not on the image and cannot be fetched there: `tcnn` builds it from the carried sources.
 set -euo pipefail
@@ -217,7 +231,9 @@ tcnn-build)
     export MAX_JOBS="${MAX_JOBS:-16}" TCNN_CUDA_ARCHITECTURES
     TCNN_CUDA_ARCHITECTURES="$(python3 -c "import torch; a, b = torch.cuda.get_device_capability(); print(10 * a + b)")"
     start=$SECONDS
-    python3 setup.py --no-networks bdist_wheel -d "$work/tcnn_wheel"
+    nets=--no-networks  # the encodings only; TCNN_NETWORKS=1: its MLPs too (nerfacc's NGP examples need them)
+    [ "${TCNN_NETWORKS:-0}" = 1 ] && nets=""
+    python3 setup.py $nets bdist_wheel -d "$work/tcnn_wheel"
     echo "built in $((SECONDS - start)) s"
     python3 -m pip install -q --no-index --no-deps --no-cache-dir --target "$site" "$work"/tcnn_wheel/*.whl
     ldd "$site"/tinycudann_bindings/*.so | grep -E "cuda|nvrtc|torch|c10|stdc" || true
@@ -289,8 +305,89 @@ tcnn)
         grep -E -A 30 "SIGSEGV|signal" "$OUT_DIR/tcnn_backtrace.txt" | head -n 60 || tail -n 60 "$OUT_DIR/tcnn_backtrace.txt"
     fi
     ;;
+field)
+    # issue 48 in one device call (carry .whl .tcnn .nerfacc and SCENE): ovseg3d's field on a real capture at 30 s
+    # for each of FIELD_VARIANTS (scripts/bench_real.py variants, gpu preset, torch grid), the best of them at 90 s,
+    # and nerfacc's own examples on the same photos and poses at 30 and 90 s (tinycudann with its MLPs builds in the
+    # background meanwhile). Everything lands in $OUT (session.log, results.tgz, the JSON and the renders).
+    #   bash scripts/gpu_session.sh field SCENE [SECONDS]
+    scene="$2"
+    open_session "${3:-560}"
+    install_wheels
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    (nice -n 19 env TCNN_NETWORKS=1 TCNN_SITE=/tmp/tcnn_nets TCNN_WORK=/tmp/tcnn_nets_work MAX_JOBS=12 \
+        bash scripts/gpu_session.sh tcnn-build >/tmp/res/tcnn_build.log 2>&1 || rc=$?
+        echo "build rc=${rc:-0}" >>/tmp/res/tcnn_build.log) &
+    build_pid=$!
+    step() {  # as in `session`: CMD for at most MAX_SECONDS, skipped under MIN_SECONDS left
+        local name="$1" need="$2" most="$3" left=$((deadline - SECONDS - 10))
+        shift 3
+        if [ "$left" -lt "$need" ]; then echo "=== $name: skipped ($left s left, needs $need)"; return 0; fi
+        [ "$most" -gt "$left" ] && most=$left
+        echo "=== $name (at most $most s; ${SECONDS}s into the session)"
+        local t0=$SECONDS rc=0
+        timeout --kill-after=5 "$most" "$@" || rc=$?
+        echo "=== $name: rc=$rc in $((SECONDS - t0)) s"
+        cp "$out"/*.json /tmp/res/ 2>/dev/null || true
+        pack
+    }
+    # nerfacc's CUDA ops compile on first use: before any clock starts
+    step "nerfacc ops" 30 150 python3 -c "import torch, nerfacc; from nerfacc.cuda._backend import _C; print('nerfacc', nerfacc.__version__, _C is not None)"
+    real() {  # real MINUTES VARIANTS...: bench_real.py on the scene at the gpu preset for MINUTES
+        local minutes="$1"
+        shift
+        python3 -P scripts/bench_real.py --scene "$scene" --name "real_$minutes" --preset gpu --variants "$@" \
+            --set max_minutes="$minutes" steps=1000000 grid_impl=torch --work /tmp/runs --out /tmp/res/real.json
+    }
+    # shellcheck disable=SC2086
+    step "ovseg3d 30 s" 100 330 real 0.5 ${FIELD_VARIANTS:-default}
+    best=$(python3 -c "import json; rows = json.load(open('/tmp/res/real.json'))['real_0.5']['rows']; print(max(rows, key=lambda r: r['psnr'])['variant'])" 2>/dev/null || echo default)
+    echo "=== best at 30 s: $best"
+    left=$((deadline - SECONDS - 260))
+    [ "$left" -gt 0 ] && timeout "$left" tail --pid="$build_pid" -f /dev/null || true
+    tail -n 3 /tmp/res/tcnn_build.log
+    export PYTHONPATH="/tmp/tcnn_nets:$PYTHONPATH"
+    reference() {
+        python3 -P scripts/nerfacc_reference.py "$scene" --method prop --marks "$1" --out "/tmp/res/nerfacc_$1.json" \
+            --save-render /tmp/res
+    }
+    if grep -q "build rc=0" /tmp/res/tcnn_build.log; then step "nerfacc prop 30 s" 60 100 reference 30; fi
+    step "ovseg3d 90 s" 130 170 real 1.5 "$best"
+    if grep -q "build rc=0" /tmp/res/tcnn_build.log; then step "nerfacc prop 90 s" 120 160 reference 90; fi
+    rm -rf /tmp/runs
+    pack
+    echo "=== field done in $SECONDS s"
+    ;;
+nerfacc-src)
+    # what scripts/nerfacc_reference.py imports from nerfacc's examples, exported (never committed) with their
+    # layout; nerf_360_v2.py only for tests/test_nerfacc_reference.py (it imports pycolmap: the driver does not)
+    git_dir="${2:-/work/.mirror/nerfstudio-project+nerfacc/repo}"
+    [ -d "$git_dir/.git" ] && git_dir="$git_dir/.git"
+    files=(examples/radiance_fields/__init__.py examples/radiance_fields/ngp.py examples/utils.py
+        examples/datasets/__init__.py examples/datasets/utils.py examples/datasets/nerf_360_v2.py)
+    rm -rf .nerfacc && mkdir -p .nerfacc
+    git --git-dir="$git_dir" archive v0.5.3 "${files[@]}" | tar x -C .nerfacc
+    git --git-dir="$git_dir" rev-parse "v0.5.3^{commit}" >.nerfacc/COMMIT
+    find .nerfacc -type f | sort
+    ;;
+reference)
+    # nerfacc's own Instant-NGP examples on SCENE: tinycudann with its MLPs (a separate site: the encodings-only
+    # build in /tmp/site stays as it is) and nerfacc's CUDA ops built side by side when missing, then the driver
+    install_wheels
+    mkdir -p "$OUT_DIR"
+    export PYTHONPATH="/tmp/tcnn_nets:$PYTHONPATH"
+    python3 -c "from nerfacc.cuda._backend import _C; assert _C is not None" >"$OUT_DIR/nerfacc_build.log" 2>&1 &
+    acc_pid=$!
+    if ! python3 -c "import tinycudann.modules as m; assert m._C.has_networks()" 2>/dev/null; then
+        TCNN_NETWORKS=1 TCNN_SITE=/tmp/tcnn_nets TCNN_WORK=/tmp/tcnn_nets_work bash scripts/gpu_session.sh tcnn-build \
+            >"$OUT_DIR/tcnn_build.log" 2>&1 || { tail -n 30 "$OUT_DIR/tcnn_build.log"; exit 1; }
+        grep -E "built in|compiler:" "$OUT_DIR/tcnn_build.log" || true
+    fi
+    wait "$acc_pid" || { tail -n 30 "$OUT_DIR/nerfacc_build.log"; exit 1; }
+    python3 -P scripts/nerfacc_reference.py --out "$OUT_DIR/nerfacc_reference.json" --save-render "$OUT_DIR" "${@:2}"
+    ;;
 *)
-    echo "usage: bash scripts/gpu_session.sh wheels|check|bench [bench_gpu.py options]|tcnn-src [DIR]|tcnn|session [SECONDS]" >&2
+    echo "usage: bash scripts/gpu_session.sh wheels|check|bench [bench_gpu.py options]|tcnn-src [DIR]|tcnn|session [SECONDS]|field SCENE [SECONDS]|nerfacc-src [GIT_DIR]|reference SCENE [ARGS]" >&2
     exit 2
     ;;
 esac

@@ -92,3 +92,18 @@ def test_a_larger_step_budget_continues_the_geometry(toy_run_copy):
     started: list[str] = []
     run_scene(scene, run, ["geometry"], more, log=lambda s: None, on_stage=started.append)
     assert "geometry" in started and geometry_step() == before + 20
+
+
+def test_the_steps_schedule_holds_lr_until_half_the_budget_then_drops_a_third_at_each_milestone():
+    from ovseg3d.config import TrainConfig
+    from ovseg3d.train import lr_factor
+
+    steps = TrainConfig(lr_schedule="steps", lr_warmup_steps=100)
+    assert lr_factor(steps, 0.0, 0) == pytest.approx(0.01)  # the warm-up starts at a hundredth
+    assert lr_factor(steps, 0.01, 50) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_factor(steps, 0.49, 1000) == 1.0
+    assert lr_factor(steps, 0.6, 1000) == pytest.approx(0.33)
+    assert lr_factor(steps, 0.8, 1000) == pytest.approx(0.33**2)
+    assert lr_factor(steps, 0.95, 1000) == pytest.approx(0.33**3)
+    exp = TrainConfig(lr_schedule="exp", lr_final_factor=0.03)
+    assert lr_factor(exp, 0.5, 1000) == pytest.approx(0.03**0.5)

@@ -6,7 +6,14 @@ import torch
 from ovseg3d.field.hashgrid import HashGridConfig
 from ovseg3d.field.radiance import FieldConfig, RadianceField, spherical_harmonics
 from ovseg3d.render.occupancy import OccupancyGrid, ray_aabb
-from ovseg3d.render.renderer import RenderOptions, refine_samples, render_image_rays, render_rays, scale_gradient
+from ovseg3d.render.renderer import (
+    RenderOptions,
+    cull_samples,
+    refine_samples,
+    render_image_rays,
+    render_rays,
+    scale_gradient,
+)
 from ovseg3d.render.volume import (
     RaySamples,
     accumulate,
@@ -248,6 +255,29 @@ def test_refine_samples_drops_what_lies_behind_an_opaque_surface():
     coarse = _coarse(1, 0.0, 0.2, 10)
     fine = refine_samples(_Slab(0.6, 0.8, 1e4), grid, origins, dirs, coarse, RenderOptions(0.02, 1e-4), budget=8)
     assert float(fine.t_ends.max()) <= 0.8 + 1e-6
+
+
+def test_cull_samples_keeps_the_visible_samples_of_a_surface_and_drops_empty_and_hidden_ones():
+    origins, dirs = torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0]])
+    grid = OccupancyGrid(torch.tensor([-3.0, -1, -1, 3, 1, 1]), resolution=8)
+    grid.occs.fill_(1.0)  # a grid that has learnt its density: the threshold is alpha_thre itself
+    coarse = _coarse(1, 0.0, 0.2, 10)  # intervals of 0.2 up to t = 2
+    opts = RenderOptions(0.02, early_stop_eps=1e-4, alpha_thre=0.01)
+    kept = cull_samples(_Slab(0.6, 1.0, 20.0), grid, origins, dirs, coarse, opts)
+    # the empty space in front (alpha 0) and everything behind the opaque slab (transmittance ~ e^-8) are dropped
+    assert kept.t_starts.tolist() == pytest.approx([0.6, 0.8])
+
+
+def test_cull_samples_caps_the_opacity_threshold_at_the_grids_mean_so_clear_air_keeps_its_samples():
+    origins, dirs = torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0]])
+    grid = OccupancyGrid(torch.tensor([-3.0, -1, -1, 3, 1, 1]), resolution=8)
+    coarse = _coarse(1, 0.0, 0.2, 10)
+    faint = _Slab(-10.0, 10.0, 0.01)  # alpha = 0.002 a step: below alpha_thre everywhere
+    opts = RenderOptions(0.02, early_stop_eps=1e-4, alpha_thre=0.01)
+    grid.occs.fill_(0.0015)  # the field's start: the grid's mean opacity is about the faint field's
+    assert len(cull_samples(faint, grid, origins, dirs, coarse, opts)) == 10
+    grid.occs.fill_(0.5)
+    assert len(cull_samples(faint, grid, origins, dirs, coarse, opts)) == 0
 
 
 def test_scale_gradient_keeps_the_value_and_scales_the_gradient():

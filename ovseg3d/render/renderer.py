@@ -77,16 +77,7 @@ def render_rays(
     if not (torch.is_grad_enabled() or distortion or grad_scale_distance) and hasattr(field, "density_and_geometry"):
         return _render_no_grad(field, grid, origins, dirs, opts, samples, background, observe, appearance)
     if len(samples) and prepass:
-        with torch.no_grad():
-            points = samples.positions(origins, dirs)
-            sigma = field.density(points)
-            trans, alpha = transmittance_and_alpha(sigma, samples.deltas, samples.ray_indices, n_rays)
-            if observe:
-                grid.observe(points, trans)
-            keep = trans >= opts.early_stop_eps
-            if opts.alpha_thre > 0:
-                keep &= alpha >= opts.alpha_thre
-        samples = samples.select(keep)
+        samples = cull_samples(field, grid, origins, dirs, samples, opts, observe)
     points = samples.positions(origins, dirs)
     if appearance is None:
         sigma, rgb = field(points, dirs[samples.ray_indices])
@@ -164,6 +155,35 @@ def learned_background(field: RadianceField, dirs: Tensor, opts: RenderOptions) 
     if learned is not None:
         return learned
     return torch.tensor(opts.background, device=dirs.device).expand(len(dirs), 3)
+
+
+@torch.no_grad()
+def cull_samples(
+    field: RadianceField,
+    grid: OccupancyGrid,
+    origins: Tensor,
+    dirs: Tensor,
+    samples: RaySamples,
+    opts: RenderOptions,
+    observe: bool = False,
+) -> RaySamples:
+    """The samples a rendering needs, from one density pass without gradients (nerfacc's ``sigma_fn`` in its
+    sampling): those still seen (transmittance at least ``opts.early_stop_eps``) and not empty (step opacity at
+    least ``opts.alpha_thre``, capped at the occupancy grid's mean opacity, as nerfacc does, so that a field that
+    starts as clear air keeps its samples). ``observe`` reports the transmittance to the grid."""
+    if len(samples) == 0:
+        return samples
+    points = samples.positions(origins, dirs)
+    sigma = field.density(points)
+    trans, alpha = transmittance_and_alpha(sigma, samples.deltas, samples.ray_indices, samples.n_rays)
+    if observe:
+        grid.observe(points, trans)
+    keep = trans >= opts.early_stop_eps
+    if opts.alpha_thre > 0:
+        occs = getattr(grid, "occs", None)
+        thre = opts.alpha_thre if occs is None else torch.clamp(occs.mean(), max=opts.alpha_thre)
+        keep &= alpha >= thre
+    return samples.select(mask_indices(keep))
 
 
 def scale_gradient(x: Tensor, scale: Tensor) -> Tensor:

@@ -328,32 +328,30 @@ field)
         local t0=$SECONDS rc=0
         timeout --kill-after=5 "$most" "$@" || rc=$?
         echo "=== $name: rc=$rc in $((SECONDS - t0)) s"
-        cp "$out"/*.json /tmp/res/ 2>/dev/null || true
         pack
     }
     # nerfacc's CUDA ops compile on first use: before any clock starts
     step "nerfacc ops" 30 150 python3 -c "import torch, nerfacc; from nerfacc.cuda._backend import _C; print('nerfacc', nerfacc.__version__, _C is not None)"
-    real() {  # real MINUTES VARIANTS...: bench_real.py on the scene at the gpu preset for MINUTES
-        local minutes="$1"
-        shift
-        python3 -P scripts/bench_real.py --scene "$scene" --name "real_$minutes" --preset gpu --variants "$@" \
-            --set max_minutes="$minutes" steps=1000000 grid_impl=torch --work /tmp/runs --out /tmp/res/real.json
-    }
+    # (timeout runs commands, not shell functions: each run is spelled out)
+    bench_real=(python3 -P scripts/bench_real.py --scene "$scene" --preset gpu --work /tmp/runs --out /tmp/res/real.json)
     # shellcheck disable=SC2086
-    step "ovseg3d 30 s" 100 330 real 0.5 ${FIELD_VARIANTS:-default}
+    step "ovseg3d 30 s" 100 330 "${bench_real[@]}" --name real_0.5 --variants ${FIELD_VARIANTS:-default} \
+        --set max_minutes=0.5 steps=1000000 grid_impl=torch
     best=$(python3 -c "import json; rows = json.load(open('/tmp/res/real.json'))['real_0.5']['rows']; print(max(rows, key=lambda r: r['psnr'])['variant'])" 2>/dev/null || echo default)
     echo "=== best at 30 s: $best"
     left=$((deadline - SECONDS - 260))
     [ "$left" -gt 0 ] && timeout "$left" tail --pid="$build_pid" -f /dev/null || true
     tail -n 3 /tmp/res/tcnn_build.log
     export PYTHONPATH="/tmp/tcnn_nets:$PYTHONPATH"
-    reference() {
-        python3 -P scripts/nerfacc_reference.py "$scene" --method prop --marks "$1" --out "/tmp/res/nerfacc_$1.json" \
-            --save-render /tmp/res
-    }
-    if grep -q "build rc=0" /tmp/res/tcnn_build.log; then step "nerfacc prop 30 s" 60 100 reference 30; fi
-    step "ovseg3d 90 s" 130 170 real 1.5 "$best"
-    if grep -q "build rc=0" /tmp/res/tcnn_build.log; then step "nerfacc prop 90 s" 120 160 reference 90; fi
+    reference=(python3 -P scripts/nerfacc_reference.py "$scene" --method prop --save-render /tmp/res)
+    if grep -q "build rc=0" /tmp/res/tcnn_build.log; then
+        step "nerfacc prop 30 s" 60 100 "${reference[@]}" --marks 30 --out /tmp/res/nerfacc_30.json
+    fi
+    step "ovseg3d 90 s" 130 170 "${bench_real[@]}" --name real_1.5 --variants "$best" \
+        --set max_minutes=1.5 steps=1000000 grid_impl=torch
+    if grep -q "build rc=0" /tmp/res/tcnn_build.log; then
+        step "nerfacc prop 90 s" 120 160 "${reference[@]}" --marks 90 --out /tmp/res/nerfacc_90.json
+    fi
     rm -rf /tmp/runs
     pack
     echo "=== field done in $SECONDS s"

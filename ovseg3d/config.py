@@ -82,6 +82,11 @@ class TrainConfig:
     L-infinity variant). 'auto': none where the scene's box is given (LLFF depth bounds, a transforms.json
     "aabb"), else sphere."""
 
+    roi_scale: float = 1.0
+    """Where the scene's box is estimated (no LLFF bounds, no transforms.json "aabb"): its half sizes times this.
+    The estimate is a cube about where the cameras look, of half the cameras' distance to it; 2 holds the cameras
+    (mip-NeRF 360's and nerfacc's normalisation), so the room around a subject keeps more of the grids."""
+
     # where the field's samples come from
     sampler: Literal["auto", "grid", "proposal"] = "auto"
     """'grid': an occupancy grid skips empty space and the march keeps what is left (Instant-NGP); 'proposal':
@@ -176,9 +181,10 @@ class TrainConfig:
     """Steps during which every occupancy cell is refreshed."""
     occ_threshold: float = 0.01
     """Step opacity above which a cell is occupied."""
-    occ_visibility_eps: float = 1e-3
-    """Empty cells that training rays only reach with transmittance below this (occluded or unseen
-    space; 0 = off, as in nerfacc)."""
+    occ_visibility_eps: float = 0.0
+    """Empty cells that training rays only reach with transmittance below this (occluded space; 0 = off, as in
+    nerfacc). Off by default: a cell hidden behind the fog of an early field was emptied for good, and the walls
+    of generated rooms with it; cells outside every training view are dropped anyway (the grid's frustum test)."""
     occ_ema_decay: float = 0.95
     """Per-update decay of a cell's remembered opacity (lower forgets empty space sooner)."""
     background: Literal["black", "white", "random"] = "black"
@@ -204,6 +210,13 @@ class TrainConfig:
     """With --lr-schedule steps: steps of linear warm-up from a hundredth of lr (nerfacc: 100)."""
     weight_decay: float = 1e-6
     """Weight decay of the MLPs."""
+
+    depth_weight: float = 0.0
+    """Weight of the depth prior from the scene's structure-from-motion points (a COLMAP model's observations:
+    each keypoint's ray should end at its point, with nothing in front of it; DS-NeRF, URF), 0 = off. Used only
+    where the scene has a COLMAP model with 2D observations."""
+    depth_rays: int = 256
+    """Rays through observed keypoints added to each step's batch when --depth-weight is above 0."""
 
     distortion_weight: float = 0.0
     """Weight of mip-NeRF 360's distortion loss (distances in units of the scene-box diagonal):

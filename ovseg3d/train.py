@@ -23,6 +23,7 @@ from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, read_toml,
 from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
 from ovseg3d.data.loader import load_scene
 from ovseg3d.data.scene import GIVEN_BOUNDS, Scene, SceneError, check_poses
+from ovseg3d.depth_prior import DepthPrior, depth_prior, prior_loss, prior_rays
 from ovseg3d.errors import UsageError
 from ovseg3d.field.radiance import RadianceField
 from ovseg3d.field.space import check_contraction, step_scale
@@ -80,6 +81,17 @@ def resolve_contraction(kind: str, scene: Scene) -> str:
     if kind != "auto":
         return check_contraction(kind)
     return "none" if scene.bounds in GIVEN_BOUNDS else "sphere"
+
+
+def roi_box(scene: Scene, scale: float) -> Tensor:
+    """The field's region of interest: the scene's box, its half sizes times ``scale`` about its centre where the
+    box was estimated (a given box, LLFF's or a transforms.json's, is kept as it is)."""
+    if scale <= 0:
+        raise UsageError(f"roi_scale must be positive, got {scale}")
+    if scene.bounds in GIVEN_BOUNDS or scale == 1.0:
+        return scene.aabb
+    center, half = 0.5 * (scene.aabb[:3] + scene.aabb[3:]), 0.5 * (scene.aabb[3:] - scene.aabb[:3])
+    return torch.cat([center - scale * half, center + scale * half])
 
 
 def resolve_sampler(kind: str, contraction: str) -> str:
@@ -169,7 +181,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, scene: Scene, device: torch.device):
         torch.manual_seed(cfg.seed)
         self.cfg, self.scene, self.device = cfg, scene, device
-        aabb = scene.aabb.to(device)
+        aabb = roi_box(scene, cfg.roi_scale).to(device)
         contraction = resolve_contraction(cfg.contraction, scene)
         field_cfg = dataclasses.replace(
             cfg.field_config(),
@@ -203,12 +215,56 @@ class Trainer:
         self.pixels = usable_pixels(scene, device)  # the flat pixels a mask lets training use; None: all
         self.cameras: Cameras = scene.cameras.subset(scene.train_ids).to(device)
         self.near_far = scene.near_far[scene.train_ids].to(device) if scene.near_far is not None else None
+        if not self.proposal:  # cells outside every training view: empty for good (nerfacc's mark_invisible_cells)
+            near = self.near_far[:, 0] if self.near_far is not None else self.cfg.near_plane * self.diag
+            self.grid.mark_invisible(self.cameras, near_plane=near)
+        self.depth = self._depth_prior(scene) if cfg.depth_weight > 0 else None
         self.divergence = Divergence(device)
         self.step = 0
         self.elapsed = 0.0  # training seconds so far
         self.n_rays = cfg.rays_per_step
         if self.proposal and cfg.target_samples > 0:  # a fixed number of field samples per ray: rays from the cap
             self.n_rays = max(64, cfg.target_samples // cfg.proposal_field_samples)
+
+    def _depth_prior(self, scene: Scene) -> DepthPrior | None:
+        """The scene's structure-from-motion observations on the training device, those a ray can reach (beyond the
+        near plane, inside a bounded field's box), or ``None`` where the scene has none (one line says which)."""
+        prior = depth_prior(scene, self.cfg.colmap_model)
+        if prior is None:
+            print("depth prior: the scene has no COLMAP points with observations; trained without it")
+            return None
+        keep = prior.depth > self.cfg.near_plane * self.diag + 3.0 * prior.sigma
+        if not self.contracted:
+            aabb = self.field.aabb.cpu()
+            keep &= ((prior.xyz >= aabb[:3]) & (prior.xyz <= aabb[3:])).all(-1)
+        prior = prior.select(keep)
+        print(f"depth prior: {len(prior):,} observations of the COLMAP model's points")
+        return prior.to(self.device) if len(prior) else None
+
+    def _with_depth_rays(
+        self, origins: Tensor, dirs: Tensor, target: Tensor, cam: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """The batch with ``depth_rays`` rays through random observed keypoints in front (the sample cap drops rays
+        from the end), and the observations' indices (``None`` without a depth prior)."""
+        if self.depth is None:
+            return origins, dirs, target, cam, None
+        index = torch.randint(0, len(self.depth), (self.cfg.depth_rays,), device=self.device)
+        o, d = prior_rays(self.depth, self.cameras, index)
+        c = self.depth.cam[index]
+        h, w = self.images.shape[1:3]
+        u = self.depth.u[index].long().clamp(0, w - 1)
+        v = self.depth.v[index].long().clamp(0, h - 1)
+        t = self.images[c, v, u].float() / 255.0
+        return torch.cat([o, origins]), torch.cat([d, dirs]), torch.cat([t, target]), torch.cat([c, cam]), index
+
+    def _depth_loss(self, out: RenderOutput, samples: RaySamples, index: Tensor | None, n_rays: int) -> Tensor | None:
+        """The depth prior's loss on the first rays of the batch (those :meth:`_with_depth_rays` put there)."""
+        if index is None or out.weights is None:
+            return None
+        k = min(len(index), n_rays)
+        p, i = self.depth, index[:k]
+        assert p is not None
+        return prior_loss(out.weights, samples, p.depth[i], p.sigma[i], p.weight[i])
 
     @property
     def contracted(self) -> bool:
@@ -287,6 +343,7 @@ class Trainer:
             self.update_grid()
         self._set_lr()
         origins, dirs, target, cam = self.sample_batch()
+        origins, dirs, target, cam, depth_index = self._with_depth_rays(origins, dirs, target, cam)
         near, far = self.ray_limits(self.cameras, self.near_far, cam, dirs)
         if self.proposal:
             return self._proposal_step(start, origins, dirs, target, cam, near, far)
@@ -328,6 +385,9 @@ class Trainer:
         )
         mse = F.mse_loss(out.rgb, target)
         loss = mse
+        depth_loss = self._depth_loss(out, samples, depth_index, len(origins))
+        if depth_loss is not None:
+            loss = loss + self.cfg.depth_weight * depth_loss
         if out.distortion is not None:
             loss = loss + dist_w * out.distortion.mean() / (1.0 if self.contracted else self.diag)
         return self._apply(start, loss, mse, len(origins), out.n_samples)

@@ -37,6 +37,9 @@ VARIANTS: dict[str, dict] = {
     "lr_steps": {"lr_schedule": "steps", "lr_warmup_steps": 100},
     "no_visibility": {"occ_visibility_eps": 0.0},
     "cull": {"alpha_thre": 0.01, "train_early_stop": True},
+    "roi2": {"roi_scale": 2.0},
+    "depth": {"depth_weight": 0.02},
+    "depth_strong": {"depth_weight": 0.1},
 }
 
 

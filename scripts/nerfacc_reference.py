@@ -472,7 +472,7 @@ def evaluate(model: PropMethod | OccMethod, views: Views, rays_type: type, save:
         rays, pixels = image_batch(views, view, rays_type)
         rgb = model.render_image(rays, white)
         if view in views.eval_ids:
-            held.append((psnr_of(rgb, pixels), ssim(rgb, pixels)))
+            held.append((psnr_of(rgb, pixels), ssim(rgb.float().cpu(), pixels.float().cpu())))
         else:
             train_psnr.append(psnr_of(rgb, pixels))
         if save is not None and view == views.eval_ids[0]:

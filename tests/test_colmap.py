@@ -20,6 +20,7 @@ from ovseg3d.data.colmap import (
     lens_of,
     qvec_to_rotmat,
     read_model,
+    read_observations,
     rotmat_to_qvec,
     write_model,
 )
@@ -137,6 +138,58 @@ def test_reads_model_written_by_pycolmap(tmp_path: Path, binary: bool) -> None:
     np.testing.assert_allclose(got.errors, [p.error for _, p in by_id], rtol=1e-12)
     np.testing.assert_array_equal(got.track_lengths, [p.track.length() for _, p in by_id])
     assert got.track_lengths.max() == 3  # the images' 2D points were really there to skip
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["bin", "txt"])
+def test_observations_and_point_ids_match_pycolmap(tmp_path: Path, binary: bool) -> None:
+    """Each image's 2D points (keypoint and 3D point id, -1 for none) and the points' ids, which join them; point
+    ids with gaps (deleted points) and keypoints left without a point."""
+    pycolmap = pytest.importorskip("pycolmap", minversion="4.0")
+    rec = pycolmap_reconstruction(pycolmap, make_model(n_points=40))
+    for pid in (3, 4, 17):
+        rec.delete_point3D(pid)
+    rec.write(tmp_path) if binary else rec.write_text(tmp_path)
+
+    got = read_model(tmp_path, observations=True)
+    obs = read_observations(tmp_path)
+    assert all(im.xys is None and im.point3D_ids is None for im in read_model(tmp_path).images.values())
+    np.testing.assert_array_equal(got.point_ids, sorted(rec.point3D_ids()))
+    assert got.point_ids.dtype == np.int64 and 3 not in got.point_ids
+    row = {int(pid): i for i, pid in enumerate(got.point_ids)}
+    seen = 0
+    for iid, ref in rec.images.items():
+        im = got.images[iid]
+        xys, ids = obs[ref.name]
+        ref_xys = np.array([p.xy for p in ref.points2D]).reshape(-1, 2)
+        ref_ids = [p.point3D_id if p.has_point3D() else -1 for p in ref.points2D]
+        assert xys.dtype == np.float64 and ids.dtype == np.int64 and xys.shape == (len(ref_ids), 2)
+        np.testing.assert_allclose(xys, ref_xys, rtol=1e-15)  # text: 17 significant digits
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_array_equal(im.xys, xys)
+        np.testing.assert_array_equal(im.point3D_ids, ids)
+        for k, pid in enumerate(ids):
+            if pid >= 0:  # joins to the point whose track holds (this image, keypoint k)
+                seen += 1
+                np.testing.assert_array_equal(got.points[row[pid]], rec.points3D[pid].xyz)
+                track = [(e.image_id, e.point2D_idx) for e in rec.points3D[pid].track.elements]
+                assert (iid, k) in track
+    assert seen == got.track_lengths.sum() > 0 and (np.concatenate([i for _, i in obs.values()]) == -1).any()
+
+
+def test_malformed_observations(tmp_path: Path) -> None:
+    (tmp_path / "cameras.txt").write_text("1 PINHOLE 64 48 50 50 32 24\n", encoding="utf-8")
+    (tmp_path / "images.txt").write_text("1 1 0 0 0 0 0 0 1 a.png\n1.0 2.0 x\n", encoding="utf-8")
+    assert read_model(tmp_path).images[1].xys is None  # not read: not checked
+    with pytest.raises(SceneError) as info:
+        read_observations(tmp_path)
+    assert_names(info, str(tmp_path / "images.txt:2"), "2D points")
+    (tmp_path / "images.txt").write_text("1 1 0 0 0 0 0 0 1 a.png\n1.0 nan 5\n", encoding="utf-8")
+    with pytest.raises(SceneError, match="non-finite 2D point"):
+        read_model(tmp_path, observations=True)
+    (tmp_path / "images.txt").write_text("1 1 0 0 0 0 0 0 1 a.png\n1 2 -1 3.5 4 7\n", encoding="utf-8")
+    xys, ids = read_observations(tmp_path)["a.png"]
+    np.testing.assert_array_equal(xys, [[1, 2], [3.5, 4]])
+    np.testing.assert_array_equal(ids, [-1, 7])
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["bin", "txt"])

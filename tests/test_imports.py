@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ovseg3d.synth",),
     ("ovseg3d.teachers",),
     ("ovseg3d.field", "ovseg3d.render"),
+    ("ovseg3d.depth_prior",),
     ("ovseg3d.config", "ovseg3d.run"),
     ("ovseg3d.train",),
     ("ovseg3d.distill",),

@@ -7,8 +7,10 @@ and :func:`lens_of` turns a camera model into ``(fx, fy, cx, cy, lens_kind, coef
 
 Every problem with the files (missing, truncated, unknown model, wrong parameter count, an image whose
 camera is missing, a malformed text line) raises :class:`SceneError` with one line naming the file.
-The 2D observations of images and the tracks of points are skipped on reading (only track lengths are kept)
-and written empty.
+The tracks of points are skipped on reading (their lengths and the points' ids are kept) and written empty.
+The images' 2D observations are skipped too unless asked for (``read_model(folder, observations=True)`` or
+:func:`read_observations`: per image its keypoints ``xys [K, 2]`` in COLMAP pixels, whose top-left pixel's centre
+is ``(0.5, 0.5)`` as ovseg3d's, and the ``point3D_ids [K]`` they observe, -1 for none); they are written empty.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ _CAMERA_HEAD = struct.Struct("<IiQQ")  # id, model, width, height
 _IMAGE_HEAD = struct.Struct("<I4d3dI")  # id, qw qx qy qz, tx ty tz, camera id
 _POINT_HEAD = 43  # u64 id, f64 xyz[3], u8 rgb[3], f64 error
 _POINT_DTYPE = np.dtype([("id", "<u8"), ("xyz", "<f8", 3), ("rgb", "u1", 3), ("error", "<f8"), ("len", "<u8")])
+_OBSERVATION_DTYPE = np.dtype([("xy", "<f8", 2), ("id", "<i8")])  # one 2D point of images.bin (-1: no 3D point)
+_EXACT_INT = 2**53  # ids of text files are parsed as float64: exact below this
 
 
 @dataclass
@@ -92,12 +96,15 @@ class ColmapCamera:
 
 @dataclass
 class ColmapImage:
-    """One registered image of ``images.bin/.txt``; its 2D observations are not kept.
+    """One registered image of ``images.bin/.txt``; its 2D observations only when read with them.
 
     Attributes:
         qvec: ``[4]`` float64 ``w x y z`` rotation world-to-camera.
         tvec: ``[3]`` float64 translation world-to-camera (``x_cam = R(q) x_world + t``).
         name: path relative to the images folder, may contain subfolders.
+        xys: ``[K, 2]`` float64 keypoints in the camera's pixels (COLMAP's: the top-left pixel's centre is
+            ``(0.5, 0.5)``), or ``None`` when the observations were not read.
+        point3D_ids: ``[K]`` int64 id of the 3D point each keypoint observes, -1 for none; or ``None``.
     """
 
     image_id: int
@@ -105,6 +112,8 @@ class ColmapImage:
     tvec: np.ndarray
     camera_id: int
     name: str
+    xys: np.ndarray | None = field(default=None, compare=False, repr=False)
+    point3D_ids: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -116,6 +125,8 @@ class ColmapModel:
         colors: ``[P, 3]`` uint8 RGB.
         errors: ``[P]`` float64 mean reprojection error in pixels (COLMAP writes -1 for an empty track).
         track_lengths: ``[P]`` int64 number of observations of each point.
+        point_ids: ``[P]`` int64 ids of the points (what the images' ``point3D_ids`` refer to); ``None`` for a
+            model built in code (the writer numbers the points 1..P).
     """
 
     cameras: dict[int, ColmapCamera]
@@ -124,10 +135,14 @@ class ColmapModel:
     colors: np.ndarray
     errors: np.ndarray
     track_lengths: np.ndarray
+    point_ids: np.ndarray | None = None
 
 
-def _empty_points() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    return np.zeros((0, 3)), np.zeros((0, 3), np.uint8), np.zeros(0), np.zeros(0, np.int64)
+_Points = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # xyz, rgb, errors, lengths, ids
+
+
+def _empty_points() -> _Points:
+    return np.zeros((0, 3)), np.zeros((0, 3), np.uint8), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,21 +252,26 @@ def find_model(root: Path) -> Path | None:
     return None
 
 
-def read_model(folder: Path) -> ColmapModel:
-    """Read the sparse model in ``folder``: ``.bin`` files when ``cameras.bin`` and ``images.bin`` exist, else
-    ``.txt``. ``points3D`` is optional (empty arrays if absent)."""
-    folder = Path(folder)
+def _model_paths(folder: Path) -> tuple[str, dict[str, Path]]:
     ext = _model_ext(folder)
     if ext is None:
         raise SceneError(f"{folder}: no COLMAP model (need cameras and images, both .bin or both .txt)")
-    paths = {name: folder / f"{name}{ext}" for name in MODEL_FILES}
+    return ext, {name: folder / f"{name}{ext}" for name in MODEL_FILES}
+
+
+def read_model(folder: Path, observations: bool = False) -> ColmapModel:
+    """Read the sparse model in ``folder``: ``.bin`` files when ``cameras.bin`` and ``images.bin`` exist, else
+    ``.txt``. ``points3D`` is optional (empty arrays if absent). ``observations``: also each image's 2D points
+    (:attr:`ColmapImage.xys`, :attr:`ColmapImage.point3D_ids`)."""
+    folder = Path(folder)
+    ext, paths = _model_paths(folder)
     if ext == ".bin":
         cameras = _read_cameras_bin(paths["cameras"])
-        images = _read_images_bin(paths["images"])
+        images = _read_images_bin(paths["images"], observations)
         read_points = _read_points_bin
     else:
         cameras = _read_cameras_txt(paths["cameras"])
-        images = _read_images_txt(paths["images"])
+        images = _read_images_txt(paths["images"], observations)
         read_points = _read_points_txt
     for image in images.values():
         if image.camera_id not in cameras:
@@ -261,6 +281,23 @@ def read_model(folder: Path) -> ColmapModel:
             )
     points = read_points(paths["points3D"]) if paths["points3D"].is_file() else _empty_points()
     return ColmapModel(cameras, images, *points)
+
+
+def read_observations(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Image name -> ``(xys [K, 2] float64, point3D_ids [K] int64)``: the 2D observations of the model's images
+    (only ``images.bin/.txt`` is read; the points' ids are :attr:`ColmapModel.point_ids` of :func:`read_model`).
+    ``xys`` are COLMAP pixels of the image's camera (the top-left pixel's centre is ``(0.5, 0.5)``); a
+    ``point3D_id`` of -1 marks a keypoint without a 3D point."""
+    folder = Path(folder)
+    ext, paths = _model_paths(folder)
+    read = _read_images_bin if ext == ".bin" else _read_images_txt
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for image in read(paths["images"], True).values():
+        if image.name in out:
+            raise SceneError(f"{paths['images']}: two images are named {image.name!r}")
+        assert image.xys is not None and image.point3D_ids is not None
+        out[image.name] = (image.xys, image.point3D_ids)
+    return out
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -290,13 +327,18 @@ def _make_camera(
     return ColmapCamera(cid, CAMERA_MODELS[model_id][0], size[0], size[1], params, source=path)
 
 
-def _make_image(iid: int, q: tuple, t: tuple, cid: int, name: str, where: str) -> ColmapImage:
+def _make_image(
+    iid: int, q: tuple, t: tuple, cid: int, name: str, where: str, obs: tuple[np.ndarray, np.ndarray] | None = None
+) -> ColmapImage:
     qvec, tvec = np.array(q, dtype=np.float64), np.array(t, dtype=np.float64)
     if not (np.isfinite(qvec).all() and np.isfinite(tvec).all()) or np.linalg.norm(qvec) < 1e-12:
         raise SceneError(f"{where}: image {iid} ({name}) has an invalid pose")
     if not name:
         raise SceneError(f"{where}: image {iid} has an empty name")
-    return ColmapImage(iid, qvec, tvec, cid, name)
+    if obs is not None and not np.isfinite(obs[0]).all():
+        raise SceneError(f"{where}: image {iid} ({name}) has a non-finite 2D point")
+    xys, ids = (None, None) if obs is None else obs
+    return ColmapImage(iid, qvec, tvec, cid, name, xys, ids)
 
 
 class _Bytes:
@@ -363,21 +405,28 @@ def _read_cameras_bin(path: Path) -> dict[int, ColmapCamera]:
     return cameras
 
 
-def _read_images_bin(path: Path) -> dict[int, ColmapImage]:
+def _read_images_bin(path: Path, observations: bool = False) -> dict[int, ColmapImage]:
+    """A Python loop over the images; each image's observations (f64 x, f64 y, i64 point3D id) are one numpy
+    view of its bytes."""
     buf = _Bytes(path)
     images: dict[int, ColmapImage] = {}
     for _ in range(buf.count("images", _IMAGE_HEAD.size + 9)):
         iid, qw, qx, qy, qz, tx, ty, tz, cid = buf.unpack(_IMAGE_HEAD)
         name = buf.name()
         (m,) = buf.unpack(_U64)
-        buf.skip(24 * m)  # (f64 x, f64 y, i64 point3D) per observation
+        start = buf.pos
+        buf.skip(_OBSERVATION_DTYPE.itemsize * m)
+        obs = None
+        if observations:
+            table = np.frombuffer(buf.data, dtype=_OBSERVATION_DTYPE, count=m, offset=start)
+            obs = (table["xy"].astype(np.float64), table["id"].astype(np.int64))
         _check_new(images, iid, "image", str(path))
-        images[iid] = _make_image(iid, (qw, qx, qy, qz), (tx, ty, tz), cid, name, str(path))
+        images[iid] = _make_image(iid, (qw, qx, qy, qz), (tx, ty, tz), cid, name, str(path), obs)
     buf.done()
     return images
 
 
-def _read_points_bin(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _read_points_bin(path: Path) -> _Points:
     """Points of a ``points3D.bin``: a Python scan for the record offsets (tracks have variable length), then
     numpy drops the track bytes and views the fixed 51-byte records as a structured array."""
     buf = _Bytes(path)
@@ -411,7 +460,7 @@ def _read_points_bin(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     xyz, errors = points["xyz"].astype(np.float64), points["error"].astype(np.float64)
     if not (np.isfinite(xyz).all() and np.isfinite(errors).all()):
         raise SceneError(f"{path}: non-finite point position or error")
-    return xyz, points["rgb"].copy(), errors, lens
+    return xyz, points["rgb"].copy(), errors, lens, points["id"].astype(np.int64)
 
 
 def _data_lines(path: Path) -> list[tuple[int, str]]:
@@ -451,7 +500,7 @@ def _read_cameras_txt(path: Path) -> dict[int, ColmapCamera]:
     return cameras
 
 
-def _read_images_txt(path: Path) -> dict[int, ColmapImage]:
+def _read_images_txt(path: Path, observations: bool = False) -> dict[int, ColmapImage]:
     """Two lines per image (as COLMAP reads them): a pose line, then the 2D points line, which may be empty."""
     lines = _read_lines(path)
     images: dict[int, ColmapImage] = {}
@@ -467,15 +516,29 @@ def _read_images_txt(path: Path) -> dict[int, ColmapImage]:
             raise SceneError(f"{where}: malformed image line (expected ID QW QX QY QZ TX TY TZ CAMERA_ID NAME)")
         iid, cid = _numbers([parts[0], parts[8]], int, where, "image / camera id")
         pose = _numbers(parts[1:8], float, where, "image pose")
-        if i < len(lines) and len(lines[i].split()) % 3:
+        tokens = lines[i].split() if i < len(lines) else []
+        if len(tokens) % 3:
             raise SceneError(f"{path}:{i + 1}: malformed 2D points line (expected X Y POINT3D_ID triples)")
+        obs = _observations_txt(tokens, f"{path}:{i + 1}") if observations else None
         i += 1  # the 2D points
         _check_new(images, iid, "image", where)
-        images[iid] = _make_image(iid, pose[:4], pose[4:], cid, parts[9].strip(), where)
+        images[iid] = _make_image(iid, pose[:4], pose[4:], cid, parts[9].strip(), where, obs)
     return images
 
 
-def _read_points_txt(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _observations_txt(tokens: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(xys [K, 2], point3D_ids [K])`` of a 2D points line's ``X Y POINT3D_ID`` tokens."""
+    try:
+        table = np.array(tokens, dtype=np.float64).reshape(-1, 3)
+    except ValueError:
+        raise SceneError(f"{where}: malformed 2D points line (expected X Y POINT3D_ID numbers)") from None
+    ids = table[:, 2]
+    if (ids != np.round(ids)).any() or (np.abs(ids) >= _EXACT_INT).any():
+        raise SceneError(f"{where}: malformed 2D points line (a POINT3D_ID is not an integer below 2^53)")
+    return table[:, :2].copy(), ids.astype(np.int64)
+
+
+def _read_points_txt(path: Path) -> _Points:
     """Points of a ``points3D.txt``: vectorised over the bytes in chunks of whole lines; when a chunk does not
     parse, the per-line reader finds the bad line and names it."""
     data = _read_bytes(path)
@@ -492,21 +555,22 @@ def _read_points_txt(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
         return _empty_points()
     table = np.concatenate([c[0] for c in chunks])
     lens = np.concatenate([c[1] for c in chunks])
-    rgb = table[:, 3:6]
+    ids, rgb = table[:, 0], table[:, 4:7]
     bad = ~np.isfinite(table).all(axis=1) | ((rgb < 0) | (rgb > 255) | (rgb != np.round(rgb))).any(axis=1)
+    bad |= (ids != np.round(ids)) | (np.abs(ids) >= _EXACT_INT)
     if bad.any():
         return _read_points_txt_lines(path)
-    return table[:, :3].copy(), rgb.astype(np.uint8), table[:, 6].copy(), lens
+    return table[:, 1:4].copy(), rgb.astype(np.uint8), table[:, 7].copy(), lens, ids.astype(np.int64)
 
 
 _TEXT_CHUNK = 1 << 25  # bytes of points3D.txt parsed at once (bounds the index arrays to a few hundred MB)
 
 
 def _points_txt_chunk(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
-    """``([P, 7] float64 X Y Z R G B ERROR, [P] int64 track lengths)`` of whole lines, ``None`` if malformed.
+    """``([P, 8] float64 ID X Y Z R G B ERROR, [P] int64 track lengths)`` of whole lines, ``None`` if malformed.
 
     Tokens are found on the bytes (whitespace = bytes <= 32); comment lines are those whose first token starts
-    with ``#``; tokens 2-8 of each data line (the id is not kept) are cut out and handed to numpy's C parser.
+    with ``#``; tokens 1-8 of each data line are cut out and handed to numpy's C parser.
     """
     raw = np.frombuffer(data, dtype=np.uint8)
     blank = np.ones(raw.size + 2, dtype=bool)  # blank[i + 1]: raw[i] is whitespace; padded both ends
@@ -519,46 +583,50 @@ def _points_txt_chunk(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
     data_line = raw[starts[first]] != ord("#")
     first, counts = first[data_line], counts[data_line]
     if not len(first):
-        return np.zeros((0, 7)), np.zeros(0, np.int64)
+        return np.zeros((0, 8)), np.zeros(0, np.int64)
     if (counts < 8).any() or ((counts - 8) % 2).any():
         return None
-    # keep bytes [line's second token, end of its 8th token] with a newline written at that end
+    # keep bytes [line's first token, end of its 8th token] with a newline written at that end
     buf = np.append(raw, np.uint8(10))
     cut = ends[first + 7]
     buf[cut] = 10
     inside = np.zeros(buf.size + 1, dtype=np.int8)
-    np.add.at(inside, starts[first + 1], 1)
+    np.add.at(inside, starts[first], 1)
     np.add.at(inside, cut + 1, -1)  # (may be the next line's first byte)
     heads = buf[np.cumsum(inside[:-1], dtype=np.int8).astype(bool)].tobytes().decode("latin-1")
     try:
         table = np.loadtxt(io.StringIO(heads), dtype=np.float64, ndmin=2, comments=None)
     except ValueError:
         return None
-    if table.shape != (len(first), 7):
+    if table.shape != (len(first), 8):
         return None
     return table, (counts - 8) // 2
 
 
-def _read_points_txt_lines(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _read_points_txt_lines(path: Path) -> _Points:
     """The slow reader: one line at a time, so that a problem is reported with its line number."""
     heads: list[list[str]] = []
     lens: list[int] = []
+    ids: list[int] = []
     for lineno, line in _data_lines(path):
         where = f"{path}:{lineno}"
         parts = line.split()
         extra = len(parts) - 8
         if extra < 0 or extra % 2:
             raise SceneError(f"{where}: malformed point line (expected ID X Y Z R G B ERROR, then pairs)")
+        (pid,) = _numbers(parts[:1], int, where, "point id")
         head = _numbers(parts[:8], float, where, "point line")
         rgb = head[4:7]
         if not all(np.isfinite(head)) or any(c < 0 or c > 255 or c != round(c) for c in rgb):
             raise SceneError(f"{where}: malformed point line (non-finite value or colour outside 0-255)")
         heads.append(head)
         lens.append(extra // 2)
+        ids.append(pid)
     if not heads:
         return _empty_points()
     table = np.array(heads, dtype=np.float64)
-    return table[:, 1:4].copy(), table[:, 4:7].astype(np.uint8), table[:, 7].copy(), np.array(lens, np.int64)
+    rgb = table[:, 4:7].astype(np.uint8)
+    return table[:, 1:4].copy(), rgb, table[:, 7].copy(), np.array(lens, np.int64), np.array(ids, np.int64)
 
 
 # ---------------------------------------------------------------------------------------------------------------

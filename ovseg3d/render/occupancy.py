@@ -7,6 +7,10 @@ Cells above a threshold are occupied; marching keeps only the samples that fall 
 The buffers match nerfacc's ``OccGridEstimator`` (``binaries [1, R, R, R]`` indexed ``[x, y, z]``,
 ``aabbs [1, 6]``, flat ``occs``), so on CUDA nerfacc's ``traverse_grids`` marches the same grid;
 elsewhere the pure-PyTorch marcher below does.
+
+As nerfacc's ``mark_invisible_cells``, :meth:`OccupancyGrid.mark_invisible` drops for good the cells that lie
+outside every training camera's view (flat bool buffer ``seen``; their ``occs`` are -1): no update samples them
+or makes them occupied again. Nothing else empties a cell for good.
 """
 
 from __future__ import annotations
@@ -18,11 +22,15 @@ import torch
 from torch import Tensor, nn
 
 from ovseg3d import accel
+from ovseg3d.data.cameras import Cameras
+from ovseg3d.data.lenses import LENS_PINHOLE, unproject
+from ovseg3d.errors import UsageError
 from ovseg3d.field.space import MAX_RADIUS, check_contraction, from_unit, roi_center_half, to_unit
 from ovseg3d.render.volume import RaySamples, mask_indices, ray_counts
 
 VISIBILITY_DECAY = 0.5  # a cell unseen for ~10 updates (1e-3) is emptied
 MARCH_CANDIDATES = 1 << 21  # candidate samples tested against the grid at a time
+LENS_BORDER_SAMPLES = 256  # points per image side unprojected to bound a lens camera's view
 
 
 def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor) -> tuple[Tensor, Tensor]:
@@ -48,6 +56,22 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("binaries", torch.ones(1, resolution, resolution, resolution, dtype=torch.bool))
         # running max of the transmittance at which training rays reached each cell (1 = not yet known)
         self.register_buffer("visibility", torch.ones(resolution**3))
+        # false: the cell lies outside every training camera's view (mark_invisible), empty for good
+        self.register_buffer("seen", torch.ones(resolution**3, dtype=torch.bool))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):  # noqa: ANN001
+        """A checkpoint from before ``seen`` existed loads too: the cells keep the marks they have now (all seen
+        unless :meth:`mark_invisible` ran before the load); the loaded grid then drops the unseen cells."""
+        if prefix + "seen" not in state_dict:
+            state_dict[prefix + "seen"] = self.seen.clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
+        if self.seen.shape == self.occs.shape and self.seen.numel() == self.binaries.numel():
+            self._drop_unseen()
+
+    def _drop_unseen(self) -> None:
+        with torch.no_grad():
+            self.occs.masked_fill_(~self.seen, -1.0)
+            self.binaries &= self.seen.view(self.binaries.shape)
 
     @property
     def aabb(self) -> Tensor:
@@ -139,9 +163,14 @@ class OccupancyGrid(nn.Module):
         when no training ray has reached it with transmittance above that during the last updates
         (occluded space, space outside every view): the remembered visibility halves each update.
         ``hold_occupied``: the cells' opacities are updated but every cell stays occupied.
+
+        Cells that :meth:`mark_invisible` dropped (``seen`` false) are never sampled, never count in the
+        threshold's mean (nerfacc's ``occs >= 0``) and never become occupied, whatever the field says there.
         """
         n_cells = self.occs.numel()
         device = self.occs.device
+        seen = self.seen
+        all_seen = self._derived("all_seen", seen, lambda s: bool(s.all()))
         if step < warmup_steps:
             cells = torch.arange(n_cells, device=device)
         else:
@@ -150,6 +179,8 @@ class OccupancyGrid(nn.Module):
             if occupied.numel() > n_cells // 4:
                 occupied = occupied[torch.randint(occupied.numel(), (n_cells // 4,), device=device)]
             cells = torch.cat([uniform, occupied])
+        if not all_seen:
+            cells = cells[seen[cells]]
         r = self.resolution
         coords = torch.stack([cells // (r * r), (cells // r) % r, cells % r], dim=-1).float()
         occ = torch.empty(cells.numel(), device=device)
@@ -162,14 +193,133 @@ class OccupancyGrid(nn.Module):
         # landed last (training differed from run to run after the warm-up)
         self.occs[cells] = self.occs[cells] * ema_decay  # repeated cells write the same value
         self.occs.scatter_reduce_(0, cells, occ, reduce="amax")
-        thre = torch.clamp(self.occs.mean(), max=occ_thre)
+        mean = self.occs.mean() if all_seen else self.occs[seen].mean()
+        thre = torch.clamp(mean, max=occ_thre)
         binaries = self.occs > thre
         if hold_occupied:  # a field that starts as clear air: every cell stays marched until it has learnt
             binaries = torch.ones_like(binaries)
         if visibility_eps > 0:
             binaries &= self.visibility > visibility_eps
             self.visibility.mul_(VISIBILITY_DECAY)
-        self.binaries = binaries.view(self.binaries.shape)
+        self.binaries = (binaries & seen).view(self.binaries.shape)
+
+    @torch.no_grad()
+    def mark_invisible(self, cameras: Cameras, near_plane: float | Tensor = 0.0, chunk: int = 1 << 17) -> int:
+        """Drop for good the cells that no training ray can reach: cells outside every camera's view frustum
+        (nerfacc's ``mark_invisible_cells``; run it once, before training). Their ``seen`` turns false, their
+        ``occs`` -1, and :meth:`update` never samples them nor makes them occupied again.
+
+        A cell is kept when any part of it may lie in some camera's view beyond ``near_plane``: conservative,
+        a cell that the frustum's side or corner only grazes is kept (nerfacc tests one point per cell). The
+        test is on the whole cell, not on sample points: the four side planes of the camera's frustum (its
+        image ``[0, W] x [0, H]`` plus half a pixel) against the cell's box, exactly for the bounded grid and
+        the affine middle of a contracted one; in the contracted shell, where a cell's world points are
+        ``c * g(|c|)`` for ``c`` in its contracted box, by interval bounds on ``g`` (far cells, mapped to very
+        distant points, are tested the same way). A cell wholly within ``near_plane`` of a camera counts as
+        out of that camera's view. A camera with a lens is bounded by the pinhole frustum around its
+        unprojected image border (plus 1%); a lens that sees to 90 degrees or past counts as seeing every
+        direction. Cells are tested from the whole grid down, octree style, refined only where a camera's
+        view boundary crosses them and no camera sees them whole.
+
+        Unlike nerfacc, a cell nearer than ``near_plane`` to some camera stays when another camera sees it.
+
+        Args:
+            cameras: the training cameras (:class:`~ovseg3d.data.cameras.Cameras`, any lens).
+            near_plane: world distance from each camera's centre where its rays start (a float, or ``[N]`` per
+                camera; a z-depth bound works too, being no larger than the distance).
+            chunk: (block, camera) pairs tested at a time (under a kilobyte each).
+
+        Returns:
+            The number of cells outside every camera's view (all of them now dropped; a cell dropped by an
+            earlier call stays dropped).
+        """
+        device, r = self.occs.device, self.resolution
+        n_cams = len(cameras)
+        if n_cams == 0:
+            raise UsageError("mark_invisible needs the training cameras, got none")
+        origin, scale = self._local_frame()
+        planes = _frustum_planes(cameras).to(device)  # [N, 4, 4] float64, world
+        local = torch.cat(
+            [planes[..., :3] * scale, (planes[..., :3] * origin).sum(-1, keepdim=True) + planes[..., 3:]], -1
+        )
+        centres = cameras.c2w[:, :, 3].to(device, torch.float64)
+        near = torch.as_tensor(near_plane, dtype=torch.float64, device=device).expand(n_cams).clamp(min=0.0)
+        frame = (origin, scale, local, centres, near)
+        depth = max(0, (r - 1).bit_length())
+        size_root = 1 << depth  # the grid padded to a power of two; blocks beyond it are left out
+        flags = [torch.zeros(8**level, dtype=torch.bool, device=device) for level in range(depth + 1)]
+        offsets = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], device=device)
+        stack = [(0, torch.zeros(n_cams, 3, dtype=torch.long, device=device), torch.arange(n_cams, device=device))]
+        while stack:
+            level, idx, cam = stack.pop()
+            if len(cam) > chunk:
+                stack.extend((level, idx[s : s + chunk], cam[s : s + chunk]) for s in range(0, len(cam), chunk))
+                continue
+            size, n = size_root >> level, 1 << level
+            key = (idx[:, 0] * n + idx[:, 1]) * n + idx[:, 2]
+            flag = flags[level]
+            if size == 1:  # all that matters is whether some camera may see the cell: the cell's first camera
+                first = torch.ones(len(key), dtype=torch.bool, device=device)  # tests it, then the others where
+                first[1:] = key[1:] != key[:-1]  # that one did not (the pairs come sorted by cell)
+                for part in (first, ~first):
+                    part &= ~flag[key]
+                    status = _block_status(*self._local_blocks(idx[part], idx[part] + 1), *frame, cam[part])
+                    flag[key[part][status >= 0]] = True
+                continue
+            lo = idx * size
+            status = _block_status(*self._local_blocks(lo, (lo + size).clamp(max=r)), *frame, cam)
+            flag[key[status > 0]] = True  # a camera sees the whole block
+            keep = (status == 0) & ~flag[key]
+            idx, cam = idx[keep], cam[keep]
+            child = (idx[:, None, :] * 2 + offsets).reshape(-1, 3)
+            cam = cam[:, None].expand(-1, 8).reshape(-1)
+            inside = (child * (size // 2) < r).all(-1)
+            child, cam = child[inside], cam[inside]
+            # a block's cameras side by side, so that a chunk holds them all: one that sees the block whole
+            # spares the others' tests below it
+            order = torch.argsort(((child[:, 0] * 2 * n + child[:, 1]) * 2 * n + child[:, 2]) * n_cams + cam)
+            if len(order):
+                stack.append((level + 1, child[order], cam[order]))
+        visible = torch.zeros(size_root, size_root, size_root, dtype=torch.bool, device=device)
+        for level, flag in enumerate(flags):
+            n, size = 1 << level, size_root >> level
+            visible |= flag.view(n, 1, n, 1, n, 1).expand(n, size, n, size, n, size).reshape(visible.shape)
+        visible = visible[:r, :r, :r].reshape(-1)
+        self.seen &= visible
+        self._drop_unseen()
+        return int((~visible).sum())
+
+    def _local_frame(self) -> tuple[Tensor, Tensor]:
+        """``origin, scale`` ``[3]`` float64: world points are ``origin + scale * c * g(c)`` with ``c`` the cell
+        coordinates of :meth:`_local_blocks` (``g = 1`` without a contraction)."""
+        aabb = self.aabb.to(torch.float64)
+        if self.contraction == "none":
+            return aabb[:3], aabb[3:] - aabb[:3]
+        return roi_center_half(aabb)
+
+    def _local_blocks(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The blocks of cells ``[lo, hi)`` ``[P, 3]`` in local coordinates ``c`` (:meth:`_local_frame`): boxes
+        ``[a, b]`` ``[P, 3]`` each and bounds ``g_min, g_max`` ``[P, 1]`` of ``g`` over them (float64).
+
+        Unbounded grids: ``c`` is the contracted point, ``g`` the inverse contraction's radial scale (1 inside the
+        ROI, ``1 / (r (2 - r))`` beyond, radius clamped as :func:`~ovseg3d.field.space.uncontract` does), which
+        lies between its values at the box's nearest and farthest radii and at :data:`MAX_RADIUS`."""
+        a, b = lo.to(torch.float64) / self.resolution, hi.to(torch.float64) / self.resolution
+        if self.contraction == "none":
+            one = torch.ones_like(a[:, :1])
+            return a, b, one, one
+        a, b = a * 4.0 - 2.0, b * 4.0 - 2.0
+        order = 2 if self.contraction == "sphere" else float("inf")
+        r_min = torch.linalg.vector_norm(torch.minimum(torch.maximum(torch.zeros_like(a), a), b), ord=order, dim=-1)
+        r_max = torch.linalg.vector_norm(torch.maximum(a.abs(), b.abs()), ord=order, dim=-1)
+
+        def radial(radius: Tensor) -> Tensor:
+            rc = radius.clamp(min=1e-12)
+            return torch.where(radius <= 1.0, torch.ones_like(rc), 1.0 / (rc * (2.0 - rc.clamp(max=MAX_RADIUS))))
+
+        g_min = torch.minimum(radial(r_min), radial(r_max))
+        g_max = radial(torch.minimum(torch.maximum(torch.full_like(r_min, MAX_RADIUS), r_min), r_max))
+        return a, b, g_min[:, None], g_max[:, None]
 
     @torch.no_grad()
     def march(
@@ -323,6 +473,85 @@ class OccupancyGrid(nn.Module):
         t_starts = intervals.vals[intervals.is_left]
         t_ends = intervals.vals[intervals.is_right]
         return RaySamples(samples.ray_indices.long(), t_starts, t_ends, origins.shape[0])
+
+
+def _frustum_planes(cameras: Cameras) -> Tensor:
+    """``[N, 4, 4]`` float64: per camera the four side planes of its view frustum in world space, rows
+    ``(n, d)`` with ``n . p + d >= 0`` on the inside (unit normals). The image ``[0, W] x [0, H]`` plus half a pixel
+    (pinhole); a lens camera's frustum bounds its unprojected image border, and one that sees to 90 degrees or
+    past gets planes every point passes (``n = 0, d = 1``)."""
+    n_cams = len(cameras)
+    f64 = {"dtype": torch.float64, "device": "cpu"}
+    fx, fy, cx, cy = (t.to(**f64) for t in (cameras.fx, cameras.fy, cameras.cx, cameras.cy))
+    w, h = float(cameras.width), float(cameras.height)
+    x_lo, x_hi = (-0.5 - cx) / fx, (w + 0.5 - cx) / fx  # normalised image coordinates (OpenCV axes)
+    y_lo, y_hi = (-0.5 - cy) / fy, (h + 0.5 - cy) / fy
+    wide = torch.zeros(n_cams, dtype=torch.bool)
+    if cameras.lens is not None:
+        lensed = torch.nonzero(cameras.lens.cpu() != LENS_PINHOLE)[:, 0]
+        t = torch.linspace(0.0, 1.0, LENS_BORDER_SAMPLES, **f64)
+        u = torch.cat([t * w, t * w, torch.zeros_like(t), torch.full_like(t, w)])
+        v = torch.cat([torch.zeros_like(t), torch.full_like(t, h), t * h, t * h])
+        xy_d = torch.stack([(u - cx[lensed, None]) / fx[lensed, None], (v - cy[lensed, None]) / fy[lensed, None]], -1)
+        kind = cameras.lens.cpu()[lensed, None]
+        coeffs = cameras.coeffs.cpu()[lensed, None].to(torch.float64)  # type: ignore[union-attr]
+        dirs, valid = unproject(xy_d, kind, coeffs)  # [L, 4S, 3] unit, OpenCV axes
+        wide[lensed] = ~valid.all(-1) | (dirs[..., 2] <= 1e-6).any(-1)
+        xy = dirs[..., :2] / dirs[..., 2:].clamp(min=1e-6)
+        lo, hi = xy.amin(1), xy.amax(1)
+        margin = 0.01 * (hi - lo)
+        x_lo[lensed], y_lo[lensed] = (lo - margin).unbind(-1)
+        x_hi[lensed], y_hi[lensed] = (hi + margin).unbind(-1)
+    rot = cameras.c2w[:, :, :3].to(**f64)
+    ex, ey, ez = rot[:, :, 0], -rot[:, :, 1], -rot[:, :, 2]  # world directions of the OpenCV camera axes
+    normals = torch.stack(
+        [ex - x_lo[:, None] * ez, x_hi[:, None] * ez - ex, ey - y_lo[:, None] * ez, y_hi[:, None] * ez - ey], 1
+    )
+    normals = normals / torch.linalg.vector_norm(normals, dim=-1, keepdim=True)
+    offsets = -(normals * cameras.c2w[:, None, :, 3].to(**f64)).sum(-1)
+    planes = torch.cat([normals, offsets[..., None]], -1)
+    planes[wide] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    return planes
+
+
+def _block_status(
+    a: Tensor,
+    b: Tensor,
+    g_min: Tensor,
+    g_max: Tensor,
+    origin: Tensor,
+    scale: Tensor,
+    planes: Tensor,
+    centres: Tensor,
+    near: Tensor,
+    cam: Tensor,
+) -> Tensor:
+    """``[P]`` long: -1 no point of the block in the camera's view, 1 all of it, 0 perhaps part (a block its
+    frustum's sides or near ball cut, or one outside the frustum near an edge, which plane-by-plane tests miss).
+
+    Blocks: world points ``origin + scale * c * g`` for ``c`` in the boxes ``[a, b]`` ``[P, 3]`` and ``g`` in
+    ``[g_min, g_max]`` ``[P, 1]`` (:meth:`OccupancyGrid._local_blocks`), against cameras ``cam`` ``[P]`` of:
+    ``planes`` ``[N, 4, 4]``, the frustums' sides in those local coordinates (``n . c g + d >= 0`` inside),
+    ``centres`` ``[N, 3]`` and ``near`` ``[N]``, the cameras' world positions and the distances where their rays
+    start."""
+    mid, half = 0.5 * (a + b), 0.5 * (b - a)
+    plane = planes[cam]
+    normals = plane[..., :3]
+    along = torch.bmm(normals, mid[:, :, None])[..., 0]  # [P, 4]: n . c over the box is along +- reach
+    reach = torch.bmm(normals.abs(), half[:, :, None])[..., 0]
+    lo, hi = along - reach, along + reach
+    lowest = torch.where(lo >= 0, lo * g_min, lo * g_max) + plane[..., 3]  # g > 0: the bounds of n . c g
+    highest = torch.where(hi >= 0, hi * g_max, hi * g_min) + plane[..., 3]
+    out, whole = (highest < 0).any(-1), (lowest >= 0).all(-1)
+    near2 = near[cam] ** 2
+    if bool((near2 > 0).any()):  # the world box around the block against the ball where rays do not reach
+        box_lo = origin + scale * torch.minimum(a * g_min, a * g_max)
+        box_hi = origin + scale * torch.maximum(b * g_min, b * g_max)
+        box_half = 0.5 * (box_hi - box_lo)
+        gap = (0.5 * (box_lo + box_hi) - centres[cam]).abs()
+        out |= ((gap + box_half) ** 2).sum(-1) < near2  # the farthest point is nearer than near
+        whole &= ((gap - box_half).clamp(min=0.0) ** 2).sum(-1) >= near2  # the nearest point is not
+    return torch.where(out, -1, torch.where(whole, 1, 0))
 
 
 def thin_samples(samples: RaySamples, max_per_ray: int, stratified: bool) -> RaySamples:

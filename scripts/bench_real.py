@@ -36,6 +36,7 @@ VARIANTS: dict[str, dict] = {
     "random_background": {"learned_background": False, "background": "random"},
     "lr_steps": {"lr_schedule": "steps", "lr_warmup_steps": 100},
     "no_visibility": {"occ_visibility_eps": 0.0},
+    "visibility": {"occ_visibility_eps": 1e-3},  # the visibility record as it was the default before issue 48
     "cull": {"alpha_thre": 0.01, "train_early_stop": True},
     "roi2": {"roi_scale": 2.0},
     "depth": {"depth_weight": 0.02},

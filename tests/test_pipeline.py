@@ -107,3 +107,22 @@ def test_the_steps_schedule_holds_lr_until_half_the_budget_then_drops_a_third_at
     assert lr_factor(steps, 0.95, 1000) == pytest.approx(0.33**3)
     exp = TrainConfig(lr_schedule="exp", lr_final_factor=0.03)
     assert lr_factor(exp, 0.5, 1000) == pytest.approx(0.03**0.5)
+
+
+def test_roi_scale_grows_an_estimated_box_about_its_centre_and_keeps_a_given_one():
+    from types import SimpleNamespace
+
+    import torch
+
+    from ovseg3d.data.scene import GIVEN_BOUNDS
+    from ovseg3d.errors import UsageError
+    from ovseg3d.train import roi_box
+
+    box = torch.tensor([0.0, -1.0, 2.0, 2.0, 1.0, 4.0])
+    estimated = SimpleNamespace(aabb=box, bounds="the region of interest (a cube about where the cameras look)")
+    torch.testing.assert_close(roi_box(estimated, 2.0), torch.tensor([-1.0, -2.0, 1.0, 3.0, 2.0, 5.0]))
+    torch.testing.assert_close(roi_box(estimated, 1.0), box)
+    given = SimpleNamespace(aabb=box, bounds=GIVEN_BOUNDS[1])
+    torch.testing.assert_close(roi_box(given, 2.0), box)
+    with pytest.raises(UsageError, match="roi_scale"):
+        roi_box(estimated, 0.0)

@@ -157,6 +157,18 @@ def learned_background(field: RadianceField, dirs: Tensor, opts: RenderOptions) 
     return torch.tensor(opts.background, device=dirs.device).expand(len(dirs), 3)
 
 
+def _density_pass(
+    field: RadianceField, grid: OccupancyGrid, origins: Tensor, dirs: Tensor, samples: RaySamples, observe: bool
+) -> tuple[Tensor, Tensor]:
+    """The samples' transmittance and step opacity ``[M]`` from the field's density (call without gradients);
+    ``observe`` reports the transmittance to the grid."""
+    points = samples.positions(origins, dirs)
+    trans, alpha = transmittance_and_alpha(field.density(points), samples.deltas, samples.ray_indices, samples.n_rays)
+    if observe:
+        grid.observe(points, trans)
+    return trans, alpha
+
+
 @torch.no_grad()
 def cull_samples(
     field: RadianceField,
@@ -173,11 +185,7 @@ def cull_samples(
     starts as clear air keeps its samples). ``observe`` reports the transmittance to the grid."""
     if len(samples) == 0:
         return samples
-    points = samples.positions(origins, dirs)
-    sigma = field.density(points)
-    trans, alpha = transmittance_and_alpha(sigma, samples.deltas, samples.ray_indices, samples.n_rays)
-    if observe:
-        grid.observe(points, trans)
+    trans, alpha = _density_pass(field, grid, origins, dirs, samples, observe)
     keep = trans >= opts.early_stop_eps
     if opts.alpha_thre > 0:
         occs = getattr(grid, "occs", None)
@@ -213,11 +221,7 @@ def refine_samples(
     """
     if len(samples) == 0:
         return samples
-    points = samples.positions(origins, dirs)
-    sigma = field.density(points)
-    trans, alpha = transmittance_and_alpha(sigma, samples.deltas, samples.ray_indices, samples.n_rays)
-    if observe:
-        grid.observe(points, trans)
+    trans, alpha = _density_pass(field, grid, origins, dirs, samples, observe)
     keep = mask_indices(trans >= opts.early_stop_eps)
     samples, weights = samples.select(keep), (trans * alpha)[keep]
     deltas = samples.deltas

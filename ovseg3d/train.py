@@ -26,7 +26,7 @@ from ovseg3d.data.scene import GIVEN_BOUNDS, Scene, SceneError, check_poses
 from ovseg3d.depth_prior import DepthPrior, depth_prior, prior_loss, prior_rays
 from ovseg3d.errors import UsageError
 from ovseg3d.field.radiance import RadianceField
-from ovseg3d.field.space import check_contraction, step_scale
+from ovseg3d.field.space import check_contraction, roi_center_half, step_scale
 from ovseg3d.images import colorize_depth, save_png, side_by_side
 from ovseg3d.render.occupancy import OccupancyGrid
 from ovseg3d.render.proposal import ProposalConfig, ProposalSampler, interlevel_loss
@@ -90,7 +90,7 @@ def roi_box(scene: Scene, scale: float) -> Tensor:
         raise UsageError(f"roi_scale must be positive, got {scale}")
     if scene.bounds in GIVEN_BOUNDS or scale == 1.0:
         return scene.aabb
-    center, half = 0.5 * (scene.aabb[:3] + scene.aabb[3:]), 0.5 * (scene.aabb[3:] - scene.aabb[:3])
+    center, half = roi_center_half(scene.aabb)
     return torch.cat([center - scale * half, center + scale * half])
 
 

@@ -72,7 +72,8 @@ def variant_overrides(variant: str) -> dict:
 
 
 def run_variant(args: Args, name: str, variant: str) -> dict:
-    run = args.work / f"{name}_{variant.replace('+', '-')}"
+    slug = f"{name}_{variant.replace('+', '-')}"  # folder and file names: no '+'
+    run = args.work / slug
     if run.exists():
         shutil.rmtree(run)
     overrides = {**parse_overrides(args.set), **variant_overrides(variant)}
@@ -89,7 +90,7 @@ def run_variant(args: Args, name: str, variant: str) -> dict:
     eval_seconds = time.perf_counter() - start
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     panels = sorted((run / "renders").glob("view_*.png"))
-    picture = args.out.parent / f"{name}_{variant.replace('+', '-')}.png"
+    picture = args.out.parent / f"{slug}.png"
     if panels:
         picture.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(panels[0], picture)

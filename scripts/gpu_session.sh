@@ -69,6 +69,27 @@ open_session() {
     exec > >(tee -a "$out/session.log") 2>&1
 }
 pack() { tar czf "$out/results.tgz" -C /tmp/res . 2>/dev/null || true; }
+# session / field: step NAME MIN_SECONDS MAX_SECONDS CMD...: run CMD for at most MAX_SECONDS, skipped under MIN_SECONDS
+# left before the deadline (less $step_margin) or when SKIP_STEPS names it; the results are packed after each
+step() {
+    local name="$1" need="$2" most="$3"
+    shift 3
+    local left=$((deadline - SECONDS - ${step_margin:-15}))
+    if [[ " ${SKIP_STEPS:-} " == *" $name "* ]]; then
+        echo "=== $name: skipped (SKIP_STEPS)"
+        return 0
+    fi
+    if [ "$left" -lt "$need" ]; then
+        echo "=== $name: skipped ($left s left, needs $need)"
+        return 0
+    fi
+    [ "$most" -gt "$left" ] && most=$left
+    echo "=== $name (at most $most s; $((SECONDS))s into the session)"
+    local t0=$SECONDS rc=0
+    timeout --kill-after=5 "$most" "$@" || rc=$?
+    echo "=== $name: rc=$rc in $((SECONDS - t0)) s"
+    pack
+}
 
 case "${1:-}" in
 wheels)
@@ -128,25 +149,6 @@ session)
     # packed after each step so that a call stopped at its limit still brings back what was done.
     budget="${2:-540}"
     open_session "$budget"
-    step() {  # step NAME MIN_SECONDS MAX_SECONDS CMD...: run CMD for at most MAX_SECONDS, skipped under MIN_SECONDS
-        local name="$1" need="$2" most="$3"
-        shift 3
-        local left=$((deadline - SECONDS - 15))
-        if [[ " ${SKIP_STEPS:-} " == *" $name "* ]]; then
-            echo "=== $name: skipped (SKIP_STEPS)"
-            return 0
-        fi
-        if [ "$left" -lt "$need" ]; then
-            echo "=== $name: skipped ($left s left, needs $need)"
-            return 0
-        fi
-        [ "$most" -gt "$left" ] && most=$left
-        echo "=== $name (at most $most s; $((SECONDS))s into the session)"
-        local t0=$SECONDS rc=0
-        timeout --kill-after=5 "$most" "$@" || rc=$?
-        echo "=== $name: rc=$rc in $((SECONDS - t0)) s"
-        pack
-    }
     install_wheels
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     if [ -f .tcnn/tiny-cuda-nn.tar.gz ]; then
@@ -319,17 +321,7 @@ field)
         bash scripts/gpu_session.sh tcnn-build >/tmp/res/tcnn_build.log 2>&1 || rc=$?
         echo "build rc=${rc:-0}" >>/tmp/res/tcnn_build.log) &
     build_pid=$!
-    step() {  # as in `session`: CMD for at most MAX_SECONDS, skipped under MIN_SECONDS left
-        local name="$1" need="$2" most="$3" left=$((deadline - SECONDS - 10))
-        shift 3
-        if [ "$left" -lt "$need" ]; then echo "=== $name: skipped ($left s left, needs $need)"; return 0; fi
-        [ "$most" -gt "$left" ] && most=$left
-        echo "=== $name (at most $most s; ${SECONDS}s into the session)"
-        local t0=$SECONDS rc=0
-        timeout --kill-after=5 "$most" "$@" || rc=$?
-        echo "=== $name: rc=$rc in $((SECONDS - t0)) s"
-        pack
-    }
+    step_margin=10
     # nerfacc's CUDA ops compile on first use: before any clock starts
     step "nerfacc ops" 30 150 python3 -c "import torch, nerfacc; from nerfacc.cuda._backend import _C; print('nerfacc', nerfacc.__version__, _C is not None)"
     # (timeout runs commands, not shell functions: each run is spelled out)

@@ -47,6 +47,9 @@ class EvalArgs:
     """Also render and score this many training views, spread through the sequence, and print their PSNR beside
     the held-out one: a field that fits its training views and not new ones does not generalise (a gap over
     5 dB is a warning line naming the likely cause). 0 = held-out views only."""
+    every: int = 1
+    """Score every N-th held-out view only (1 = all of them): a quick look at a long sequence. The figures are
+    then of a subset; eval.json says so (n_views, views_every)."""
 
 
 @dataclass
@@ -437,6 +440,7 @@ def cmd_eval(args: list[str]) -> int:
     a = _parse(EvalArgs, args=args, prog="ovseg3d eval RUN")
     _at_least("max-samples-per-ray", a.max_samples_per_ray, 0, " (0: every step)")
     _at_least("train-views", a.train_views, 0, " (0: held-out views only)")
+    _at_least("every", a.every, 1, " (1: every held-out view)")
     if a.run.is_dir():  # writes RUN/eval.json, and RUN/renders/ unless --no-renders
         hint = "copy the run to a writable folder"
         check_writable(a.run, "the run folder", hint + " (eval writes RUN/eval.json)")
@@ -445,7 +449,7 @@ def cmd_eval(args: list[str]) -> int:
     from ovseg3d.run import allow_changed_scene
 
     with allow_changed_scene(a.force):
-        metrics = evaluate(a.run, a.device, a.renders, a.max_samples_per_ray, a.train_views)
+        metrics = evaluate(a.run, a.device, a.renders, a.max_samples_per_ray, a.train_views, a.every)
     print(format_table(metrics))
     print(f"wrote {a.run / 'eval.json'}")
     return 0

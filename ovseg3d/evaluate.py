@@ -104,12 +104,14 @@ def evaluate_run(
     max_samples_per_ray: int = 0,
     more: Callable[[Scene], dict] | None = None,
     train_views: int = 3,
+    every: int = 1,
 ) -> dict:
     """Render every held-out view of ``run`` and compute PSNR / SSIM (and the segmentation scores of a run
     with a semantic field); writes ``RUN/eval.json``. ``max_samples_per_ray`` > 0 renders faster with fewer
     samples (0: every marching step). ``more(scene)``: scores of later stages to add (the pipeline's eval adds
     the detections' mAP this way). ``train_views``: also score this many training views (``train_psnr``,
-    ``train_ssim``, ``generalisation_gap``: how much better the field does on what it was trained on)."""
+    ``train_ssim``, ``generalisation_gap``: how much better the field does on what it was trained on).
+    ``every``: score every N-th held-out view only (recorded as ``views_every``)."""
     from ovseg3d.train import load_trainer, save_panel
 
     accel.configure_cpu_allocator()
@@ -119,7 +121,7 @@ def evaluate_run(
         raise UsageError(f"{scene.root}: no held-out views to evaluate")
     per_view = []
     masked_whole = [i for i in scene.eval_ids if i in scene.masks and not bool(scene.masks[i].any())]
-    for i in scene.eval_ids:
+    for i in scene.eval_ids[::every]:
         if i in masked_whole:
             continue  # nothing to score
         row, out = score_view(trainer, i, max_samples_per_ray)
@@ -139,6 +141,7 @@ def evaluate_run(
         "psnr": sum(v["psnr"] for v in per_view) / len(per_view),
         "ssim": sum(v["ssim"] for v in per_view) / len(per_view),
         "n_views": len(per_view),
+        "views_every": every,
         "views_masked_whole": masked_whole,
         "max_samples_per_ray": max_samples_per_ray,
         "step": trainer.step,

@@ -50,7 +50,12 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def evaluate(
-    run: Path, device_name: str = "auto", save_renders: bool = True, max_samples_per_ray: int = 0, train_views: int = 3
+    run: Path,
+    device_name: str = "auto",
+    save_renders: bool = True,
+    max_samples_per_ray: int = 0,
+    train_views: int = 3,
+    every: int = 1,
 ) -> dict:
     """``ovseg3d eval``: PSNR / SSIM of the held-out views, the segmentation scores of a run with a semantic
     field, and the mAP / pose accuracy of ``RUN/detections.json`` against the scene's objects when both exist;
@@ -59,7 +64,9 @@ def evaluate(
     def detections(scene: Any) -> dict:  # noqa: ANN401
         return detection_metrics(run / DETECTIONS, [o.as_json() for o in scene.objects])
 
-    return evaluate_run(run, device_name, save_renders, max_samples_per_ray, more=detections, train_views=train_views)
+    return evaluate_run(
+        run, device_name, save_renders, max_samples_per_ray, more=detections, train_views=train_views, every=every
+    )
 
 
 # ------------------------------------------------------------------------------------------------ stages

@@ -313,6 +313,7 @@ field)
     # and nerfacc's own examples on the same photos and poses at 30 and 90 s (tinycudann with its MLPs builds in the
     # background meanwhile). Everything lands in $OUT (session.log, results.tgz, the JSON and the renders).
     #   bash scripts/gpu_session.sh field SCENE [SECONDS]
+    #   FIELD_EVAL_EVERY=4 FIELD_VARIANTS="default grid16+roi2" bash scripts/gpu_session.sh field SCENE 560
     scene="$2"
     open_session "${3:-560}"
     install_wheels
@@ -325,8 +326,12 @@ field)
     # nerfacc's CUDA ops compile on first use: before any clock starts
     step "nerfacc ops" 30 150 python3 -c "import torch, nerfacc; from nerfacc.cuda._backend import _C; print('nerfacc', nerfacc.__version__, _C is not None)"
     # (timeout runs commands, not shell functions: each run is spelled out)
-    bench_real=(python3 -P scripts/bench_real.py --scene "$scene" --preset gpu --work /tmp/runs --out /tmp/res/real.json)
+    # FIELD_EVAL_EVERY=4: every 4th held-out view scored (both methods), a sweep's quick comparison
+    every="${FIELD_EVAL_EVERY:-1}"
+    bench_real=(python3 -P scripts/bench_real.py --scene "$scene" --preset gpu --work /tmp/runs --out /tmp/res/real.json
+        --eval-every "$every")
     # each variant costs about 110 s on an H100: 30 s of training, 76-81 s of evaluating 40 views at 799x532
+    # (about 30 s with FIELD_EVAL_EVERY=4)
     # shellcheck disable=SC2086
     step "ovseg3d 30 s" 100 330 "${bench_real[@]}" --name real_0.5 --variants ${FIELD_VARIANTS:-default} \
         --set max_minutes=0.5 steps=1000000 grid_impl=torch
@@ -336,11 +341,12 @@ field)
     [ "$left" -gt 0 ] && timeout "$left" tail --pid="$build_pid" -f /dev/null || true
     tail -n 3 /tmp/res/tcnn_build.log
     export PYTHONPATH="/tmp/tcnn_nets:$PYTHONPATH"
-    reference=(python3 -P scripts/nerfacc_reference.py "$scene" --method prop --save-render /tmp/res)
+    reference=(python3 -P scripts/nerfacc_reference.py "$scene" --method prop --save-render /tmp/res --eval-every "$every")
     if grep -q "build rc=0" /tmp/res/tcnn_build.log; then
         step "nerfacc prop 30 s" 60 100 "${reference[@]}" --marks 30 --out /tmp/res/nerfacc_30.json
     fi
-    step "ovseg3d 90 s" 200 230 "${bench_real[@]}" --name real_1.5 --variants "$best" \
+    long_need=$([ "$every" -gt 1 ] && echo 140 || echo 200)
+    step "ovseg3d 90 s" "$long_need" 230 "${bench_real[@]}" --name real_1.5 --variants "$best" \
         --set max_minutes=1.5 steps=1000000 grid_impl=torch
     if grep -q "build rc=0" /tmp/res/tcnn_build.log; then
         step "nerfacc prop 90 s" 120 160 "${reference[@]}" --marks 90 --out /tmp/res/nerfacc_90.json

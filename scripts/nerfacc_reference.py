@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """nerfacc's own Instant-NGP examples (v0.5.3) on an ovseg3d scene folder, by wall clock: the reference that
-ovseg3d's field is compared against. CUDA only.
+ovseg3d's field is compared against. On CUDA with tinycudann, or on a CPU (``--device cpu``) with tinycudann's
+modules stood in for by ovseg3d's torch hash grid and torch MLPs (:func:`install_torch_tcnn`): nerfacc's sampler,
+renderer, schedule and losses unchanged, for comparisons at equal steps where no GPU is lent.
 
 Trains ``examples/train_ngp_nerf_prop.py`` (``prop``) and ``examples/train_ngp_nerf_occ.py`` (``occ``) with their
 mip-NeRF 360 settings, on the photos and poses ovseg3d trains on (``ovseg3d.data.loader.load_scene``), brought
@@ -20,6 +22,8 @@ the PSNR of 3 training views. Prints a table and writes JSON after each run (def
 
     bash scripts/gpu_session.sh reference /path/bonsai --marks 30 90           # on a lent GPU (builds first)
     python3 -P scripts/nerfacc_reference.py /path/bonsai --marks 30 90 --method prop occ --out $OUT/ref.json
+    python scripts/nerfacc_reference.py /path/bonsai --device cpu --method prop --steps 1300 --max-long-side 400 \
+        --eval-every 4                                                        # 2 CPU cores, equal steps
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Literal, NoReturn
 
 import imageio
@@ -48,7 +52,6 @@ from ovseg3d.metrics import ssim
 
 NERFACC_SRC = Path(__file__).resolve().parent.parent / ".nerfacc"
 NERFACC_VERSION = "0.5.3"
-DEVICE = "cuda"  # nerfacc's examples use "cuda:0"
 CHECK_EVERY = 20  # steps between clock reads (one synchronisation each)
 WARMUP_STEPS = 20  # untimed steps of a throwaway model before the runs: CUDA kernels and allocators warm
 MILESTONES = (0.5, 0.75, 0.9)  # of the budget: the examples' max_steps // 2, * 3 // 4, * 9 // 10
@@ -67,6 +70,15 @@ class Args:
     save_render: Path | None = None
     """Folder for each run's render of the first held-out view (PNG)."""
     seed: int = 42
+    device: Literal["cuda", "cpu"] = "cuda"
+    """cuda: nerfacc's examples as they are (tinycudann); cpu: the same with tinycudann's modules replaced by
+    ovseg3d's torch hash grid and torch MLPs (prop only: the occ example needs nerfacc's CUDA ops)."""
+    steps: int = 0
+    """Train for this many steps instead of the --marks seconds (the lr milestones at 50/75/90 % of them)."""
+    max_long_side: int = 0
+    """Downscale the photos so their long side is at most this (0 = as the scene has them)."""
+    eval_every: int = 1
+    """Score every N-th held-out view only (1 = all; a CPU renders the proposals' 400 samples a ray slowly)."""
 
 
 # ---------------------------------------------------------------------------- nerfacc's frame (pure, CPU)
@@ -168,18 +180,21 @@ def fail(message: str) -> NoReturn:
     sys.exit(f"nerfacc_reference: {message}")
 
 
-def load_examples() -> SimpleNamespace:
+def load_examples(device: str = "cuda") -> SimpleNamespace:
     """nerfacc's example modules from ``.nerfacc/`` (imported as its training scripts import them), or exit with
     one line when CUDA, nerfacc, tinycudann with its networks, or the exported sources are missing.
 
     ``examples/utils.py`` needs nothing optional (numpy, torch, nerfacc, ``datasets.utils``): nothing is stubbed.
+    With ``device="cpu"`` tinycudann is :func:`install_torch_tcnn`'s stand-in.
     """
-    if not torch.cuda.is_available():
-        fail("CUDA is not available: nerfacc's examples run on a GPU only")
+    if device == "cuda" and not torch.cuda.is_available():
+        fail("CUDA is not available: nerfacc's examples with tinycudann run on a GPU only (--device cpu: torch modules)")
     if not (NERFACC_SRC / "examples" / "utils.py").is_file():
         fail(
             f"{NERFACC_SRC}/examples/utils.py not found: run `bash scripts/gpu_session.sh nerfacc-src` and carry .nerfacc"
         )
+    if device == "cpu":
+        install_torch_tcnn()
     try:
         import nerfacc
         import tinycudann
@@ -187,15 +202,16 @@ def load_examples() -> SimpleNamespace:
         fail(f"{exc} (nerfacc {NERFACC_VERSION} and tinycudann are needed; see scripts/gpu_session.sh reference)")
     if nerfacc.__version__ != NERFACC_VERSION:
         fail(f"nerfacc {nerfacc.__version__} is installed; the examples in .nerfacc are v{NERFACC_VERSION}'s")
-    if not tinycudann.modules._C.has_networks():
-        fail(
-            "tinycudann was built without its networks (--no-networks); nerfacc's NGP fields use FullyFusedMLP: "
-            "TCNN_NETWORKS=1 bash scripts/gpu_session.sh tcnn-build"
-        )
-    from nerfacc.cuda._backend import _C  # builds nerfacc's CUDA ops on first use (minutes): before any clock
+    if device == "cuda":
+        if not tinycudann.modules._C.has_networks():
+            fail(
+                "tinycudann was built without its networks (--no-networks); nerfacc's NGP fields use FullyFusedMLP: "
+                "TCNN_NETWORKS=1 bash scripts/gpu_session.sh tcnn-build"
+            )
+        from nerfacc.cuda._backend import _C  # builds nerfacc's CUDA ops on first use (minutes): before any clock
 
-    if _C is None:
-        fail("nerfacc's CUDA ops are not available (no nvcc?)")
+        if _C is None:
+            fail("nerfacc's CUDA ops are not available (no nvcc?)")
     # as `python examples/train_ngp_nerf_*.py` from nerfacc's root: `examples.utils`, `radiance_fields`, `datasets`
     for path in (NERFACC_SRC / "examples", NERFACC_SRC):
         sys.path.insert(0, str(path))
@@ -225,6 +241,132 @@ def load_examples() -> SimpleNamespace:
     )
 
 
+# ---------------------------------------------------------------------------- tinycudann on a CPU (torch)
+
+
+class _TorchMLP(torch.nn.Module):
+    """tinycudann's ``FullyFusedMLP`` / ``CutlassMLP`` config as torch layers: ``n_hidden_layers`` ReLU layers of
+    ``n_neurons``, no biases (tinycudann's networks have none), no output activation."""
+
+    def __init__(self, n_input_dims: int, n_output_dims: int, network_config: dict) -> None:
+        super().__init__()
+        if network_config.get("activation", "ReLU") != "ReLU" or network_config.get("output_activation") != "None":
+            raise ValueError(f"the torch stand-in has ReLU layers and no output activation only: {network_config}")
+        width, layers = network_config["n_neurons"], []
+        dims = [n_input_dims] + [width] * network_config["n_hidden_layers"] + [n_output_dims]
+        for i in range(len(dims) - 1):
+            layers.append(torch.nn.Linear(dims[i], dims[i + 1], bias=False))
+            if i < len(dims) - 2:
+                layers.append(torch.nn.ReLU())
+        self.net = torch.nn.Sequential(*layers)
+        self.n_output_dims = n_output_dims
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.float())
+
+
+class _TorchEncoding(torch.nn.Module):
+    """tinycudann's ``HashGrid`` (ovseg3d's parameter-compatible torch grid) or ``SphericalHarmonics`` (inside a
+    ``Composite``, as nerfacc's field nests it; inputs in ``[0, 1]``, as tinycudann takes directions)."""
+
+    def __init__(self, n_input_dims: int, encoding_config: dict) -> None:
+        super().__init__()
+        from ovseg3d.field.hashgrid import HashGridConfig, TorchHashGrid
+
+        config = encoding_config
+        if config["otype"] == "Composite":
+            (config,) = config["nested"]
+        self.otype = config["otype"]
+        if self.otype == "HashGrid":
+            fields = ("n_levels", "n_features_per_level", "log2_hashmap_size", "base_resolution", "per_level_scale")
+            self.grid = TorchHashGrid(HashGridConfig(**{k: config[k] for k in fields}))
+            self.n_output_dims = self.grid.output_dim
+        elif self.otype == "SphericalHarmonics":
+            self.degree = config["degree"]
+            self.n_output_dims = self.degree**2
+        else:
+            raise ValueError(f"the torch stand-in has no {self.otype} encoding")
+
+    def forward(self, x: Tensor) -> Tensor:
+        from ovseg3d.field.radiance import spherical_harmonics
+
+        if self.otype == "HashGrid":
+            return self.grid(x)
+        return spherical_harmonics(x.float() * 2.0 - 1.0, self.degree)
+
+
+class _TorchNetworkWithInputEncoding(torch.nn.Module):
+    def __init__(self, n_input_dims: int, n_output_dims: int, encoding_config: dict, network_config: dict) -> None:
+        super().__init__()
+        self.encoding = _TorchEncoding(n_input_dims, encoding_config)
+        self.network = _TorchMLP(self.encoding.n_output_dims, n_output_dims, network_config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.network(self.encoding(x))
+
+
+def _upper_bound(keys: Tensor, values: Tensor) -> Tensor:
+    """nerfacc's CUDA ``upper_bound`` over each row's ``keys[:-1]``: the first index whose key is above the value."""
+    return torch.searchsorted(keys[:, :-1].contiguous(), values.contiguous(), right=True)
+
+
+def torch_searchsorted(sorted_sequence: object, values: object) -> tuple[Tensor, Tensor]:
+    """``nerfacc.pdf.searchsorted`` for batched ``[R, K]`` keys and ``[R, M]`` values (its CUDA kernel restated)."""
+    keys, vals = sorted_sequence.vals, values.vals  # type: ignore[attr-defined]
+    if keys.dim() != 2 or vals.dim() != 2:
+        raise NotImplementedError("the torch stand-in of nerfacc's searchsorted takes batched rays only")
+    p = _upper_bound(keys, vals)
+    last = keys.shape[-1] - 1
+    return (p - 1).clamp(0, last), p.clamp(0, last)
+
+
+def torch_importance_sampling(intervals: object, cdfs: Tensor, n: int, stratified: bool = False) -> tuple:
+    """``nerfacc.pdf.importance_sampling`` for batched rays and an int ``n`` (its CUDA kernels restated): ``n``
+    samples at even steps of each ray's CDF (one jitter a ray when stratified, else the steps' centres), and the
+    ``n + 1`` edges between them (the first and last half a gap out, clamped to the ray's range)."""
+    from nerfacc.data_specs import RayIntervals, RaySamples
+
+    t = intervals.vals  # type: ignore[attr-defined]
+    if t.dim() != 2 or not isinstance(n, int):
+        raise NotImplementedError("the torch stand-in of nerfacc's importance_sampling takes batched rays only")
+    u_floor, u_ceil = cdfs[:, :1], cdfs[:, -1:]
+    bias = torch.rand_like(u_floor) if stratified else torch.full_like(u_floor, 0.5)
+    sid = torch.arange(n, device=t.device, dtype=t.dtype)
+    u = u_floor + (sid + bias) * (u_ceil - u_floor) / n
+    p = _upper_bound(cdfs, u)
+    last = t.shape[-1] - 1
+    p0, p1 = (p - 1).clamp(0, last), p.clamp(0, last)
+    c0, c1 = cdfs.gather(1, p0), cdfs.gather(1, p1)
+    t0, t1 = t.gather(1, p0), t.gather(1, p1)
+    flat = (c1 - c0) < 1e-10
+    samples = torch.where(flat, 0.5 * (t0 + t1), (u - c0) * (t1 - t0) / torch.where(flat, 1.0, c1 - c0) + t0)
+    mids = 0.5 * (samples[:, 1:] + samples[:, :-1])
+    first = torch.maximum(samples[:, :1] - 0.5 * (samples[:, 1:2] - samples[:, :1]), t[:, :1])
+    end = torch.minimum(samples[:, -1:] + 0.5 * (samples[:, -1:] - samples[:, -2:-1]), t[:, -1:])
+    edges = torch.cat([first, mids, end], dim=-1)
+    return RayIntervals(vals=edges), RaySamples(vals=samples)
+
+
+def install_torch_tcnn() -> None:
+    """Put a module ``tinycudann`` in ``sys.modules`` whose ``Encoding``, ``Network`` and
+    ``NetworkWithInputEncoding`` are torch modules (ovseg3d's hash grid, float32 MLPs), so that nerfacc's
+    example fields build on a CPU. Not tinycudann: fp32 instead of its fp16 MLPs, torch's initialisation. Also puts
+    torch restatements of nerfacc's CUDA ``importance_sampling`` and ``searchsorted`` in their place."""
+    module = ModuleType("tinycudann")
+    module.Encoding = _TorchEncoding  # type: ignore[attr-defined]
+    module.Network = _TorchMLP  # type: ignore[attr-defined]
+    module.NetworkWithInputEncoding = _TorchNetworkWithInputEncoding  # type: ignore[attr-defined]
+    module.__torch_stand_in__ = True  # type: ignore[attr-defined]
+    sys.modules["tinycudann"] = module
+    # the two nerfacc ops on the proposal path that have no torch branch (the rest of it is torch on batched rays)
+    import nerfacc.estimators.prop_net as prop_net
+    import nerfacc.pdf as pdf
+
+    for mod in (pdf, prop_net):
+        mod.importance_sampling = torch_importance_sampling  # type: ignore[attr-defined]
+        mod.searchsorted = torch_searchsorted  # type: ignore[attr-defined]
+
+
 @dataclass
 class Views:
     """The scene on the GPU in nerfacc's frame: all images and cameras, indexed by view."""
@@ -240,11 +382,11 @@ class Views:
     train_views: list[int]  # 3 training views scored beside the held-out ones
 
 
-def load_views(root: Path, device: torch.device) -> Views:
+def load_views(root: Path, device: torch.device, max_long_side: int = 0, eval_every: int = 1) -> Views:
     from ovseg3d.data.loader import load_scene
 
     try:
-        scene = load_scene(root, downscale=1, holdout_every=8, max_long_side=0)
+        scene = load_scene(root, downscale=0 if max_long_side else 1, holdout_every=8, max_long_side=max_long_side)
         if scene.cameras.lens is not None:
             raise ValueError("its cameras have a lens model; nerfacc's loader takes pinhole cameras only")
         check_split(scene.train_ids, scene.eval_ids, len(scene.images))
@@ -262,7 +404,7 @@ def load_views(root: Path, device: torch.device) -> Views:
         cx=cams.cx.to(device),
         cy=cams.cy.to(device),
         train_ids=torch.as_tensor(scene.train_ids, device=device),
-        eval_ids=list(scene.eval_ids),
+        eval_ids=list(scene.eval_ids)[::eval_every],
         train_views=training_views(scene.train_ids, 3),
     )
 
@@ -290,6 +432,20 @@ def image_batch(views: Views, view: int, rays_type: type) -> tuple[object, Tenso
     origins, viewdirs = camera_rays(views.c2w, views.fx, views.fy, views.cx, views.cy, ids, x, y)
     rays = rays_type(origins=origins.reshape(height, width, 3), viewdirs=viewdirs.reshape(height, width, 3))
     return rays, views.images[view].float() / 255.0
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_gib(device: torch.device) -> float:
+    """Peak GPU memory allocated (CUDA), or the process's peak resident memory (CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 class Progress:
@@ -326,7 +482,7 @@ class PropMethod:
         params = [p for net in self.proposal_networks for p in net.parameters()]
         prop_optimizer = torch.optim.Adam(params, lr=1e-2, eps=1e-15, weight_decay=0.0)
         self.estimator = ex.PropNetEstimator(prop_optimizer, time_scheduler(prop_optimizer, progress)).to(device)
-        self.grad_scaler = torch.amp.GradScaler("cuda", 2**10)  # = torch.cuda.amp.GradScaler(2**10), not deprecated
+        self.grad_scaler = torch.amp.GradScaler(device.type, 2**10)  # = torch.cuda.amp.GradScaler(2**10), not deprecated
         self.radiance_field = ex.NGPRadianceField(aabb=aabb, unbounded=True).to(device)
         self.optimizer = torch.optim.Adam(self.radiance_field.parameters(), lr=1e-2, eps=1e-15, weight_decay=0.0)
         self.scheduler = time_scheduler(self.optimizer, progress)
@@ -380,7 +536,7 @@ class OccMethod:
         self.num_rays = 1024  # init_batch_size; then sized to keep target_sample_batch_size samples a step
         aabb = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0], device=device)
         self.estimator = ex.OccGridEstimator(roi_aabb=aabb, resolution=128, levels=4).to(device)
-        self.grad_scaler = torch.amp.GradScaler("cuda", 2**10)
+        self.grad_scaler = torch.amp.GradScaler(device.type, 2**10)
         self.radiance_field = ex.NGPRadianceField(aabb=self.estimator.aabbs[-1]).to(device)
         self.optimizer = torch.optim.Adam(self.radiance_field.parameters(), lr=1e-2, eps=1e-15, weight_decay=0.0)
         self.scheduler = time_scheduler(self.optimizer, progress)
@@ -428,7 +584,7 @@ def train(
     for module in model.modules():
         module.train()
     step, elapsed, loss = 0, 0.0, None
-    torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     while True:
         rays, pixels, render_bkgd = train_batch(views, model.num_rays, ex.Rays)
@@ -436,15 +592,17 @@ def train(
         step += 1
         if max_steps:
             progress.fraction = step / max_steps
+            if device.type == "cpu" and step % 100 == 0:
+                print(f"  step {step}/{max_steps}, {time.perf_counter() - start:.0f} s, loss {loss}", flush=True)
             if step >= max_steps:
                 break
         elif step % CHECK_EVERY == 0:
-            torch.cuda.synchronize()
+            synchronize(device)
             elapsed = time.perf_counter() - start
             progress.fraction = elapsed / seconds
             if elapsed >= seconds:
                 break
-    torch.cuda.synchronize()
+    synchronize(device)
     elapsed = time.perf_counter() - start
     return model, {
         "steps": step,
@@ -452,7 +610,7 @@ def train(
         "steps_per_s": step / elapsed,
         "last_loss": None if loss is None else loss.item(),
         "last_num_rays": model.num_rays,
-        "peak_train_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_train_gib": peak_gib(device),
     }
 
 
@@ -484,7 +642,7 @@ def evaluate(model: PropMethod | OccMethod, views: Views, rays_type: type, save:
         "train_view_psnr": sum(train_psnr) / len(train_psnr),
         "per_view_psnr": {v: p for v, (p, _) in zip(views.eval_ids, held)},
         "eval_seconds": time.perf_counter() - start,
-        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,  # training and evaluation
+        "peak_gib": peak_gib(views.images.device),  # training and evaluation
     }
 
 
@@ -509,15 +667,20 @@ def main() -> None:
         check_writable(args.out.absolute().parent, "--out's folder")
     except UsageError as exc:
         fail(str(exc))
-    ex = load_examples()
+    if args.device == "cpu" and "occ" in args.method:
+        fail("--device cpu runs the prop example only (the occ example's grid needs nerfacc's CUDA ops)")
+    if args.steps < 0 or args.eval_every < 1:
+        fail(f"--steps must be >= 0 and --eval-every >= 1, got {args.steps} and {args.eval_every}")
+    ex = load_examples(args.device)
     import nerfacc
 
-    device = torch.device(DEVICE)
-    views = load_views(args.scene, device)
+    device = torch.device(args.device)
+    views = load_views(args.scene, device, args.max_long_side, args.eval_every)
     height, width = views.images.shape[1:3]
     print(f"{args.scene}: {len(views.train_ids)} training, {len(views.eval_ids)} held-out views, {width}x{height}")
     report = {
-        "machine": torch.cuda.get_device_name(0),
+        "machine": torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads",
+        "tinycudann": "torch stand-in (ovseg3d's hash grid, fp32 MLPs)" if device.type == "cpu" else "tinycudann",
         "torch": torch.__version__,
         "nerfacc": nerfacc.__version__,
         "nerfacc_examples": (NERFACC_SRC / "COMMIT").read_text().strip()
@@ -526,23 +689,29 @@ def main() -> None:
         "scene": str(args.scene.resolve()),
         "size": [width, height],
         "views": {"train": len(views.train_ids), "eval": len(views.eval_ids), "train_scored": views.train_views},
+        "eval_every": args.eval_every,
         "images_gib": views.images.numel() / 2**30,
         "seed": args.seed,
         "runs": [],
     }
-    for method in args.method:  # untimed: first launches, allocator, nerfacc's / tinycudann's lazy set-up
-        ex.utils.set_random_seed(args.seed)
-        train(ex, method, views, seconds=0.0, max_steps=WARMUP_STEPS)
-    for method in args.method:
-        for seconds in args.marks:
+    if device.type == "cuda" and not args.steps:
+        for method in args.method:  # untimed: first launches, allocator, nerfacc's / tinycudann's lazy set-up
             ex.utils.set_random_seed(args.seed)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            model, stats = train(ex, method, views, seconds)
-            save = None if args.save_render is None else args.save_render / f"nerfacc_{method}_{seconds:g}s.png"
-            row = {"method": method, "seconds": seconds, **stats, **evaluate(model, views, ex.Rays, save)}
+            train(ex, method, views, seconds=0.0, max_steps=WARMUP_STEPS)
+    budgets = [0.0] if args.steps else args.marks
+    for method in args.method:
+        for seconds in budgets:
+            ex.utils.set_random_seed(args.seed)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            model, stats = train(ex, method, views, seconds, max_steps=args.steps)
+            label = f"{args.steps}steps" if args.steps else f"{seconds:g}s"
+            save = None if args.save_render is None else args.save_render / f"nerfacc_{method}_{label}.png"
+            row = {"method": method, "seconds": stats["train_seconds"] if args.steps else seconds, **stats}
+            row.update(evaluate(model, views, ex.Rays, save))
             print(
-                f"{method} {seconds:g}s: {row['steps']} steps, PSNR {row['psnr']:.2f} SSIM {row['ssim']:.4f} "
+                f"{method} {label}: {row['steps']} steps, PSNR {row['psnr']:.2f} SSIM {row['ssim']:.4f} "
                 f"(training views {row['train_view_psnr']:.2f}), eval {row['eval_seconds']:.1f} s",
                 flush=True,
             )

@@ -451,10 +451,40 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def resolve_base(preset: str, config_file: Path | None) -> TrainConfig:
-    """Defaults < preset < config file (command-line flags go on top, in the CLI)."""
+UNBOUNDED = "unbounded"
+"""A preset's table of settings for unbounded scenes (a contraction beyond an estimated box: 360-degree captures,
+rooms, outdoor scenes), applied by :func:`for_unbounded` once the scene is known."""
+
+
+def read_preset(preset: str) -> tuple[dict[str, Any], dict[str, Any], Traversable]:
+    """A preset's top-level settings, its ``[unbounded]`` table (``{}`` without one) and its path; unknown keys in
+    the table are a :class:`ConfigError`."""
     path = preset_path(preset)
-    cfg = apply_overrides(TrainConfig(), read_toml(path), path)
+    values = read_toml(path)
+    unbounded = values.pop(UNBOUNDED, {})
+    if not isinstance(unbounded, dict):
+        raise ConfigError(f"{path}: '{UNBOUNDED}' must be a table ([{UNBOUNDED}])")
+    apply_overrides(TrainConfig(), unbounded, f"{path} [{UNBOUNDED}]")  # its keys and nested tables are checked
+    return values, unbounded, path
+
+
+def for_unbounded(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    """``cfg`` with its preset's ``[unbounded]`` settings, for a scene with a contraction. A setting is taken only
+    where ``cfg`` still has the preset's own value, so a config file's or a flag's choice stands (one that sets a
+    key to the preset's own value cannot be told from it). Returns the config and the ``key = value`` lines taken."""
+    top, unbounded, path = read_preset(cfg.preset)
+    base = apply_overrides(TrainConfig(), top, path)
+    taken = {k: v for k, v in unbounded.items() if getattr(cfg, k) == getattr(base, k)}
+    if not taken:
+        return cfg, []
+    return apply_overrides(cfg, taken, f"{path} [{UNBOUNDED}]"), [f"{k} = {_toml_value(v)}" for k, v in taken.items()]
+
+
+def resolve_base(preset: str, config_file: Path | None) -> TrainConfig:
+    """Defaults < preset < config file (command-line flags go on top, in the CLI). The preset's ``[unbounded]``
+    table comes later, once the scene is loaded (:func:`for_unbounded`)."""
+    values, _, path = read_preset(preset)
+    cfg = apply_overrides(TrainConfig(), values, path)
     cfg = dataclasses.replace(cfg, preset=preset)
     if config_file is not None:
         values = {k: v for k, v in read_toml(config_file).items() if k not in ("config", "resume")}

@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ovseg3d import accel
-from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, read_toml, write_toml
+from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, for_unbounded, read_toml, write_toml
 from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
 from ovseg3d.data.loader import load_scene
 from ovseg3d.data.scene import GIVEN_BOUNDS, Scene, SceneError, check_poses
@@ -699,6 +699,11 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
         from ovseg3d.teachers.extract import ensure_features
 
         features = ensure_features(scene, cfg.teachers, device)
+    unbounded_line = ""
+    if not cfg.resume and resolve_contraction(cfg.contraction, scene) != "none":
+        cfg, taken = for_unbounded(cfg)
+        if taken:
+            unbounded_line = f"unbounded scene: the {cfg.preset} preset's [unbounded] settings {', '.join(taken)}"
     chosen = cfg.sampler == "auto"
     cfg = dataclasses.replace(cfg, contraction=resolve_contraction(cfg.contraction, scene))
     cfg = dataclasses.replace(cfg, sampler=resolve_sampler(cfg.sampler, cfg.contraction))
@@ -723,6 +728,8 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
     tqdm.write(
         f"scene box {box}: {scene.bounds}; contraction beyond it: {cfg.contraction}; {sampler_line(trainer, chosen)}"
     )
+    if unbounded_line:
+        tqdm.write(unbounded_line)
     if scene.masks:
         tqdm.write(masks_line(scene))
     return trainer, features, semantic

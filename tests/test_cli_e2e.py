@@ -112,6 +112,32 @@ def test_refuses_a_run_from_another_version(trained, tmp_path, capsys):
     assert "run format" in err and len(err.strip().splitlines()) == 1
 
 
+def test_eval_every_scores_a_subset_and_says_so(trained, copy_run):
+    run = copy_run(trained)
+    assert main(["eval", str(run), "--device", "cpu", "--every", "2", "--no-renders", "--train-views", "0"]) == 0
+    metrics = json.loads((run / "eval.json").read_text())
+    assert metrics["n_views"] == 1 and metrics["views_every"] == 2
+
+
+def test_an_unbounded_scene_takes_the_presets_unbounded_settings_where_no_flag_set_them(tmp_path, capsys):
+    import tomllib
+
+    scene = tmp_path / "colmap"  # a COLMAP scene: its box is estimated, so a contraction goes beyond it
+    assert main(["synth", str(scene), *TINY_SCENE, "--format", "colmap"]) == 0
+    small = ["--steps", "2", "--teacher", "none", "--device", "cpu", "--log2-hashmap-size", "12"]
+    small += ["--max-resolution", "64", "--rays-per-step", "256", "--target-samples", "4096", "--max-long-side", "0"]
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", str(scene), "--output", str(run), "--preset", "gpu", "--sampler", "grid", *small]) == 0
+    said = capsys.readouterr()
+    saved = tomllib.loads((run / "config.toml").read_text())
+    # taken from [unbounded]: the preset's own values were left; kept: what the flags set
+    assert saved["roi_scale"] == 2.0 and saved["n_features_per_level"] == 2 and saved["n_levels"] == 16
+    assert saved["sampler"] == "grid" and saved["max_resolution"] == 64
+    line = next(x for x in (said.out + said.err).splitlines() if "[unbounded]" in x)
+    assert "roi_scale = 2.0" in line and "sampler" not in line and "max_resolution" not in line
+
+
 def test_unknown_preset_and_bad_scene_are_one_line_errors(tmp_path, capsys):
     assert main(["train", str(tmp_path), "--output", str(tmp_path / "r"), "--preset", "nope"]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """What an install ships: the presets are read through the package (importlib.resources, as an installed
 wheel has them), and pyproject.toml installs every package and the presets."""
 
+import dataclasses
 import re
 import tomllib
 from importlib import resources
@@ -8,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from ovseg3d.config import PRESETS, ConfigError, TrainConfig, _field_docs, preset_names, preset_path, resolve_base
+from ovseg3d.config import (
+    PRESETS,
+    UNBOUNDED,
+    ConfigError,
+    TrainConfig,
+    _field_docs,
+    for_unbounded,
+    preset_names,
+    preset_path,
+    resolve_base,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +39,8 @@ def test_every_documented_preset_is_found_through_the_package_and_parses(name):
     cfg = resolve_base(name, None)
     assert cfg.preset == name and values
     for key, value in values.items():
+        if key == UNBOUNDED:  # applied once the scene is known (test_the_unbounded_table_...)
+            continue
         if isinstance(value, dict):  # a table sets a nested config ([teachers])
             for inner, v in value.items():
                 assert getattr(getattr(cfg, key), inner) == v, f"{key}.{inner}"
@@ -50,3 +63,27 @@ def test_pyproject_installs_every_package_and_the_presets():
     assert set(setup["packages"]) == tree | {PRESETS}
     assert setup["package-dir"] == {PRESETS: "configs"} and setup["package-data"][PRESETS] == ["*.toml"]
     assert project["project"]["requires-python"] == ">=3.11"  # tomllib
+
+
+def test_the_unbounded_table_is_taken_only_where_the_config_keeps_the_presets_value():
+    gpu = resolve_base("gpu", None)
+    table = tomllib.loads(preset_path("gpu").read_text())[UNBOUNDED]
+    assert table, "the gpu preset has settings for unbounded scenes"
+    cfg, taken = for_unbounded(gpu)
+    assert all(getattr(cfg, k) == v for k, v in table.items())
+    assert len(taken) == len(table) and cfg.steps == gpu.steps  # nothing else changes
+    mine = dataclasses.replace(gpu, sampler="grid", n_levels=6)  # a user's choices, by flag or config file
+    cfg, taken = for_unbounded(mine)
+    assert cfg.sampler == "grid" and cfg.n_levels == 6 and cfg.roi_scale == table["roi_scale"]
+    assert not any(line.startswith(("sampler", "n_levels ")) for line in taken)
+    assert for_unbounded(resolve_base("cpu", None)) == (resolve_base("cpu", None), [])  # no table: nothing
+
+
+def test_an_unknown_key_in_a_presets_unbounded_table_is_a_config_error(tmp_path, monkeypatch):
+    import ovseg3d.config as config
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('steps = 3\n[unbounded]\nno_such_key = 1\n')
+    monkeypatch.setattr(config, "preset_path", lambda name: bad)
+    with pytest.raises(ConfigError, match=r"\[unbounded\]: unknown config key\(s\) no_such_key"):
+        resolve_base("bad", None)

@@ -320,15 +320,18 @@ def torch_searchsorted(sorted_sequence: object, values: object) -> tuple[Tensor,
     return (p - 1).clamp(0, last), p.clamp(0, last)
 
 
-def torch_importance_sampling(intervals: object, cdfs: Tensor, n: int, stratified: bool = False) -> tuple:
-    """``nerfacc.pdf.importance_sampling`` for batched rays and an int ``n`` (its CUDA kernels restated): ``n``
-    samples at even steps of each ray's CDF (one jitter a ray when stratified, else the steps' centres), and the
-    ``n + 1`` edges between them (the first and last half a gap out, clamped to the ray's range)."""
-    from nerfacc.data_specs import RayIntervals, RaySamples
+def importance_sample_batched(t: Tensor, cdfs: Tensor, n: int, stratified: bool = False) -> tuple[Tensor, Tensor]:
+    """nerfacc's CUDA ``importance_sampling`` for batched rays, restated in torch.
 
-    t = intervals.vals  # type: ignore[attr-defined]
-    if t.dim() != 2 or not isinstance(n, int):
-        raise NotImplementedError("the torch stand-in of nerfacc's importance_sampling takes batched rays only")
+    Args:
+        t: ``[R, B + 1]`` interval edges along each ray; cdfs: ``[R, B + 1]`` the CDF at those edges.
+        n: samples a ray; stratified: one uniform jitter a ray (else the centres of the CDF's steps).
+
+    Returns:
+        ``[R, n + 1]`` edges and ``[R, n]`` samples: the samples at even steps of each ray's CDF, inverted linearly
+        within the edge interval that holds them; the edges half-way between samples, the first and last half a gap
+        out, clamped to the ray's range.
+    """
     u_floor, u_ceil = cdfs[:, :1], cdfs[:, -1:]
     bias = torch.rand_like(u_floor) if stratified else torch.full_like(u_floor, 0.5)
     sid = torch.arange(n, device=t.device, dtype=t.dtype)
@@ -343,7 +346,18 @@ def torch_importance_sampling(intervals: object, cdfs: Tensor, n: int, stratifie
     mids = 0.5 * (samples[:, 1:] + samples[:, :-1])
     first = torch.maximum(samples[:, :1] - 0.5 * (samples[:, 1:2] - samples[:, :1]), t[:, :1])
     end = torch.minimum(samples[:, -1:] + 0.5 * (samples[:, -1:] - samples[:, -2:-1]), t[:, -1:])
-    edges = torch.cat([first, mids, end], dim=-1)
+    return torch.cat([first, mids, end], dim=-1), samples
+
+
+def torch_importance_sampling(intervals: object, cdfs: Tensor, n: int, stratified: bool = False) -> tuple:
+    """``nerfacc.pdf.importance_sampling`` for batched rays and an int ``n``: :func:`importance_sample_batched`
+    with nerfacc's ``RayIntervals`` / ``RaySamples`` around it."""
+    from nerfacc.data_specs import RayIntervals, RaySamples
+
+    t = intervals.vals  # type: ignore[attr-defined]
+    if t.dim() != 2 or not isinstance(n, int):
+        raise NotImplementedError("the torch stand-in of nerfacc's importance_sampling takes batched rays only")
+    edges, samples = importance_sample_batched(t, cdfs, n, stratified)
     return RayIntervals(vals=edges), RaySamples(vals=samples)
 
 

@@ -245,3 +245,42 @@ def test_against_nerfacc_loader_code() -> None:
     torch.testing.assert_close(rays.viewdirs, data["rays"].viewdirs, atol=1e-6, rtol=0)
     torch.testing.assert_close(pixels, data["pixels"], atol=0, rtol=0)
     torch.testing.assert_close(bkgd, data["color_bkgd"], atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------------------- the CPU stand-ins (--device cpu)
+
+
+def test_importance_sampling_restated_puts_samples_at_even_steps_of_the_cdf():
+    t = torch.tensor([[0.0, 1.0, 2.0], [0.0, 1.0, 3.0]])
+    cdfs = torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.0, 1.0]])  # ray 1: all its weight in [1, 3]
+    edges, samples = ref.importance_sample_batched(t, cdfs, 2)
+    assert torch.allclose(samples, torch.tensor([[0.5, 1.5], [1.5, 2.5]]))
+    assert torch.allclose(edges, torch.tensor([[0.0, 1.0, 2.0], [1.0, 2.0, 3.0]]))
+    edges, samples = ref.importance_sample_batched(t[:1].expand(64, 3), cdfs[:1].expand(64, 3), 8, stratified=True)
+    assert (samples.diff(dim=-1) > 0).all() and (edges.diff(dim=-1) >= 0).all()
+    assert (edges[:, 0] >= 0).all() and (edges[:, -1] <= 2).all()
+    assert not torch.allclose(samples[0], samples[1])  # one jitter a ray
+
+
+def test_searchsorted_restated_matches_nerfacc_s_contract():
+    """``sorted.gather(ids_left) <= value < sorted.gather(ids_right)``, clipped to the sequence (nerfacc's doc)."""
+    keys = SimpleNamespace(vals=torch.tensor([[0.0, 1.0, 2.0]]))
+    left, right = ref.torch_searchsorted(keys, SimpleNamespace(vals=torch.tensor([[0.5, 1.5, 2.5, -1.0]])))
+    assert left.tolist() == [[0, 1, 1, 0]] and right.tolist() == [[1, 2, 2, 0]]
+
+
+def test_torch_stand_ins_of_tinycudann_modules_have_its_shapes_and_learn():
+    grid = {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 2, "log2_hashmap_size": 10}
+    grid |= {"base_resolution": 4, "per_level_scale": 1.5}
+    mlp = {"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "None", "n_neurons": 16}
+    net = ref._TorchNetworkWithInputEncoding(3, 5, grid, {**mlp, "n_hidden_layers": 1})
+    x = torch.rand(32, 3)
+    out = net(x)
+    assert out.shape == (32, 5) and all(m.bias is None for m in net.modules() if isinstance(m, torch.nn.Linear))
+    out.square().sum().backward()
+    assert net.encoding.grid.params.grad.abs().sum() > 0
+    sh = ref._TorchEncoding(3, {"otype": "Composite", "nested": [{"otype": "SphericalHarmonics", "degree": 4}]})
+    d = F.normalize(torch.randn(8, 3), dim=-1)
+    assert sh.n_output_dims == 16 and torch.allclose(sh((d + 1) / 2)[:, 0], torch.full((8,), 0.28209479177387814))
+    with pytest.raises(ValueError, match="no output activation"):
+        ref._TorchMLP(3, 1, {**mlp, "n_hidden_layers": 1, "output_activation": "Sigmoid"})

@@ -10,6 +10,7 @@ import io
 import os
 import re
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ class ExtractArgs:
     """With --downscale 0: the longest image side in pixels (640: the cpu preset's; 0 = full size)."""
     colmap_model: Path | None = None
     """A COLMAP sparse model folder (default: SCENE/sparse/0 or SCENE/sparse)."""
+    classes: tuple[str, ...] = ()
+    """Class names for a scene without segmentations/classes.txt (e.g. "chair, table, plant"): the teachers'
+    relevancy is computed for them."""
     force: bool = False
     """Rebuild the cache even if it matches."""
 
@@ -395,7 +399,9 @@ def cmd_extract(args: list[str]) -> int:
     cache = a.teachers.cache_dir or a.scene / "features" / ("" if a.teachers.kind == "auto" else a.teachers.kind)
     if a.scene.is_dir() and (a.force or not Path(cache).exists()):  # a complete cache may be read-only
         check_writable(Path(cache), "the feature cache folder", "write it elsewhere with --cache-dir DIR")
-    scene = load_scene(a.scene, a.downscale, max_long_side=a.max_long_side, colmap_model=a.colmap_model)
+    scene = load_scene(
+        a.scene, a.downscale, max_long_side=a.max_long_side, colmap_model=a.colmap_model, classes=a.classes
+    )
     if a.teachers.kind == "auto":
         a.teachers = dataclasses.replace(a.teachers, kind=resolve_kind(scene, print))
     features = ensure_features(scene, a.teachers, resolve_device(a.device), force=a.force)
@@ -621,6 +627,96 @@ def cmd_batch(args: list[str]) -> int:
     return 0 if all(r.status == "done" for r in results) else 1
 
 
+RUN_USAGE = "ovseg3d run INPUT --output RUN [--classes \"chair, table\"] [--view] [train options]"
+RUN_HELP = f"""usage: {RUN_USAGE}
+
+From photos or a video to a text-queryable 3D scene, every stage in order: prepare (INPUT is a folder of photos or
+a video: its scene goes to RUN/scene/; a scene folder is used as it is), the 2D teachers, the radiance field, the
+distillation, the export of the labelled cloud (with its CLIP features, so the viewer answers free-text queries at
+once) and, with classes, the 3D boxes. Each stage resumes and skips finished work: the same command continues an
+interrupted run. Ends with where the outputs are and the line that opens the viewer.
+
+  INPUT             a scene folder (poses_bounds.npy, transforms.json or a COLMAP model), a folder of photos, or a
+                    video
+  --output RUN      the run folder
+  --classes NAMES   the class names to label and detect, e.g. "chair, table, plant" (a scene's own
+                    segmentations/classes.txt is used where it has one). Without any, the run answers free-text
+                    queries in the viewer only (LERF's way) and has no boxes
+  --view            open the viewer at the end (ovseg3d view RUN)
+  --preset NAME     tiny, cpu (default) or gpu; every option of `ovseg3d train` passes through (ovseg3d train --help)
+"""
+
+
+def _scene_folder(path: Path) -> bool:
+    from ovseg3d.data.loader import detect_format
+
+    try:
+        detect_format(path)
+    except ValueError:  # SceneError: not a scene folder
+        return False
+    return True
+
+
+def cmd_run(args: list[str]) -> int:
+    from tqdm import tqdm
+
+    from ovseg3d.config import TrainConfig, resolve_base
+    from ovseg3d.pipeline import run_scene
+
+    if not args or args[0] in ("-h", "--help"):
+        print(RUN_HELP)
+        return 0
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--output", type=Path, default=None)
+    pre.add_argument("--view", action="store_true")
+    pre.add_argument("--preset", default="cpu")
+    pre.add_argument("--config", type=Path, default=None)
+    known, rest = pre.parse_known_args(args)
+    if not rest or rest[0].startswith("-"):
+        raise UsageError(f"give the photos, video or scene folder: {RUN_USAGE}")
+    source, rest = Path(rest[0]), rest[1:]
+    if known.output is None:
+        raise UsageError(f"give the run folder to write: {RUN_USAGE}")
+    if not source.exists():
+        raise UsageError(f"{source}: not found (give a scene folder, a folder of photos or a video)")
+    run: Path = known.output
+    check_writable(run, "the run folder", "give another --output")
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    if _scene_folder(source):
+        scene = source
+    else:
+        from ovseg3d.prepare import PrepareConfig, prepare
+
+        scene = run / "scene"
+        if _scene_folder(scene):
+            tqdm.write(f"ovseg3d run: {scene} is prepared already (delete it to prepare {source} again)")
+        else:
+            prepare(source, scene, PrepareConfig())
+            seconds["prepare"] = round(time.perf_counter() - started, 3)
+    base = resolve_base(known.preset, known.config)
+    cfg = _parse(TrainConfig, args=["--scene", str(scene), "--output", str(run), *rest], default=base, prog=RUN_USAGE)
+    stages = ["teachers", "geometry", "distill", "export", "detect"]
+    from ovseg3d.data.loader import scene_classes
+
+    if not scene_classes(scene, cfg.classes):
+        stages.remove("detect")
+        tqdm.write(
+            "ovseg3d run: no classes (--classes or the scene's segmentations/classes.txt): the run keeps its CLIP "
+            "feature field and answers free-text queries in the viewer; no boxes"
+        )
+    result = run_scene(scene, run, stages, cfg, ExportOptions(features=True), DetectOptions(), log=tqdm.write)
+    seconds.update(result.seconds)
+    seconds["total"] = round(time.perf_counter() - started, 3)
+    print("stage      seconds" + "".join(f"\n{k:<10} {v:>7.1f}" for k, v in seconds.items()))
+    outputs = [run / "export" / "points.ply", run / "detections.json", run / "renders"]
+    print("outputs: " + ", ".join(str(p) for p in outputs if p.exists()))
+    print(f"next: ovseg3d view {run}    (ovseg3d eval {run}: the held-out views' PSNR)")
+    if known.view:
+        return cmd_view([str(run)])
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "prepare": (
         cmd_prepare,
@@ -635,6 +731,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "detect": (cmd_detect, "find oriented 3D boxes with class names and poses in a labelled point cloud"),
     "view": (cmd_view, "browse a run's labelled point cloud and ask it free-text queries (viser)"),
     "batch": (cmd_batch, "run every stage over many scenes (in parallel with Ray), with a summary of them all"),
+    "run": (cmd_run, "from photos, a video or a scene to a labelled cloud, boxes and the viewer, in one command"),
 }
 
 
@@ -664,6 +761,7 @@ INTERRUPTED = {
     "detect": "nothing was written",
     "view": "stopped",
     "batch": "each scene's finished stages and checkpoints are kept: the same command continues from them",
+    "run": "each finished stage and the last checkpoint are kept: the same command continues from them",
 }
 # What to do about an output folder that cannot be written, by command.
 WRITE_HINTS = {
@@ -677,6 +775,7 @@ WRITE_HINTS = {
     "detect": "write elsewhere with --output FILE",
     "view": "",
     "batch": "give another --output",
+    "run": "give another --output",
 }
 # How to use less memory, by command (all: --device cpu, where host memory is larger).
 MEMORY_HINTS = {
@@ -690,6 +789,7 @@ MEMORY_HINTS = {
     "detect": "fewer --classes",
     "view": "a smaller --max-points",
     "batch": "fewer scenes at a time (a larger --cpus-per-scene)",
+    "run": "a smaller --max-long-side or --rays-per-step",
 }
 
 

@@ -74,6 +74,10 @@ class TrainConfig:
     """Also train on the views with 3D-OVS masks (the 3D-OVS protocol); by default they are held out."""
     holdout_every: int = 8
     """Without annotated views, hold out every N-th view for evaluation."""
+    classes: tuple[str, ...] = ()
+    """Class names for a scene without segmentations/classes.txt, e.g. --classes "chair, table, plant" (commas or
+    separate words): the teachers' relevancy, the labels of the exported cloud and the detector's vocabulary. Kept
+    in RUN/config.toml. Without any, the run keeps its CLIP feature field and answers free-text queries only."""
 
     # scene space
     contraction: Literal["auto", "none", "sphere", "cube"] = "auto"

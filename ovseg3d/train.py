@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ovseg3d import accel
 from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, for_unbounded, read_toml, write_toml
 from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
-from ovseg3d.data.loader import load_scene
+from ovseg3d.data.loader import load_scene, parse_classes
 from ovseg3d.data.scene import GIVEN_BOUNDS, Scene, SceneError, check_poses
 from ovseg3d.depth_prior import DepthPrior, depth_prior, prior_loss, prior_rays
 from ovseg3d.errors import UsageError
@@ -69,7 +69,13 @@ def scene_of(cfg: TrainConfig) -> Scene:
     """The scene of a train config, loaded at its training size; poses that no training can use (a rotation
     of all zeros, near >= far) are a one-line error naming the pose file."""
     scene = load_scene(
-        cfg.scene, cfg.downscale, cfg.train_on_annotated, cfg.holdout_every, cfg.max_long_side, cfg.colmap_model
+        cfg.scene,
+        cfg.downscale,
+        cfg.train_on_annotated,
+        cfg.holdout_every,
+        cfg.max_long_side,
+        cfg.colmap_model,
+        cfg.classes,
     )
     check_poses(scene, f"the COLMAP model {cfg.colmap_model}" if cfg.colmap_model is not None else None)
     return scene
@@ -689,6 +695,7 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
         cfg = _resumed_config(cfg, run)
         check_scene(run, resume=True)
     device = resolve_device(cfg.device)
+    cfg = dataclasses.replace(cfg, classes=tuple(parse_classes(cfg.classes)))
     scene = scene_of(cfg)
     if cfg.teachers.kind == "auto":
         from ovseg3d.teachers.extract import resolve_kind

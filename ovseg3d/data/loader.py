@@ -21,6 +21,7 @@ returned half loaded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -318,6 +319,30 @@ def _load_images(root: Path, fmt: str, views: _Views, k: int) -> tuple[np.ndarra
 # ---------------------------------------------------------------------------------------- ground truth
 
 
+def parse_classes(given: Sequence[str]) -> list[str]:
+    """Class names as a user gives them (``--classes "chair, table" plant``): split at commas, stripped, empty and
+    repeated names dropped, in order."""
+    names: list[str] = []
+    for item in given:
+        for name in item.split(","):
+            name = " ".join(name.split())
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
+def scene_classes(root: Path, given: Sequence[str]) -> list[str]:
+    """The classes of the scene at ``root``: its ``segmentations/classes.txt``, or ``given`` (``--classes``) where it
+    has none. Both, naming different classes, are a :class:`SceneError` (the file's masks are indexed by its list)."""
+    listed, names = read_classes(root), parse_classes(given)
+    if listed and names and names != listed:
+        raise SceneError(
+            f"{root / 'segmentations' / 'classes.txt'} names the classes {', '.join(listed)}; --classes gives "
+            f"{', '.join(names)}: drop --classes (or edit the file)"
+        )
+    return listed or names
+
+
 def read_classes(root: Path) -> list[str]:
     """Lines of ``segmentations/classes.txt`` (stripped, empty lines skipped); ``[]`` if absent."""
     path = root / "segmentations" / "classes.txt"
@@ -568,6 +593,7 @@ def load_scene(
     holdout_every: int = 8,
     max_long_side: int = 0,
     colmap_model: str | Path | None = None,
+    classes: Sequence[str] = (),
 ) -> Scene:
     """Load a scene folder (format detected from its files).
 
@@ -580,6 +606,7 @@ def load_scene(
         holdout_every: without 3D-OVS masks, hold out views with ``i % holdout_every == 0``.
         max_long_side: with ``downscale`` 0, the longest image side in pixels (0 = full size).
         colmap_model: a COLMAP model folder to use instead of the one found under ``root``.
+        classes: class names for a scene without ``segmentations/classes.txt`` (:func:`scene_classes`).
 
     Raises:
         SceneError: any problem with the input (one line naming the file).
@@ -598,7 +625,7 @@ def load_scene(
     views = _read_views(root, fmt, model_dir)
     paths, width, height = views.image_paths, views.cameras.width, views.cameras.height
 
-    classes = read_classes(root)
+    classes = scene_classes(root, classes)
     seg_files = _segmentation_files(root, classes, len(paths))
     segs = {v: _read_masks(f, len(classes), paths[v], width, height) for v, f in seg_files.items()}
     labels = _read_labels(_index_map_files(root / "labels", paths), classes, paths, width, height)

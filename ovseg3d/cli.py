@@ -627,7 +627,7 @@ def cmd_batch(args: list[str]) -> int:
     return 0 if all(r.status == "done" for r in results) else 1
 
 
-RUN_USAGE = "ovseg3d run INPUT --output RUN [--classes \"chair, table\"] [--view] [train options]"
+RUN_USAGE = 'ovseg3d run INPUT --output RUN [--classes "chair, table"] [--view] [train options]'
 RUN_HELP = f"""usage: {RUN_USAGE}
 
 From photos or a video to a text-queryable 3D scene, every stage in order: prepare (INPUT is a folder of photos or

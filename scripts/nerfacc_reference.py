@@ -188,7 +188,9 @@ def load_examples(device: str = "cuda") -> SimpleNamespace:
     With ``device="cpu"`` tinycudann is :func:`install_torch_tcnn`'s stand-in.
     """
     if device == "cuda" and not torch.cuda.is_available():
-        fail("CUDA is not available: nerfacc's examples with tinycudann run on a GPU only (--device cpu: torch modules)")
+        fail(
+            "CUDA is not available: nerfacc's examples with tinycudann run on a GPU only (--device cpu: torch modules)"
+        )
     if not (NERFACC_SRC / "examples" / "utils.py").is_file():
         fail(
             f"{NERFACC_SRC}/examples/utils.py not found: run `bash scripts/gpu_session.sh nerfacc-src` and carry .nerfacc"
@@ -496,7 +498,9 @@ class PropMethod:
         params = [p for net in self.proposal_networks for p in net.parameters()]
         prop_optimizer = torch.optim.Adam(params, lr=1e-2, eps=1e-15, weight_decay=0.0)
         self.estimator = ex.PropNetEstimator(prop_optimizer, time_scheduler(prop_optimizer, progress)).to(device)
-        self.grad_scaler = torch.amp.GradScaler(device.type, 2**10)  # = torch.cuda.amp.GradScaler(2**10), not deprecated
+        self.grad_scaler = torch.amp.GradScaler(
+            device.type, 2**10
+        )  # = torch.cuda.amp.GradScaler(2**10), not deprecated
         self.radiance_field = ex.NGPRadianceField(aabb=aabb, unbounded=True).to(device)
         self.optimizer = torch.optim.Adam(self.radiance_field.parameters(), lr=1e-2, eps=1e-15, weight_decay=0.0)
         self.scheduler = time_scheduler(self.optimizer, progress)
@@ -693,7 +697,9 @@ def main() -> None:
     height, width = views.images.shape[1:3]
     print(f"{args.scene}: {len(views.train_ids)} training, {len(views.eval_ids)} held-out views, {width}x{height}")
     report = {
-        "machine": torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads",
+        "machine": torch.cuda.get_device_name(0)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads",
         "tinycudann": "torch stand-in (ovseg3d's hash grid, fp32 MLPs)" if device.type == "cpu" else "tinycudann",
         "torch": torch.__version__,
         "nerfacc": nerfacc.__version__,

@@ -83,7 +83,7 @@ def test_an_unknown_key_in_a_presets_unbounded_table_is_a_config_error(tmp_path,
     import ovseg3d.config as config
 
     bad = tmp_path / "bad.toml"
-    bad.write_text('steps = 3\n[unbounded]\nno_such_key = 1\n')
+    bad.write_text("steps = 3\n[unbounded]\nno_such_key = 1\n")
     monkeypatch.setattr(config, "preset_path", lambda name: bad)
     with pytest.raises(ConfigError, match=r"\[unbounded\]: unknown config key\(s\) no_such_key"):
         resolve_base("bad", None)

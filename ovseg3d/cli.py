@@ -107,6 +107,9 @@ class ExportArgs:
     run: Path
     """Run folder written by ovseg3d train (with --teacher synthetic|clip)."""
     options: Annotated[ExportOptions, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=ExportOptions)
+    classes: tuple[str, ...] = ()
+    """Class names to label the points with, for a run trained without any (no segmentations/classes.txt, no
+    train --classes), read from its CLIP feature field: e.g. "chair, table, plant". A run with classes keeps its own."""
     output: Path | None = None
     """Folder for the files (default RUN/export)."""
     device: str = "auto"
@@ -488,7 +491,7 @@ def cmd_export(args: list[str]) -> int:
     from ovseg3d.run import allow_changed_scene
 
     with allow_changed_scene(a.force):
-        cloud = extract_cloud(a.run, a.options, a.device)
+        cloud = extract_cloud(a.run, a.options, a.device, classes=a.classes)
     paths = write_export(cloud, out, a.run, a.options)
     counts = ", ".join(
         f"{c} {int((cloud.label == i).sum())}" for i, c in enumerate(cloud.classes) if (cloud.label == i).any()

@@ -27,6 +27,7 @@ import json
 import shutil
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -415,13 +416,15 @@ def point_semantics(
     text_encoder,
     keep_features: bool,
     chunk: int,  # noqa: ANN001
+    text: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
     """Class probabilities ``[P, C]``, relevancy per query ``[P]`` and (optionally) unit CLIP features ``[P, D]``
-    decoded from the points' semantic latents ``[P, L]``."""
+    decoded from the points' semantic latents ``[P, L]``. ``text``: ``[C, D]`` the classes' embeddings (default:
+    the scene's, from the teachers' cache)."""
     from ovseg3d.teachers.relevancy import CANONICAL_NEGATIVES, query_relevancy
 
     distiller.field.eval()
-    text = distiller.space.text
+    text = distiller.space.text if text is None else text
     temperature = distiller.cfg.rda_field_temperature
     q_emb = neg = None
     if queries:
@@ -443,8 +446,15 @@ def point_semantics(
     )
 
 
-def extract_cloud(run: Path, opts: ExportOptions, device_name: str = "auto", log=print) -> LabelledCloud:  # noqa: ANN001
-    """The labelled point cloud of a run with a semantic field (see the module docstring)."""
+def extract_cloud(
+    run: Path,
+    opts: ExportOptions,
+    device_name: str = "auto",
+    log=print,  # noqa: ANN001
+    classes: Sequence[str] = (),
+) -> LabelledCloud:
+    """The labelled point cloud of a run with a semantic field (see the module docstring). ``classes``: names to
+    label it with, read from its CLIP feature field, for a run trained without any."""
     from ovseg3d.distill import load_distiller
     from ovseg3d.run import latest_checkpoint, load_checkpoint
     from ovseg3d.teachers.extract import text_encoder
@@ -456,7 +466,18 @@ def extract_cloud(run: Path, opts: ExportOptions, device_name: str = "auto", log
         raise UsageError(
             f"{run} has no semantic field (trained with --teacher none): train with --teacher synthetic|clip to export"
         )
-    classes = list(trainer.scene.classes)
+    from ovseg3d.data.loader import parse_classes
+
+    names, given = list(trainer.scene.classes), parse_classes(classes)
+    if names and given and given != names:
+        raise UsageError(
+            f"{run} was trained with the classes {', '.join(names)}; --classes gives {', '.join(given)}: drop "
+            "--classes (or train with them)"
+        )
+    text = None
+    if given and not names:
+        names = given
+        text = text_encoder(trainer.cfg.teachers, trainer.device).encode_text(names).float().to(trainer.device)
     xyz, rgb, n_views, latent, relaxed = surface_points(trainer, opts, distiller, log)
     if len(xyz) == 0:
         raise UsageError(
@@ -465,7 +486,7 @@ def extract_cloud(run: Path, opts: ExportOptions, device_name: str = "auto", log
             "--min-views, or train longer"
         )
     encoder = text_encoder(trainer.cfg.teachers, trainer.device) if opts.queries else None
-    probs, rel, feats = point_semantics(distiller, latent, opts.queries, encoder, opts.features, opts.chunk)
+    probs, rel, feats = point_semantics(distiller, latent, opts.queries, encoder, opts.features, opts.chunk, text)
     if probs.shape[1]:
         confidence, label = probs.max(-1)
     else:
@@ -479,7 +500,7 @@ def extract_cloud(run: Path, opts: ExportOptions, device_name: str = "auto", log
         probs=probs.cpu().numpy().astype(np.float16),
         relevancy={q: v.cpu().numpy().astype(np.float32) for q, v in rel.items()},
         feature=feats.cpu().numpy() if feats is not None else None,
-        classes=classes,
+        classes=names,
         voxel_size=opts.spacing * trainer.diag,
         relaxed=relaxed,
     )

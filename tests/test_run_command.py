@@ -65,6 +65,10 @@ def test_run_labels_and_detects_the_given_classes_and_a_second_run_redoes_nothin
     stamp = (run / "export" / "points.npz").stat().st_mtime_ns
     assert main(["run", str(scene), "--output", str(run), "--classes", "chair, table", *options]) == 0
     assert (run / "export" / "points.npz").stat().st_mtime_ns == stamp  # every stage was current
+    capsys.readouterr()
+    assert main(["export", str(run), "--classes", "mug", "--device", "cpu", "--output", str(root / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was trained with the classes chair, table" in err
 
 
 def test_run_without_classes_keeps_the_feature_field_and_says_so(plain, capsys):
@@ -75,6 +79,16 @@ def test_run_without_classes_keeps_the_feature_field_and_says_so(plain, capsys):
     assert "no classes" in said.out + said.err and "free-text queries" in said.out + said.err
     assert not (run / "detections.json").exists()
     assert "feature" in np.load(run / "export" / "points.npz")
+    # named afterwards: detect labels the points from their CLIP features; export reads the feature field
+    assert main(["detect", str(run), "--classes", "chair, table", "--device", "cpu"]) == 0
+    said = capsys.readouterr()
+    assert "labelled chair, table from their CLIP features" in said.out + said.err
+    assert (run / "detections.json").exists()
+    assert main(["export", str(run), "--classes", "chair, table", "--device", "cpu"]) == 0
+    cloud = json.loads((run / "export" / "points.json").read_text())
+    assert cloud["classes"] == ["chair", "table"]
+    labels = np.load(run / "export" / "points.npz")["label"]
+    assert labels.min() >= 0 and labels.max() <= 1
 
 
 def test_run_refuses_what_it_cannot_use_in_one_line(plain, tmp_path, capsys):

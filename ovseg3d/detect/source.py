@@ -94,6 +94,33 @@ def opencv_c2w(c2w: np.ndarray) -> np.ndarray:
     return out
 
 
+FEATURE_LABEL_TEMPERATURE = 0.05
+"""Temperature of ``softmax(cos(feature, text) / T)`` labelling a cloud from its features (the distillation's RDA
+field temperature, which its features were trained at)."""
+
+
+def label_from_features(cloud: LabelledCloud, classes: list[str], text, device: torch.device) -> LabelledCloud:  # noqa: ANN001
+    """``cloud`` (without classes, with CLIP features) labelled with ``classes`` by its features against their text
+    embeddings: probabilities, the most probable class and its probability per point."""
+    import dataclasses
+
+    from ovseg3d.data.loader import parse_classes
+    from ovseg3d.losses import class_probabilities
+
+    names = parse_classes(classes)
+    emb = text.encode_text(names).float().to(device)
+    feats = torch.from_numpy(cloud.feature.astype(np.float32)).to(device)
+    probs = torch.cat([class_probabilities(f, emb, FEATURE_LABEL_TEMPERATURE) for f in feats.split(1 << 15)])
+    confidence, label = probs.max(-1) if len(probs) else (probs.new_zeros(0), probs.new_zeros(0, dtype=torch.long))
+    return dataclasses.replace(
+        cloud,
+        classes=names,
+        label=label.cpu().numpy().astype(np.int32),
+        confidence=confidence.cpu().numpy().astype(np.float32),
+        probs=probs.cpu().numpy().astype(np.float16),
+    )
+
+
 def run_detect(
     path: Path,
     opts: DetectOptions,
@@ -118,7 +145,11 @@ def run_detect(
             depth = DepthMapClassifier(encoder) if opts.depth_classifier else None
             render = render_classifier(src, encoder, hint, device) if opts.render_classifier else None
     level = src.c2w[:, :, 0] if src.c2w is not None else None
-    result = detect(src.cloud, opts, src.text, depth, hint, log, render, level=level)
+    cloud = src.cloud
+    if opts.classes and not cloud.classes and cloud.feature is not None and src.text is not None:
+        cloud = label_from_features(cloud, opts.classes, src.text, device)
+        log(f"the cloud had no classes: its {len(cloud)} points labelled {', '.join(cloud.classes)} from their CLIP features")
+    result = detect(cloud, opts, src.text, depth, hint, log, render, level=level)
     extra: dict[int, dict[str, float]] = {}
     if view is not None:
         if src.c2w is None or not 0 <= view < len(src.c2w):

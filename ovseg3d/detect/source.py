@@ -148,7 +148,9 @@ def run_detect(
     cloud = src.cloud
     if opts.classes and not cloud.classes and cloud.feature is not None and src.text is not None:
         cloud = label_from_features(cloud, opts.classes, src.text, device)
-        log(f"the cloud had no classes: its {len(cloud)} points labelled {', '.join(cloud.classes)} from their CLIP features")
+        log(
+            f"the cloud had no classes: its {len(cloud)} points labelled {', '.join(cloud.classes)} from their CLIP features"
+        )
     result = detect(cloud, opts, src.text, depth, hint, log, render, level=level)
     extra: dict[int, dict[str, float]] = {}
     if view is not None:

@@ -123,8 +123,9 @@ class ExportArgs:
 class ViewArgs:
     """Open a run in the browser (viser): its labelled point cloud coloured by rgb, class or the relevancy of a
     free-text query typed in the panel, a class legend with toggles, the training cameras, and renders of the
-    field from the browser's camera. Reads RUN/export/points.npz when it has features (ovseg3d export
-    --features), else extracts the cloud first."""
+    field from the browser's camera. Shows RUN/export/points.npz at once; an export without CLIP features (ovseg3d
+    export without --features) answers queries after 'compute features' in the panel; a run with no export yet
+    has its cloud extracted first, with features (ovseg3d run exports with them)."""
 
     run: Path
     """Run folder written by ovseg3d train (with --teacher synthetic|clip)."""
@@ -555,7 +556,7 @@ def cmd_view(args: list[str]) -> int:
     with allow_changed_scene(a.force):
         queries, trainer, distiller = load_queries(a.run, a.max_points, a.device)
     size = a.point_size or point_size(queries.cloud)
-    viewer = Viewer(queries, trainer, distiller, a.host, a.port, size, a.run)
+    viewer = Viewer(queries, trainer, distiller, a.host, a.port, size, a.run, a.max_points)
     port = viewer.server.get_port()
     url_host = "localhost" if is_loopback(a.host) or a.host in ("0.0.0.0", "::", "") else a.host
     print(f"ovseg3d view: {len(queries.cloud)} points of {a.run} at http://{url_host}:{port} (Ctrl-C stops)")

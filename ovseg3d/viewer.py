@@ -36,25 +36,36 @@ COLOUR_MODES = ("rgb", "label", "relevancy")
 
 @dataclass
 class CloudQueries:
-    """A labelled cloud with one unit CLIP feature per point ``features [P, D]`` (float32), and the text
-    encoder of the run's teacher for free-text queries."""
+    """A labelled cloud with one unit CLIP feature per point ``features [P, D]`` (float32; ``None`` for an export
+    made without them: the cloud is shown, queries wait for :meth:`set_features`), and the text encoder of the
+    run's teacher for free-text queries."""
 
     cloud: LabelledCloud
-    features: Tensor
+    features: Tensor | None
     text_encoder: object
+    device: torch.device | str = "cpu"
 
     def __post_init__(self) -> None:
         self.negatives = self.encode(list(CANONICAL_NEGATIVES))
 
+    def set_features(self, cloud: LabelledCloud) -> None:
+        """Take ``cloud`` (the same run's export, with features) as the cloud to show and to query."""
+        if cloud.feature is None:
+            raise UsageError("the cloud has no features")
+        self.cloud = cloud
+        self.features = F.normalize(torch.from_numpy(cloud.feature.astype(np.float32)), dim=-1).to(self.device)
+
     def encode(self, texts: list[str]) -> Tensor:
         """``[T, D]`` unit text embeddings."""
-        emb = self.text_encoder.encode_text(texts).float().to(self.features.device)  # type: ignore[attr-defined]
+        emb = self.text_encoder.encode_text(texts).float().to(self.device)  # type: ignore[attr-defined]
         return F.normalize(emb, dim=-1)
 
     def relevancy(self, query: str) -> np.ndarray:
         """``[P]`` LERF relevancy of ``query`` in [0, 1] (0.5: no more the query than the closest negative)."""
         if not query.strip():
             raise UsageError("empty query: type a few words, e.g. 'mug'")
+        if self.features is None:
+            raise UsageError("this export has no CLIP features: press 'compute features' to answer queries")
         cos = self.features @ torch.cat([self.encode([query]), self.negatives]).T  # unit features: [P, 1 + K]
         return relevancy_from_cosines(cos[:, :1], cos[:, 1:]).cpu().numpy()
 
@@ -96,14 +107,58 @@ def load_queries(run: Path, max_points: int, device_name: str = "cpu", log=print
         raise UsageError(f"{run} has no semantic field (trained with --teacher none): nothing to query")
     npz = run / "export" / "points.npz"
     cloud = load_export(npz) if npz.exists() else None
-    if cloud is None or cloud.feature is None:
-        log(f"extracting the point cloud of {run} (ovseg3d export --features keeps it for next time)")
+    if cloud is None:  # nothing to show yet: the cloud has to be made first, with the features for queries
+        n = len(trainer.scene.train_ids)
+        log(
+            f"{run} has no export yet: extracting its cloud with features now ({n} views rendered; ovseg3d export "
+            "--features keeps it for next time)"
+        )
         cloud = extract_cloud(run, ExportOptions(features=True), device_name, log)
-    if len(cloud) > max_points:
-        keep = np.sort(np.random.default_rng(0).choice(len(cloud), max_points, replace=False))
-        cloud = cloud.subset(keep)
-    features = F.normalize(torch.from_numpy(cloud.feature.astype(np.float32)), dim=-1).to(trainer.device)
-    return CloudQueries(cloud, features, text_encoder(trainer.cfg.teachers, trainer.device)), trainer, distiller
+    elif cloud.feature is None:
+        log(
+            f"{npz} has no CLIP features: the cloud is shown as it is; 'compute features' in the panel makes them "
+            f"({len(trainer.scene.train_ids)} views rendered) for free-text queries"
+        )
+    queries = CloudQueries(
+        limit_points(cloud, max_points), None, text_encoder(trainer.cfg.teachers, trainer.device), trainer.device
+    )
+    if cloud.feature is not None:
+        queries.set_features(queries.cloud)
+    return queries, trainer, distiller
+
+
+def limit_points(cloud: LabelledCloud, max_points: int) -> LabelledCloud:
+    """At most ``max_points`` of ``cloud``: a random subset (the same one each time), in order."""
+    if len(cloud) <= max_points:
+        return cloud
+    keep = np.sort(np.random.default_rng(0).choice(len(cloud), max_points, replace=False))
+    return cloud.subset(keep)
+
+
+def relevant_text(query: str, relevancy: np.ndarray) -> str:
+    """What a query's colours show, in words that mean what they say: how many points rate the query above every
+    canonical negative (LERF's relevancy over 0.5), and where the most relevant hundredth of them starts."""
+    if len(relevancy) == 0:
+        return f"'{query}': no points"
+    above = int((relevancy > 0.5).sum())
+    top = float(np.quantile(relevancy, 0.99))
+    return (
+        f"'{query}': {above} of {len(relevancy)} points rate it above every negative (relevancy > 0.5); "
+        f"the top 1 % from {top:.2f}"
+    )
+
+
+def frustum_scale(c2w: np.ndarray, diag: float) -> float:
+    """The size to draw camera frustums at: a third of the median distance between neighbouring cameras (so they
+    do not cover each other or the scene), at most 1.5 % of the scene box's diagonal."""
+    pos = np.asarray(c2w, dtype=np.float64)[:, :3, 3]
+    cap = 0.015 * diag
+    if len(pos) < 2:
+        return cap
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    gap = float(np.median(d.min(axis=1)))
+    return min(cap, gap / 3.0) if gap > 0 else cap
 
 
 def is_loopback(host: str) -> bool:
@@ -278,10 +333,12 @@ class Viewer:
         port: int,
         point_size: float,
         run: Path | None = None,
+        max_points: int = 200_000,
     ):
         import viser
 
         self.q, self.trainer, self.distiller = queries, trainer, distiller
+        self.run, self.max_points = run, max_points
         self.mode = "label" if queries.cloud.classes else "rgb"
         self.query, self.rel, self.hidden = "", None, set()
         self.last_query_ms = 0.0
@@ -297,10 +354,20 @@ class Viewer:
         self.mode_box = gui.add_dropdown("colour by", COLOUR_MODES, initial_value=self.mode)
         self.query_box = gui.add_text("query", "", hint="free text, e.g. 'mug' or 'something to read'")
         self.status = gui.add_markdown(f"{len(queries.cloud)} points")
+        self.features_button = self.features_progress = None
+        if queries.features is None and run is not None:
+            n = len(trainer.scene.train_ids)
+            self.features_button = gui.add_button(
+                "compute features",
+                hint=f"for free-text queries: renders the {n} training views again and writes RUN/export with features",
+            )
+            self.features_progress = gui.add_progress_bar(0.0, visible=False, animated=True)
         self.size = gui.add_slider("point size", *size_slider(point_size), point_size)
+        self.show_cameras = gui.add_checkbox("training cameras", True)
         with gui.add_folder("classes"):
-            self.legend = gui.add_html(self._legend_html())
-            self.toggles = {c: gui.add_checkbox(c, True) for c in queries.cloud.classes}
+            self.legend = gui.add_html(self._legend_html())  # colour, name and points of each class, once
+            with gui.add_folder("hide classes", expand_by_default=False):
+                self.toggles = {c: gui.add_checkbox(c, True) for c in queries.cloud.classes}
         with gui.add_folder("render this view"):
             self.render_kind = gui.add_dropdown("image", ("rgb", "segmentation", "relevancy"), initial_value="rgb")
             self.render_rows = gui.add_slider("rows", 60, 480, 20, 120)
@@ -315,13 +382,46 @@ class Viewer:
         for name, box in self.toggles.items():
             box.on_update(lambda _, n=name, b=box: self.set_hidden(n, not b.value))
         self.render_button.on_click(lambda event: self._render_for(event.client))
+        self.show_cameras.on_update(lambda _: self._set_cameras_visible(bool(self.show_cameras.value)))
+        if self.features_button is not None:
+            self.features_button.on_click(lambda _: self.compute_features())
         self.clear_button.on_click(lambda event: event.client.scene.set_background_image(None))
 
     # -- what the panel does ---------------------------------------------------------------------------
+    def compute_features(self) -> None:
+        """Export the run's cloud again with CLIP features (``RUN/export``), show it and answer queries on it."""
+        from ovseg3d.export import ExportOptions, extract_cloud, write_export
+
+        if self.run is None or self.features_button is None or self.features_progress is None:
+            return
+        self.features_button.disabled = True
+        self.features_progress.visible = True
+        self.status.content = "computing the features (rendering the training views)..."
+        try:
+            cloud = extract_cloud(self.run, ExportOptions(features=True), str(self.trainer.device), log=lambda _: None)
+            write_export(cloud, self.run / "export", self.run, ExportOptions(features=True))
+        except (ValueError, OSError) as exc:
+            self.status.content = f"features not computed: {exc}"
+            self.features_button.disabled = False
+            return
+        finally:
+            self.features_progress.visible = False
+        self.q.set_features(limit_points(cloud, self.max_points))
+        self.features_button.visible = False
+        self.legend.content = self._legend_html()
+        self._refresh()
+
+    def _set_cameras_visible(self, visible: bool) -> None:
+        for frustum in self.frustums:
+            frustum.visible = visible
+
     def set_query(self, text: str) -> None:
         if not text.strip():
             self.query, self.rel = "", None
             self.set_mode("label" if self.q.cloud.classes else "rgb")
+            return
+        if self.q.features is None:
+            self.status.content = "no features in this export yet: press 'compute features' to ask queries"
             return
         start = time.perf_counter()
         self.rel = self.q.relevancy(text)
@@ -348,9 +448,9 @@ class Viewer:
         with self.server.atomic():
             self.points.points = self.q.cloud.xyz[keep]
             self.points.colors = colours[keep]
-        text = f"{int(keep.sum())} of {len(keep)} points"
-        if self.mode == "relevancy":
-            text += f"; '{self.query}': {int((self.rel[keep] > 0.5).sum())} relevant ({self.last_query_ms:.0f} ms)"
+        text = f"{int(keep.sum())} of {len(keep)} points shown"
+        if self.mode == "relevancy" and self.rel is not None:
+            text += f"; {relevant_text(self.query, self.rel[keep])} ({self.last_query_ms:.0f} ms)"
         self.status.content = text
 
     # -- rendering from the browser's camera ------------------------------------------------------------
@@ -391,10 +491,11 @@ class Viewer:
         scene = self.trainer.scene
         cams = scene.cameras
         fov = 2.0 * math.atan(0.5 * cams.height / float(cams.fy[0]))
-        scale = 0.015 * self.trainer.diag
+        scale = frustum_scale(cams.c2w[scene.train_ids].double().numpy(), self.trainer.diag)
+        self.frustums = []
         for i in scene.train_ids:
             c2w_cv = opencv_to_opengl(cams.c2w[i].double().numpy())  # the flip is its own inverse
-            self.server.scene.add_camera_frustum(
+            frustum = self.server.scene.add_camera_frustum(
                 f"/cameras/{i:03d}",
                 fov=fov,
                 aspect=cams.width / cams.height,
@@ -402,9 +503,10 @@ class Viewer:
                 wxyz=matrix_to_quaternion(c2w_cv[:, :3]),
                 position=c2w_cv[:, 3],
                 color=(120, 120, 120),
-                thickness=1.5,
+                thickness=1.0,
                 thickness_units="screen",
             )
+            self.frustums.append(frustum)
 
     def _place_camera(self) -> None:
         """The first view is a training camera's, the one that sees the most of the cloud (:func:`start_view`);

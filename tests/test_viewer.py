@@ -1,6 +1,7 @@
 """The viewer: queries over the cloud, and the viser server driven headlessly by a websocket client that speaks
 viser's wire protocol (pinned by the installed viser version: the server rejects other client versions)."""
 
+import dataclasses
 import io
 import json
 import socket
@@ -247,3 +248,49 @@ def test_the_point_size_slider_holds_the_size_in_any_unit(size):
     lo, hi, step = size_slider(size)
     assert lo <= size <= hi and 0 < step <= lo
     assert hi >= 4.9 * size and lo <= size / 5
+
+
+def test_the_relevant_count_says_what_it_counts():
+    from ovseg3d.viewer import relevant_text
+
+    rel = np.array([0.2, 0.45, 0.51, 0.6, 0.9])
+    said = relevant_text("vase", rel)
+    assert "3 of 5 points rate it above every negative (relevancy > 0.5)" in said and "'vase'" in said
+    assert "no points" in relevant_text("vase", np.zeros(0))
+
+
+def test_camera_frustums_are_sized_by_the_cameras_spacing_and_the_scene():
+    from ovseg3d.viewer import frustum_scale
+
+    c2w = np.tile(np.eye(4)[:3], (4, 1, 1))
+    c2w[:, 0, 3] = [0.0, 0.3, 0.6, 0.9]  # cameras 0.3 apart
+    assert frustum_scale(c2w, diag=100.0) == pytest.approx(0.1)
+    assert frustum_scale(c2w, diag=2.0) == pytest.approx(0.03)  # a small scene: 1.5 % of its diagonal
+    assert frustum_scale(c2w[:1], diag=2.0) == pytest.approx(0.03)
+
+
+def test_an_export_without_features_is_shown_at_once_and_features_come_on_request(exported, copy_run):
+    from ovseg3d.export import ExportOptions, load_export, write_export
+    from ovseg3d.viewer import Viewer
+
+    run = copy_run(exported[1])
+    cloud = load_export(run / "export" / "points.npz")
+    write_export(dataclasses.replace(cloud, feature=None), run / "export", run, ExportOptions())
+    said: list[str] = []
+    queries, trainer, distiller = load_queries(run, max_points=3000, device_name="cpu", log=said.append)
+    assert queries.features is None and len(queries.cloud) == min(3000, len(cloud))  # nothing extracted
+    assert any("no CLIP features" in line and "compute features" in line for line in said)
+    with pytest.raises(ValueError, match="compute features"):
+        queries.relevancy("mug")
+    v = Viewer(queries, trainer, distiller, "127.0.0.1", _free_port(), 0.01, run, max_points=3000)
+    try:
+        v.set_query("mug")  # no features yet: a status line, no exception
+        assert "compute features" in v.status.content and v.rel is None
+        v.compute_features()
+        assert v.q.features is not None and load_export(run / "export" / "points.npz").feature is not None
+        v.set_query("mug")
+        assert v.rel is not None and "rate it above every negative" in v.status.content
+        v._set_cameras_visible(False)
+        assert not any(f.visible for f in v.frustums)
+    finally:
+        v.stop()

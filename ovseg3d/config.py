@@ -98,7 +98,7 @@ class TrainConfig:
     (mip-NeRF 360, nerfacto). 'auto' is the grid: on 2 CPU cores, with the unbounded field's clear-air start
     (init_optical_depth), it beat the proposals at equal time on an outdoor scene from another generator, a
     generated one and instant-ngp's fox (the grid's steps are cheaper on a CPU). On a GPU the proposals won on
-    mip-NeRF 360's bonsai (H100, 30 s: +1.8 dB), so the gpu preset's [unbounded] table sets 'proposal'.
+    mip-NeRF 360's bonsai (H100, 30 s: +1.8 dB), so the gpu preset's [unbounded] table sets 'proposal'."""
     proposal_samples: tuple[int, ...] = (64, 32)
     """Intervals per ray evaluated by each proposal network, in order (one network per entry)."""
     proposal_field_samples: int = 24

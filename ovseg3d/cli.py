@@ -703,7 +703,10 @@ def cmd_run(args: list[str]) -> int:
     stages = ["teachers", "geometry", "distill", "export", "detect"]
     from ovseg3d.data.loader import scene_classes
 
-    if not scene_classes(scene, cfg.classes):
+    if cfg.teachers.kind == "none":
+        stages = ["geometry"]
+        tqdm.write("ovseg3d run: --teacher none: the radiance field alone (no semantic field, cloud or boxes)")
+    elif not scene_classes(scene, cfg.classes):
         stages.remove("detect")
         tqdm.write(
             "ovseg3d run: no classes (--classes or the scene's segmentations/classes.txt): the run keeps its CLIP "
@@ -713,9 +716,12 @@ def cmd_run(args: list[str]) -> int:
     seconds.update(result.seconds)
     seconds["total"] = round(time.perf_counter() - started, 3)
     print("stage      seconds" + "".join(f"\n{k:<10} {v:>7.1f}" for k, v in seconds.items()))
-    outputs = [run / "export" / "points.ply", run / "detections.json", run / "renders"]
-    print("outputs: " + ", ".join(str(p) for p in outputs if p.exists()))
-    print(f"next: ovseg3d view {run}    (ovseg3d eval {run}: the held-out views' PSNR)")
+    outputs = [str(p) for p in (run / "export" / "points.ply", run / "detections.json", run / "renders") if p.exists()]
+    print(f"outputs in {run}: " + (", ".join(outputs) or "the field's checkpoints"))
+    if (run / "export" / "points.npz").exists():
+        print(f"next: ovseg3d view {run}    (ovseg3d eval {run}: the held-out views' PSNR)")
+    else:
+        print(f"next: ovseg3d eval {run}    (the held-out views' PSNR)")
     if known.view:
         return cmd_view([str(run)])
     return 0

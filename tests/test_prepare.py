@@ -212,3 +212,16 @@ def test_sequential_pairs_close_the_loop_and_exhaustive_pairs_are_all():
     assert (0, 5) in pairs and (0, 6) not in pairs  # neighbours
     assert (0, 99) in pairs  # the last frame meets the first: a loop
     assert len(pairs) < 100 * 5 + 45
+
+
+def test_run_prepares_a_folder_of_photos_into_the_run_then_trains_on_it(rendered, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["run", str(rendered / "images"), "--output", str(run), "--preset", "tiny", "--teacher", "none"]
+    assert main([*args, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert (run / "scene" / "sparse" / "0").is_dir() and (run / "config.toml").exists()
+    assert any(line.split()[:1] == ["prepare"] for line in out.splitlines())
+    assert f"next: ovseg3d eval {run}" in out  # no semantic field: no viewer to offer
+    assert main([*args, "--device", "cpu"]) == 0  # again: the scene is kept, nothing is redone
+    said = capsys.readouterr()
+    assert "is prepared already" in said.out + said.err

@@ -251,7 +251,7 @@ def test_the_viewer_is_private_unless_shared(monkeypatch, tmp_path, capsys, host
     seen = {}
 
     class FakeViewer:
-        def __init__(self, queries, trainer, distiller, host, port, size, run):
+        def __init__(self, queries, trainer, distiller, host, port, size, run, max_points):
             seen["host"], self.server = host, _FakeServer()
 
         def stop(self) -> None:

@@ -474,10 +474,9 @@ def extract_cloud(
             f"{run} was trained with the classes {', '.join(names)}; --classes gives {', '.join(given)}: drop "
             "--classes (or train with them)"
         )
-    text = None
-    if given and not names:
+    named_here = bool(given) and not names  # classes read from the feature field: their text embeddings are needed
+    if named_here:
         names = given
-        text = text_encoder(trainer.cfg.teachers, trainer.device).encode_text(names).float().to(trainer.device)
     xyz, rgb, n_views, latent, relaxed = surface_points(trainer, opts, distiller, log)
     if len(xyz) == 0:
         raise UsageError(
@@ -485,7 +484,8 @@ def extract_cloud(
             f"{opts.min_agreeing}+ other views in {opts.min_views}+ views); lower --min-opacity, --min-agreeing or "
             "--min-views, or train longer"
         )
-    encoder = text_encoder(trainer.cfg.teachers, trainer.device) if opts.queries else None
+    encoder = text_encoder(trainer.cfg.teachers, trainer.device) if opts.queries or named_here else None
+    text = encoder.encode_text(names).float().to(trainer.device) if named_here else None
     probs, rel, feats = point_semantics(distiller, latent, opts.queries, encoder, opts.features, opts.chunk, text)
     if probs.shape[1]:
         confidence, label = probs.max(-1)

@@ -111,7 +111,7 @@ def label_from_features(cloud: LabelledCloud, classes: list[str], text, device: 
     emb = text.encode_text(names).float().to(device)
     feats = torch.from_numpy(cloud.feature.astype(np.float32)).to(device)
     probs = torch.cat([class_probabilities(f, emb, FEATURE_LABEL_TEMPERATURE) for f in feats.split(1 << 15)])
-    confidence, label = probs.max(-1) if len(probs) else (probs.new_zeros(0), probs.new_zeros(0, dtype=torch.long))
+    confidence, label = probs.max(-1)
     return dataclasses.replace(
         cloud,
         classes=names,

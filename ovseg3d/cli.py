@@ -476,6 +476,7 @@ def _check_export_options(o: ExportOptions) -> None:
     _at_least("relax-below", o.relax_below, 0, " (0: never relax the thresholds)")
     _at_least("view-stride", o.view_stride, 1)
     _at_least("pixel-stride", o.pixel_stride, 0, " (0: chosen from the fusion's voxel size)")
+    _at_least("max-seconds", o.max_seconds, 0.0, " (0: no limit)")
     _at_least("chunk", o.chunk, 1)
 
 

@@ -104,12 +104,21 @@ class TrainConfig:
     proposal_field_samples: int = 24
     """Intervals per ray the proposals give the radiance field."""
     init_optical_depth: float = 2.0
-    """Unbounded scenes (a contraction): the field's density at the start, as the optical depth across the scene
+    """With --start clear (the default): the field's density at the start, as the optical depth across the scene
     box's diagonal; the occupancy grid keeps every cell marched through its warm-up. A field that starts as thick
-    fog (the bounded scenes' start, optical depth 10 over the diagonal, every cell above the grid's threshold) was
+    fog (--start fog, optical depth 10 over the diagonal, every cell above the grid's threshold) was
     fitted by fog right in front of each camera, which no other view checks: on an outdoor scene from another
     generator, training views 26-28 dB, held-out 13 dB, rendered depths a tenth of the true ones. Held out at 1000
     steps there: 21.9 dB at 0.5, 23.1 at 2; instant-ngp's fox (about 1,300 steps): 22.4 at 0.5, 23.6 at 2."""
+    start: Literal["auto", "clear", "fog"] = "auto"
+    """The field's density at the start. 'clear': air of optical depth init_optical_depth across the box's
+    diagonal, every occupancy cell marched through the grid's warm-up, then occupied where the field has put
+    density (nerfacc's way). 'fog': twice the grid's threshold in every cell (an optical depth of about 10 across
+    the box), emptied where rays clear it and, behind surfaces, by the visibility record (--occ-visibility-eps).
+    'auto': clear for unbounded scenes (a contraction), fog for bounded ones. Measured at equal steps (1,500; 2,500
+    on the demo), clear against fog: the demo 35.12 / 35.26 dB, the shared forward scene 32.79 / 32.30, the shared
+    orbit 28.58 / 29.11 and 28.22 / 29.25 (two seeds), a generated orbit room 28.89 / 28.21; and a short run's
+    export at half resolution lay 2.9x farther from the surfaces than at full (fog: under 1.5x; docs/benchmarks.md)."""
     interlevel_weight: float = 1.0
     """Weight of mip-NeRF 360's interlevel loss, which trains the proposal networks to bound the field's weights."""
     proposal_distortion_weight: float = 0.002
@@ -187,11 +196,14 @@ class TrainConfig:
     occ_threshold: float = 0.01
     """Step opacity above which a cell is occupied."""
     occ_visibility_eps: float = 1e-3
-    """Empty cells that training rays only reach with transmittance below this (occluded space; 0 = off, as in
-    nerfacc). Cells outside every training view are dropped anyway (the grid's frustum test). A bounded scene's
-    field starts as fog in every cell, and this record is what empties the space behind its surfaces: off, the toy
-    scene's half-stride export lay 1.6x farther from the true surfaces than the full one (1.5x allowed); but a cell
-    emptied by it stays empty, walls of generated rooms included (docs/benchmarks.md)."""
+    """Empty cells that training rays only reach with transmittance below this (0 = off, as in nerfacc): with
+    --start fog, the fog behind surfaces that no ray clears. Not for good: every --occ-reprobe-every updates, the
+    cells it emptied where the field has density are marched again for two updates, and kept if a ray then reaches
+    them (a wall first hidden by the early fog). Cells outside every training view are dropped anyway (the grid's
+    frustum test). Off, a short run's export at half resolution lay 1.6x farther from the surfaces than at full."""
+    occ_reprobe_every: int = 8
+    """Grid updates between the visibility record's re-probes of the cells it emptied (0: never: an emptied cell
+    stays empty, as before issue 48)."""
     occ_ema_decay: float = 0.95
     """Per-update decay of a cell's remembered opacity (lower forgets empty space sooner)."""
     background: Literal["black", "white", "random"] = "black"

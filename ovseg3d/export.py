@@ -24,7 +24,9 @@ of ``RUN/export``: a failed or killed export leaves the previous one whole, neve
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import time
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -51,6 +53,13 @@ EXPORT_FORMAT = 1
 MIN_INCIDENCE = 0.2
 """The smallest cosine a ray's spread is scaled by (78 deg from the surface's normal): at most a five-fold
 allowance for a grazing surface."""
+PROBE_RAYS = 1 << 14
+"""Rays of the small render that :func:`auto_pixel_stride` reads the views' depth and the render's pace from."""
+MAX_BUDGET_STRIDE = 8
+"""The largest pixel stride that ``ExportOptions.max_seconds`` may choose."""
+SEMANTIC_SHARE = 0.2
+"""The semantic field's latents of the kept pixels, as a share of the depth maps' seconds (0.20 measured on a
+generated orbit room, 32 views at 160x120 on 2 CPU cores; the agreement and the fusion cost 1-2 % more)."""
 MAX_BEND = 0.2
 """The largest sine of the angle between the two steps from a pixel's point to its neighbours' along an image
 axis for :func:`incidence_cosine` to read a surface there (11.5 deg)."""
@@ -84,6 +93,10 @@ class ExportOptions:
     """Lift one pixel in N along each image axis: the views are rendered at 1/N of their size (N^2 fewer rays),
     each ray's colour the mean of its N x N pixels. 0: the largest N, up to 4, that still puts 2 pixels across a
     fusion voxel at the views' median depth (read from a 1/8-size render of 4 views); 1: every pixel."""
+    max_seconds: float = 60.0
+    """With --pixel-stride 0: render the views at a stride whose export is estimated to take at most about this
+    long, from the pace of the small render that chooses the stride (a floor on it, at most 8; 0: no limit). On a
+    CPU a 64-view capture at 640 px would otherwise take minutes: the export should not cost more than the field."""
     queries: list[str] = field(default_factory=list)
     """Free-text queries: one relevancy value per point each."""
     features: bool = False
@@ -187,18 +200,36 @@ def incidence_cosine(origins: Tensor, dirs: Tensor, depth: Tensor, height: int, 
     return cosine.reshape(-1)
 
 
-def auto_pixel_stride(trainer, cams: Cameras, views: list[int], voxel: float, min_opacity: float) -> int:  # noqa: ANN001
+def auto_pixel_stride(  # noqa: ANN001
+    trainer, cams: Cameras, views: list[int], voxel: float, min_opacity: float, max_seconds: float = 0.0, log=print
+) -> int:
     """The largest pixel stride, up to 4, whose pixels are still at most half a fusion ``voxel`` wide at the
-    median depth of the views' solid pixels, read from a 1/8-size render of 4 of ``views`` (1 if none is
-    solid)."""
-    coarse = cams.scaled(1 / 8)
+    median depth of the views' solid pixels, read from a small render of 4 of ``views`` (about ``PROBE_RAYS``
+    rays; 1 if none is solid). With ``max_seconds``, the render's pace also sets a floor: the stride whose depth
+    maps of every view are estimated to take at most that long (up to ``MAX_BUDGET_STRIDE``; one line says so)."""
+    scale = min(1.0, max(1 / 8, math.sqrt(PROBE_RAYS / (4 * cams.width * cams.height))))
+    probe = cams.scaled(scale)
     picks = views[:: max(1, len(views) // 4)][:4]
-    depth = torch.cat([depth_map(trainer, coarse, v, min_opacity)[0] for v in picks])
+    start = time.perf_counter()
+    depth = torch.cat([depth_map(trainer, probe, v, min_opacity)[0] for v in picks])
+    per_ray = _lap(start, trainer.device) / (len(picks) * probe.width * probe.height)
     depth = depth[torch.isfinite(depth)]
-    if not len(depth):
-        return 1
-    pixel = float(depth.median()) / float(cams.fx[picks].mean())  # a full-size pixel's width there
-    return max(1, min(4, int(voxel / (2 * pixel))))
+    stride = 1
+    if len(depth):
+        pixel = float(depth.median()) / float(cams.fx[picks].mean())  # a full-size pixel's width there
+        stride = max(1, min(4, int(voxel / (2 * pixel))))
+    if max_seconds > 0:
+        estimate = per_ray * len(views) * cams.width * cams.height * (1.0 + SEMANTIC_SHARE)
+        needed = math.ceil(math.sqrt(estimate / max_seconds))
+        if needed > stride:
+            stride = min(needed, MAX_BUDGET_STRIDE)
+            size = f"{round(cams.width / stride)}x{round(cams.height / stride)}"
+            log(
+                f"export: {len(views)} views at {cams.width}x{cams.height} would take about {estimate:.0f} s here "
+                f"({per_ray * 1e6:.0f} us a ray): rendered at {size}, one pixel in {stride} along each axis, to keep "
+                f"to --max-seconds {max_seconds:g} (--pixel-stride 1: every pixel; --max-seconds 0: no limit)"
+            )
+    return stride
 
 
 def view_colours(image: Tensor, cams: Cameras) -> Tensor:
@@ -325,7 +356,9 @@ def surface_points(
     views = trainer.scene.train_ids[:: max(1, opts.view_stride)]
     cams = trainer.scene.cameras.to(trainer.device)
     voxel = opts.spacing * trainer.diag
-    stride = opts.pixel_stride or auto_pixel_stride(trainer, cams, views, voxel, opts.min_opacity)
+    stride = opts.pixel_stride or auto_pixel_stride(
+        trainer, cams, views, voxel, opts.min_opacity, opts.max_seconds, log
+    )
     if stride > 1:
         cams = cams.scaled(1 / stride)
     xyz, values, n_views, opacity = _lift_views(trainer, opts, cams, views, stride, distiller, log)
@@ -357,12 +390,16 @@ def _lift_views(  # noqa: ANN001
     voxel = opts.spacing * trainer.diag
     depths, spread = {}, torch.zeros((), dtype=torch.long, device=trainer.device)
     opacities = []
+    clock = {"depth": time.perf_counter()}
     for v in tqdm(views, desc="depth", unit="view", leave=False):
         depths[v], dropped, opacity = depth_map(trainer, cams, v, opts.min_opacity, opts.max_spread, relative)
         spread += dropped
         opacities.append(opacity)
     pts, vals, ids, pixels = [], [], [], torch.zeros((), dtype=torch.long, device=trainer.device)
+    clock["agreement"], clock["semantics"] = 0.0, 0.0
+    clock["depth"] = _lap(clock["depth"], trainer.device)
     for v in tqdm(views, desc="fuse", unit="view", leave=False):
+        start = time.perf_counter()
         origins, dirs = image_rays(cams, v)
         solid = torch.isfinite(depths[v])
         used = view_used(scene, v, cams)
@@ -373,14 +410,19 @@ def _lift_views(  # noqa: ANN001
         agree = agreeing_views(p, depths, cams, v, opts.depth_tolerance) >= opts.min_agreeing
         rays = torch.nonzero(solid)[:, 0][agree]
         value = view_colours(scene.images[v].to(trainer.device), cams)[rays]
+        clock["agreement"] += _lap(start, trainer.device)
+        start = time.perf_counter()
         if distiller is not None:
             value = torch.cat([value, pixel_latents(distiller, cams, v, origins[rays], dirs[rays], scene.near_far)], 1)
+            clock["semantics"] += _lap(start, trainer.device)
         pts.append(p[agree])
         vals.append(value)
         ids.append(torch.full((len(rays),), v, dtype=torch.long, device=trainer.device))
     points = torch.cat(pts)
     origin = scene.aabb[:3].to(points.device)
+    start = time.perf_counter()
     xyz, values, n_views = fuse_points(points, torch.cat(vals), torch.cat(ids), origin, voxel, opts.min_views)
+    clock["fusion"] = _lap(start, trainer.device)
     n_pixels, n_spread = int(pixels), int(spread)
     size = f"{cams.width}x{cams.height}" + (f", one pixel in {stride} along each axis" if stride > 1 else "")
     log(
@@ -390,7 +432,19 @@ def _lift_views(  # noqa: ANN001
     )
     if n_spread > n_pixels:
         log("most solid pixels were left out for their spread: the field is blurry; --max-spread 0 keeps them")
+    n_rays = len(views) * cams.width * cams.height
+    log(
+        f"export's seconds: depth maps {clock['depth']:.1f} ({n_rays / max(clock['depth'], 1e-9) / 1e3:.0f}k rays/s), "
+        f"agreement {clock['agreement']:.1f}, semantic field {clock['semantics']:.1f}, fusion {clock['fusion']:.1f}"
+    )
     return xyz, values, n_views, torch.cat(opacities)
+
+
+def _lap(start: float, device: torch.device) -> float:
+    """Seconds since ``start`` once the device's queued work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 @torch.no_grad()

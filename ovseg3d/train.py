@@ -277,6 +277,11 @@ class Trainer:
         return self.field.contraction != "none"
 
     @property
+    def clear_start(self) -> bool:
+        """The field starts as clear air (``start``), the occupancy grid marching every cell through its warm-up."""
+        return self.cfg.start == "clear" or (self.cfg.start == "auto" and self.contracted)
+
+    @property
     def proposal(self) -> bool:
         """The field's samples come from proposal networks (else from the occupancy grid's march)."""
         return isinstance(self.grid, ProposalSampler)
@@ -288,11 +293,12 @@ class Trainer:
         self.opts = RenderOptions(self.diag / self.cfg.render_steps, self.cfg.early_stop_eps, self.cfg.alpha_thre)
 
     def _init_density_bias(self) -> None:
-        """Start every cell's step opacity at twice the occupancy threshold: the grid begins fully
-        occupied, free space is then trained below the threshold, and occluded space is emptied
-        by the grid's visibility record (``occ_visibility_eps``)."""
+        """The field's density at the start (``start``): clear air of optical depth ``init_optical_depth`` across
+        the box (the grid marches every cell through its warm-up, then keeps the cells the field has put density
+        in), or fog at twice the occupancy threshold in every cell (free space is trained below the threshold and
+        occluded space emptied by the grid's visibility record, ``occ_visibility_eps``)."""
         sigma0 = 2.0 * self.cfg.occ_threshold / self.opts.step_size
-        if self.contracted:  # unbounded: clear air, optical depth init_optical_depth across the box
+        if self.clear_start:
             sigma0 = self.cfg.init_optical_depth / self.diag
         with torch.no_grad():
             self.field.density_mlp[-1].bias[0] = math.log(sigma0)
@@ -338,8 +344,9 @@ class Trainer:
             occ_thre=self.cfg.occ_threshold,
             ema_decay=self.cfg.occ_ema_decay,
             visibility_eps=self.cfg.occ_visibility_eps,
+            reprobe_every=self.cfg.occ_reprobe_every,
             warmup_steps=self.cfg.occ_warmup,
-            hold_occupied=self.contracted and self.step < self.cfg.occ_warmup,  # the field starts as clear air
+            hold_occupied=self.clear_start and self.step < self.cfg.occ_warmup,  # the field starts as clear air
         )
 
     def train_step(self) -> StepStats:
@@ -533,7 +540,10 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "fda_patch_size": (2, None, True),
     **{k: (0, None, True) for k in ("max_minutes", "distill_minutes", "threads", "downscale", "max_long_side")},
     **{k: (0, None, True) for k in ("geo_feat_dim", "appearance_dim", "target_samples", "max_samples_per_ray")},
-    **{k: (0, None, True) for k in ("refine_samples", "occ_warmup", "sem_max_samples", "sem_refine_samples")},
+    **{
+        k: (0, None, True)
+        for k in ("refine_samples", "occ_warmup", "occ_reprobe_every", "sem_max_samples", "sem_refine_samples")
+    },
     **{k: (0, None, True) for k in ("fda_patches", "fda_ramp", "weight_decay", "distortion_weight")},
     **{k: (0, None, True) for k in ("grad_scale_distance", "feature_weight", "rda_weight", "dino_weight")},
     **{k: (0, None, True) for k in ("fda_pos_weight", "fda_neg_weight")},

@@ -60,6 +60,8 @@ class Args:
     depth_tolerance: float = ExportOptions.depth_tolerance
     pixel_stride: int = ExportOptions.pixel_stride
     """Lift one pixel in N along each axis (0: chosen from the voxel size, as ovseg3d export does)."""
+    max_seconds: float = 0.0
+    """The export's time limit with --pixel-stride 0 (0: none, so the figures do not depend on the machine)."""
     query_points: int = 200_000
     truth_stride: int = 2
     """Sample the true surface at one pixel in N along each axis of the training views."""
@@ -132,6 +134,7 @@ def main(args: Args) -> dict:
         max_spread=args.max_spread,
         depth_tolerance=args.depth_tolerance,
         pixel_stride=args.pixel_stride,
+        max_seconds=args.max_seconds,
         features=True,
     )
     start = time.perf_counter()

@@ -221,7 +221,9 @@ def measure(name: str, synth: SynthConfig, args: Args) -> dict:
     cfg = apply_overrides(cfg, budget | training_settings(args), "bench_family")
     cfg = dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, kind="synthetic"), device=args.device)
     start = time.perf_counter()
-    result = run_scene(scene, run, config=cfg, log=lambda s: print(f"  {name}: {s}", flush=True))
+    # no export time limit: the figures must not depend on the machine's pace
+    export = ExportOptions(max_seconds=0.0)
+    result = run_scene(scene, run, config=cfg, export=export, log=lambda s: print(f"  {name}: {s}", flush=True))
     seconds = time.perf_counter() - start
     ev = json.loads((run / "eval.json").read_text())
     scene_json = json.loads((scene / "scene.json").read_text())
@@ -256,7 +258,7 @@ def spread_rows(name: str, args: Args) -> dict:
     extent = float(np.linalg.norm(np.array(scene_json["room"]["max"]) - np.array(scene_json["room"]["min"])))
     rows = {}
     for spread in args.spreads:
-        cloud = extract_cloud(run, ExportOptions(max_spread=spread, relax_below=0), args.device, log=lambda s: None)
+        cloud = extract_cloud(run, ExportOptions(max_spread=spread, relax_below=0, max_seconds=0.0), args.device, log=lambda s: None)
         c = completeness(scene_json, run, cloud.xyz, extent, args.truth_stride)["tau_1pct"]
         rows[f"{spread:g}"] = {"points": len(cloud), **{k: c[k] for k in ("precision", "recall", "fscore")}}
         rows[f"{spread:g}"]["recall_per_class"] = {k: round(v["recall"], 3) for k, v in c["per_class"].items()}

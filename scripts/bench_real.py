@@ -37,6 +37,9 @@ VARIANTS: dict[str, dict] = {
     "lr_steps": {"lr_schedule": "steps", "lr_warmup_steps": 100},
     "no_visibility": {"occ_visibility_eps": 0.0},
     "visibility": {"occ_visibility_eps": 1e-3},  # the visibility record as it was the default before issue 48
+    # the bounded scenes' start as the unbounded ones': clear air, no visibility record (issue 48 item 2)
+    "clear": {"start": "clear", "occ_visibility_eps": 0.0},
+    "fog": {"start": "fog", "occ_visibility_eps": 1e-3},  # the bounded scenes' start before it
     "cull": {"alpha_thre": 0.01, "train_early_stop": True},
     "roi2": {"roi_scale": 2.0},
     "depth": {"depth_weight": 0.02},

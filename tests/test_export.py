@@ -275,8 +275,11 @@ def test_export_lifts_one_pixel_in_n_and_its_points_still_lie_on_the_surfaces(ex
     opts = ExportOptions(max_spread=0.0)
     full = extract_cloud(run, opts, "cpu", log=lines.append)
     half = extract_cloud(run, dataclasses.replace(opts, pixel_stride=2), "cpu", log=lines.append)
-    solid = [int(re.match(r"(\d+) solid pixels", line).group(1)) for line in lines if "solid pixels" in line]
-    assert "at 80x60 " in lines[0] and "at 40x30, one pixel in 2 along each axis" in lines[-1]
+    made = [line for line in lines if "solid pixels" in line]
+    solid = [int(re.match(r"(\d+) solid pixels", line).group(1)) for line in made]
+    assert "at 80x60 " in made[0] and "at 40x30, one pixel in 2 along each axis" in made[-1]
+    seconds = [line for line in lines if line.startswith("export's seconds: depth maps")]
+    assert len(seconds) == len(made) and "rays/s), agreement" in seconds[0] and "semantic field" in seconds[0]
     assert 0.15 < solid[1] / solid[0] < 0.35
     scene_json = json.loads((scene / "scene.json").read_text())
     near = [float(np.median(surface_distance(scene_json, c.xyz))) for c in (full, half)]
@@ -288,3 +291,21 @@ def test_export_lifts_one_pixel_in_n_and_its_points_still_lie_on_the_surfaces(ex
     # the same views seen 8 times sharper (a focal length 8 times longer): their pixels are 8 times narrower
     sharp = dataclasses.replace(cams, fx=cams.fx * 8, fy=cams.fy * 8)
     assert auto_pixel_stride(trainer, sharp, trainer.scene.train_ids, voxel, opts.min_opacity) > 1
+
+
+def test_the_exports_time_limit_raises_the_stride_and_says_so(exported):
+    """--max-seconds: a limit the probe render's pace says the views cannot meet at full size raises the pixel
+    stride (up to 8) and one line says so; no limit, or one they meet, keeps the voxel size's stride."""
+    from ovseg3d.export import MAX_BUDGET_STRIDE, ExportOptions, auto_pixel_stride
+    from ovseg3d.train import load_trainer
+
+    _, run = exported
+    trainer = load_trainer(run, "cpu")
+    cams, views = trainer.scene.cameras, trainer.scene.train_ids
+    voxel = ExportOptions().spacing * trainer.diag
+    lines: list[str] = []
+    assert auto_pixel_stride(trainer, cams, views, voxel, 0.9, max_seconds=0.0, log=lines.append) == 1
+    assert auto_pixel_stride(trainer, cams, views, voxel, 0.9, max_seconds=1e4, log=lines.append) == 1
+    assert lines == []
+    assert auto_pixel_stride(trainer, cams, views, voxel, 0.9, max_seconds=1e-6, log=lines.append) == MAX_BUDGET_STRIDE
+    assert len(lines) == 1 and "--max-seconds 1e-06" in lines[0] and "one pixel in 8" in lines[0]

@@ -87,6 +87,33 @@ def test_a_cell_hidden_behind_fog_is_occupied_once_the_field_puts_density_there(
     assert not grid.binaries.view(-1)[hidden] and grid.seen[hidden]
 
 
+@pytest.mark.parametrize("reprobe_every", [4, 0])
+def test_a_cell_the_visibility_record_emptied_is_marched_again_and_kept_once_a_ray_reaches_it(reprobe_every):
+    """The visibility record (``--start fog``) empties a cell while it is hidden, never for good: its re-probes
+    march the cell again, and a ray that reaches it then keeps it. Without re-probes it stays empty."""
+    grid = OccupancyGrid(torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]), 8)
+    hidden = cell_of(grid, [0.1, 0.1, -0.6])
+    inside = torch.tensor([0.0, 0.0, -0.75]) + 0.25 * torch.rand(64, 3)  # points of that cell
+
+    def dense(x: torch.Tensor) -> torch.Tensor:  # the field has density everywhere
+        return torch.full((len(x),), 5.0)
+
+    def train(transmittance: float, steps: range) -> list[bool]:
+        occupied = []
+        for step in steps:
+            marched = inside[grid.query(inside)]  # rays sample only the occupied cells
+            grid.observe(marched, torch.full((len(marched),), transmittance))
+            grid.update(step, dense, ema_decay=0.5, warmup_steps=1000, visibility_eps=1e-3, reprobe_every=reprobe_every)
+            occupied.append(bool(grid.binaries.view(-1)[hidden]))
+        return occupied
+
+    hidden_phase = train(1e-6, range(15))  # rays reach it only through fog
+    assert all(hidden_phase[:10]) and not hidden_phase[-1]  # emptied once its record has faded
+    assert any(hidden_phase[11:]) == (reprobe_every > 0)  # re-probed (and emptied again: still hidden)
+    clear_phase = train(0.5, range(15, 25))  # the fog has cleared
+    assert clear_phase[-1] == (reprobe_every > 0)
+
+
 def test_a_cell_seen_only_at_the_edge_of_one_camera_image_is_kept():
     grid = OccupancyGrid(torch.tensor([-2.0, -2.0, -2.0, 2.0, 2.0, 2.0]), 16)  # cells of 0.25
     front_cam = look_at([0.0, 0.0, 3.0], [0.0, 0.0, 0.0], up=(0.0, 1.0, 0.0))

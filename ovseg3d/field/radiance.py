@@ -25,6 +25,12 @@ class _TruncExp(torch.autograd.Function):
         return g * torch.exp(x.clamp(max=15.0))
 
 
+CPU_CHUNK = 1 << 17
+"""Without gradients on a CPU, points go through the hash grid at most this many at a time: an export's batch of
+8,192 rays holds about 600k samples, and such a batch ran about 0.6x as many points a second as batches of 2^16
+to 2^18 on 2 CPU cores (the corners' gathers no longer stay in the caches)."""
+
+
 def trunc_exp(x: Tensor) -> Tensor:
     return _TruncExp.apply(x)
 
@@ -136,6 +142,9 @@ class RadianceField(nn.Module):
         :func:`~ovseg3d.field.space.step_scale` (``|xn|^2`` beyond the ROI), so a marching step has the same
         opacity for the same output everywhere, and the far shell starts as transparent as the ROI instead of a
         wall of fog one long far interval thick."""
+        if len(x) > CPU_CHUNK and x.device.type == "cpu" and not torch.is_grad_enabled():
+            parts = [self._features(x[s : s + CPU_CHUNK]) for s in range(0, len(x), CPU_CHUNK)]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         xn, inside = to_unit(x, self.aabb, self.contraction)
         h = self.density_mlp(self.grid(xn).float())
         sigma = trunc_exp(h[:, 0]) * inside

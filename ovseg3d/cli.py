@@ -648,6 +648,9 @@ interrupted run. Ends with where the outputs are and the line that opens the vie
                     segmentations/classes.txt is used where it has one). Without any, the run answers free-text
                     queries in the viewer only (LERF's way) and has no boxes
   --view            open the viewer at the end (ovseg3d view RUN)
+  --frames N        a video: keep N frames, the sharpest of each of N equal stretches (default: the preset's
+                    [prepare] table; the cpu preset's 60 keep the whole run of a phone video within about 15
+                    minutes on 2 cores; without a table, 150)
   --preset NAME     tiny, cpu (default) or gpu; every option of `ovseg3d train` passes through (ovseg3d train --help)
 """
 
@@ -660,6 +663,29 @@ def _scene_folder(path: Path) -> bool:
     except ValueError:  # SceneError: not a scene folder
         return False
     return True
+
+
+def run_prepare_config(preset: str, frames: int | None, source: Path, log=print):  # noqa: ANN001, ANN201
+    """``ovseg3d run``'s :class:`~ovseg3d.prepare.PrepareConfig`: the preset's ``[prepare]`` table (the ``cpu``
+    preset's keeps a whole run from a video within a laptop's budget), ``--frames`` over it; one line says what
+    was taken."""
+    from ovseg3d.config import preset_prepare
+    from ovseg3d.prepare import PrepareConfig
+
+    table = preset_prepare(preset)
+    known = {f.name for f in dataclasses.fields(PrepareConfig)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise UsageError(f"preset {preset}'s [prepare] table: unknown key(s) {', '.join(unknown)}")
+    if frames is not None:
+        if frames < 3:
+            raise UsageError(f"--frames {frames}: at least 3 frames make a scene")
+        table = {**table, "frames": frames}
+    cfg = PrepareConfig(**table)
+    if table:
+        what = ", ".join(f"{k} = {v}" for k, v in table.items() if k != "frames" or source.is_file())
+        log(f"ovseg3d run: prepare with {what} (preset {preset}'s [prepare]{', --frames' if frames else ''})")
+    return cfg
 
 
 def cmd_run(args: list[str]) -> int:
@@ -676,6 +702,7 @@ def cmd_run(args: list[str]) -> int:
     pre.add_argument("--view", action="store_true")
     pre.add_argument("--preset", default="cpu")
     pre.add_argument("--config", type=Path, default=None)
+    pre.add_argument("--frames", type=int, default=None)
     known, rest = pre.parse_known_args(args)
     if not rest or rest[0].startswith("-"):
         raise UsageError(f"give the photos, video or scene folder: {RUN_USAGE}")
@@ -697,7 +724,7 @@ def cmd_run(args: list[str]) -> int:
         if _scene_folder(scene):
             tqdm.write(f"ovseg3d run: {scene} is prepared already (delete it to prepare {source} again)")
         else:
-            prepare(source, scene, PrepareConfig())
+            prepare(source, scene, run_prepare_config(known.preset, known.frames, source))
             seconds["prepare"] = round(time.perf_counter() - started, 3)
     base = resolve_base(known.preset, known.config)
     cfg = _parse(TrainConfig, args=["--scene", str(scene), "--output", str(run), *rest], default=base, prog=RUN_USAGE)

@@ -468,6 +468,8 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+PREPARE = "prepare"
+"""A preset's table of ``ovseg3d run``'s settings for ``prepare`` (frames of a video, working size)."""
 UNBOUNDED = "unbounded"
 """A preset's table of settings for unbounded scenes (a contraction beyond an estimated box: 360-degree captures,
 rooms, outdoor scenes), applied by :func:`for_unbounded` once the scene is known."""
@@ -478,11 +480,22 @@ def read_preset(preset: str) -> tuple[dict[str, Any], dict[str, Any], Traversabl
     the table are a :class:`ConfigError`."""
     path = preset_path(preset)
     values = read_toml(path)
+    values.pop(PREPARE, None)  # read by ovseg3d run (preset_prepare)
     unbounded = values.pop(UNBOUNDED, {})
     if not isinstance(unbounded, dict):
         raise ConfigError(f"{path}: '{UNBOUNDED}' must be a table ([{UNBOUNDED}])")
     apply_overrides(TrainConfig(), unbounded, f"{path} [{UNBOUNDED}]")  # its keys and nested tables are checked
     return values, unbounded, path
+
+
+def preset_prepare(preset: str) -> dict[str, Any]:
+    """A preset's ``[prepare]`` table: how ``ovseg3d run`` makes a scene of photos or a video with it (the fields
+    of :class:`~ovseg3d.prepare.PrepareConfig`; ``{}`` without one)."""
+    path = preset_path(preset)
+    table = read_toml(path).get(PREPARE, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: '{PREPARE}' must be a table ([{PREPARE}])")
+    return table
 
 
 def for_unbounded(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:

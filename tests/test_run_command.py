@@ -102,3 +102,30 @@ def test_run_refuses_what_it_cannot_use_in_one_line(plain, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err, err
     assert main(["run", "--help"]) == 0 and "--classes" in capsys.readouterr().out
+
+
+def test_run_prepares_a_video_with_the_presets_prepare_table_and_frames_over_it(tmp_path):
+    """The cpu preset's [prepare] table (a laptop's budget) reaches prepare, --frames goes over it, one line says
+    what was taken; a preset without a table keeps prepare's own defaults."""
+    from pathlib import Path
+
+    from ovseg3d.cli import run_prepare_config
+    from ovseg3d.config import preset_prepare, resolve_base
+    from ovseg3d.errors import UsageError
+    from ovseg3d.prepare import PrepareConfig
+
+    table = preset_prepare("cpu")
+    assert table and set(table) <= {f for f in PrepareConfig.__dataclass_fields__}
+    resolve_base("cpu", None)  # the table is not read as a training setting
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    lines: list[str] = []
+    cfg = run_prepare_config("cpu", None, video, log=lines.append)
+    assert (cfg.frames, cfg.max_long_side) == (table["frames"], table["max_long_side"])
+    assert len(lines) == 1 and f"frames = {table['frames']}" in lines[0]
+    assert run_prepare_config("cpu", 24, video, log=lines.append).frames == 24
+    assert run_prepare_config("gpu", None, video, log=lines.append) == PrepareConfig()
+    with pytest.raises(UsageError, match="--frames 2"):
+        run_prepare_config("cpu", 2, video, log=lines.append)
+    photos = run_prepare_config("cpu", None, Path(tmp_path), log=lines.append)  # a folder: frames not said
+    assert photos.max_long_side == table["max_long_side"] and "frames" not in lines[-1]

@@ -718,7 +718,7 @@ def cmd_run(args: list[str]) -> int:
     if _scene_folder(source):
         scene = source
     else:
-        from ovseg3d.prepare import PrepareConfig, prepare
+        from ovseg3d.prepare import prepare
 
         scene = run / "scene"
         if _scene_folder(scene):

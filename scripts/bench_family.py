@@ -258,7 +258,9 @@ def spread_rows(name: str, args: Args) -> dict:
     extent = float(np.linalg.norm(np.array(scene_json["room"]["max"]) - np.array(scene_json["room"]["min"])))
     rows = {}
     for spread in args.spreads:
-        cloud = extract_cloud(run, ExportOptions(max_spread=spread, relax_below=0, max_seconds=0.0), args.device, log=lambda s: None)
+        cloud = extract_cloud(
+            run, ExportOptions(max_spread=spread, relax_below=0, max_seconds=0.0), args.device, log=lambda s: None
+        )
         c = completeness(scene_json, run, cloud.xyz, extent, args.truth_stride)["tau_1pct"]
         rows[f"{spread:g}"] = {"points": len(cloud), **{k: c[k] for k in ("precision", "recall", "fscore")}}
         rows[f"{spread:g}"]["recall_per_class"] = {k: round(v["recall"], 3) for k, v in c["per_class"].items()}

@@ -104,7 +104,7 @@ class TrainConfig:
     proposal_field_samples: int = 24
     """Intervals per ray the proposals give the radiance field."""
     init_optical_depth: float = 2.0
-    """With --start clear (the default): the field's density at the start, as the optical depth across the scene
+    """With --start clear (and auto's unbounded scenes): the field's density at the start, as the optical depth across the scene
     box's diagonal; the occupancy grid keeps every cell marched through its warm-up. A field that starts as thick
     fog (--start fog, optical depth 10 over the diagonal, every cell above the grid's threshold) was
     fitted by fog right in front of each camera, which no other view checks: on an outdoor scene from another

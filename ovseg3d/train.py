@@ -344,10 +344,16 @@ class Trainer:
             occ_thre=self.cfg.occ_threshold,
             ema_decay=self.cfg.occ_ema_decay,
             visibility_eps=self.cfg.occ_visibility_eps,
-            reprobe_every=self.cfg.occ_reprobe_every,
+            reprobe=self._reprobe_due(),
             warmup_steps=self.cfg.occ_warmup,
             hold_occupied=self.clear_start and self.step < self.cfg.occ_warmup,  # the field starts as clear air
         )
+
+    def _reprobe_due(self) -> bool:
+        """This grid update re-probes the cells the visibility record emptied: every ``occ_reprobe_every``-th
+        update, counted from the step (so a resumed run keeps the schedule)."""
+        every = self.cfg.occ_reprobe_every
+        return every > 0 and (self.step // self.cfg.occ_update_every + 1) % every == 0
 
     def train_step(self) -> StepStats:
         start = time.perf_counter()

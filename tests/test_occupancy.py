@@ -103,7 +103,8 @@ def test_a_cell_the_visibility_record_emptied_is_marched_again_and_kept_once_a_r
         for step in steps:
             marched = inside[grid.query(inside)]  # rays sample only the occupied cells
             grid.observe(marched, torch.full((len(marched),), transmittance))
-            grid.update(step, dense, ema_decay=0.5, warmup_steps=1000, visibility_eps=1e-3, reprobe_every=reprobe_every)
+            reprobe = reprobe_every > 0 and (step + 1) % reprobe_every == 0  # the trainer's schedule
+            grid.update(step, dense, ema_decay=0.5, warmup_steps=1000, visibility_eps=1e-3, reprobe=reprobe)
             occupied.append(bool(grid.binaries.view(-1)[hidden]))
         return occupied
 

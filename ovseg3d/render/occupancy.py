@@ -58,7 +58,6 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("visibility", torch.ones(resolution**3))
         # false: the cell lies outside every training camera's view (mark_invisible), empty for good
         self.register_buffer("seen", torch.ones(resolution**3, dtype=torch.bool))
-        self.updates = 0  # updates with the visibility record, for its re-probes (restarts with a resumed run)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):  # noqa: ANN001
         """A checkpoint from before ``seen`` existed loads too: the cells keep the marks they have now (all seen
@@ -156,7 +155,7 @@ class OccupancyGrid(nn.Module):
         chunk: int = 1 << 16,
         visibility_eps: float = 0.0,
         hold_occupied: bool = False,
-        reprobe_every: int = 0,
+        reprobe: bool = False,
     ) -> None:
         """Re-estimate occupancy. ``occ_eval_fn``: ``[P, 3]`` world points -> ``[P]`` step opacity.
 
@@ -164,9 +163,9 @@ class OccupancyGrid(nn.Module):
         many occupied ones (nerfacc's schedule). With ``visibility_eps > 0`` a cell is also emptied
         when no training ray has reached it with transmittance above that during the last updates
         (occluded space, space outside every view): the remembered visibility halves each update. With
-        ``reprobe_every`` > 0, every that many updates the cells so emptied that the field has density in are
-        marched again for two updates (their visibility set to 4 ``visibility_eps``), and stay if a ray reaches
-        them meanwhile: the record empties a cell while it is hidden, never for good.
+        ``reprobe`` (the caller's schedule), the cells so emptied that the field has density in are marched
+        again for two updates (their visibility set to 4 ``visibility_eps``), and stay if a ray reaches them
+        meanwhile: the record empties a cell while it is hidden, never for good.
         ``hold_occupied``: the cells' opacities are updated but every cell stays occupied.
 
         Cells that :meth:`mark_invisible` dropped (``seen`` false) are never sampled, never count in the
@@ -204,8 +203,7 @@ class OccupancyGrid(nn.Module):
         if hold_occupied:  # a field that starts as clear air: every cell stays marched until it has learnt
             binaries = torch.ones_like(binaries)
         if visibility_eps > 0:
-            self.updates += 1
-            if reprobe_every > 0 and self.updates % reprobe_every == 0:
+            if reprobe:
                 lapsed = binaries & (self.visibility <= visibility_eps)
                 self.visibility.masked_fill_(lapsed, 4.0 * visibility_eps)
             binaries &= self.visibility > visibility_eps

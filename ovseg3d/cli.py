@@ -349,6 +349,8 @@ def cmd_prepare(args: list[str]) -> int:
     _at_least("frames", cfg.frames, 3)
     _at_least("max-long-side", cfg.max_long_side, 0, " (0: full size)")
     _at_least("max-features", cfg.max_features, 64)
+    if cfg.sift_first_octave is not None:
+        _at_least("sift-first-octave", cfg.sift_first_octave, -1)
     _at_least("overlap", cfg.overlap, 1)
     _at_least("loop-pairs", cfg.loop_pairs, 0)
     if cfg.mapping_threads == 0 or cfg.mapping_threads < -1:

@@ -60,7 +60,8 @@ class PrepareConfig:
     """How ``ovseg3d prepare`` makes a scene of photos or a video."""
 
     frames: int = 150
-    """Video: frames kept, the sharpest of each of this many equal stretches of the video."""
+    """Video: frames kept, the sharpest of each of this many equal stretches of the video's progress (mostly its
+    change of view: a camera standing still gives few frames, one moving fast many; and a fifth its time)."""
     max_long_side: int = 1600
     """Images with a longer side are downscaled to this many pixels for SfM and training (0: as they are)."""
     camera_model: Literal["OPENCV", "SIMPLE_RADIAL", "RADIAL", "PINHOLE", "SIMPLE_PINHOLE", "OPENCV_FISHEYE"] = "OPENCV"
@@ -77,6 +78,11 @@ class PrepareConfig:
     """Sequential matching: also every pair of this many images spread over the sequence (closes loops)."""
     max_features: int = 8192
     """SIFT features per image."""
+    sift_first_octave: int | None = None
+    """SIFT's first octave: -1 (COLMAP's default) doubles each image before finding features, which finds more of
+    them, at about 4x the seconds of features and 5x of matching; 0 works on the images as they are. None: -1 for
+    images under 640 px on their long side, 0 otherwise (mip-NeRF 360's bonsai at 800 px: 174 s instead of 891,
+    cameras within 0.07 % of the doubled images')."""
     gravity: bool = True
     """Turn the model so that the cameras' up is +z and the sparse points' median the origin."""
     undistort: bool = False
@@ -91,6 +97,9 @@ class PrepareConfig:
     wallpaper) and near-symmetric objects match photos taken from opposite sides, and COLMAP's mapper then puts
     whole runs of photos on the wrong side. Skipped when the near pairs alone do not place 90 % of the photos
     (photos not in capture order). --no-far-pair-check: map every verified pair."""
+    mapper: Literal["incremental", "global"] = "incremental"
+    """incremental: COLMAP's incremental mapper (a photo at a time, bundle adjustment as the model grows); global:
+    COLMAP's global mapper (GLOMAP's rotation averaging, then every position at once, then bundle adjustment)."""
     mapping_threads: int = 1
     """CPU threads for the incremental mapping (-1: all). COLMAP's mapper builds a different model for each thread
     count: on instant-ngp's fox, 2 threads placed 9 of the 50 photos together 68 % of the cameras' extent away (a
@@ -193,41 +202,83 @@ def _video_frames(video: Path):  # noqa: ANN202 - (count or None, iterator of fr
         raise PrepareError(f"{video}: ffmpeg cannot read it as a video ({str(exc).splitlines()[0][:160]})") from None
 
 
-def write_video_frames(video: Path, folder: Path, frames: int, max_long_side: int) -> list[str]:
-    """The sharpest frame of each of ``frames`` equal stretches of ``video``, at the working size, into
-    ``folder`` as ``frame_00001.jpg`` ...; the names written."""
+FRAME_TIME_SHARE = 0.2  # a video's progress: this share its time, the rest its change of view (see choose_frames)
+THUMB_SIDE = 32  # the long side of the thumbnails whose differences measure a video's change of view
+
+
+def thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """The grey image averaged over square blocks to about :data:`THUMB_SIDE` pixels on its long side (blur and
+    noise average out; a turn or a step of the camera does not)."""
+    g = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    block = max(1, max(g.shape) // THUMB_SIDE)
+    h, w = g.shape[0] // block * block, g.shape[1] // block * block
+    return g[:h, :w].reshape(h // block, block, w // block, block).mean(axis=(1, 3))
+
+
+def choose_frames(change: np.ndarray, sharp: np.ndarray, n: int, time_share: float = FRAME_TIME_SHARE) -> list[int]:
+    """Indices of up to ``n`` frames of a video whose frame ``i`` differs from the one before by ``change[i]`` and
+    scores ``sharp[i]``: the video's progress is ``time_share`` its time and the rest its accumulated change, and
+    the sharpest frame of each of ``n`` equal stretches of that progress is chosen. A camera that stands still
+    gives few frames, one that moves fast many; a stretch that no frame falls in (a cut) gives none."""
+    count = len(sharp)
+    time = np.arange(count) / max(count - 1, 1)
+    total = float(np.sum(change[1:]))
+    seen = np.cumsum(np.r_[0.0, change[1:]]) / total if total > 0 else time
+    progress = time_share * time + (1.0 - time_share) * seen
+    stretch = np.minimum((progress * n).astype(int), n - 1)
+    chosen = []
+    for k in range(n):
+        members = np.flatnonzero(stretch == k)
+        if len(members):
+            chosen.append(int(members[np.argmax(sharp[members])]))
+    return chosen
+
+
+def write_video_frames(video: Path, folder: Path, frames: int, max_long_side: int) -> tuple[list[str], str]:
+    """Up to ``frames`` frames of ``video`` chosen by :func:`choose_frames` (its change of view and sharpness, read
+    in a first pass), at the working size, into ``folder`` as ``frame_00001.jpg`` ... (a second pass); the names
+    written and a line saying what was chosen."""
     count, reader = _video_frames(video)
     if count < MIN_IMAGES:
         raise PrepareError(f"{video}: {count} frames: prepare needs at least {MIN_IMAGES}")
     n = min(frames, count)
-    window = count / n
-    best: list[tuple[float, np.ndarray | None]] = [(-1.0, None)] * n
-    bar = tqdm(total=count, desc="frames", unit="frame", leave=False)
+    sharp, change, previous = [], [], None
+    bar = tqdm(total=2 * count, desc="frames", unit="frame", leave=False)
     try:
-        for i, frame in enumerate(reader):
-            k = min(int(i / window), n - 1)
+        for frame in reader:
             small = frame[::2, ::2] if max(frame.shape[:2]) > 720 else frame
-            score = sharpness(small)
-            if score > best[k][0]:
-                best[k] = (score, frame)
+            sharp.append(sharpness(small))
+            thumb = thumbnail(small)
+            change.append(0.0 if previous is None else float(np.mean(np.abs(thumb - previous))))
+            previous = thumb
             bar.update()
+        chosen = set(choose_frames(np.array(change), np.array(sharp), n))
+        folder.mkdir(parents=True, exist_ok=True)
+        names = []
+        _, reader = _video_frames(video)
+        for i, frame in enumerate(reader):
+            bar.update()
+            if i not in chosen:
+                continue
+            name = f"frame_{len(names) + 1:05d}.jpg"
+            im = Image.fromarray(np.ascontiguousarray(frame[..., :3]))
+            size = working_size(*im.size, max_long_side)
+            _save(im.resize(size, Image.Resampling.LANCZOS) if size != im.size else im, folder / name)
+            names.append(name)
     except (OSError, RuntimeError) as exc:
         raise PrepareError(f"{video}: ffmpeg stopped reading it ({str(exc).splitlines()[0][:160]})") from None
     finally:
         bar.close()
-    folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    for k, (_, frame) in enumerate(best):
-        if frame is None:  # fewer frames decoded than counted
-            continue
-        name = f"frame_{k + 1:05d}.jpg"
-        im = Image.fromarray(np.ascontiguousarray(frame[..., :3]))
-        size = working_size(*im.size, max_long_side)
-        _save(im.resize(size, Image.Resampling.LANCZOS) if size != im.size else im, folder / name)
-        names.append(name)
     if len(names) < MIN_IMAGES:
         raise PrepareError(f"{video}: only {len(names)} frames could be decoded: prepare needs at least {MIN_IMAGES}")
-    return names
+    half = len(sharp) // 2
+    moving = float(np.sum(change[half:])) / max(float(np.sum(change[1:])), 1e-12)
+    said = (
+        f"{len(names)} of {len(sharp)} frames, the sharpest of each of {n} equal stretches of the video's progress "
+        f"({round(100 * (1 - FRAME_TIME_SHARE))} % its change of view, {round(100 * FRAME_TIME_SHARE)} % its time); "
+        f"{sum(i >= half for i in chosen)} from its second half, where {100 * moving:.0f} % of the change is"
+    )
+    return names, said
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -245,6 +296,17 @@ def image_pairs(n: int, matcher: str, overlap: int, loop_pairs: int) -> list[tup
     return sorted(pairs)
 
 
+SIFT_DOUBLE_BELOW = 640  # px on the long side: smaller images are doubled for SIFT (--sift-first-octave None)
+
+
+def sift_first_octave(cfg: PrepareConfig, image: Path) -> int:
+    """SIFT's first octave for the photos of which ``image`` is one (see ``PrepareConfig.sift_first_octave``)."""
+    if cfg.sift_first_octave is not None:
+        return cfg.sift_first_octave
+    with Image.open(image) as im:
+        return -1 if max(im.size) < SIFT_DOUBLE_BELOW else 0
+
+
 def _extract(pycolmap, db: Path, images: Path, names: list[str], cfg: PrepareConfig) -> None:  # noqa: ANN001
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = cfg.camera_model
@@ -252,6 +314,7 @@ def _extract(pycolmap, db: Path, images: Path, names: list[str], cfg: PrepareCon
     extraction.num_threads = cfg.threads
     extraction.use_gpu = False
     extraction.sift.max_num_features = cfg.max_features
+    extraction.sift.first_octave = sift_first_octave(cfg, images / names[0])
     mode = pycolmap.CameraMode.SINGLE if cfg.single_camera else pycolmap.CameraMode.PER_IMAGE
     chunk = 8
     with tqdm(total=len(names), desc="features", unit="image", leave=False) as bar:
@@ -307,24 +370,32 @@ def _map(  # noqa: ANN202 - a pycolmap.Reconstruction
     name: str = "models",
     start: Path | None = None,
 ):
-    """Incremental mapping (into ``work/name``), from scratch or continued from the model in ``start`` (its cameras
-    the starting point: the images it lacks registered, every match triangulated, then bundle adjustment); the
-    reconstruction with the most registered images."""
-    options = pycolmap.IncrementalPipelineOptions()
-    options.num_threads = cfg.mapping_threads
-    options.random_seed = 0  # COLMAP's -1 seeds from the clock
-    options.min_model_size = min(10, max(MIN_IMAGES, n_images // 4))
+    """Mapping (into ``work/name``) with ``cfg.mapper``: incremental, from scratch or continued from the model in
+    ``start`` (its cameras the starting point: the images it lacks registered, every match triangulated, then
+    bundle adjustment), or global (from scratch); the reconstruction with the most registered images."""
     placed = pycolmap.Reconstruction(start).num_reg_images() if start is not None else 0
     desc = "mapping" if name == "models" else f"mapping ({name})"
+    desc += " (global)" if cfg.mapper == "global" else ""
     bar = tqdm(total=n_images, initial=placed, desc=desc, unit="image", leave=False)
     out = work / name
     if out.exists():
         shutil.rmtree(out)  # mapping starts over on a resumed run (features and matches are kept)
     out.mkdir()
     try:
-        models = pycolmap.incremental_mapping(
-            db, images, out, options=options, input_path=start or "", next_image_callback=bar.update
-        )
+        if cfg.mapper == "global":  # every photo at once: the bar fills at the end
+            options = pycolmap.GlobalPipelineOptions()
+            options.num_threads = options.mapper.num_threads = cfg.mapping_threads
+            options.random_seed = options.mapper.random_seed = 0
+            options.min_model_size = min(10, max(MIN_IMAGES, n_images // 4))
+            models = pycolmap.global_mapping(db, images, out, options=options)
+        else:
+            options = pycolmap.IncrementalPipelineOptions()
+            options.num_threads = cfg.mapping_threads
+            options.random_seed = 0  # COLMAP's -1 seeds from the clock
+            options.min_model_size = min(10, max(MIN_IMAGES, n_images // 4))
+            models = pycolmap.incremental_mapping(
+                db, images, out, options=options, input_path=start or "", next_image_callback=bar.update
+            )
     finally:
         bar.close()
     if not models:
@@ -512,7 +583,8 @@ def _sfm(work: Path) -> None:
     t0 = time.perf_counter()
     # continued from the near pairs' model where the check made one: the far pairs it kept close loops in the
     # final triangulation and bundle adjustment (the fox: 7 s instead of 55, ATE 0.055 % against 0.059 %)
-    start = work / CHAIN_MODEL if (work / CHAIN_MODEL / "images.bin").is_file() else None
+    chain = work / CHAIN_MODEL
+    start = chain if cfg.mapper == "incremental" and (chain / "images.bin").is_file() else None
     rec = _map(pycolmap, db, images, work, len(names), cfg, start=start)
     registered = sorted(rec.images[i].name for i in rec.reg_image_ids())
     if len(registered) < MIN_IMAGES:
@@ -617,7 +689,8 @@ def prepare(source: Path, out: Path, cfg: PrepareConfig = PrepareConfig(), log: 
     if "images" not in state["done"]:
         t0 = time.perf_counter()
         if kind == "video":
-            names = write_video_frames(inputs[0], images, cfg.frames, cfg.max_long_side)
+            names, said = write_video_frames(inputs[0], images, cfg.frames, cfg.max_long_side)
+            log(said)
         else:
             names = write_photos(inputs, images, cfg.max_long_side)
         _finish(work, state, "images", t0, names=names)

@@ -23,6 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tyro
@@ -42,6 +43,10 @@ class Args:
     fresh: bool = False
     """Prepare again even where a prepared scene is there."""
     max_long_side: int = PrepareConfig.max_long_side
+    sift_first_octave: int | None = PrepareConfig.sift_first_octave
+    """SIFT's first octave (prepare's --sift-first-octave)."""
+    mapper: Literal["incremental", "global"] = PrepareConfig.mapper
+    """COLMAP's mapper (prepare's --mapper)."""
 
 
 def poses_by_name(scene: Path) -> tuple[list[str], np.ndarray]:
@@ -106,7 +111,10 @@ def main(args: Args) -> None:
             shutil.rmtree(out)
         start = time.perf_counter()
         if not out.exists():
-            stats = prepare(Path(photos), out, PrepareConfig(max_long_side=args.max_long_side))
+            cfg = PrepareConfig(
+                max_long_side=args.max_long_side, sift_first_octave=args.sift_first_octave, mapper=args.mapper
+            )
+            stats = prepare(Path(photos), out, cfg)
         else:
             stats = json.loads((out / "prepare.json").read_text())
         row = {

@@ -17,10 +17,17 @@ import numpy as np
 import pytest
 
 from ovseg3d.cli import main
-from ovseg3d.data.colmap import read_model
+from ovseg3d.data.colmap import c2w_opengl, read_model
 from ovseg3d.data.loader import camera_up, load_scene
 from ovseg3d.metrics import similarity_alignment, trajectory_error
-from ovseg3d.prepare import FAR_PAIR_MAX_PX, epipolar_agreement, image_pairs, sharpness, write_video_frames
+from ovseg3d.prepare import (
+    FAR_PAIR_MAX_PX,
+    choose_frames,
+    epipolar_agreement,
+    image_pairs,
+    sharpness,
+    write_video_frames,
+)
 
 pytest.importorskip("pycolmap")
 
@@ -114,6 +121,36 @@ def test_mapping_the_same_matches_twice_gives_the_same_cameras(prepared, tmp_pat
     assert float(said.stdout.strip().splitlines()[-1]) < 1e-9
 
 
+MAP_GLOBAL = """
+import json, shutil, sys
+from dataclasses import replace
+from pathlib import Path
+import pycolmap
+from ovseg3d.prepare import PrepareConfig, _map
+scene, work = Path(sys.argv[1]), Path(sys.argv[2])
+db = work / "global.db"
+shutil.copy(scene / "database.db", db)
+rec = _map(pycolmap, db, scene / "images", work, 20, replace(PrepareConfig(), mapper="global"))
+centres = {im.name: im.projection_center().tolist() for im in rec.images.values() if im.has_pose}
+print(json.dumps({"centres": centres, "error_px": rec.compute_mean_reprojection_error()}))
+"""
+
+
+def test_the_global_mapper_gives_back_the_cameras_of_the_incremental_one(prepared, tmp_path):
+    """``--mapper global`` (COLMAP's global mapper) places every photo of the generated scene where the incremental
+    mapper did, after a similarity alignment."""
+    said = subprocess.run(
+        [sys.executable, "-c", MAP_GLOBAL, str(prepared), str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    found = json.loads(said.stdout.strip().splitlines()[-1])
+    assert len(found["centres"]) == 20 and found["error_px"] < 1.5
+    incremental = {im.name: im for im in read_model(prepared / "sparse" / "0").images.values()}
+    names = sorted(found["centres"])
+    est = np.array([found["centres"][n] for n in names])
+    ref = np.stack([c2w_opengl(incremental[n])[:, 3] for n in names])
+    assert trajectory_error(est, ref)["rmse_share"] < 0.01
+
+
 FAR_PAIRS = """
 import json, shutil, sys
 from dataclasses import replace
@@ -189,21 +226,56 @@ def test_too_few_photos_or_no_video_is_one_line(tmp_path, rendered, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_video_gives_the_sharpest_frame_of_each_stretch(tmp_path):
+def _blurred(frame: np.ndarray) -> np.ndarray:
+    out = frame.astype(np.float32)
+    for _ in range(6):  # a box blur, six times
+        out = (out + np.roll(out, 1, 0) + np.roll(out, 1, 1) + np.roll(out, -1, 0)) / 4
+    return out.astype(np.uint8)
+
+
+def _pan(texture: np.ndarray, shifts: list[int]) -> list[np.ndarray]:
+    return [(texture[:96, x : x + 128] * 255).astype(np.uint8) for x in shifts]
+
+
+@pytest.fixture(scope="module")
+def texture():
+    rng = np.random.default_rng(0)
+    return np.kron(rng.random((40, 100, 3)), np.ones((4, 4, 1)))  # 160x400 of 4x4 blocks: survives H.264
+
+
+def test_a_video_gives_the_sharpest_frame_of_each_stretch(tmp_path, texture):
     iio = pytest.importorskip("imageio.v2")
     pytest.importorskip("imageio_ffmpeg")
-    rng = np.random.default_rng(0)
-    sharp = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
-    blurred = sharp.astype(np.float32)
-    for _ in range(6):  # a box blur, six times
-        blurred = (blurred + np.roll(blurred, 1, 0) + np.roll(blurred, 1, 1) + np.roll(blurred, -1, 0)) / 4
-    frames = [sharp if i in (1, 2, 5, 6, 9) else blurred.astype(np.uint8) for i in range(10)]
+    frames = _pan(texture, [8 * i for i in range(10)])  # a steady pan
+    frames = [f if i in (1, 2, 5, 6, 9) else _blurred(f) for i, f in enumerate(frames)]
     video = tmp_path / "walk.mp4"
     iio.mimwrite(video, frames, fps=10, macro_block_size=16)
-    names = write_video_frames(video, tmp_path / "frames", frames=5, max_long_side=0)
-    assert names == [f"frame_{k:05d}.jpg" for k in range(1, 6)]
+    names, said = write_video_frames(video, tmp_path / "frames", frames=5, max_long_side=0)
+    assert names == [f"frame_{k:05d}.jpg" for k in range(1, 6)] and said.startswith("5 of 10 frames")
     kept = [sharpness(np.asarray(iio.imread(tmp_path / "frames" / n))) for n in names]
-    assert min(kept) > 4 * sharpness(blurred.astype(np.uint8))
+    assert min(kept) > 4 * max(sharpness(f) for i, f in enumerate(frames) if i not in (1, 2, 5, 6, 9))
+
+
+def test_a_video_whose_camera_stands_still_half_the_time_gives_its_frames_where_it_moves(tmp_path, texture):
+    iio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")
+    frames = _pan(texture, [0] * 16 + [16 * i for i in range(1, 17)])  # 16 frames still, then 16 of a pan
+    video = tmp_path / "stop_and_go.mp4"
+    iio.mimwrite(video, frames, fps=10, macro_block_size=16)
+    names, said = write_video_frames(video, tmp_path / "frames", frames=8, max_long_side=0)
+    assert len(names) == 8
+    assert "7 from its second half" in said or "8 from its second half" in said  # equal stretches of time: 4
+
+
+def test_frames_are_chosen_by_change_of_view_then_sharpness():
+    change = np.r_[0.0, np.zeros(9), np.ones(10)]  # still for 10 frames, then moving
+    sharp = np.arange(20.0) % 3  # sharpest: every third frame
+    chosen = choose_frames(change, sharp, 5)
+    # progress (a fifth time, the rest change): frames 0-10 in the first fifth, then two frames a stretch
+    assert chosen == [2, 11, 14, 16, 17]  # the first sharpest of 0-10, of 11-12, 13-14, 15-16, 17-19
+    even = choose_frames(np.ones(20), sharp, 5)  # moving steadily: equal stretches of time
+    assert [i // 4 for i in even] == [0, 1, 2, 3, 4]
+    assert choose_frames(np.zeros(20), sharp, 5) == even  # no change at all: time alone
 
 
 def test_sequential_pairs_close_the_loop_and_exhaustive_pairs_are_all():

@@ -80,9 +80,10 @@ class PrepareConfig:
     """SIFT features per image."""
     sift_first_octave: int | None = None
     """SIFT's first octave: -1 (COLMAP's default) doubles each image before finding features, which finds more of
-    them, at about 4x the seconds of features and 5x of matching; 0 works on the images as they are. None: -1 for
-    images under 640 px on their long side, 0 otherwise (mip-NeRF 360's bonsai at 800 px: 174 s instead of 891,
-    cameras within 0.07 % of the doubled images')."""
+    them at about 4x the seconds of features and 5x of matching; 0 works on the images as they are. None: 0, then
+    -1 from scratch if that found a median under 400 keypoints an image (mip-NeRF 360's bonsai, 292 photos: 174 s
+    instead of 891, cameras within 0.07 % of the doubled images'; a figurine video's plain frames: 300 keypoints,
+    doubled)."""
     gravity: bool = True
     """Turn the model so that the cameras' up is +z and the sparse points' median the origin."""
     undistort: bool = False
@@ -296,28 +297,42 @@ def image_pairs(n: int, matcher: str, overlap: int, loop_pairs: int) -> list[tup
     return sorted(pairs)
 
 
-SIFT_DOUBLE_BELOW = 640  # px on the long side: smaller images are doubled for SIFT (--sift-first-octave None)
+SIFT_MIN_KEYPOINTS = 400  # median SIFT keypoints an image below which the photos are doubled (--sift-first-octave None)
 
 
-def sift_first_octave(cfg: PrepareConfig, image: Path) -> int:
-    """SIFT's first octave for the photos of which ``image`` is one (see ``PrepareConfig.sift_first_octave``)."""
-    if cfg.sift_first_octave is not None:
-        return cfg.sift_first_octave
-    with Image.open(image) as im:
-        return -1 if max(im.size) < SIFT_DOUBLE_BELOW else 0
+def _extract(pycolmap, db: Path, images: Path, names: list[str], cfg: PrepareConfig) -> int:  # noqa: ANN001
+    """SIFT features of ``names`` into ``db``; the first octave used (``cfg.sift_first_octave``, or for None: 0, and
+    -1 again from scratch when the photos gave a median under :data:`SIFT_MIN_KEYPOINTS` keypoints)."""
+    octave = 0 if cfg.sift_first_octave is None else cfg.sift_first_octave
+    _extract_octave(pycolmap, db, images, names, cfg, octave)
+    if cfg.sift_first_octave is None:
+        with pycolmap.Database.open(db) as database:
+            median = float(
+                np.median([database.num_keypoints_for_image(im.image_id) for im in database.read_all_images()])
+            )
+        if median < SIFT_MIN_KEYPOINTS:
+            tqdm.write(
+                f"features: a median {median:.0f} an image as they are (under {SIFT_MIN_KEYPOINTS}): found again in "
+                "the images doubled (--sift-first-octave -1)"
+            )
+            db.unlink()
+            octave = -1
+            _extract_octave(pycolmap, db, images, names, cfg, octave)
+    return octave
 
 
-def _extract(pycolmap, db: Path, images: Path, names: list[str], cfg: PrepareConfig) -> None:  # noqa: ANN001
+def _extract_octave(pycolmap, db: Path, images: Path, names: list[str], cfg: PrepareConfig, octave: int) -> None:  # noqa: ANN001
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = cfg.camera_model
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.num_threads = cfg.threads
     extraction.use_gpu = False
     extraction.sift.max_num_features = cfg.max_features
-    extraction.sift.first_octave = sift_first_octave(cfg, images / names[0])
+    extraction.sift.first_octave = octave
     mode = pycolmap.CameraMode.SINGLE if cfg.single_camera else pycolmap.CameraMode.PER_IMAGE
     chunk = 8
-    with tqdm(total=len(names), desc="features", unit="image", leave=False) as bar:
+    desc = "features" + (" (doubled)" if octave < 0 else "")
+    with tqdm(total=len(names), desc=desc, unit="image", leave=False) as bar:
         for start in range(0, len(names), chunk):  # COLMAP skips images already in the database: resumable
             part = names[start : start + chunk]
             if cfg.single_camera and db.is_file():  # SINGLE holds within one call: later chunks join its camera
@@ -552,8 +567,8 @@ def _sfm(work: Path) -> None:
 
     if "features" not in state["done"]:
         t0 = time.perf_counter()
-        _extract(pycolmap, db, images, names, cfg)
-        _finish(work, state, "features", t0)
+        octave = _extract(pycolmap, db, images, names, cfg)
+        _finish(work, state, "features", t0, sift_first_octave=octave)
     matcher = cfg.matcher
     if matcher == "auto":
         matcher = "exhaustive" if kind == "photos" and len(names) <= cfg.exhaustive_up_to else "sequential"
@@ -623,6 +638,7 @@ def _sfm(work: Path) -> None:
         "mean_reprojection_error_px": round(float(rec.compute_mean_reprojection_error()), 3),
         "mean_track_length": round(float(rec.compute_mean_track_length()), 2),
         "matcher": state.get("matcher", matcher),
+        "sift_first_octave": state.get("sift_first_octave"),
         "verified_pairs": state.get("verified_pairs"),
         "far_pair_check": state.get("far_pair_check"),
         "gravity_up_in_colmap_frame": None if up is None else np.round(up, 6).tolist(),

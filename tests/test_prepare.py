@@ -61,6 +61,7 @@ def test_a_generated_scenes_renders_give_back_its_cameras(rendered, prepared):
     stats = json.loads((out / "prepare.json").read_text())
     assert stats["registered"] == stats["images"] == 20
     assert stats["mean_reprojection_error_px"] < 1.5
+    assert stats["sift_first_octave"] == -1  # few features at 320x240 as they are: doubled
     assert (out / "sparse" / "0" / "cameras.bin").is_file() and (out / "images_2").is_dir()
     assert len(read_model(out / "sparse" / "0").cameras) == 1  # one camera for all, across extraction chunks
     assert not (out.parent / "prepared.partial").exists()
@@ -276,6 +277,41 @@ def test_frames_are_chosen_by_change_of_view_then_sharpness():
     even = choose_frames(np.ones(20), sharp, 5)  # moving steadily: equal stretches of time
     assert [i // 4 for i in even] == [0, 1, 2, 3, 4]
     assert choose_frames(np.zeros(20), sharp, 5) == even  # no change at all: time alone
+
+
+EXTRACT = """
+import sys
+from pathlib import Path
+import pycolmap
+from ovseg3d.prepare import PrepareConfig, _extract
+images, db = Path(sys.argv[1]), Path(sys.argv[2])
+names = sorted(p.name for p in images.iterdir())[:3]
+octave = _extract(pycolmap, db, images, names, PrepareConfig())
+with pycolmap.Database.open(db) as database:
+    print(octave, min(database.num_keypoints_for_image(im.image_id) for im in database.read_all_images()))
+"""
+
+
+def test_photos_with_few_features_as_they_are_are_doubled_for_sift(rendered, tmp_path):
+    """--sift-first-octave None: a fine texture keeps its size (first octave 0); the generated room at 320x240
+    finds under 400 keypoints an image as it is, so SIFT runs again on it doubled (-1), finding more."""
+    iio = pytest.importorskip("imageio.v2")
+    fine = tmp_path / "fine"
+    fine.mkdir()
+    cloth = np.kron(np.random.default_rng(1).random((120, 200, 3)), np.ones((4, 4, 1)))  # 4x4 blocks: 480x800
+    for i in range(3):
+        iio.imwrite(fine / f"{i:02d}.png", (cloth[:, 48 * i : 48 * i + 640] * 255).astype(np.uint8))
+    said = {}
+    for name, images in (("fine", fine), ("room", rendered / "images")):
+        out = subprocess.run(
+            [sys.executable, "-c", EXTRACT, str(images), str(tmp_path / f"{name}.db")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        said[name] = [int(x) for x in out.strip().splitlines()[-1].split()]
+    assert said["fine"][0] == 0 and said["fine"][1] >= 400
+    assert said["room"][0] == -1
 
 
 def test_sequential_pairs_close_the_loop_and_exhaustive_pairs_are_all():

@@ -338,8 +338,8 @@ def cmd_prepare(args: list[str]) -> int:
         args=args,
         prog=usage,
         description="Make a scene of a folder of photos or of a video: frames or photos upright at a working size, "
-        "SIFT features, matching, incremental mapping and bundle adjustment with pycolmap (COLMAP on the CPU, no "
-        "separate install), the model turned so that the cameras' up is +z. Writes OUT/images/ and OUT/sparse/0/ "
+        "SIFT features, matching, mapping (incremental or global) and bundle adjustment with pycolmap (COLMAP on the "
+        "CPU, no separate install), the model turned so that the cameras' up is +z. Writes OUT/images/ and OUT/sparse/0/ "
         "(what ovseg3d train reads), images_2/4/8, database.db and prepare.json (what was registered, the "
         "reprojection error, the seconds of each step). OUT appears only when whole; run the same command again "
         "to resume an interrupted one.",

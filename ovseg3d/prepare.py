@@ -82,7 +82,7 @@ class PrepareConfig:
     """SIFT's first octave: -1 (COLMAP's default) doubles each image before finding features, which finds more of
     them at about 4x the seconds of features and 5x of matching; 0 works on the images as they are. None: 0, then
     -1 from scratch if that found a median under 400 keypoints an image (mip-NeRF 360's bonsai, 292 photos: 174 s
-    instead of 891, cameras within 0.07 % of the doubled images'; a figurine video's plain frames: 300 keypoints,
+    instead of 1,680, cameras within 0.07 % of the doubled images'; a figurine video's plain frames: 300 keypoints,
     doubled)."""
     gravity: bool = True
     """Turn the model so that the cameras' up is +z and the sparse points' median the origin."""

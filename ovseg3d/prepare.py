@@ -102,7 +102,7 @@ class PrepareConfig:
     """incremental: COLMAP's incremental mapper (a photo at a time, bundle adjustment as the model grows); global:
     COLMAP's global mapper (GLOMAP's rotation averaging, then every position at once, then bundle adjustment)."""
     mapping_threads: int = 1
-    """CPU threads for the incremental mapping (-1: all). COLMAP's mapper builds a different model for each thread
+    """CPU threads for the mapping (-1: all). COLMAP's incremental mapper builds a different model for each thread
     count: on instant-ngp's fox, 2 threads placed 9 of the 50 photos together 68 % of the cameras' extent away (a
     repeated wallpaper), 1 thread every photo within 0.06 % of instant-ngp's poses, and no faster with 2. One thread
     (and a fixed random seed) gives the same model from the same photos on any machine."""
@@ -190,15 +190,17 @@ def sharpness(rgb: np.ndarray) -> float:
     return float(lap.var())
 
 
-def _video_frames(video: Path):  # noqa: ANN202 - (count or None, iterator of frames)
+def _video_frames(video: Path, count: bool = True):  # noqa: ANN202 - (count or None, iterator of frames)
+    """The video's frame count (ffmpeg decodes the whole video for it; None when ``count`` is false) and an
+    iterator of its frames."""
     try:
         import imageio.v3 as iio
         import imageio_ffmpeg
     except ImportError:
         raise UsageError('reading a video needs imageio-ffmpeg: pip install "ovseg3d[prepare]"') from None
     try:
-        count, _ = imageio_ffmpeg.count_frames_and_secs(str(video))
-        return count, iio.imiter(video, plugin="FFMPEG")
+        n = imageio_ffmpeg.count_frames_and_secs(str(video))[0] if count else None
+        return n, iio.imiter(video, plugin="FFMPEG")
     except (OSError, RuntimeError, ValueError, StopIteration) as exc:
         raise PrepareError(f"{video}: ffmpeg cannot read it as a video ({str(exc).splitlines()[0][:160]})") from None
 
@@ -256,7 +258,7 @@ def write_video_frames(video: Path, folder: Path, frames: int, max_long_side: in
         chosen = set(choose_frames(np.array(change), np.array(sharp), n))
         folder.mkdir(parents=True, exist_ok=True)
         names = []
-        _, reader = _video_frames(video)
+        _, reader = _video_frames(video, count=False)  # counted already
         for i, frame in enumerate(reader):
             bar.update()
             if i not in chosen:

@@ -14,11 +14,13 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import tyro
+
+from ovseg3d.prepare import PrepareConfig, _extract_octave, _match, image_pairs
 
 
 @dataclass
@@ -33,46 +35,28 @@ class Args:
 
 
 def measure(images: Path, names: list[str], octave: int, max_features: int, work: Path) -> dict:
+    """Features and matches through ``prepare``'s own extraction (this first octave) and matching (each photo with
+    its next five: sequential pairs without loop pairs)."""
     import pycolmap
 
     db = work / f"sift_{octave}_{max_features}.db"
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.use_gpu = False
-    extraction.sift.first_octave = octave
-    extraction.sift.max_num_features = max_features
-    reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = "OPENCV"
+    cfg = replace(PrepareConfig(), max_features=max_features, overlap=5, loop_pairs=0)
     t0 = time.perf_counter()
-    pycolmap.extract_features(
-        db,
-        images,
-        image_names=names,
-        camera_mode=pycolmap.CameraMode.SINGLE,
-        reader_options=reader,
-        extraction_options=extraction,
-        device=pycolmap.Device.cpu,
-    )
+    _extract_octave(pycolmap, db, images, names, cfg, octave)
     features = time.perf_counter() - t0
-    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 : i + 6]]
-    listing = work / "pairs.txt"
-    listing.write_text("".join(f"{a} {b}\n" for a, b in pairs))
-    matching = pycolmap.FeatureMatchingOptions()
-    matching.use_gpu = False
-    pairing = pycolmap.ImportedPairingOptions()
-    pairing.match_list_path = listing
     t0 = time.perf_counter()
-    pycolmap.match_image_pairs(db, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu)
+    verified = _match(pycolmap, db, work, names, "sequential", cfg)
     match = time.perf_counter() - t0
+    pairs = len(image_pairs(len(names), "sequential", cfg.overlap, cfg.loop_pairs))
     with pycolmap.Database.open(db) as database:
         keypoints = [database.num_keypoints_for_image(im.image_id) for im in database.read_all_images()]
-        verified = int(database.num_verified_image_pairs())
     return {
         "first_octave": octave,
         "max_features": max_features,
         "seconds_a_photo": round(features / len(names), 3),
         "keypoints_median": int(np.median(keypoints)),
-        "seconds_a_pair": round(match / len(pairs), 4),
-        "pairs": len(pairs),
+        "seconds_a_pair": round(match / pairs, 4),
+        "pairs": pairs,
         "verified_pairs": verified,
     }
 

@@ -16,6 +16,7 @@ from ovseg3d.detect.gravity import NoFlatSurface, estimate_up, rotation_between
 from ovseg3d.detect.head import DetectOptions, detect, point_spacing
 from ovseg3d.detect.instances import connected_components, join_stacked, merge_pieces
 from ovseg3d.detect.metrics import box_iou, rot_z
+from ovseg3d.detect.priors import SizePriors
 from ovseg3d.export import LabelledCloud, read_ply, write_ply
 
 RNG = np.random.default_rng(0)
@@ -252,6 +253,22 @@ def test_size_prior_drops_a_box_far_from_its_class_size():
     assert [d.name for d in detect(cloud, opts, **quiet).detections] == ["chair"]
     alone = detect(cloud, DetectOptions(min_points=10), **quiet)
     assert [d.name for d in alone.detections] == ["chair"] and alone.scale.metres_per_unit > 10
+
+
+def test_a_described_class_takes_its_nouns_prior_and_stuff():
+    """An open vocabulary's names carry adjectives: "red chair" is held to the chair's size, "wooden floor" is a
+    surface of the scene, never boxed; a name whose last words have no entry has no prior."""
+    priors = SizePriors.load()
+    assert priors.key("Red Chair") == "chair" and priors.key("red soda can") == "soda can"
+    assert priors.shape_of("dented tin can") == "cylinder" and priors.symmetric_of("old chair") is False
+    assert priors.key("chair cushion") is None and priors.ratios("chair cushion", np.ones(3)) is None
+    assert priors.is_stuff("wooden floor") and not priors.is_stuff("floor lamp")
+    tiny_chair = box_surface([0.0, 0.0, 0.02], [0.04, 0.04, 0.04], 0.0)
+    cloud = cloud_of([(floor(), 1), (tiny_chair, 0)], ["red chair", "wooden floor"])
+    quiet = {"up_hint": np.array([0, 0, 1.0]), "log": lambda *_: None}
+    kept = detect(cloud, DetectOptions(min_points=10, scale=1.0), **quiet)
+    assert kept.detections == [] and kept.rejected["size prior"] == 1
+    assert kept.vocabulary == ["red chair"]
 
 
 def test_point_spacing_of_a_sampled_plane():

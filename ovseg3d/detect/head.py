@@ -291,7 +291,7 @@ def _joined(
     for name, parts in pieces:
         if opts.join_pieces and len(parts) > 1:
             parts = join_stacked(xyz_up, parts)
-        if name.lower() in priors.sizes and opts.size_prior and opts.join_pieces and len(parts) > 1:
+        if priors.has(name) and opts.size_prior and opts.join_pieces and len(parts) > 1:
             parts = merge_pieces(xyz_up, parts, functools.partial(_prior_score, priors, name, scale), eps)
         out += [p for p in parts if len(p) >= opts.min_points]
     return out
@@ -321,7 +321,7 @@ def _scale_from_pieces(
     joined and before the prior is applied (:func:`~ovseg3d.detect.scale.estimate_scale`)."""
     names, sizes = [], []
     for name, parts in pieces:
-        if name.lower() in priors.sizes:
+        if priors.has(name):
             for idx in parts:
                 if len(idx) >= min_points:
                     names.append(name)
@@ -487,14 +487,14 @@ def _posed(
     """A named instance's detection (world frame) and its box (gravity frame): turned to face its front when it
     has one, grown down to the ``support`` height."""
     box, pts = cand.box, cand.pts
-    symmetric = priors.symmetric.get(cand.name.lower())
+    symmetric = priors.symmetric_of(cand.name)
     asym = 0.0
     if not symmetric:  # the table says it has a front, or does not know: look for one
         yaw, asym = front_yaw(pts)
         symmetric = asym < opts.front_threshold if symmetric is None else False
         if not symmetric:
             box = face(box, yaw, pts)
-    shape = priors.shapes.get(cand.name.lower())
+    shape = priors.shape_of(cand.name)
     if opts.complete_round and shape is not None:
         box = complete_round(box, pts, shape)
     if opts.rest_on_support:

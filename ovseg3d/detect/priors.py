@@ -49,14 +49,34 @@ class SizePriors:
                 raise UsageError(f"{path}: not a size-prior table ({exc})") from None
         return priors
 
+    def key(self, name: str) -> str | None:
+        """The table's entry for a class name: the name itself, else its longest run of last words that has one
+        (an open vocabulary's "ceramic vase" is a vase, "red soda can" a soda can); ``None`` without any."""
+        return _last_words(name, self.sizes)
+
+    def has(self, name: str) -> bool:
+        return self.key(name) is not None
+
+    def symmetric_of(self, name: str) -> bool | None:
+        """Whether the class looks alike from front and back; ``None`` where the table does not say."""
+        key = self.key(name)
+        return self.symmetric.get(key) if key is not None else None
+
+    def shape_of(self, name: str) -> str | None:
+        """``sphere`` or ``cylinder`` for a round class, else ``None``."""
+        key = self.key(name)
+        return self.shapes.get(key) if key is not None else None
+
     def is_stuff(self, name: str) -> bool:
-        return name.lower() in self.stuff
+        """A surface of the scene rather than an object: the name or its last words are stuff ("wooden floor")."""
+        return _last_words(name, self.stuff) is not None
 
     def ratios(self, name: str, size: np.ndarray) -> np.ndarray | None:
         """Measured over prior size for (longer side, shorter side, height), or ``None`` without a prior."""
-        prior = self.sizes.get(name.lower())
-        if prior is None:
+        key = self.key(name)
+        if key is None:
             return None
+        prior = self.sizes[key]
         horiz = np.sort(np.asarray(size[:2], np.float64))[::-1]
         return np.array([*(horiz / np.sort(prior[:2])[::-1]), size[2] / prior[2]])
 
@@ -70,3 +90,13 @@ class SizePriors:
         if (r < 0.1).any() or (r > 10).any() or not 0.05 <= volume <= 20:
             return 0.0
         return math.exp(-float(np.abs(np.log(r)).mean()))
+
+
+def _last_words(name: str, names: dict[str, np.ndarray] | set[str]) -> str | None:
+    """The longest run of ``name``'s last words (lower case) that is in ``names``, else ``None``."""
+    words = name.lower().split()
+    for i in range(len(words)):
+        tail = " ".join(words[i:])
+        if tail in names:
+            return tail
+    return None

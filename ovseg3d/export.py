@@ -60,6 +60,8 @@ MAX_BUDGET_STRIDE = 8
 SEMANTIC_SHARE = 0.2
 """The semantic field's latents of the kept pixels, as a share of the depth maps' seconds (0.20 measured on a
 generated orbit room, 32 views at 160x120 on 2 CPU cores; the agreement and the fusion cost 1-2 % more)."""
+MAX_LEVEL = 8
+"""The coarsest fusion grid for far points: the voxel times 2^8 (:func:`fuse_points`)."""
 MAX_BEND = 0.2
 """The largest sine of the angle between the two steps from a pixel's point to its neighbours' along an image
 axis for :func:`incidence_cosine` to read a surface there (11.5 deg)."""
@@ -271,16 +273,49 @@ def agreeing_views(
 
 
 def fuse_points(
-    points: Tensor, values: Tensor, view_ids: Tensor, origin: Tensor, voxel: float, min_views: int
+    points: Tensor,
+    values: Tensor,
+    view_ids: Tensor,
+    origin: Tensor,
+    voxel: float,
+    min_views: int,
+    footprint: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Fuse points on a voxel grid: per voxel the mean position, the mean of ``values [N, K]`` and the number of
     distinct views.
 
     Voxels with fewer than ``min_views`` views, or without an occupied voxel among their 26 neighbours,
     are dropped. Returns ``xyz [V, 3]``, ``values [V, K]`` (float64), ``views [V]``.
+
+    ``footprint`` (``[N]``, world units): the width of each point's pixel at its depth. A point dropped on the
+    grid whose pixel is wider than half a voxel is fused again on grids of ``voxel * 2^k``, up to the one with
+    two of its pixels across a cell, with the other points dropped at that level: a far wall's or a room's far
+    side's pixels land one to a voxel with empty voxels between them, so no neighbour and no second view meet
+    there on the fine grid, and the cloud would keep only the scene's centre. Near points are fused as before.
     """
+    xyz, vals, views, kept = _fuse(points, values, view_ids, origin, voxel, min_views)
+    if footprint is None or not len(points):
+        return xyz, vals, views
+    cap = torch.ceil(torch.log2((2 * footprint / voxel).clamp_min(1.0))).long().clamp(0, MAX_LEVEL)
+    rest = ~kept & (cap > 0)
+    parts = [(xyz, vals, views)]
+    for k in range(1, int(cap.max()) + 1):
+        at = torch.nonzero(rest & (cap >= k))[:, 0]
+        if not len(at):
+            break
+        x, v, n, ok = _fuse(points[at], values[at], view_ids[at], origin, voxel * 2**k, min_views)
+        parts.append((x, v, n))
+        rest[at[ok]] = False
+    return tuple(torch.cat(x) for x in zip(*parts))  # type: ignore[return-value]
+
+
+def _fuse(
+    points: Tensor, values: Tensor, view_ids: Tensor, origin: Tensor, voxel: float, min_views: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`fuse_points` on one grid, and ``[N]`` whether each point's voxel was kept."""
     if len(points) == 0:
-        return points.new_zeros(0, 3), values.new_zeros(0, values.shape[1]).double(), view_ids.new_zeros(0)
+        empty = torch.zeros(0, dtype=torch.bool, device=points.device)
+        return points.new_zeros(0, 3), values.new_zeros(0, values.shape[1]).double(), view_ids.new_zeros(0), empty
     cell = torch.floor((points - origin) / voxel).long()
     cell -= cell.min(0).values - 1  # >= 1, so neighbours are >= 0
     dims = cell.max(0).values + 2
@@ -304,7 +339,9 @@ def fuse_points(
     pos = torch.searchsorted(kept, probe).clamp(max=max(len(kept) - 1, 0))
     has_neighbour = (kept[pos] == probe).any(1) if len(kept) else torch.zeros(0, dtype=torch.bool)
     idx = torch.nonzero(keep)[:, 0][has_neighbour]
-    return sums[idx, :3].float(), sums[idx, 3:], views[idx]
+    voxel_kept = torch.zeros(n, dtype=torch.bool, device=points.device)
+    voxel_kept[idx] = True
+    return sums[idx, :3].float(), sums[idx, 3:], views[idx], voxel_kept[inverse]
 
 
 def view_used(scene: Scene, view: int, cams: Cameras) -> Tensor | None:
@@ -395,7 +432,7 @@ def _lift_views(  # noqa: ANN001
         depths[v], dropped, opacity = depth_map(trainer, cams, v, opts.min_opacity, opts.max_spread, relative)
         spread += dropped
         opacities.append(opacity)
-    pts, vals, ids, pixels = [], [], [], torch.zeros((), dtype=torch.long, device=trainer.device)
+    pts, vals, ids, wide, pixels = [], [], [], [], torch.zeros((), dtype=torch.long, device=trainer.device)
     clock["agreement"], clock["semantics"] = 0.0, 0.0
     clock["depth"] = _lap(clock["depth"], trainer.device)
     for v in tqdm(views, desc="fuse", unit="view", leave=False):
@@ -416,12 +453,15 @@ def _lift_views(  # noqa: ANN001
             value = torch.cat([value, pixel_latents(distiller, cams, v, origins[rays], dirs[rays], scene.near_far)], 1)
             clock["semantics"] += _lap(start, trainer.device)
         pts.append(p[agree])
+        wide.append(depths[v][rays] / cams.fx[v])
         vals.append(value)
         ids.append(torch.full((len(rays),), v, dtype=torch.long, device=trainer.device))
     points = torch.cat(pts)
     origin = scene.aabb[:3].to(points.device)
     start = time.perf_counter()
-    xyz, values, n_views = fuse_points(points, torch.cat(vals), torch.cat(ids), origin, voxel, opts.min_views)
+    xyz, values, n_views = fuse_points(
+        points, torch.cat(vals), torch.cat(ids), origin, voxel, opts.min_views, torch.cat(wide)
+    )
     clock["fusion"] = _lap(start, trainer.device)
     n_pixels, n_spread = int(pixels), int(spread)
     size = f"{cams.width}x{cams.height}" + (f", one pixel in {stride} along each axis" if stride > 1 else "")
@@ -516,13 +556,17 @@ def extract_cloud(
 
     trainer = load_trainer(run, device_name)
     distiller = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
-    if distiller is None:
-        raise UsageError(
-            f"{run} has no semantic field (trained with --teacher none): train with --teacher synthetic|clip to export"
-        )
     from ovseg3d.data.loader import parse_classes
 
     names, given = list(trainer.scene.classes), parse_classes(classes)
+    if distiller is None:
+        if opts.queries or opts.features or given:
+            raise UsageError(
+                f"{run} has no semantic field (trained with --teacher none): --query, --features and --classes need "
+                "one (train with --teacher synthetic|clip); without them the cloud has positions and colours only"
+            )
+        log(f"{run} has no semantic field (trained with --teacher none): the cloud has positions and colours only")
+        names = []
     if names and given and given != names:
         raise UsageError(
             f"{run} was trained with the classes {', '.join(names)}; --classes gives {', '.join(given)}: drop "
@@ -540,7 +584,10 @@ def extract_cloud(
         )
     encoder = text_encoder(trainer.cfg.teachers, trainer.device) if opts.queries or named_here else None
     text = encoder.encode_text(names).float().to(trainer.device) if named_here else None
-    probs, rel, feats = point_semantics(distiller, latent, opts.queries, encoder, opts.features, opts.chunk, text)
+    if distiller is None:
+        probs, rel, feats = torch.zeros(len(xyz), 0), {}, None
+    else:
+        probs, rel, feats = point_semantics(distiller, latent, opts.queries, encoder, opts.features, opts.chunk, text)
     if probs.shape[1]:
         confidence, label = probs.max(-1)
     else:

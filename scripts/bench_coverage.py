@@ -12,11 +12,14 @@ exported cloud (``RUN/export/points.npz``) is projected into the view:
 - a confident pixel is **covered** where an agreeing point falls within ``--radius`` pixels of it.
 
 Coverage is the covered share of the confident pixels, precision the agreeing share of the agreeing and in-front
-points, both over all the views. Pixels are also split by their depth into the nearest, middle and farthest third
+points, both over all the views. A confident pixel is also **consistent** where at least one other training view's
+depth map (all of them are rendered at the same size) puts a surface within ``--tol`` of its point: a backdrop
+that the field paints differently for each view (the contracted far side of an unbounded capture) is opaque
+without being a surface, and coverage is given over the consistent pixels too. Pixels are also split by their depth into the nearest, middle and farthest third
 of each view's confident pixels, so that "only its centre" shows as coverage that falls with distance.
 
 Prints a table and writes JSON (default ``RUN/coverage.json``); ``--pictures DIR`` writes, per view, the field's
-confident pixels in grey with the covered ones in green::
+confident pixels in dark grey, the consistent ones light grey and the covered ones green::
 
     python scripts/bench_coverage.py --run runs/office --views 12 --pictures bench/coverage
 """
@@ -32,8 +35,8 @@ import torch
 import torch.nn.functional as F
 import tyro
 
-from ovseg3d.data.cameras import project_points
-from ovseg3d.export import depth_map, load_export
+from ovseg3d.data.cameras import image_rays, project_points
+from ovseg3d.export import agreeing_views, depth_map, load_export
 from ovseg3d.train import load_trainer
 
 
@@ -54,7 +57,7 @@ class Args:
     cloud: Path | None = None
     """Another cloud to measure (a .npz export; default: RUN/export/points.npz)."""
     pictures: Path | None = None
-    """Write a picture per view here: confident pixels grey, the covered ones green."""
+    """Write a picture per view here: confident pixels dark grey, consistent ones light grey, covered ones green."""
     device: str = "auto"
     out: Path | None = None
     """JSON to write (default: RUN/coverage.json)."""
@@ -96,12 +99,21 @@ def main(args: Args) -> None:
     cams = trainer.scene.cameras.to(trainer.device).scaled(1 / args.stride)
     if args.pictures is not None:
         args.pictures.mkdir(parents=True, exist_ok=True)
-    totals = {"confident": 0, "covered": 0, "agree": 0, "ahead": 0}
+    every = {v: depth_map(trainer, cams, v, args.opacity)[0] for v in trainer.scene.train_ids}
+    totals = {"confident": 0, "covered": 0, "consistent": 0, "consistent_covered": 0, "agree": 0, "ahead": 0}
     thirds = np.zeros((3, 2))  # [near / middle / far] x [confident, covered]
     rows = []
     for view in ids:
-        depth, _, _ = depth_map(trainer, cams, view, args.opacity)
+        depth = every[view]
         confident, covered, agree, ahead = view_coverage(depth, points, cams, view, args.tol, args.radius)
+        origins, dirs = image_rays(cams, view)
+        solid = confident.view(-1)
+        seen = agreeing_views(origins[solid] + depth[solid, None] * dirs[solid], every, cams, view, args.tol) >= 1
+        consistent = torch.zeros_like(solid)
+        consistent[torch.nonzero(solid)[:, 0][seen]] = True
+        consistent = consistent.view(confident.shape)
+        totals["consistent"] += int(consistent.sum())
+        totals["consistent_covered"] += int((consistent & covered).sum())
         n_conf, n_cov = int(confident.sum()), int(covered.sum())
         if n_conf:
             d = depth.view(confident.shape)[confident]
@@ -126,9 +138,11 @@ def main(args: Args) -> None:
 
             pic = torch.zeros(*confident.shape, 3, dtype=torch.uint8)
             pic[confident.cpu()] = torch.tensor([110, 110, 110], dtype=torch.uint8)
+            pic[consistent.cpu()] = torch.tensor([170, 170, 170], dtype=torch.uint8)
             pic[covered.cpu()] = torch.tensor([40, 200, 60], dtype=torch.uint8)
             iio.imwrite(args.pictures / f"coverage_{view:04d}.png", pic.numpy())
     coverage = totals["covered"] / max(totals["confident"], 1)
+    consistent_coverage = totals["consistent_covered"] / max(totals["consistent"], 1)
     precision = totals["agree"] / max(totals["agree"] + totals["ahead"], 1)
     by_depth = [float(c / max(n, 1)) for n, c in thirds]
     result = {
@@ -138,6 +152,7 @@ def main(args: Args) -> None:
         "size": f"{cams.width}x{cams.height}",
         "settings": {"opacity": args.opacity, "tol": args.tol, "radius": args.radius},
         "coverage": coverage,
+        "consistent_coverage": consistent_coverage,
         "precision": precision,
         "coverage_by_depth_third": by_depth,
         **totals,
@@ -145,11 +160,12 @@ def main(args: Args) -> None:
     }
     print(
         f"\n| run | points | views at {cams.width}x{cams.height} | confident pixels | coverage | near / middle / far "
-        "third | precision |\n| --- | --- | --- | --- | --- | --- | --- |"
+        "third | consistent pixels | their coverage | precision |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     print(
         f"| {args.run.name} | {len(cloud):,} | {len(ids)} | {totals['confident']:,} | {100 * coverage:.1f} % | "
-        f"{' / '.join(f'{100 * c:.0f}' for c in by_depth)} % | {100 * precision:.1f} % |"
+        f"{' / '.join(f'{100 * c:.0f}' for c in by_depth)} % | {totals['consistent']:,} | "
+        f"{100 * consistent_coverage:.1f} % | {100 * precision:.1f} % |"
     )
     out = args.out or args.run / "coverage.json"
     out.write_text(json.dumps(result, indent=2))

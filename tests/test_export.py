@@ -39,6 +39,31 @@ def test_fuse_points_drops_isolated_voxels():
     assert len(xyz) == 2 and float(xyz[:, 0].min()) > 0.5  # the lone voxel at the origin has no neighbour
 
 
+def test_a_far_wall_seen_one_point_a_voxel_is_fused_on_a_coarser_grid():
+    """Three views of a far wall whose pixels are 5 voxels wide (each view's grid of points offset by a fraction of a
+    pixel): on the fine grid every point is alone in its voxel, so the wall is lost; with the pixels' footprint it is
+    fused on the grid where its pixels meet, and covers the wall. A near floater, whose pixels are small, is still
+    dropped, and a near surface keeps the fine grid."""
+    voxel, pixel = 0.01, 0.05
+    grid = torch.stack(torch.meshgrid(torch.arange(20.0), torch.arange(20.0), indexing="ij"), -1).reshape(-1, 2)
+    wall = torch.cat([torch.cat([(grid + off) * pixel, torch.full((400, 1), 5.0)], 1) for off in (0.0, 0.33, 0.67)])
+    near = torch.cat([torch.rand(3000, 2) * 0.2 + 2.0, torch.zeros(3000, 1)], 1)
+    floater = torch.tensor([[2.1, 2.1, 0.5]]).repeat(5, 1)
+    points = torch.cat([wall, near, floater])
+    views = torch.cat([torch.arange(3).repeat_interleave(400), torch.arange(3).repeat(1000), torch.full((5,), 3)])
+    footprint = torch.cat([torch.full((1200,), pixel), torch.full((3005,), voxel / 4)])
+    values = torch.zeros(len(points), 1)
+    fine, _, _ = fuse_points(points, values, views, torch.zeros(3), voxel, 2)
+    assert not bool((fine[:, 2] > 4).any()) and len(fine) >= 300  # the wall lost, the near square kept
+    xyz, _, n_views = fuse_points(points, values, views, torch.zeros(3), voxel, 2, footprint)
+    on_wall = xyz[xyz[:, 2] > 4]
+    assert len(on_wall) >= 50 and bool((n_views >= 2).all())
+    covered = torch.unique(torch.floor(on_wall[:, :2] / (2 * pixel)).long(), dim=0)
+    assert len(covered) >= 0.8 * 10 * 10  # most of the wall's 1 x 1 area, in cells of two pixels
+    assert float((xyz[:, 2] - 0.5).abs().min()) > 0.1  # the floater is gone
+    assert len(xyz) - len(on_wall) == len(fine)  # the near square as on the fine grid
+
+
 def test_agreeing_views_counts_views_whose_depth_matches():
     from ovseg3d.data.cameras import Cameras
 
@@ -208,15 +233,20 @@ def test_export_files_agree(exported):
     assert ((cloud.relevancy["mug"] >= 0) & (cloud.relevancy["mug"] <= 1)).all()
 
 
-def test_export_refuses_a_run_without_semantics_and_an_empty_cloud(exported, tmp_path, capsys):
+def test_a_run_without_semantics_exports_colours_only_and_an_empty_cloud_is_refused(exported, tmp_path, capsys):
     scene, run = exported
     geo = tmp_path / "geo"
     args = ["train", str(scene), "--output", str(geo), "--preset", "tiny", "--device", "cpu", "--steps", "5"]
     assert main([*args, "--teacher", "none"]) == 0
     capsys.readouterr()
-    assert main(["export", str(geo), "--device", "cpu"]) == 2
+    assert main(["export", str(geo), "--device", "cpu", "--features"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "no semantic field" in err and len(err.splitlines()) == 1
+    assert "no semantic field" in err and "--features" in err and len(err.splitlines()) == 1
+    assert not (geo / "export").exists()
+    assert main(["export", str(geo), "--device", "cpu"]) == 0  # the geometry alone: positions and colours
+    assert "positions and colours only" in capsys.readouterr().out
+    cloud = load_export(geo / "export")
+    assert len(cloud) > 0 and cloud.classes == [] and bool((cloud.label == -1).all()) and cloud.feature is None
     impossible = ["--min-views", "1000", "--relax-below", "0"]  # and not made again with relaxed thresholds
     assert main(["export", str(run), "--device", "cpu", *impossible, "--output", str(tmp_path / "e")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar

@@ -500,7 +500,7 @@ def cmd_export(args: list[str]) -> int:
     counts = ", ".join(
         f"{c} {int((cloud.label == i).sum())}" for i, c in enumerate(cloud.classes) if (cloud.label == i).any()
     )
-    print(f"{len(cloud)} points ({counts}) -> {', '.join(str(p) for p in paths)}")
+    print(f"{len(cloud)} points{f' ({counts})' if counts else ''} -> {', '.join(str(p) for p in paths)}")
     return 0
 
 

@@ -163,6 +163,24 @@ def test_the_floor_label_levels_gravity_when_a_larger_flat_top_is_tilted():
     assert off > 4.0 and on < 0.5
 
 
+def test_without_cameras_a_labelled_floor_says_which_way_is_up():
+    """A small labelled floor and a large table top 0.7 m over it, little above the table: the flat surfaces'
+    median height is the table's, nearer the top of the cloud than its bottom, so the shape alone reads the table
+    as a ceiling; what is not floor stands above the floor, in any world frame."""
+    ground = floor(0.8)[::4]
+    top = np.c_[grid(1.6, 1.6), np.full(len(grid(1.6, 1.6)), 0.7)]
+    legs = np.concatenate([box_surface([x, y, 0.35], [0.04, 0.04, 0.7], 0.0) for x in (-0.7, 0.7) for y in (-0.7, 0.7)])
+    thing = box_surface([0.0, 0.0, 0.75], [0.1, 0.1, 0.1], 0.0)
+    xyz = np.concatenate([ground, top, legs, thing])
+    is_floor = np.arange(len(xyz)) < len(ground)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+        rot = q * np.sign(np.diag(r))
+        found = estimate_up(xyz @ rot.T, 4 * STEP, ground=is_floor)
+        assert float(found @ (rot @ [0.0, 0.0, 1.0])) > math.cos(math.radians(2))
+
+
 def test_boxes_grow_down_to_the_floor_they_stand_on():
     """The bottom 3 cm of an 8 cm cube are missing (labelled floor, as fused clouds have it): its box still
     stands on the floor; a box hanging 30 cm up keeps its own bottom."""

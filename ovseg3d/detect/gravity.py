@@ -170,6 +170,7 @@ def _estimate_up(
         inl, up = window, mean / np.linalg.norm(mean)
     on_plane = np.isin(planes.point_voxel, np.flatnonzero(flat)[inl])
     mode, up = up, None
+    levelled_by_ground = False
     facing = _facing(planes, mode, inlier_deg)
     if ground is not None and ground.sum() >= 30:
         # the labelled floor, whatever its share of the flat area: the plane at the height where most of its points
@@ -178,7 +179,7 @@ def _estimate_up(
             xyz[ground], mode, np.ones(int(ground.sum()), bool), facing[ground], cell, inlier_deg
         )
         if abs(float(floor @ mode)) >= cos_in:
-            up = floor
+            up, levelled_by_ground = floor, True
         elif log is not None:
             log(
                 f"the points labelled floor lie on no level plane (theirs leans {_degrees(floor, mode):.0f} deg from "
@@ -194,6 +195,9 @@ def _estimate_up(
             log(f"up is {_degrees(up, hint):.0f} deg from the cameras' up: check it, or give --up X Y Z")
         return up
     height = xyz @ up
+    if levelled_by_ground and ground is not None and (~ground).sum() >= 30:
+        # the labelled floor is the support: what is not floor (objects, walls) stands above it
+        return up if np.median(height[~ground]) >= np.median(height[ground]) else -up
     lo, hi = np.percentile(height, [2, 98])
     # the support plane (most flat area) is the floor or a table top: more of the scene lies above it
     plane_h = float(np.median(height[on_plane]))

@@ -43,6 +43,7 @@ from ovseg3d import __version__
 from ovseg3d.data.cameras import Cameras, image_rays, project_points
 from ovseg3d.data.scene import Scene
 from ovseg3d.errors import MissingFileError, UsageError
+from ovseg3d.field.space import step_scale
 from ovseg3d.images import label_palette
 from ovseg3d.losses import class_probabilities
 from ovseg3d.render.renderer import render_median_depth
@@ -79,7 +80,9 @@ class ExportOptions:
     """Pixels whose ray spreads the middle half of its weight over more than this share of its depth (fog, a
     smeared surface) give no point (0: keep all). The spread is first scaled by the cosine of the angle between
     the ray and the surface the depth map shows there (at least ``MIN_INCIDENCE``): a crisp floor seen at a
-    grazing angle spreads its weight far along the ray without being fog."""
+    grazing angle spreads its weight far along the ray without being fog. Beyond a contraction's region of
+    interest the limit grows as the field's marching step does (``|x|^2``, the room around an unbounded
+    capture's centre)."""
     min_agreeing: int = 3
     """Keep a pixel's point only if at least this many other views' depth maps agree with it."""
     depth_tolerance: float = 0.005
@@ -168,11 +171,20 @@ def depth_map(  # noqa: ANN001
     solid = opacity >= min_opacity
     if max_spread > 0:
         cosine = incidence_cosine(origins, dirs, depth, cams.height, cams.width).clamp_min(MIN_INCIDENCE)
-        crisp = spread * cosine <= max_spread
+        limit = spread_limit(origins + depth[:, None] * dirs, trainer.field.aabb, trainer.field.contraction, max_spread)
+        crisp = spread * cosine <= limit
     else:
         crisp = torch.ones_like(solid)
     kept = torch.where(solid & crisp, depth, torch.full_like(depth, float("nan")))
     return kept, (solid & ~crisp).sum(), opacity
+
+
+def spread_limit(points: Tensor, aabb: Tensor, contraction: str, max_spread: float) -> Tensor:
+    """``[P]`` the largest spread of a crisp surface at ``points``: ``max_spread`` inside the region of interest;
+    beyond it (with a contraction) the field's marching steps, and so the thinnest surface it can put there, grow
+    as ``|x|^2`` (:func:`~ovseg3d.field.space.step_scale`), and the limit with them: the room around an unbounded
+    capture's centre is not fog for being far."""
+    return max_spread * step_scale(points, aabb, contraction)
 
 
 def incidence_cosine(origins: Tensor, dirs: Tensor, depth: Tensor, height: int, width: int) -> Tensor:

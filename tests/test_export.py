@@ -64,6 +64,17 @@ def test_a_far_wall_seen_one_point_a_voxel_is_fused_on_a_coarser_grid():
     assert len(xyz) - len(on_wall) == len(fine)  # the near square as on the fine grid
 
 
+def test_the_spread_limit_grows_beyond_the_region_of_interest_as_the_fields_steps():
+    from ovseg3d.export import spread_limit
+
+    aabb = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
+    points = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.9, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, -10.0]])
+    bounded = spread_limit(points, aabb, "none", 0.08)
+    assert torch.allclose(bounded, torch.full((4,), 0.08))  # a bounded scene: the same limit everywhere
+    unbounded = spread_limit(points, aabb, "sphere", 0.08)
+    assert torch.allclose(unbounded, torch.tensor([0.08, 0.08, 0.08 * 9, 0.08 * 100]))
+
+
 def test_agreeing_views_counts_views_whose_depth_matches():
     from ovseg3d.data.cameras import Cameras
 

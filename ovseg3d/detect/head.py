@@ -308,9 +308,11 @@ def _unlabelled_proposals(xyz_up: np.ndarray, eps: float, min_points: int) -> li
 
 
 def _fitted(xyz_up: np.ndarray, idx: np.ndarray, spacing: float) -> tuple[np.ndarray, Box]:
-    """An instance's points after the DBSCAN-like clean-up and their upright box (scene units)."""
+    """An instance's points after the DBSCAN-like clean-up and their upright box (scene units). An instance
+    sparser than the clean-up's scale (a far object that the export fused on a coarser grid) keeps its points."""
     pts = xyz_up[idx]
-    pts = pts[clean_instance(pts, 2 * spacing)]
+    kept = clean_instance(pts, 2 * spacing)
+    pts = pts[kept] if len(kept) >= 3 else pts
     return pts, fit_upright_box(pts)
 
 

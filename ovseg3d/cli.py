@@ -101,8 +101,9 @@ class RenderArgs:
 class ExportArgs:
     """Extract a labelled point cloud from a run: points on the field's surfaces (fused median depth of the
     training views), each with its colour, class, confidence, a relevancy per --query and optionally its CLIP
-    feature (a run trained with --teacher none: positions and colours only). Writes RUN/export/points.ply (binary, for Open3D / MeshLab / CloudCompare),
-    points.npz (everything) and points.json (classes, colours, queries)."""
+    feature (a run trained with --teacher none: positions and colours only). Writes RUN/export/points.ply
+    (binary, for Open3D / MeshLab / CloudCompare), points.npz (everything) and points.json (classes, colours,
+    queries)."""
 
     run: Path
     """Run folder written by ovseg3d train (with --teacher none the cloud has positions and colours only)."""
@@ -128,7 +129,7 @@ class ViewArgs:
     has its cloud extracted first, with features (ovseg3d run exports with them)."""
 
     run: Path
-    """Run folder written by ovseg3d train (with --teacher none the cloud has positions and colours only)."""
+    """Run folder written by ovseg3d train (with --teacher synthetic|clip)."""
     port: int = 8080
     """Port of the web page (http://localhost:PORT), 1-65535; 0: any free port."""
     host: str = "127.0.0.1"

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import tyro
+from bench_family import random_rotations
 
 from ovseg3d.data.loader import read_cameras
 from ovseg3d.detect.head import DetectOptions, detect
@@ -48,13 +49,6 @@ class Args:
     """Distance tolerance as a fraction of the scene's extent (the diagonal of the true boxes and the cameras)."""
     out: Path | None = None
     """JSON to write (default: RUN/outputs.json)."""
-
-
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random rotation (QR of a Gaussian matrix, signs fixed)."""
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    return q if np.linalg.det(q) > 0 else -q
 
 
 def inside_box(xyz: np.ndarray, obj: dict, up: np.ndarray, grow: float) -> np.ndarray:
@@ -85,8 +79,7 @@ def height_kept(xyz: np.ndarray, obj: dict, up: np.ndarray, grow: float, slices:
 def gravity_errors(cloud: LabelledCloud, up: np.ndarray, frames: int, seed: int = 0) -> list[float]:
     """Degrees between the up ``detect`` finds from the cloud alone and the true one, in the scene's frame and in
     ``frames`` random ones (``nan`` where detect fails)."""
-    rng = np.random.default_rng(seed)
-    rotations = [np.eye(3)] + [random_rotation(rng) for _ in range(frames)]
+    rotations = [np.eye(3)] + random_rotations(frames, seed)[:frames]  # without the family's y-up turn
     errors = []
     for rot in rotations:
         turned = replace(cloud, xyz=(cloud.xyz.astype(np.float64) @ rot.T).astype(np.float32))

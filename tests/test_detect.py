@@ -304,6 +304,35 @@ def test_a_described_class_takes_its_nouns_prior_and_stuff():
     assert kept.vocabulary == ["red chair"]
 
 
+def test_a_half_seen_vase_with_points_in_front_gets_its_round_box(tmp_path):
+    """A "ceramic vase" (the table gives a vase a round shape and no size: vases come in every size) seen from
+    -y only, a fifth of its shell's points floating up to a third of its radius toward the cameras, as a field
+    places a plain surface: its box is centred on the vase's axis and as wide as the vase in both directions.
+    Without completion it is the front half, its centre a radius forward."""
+    r, centre = 0.15, np.array([0.3, 0.5, 0.2])
+    shell = _can_shell(centre, r, 0.4)
+    shell = shell[shell[:, 1] < centre[1]]  # the half facing the cameras
+    drift = RNG.random(len(shell)) < 0.2
+    shell[drift, 1] -= RNG.uniform(0.0, r / 3, int(drift.sum()))
+    cloud = cloud_of([(floor(), 1), (shell, 0)], ["ceramic vase", "floor"])
+    quiet = {"up_hint": np.array([0, 0, 1.0]), "log": lambda *_: None}
+    priors = SizePriors.load()
+    assert priors.shape_of("ceramic vase") == "cylinder" and not priors.has("ceramic vase")
+    (vase,) = detect(cloud, DetectOptions(), **quiet).detections
+    np.testing.assert_allclose(vase.center[:2], centre[:2], atol=0.015)
+    np.testing.assert_allclose(vase.size[:2], 2 * r, atol=0.02)
+    (half,) = detect(cloud, DetectOptions(complete_round=False), **quiet).detections
+    assert min(half.size[:2]) < 1.4 * r and half.center[1] < centre[1] - 0.5 * r
+    table = tmp_path / "priors.json"
+    table.write_text('{"classes": {"vase": {"size": [0.2, 0.2, 0.3]}, "urn": {"shape": "cylinder"}, "jar": {}}}')
+    with pytest.raises(ValueError, match="'jar': give its size, symmetric or shape"):
+        SizePriors.load(table)
+    table.write_text('{"classes": {"vase": {"size": [0.2, 0.2, 0.3]}, "urn": {"shape": "cylinder"}}}')
+    mine = SizePriors.load(table)
+    assert mine.has("vase") and mine.shape_of("vase") == "cylinder" and mine.shape_of("urn") == "cylinder"
+    assert not mine.has("urn") and mine.factor("urn", np.ones(3)) == 1.0
+
+
 def test_point_spacing_of_a_sampled_plane():
     assert 0.5 * STEP < point_spacing(floor()) < 2 * STEP
 

@@ -152,23 +152,47 @@ def fit_ball(points: np.ndarray) -> tuple[np.ndarray, float, float]:
     return centre, radius, rms / radius
 
 
+def fit_circle(xy: np.ndarray, centre: np.ndarray, radius: float, iters: int = 50) -> tuple[np.ndarray, float]:
+    """The centre of the circle of a given ``radius`` that ``xy [N, 2]`` lie on, from ``centre`` (on the arc's
+    concave side: the box of a half-seen shell): Gauss-Newton on the points' distances to the circle, Huber
+    weights at their median absolute residual, so points floating in front of a surface do not pull it.
+    Returns the centre and that median residual over the radius."""
+    c = np.asarray(centre, np.float64).copy()
+    for _ in range(iters):
+        d = xy - c
+        dist = np.maximum(np.linalg.norm(d, axis=1), 1e-12)
+        res = dist - radius
+        scale = 1.4826 * float(np.median(np.abs(res))) + 1e-12
+        w = np.sqrt(np.minimum(1.0, scale / np.maximum(np.abs(res), 1e-12)))
+        step = np.linalg.lstsq(-(d / dist[:, None]) * w[:, None], -res * w, rcond=None)[0]
+        c += step
+        if np.linalg.norm(step) < 1e-7 * radius:
+            break
+    return c, float(np.median(np.abs(np.linalg.norm(xy - c, axis=1) - radius))) / radius
+
+
 def complete_round(box: Box, xyz: np.ndarray, shape: str, max_rms: float = 0.15) -> Box:
-    """The amodal box of a round object of which ``xyz`` (+z up) is the visible shell: a ``sphere``'s box is the
-    fitted sphere's cube; a ``cylinder``'s (about +z) footprint is the square around the fitted circle (its
-    radius the 98th percentile of the points' distances from the axis, for a bulging vase), its height the
-    box's. ``box`` is kept when the fit is poor (relative RMS over ``max_rms``: not round after all), when the
-    fit would more than double the box or shrink it (a flat patch fits any large sphere)."""
+    """The amodal box of a round object of which ``xyz`` (+z up) is the visible shell.
+
+    - A ``sphere``'s box is the cube of the fitted sphere (kept only when the fit's relative RMS is at most
+      ``max_rms`` and the cube neither shrinks the box nor more than doubles it: a flat patch fits any large
+      sphere).
+    - A ``cylinder``'s (about +z) footprint is the square around a circle as wide as the box's longer side
+      (seen from one side, the shell spans its diameter across the view: a vase's widest part) whose centre is
+      fitted to the shell (:func:`fit_circle`); its height is the box's. Kept when the shell's median distance
+      from that circle is at most ``max_rms`` of the radius (round after all) and the centre lies within one
+      radius of the box's (a half shell's axis is at the box's back edge). A shell seen over less than half a
+      turn gives a circle too small.
+    """
     if len(xyz) < 10:
         return box
     if shape == "sphere":
         centre, radius, rms = fit_ball(xyz)
         size = np.full(3, 2 * radius)
-    else:
-        c2, _, rms = fit_ball(xyz[:, :2])
-        radius = float(np.quantile(np.linalg.norm(xyz[:, :2] - c2, axis=1), 0.98))
-        centre = np.array([c2[0], c2[1], box.center[2]])
-        size = np.array([2 * radius, 2 * radius, box.size[2]])
-    grows = size.max() >= 0.95 * box.size.max() and size.max() <= 2.0 * box.size.max()
-    if rms > max_rms or not grows:
+        grows = size.max() >= 0.95 * box.size.max() and size.max() <= 2.0 * box.size.max()
+        return Box(centre, size, box.yaw) if rms <= max_rms and grows else box
+    radius = float(box.size[:2].max()) / 2
+    c2, spread = fit_circle(xyz[:, :2], box.center[:2], radius)
+    if spread > max_rms or np.linalg.norm(c2 - box.center[:2]) > radius:
         return box
-    return Box(centre, size, box.yaw)
+    return Box(np.array([c2[0], c2[1], box.center[2]]), np.array([2 * radius, 2 * radius, box.size[2]]), box.yaw)

@@ -17,7 +17,7 @@ SHAPES = ("sphere", "cylinder")
 
 @dataclass
 class SizePriors:
-    """``sizes``: class -> (L, W, H) metres; ``symmetric``: class -> looks alike from front and back;
+    """``sizes``: class -> (L, W, H) metres (not every class has one); ``symmetric``: class -> looks alike from front and back;
     ``shapes``: class -> ``sphere`` or ``cylinder`` (about the vertical) for round objects; ``stuff``: classes
     that are surfaces of the scene, never boxed."""
 
@@ -34,10 +34,13 @@ class SizePriors:
             try:
                 table = json.loads(Path(path).read_text())
                 for name, entry in table.get("classes", {}).items():
-                    size = np.asarray(entry["size"], np.float64)
-                    if size.shape != (3,) or (size <= 0).any():
-                        raise UsageError(f"class {name!r}: size must be 3 positive numbers")
-                    priors.sizes[name.lower()] = size
+                    if not {"size", "symmetric", "shape"} & set(entry):
+                        raise UsageError(f"class {name!r}: give its size, symmetric or shape")
+                    if "size" in entry:  # a class whose size varies too much to say (a vase) has none
+                        size = np.asarray(entry["size"], np.float64)
+                        if size.shape != (3,) or (size <= 0).any():
+                            raise UsageError(f"class {name!r}: size must be 3 positive numbers")
+                        priors.sizes[name.lower()] = size
                     if "symmetric" in entry:
                         priors.symmetric[name.lower()] = bool(entry["symmetric"])
                     if "shape" in entry:
@@ -59,13 +62,13 @@ class SizePriors:
 
     def symmetric_of(self, name: str) -> bool | None:
         """Whether the class looks alike from front and back; ``None`` where the table does not say."""
-        key = self.key(name)
-        return self.symmetric.get(key) if key is not None else None
+        key = _last_words(name, self.symmetric)
+        return self.symmetric[key] if key is not None else None
 
     def shape_of(self, name: str) -> str | None:
         """``sphere`` or ``cylinder`` for a round class, else ``None``."""
-        key = self.key(name)
-        return self.shapes.get(key) if key is not None else None
+        key = _last_words(name, self.shapes)
+        return self.shapes[key] if key is not None else None
 
     def is_stuff(self, name: str) -> bool:
         """A surface of the scene rather than an object: the name or its last words are stuff ("wooden floor")."""
@@ -92,7 +95,7 @@ class SizePriors:
         return math.exp(-float(np.abs(np.log(r)).mean()))
 
 
-def _last_words(name: str, names: dict[str, np.ndarray] | set[str]) -> str | None:
+def _last_words(name: str, names: dict | set[str]) -> str | None:
     """The longest run of ``name``'s last words (lower case) that is in ``names``, else ``None``."""
     words = name.lower().split()
     for i in range(len(words)):

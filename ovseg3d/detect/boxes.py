@@ -140,26 +140,15 @@ def face(
     return fit_upright_box(xyz, yaw=refined)
 
 
-def fit_ball(points: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Least-squares sphere (``[N, 3]`` points) or circle (``[N, 2]``) through ``points`` (the algebraic fit
-    ``|p|^2 = 2 c.p + k``): centre, radius and the RMS of the points' distances to it over the radius."""
-    dim = points.shape[1]
-    a = np.c_[2 * points, np.ones(len(points))]
-    sol = np.linalg.lstsq(a, (points**2).sum(1), rcond=None)[0]
-    centre = sol[:dim]
-    radius = float(np.sqrt(max(sol[dim] + centre @ centre, 1e-18)))
-    rms = float(np.sqrt(np.mean((np.linalg.norm(points - centre, axis=1) - radius) ** 2)))
-    return centre, radius, rms / radius
-
-
-def fit_circle(xy: np.ndarray, centre: np.ndarray, radius: float, iters: int = 50) -> tuple[np.ndarray, float]:
-    """The centre of the circle of a given ``radius`` that ``xy [N, 2]`` lie on, from ``centre`` (on the arc's
-    concave side: the box of a half-seen shell): Gauss-Newton on the points' distances to the circle, Huber
-    weights at their median absolute residual, so points floating in front of a surface do not pull it.
-    Returns the centre and that median residual over the radius."""
+def fit_round(points: np.ndarray, centre: np.ndarray, radius: float, iters: int = 50) -> tuple[np.ndarray, float]:
+    """The centre of the circle (``points [N, 2]``) or sphere (``[N, 3]``) of a given ``radius`` that the points
+    lie on, from ``centre`` (on the shell's concave side: the box of a half-seen shell): Gauss-Newton on the
+    points' distances to it, Huber weights at their median absolute residual, so that points floating in front
+    of a surface, or a can's lid inside its rim, do not pull it. Returns the centre and that median residual
+    over the radius."""
     c = np.asarray(centre, np.float64).copy()
     for _ in range(iters):
-        d = xy - c
+        d = points - c
         dist = np.maximum(np.linalg.norm(d, axis=1), 1e-12)
         res = dist - radius
         scale = 1.4826 * float(np.median(np.abs(res))) + 1e-12
@@ -168,31 +157,30 @@ def fit_circle(xy: np.ndarray, centre: np.ndarray, radius: float, iters: int = 5
         c += step
         if np.linalg.norm(step) < 1e-7 * radius:
             break
-    return c, float(np.median(np.abs(np.linalg.norm(xy - c, axis=1) - radius))) / radius
+    return c, float(np.median(np.abs(np.linalg.norm(points - c, axis=1) - radius))) / radius
 
 
-def complete_round(box: Box, xyz: np.ndarray, shape: str, max_rms: float = 0.15) -> Box:
-    """The amodal box of a round object of which ``xyz`` (+z up) is the visible shell.
-
-    - A ``sphere``'s box is the cube of the fitted sphere (kept only when the fit's relative RMS is at most
-      ``max_rms`` and the cube neither shrinks the box nor more than doubles it: a flat patch fits any large
-      sphere).
-    - A ``cylinder``'s (about +z) footprint is the square around a circle as wide as the box's longer side
-      (seen from one side, the shell spans its diameter across the view: a vase's widest part) whose centre is
-      fitted to the shell (:func:`fit_circle`); its height is the box's. Kept when the shell's median distance
-      from that circle is at most ``max_rms`` of the radius (round after all) and the centre lies within one
-      radius of the box's (a half shell's axis is at the box's back edge). A shell seen over less than half a
-      turn gives a circle too small.
+def complete_round(box: Box, xyz: np.ndarray, shape: str, max_spread: float = 0.15) -> Box:
+    """The amodal box of a round object of which ``xyz`` (+z up) is the visible shell. Seen from one side, a
+    shell spans its whole diameter across the view, so the radius is half the box's longest side (a ball's) or
+    longer footprint side (a ``cylinder`` about +z: a vase at its widest), and only the centre is fitted to the
+    shell (:func:`fit_round`): a ``sphere``'s box is that sphere's cube; a ``cylinder``'s footprint is the square
+    around that circle, its height the box's. The box is kept where the shell is not round after all (median
+    distance from the fitted shell over ``max_spread`` of the radius) or the centre lands more than a radius from
+    the box's (a half shell's centre is at the box's back face). A shell seen over less than half a turn gives a
+    radius too small.
     """
     if len(xyz) < 10:
         return box
     if shape == "sphere":
-        centre, radius, rms = fit_ball(xyz)
-        size = np.full(3, 2 * radius)
-        grows = size.max() >= 0.95 * box.size.max() and size.max() <= 2.0 * box.size.max()
-        return Box(centre, size, box.yaw) if rms <= max_rms and grows else box
-    radius = float(box.size[:2].max()) / 2
-    c2, spread = fit_circle(xyz[:, :2], box.center[:2], radius)
-    if spread > max_rms or np.linalg.norm(c2 - box.center[:2]) > radius:
+        radius = float(box.size.max()) / 2
+        centre, spread = fit_round(xyz, box.center, radius)
+        fitted = Box(centre, np.full(3, 2 * radius), box.yaw)
+    else:
+        radius = float(box.size[:2].max()) / 2
+        c2, spread = fit_round(xyz[:, :2], box.center[:2], radius)
+        centre = np.array([c2[0], c2[1], box.center[2]])
+        fitted = Box(centre, np.array([2 * radius, 2 * radius, box.size[2]]), box.yaw)
+    if spread > max_spread or np.linalg.norm(centre - box.center) > radius:
         return box
-    return Box(np.array([c2[0], c2[1], box.center[2]]), np.array([2 * radius, 2 * radius, box.size[2]]), box.yaw)
+    return fitted

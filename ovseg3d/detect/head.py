@@ -69,9 +69,9 @@ class DetectOptions:
     and a fused cloud seldom keeps an object's bottom centimetres, which cameras see at a grazing angle or label
     floor, nor a flat object's sides."""
     complete_round: bool = True
-    """Complete a round object (a class whose size prior says ``sphere`` or ``cylinder``) from its visible shell:
-    the box of the fitted sphere, or the square around the fitted circle of a cylinder's footprint, so that a
-    half-seen ball gets the whole ball's box (the amodal box)."""
+    """Complete a round object (a class whose size-prior table says ``sphere`` or ``cylinder``) from its visible
+    shell: a sphere or circle as wide as the box, its centre fitted to the shell, so that a half-seen ball or vase
+    gets the whole object's box (the amodal box)."""
     join_pieces: bool = True
     """Join pieces of one class whose bounding boxes overlap or lie within --eps of each other when the
     joined box is nearer the class's prior size than either (a chair seen from the front can fall apart into

@@ -298,11 +298,14 @@ def refine_plane_normal(
     return normal
 
 
-def largest_plane(pts: np.ndarray, up: np.ndarray, tol: float, max_deg: float = 20.0, tries: int = 256) -> np.ndarray:
+def largest_plane(
+    pts: np.ndarray, up: np.ndarray, tol: float, max_deg: float = 20.0, tries: int = 256, score_on: int = 20_000
+) -> np.ndarray:
     """``[N]`` the inliers (within ``tol``) of the plane through 3 of ``pts`` that holds the most of them, among
     planes whose normal is within ``max_deg`` of ``up`` (RANSAC, a fixed seed: the same in every world frame). A
     height band can hold two level planes, a table top and, further off, a box top: a least-squares fit would
-    tilt to pass through both."""
+    tilt to pass through both. The planes are scored on ``score_on`` of the points drawn at random (the share
+    of inliers, not their number, decides), the best one's inliers taken among all."""
     n = len(pts)
     if n < 10:
         return np.ones(n, bool)
@@ -318,14 +321,12 @@ def largest_plane(pts: np.ndarray, up: np.ndarray, tol: float, max_deg: float = 
     if not level.any():
         return np.ones(n, bool)
     normals, a = normals[level], a[level]
-    best, best_count = np.ones(n, bool), -1
-    for start in range(0, len(normals), 32):  # [32, N] distances at a time
-        dist = np.abs((pts[None, :, :] - a[start : start + 32, None, :]) @ normals[start : start + 32, :, None])[..., 0]
-        counts = (dist < tol).sum(1)
-        k = int(np.argmax(counts))
-        if counts[k] > best_count:
-            best_count, best = int(counts[k]), dist[k] < tol
-    return best if best_count >= 10 else np.ones(n, bool)
+    scored = pts[rng.choice(n, score_on, replace=False)] if n > score_on else pts
+    offsets = np.einsum("ij,ij->i", a, normals)
+    counts = (np.abs(scored @ normals.T - offsets) < tol).sum(0)  # [M, planes] distances, one product
+    best_k = int(np.argmax(counts))
+    best = np.abs(pts @ normals[best_k] - offsets[best_k]) < tol
+    return best if best.sum() >= 10 else np.ones(n, bool)
 
 
 def settle_plane_normal(

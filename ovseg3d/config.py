@@ -233,10 +233,18 @@ class TrainConfig:
     depth_weight: float = 0.0
     """Weight of the depth prior from the scene's structure-from-motion points (a COLMAP model's observations:
     each keypoint's ray should end at its point, with nothing in front of it; DS-NeRF, URF), 0 = off. Used only
-    where the scene has a COLMAP model with 2D observations. Off by default: on mip-NeRF 360's bonsai (cpu preset,
-    1,300 steps) 0.02 with 256 rays a step scored 2.6 dB below it (docs/benchmarks.md)."""
-    depth_rays: int = 256
+    where the scene has a COLMAP model with 2D observations (``prepare``'s scenes, COLMAP folders); other formats
+    carry no points. Measured at 1,300 steps with 64 rays (docs/benchmarks.md): 0.005 lifts instant-ngp's fox on
+    prepare's poses from 24.73 to 26.72 dB held out, and drops mip-NeRF 360's bonsai from 23.22 to 19.24 (22.91
+    with --depth-sigma-start 0.2) and NeRF-Database's can from 29.64 to 28.90."""
+    depth_rays: int = 64
     """Rays through observed keypoints added to each step's batch when --depth-weight is above 0."""
+    depth_sigma_start: float = 0.0
+    """The depth prior's band at the start, as a share of each point's depth, narrowing geometrically to the
+    point's own uncertainty (at least 1 % of its depth) by depth_anneal of the budget (nerfstudio's
+    depth-nerfacto anneals its sigma so); 0: the points' own from the start."""
+    depth_anneal: float = 0.5
+    """With --depth-sigma-start: the share of the budget (steps or minutes) over which the band narrows."""
 
     distortion_weight: float = 0.0
     """Weight of mip-NeRF 360's distortion loss (distances in units of the scene-box diagonal):

@@ -23,7 +23,7 @@ from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, for_unboun
 from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
 from ovseg3d.data.loader import load_scene, parse_classes
 from ovseg3d.data.scene import GIVEN_BOUNDS, Scene, SceneError, check_poses
-from ovseg3d.depth_prior import DepthPrior, depth_prior, prior_loss, prior_rays
+from ovseg3d.depth_prior import SIGMA_FLOOR, DepthPrior, depth_prior, prior_loss, prior_rays
 from ovseg3d.errors import UsageError
 from ovseg3d.field.radiance import RadianceField
 from ovseg3d.field.space import check_contraction, roi_center_half, step_scale
@@ -237,7 +237,8 @@ class Trainer:
         near plane, inside a bounded field's box), or ``None`` where the scene has none (one line says which)."""
         prior = depth_prior(scene, self.cfg.colmap_model)
         if prior is None:
-            print("depth prior: the scene has no COLMAP points with observations; trained without it")
+            if scene.format == "colmap":  # other formats carry no points: nothing to say
+                print("depth prior: the scene's COLMAP model has no points with observations; trained without it")
             return None
         keep = prior.depth > self.cfg.near_plane * self.diag + 3.0 * prior.sigma
         if not self.contracted:
@@ -270,7 +271,13 @@ class Trainer:
         k = min(len(index), n_rays)
         p, i = self.depth, index[:k]
         assert p is not None
-        return prior_loss(out.weights, samples, p.depth[i], p.sigma[i], p.weight[i])
+        sigma = p.sigma[i]
+        start = self.cfg.depth_sigma_start
+        if start > 0:  # a wide band first, narrowing to the points' own (depth-nerfacto's annealed sigma)
+            done = min(self.progress() / max(self.cfg.depth_anneal, 1e-9), 1.0)
+            share = start * (SIGMA_FLOOR / start) ** done
+            sigma = torch.maximum(sigma, share * p.depth[i])
+        return prior_loss(out.weights, samples, p.depth[i], sigma, p.weight[i])
 
     @property
     def contracted(self) -> bool:

@@ -418,3 +418,30 @@ def test_the_trainer_adds_rays_through_observed_keypoints_and_their_depth_loss(t
     assert losses[-1] < 0.5 * losses[0]  # without the term it stays where it starts (measured: 7.1 -> 7.3)
     without = Trainer(dataclasses.replace(cfg, depth_weight=0.0), scene, torch.device("cpu"))
     assert without.depth is None
+
+
+def test_the_depth_band_starts_wide_and_narrows_to_the_points_own(tmp_path: Path, pycolmap) -> None:
+    """With --depth-sigma-start, the prior's band is that share of each point's depth at the first step (a field
+    that has not found its surfaces yet is not held to a 1 % band) and the points' own once depth_anneal of the
+    budget has passed: the same render scores lower at the start, the same at the end."""
+    from ovseg3d.config import TrainConfig
+    from ovseg3d.train import Trainer
+
+    write_capture(pycolmap, tmp_path, noisy=False)
+    scene = load_scene(tmp_path, downscale=2, holdout_every=3)
+    cfg = TrainConfig(
+        scene=tmp_path, n_levels=4, log2_hashmap_size=12, max_resolution=64, hidden_dim=16, color_hidden_dim=16,
+        rays_per_step=128, occ_resolution=16, depth_weight=1.0, depth_rays=64, steps=100,
+    )  # fmt: skip
+    trainer = Trainer(cfg, scene, torch.device("cpu"))
+    for _ in range(5):
+        trainer.train_step()
+    origins, dirs, _, _, index = trainer._with_depth_rays(*trainer.sample_batch())
+    samples = trainer.grid.march(origins, dirs, trainer.opts.step_size, stratified=False)
+    out = render_rays(trainer.field, trainer.grid, origins, dirs, trainer.opts, samples=samples)
+    own = float(trainer._depth_loss(out, samples, index, len(origins)))
+    trainer.cfg = dataclasses.replace(cfg, depth_sigma_start=0.2, depth_anneal=0.5)
+    trainer.step = 0
+    assert float(trainer._depth_loss(out, samples, index, len(origins))) < own
+    trainer.step = 50  # half the budget: the band is the points' own again
+    assert float(trainer._depth_loss(out, samples, index, len(origins))) == pytest.approx(own, rel=1e-5)

@@ -439,9 +439,9 @@ def test_the_depth_band_starts_wide_and_narrows_to_the_points_own(tmp_path: Path
     origins, dirs, _, _, index = trainer._with_depth_rays(*trainer.sample_batch())
     samples = trainer.grid.march(origins, dirs, trainer.opts.step_size, stratified=False)
     out = render_rays(trainer.field, trainer.grid, origins, dirs, trainer.opts, samples=samples)
-    own = float(trainer._depth_loss(out, samples, index, len(origins)))
+    own = float(trainer._depth_loss(out, samples, index, len(origins)).detach())
     trainer.cfg = dataclasses.replace(cfg, depth_sigma_start=0.2, depth_anneal=0.5)
     trainer.step = 0
-    assert float(trainer._depth_loss(out, samples, index, len(origins))) < own
+    assert float(trainer._depth_loss(out, samples, index, len(origins)).detach()) < own
     trainer.step = 50  # half the budget: the band is the points' own again
-    assert float(trainer._depth_loss(out, samples, index, len(origins))) == pytest.approx(own, rel=1e-5)
+    assert float(trainer._depth_loss(out, samples, index, len(origins)).detach()) == pytest.approx(own, rel=1e-5)

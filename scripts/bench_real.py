@@ -42,9 +42,9 @@ VARIANTS: dict[str, dict] = {
     "fog": {"start": "fog", "occ_visibility_eps": 1e-3},  # the bounded scenes' start before it
     "cull": {"alpha_thre": 0.01, "train_early_stop": True},
     "roi2": {"roi_scale": 2.0},
-    "no_depth": {"depth_weight": 0.0},  # the depth prior off (on by default where a COLMAP model has points)
+    "no_depth": {"depth_weight": 0.0},  # the depth prior off, whatever the preset says
     "depth": {"depth_weight": 0.02, "depth_rays": 256},
-    "depth_strong": {"depth_weight": 0.1},
+    "depth_strong": {"depth_weight": 0.1, "depth_rays": 256},
     "depth_light": {"depth_weight": 0.005, "depth_rays": 64},  # a quarter of the weight on a quarter of the rays
     "depth_anneal": {"depth_weight": 0.005, "depth_rays": 64, "depth_sigma_start": 0.2},  # band 20 % -> own
     # nerfacc's NGPRadianceField: 16 levels of 2 features up to 4096 (the gpu preset: 8 x 4 up to 2048)

@@ -17,9 +17,9 @@ SHAPES = ("sphere", "cylinder")
 
 @dataclass
 class SizePriors:
-    """``sizes``: class -> (L, W, H) metres (not every class has one); ``symmetric``: class -> looks alike from front and back;
-    ``shapes``: class -> ``sphere`` or ``cylinder`` (about the vertical) for round objects; ``stuff``: classes
-    that are surfaces of the scene, never boxed."""
+    """``sizes``: class -> (L, W, H) metres (not every class has one); ``symmetric``: class -> looks alike from
+    front and back; ``shapes``: class -> ``sphere`` or ``cylinder`` (about the vertical) for round objects;
+    ``stuff``: classes that are surfaces of the scene, never boxed."""
 
     sizes: dict[str, np.ndarray] = field(default_factory=dict)
     symmetric: dict[str, bool] = field(default_factory=dict)

@@ -239,6 +239,9 @@ class TrainConfig:
     with --depth-sigma-start 0.2) and NeRF-Database's can from 29.64 to 28.90."""
     depth_rays: int = 64
     """Rays through observed keypoints added to each step's batch when --depth-weight is above 0."""
+    depth_band_samples: int = 8
+    """With --depth-weight: samples put across each depth ray's band (two sigmas either side of its point) in
+    place of the occupancy grid's there, so that a point in cells the grid skips still draws density; 0: none."""
     depth_sigma_start: float = 0.0
     """The depth prior's band at the start, as a share of each point's depth, narrowing geometrically to the
     point's own uncertainty (at least 1 % of its depth) by depth_anneal of the budget (nerfstudio's

@@ -23,7 +23,7 @@ from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, for_unboun
 from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
 from ovseg3d.data.loader import load_scene, parse_classes
 from ovseg3d.data.scene import GIVEN_BOUNDS, Scene, SceneError, check_poses
-from ovseg3d.depth_prior import SIGMA_FLOOR, DepthPrior, depth_prior, prior_loss, prior_rays
+from ovseg3d.depth_prior import SIGMA_FLOOR, DepthPrior, band_samples, depth_prior, prior_loss, prior_rays
 from ovseg3d.errors import UsageError
 from ovseg3d.field.radiance import RadianceField
 from ovseg3d.field.space import check_contraction, roi_center_half, step_scale
@@ -264,20 +264,28 @@ class Trainer:
         t = self.images[c, v, u].float() / 255.0
         return torch.cat([o, origins]), torch.cat([d, dirs]), torch.cat([t, target]), torch.cat([c, cam]), index
 
-    def _depth_loss(self, out: RenderOutput, samples: RaySamples, index: Tensor | None, n_rays: int) -> Tensor | None:
-        """The depth prior's loss on the first rays of the batch (those :meth:`_with_depth_rays` put there)."""
-        if index is None or out.weights is None:
+    def _depth_band(self, index: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """Depth and band (sigma) of the prior's observations ``index`` at this point of the budget."""
+        if index is None:
             return None
-        k = min(len(index), n_rays)
-        p, i = self.depth, index[:k]
+        p = self.depth
         assert p is not None
-        sigma = p.sigma[i]
+        sigma = p.sigma[index]
         start = self.cfg.depth_sigma_start
         if start > 0:  # a wide band first, narrowing to the points' own (depth-nerfacto's annealed sigma)
             done = min(self.progress() / max(self.cfg.depth_anneal, 1e-9), 1.0)
             share = start * (SIGMA_FLOOR / start) ** done
-            sigma = torch.maximum(sigma, share * p.depth[i])
-        return prior_loss(out.weights, samples, p.depth[i], sigma, p.weight[i])
+            sigma = torch.maximum(sigma, share * p.depth[index])
+        return p.depth[index], sigma
+
+    def _depth_loss(self, out: RenderOutput, samples: RaySamples, index: Tensor | None, n_rays: int) -> Tensor | None:
+        """The depth prior's loss on the first rays of the batch (those :meth:`_with_depth_rays` put there)."""
+        band = self._depth_band(index)
+        if band is None or out.weights is None:
+            return None
+        assert index is not None and self.depth is not None
+        k = min(len(index), n_rays)
+        return prior_loss(out.weights, samples, band[0][:k], band[1][:k], self.depth.weight[index[:k]])
 
     @property
     def contracted(self) -> bool:
@@ -388,6 +396,9 @@ class Trainer:
             # the samples a ray really costs (nerfacc's dynamic batch counts them after its sigma_fn)
             samples = cull_samples(self.field, self.grid, origins, dirs, samples, opts, observe)
             opts, observe = dataclasses.replace(opts, early_stop_eps=0.0, alpha_thre=0.0), False
+        band = self._depth_band(depth_index)
+        if band is not None:  # the prior rays' points sampled for sure, whatever the grid holds there
+            samples = band_samples(samples, *band, self.cfg.depth_band_samples)
         origins, dirs, target, samples = self._cap_samples(origins, dirs, target, samples)
         background = None  # black, or the field's own colour at infinity when it learns one
         if not self.field.cfg.background and self.cfg.background == "random":

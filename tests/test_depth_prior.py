@@ -4,6 +4,7 @@ losses on packed samples are zero at the point and grow away from it, and they t
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
 import time
 from pathlib import Path
@@ -22,7 +23,9 @@ from ovseg3d.depth_prior import (
     MAX_ERROR_PX,
     MIN_TRACK,
     SIGMA_FLOOR,
+    TRANSPARENT_FLOOR,
     DepthPrior,
+    band_samples,
     depth_prior,
     empty_space_loss,
     prior_loss,
@@ -296,31 +299,64 @@ def _spike(t: float, mass: float = 1.0) -> torch.Tensor:
 
 def test_termination_is_zero_at_the_depth_and_grows_away_from_it() -> None:
     at = float(termination_loss(**_one_ray(_spike(5.0))))
-    assert at == 0.0
-    assert float(termination_loss(**_one_ray(_spike(4.9)))) == 0.0  # within sigma (one interval) of it
-    away = [float(termination_loss(**_one_ray(_spike(t)))) for t in (5.5, 6.5, 8.5)]
-    assert 0 < away[0] < away[1] < away[2], away
-    front = [float(termination_loss(**_one_ray(_spike(t)))) for t in (4.5, 3.5, 1.5)]
-    assert 0 < front[0] < front[1] < front[2], front
+    assert at == pytest.approx(0.0, abs=1e-6)
+    assert float(termination_loss(**_one_ray(_spike(4.9)))) == pytest.approx(0.0, abs=1e-6)  # within sigma of it
+    transparent = float(termination_loss(**_one_ray(torch.zeros(len(T0)))))
+    away = [float(termination_loss(**_one_ray(_spike(t)))) for t in (5.2, 5.3, 6.5)]
+    assert 0 < away[0] < away[1] < away[2] <= transparent, away
+    front = [float(termination_loss(**_one_ray(_spike(t)))) for t in (4.7, 4.6, 3.5)]
+    assert 0 < front[0] < front[1] < front[2] <= transparent, front
     # weight split between the point and a floater: between the two
     split = float(termination_loss(**_one_ray(0.5 * _spike(5.0) + 0.5 * _spike(6.5))))
-    assert 0 < split < away[1]
+    assert 0 < split < away[2]
     # an interval longer than sigma that holds the depth is on it
     coarse = termination_loss(
         torch.tensor([1.0]), torch.tensor([4.0]), torch.tensor([6.0]), torch.zeros(1, dtype=torch.long),
         torch.tensor([5.0]), torch.tensor([0.05]),
     )  # fmt: skip
-    assert float(coarse) == 0.0
+    assert float(coarse) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_a_transparent_ray_is_penalised() -> None:
-    assert float(termination_loss(**_one_ray(torch.zeros(len(T0))))) == 1.0
+def test_a_transparent_ray_is_penalised_more_than_a_blurred_one() -> None:
+    """The loss has no cheaper way out than the point: a ray emptied of its weight costs the most, more than one
+    whose weight is smeared around its point (the old loss preferred emptying it, which eroded the bonsai)."""
+    eps = TRANSPARENT_FLOOR
+    transparent = float(termination_loss(**_one_ray(torch.zeros(len(T0)))))
+    assert transparent == pytest.approx(math.log((1 + eps) / eps))
     half = float(termination_loss(**_one_ray(_spike(5.0, 0.5))))
-    assert half == pytest.approx(0.25)
+    assert half == pytest.approx(math.log((1 + eps) / (0.5 + eps)))
+    blur = torch.exp(-0.5 * ((T0 + 0.5 * STEP - 5.0) / 1.0) ** 2)  # a surface smeared over +-1 around the point
+    blur = blur / blur.sum()
+    smeared = float(termination_loss(**_one_ray(blur)) + empty_space_loss(**_one_ray(blur)))
+    assert 0 < smeared < transparent
     none = termination_loss(
         torch.zeros(0), torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.ones(2), torch.ones(2)
     )
-    torch.testing.assert_close(none, torch.ones(2))  # rays without samples: no weight at their point
+    torch.testing.assert_close(none, torch.full((2,), transparent))  # rays without samples: no weight at the point
+
+
+def test_band_samples_cover_the_point_whatever_the_grid_skipped() -> None:
+    """A prior ray whose marched samples jump over its point (cells the grid holds empty) gets samples across the
+    band; its other samples and the colour rays' are kept, and the result is packed (sorted by ray, then t)."""
+    t = torch.tensor([1.0, 1.5, 8.0, 8.5])  # ray 0: samples before and behind its point at 5, none near it
+    marched = RaySamples(
+        torch.tensor([0, 0, 0, 0, 1, 1, 2, 2]),
+        torch.cat([t, torch.tensor([4.0, 4.9, 4.0, 5.0])]),
+        torch.cat([t + 0.5, torch.tensor([4.9, 5.8, 5.0, 6.0])]),
+        3,
+    )
+    depth, sigma = torch.tensor([5.0, 5.0]), torch.tensor([0.1, 0.2])
+    out = band_samples(marched, depth, sigma, 4)
+    assert out.n_rays == 3
+    assert torch.equal(out.ray_indices, torch.tensor([0] * 8 + [1] * 4 + [2, 2]))
+    r0 = out.ray_indices == 0
+    torch.testing.assert_close(out.t_starts[r0], torch.tensor([1.0, 1.5, 4.8, 4.9, 5.0, 5.1, 8.0, 8.5]))
+    torch.testing.assert_close(out.t_ends[r0], torch.tensor([1.5, 2.0, 4.9, 5.0, 5.1, 5.2, 8.5, 9.0]))
+    # ray 1's two marched samples overlap its band [4.6, 5.4]: replaced by it
+    torch.testing.assert_close(out.t_starts[out.ray_indices == 1], torch.tensor([4.6, 4.8, 5.0, 5.2]))
+    # ray 2 is a colour ray: as it was
+    torch.testing.assert_close(out.t_starts[out.ray_indices == 2], torch.tensor([4.0, 5.0]))
+    assert band_samples(marched, depth, sigma, 0) is marched
 
 
 def test_empty_space_grows_with_the_weight_in_front() -> None:
@@ -408,14 +444,15 @@ def test_the_trainer_adds_rays_through_observed_keypoints_and_their_depth_loss(t
     o, d = prior_rays(trainer.depth, trainer.cameras, index)
     torch.testing.assert_close(origins[:64], o)
     losses = []
-    for _ in range(30):
+    every_sample = dataclasses.replace(trainer.opts, early_stop_eps=0.0, alpha_thre=0.0)  # weights of `samples`
+    for _ in range(45):
         trainer.train_step()
         samples = trainer.grid.march(o, d, trainer.opts.step_size, stratified=False)
-        out = render_rays(trainer.field, trainer.grid, o, d, trainer.opts, samples=samples)
+        out = render_rays(trainer.field, trainer.grid, o, d, every_sample, samples=samples)
         assert out.weights is not None
         p = trainer.depth
         losses.append(float(prior_loss(out.weights.detach(), samples, p.depth[index], p.sigma[index], p.weight[index])))
-    assert losses[-1] < 0.5 * losses[0]  # without the term it stays where it starts (measured: 7.1 -> 7.3)
+    assert losses[-1] < 0.6 * losses[0]  # measured 3.19 -> 1.6; without the term it stays (3.22 -> 3.25 at 30 steps)
     without = Trainer(dataclasses.replace(cfg, depth_weight=0.0), scene, torch.device("cpu"))
     assert without.depth is None
 

@@ -237,6 +237,10 @@ class TrainConfig:
     carry no points. Measured at 1,300 steps with 64 rays (docs/benchmarks.md): 0.005 lifts instant-ngp's fox on
     prepare's poses from 24.73 to 26.72 dB held out, and drops mip-NeRF 360's bonsai from 23.22 to 19.24 (22.91
     with --depth-sigma-start 0.2) and NeRF-Database's can from 29.64 to 28.90."""
+    depth_model: Path | None = None
+    """With --depth-weight: the COLMAP model whose points give the prior, for a scene whose poses are in another file
+    (a transforms.json made from it, LLFF's poses_bounds.npy); it is aligned to the scene's cameras by a similarity
+    over the images both name. Default: the scene's own (SCENE/sparse/0, nerfstudio's SCENE/colmap/sparse/0, ...)."""
     depth_rays: int = 64
     """Rays through observed keypoints added to each step's batch when --depth-weight is above 0."""
     depth_band_samples: int = 8

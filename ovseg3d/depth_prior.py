@@ -38,6 +38,7 @@ from torch import Tensor
 from ovseg3d.data import colmap
 from ovseg3d.data.cameras import Cameras, pixel_rays
 from ovseg3d.data.scene import Scene, SceneError
+from ovseg3d.metrics import similarity_alignment
 from ovseg3d.render.volume import RaySamples
 
 MIN_TRACK = 3
@@ -51,6 +52,11 @@ EMPTY_SIGMAS = 3.0
 TRANSPARENT_FLOOR = 0.05
 """``eps`` of :func:`termination_loss`: a transparent ray costs ``log(21)``, about 3; the loss's gradient is at most
 ``1 / eps``."""
+MAX_ALIGN_SHARE = 0.01
+"""A model in another frame than the scene's is used when its camera centres land within this share of their
+extent of the scene's (RMS, after the best similarity) ..."""
+MAX_ALIGN_DEG = 1.0
+"""... and its cameras' viewing directions within this many degrees of the scene's (median)."""
 BAND_SIGMAS = 2.0
 """:func:`band_samples` covers the point's depth to this many sigmas on either side."""
 
@@ -109,6 +115,32 @@ def _image_names(scene: Scene) -> list[str]:
     return names
 
 
+def _alignment(
+    folder: Path, rot: np.ndarray, centres: np.ndarray, cams: Cameras, views: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """The similarity ``(s, R, t)`` from the model's frame to the scene's, fitted on the camera centres of the views
+    both have (``rot``: their world-to-camera rotations, ``centres``: their centres, in the model's frame;
+    ``views``: their scene views); ``None`` when the frames are already the same."""
+    scene_c = cams.centers.double().numpy()[views]
+    if np.abs(scene_c - centres).max() <= 1e-4 * (1.0 + np.abs(centres).max()):
+        return None  # the scene was loaded from this model
+    extent = float(np.linalg.norm(scene_c.max(0) - scene_c.min(0)))
+    s, r, t = similarity_alignment(centres, scene_c)
+    moved = s * centres @ r.T + t
+    share = float(np.sqrt(((moved - scene_c) ** 2).sum(1).mean())) / max(extent, 1e-12)
+    forward = -cams.c2w[views][:, :3, 2].double().numpy()  # the scene's viewing axes (OpenGL -z) in its world
+    turned = rot[:, 2] @ r.T  # the model's, turned into the scene's frame
+    cos = (forward * turned).sum(1) / np.maximum(np.linalg.norm(forward, axis=1), 1e-12)
+    angle = float(np.degrees(np.median(np.arccos(np.clip(cos, -1.0, 1.0)))))
+    if extent <= 0 or share > MAX_ALIGN_SHARE or angle > MAX_ALIGN_DEG:
+        raise SceneError(
+            f"{folder}: the scene's cameras are not this model's (after the best similarity their centres are "
+            f"{100 * share:.1f} % of their extent apart and their views {angle:.1f} deg): give the model these poses "
+            "came from"
+        )
+    return s, r, t
+
+
 def depth_prior(
     scene: Scene,
     model_dir: str | Path | None = None,
@@ -117,19 +149,25 @@ def depth_prior(
     sigma_floor: float = SIGMA_FLOOR,
     max_sigma: float = MAX_SIGMA,
 ) -> DepthPrior | None:
-    """The depth prior of a scene loaded from a COLMAP model, on the CPU; ``None`` for any other scene (LLFF,
-    transforms.json), a model without points, or when no observation passes the filters (module docstring).
+    """The depth prior of a scene from a COLMAP model's points, on the CPU; ``None`` when no model is found, it has
+    no points, it shares fewer than 3 images with the scene, or no observation passes the filters (module
+    docstring).
+
+    The model may be in another frame than the scene's poses: a ``transforms.json`` written from it (instant-ngp's
+    ``colmap2nerf.py``, nerfstudio's ``ns-process-data``, which keeps it in ``colmap/sparse/0``), or LLFF's
+    ``poses_bounds.npy`` re-centred and scaled. Its points are then brought into the scene's frame by the similarity
+    that best maps its camera centres onto the scene's, over the images both name (Umeyama); the cameras must agree
+    after it (:data:`MAX_ALIGN_SHARE` of their extent, :data:`MAX_ALIGN_DEG` of viewing direction).
 
     Args:
         scene: from :func:`~ovseg3d.data.loader.load_scene`.
-        model_dir: the model the scene was loaded from when it was given (``load_scene(colmap_model=...)``); else
-            the one :func:`~ovseg3d.data.colmap.find_model` finds under ``scene.root``.
+        model_dir: the model to read (the one the scene was loaded from, ``load_scene(colmap_model=...)``, or one
+            for a scene in another format); else the one :func:`~ovseg3d.data.colmap.find_model` finds under
+            ``scene.root``.
 
     Raises:
-        SceneError: the model's cameras are not the scene's (another model, or poses moved since loading).
+        SceneError: the model's cameras are not the scene's (another capture, or poses moved since it was made).
     """
-    if scene.format != "colmap":
-        return None
     folder = Path(model_dir) if model_dir is not None else colmap.find_model(scene.root)
     if folder is None:
         return None
@@ -138,6 +176,24 @@ def depth_prior(
         return None
     images = list(model.images.values())
     assert model.point_ids is not None
+
+    # the scene's training views among the model's images
+    view_of = {name: i for i, name in enumerate(_image_names(scene))}
+    train_pos = {view: j for j, view in enumerate(scene.train_ids)}
+    image_view = np.array([view_of.get(im.name, view_of.get(Path(im.name).name, -1)) for im in images])
+    image_train = np.array([train_pos.get(int(v), -1) for v in image_view])
+    cams = scene.cameras
+    rot, centres = _model_poses(images)
+    points = model.points
+    seen = image_view >= 0
+    if seen.sum() < 3:
+        return None
+    sim = _alignment(folder, rot[seen], centres[seen], cams, image_view[seen])
+    if sim is not None:  # into the scene's frame: X' = s R X + t, world-to-camera rotations R_c Rᵀ
+        s, r, t = sim
+        points = s * points @ r.T + t
+        centres = s * centres @ r.T + t
+        rot = rot @ r.T
 
     # every observation of a point in the model: image (row of `images`), keypoint, point (row of model.points)
     counts = np.array([len(im.point3D_ids) for im in images])  # type: ignore[arg-type]
@@ -150,32 +206,15 @@ def depth_prior(
     found = (pids >= 0) & (sorted_ids[at] == pids)
     obs_image, xys, point = obs_image[found], xys[found], order[at[found]]
 
-    # geometry in the model's frame, float64
-    rot, centres = _model_poses(images)
-    to_point = model.points[point] - centres[obs_image]  # [K, 3] from the camera to the point
+    # geometry in the scene's frame, float64
+    to_point = points[point] - centres[obs_image]  # [K, 3] from the camera to the point
     depth = np.linalg.norm(to_point, axis=1)
     ray = -to_point / np.maximum(depth, 1e-300)[:, None]  # from the point to its camera
-    n_pts = len(model.points)
+    n_pts = len(points)
     mean = np.stack([np.bincount(point, ray[:, k], n_pts) for k in range(3)], axis=1)
     mean /= np.maximum(np.bincount(point, minlength=n_pts), 1)[:, None]
     spread = 2.0 * np.arccos(np.clip(np.linalg.norm(mean, axis=1), 0.0, 1.0))  # [P] triangulation angle
     sin_spread = np.sin(np.minimum(spread, 0.5 * math.pi))
-
-    # the scene's training views among the model's images
-    view_of = {name: i for i, name in enumerate(_image_names(scene))}
-    train_pos = {view: j for j, view in enumerate(scene.train_ids)}
-    image_view = np.array([view_of.get(im.name, -1) for im in images])
-    image_train = np.array([train_pos.get(int(v), -1) for v in image_view])
-    cams = scene.cameras
-    seen = image_view >= 0
-    if seen.any():  # the scene's poses must be the model's: same frame, same units
-        scene_c = cams.centers.double().numpy()[image_view[seen]]
-        scale = 1.0 + np.abs(centres[seen]).max()
-        if np.abs(scene_c - centres[seen]).max() > 1e-4 * scale:
-            raise SceneError(
-                f"{folder}: the scene's cameras are not this model's (other poses, frame or units): build the depth "
-                "prior from the model the scene was loaded from"
-            )
 
     # intrinsics of each model image: its camera in the model's pixels, the scene's view at training size
     fx_m = np.zeros(len(images))
@@ -219,7 +258,7 @@ def depth_prior(
         depth=f32(d),
         sigma=f32(d * share[idx]),
         weight=f32(np.minimum(track[idx], FULL_TRACK) / FULL_TRACK / (1.0 + err[idx])),
-        xyz=f32(model.points[point[idx]]),
+        xyz=f32(points[point[idx]]),
     )
 
 

@@ -235,10 +235,17 @@ class Trainer:
     def _depth_prior(self, scene: Scene) -> DepthPrior | None:
         """The scene's structure-from-motion observations on the training device, those a ray can reach (beyond the
         near plane, inside a bounded field's box), or ``None`` where the scene has none (one line says which)."""
-        prior = depth_prior(scene, self.cfg.colmap_model)
+        given = self.cfg.depth_model or self.cfg.colmap_model
+        try:
+            prior = depth_prior(scene, given)
+        except SceneError as e:
+            if given is not None or scene.format == "colmap":
+                raise
+            print(f"depth prior: {e}; trained without it")  # a model found beside poses made otherwise
+            return None
         if prior is None:
-            if scene.format == "colmap":  # other formats carry no points: nothing to say
-                print("depth prior: the scene's COLMAP model has no points with observations; trained without it")
+            if scene.format == "colmap" or given is not None:
+                print("depth prior: the COLMAP model has no points observed by the scene's views; trained without it")
             return None
         keep = prior.depth > self.cfg.near_plane * self.diag + 3.0 * prior.sigma
         if not self.contracted:

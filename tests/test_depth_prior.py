@@ -4,6 +4,7 @@ losses on packed samples are zero at the point and grow away from it, and they t
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import struct
 import time
@@ -174,6 +175,38 @@ def test_prior_lands_where_the_scenes_cameras_see_the_points(
     assert bool(((prior.weight > 0) & (prior.weight <= 1)).all())
 
 
+def test_a_transforms_json_scene_takes_the_points_of_its_colmap_model(tmp_path: Path, pycolmap) -> None:
+    """nerfstudio's ``ns-process-data`` layout: ``transforms.json`` in a frame of its own (turned, scaled, moved)
+    and the COLMAP model it came from in ``colmap/sparse/0``. The prior comes from the model's points, aligned onto
+    the scene's cameras: each observation's pixel is the scene camera's projection of its point."""
+    rec = write_capture(pycolmap, tmp_path, noisy=False)
+    (tmp_path / "colmap").mkdir()
+    (tmp_path / "sparse").rename(tmp_path / "colmap" / "sparse")
+    scale, rotation, translation = SIM3
+    frames = []
+    for image in sorted(rec.images.values(), key=lambda im: im.name):  # the model's order: the same held-out views
+        w2c = np.eye(4)
+        w2c[:3] = image.cam_from_world().matrix()
+        c2w = np.linalg.inv(w2c)
+        c2w[:3, :3] = rotation @ c2w[:3, :3] @ np.diag([1.0, -1.0, -1.0])  # OpenGL axes, turned
+        c2w[:3, 3] = scale * rotation @ c2w[:3, 3] + translation
+        frames.append({"file_path": f"images/{image.name}", "transform_matrix": c2w.tolist()})
+    fx, fy, cx, cy, k1, k2, p1, p2 = OPENCV
+    meta = {"w": W, "h": H, "fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "k1": k1, "k2": k2, "p1": p1, "p2": p2}
+    (tmp_path / "transforms.json").write_text(json.dumps({**meta, "camera_model": "OPENCV", "frames": frames}))
+    scene = load_scene(tmp_path, holdout_every=3)
+    assert scene.format != "colmap"
+    prior = depth_prior(scene)
+    assert prior is not None and len(prior) > 500
+    err = reprojection(scene, prior)
+    assert float(err.max()) < 0.05, float(err.max())
+    views = torch.tensor(scene.train_ids)[prior.cam]
+    torch.testing.assert_close(prior.depth, (prior.xyz - scene.cameras.centers[views]).norm(dim=1), rtol=1e-4, atol=0)
+    in_model = depth_prior(load_scene(tmp_path, holdout_every=3, colmap_model=tmp_path / "colmap" / "sparse" / "0"))
+    assert in_model is not None and len(in_model) == len(prior)
+    torch.testing.assert_close(prior.depth, scale * in_model.depth, rtol=1e-4, atol=0)  # the model's units, scaled
+
+
 def test_noisy_points_are_left_out_and_weighted(tmp_path: Path, pycolmap) -> None:
     rec = write_capture(pycolmap, tmp_path, noisy=True, sim3=SIM3)
     scene = load_scene(tmp_path, holdout_every=4)
@@ -224,11 +257,17 @@ def test_prior_respects_masks_frames_and_formats(tmp_path: Path, pycolmap) -> No
     assert bool(one.any()) and float(prior.u[one].min()) >= W // 2
     assert float(prior.u[prior.cam == scene.train_ids.index(2)].min()) < W // 2
 
-    # another model (other frame) than the scene's: refused; a scene of another format: no prior
+    # the same capture's model in another frame (as a transforms.json or LLFF's poses keep it): aligned onto the
+    # scene's cameras, the same prior; another capture's model: refused; no model: no prior
     write_capture(pycolmap, tmp_path / "b", noisy=False, sim3=None)
+    other_frame = depth_prior(scene, tmp_path / "b" / "sparse" / "0")
+    assert other_frame is not None and len(other_frame) == len(prior)
+    torch.testing.assert_close(other_frame.xyz, prior.xyz, atol=1e-4, rtol=0)
+    torch.testing.assert_close(other_frame.depth, prior.depth, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(other_frame.sigma, prior.sigma, atol=1e-5, rtol=1e-4)
+    write_capture(pycolmap, tmp_path / "c", noisy=False, arc=np.pi, seed=1)  # cameras on a half circle
     with pytest.raises(SceneError, match="not this model"):
-        depth_prior(scene, tmp_path / "b" / "sparse" / "0")
-    assert depth_prior(dataclasses.replace(scene, format="transforms")) is None
+        depth_prior(scene, tmp_path / "c" / "sparse" / "0")
     assert depth_prior(dataclasses.replace(scene, root=tmp_path / "nothing")) is None
 
 

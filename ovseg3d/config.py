@@ -382,7 +382,7 @@ def read_toml(path: Path | Traversable) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
-_PATH_KEYS = ("scene", "output", "config", "cache_dir")
+_PATH_KEYS = ("scene", "output", "config", "cache_dir", "colmap_model", "depth_model")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -175,14 +175,10 @@ def test_prior_lands_where_the_scenes_cameras_see_the_points(
     assert bool(((prior.weight > 0) & (prior.weight <= 1)).all())
 
 
-def test_a_transforms_json_scene_takes_the_points_of_its_colmap_model(tmp_path: Path, pycolmap) -> None:
-    """nerfstudio's ``ns-process-data`` layout: ``transforms.json`` in a frame of its own (turned, scaled, moved)
-    and the COLMAP model it came from in ``colmap/sparse/0``. The prior comes from the model's points, aligned onto
-    the scene's cameras: each observation's pixel is the scene camera's projection of its point."""
-    rec = write_capture(pycolmap, tmp_path, noisy=False)
-    (tmp_path / "colmap").mkdir()
-    (tmp_path / "sparse").rename(tmp_path / "colmap" / "sparse")
-    scale, rotation, translation = SIM3
+def write_transforms(rec, root: Path, sim3: tuple[float, np.ndarray, np.ndarray]) -> None:  # noqa: ANN001
+    """``root/transforms.json`` (nerfstudio's OPENCV camera, OpenGL axes) of ``rec``'s cameras in a frame turned,
+    scaled and moved by ``sim3``, frames in name order."""
+    scale, rotation, translation = sim3
     frames = []
     for image in sorted(rec.images.values(), key=lambda im: im.name):  # the model's order: the same held-out views
         w2c = np.eye(4)
@@ -193,7 +189,18 @@ def test_a_transforms_json_scene_takes_the_points_of_its_colmap_model(tmp_path: 
         frames.append({"file_path": f"images/{image.name}", "transform_matrix": c2w.tolist()})
     fx, fy, cx, cy, k1, k2, p1, p2 = OPENCV
     meta = {"w": W, "h": H, "fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "k1": k1, "k2": k2, "p1": p1, "p2": p2}
-    (tmp_path / "transforms.json").write_text(json.dumps({**meta, "camera_model": "OPENCV", "frames": frames}))
+    (root / "transforms.json").write_text(json.dumps({**meta, "camera_model": "OPENCV", "frames": frames}))
+
+
+def test_a_transforms_json_scene_takes_the_points_of_its_colmap_model(tmp_path: Path, pycolmap) -> None:
+    """nerfstudio's ``ns-process-data`` layout: ``transforms.json`` in a frame of its own (turned, scaled, moved)
+    and the COLMAP model it came from in ``colmap/sparse/0``. The prior comes from the model's points, aligned onto
+    the scene's cameras: each observation's pixel is the scene camera's projection of its point."""
+    rec = write_capture(pycolmap, tmp_path, noisy=False)
+    (tmp_path / "colmap").mkdir()
+    (tmp_path / "sparse").rename(tmp_path / "colmap" / "sparse")
+    scale = SIM3[0]
+    write_transforms(rec, tmp_path, SIM3)
     scene = load_scene(tmp_path, holdout_every=3)
     assert scene.format != "colmap"
     prior = depth_prior(scene)
@@ -205,6 +212,31 @@ def test_a_transforms_json_scene_takes_the_points_of_its_colmap_model(tmp_path: 
     in_model = depth_prior(load_scene(tmp_path, holdout_every=3, colmap_model=tmp_path / "colmap" / "sparse" / "0"))
     assert in_model is not None and len(in_model) == len(prior)
     torch.testing.assert_close(prior.depth, scale * in_model.depth, rtol=1e-4, atol=0)  # the model's units, scaled
+
+
+def test_a_model_of_another_capture_beside_a_transforms_json_is_left_out(tmp_path: Path, pycolmap, capsys) -> None:
+    """A model found beside a transforms.json whose cameras are not the scene's: one line, training goes on
+    without the prior; the same model named with --depth-model is an error."""
+    from ovseg3d.config import TrainConfig
+    from ovseg3d.train import Trainer
+
+    rec = write_capture(pycolmap, tmp_path, noisy=False)
+    write_transforms(rec, tmp_path, SIM3)
+    other = tmp_path / "other"
+    other.mkdir()
+    write_capture(pycolmap, other, noisy=False, arc=np.pi, seed=1)
+    (tmp_path / "sparse").rename(tmp_path / "old")
+    (other / "sparse").rename(tmp_path / "sparse")
+    scene = load_scene(tmp_path, holdout_every=3)
+    cfg = TrainConfig(scene=tmp_path, n_levels=4, log2_hashmap_size=12, max_resolution=64, hidden_dim=16,
+                      color_hidden_dim=16, rays_per_step=128, occ_resolution=16, depth_weight=1.0)  # fmt: skip
+    trainer = Trainer(cfg, scene, torch.device("cpu"))
+    assert trainer.depth is None
+    assert "not this model" in capsys.readouterr().out
+    with pytest.raises(SceneError, match="not this model"):
+        Trainer(dataclasses.replace(cfg, depth_model=tmp_path / "sparse" / "0"), scene, torch.device("cpu"))
+    named = Trainer(dataclasses.replace(cfg, depth_model=tmp_path / "old" / "0"), scene, torch.device("cpu"))
+    assert named.depth is not None and len(named.depth) > 500
 
 
 def test_noisy_points_are_left_out_and_weighted(tmp_path: Path, pycolmap) -> None:

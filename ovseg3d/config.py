@@ -246,6 +246,10 @@ class TrainConfig:
     depth_band_samples: int = 8
     """With --depth-weight: samples put across each depth ray's band (two sigmas either side of its point) in
     place of the occupancy grid's there, so that a point in cells the grid skips still draws density; 0: none."""
+    depth_until: float = 0.0
+    """With --depth-weight: the prior's weight falls linearly from --depth-weight to 0 by this share of the budget
+    (steps or minutes; URF lets its sparse depth go so): the points place the surfaces early and the colours refine
+    them. 0: held at --depth-weight to the end."""
     depth_sigma_start: float = 0.0
     """The depth prior's band at the start, as a share of each point's depth, narrowing geometrically to the
     point's own uncertainty (at least 1 % of its depth) by depth_anneal of the budget (nerfstudio's

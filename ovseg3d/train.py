@@ -260,7 +260,7 @@ class Trainer:
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         """The batch with ``depth_rays`` rays through random observed keypoints in front (the sample cap drops rays
         from the end), and the observations' indices (``None`` without a depth prior)."""
-        if self.depth is None:
+        if self.depth is None or self.depth_weight() <= 0:
             return origins, dirs, target, cam, None
         index = torch.randint(0, len(self.depth), (self.cfg.depth_rays,), device=self.device)
         o, d = prior_rays(self.depth, self.cameras, index)
@@ -284,6 +284,14 @@ class Trainer:
             share = start * (SIGMA_FLOOR / start) ** done
             sigma = torch.maximum(sigma, share * p.depth[index])
         return p.depth[index], sigma
+
+    def depth_weight(self) -> float:
+        """The depth prior's weight at this point of the budget: --depth-weight, falling linearly to 0 by
+        --depth-until of the budget when that is set (URF's schedule)."""
+        until = self.cfg.depth_until
+        if until <= 0:
+            return self.cfg.depth_weight
+        return self.cfg.depth_weight * max(0.0, 1.0 - self.progress() / until)
 
     def _depth_loss(self, out: RenderOutput, samples: RaySamples, index: Tensor | None, n_rays: int) -> Tensor | None:
         """The depth prior's loss on the first rays of the batch (those :meth:`_with_depth_rays` put there)."""
@@ -431,7 +439,7 @@ class Trainer:
         loss = mse
         depth_loss = self._depth_loss(out, samples, depth_index, len(origins))
         if depth_loss is not None:
-            loss = loss + self.cfg.depth_weight * depth_loss
+            loss = loss + self.depth_weight() * depth_loss
         if out.distortion is not None:
             loss = loss + dist_w * out.distortion.mean() / (1.0 if self.contracted else self.diag)
         return self._apply(start, loss, mse, len(origins), out.n_samples)

@@ -47,6 +47,7 @@ VARIANTS: dict[str, dict] = {
     "depth_strong": {"depth_weight": 0.1, "depth_rays": 256},
     "depth_light": {"depth_weight": 0.005, "depth_rays": 64},  # a quarter of the weight on a quarter of the rays
     "depth_anneal": {"depth_weight": 0.005, "depth_rays": 64, "depth_sigma_start": 0.2},  # band 20 % -> own
+    "depth_until": {"depth_weight": 0.01, "depth_rays": 64, "depth_until": 0.5},  # falls to 0 by half (URF's)
     # nerfacc's NGPRadianceField: 16 levels of 2 features up to 4096 (the gpu preset: 8 x 4 up to 2048)
     "grid16": {"n_levels": 16, "n_features_per_level": 2, "max_resolution": 4096},
     "no_weight_decay": {"weight_decay": 0.0},

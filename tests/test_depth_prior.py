@@ -553,3 +553,29 @@ def test_the_depth_band_starts_wide_and_narrows_to_the_points_own(tmp_path: Path
     assert float(trainer._depth_loss(out, samples, index, len(origins)).detach()) < own
     trainer.step = 50  # half the budget: the band is the points' own again
     assert float(trainer._depth_loss(out, samples, index, len(origins)).detach()) == pytest.approx(own, rel=1e-5)
+
+
+def test_the_depth_weight_falls_to_zero_by_depth_until(tmp_path: Path, pycolmap) -> None:
+    """With --depth-until, the prior's weight falls linearly from --depth-weight to 0 by that share of the budget;
+    after it, steps draw no depth rays (they would cost samples for nothing)."""
+    from ovseg3d.config import TrainConfig
+    from ovseg3d.train import Trainer
+
+    write_capture(pycolmap, tmp_path, noisy=False)
+    scene = load_scene(tmp_path, downscale=2, holdout_every=3)
+    cfg = TrainConfig(
+        scene=tmp_path, n_levels=4, log2_hashmap_size=12, max_resolution=64, hidden_dim=16, color_hidden_dim=16,
+        rays_per_step=128, occ_resolution=16, depth_weight=0.4, depth_rays=64, steps=100, depth_until=0.5,
+    )  # fmt: skip
+    trainer = Trainer(cfg, scene, torch.device("cpu"))
+    weights = []
+    for step in (0, 25, 50, 80):
+        trainer.step = step
+        weights.append(trainer.depth_weight())
+    assert weights == pytest.approx([0.4, 0.2, 0.0, 0.0])
+    assert trainer._with_depth_rays(*trainer.sample_batch())[-1] is None
+    trainer.step = 10
+    assert trainer._with_depth_rays(*trainer.sample_batch())[-1] is not None
+    trainer.cfg = dataclasses.replace(cfg, depth_until=0.0)  # held to the end
+    trainer.step = 99
+    assert trainer.depth_weight() == 0.4

@@ -579,3 +579,30 @@ def test_the_depth_weight_falls_to_zero_by_depth_until(tmp_path: Path, pycolmap)
     trainer.cfg = dataclasses.replace(cfg, depth_until=0.0)  # held to the end
     trainer.step = 99
     assert trainer.depth_weight() == 0.4
+
+
+def test_bench_sfm_measures_weight_at_the_point_and_median_depth() -> None:
+    """scripts/bench_sfm.py's per-ray measures on packed samples: the weight within 1 and 3 sigma of the point, the
+    median depth (where the accumulated weight reaches a half; nan if never) and rays left without samples."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_sfm.py"
+    spec = importlib.util.spec_from_file_location("bench_sfm", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+
+    n = len(T0)
+    at_point = _spike(5.0)
+    early = _spike(2.0, 0.6) + _spike(5.0, 0.3)  # a floater in front holds most of it
+    faint = _spike(5.0, 0.2)  # never reaches a half
+    samples = RaySamples(torch.arange(3).repeat_interleave(n), T0.repeat(3), (T0 + STEP).repeat(3), 4)
+    depth, sigma = torch.full((4,), 5.0), torch.full((4,), 0.1)
+    got = bench.per_ray(torch.cat([at_point, early, faint]), samples, depth, sigma)
+    torch.testing.assert_close(got["at_1sigma"], torch.tensor([1.0, 0.3, 0.2, 0.0]))
+    torch.testing.assert_close(got["at_3sigma"], torch.tensor([1.0, 0.3, 0.2, 0.0]))
+    assert float(got["t50"][0]) == pytest.approx(5.05) and float(got["t50"][1]) == pytest.approx(2.05)
+    assert bool(torch.isnan(got["t50"][2:]).all())
+    assert got["has_sample"].tolist() == [True, True, True, False]

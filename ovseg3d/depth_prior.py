@@ -5,8 +5,9 @@ says that the ray from the camera centre ``C`` through that pixel ends at ``X``,
 the unit ray (whatever the lens: ``X`` lies on the ray through its observed pixel up to the reprojection error).
 :func:`depth_prior` gathers these observations once per scene (:class:`DepthPrior`, flat over the training
 views); a training step draws some (:func:`sample`), renders their rays (:func:`prior_rays`) as the colour rays
-are rendered, and adds :func:`prior_loss` (the weighted mean of :func:`termination_loss` and
-:func:`empty_space_loss` on the packed samples).
+are rendered, with samples across each point's band (:func:`band_samples`), and adds :func:`prior_loss` (the
+weighted mean of :func:`termination_loss` and :func:`empty_space_loss` on the packed samples). A model in another
+frame than the scene's poses is aligned onto the scene's cameras first (:func:`depth_prior`).
 
 Which observations are kept: points seen by at least ``min_track`` images (two views triangulate a point weakly)
 with a mean reprojection error of at most ``max_error`` pixels, observed inside the training image, on a pixel that

@@ -233,10 +233,10 @@ class TrainConfig:
     depth_weight: float = 0.0
     """Weight of the depth prior from the scene's structure-from-motion points (a COLMAP model's observations:
     each keypoint's ray should end at its point, with nothing in front of it; DS-NeRF, URF), 0 = off. Used only
-    where the scene has a COLMAP model with 2D observations (``prepare``'s scenes, COLMAP folders); other formats
-    carry no points. Measured at 1,300 steps with 64 rays (docs/benchmarks.md): 0.005 lifts instant-ngp's fox on
-    prepare's poses from 24.73 to 26.72 dB held out, and drops mip-NeRF 360's bonsai from 23.22 to 19.24 (22.91
-    with --depth-sigma-start 0.2) and NeRF-Database's can from 29.64 to 28.90."""
+    where a COLMAP model with 2D observations is found or given (``prepare``'s scenes, COLMAP folders, --depth-model).
+    Measured at 1,300 steps with 64 rays (docs/benchmarks.md): 0.005 lifts instant-ngp's fox from 24.73 to 25.72 dB
+    held out (on its own poses with prepare's points: 24.61 to 25.61) and mip-NeRF 360's bonsai from 23.22 to 23.28,
+    and drops NeRF-Database's can from 29.64 to 28.83 and a phone video from 28.36 to 27.39: off by default."""
     depth_model: Path | None = None
     """With --depth-weight: the COLMAP model whose points give the prior, for a scene whose poses are in another file
     (a transforms.json made from it, LLFF's poses_bounds.npy); it is aligned to the scene's cameras by a similarity

@@ -293,9 +293,17 @@ class Trainer:
             return self.cfg.depth_weight
         return self.cfg.depth_weight * max(0.0, 1.0 - self.progress() / until)
 
-    def _depth_loss(self, out: RenderOutput, samples: RaySamples, index: Tensor | None, n_rays: int) -> Tensor | None:
-        """The depth prior's loss on the first rays of the batch (those :meth:`_with_depth_rays` put there)."""
-        band = self._depth_band(index)
+    def _depth_loss(
+        self,
+        out: RenderOutput,
+        samples: RaySamples,
+        index: Tensor | None,
+        n_rays: int,
+        band: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor | None:
+        """The depth prior's loss on the first rays of the batch (those :meth:`_with_depth_rays` put there);
+        ``band``: :meth:`_depth_band` of ``index`` when the step has it already."""
+        band = band if band is not None else self._depth_band(index)
         if band is None or out.weights is None:
             return None
         assert index is not None and self.depth is not None
@@ -437,7 +445,7 @@ class Trainer:
         )
         mse = F.mse_loss(out.rgb, target)
         loss = mse
-        depth_loss = self._depth_loss(out, samples, depth_index, len(origins))
+        depth_loss = self._depth_loss(out, samples, depth_index, len(origins), band)
         if depth_loss is not None:
             loss = loss + self.depth_weight() * depth_loss
         if out.distortion is not None:

@@ -30,8 +30,7 @@ import torch
 import tyro
 
 from ovseg3d.depth_prior import depth_prior, prior_rays
-from ovseg3d.render.renderer import render_rays
-from ovseg3d.render.volume import ray_first_sample
+from ovseg3d.render.volume import ray_first_sample, render_weights
 from ovseg3d.train import load_trainer
 
 
@@ -53,7 +52,7 @@ class Args:
 
 def per_ray(weights: torch.Tensor, samples, depth: torch.Tensor, sigma: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: ANN001
     """``[R]`` weight within 1 and 3 sigma of each ray's depth, its median depth (nan where the weight never reaches
-    a half) and whether it has any sample."""
+    a half, as :func:`~ovseg3d.render.renderer.render_median_depth` takes it) and whether it has any sample."""
     n = depth.shape[0]
     r = samples.ray_indices
     gap = torch.clamp(torch.maximum(samples.t_starts - depth[r], depth[r] - samples.t_ends), min=0.0)
@@ -85,7 +84,6 @@ def main(args: Args) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     index = torch.randint(0, len(prior), (min(args.rays, len(prior)),), generator=gen)
     cams = trainer.cameras.to("cpu")
-    opts = dataclasses.replace(trainer.opts, early_stop_eps=0.0, alpha_thre=0.0)  # weights of every sample
     parts: list[dict[str, torch.Tensor]] = []
     for lo in range(0, len(index), args.chunk):
         i = index[lo : lo + args.chunk]
@@ -93,13 +91,12 @@ def main(args: Args) -> dict:
         o, d = o.to(trainer.device), d.to(trainer.device)
         near, far = trainer.ray_limits(trainer.cameras, trainer.near_far, prior.cam[i].to(trainer.device), d)
         samples = trainer.grid.march(o, d, trainer.opts.step_size, near, far, stratified=False)
-        with torch.enable_grad():  # the renderer returns per-sample weights on its gradient path
-            out = render_rays(trainer.field, trainer.grid, o, d, opts, samples=samples)
-        assert out.weights is not None
+        sigma = trainer.field.density(samples.positions(o, d))
+        weights = render_weights(sigma, samples.deltas, samples.ray_indices, len(o))  # every marched sample's
         cpu = dataclasses.replace(
             samples, ray_indices=samples.ray_indices.cpu(), t_starts=samples.t_starts.cpu(), t_ends=samples.t_ends.cpu()
         )
-        parts.append(per_ray(out.weights.detach().cpu(), cpu, prior.depth[i], prior.sigma[i]))
+        parts.append(per_ray(weights.cpu(), cpu, prior.depth[i], prior.sigma[i]))
     cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     w = prior.weight[index]
     err = (cat["t50"] - prior.depth[index]).abs() / prior.depth[index]

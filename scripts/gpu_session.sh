@@ -314,6 +314,7 @@ field)
     # background meanwhile). Everything lands in $OUT (session.log, results.tgz, the JSON and the renders).
     #   bash scripts/gpu_session.sh field SCENE [SECONDS]
     #   FIELD_EVAL_EVERY=4 FIELD_VARIANTS="default grid16+roi2" bash scripts/gpu_session.sh field SCENE 560
+    #   FIELD_EXTRA="prop_nerfacc": that variant at 30 s after the rest, if the time left allows
     scene="$2"
     open_session "${3:-560}"
     install_wheels
@@ -325,6 +326,8 @@ field)
     step_margin=10
     # nerfacc's CUDA ops compile on first use: before any clock starts
     step "nerfacc ops" 30 150 python3 -c "import torch, nerfacc; from nerfacc.cuda._backend import _C; print('nerfacc', nerfacc.__version__, _C is not None)"
+    # the torch grid's CUDA path against its CPU path, and the proposal sampler's nerfacc kernels against torch
+    step "CUDA tests" 20 60 python3 -P -m pytest -q -m cuda tests/test_hashgrid.py tests/test_proposal.py -p no:cacheprovider
     # (timeout runs commands, not shell functions: each run is spelled out)
     # FIELD_EVAL_EVERY=4: every 4th held-out view scored (both methods), a sweep's quick comparison
     every="${FIELD_EVAL_EVERY:-1}"
@@ -351,6 +354,11 @@ field)
     if grep -q "build rc=0" /tmp/res/tcnn_build.log; then
         step "nerfacc prop 90 s" 120 160 "${reference[@]}" --marks 90 --out /tmp/res/nerfacc_90.json
     fi
+    # FIELD_EXTRA="a b": more variants at 30 s, last, as the time left allows (rows under real_0.5_extra)
+    for extra in ${FIELD_EXTRA:-}; do
+        step "ovseg3d 30 s $extra" 80 120 "${bench_real[@]}" --name "real_0.5_$extra" --variants "$extra" \
+            --set max_minutes=0.5 steps=1000000 grid_impl=torch
+    done
     rm -rf /tmp/runs
     pack
     echo "=== field done in $SECONDS s"

@@ -6,7 +6,10 @@ import torch
 from ovseg3d.field.hashgrid import (
     HashGridConfig,
     TorchHashGrid,
+    _scatter_levels,
+    _scatter_together,
     corner_indices_and_weights,
+    corner_indices_and_weights_batched,
     grid_index,
     level_layout,
     make_hash_grid,
@@ -62,12 +65,53 @@ def test_fast_indices_match_reference_formula_with_wraparound():
     torch.testing.assert_close(weights.sum(-1), torch.ones(500, cfg.n_levels))
 
 
-@pytest.mark.parametrize("n_feat", [1, 2, 4])
-def test_forward_and_gradient_match_brute_force(n_feat):
+@pytest.mark.parametrize("dense_levels", ["mixed", "all dense", "all hashed"])
+def test_batched_indices_equal_the_per_plane_ones(dense_levels):
+    # the GPU's path (broadcast over levels and corners) gives the same rows and bit-identical weights
+    base, log2, scale = {"mixed": (16, 14, 2.5), "all dense": (2, 20, 2.0), "all hashed": (64, 10, 2.5)}[dense_levels]
+    cfg = HashGridConfig(
+        n_levels=6, n_features_per_level=2, log2_hashmap_size=log2, base_resolution=base, per_level_scale=scale
+    )
+    lay = level_layout(cfg)
+    expect_dense = {"mixed": (1, 5), "all dense": (6, 6), "all hashed": (0, 0)}[dense_levels]
+    assert expect_dense[0] <= sum(lay.dense) <= expect_dense[1]
+    grid = TorchHashGrid(cfg)
+    x = torch.rand(700, 3)
+    x[:2] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    rows, weights = corner_indices_and_weights(x, lay, grid._buf(x.device))
+    rows_b, weights_b = corner_indices_and_weights_batched(x, lay, grid._buf(x.device))
+    assert rows_b.dtype == torch.int32 and rows_b.shape == rows.shape
+    assert torch.equal(rows_b, rows)
+    assert torch.equal(weights_b, weights)
+
+
+@pytest.mark.parametrize("n_feat, group_elements", [(2, 1 << 26), (2, 1), (4, 5000), (1, 1 << 26)])
+def test_scatter_of_all_levels_at_once_equals_the_per_level_scatter(n_feat, group_elements, monkeypatch):
+    import ovseg3d.field.hashgrid as hg
+
+    monkeypatch.setattr(hg, "SCATTER_ELEMENTS", group_elements)  # all levels together, one by one, in groups
+    cfg = HashGridConfig(n_levels=5, n_features_per_level=n_feat, log2_hashmap_size=9, base_resolution=4)
+    lay = level_layout(cfg)
+    grid = TorchHashGrid(cfg)
+    x = torch.rand(300, 3)
+    rows, weights = corner_indices_and_weights(x, lay, grid._buf(x.device))
+    g = torch.randn(300, cfg.n_levels, n_feat)
+    a = torch.zeros(lay.n_entries * n_feat)
+    b = torch.zeros_like(a)
+    _scatter_levels(a, rows, weights, g, range(cfg.n_levels))
+    _scatter_together(b, rows, weights, g)
+    assert a.abs().sum() > 0
+    torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_feat, batched", [(1, None), (2, None), (4, None), (2, True), (1, True)])
+def test_forward_and_gradient_match_brute_force(n_feat, batched):
+    # batched: the GPU's path (broadcast indices, one scatter), forced on the CPU
     cfg = HashGridConfig(
         n_levels=5, n_features_per_level=n_feat, log2_hashmap_size=11, base_resolution=4, per_level_scale=2.0
     )
     grid = TorchHashGrid(cfg)
+    grid.batched = batched
     with torch.no_grad():
         grid.params.normal_()
     x = torch.rand(400, 3)
@@ -129,3 +173,26 @@ def test_tcnn_and_torch_grids_agree_on_the_same_parameters():
 def test_level_sizes_match_tiny_cuda_nn(cfg, tcnn_n_params):
     # float64 scales give a smaller table for per_level_scale=1.5 (13044816): tcnn works in float32
     assert TorchHashGrid(cfg).params.numel() == tcnn_n_params
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_grid_on_cuda_matches_the_cpu_path():
+    # on CUDA the torch grid takes the batched path (broadcast indices, one scatter): same output and gradient
+    cfg = HashGridConfig(
+        n_levels=16, n_features_per_level=2, log2_hashmap_size=15, base_resolution=16, per_level_scale=1.5
+    )
+    cpu_grid = TorchHashGrid(cfg)
+    with torch.no_grad():
+        cpu_grid.params.normal_()
+    gpu_grid = TorchHashGrid(cfg).cuda()
+    with torch.no_grad():
+        gpu_grid.params.copy_(cpu_grid.params)
+    x = torch.rand(20000, 3)
+    grad_out = torch.randn(20000, cfg.output_dim)
+    a = cpu_grid(x)
+    a.backward(grad_out)
+    b = gpu_grid(x.cuda())
+    b.backward(grad_out.cuda())
+    torch.testing.assert_close(b.cpu(), a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gpu_grid.params.grad.cpu(), cpu_grid.params.grad, atol=1e-4, rtol=1e-4)

@@ -361,3 +361,37 @@ def test_a_grid_update_keeps_the_largest_value_of_a_cell_drawn_more_than_once():
     for cell, value in zip(cells.tolist(), values.tolist()):
         expected[cell] = max(expected[cell].item(), value)
     torch.testing.assert_close(grid.occs, expected, rtol=0, atol=0)
+
+
+def test_spherical_harmonics_match_the_basis_written_out():
+    # the monomial form against the basis term by term (Instant-NGP's signs and order)
+    d = torch.randn(5000, 3, dtype=torch.float64)
+    x, y, z = (d / d.norm(dim=-1, keepdim=True)).unbind(-1)
+    xx, yy, zz = x * x, y * y, z * z
+    written = torch.stack(
+        [
+            torch.full_like(x, 0.28209479177387814),
+            -0.48860251190291987 * y,
+            0.48860251190291987 * z,
+            -0.48860251190291987 * x,
+            1.0925484305920792 * x * y,
+            -1.0925484305920792 * y * z,
+            0.94617469575755997 * zz - 0.31539156525251999,
+            -1.0925484305920792 * x * z,
+            0.54627421529603959 * (xx - yy),
+            0.59004358992664352 * y * (-3.0 * xx + yy),
+            2.8906114426405538 * x * y * z,
+            0.45704579946446572 * y * (1.0 - 5.0 * zz),
+            0.3731763325901154 * z * (5.0 * zz - 3.0),
+            0.45704579946446572 * x * (1.0 - 5.0 * zz),
+            1.4453057213202769 * z * (xx - yy),
+            0.59004358992664352 * x * (-xx + 3.0 * yy),
+        ],
+        -1,
+    )
+    dirs = torch.stack([x, y, z], -1)
+    for degree in (1, 2, 3, 4):
+        sh = spherical_harmonics(dirs, degree)
+        assert sh.shape == (5000, degree * degree)
+        torch.testing.assert_close(sh, written[:, : degree * degree], atol=1e-12, rtol=0)
+    torch.testing.assert_close(spherical_harmonics(dirs.float(), 4), written.float(), atol=2e-6, rtol=0)

@@ -16,7 +16,10 @@ Per level ``l``::
 
 The torch path is written for CPU speed: the forward is one ``embedding_bag`` over all levels and
 corners, and the backward scatters into the flat gradient with 1-D ``scatter_add_`` split across
-threads by level (REFERENCE.md §7, "CPU speed facts").
+threads by level (REFERENCE.md §7, "CPU speed facts"). On a GPU, where a step costs about as many
+microseconds as it launches kernels, the same arithmetic runs broadcast over levels and corners
+(:func:`corner_indices_and_weights_batched`) and the backward is one scatter over all levels: about
+40 kernels a grid and step instead of some 200.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ _UINT32 = 0xFFFFFFFF
 # points encoded at a time without gradients on a CPU: 32k points' corner tables (about 4 MB) stay in cache,
 # which makes a 540k-point evaluation chunk about twice as fast as encoding it whole
 NO_GRAD_CHUNK = 32768
+# backward on a GPU: levels scattered together while their [N, L, 8, F] contributions stay under this many elements
+SCATTER_ELEMENTS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,11 @@ class _Buffers:
         self.hash_mask = (layout.sizes[-1] - 1) if n_dense < len(layout.sizes) else 0
         self.primes = [_as_int32(p) for p in PRIMES]
         self.offsets = torch.tensor(layout.offsets, dtype=torch.int32, device=device)
+        # the batched path's constants: corner c = 4*bx + 2*by + bz, and the primes as an int32 vector
+        self.corner_bits = torch.tensor(
+            [[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)], dtype=torch.int32, device=device
+        )  # [8, 3]
+        self.prime_vec = torch.tensor(self.primes, dtype=torch.int32, device=device)  # [3]
 
 
 def corner_indices_and_weights(x: Tensor, layout: LevelLayout, buf: _Buffers) -> tuple[Tensor, Tensor]:
@@ -195,6 +205,40 @@ def corner_indices_and_weights(x: Tensor, layout: LevelLayout, buf: _Buffers) ->
     return rows, weights
 
 
+def corner_indices_and_weights_batched(x: Tensor, layout: LevelLayout, buf: _Buffers) -> tuple[Tensor, Tensor]:
+    """:func:`corner_indices_and_weights` broadcast over levels and corners: the same rows and the same weights
+    (the same float32 operations in the same order), in about 20 kernels instead of about 100. The GPU's path,
+    where a kernel's launch costs more than its work; on a CPU the per-plane version is faster."""
+    pos = x[:, None, :] * buf.scales[:, None] + 0.5  # [N, L, 3]
+    cell = pos.floor()
+    upper = (pos - cell)[:, :, None, :]  # [N, L, 1, 3]
+    bits = buf.corner_bits  # [8, 3]
+    w = torch.where(bits.bool(), upper, 1.0 - upper)  # [N, L, 8, 3]
+    weights = w[..., 0] * w[..., 1] * w[..., 2]  # [N, L, 8], as (x * y) * z in the per-plane version
+    vert = cell.int()[:, :, None, :] + bits  # [N, L, 8, 3]
+    n_levels = pos.shape[1]
+    nd = buf.n_dense
+    if nd == n_levels:
+        return _dense_rows(vert, buf, nd), weights
+    if nd == 0:
+        return _hashed_rows(vert, buf, nd), weights
+    return torch.cat([_dense_rows(vert[:, :nd], buf, nd), _hashed_rows(vert[:, nd:], buf, nd)], 1), weights
+
+
+def _dense_rows(vert: Tensor, buf: _Buffers, nd: int) -> Tensor:
+    """Rows of the dense levels' corners ``vert`` ``[N, nd, 8, 3]`` -> ``[N, nd, 8]`` int32."""
+    s = buf.dense_strides[:, None, :]  # [nd, 1, 3]
+    idx = (vert[..., 0] + vert[..., 1] * s[..., 1] + vert[..., 2] * s[..., 2]) % buf.dense_sizes[:, None]
+    return idx + buf.offsets[:nd, None]
+
+
+def _hashed_rows(vert: Tensor, buf: _Buffers, nd: int) -> Tensor:
+    """Rows of the hashed levels' corners ``vert`` ``[N, L - nd, 8, 3]`` -> ``[N, L - nd, 8]`` int32 (int32
+    products wrap as uint32 ones do)."""
+    h = vert * buf.prime_vec
+    return ((h[..., 0] ^ h[..., 1] ^ h[..., 2]) & buf.hash_mask) + buf.offsets[nd:, None]
+
+
 _POOL = ThreadPoolExecutor(max_workers=2)
 
 
@@ -219,9 +263,28 @@ def _scatter_levels(grad: Tensor, rows: Tensor, weights: Tensor, grad_out: Tenso
         target.scatter_add_(0, index.reshape(-1), contrib.reshape(-1))
 
 
+def _scatter_together(grad: Tensor, rows: Tensor, weights: Tensor, grad_out: Tensor) -> None:
+    """:func:`_scatter_levels` for all levels at once (in groups of levels when the contributions would exceed
+    :data:`SCATTER_ELEMENTS`): a GPU's backward, a handful of kernels whatever the number of levels."""
+    n, n_levels, _ = rows.shape
+    n_feat = grad_out.shape[-1]
+    pack = 2 if n_feat % 2 == 0 else 1
+    target = grad.view(torch.complex64) if pack == 2 else grad
+    per_entry = n_feat // pack
+    sub = torch.arange(per_entry, device=rows.device)
+    group = max(1, SCATTER_ELEMENTS // max(1, n * 8 * n_feat))
+    for first in range(0, n_levels, group):
+        lv = slice(first, first + group)
+        contrib = weights[:, lv, :, None] * grad_out[:, lv, None, :]  # [N, G, 8, F]
+        if pack == 2:
+            contrib = contrib.view(torch.complex64)
+        index = rows[:, lv, :, None].long() * per_entry + sub
+        target.scatter_add_(0, index.reshape(-1), contrib.reshape(-1))
+
+
 class _HashGridFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, params: Tensor, rows: Tensor, weights: Tensor, n_feat: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, params: Tensor, rows: Tensor, weights: Tensor, n_feat: int, together: bool) -> Tensor:  # type: ignore[override]
         n, n_levels, _ = rows.shape
         table = params.view(-1, n_feat)
         out = F.embedding_bag(
@@ -229,6 +292,7 @@ class _HashGridFunction(torch.autograd.Function):
         )
         ctx.save_for_backward(rows, weights)
         ctx.n_params = params.numel()
+        ctx.together = together
         return out.view(n, n_levels * n_feat)
 
     @staticmethod
@@ -237,16 +301,18 @@ class _HashGridFunction(torch.autograd.Function):
         n, n_levels, _ = rows.shape
         grad = torch.zeros(ctx.n_params, dtype=torch.float32, device=grad_out.device)
         if n == 0:  # no point (e.g. every sample of a step left the occupied cells): nothing to scatter
-            return grad, None, None, None
+            return grad, None, None, None, None
         g = grad_out.float().reshape(n, n_levels, -1).contiguous()
-        if grad.device.type == "cpu" and n_levels > 1:
+        if ctx.together:
+            _scatter_together(grad, rows, weights, g)
+        elif grad.device.type == "cpu" and n_levels > 1:
             # levels write disjoint slices of the table: interleave them over two threads
             jobs = [_POOL.submit(_scatter_levels, grad, rows, weights, g, range(k, n_levels, 2)) for k in (0, 1)]
             for job in jobs:
                 job.result()
         else:
             _scatter_levels(grad, rows, weights, g, range(n_levels))
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 class TorchHashGrid(nn.Module):
@@ -270,6 +336,9 @@ class TorchHashGrid(nn.Module):
         init = (torch.rand(n_params, generator=gen) * 2.0 - 1.0) * 1e-4
         self.params = nn.Parameter(init)
         self._buffers_cache: dict[torch.device, _Buffers] = {}
+        self.batched: bool | None = None
+        """Broadcast over levels and corners, one scatter in the backward (:func:`corner_indices_and_weights_batched`):
+        ``None`` chooses by device (on everything but a CPU)."""
 
     @property
     def output_dim(self) -> int:
@@ -282,16 +351,18 @@ class TorchHashGrid(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x, buf = x.float(), self._buf(x.device)
-        if torch.is_grad_enabled() or x.device.type != "cpu" or len(x) <= NO_GRAD_CHUNK:
+        n_feat = self.cfg.n_features_per_level
+        if self.batched or (self.batched is None and x.device.type != "cpu"):
+            rows, weights = corner_indices_and_weights_batched(x, self.layout, buf)
+            return _HashGridFunction.apply(self.params, rows, weights, n_feat, True)
+        if torch.is_grad_enabled() or len(x) <= NO_GRAD_CHUNK:
             rows, weights = self._indices(x, self.layout, buf)
-            return _HashGridFunction.apply(self.params, rows, weights, self.cfg.n_features_per_level)
+            return _HashGridFunction.apply(self.params, rows, weights, n_feat, False)
         # without gradients nothing has to be kept: encode in pieces whose temporaries stay in the CPU's caches
         out = torch.empty(len(x), self.output_dim, device=x.device)
         for s in range(0, len(x), NO_GRAD_CHUNK):
             rows, weights = self._indices(x[s : s + NO_GRAD_CHUNK], self.layout, buf)
-            out[s : s + NO_GRAD_CHUNK] = _HashGridFunction.apply(
-                self.params, rows, weights, self.cfg.n_features_per_level
-            )
+            out[s : s + NO_GRAD_CHUNK] = _HashGridFunction.apply(self.params, rows, weights, n_feat, False)
         return out
 
 

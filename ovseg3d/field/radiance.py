@@ -35,32 +35,59 @@ def trunc_exp(x: Tensor) -> Tensor:
     return _TruncExp.apply(x)
 
 
+# The real SH basis up to degree 4 (Instant-NGP's and tiny-cuda-nn's signs and order) as polynomials in the
+# direction's components: for each basis function, {monomial: coefficient}, a monomial written as its letters
+_SH_POLYNOMIALS: tuple[dict[str, float], ...] = (
+    {"1": 0.28209479177387814},
+    {"y": -0.48860251190291987},
+    {"z": 0.48860251190291987},
+    {"x": -0.48860251190291987},
+    {"xy": 1.0925484305920792},
+    {"yz": -1.0925484305920792},
+    {"zz": 0.94617469575755997, "1": -0.31539156525251999},
+    {"xz": -1.0925484305920792},
+    {"xx": 0.54627421529603959, "yy": -0.54627421529603959},
+    {"xxy": -3.0 * 0.59004358992664352, "yyy": 0.59004358992664352},
+    {"xyz": 2.8906114426405538},
+    {"y": 0.45704579946446572, "yzz": -5.0 * 0.45704579946446572},
+    {"zzz": 5.0 * 0.3731763325901154, "z": -3.0 * 0.3731763325901154},
+    {"x": 0.45704579946446572, "xzz": -5.0 * 0.45704579946446572},
+    {"xxz": 1.4453057213202769, "yyz": -1.4453057213202769},
+    {"xxx": -0.59004358992664352, "xyy": 3.0 * 0.59004358992664352},
+)
+# the monomials, built as: the squares and products from pairs of components, the cubes from a square times one
+_PAIRS = ((0, 0), (1, 1), (2, 2), (0, 1), (1, 2), (0, 2))  # xx yy zz xy yz xz
+_CUBES = ((0, 1), (1, 1), (3, 2), (2, 1), (2, 2), (2, 0), (0, 2), (1, 2), (0, 0), (1, 0))  # (pair, component)
+_MONOMIALS = ("1", "x", "y", "z", "xx", "yy", "zz", "xy", "yz", "xz") + tuple(
+    "".join(sorted("xyz"[_PAIRS[p][0]] + "xyz"[_PAIRS[p][1]] + "xyz"[c])) for p, c in _CUBES
+)
+_SH_CONSTANTS: dict[tuple[torch.device, torch.dtype], tuple[Tensor, ...]] = {}
+
+
+def _sh_constants(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """The gathers' indices (on ``device``, so that no step copies them there) and the ``[20, 16]`` matrix of the
+    basis functions' coefficients over :data:`_MONOMIALS`."""
+    key = (device, dtype)
+    if key not in _SH_CONSTANTS:
+        m = torch.zeros(len(_MONOMIALS), len(_SH_POLYNOMIALS), dtype=torch.float64)
+        for j, poly in enumerate(_SH_POLYNOMIALS):
+            for mono, coef in poly.items():
+                m[_MONOMIALS.index(mono), j] += coef
+        indices = [[a for a, _ in _PAIRS], [b for _, b in _PAIRS], [p for p, _ in _CUBES], [c for _, c in _CUBES]]
+        _SH_CONSTANTS[key] = (*(torch.tensor(i, device=device) for i in indices), m.to(device, dtype))
+    return _SH_CONSTANTS[key]
+
+
 def spherical_harmonics(dirs: Tensor, degree: int) -> Tensor:
-    """Real SH basis of unit directions, ``[N, 3]`` -> ``[N, degree^2]`` (degree 1..4)."""
-    x, y, z = dirs.unbind(-1)
-    out = [torch.full_like(x, 0.28209479177387814)]
-    if degree > 1:
-        out += [-0.48860251190291987 * y, 0.48860251190291987 * z, -0.48860251190291987 * x]
-    if degree > 2:
-        xx, yy, zz = x * x, y * y, z * z
-        out += [
-            1.0925484305920792 * x * y,
-            -1.0925484305920792 * y * z,
-            0.94617469575755997 * zz - 0.31539156525251999,
-            -1.0925484305920792 * x * z,
-            0.54627421529603959 * (xx - yy),
-        ]
-    if degree > 3:
-        out += [
-            0.59004358992664352 * y * (-3.0 * xx + yy),
-            2.8906114426405538 * x * y * z,
-            0.45704579946446572 * y * (1.0 - 5.0 * zz),
-            0.3731763325901154 * z * (5.0 * zz - 3.0),
-            0.45704579946446572 * x * (1.0 - 5.0 * zz),
-            1.4453057213202769 * z * (xx - yy),
-            0.59004358992664352 * x * (-xx + 3.0 * yy),
-        ]
-    return torch.stack(out, dim=-1)
+    """Real SH basis of unit directions, ``[N, 3]`` -> ``[N, degree^2]`` (degree 1..4).
+
+    The monomials up to degree 3 times a constant matrix: a handful of kernels whatever the degree, where the
+    basis written out term by term launched about 45 (a GPU's training step is counted in kernel launches)."""
+    pair_a, pair_b, cube_p, cube_c, matrix = _sh_constants(dirs.device, dirs.dtype)
+    pairs = dirs.index_select(1, pair_a) * dirs.index_select(1, pair_b)  # [N, 6]
+    cubes = pairs.index_select(1, cube_p) * dirs.index_select(1, cube_c)  # [N, 10]
+    mono = torch.cat([torch.ones_like(dirs[:, :1]), dirs, pairs, cubes], -1)  # [N, 20]
+    return mono @ matrix[:, : degree * degree]
 
 
 @dataclass(frozen=True)

@@ -223,9 +223,10 @@ def nerfacc(device: torch.device | str) -> ModuleType | None:
     return _nerfacc_built() if _cuda(device) else None
 
 
-def describe(device: torch.device | str) -> str:
-    """One line for logs: which implementation each part uses on ``device``."""
-    grid = "tinycudann" if tcnn(device) is not None else "torch"
+def describe(device: torch.device | str, grid_impl: str = "auto") -> str:
+    """One line for logs: which implementation each part uses on ``device`` (the hash grid as ``grid_impl``,
+    ``--grid-impl``, chooses it)."""
+    grid = "tinycudann" if grid_impl != "torch" and tcnn(device) is not None else "torch"
     sampler = "nerfacc" if nerfacc(device) is not None else "torch"
     return f"device={torch.device(device)} hash grid={grid} sampler={sampler}"
 

@@ -75,6 +75,37 @@ def count_syncs(run: Callable[[], object]) -> Counter[tuple[str, str]]:
     return counter.counts
 
 
+# aten ops that make no kernel (views and metadata): left out of :class:`OpCounter`'s count
+VIEW_OPS = frozenset(
+    "alias as_strided detach expand permute reshape select slice split squeeze t transpose unbind unsqueeze view "
+    "_unsafe_view _reshape_alias".split()
+)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops run under it that are not views (:data:`VIEW_OPS`), by the ovseg3d function that ran
+    them: on a GPU each launches about one kernel, and a step bound by launches costs about as many
+    microseconds. The same ops run on a CPU, so they are counted anywhere (the autograd engine's backward
+    threads are not seen; on a CPU a custom backward may run there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func.overloadpacket.__name__ not in VIEW_OPS:
+            at = where(traceback.extract_stack())
+            self.counts[at.split(":")[0] + " " + at.rsplit(" ", 1)[-1] if "(" in at else at] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(run: Callable[[], object]) -> Counter[str]:
+    """The kernel-launching ops that ``run()`` makes, by ovseg3d file and function."""
+    with OpCounter() as counter:
+        run()
+    return counter.counts
+
+
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``tensor`` (on the CPU) copied to ``device`` without waiting for the GPU: through pinned memory with
     ``non_blocking=True`` on CUDA, where a plain ``.to(device)`` of pageable memory waits for every kernel

@@ -785,7 +785,7 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
     write_toml(cfg, run / "config.toml")
     tqdm.write(
         f"ovseg3d train: {scene.root} ({scene.format}, {len(scene.train_ids)} train / {len(scene.eval_ids)} "
-        f"held-out views, {scene.width}x{scene.height}) -> {run}  [{accel.describe(device)}]"
+        f"held-out views, {scene.width}x{scene.height}) -> {run}  [{accel.describe(device, cfg.grid_impl)}]"
     )
     lo, hi = scene.aabb[:3].tolist(), scene.aabb[3:].tolist()
     box = " x ".join(f"[{a:.3g}, {b:.3g}]" for a, b in zip(lo, hi))

@@ -15,6 +15,13 @@ Prints a table per loop and writes JSON (default ``bench/profile_steps.json``)::
 
     python scripts/profile_steps.py                      # demo scene, cpu preset
     python scripts/profile_steps.py --preset gpu --device cuda
+
+It also counts the kernel-launching ops of one geometry step (``ovseg3d.syncs.count_ops``: aten ops that are not
+views), by ovseg3d function: a GPU step with small kernels costs about as many microseconds as it launches.
+``--gpu-path`` forces the torch hash grids' GPU path on a CPU, so that a CPU counts what a GPU would launch::
+
+    python scripts/profile_steps.py --scene <a prepared capture> --preset gpu --device cpu --geometry-only \
+        --gpu-path --max-long-side 400 --warmup 3 --steps 2
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ import tyro
 from ovseg3d import accel
 from ovseg3d.config import resolve_base
 from ovseg3d.distill import Distiller, distill_loop
-from ovseg3d.syncs import SYNC_OPS, count_syncs
+from ovseg3d.field.hashgrid import TorchHashGrid
+from ovseg3d.syncs import SYNC_OPS, count_ops, count_syncs
 from ovseg3d.train import _loop, start_training
 
 
@@ -44,6 +52,12 @@ class Args:
     """Steps of each loop before the profiled ones (the occupancy grid warms up, batch sizes settle)."""
     steps: int = 20
     """Profiled steps of each loop."""
+    geometry_only: bool = False
+    """The geometry loop alone, without teachers (``--teacher none``): no distillation loop."""
+    gpu_path: bool = False
+    """Run the torch hash grids' GPU path (broadcast indices, one backward scatter) whatever the device."""
+    max_long_side: int = 0
+    """Downscale the photos so their long side is at most this (0: the preset's)."""
     out: Path = Path("bench/profile_steps.json")
 
 
@@ -79,10 +93,24 @@ def table(title: str, counts: Counter, steps: int) -> list[dict]:
     return rows
 
 
+def ops_table(counts: Counter) -> dict:
+    """Print and return one geometry step's kernel-launching ops by ovseg3d function."""
+    total = sum(counts.values())
+    print(f"\none geometry step: {total} kernel-launching ops (aten ops that are not views)")
+    print("| ops | where |\n| --- | --- |")
+    for at, n in counts.most_common(15):
+        print(f"| {n} | {at} |")
+    return {"total": total, "by_function": dict(counts.most_common())}
+
+
 def main(args: Args) -> None:
     cfg = resolve_base(args.preset, None)
     with tempfile.TemporaryDirectory() as tmp:
         total = args.warmup + args.steps
+        if args.geometry_only:
+            cfg = dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, kind="none"))
+        if args.max_long_side:
+            cfg = dataclasses.replace(cfg, max_long_side=args.max_long_side)
         cfg = dataclasses.replace(
             cfg,
             scene=args.scene,
@@ -96,22 +124,31 @@ def main(args: Args) -> None:
         )
         t = start_training(cfg)
         trainer = t.trainer
-        print(accel.describe(trainer.device))
+        print(accel.describe(trainer.device, cfg.grid_impl))
+        if args.gpu_path:
+            for module in [*trainer.field.modules(), *trainer.grid.modules()]:
+                if isinstance(module, TorchHashGrid):
+                    module.batched = True
         for _ in range(args.warmup):
             trainer.train_step()
+        ops = count_ops(trainer.train_step)
         geometry = count_syncs(lambda: _loop(trainer, t.run))
-        distiller = Distiller(trainer, t.features)
-        for _ in range(args.warmup):
-            distiller.train_step()
-        distill = count_syncs(lambda: distill_loop(distiller, t.run))
+        distill = None
+        if not args.geometry_only:
+            distiller = Distiller(trainer, t.features)
+            for _ in range(args.warmup):
+                distiller.train_step()
+            distill = count_syncs(lambda: distill_loop(distiller, t.run))
     result = {
         "machine": accel.machine_info(trainer.device),
         "scene": str(args.scene),
         "preset": args.preset,
         "steps": args.steps,
         "note": "each loop's last step also writes its log line and checkpoint",
+        "gpu_path": args.gpu_path,
+        "geometry_ops": ops_table(ops),
         "geometry": table("geometry loop", geometry, args.steps),
-        "distill": table("distillation loop", distill, args.steps),
+        "distill": table("distillation loop", distill, args.steps) if distill is not None else None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -80,3 +80,13 @@ def test_a_step_whose_samples_all_left_the_grid_has_zero_gradients():
     out = grid(torch.zeros(0, 3))
     out.sum().backward()
     assert out.shape == (0, 8) and grid.params.grad is not None and not grid.params.grad.any()
+
+
+def test_op_counter_counts_kernels_not_views_by_function():
+    from ovseg3d.field.radiance import spherical_harmonics
+    from ovseg3d.syncs import count_ops
+
+    d = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
+    counts = count_ops(lambda: (spherical_harmonics(d, 4), d.view(-1), d.t(), d[:, 0]))
+    # the SH basis: 4 gathers, 2 products, ones_like, cat and one matmul; the views below it count nothing
+    assert counts == {"ovseg3d/field/radiance.py (spherical_harmonics)": 9}

@@ -236,3 +236,32 @@ def test_a_held_grid_updates_its_opacities_but_keeps_every_cell_occupied():
     assert grid.occupied_fraction() == 1.0 and float(grid.occs.max()) == 0.0
     grid.update(1, empty, warmup_steps=4)
     assert grid.occupied_fraction() == 0.0
+
+
+def test_far_distance_is_read_once_and_follows_a_new_box():
+    from ovseg3d.syncs import count_syncs
+
+    sampler = ProposalSampler(AABB, "sphere", ProposalConfig(samples=(16,), field_samples=8), grid_impl="torch")
+    first = sampler.far_distance()
+    syncs = count_syncs(lambda: [sampler.far_distance() for _ in range(5)])
+    assert sum(syncs.values()) == 0  # kept: no value read back again
+    state = sampler.state_dict()
+    state["aabbs"] = state["aabbs"] * 2.0  # a box twice the size, as a checkpoint of another scene brings
+    sampler.load_state_dict(state)
+    assert sampler.far_distance() == pytest.approx(2.0 * first)
+
+
+def test_a_bounded_box_gives_finite_samples_up_to_where_the_rays_leave_it():
+    # without a contraction every ray ends in the box (share 1 of s inside it): its last edge, s = 1, maps to the exit
+    from ovseg3d.render.occupancy import ray_aabb
+
+    sampler = ProposalSampler(AABB, "none", ProposalConfig(samples=(32, 16), field_samples=8), grid_impl="torch")
+    origins, dirs = _rays(128)
+    spacing, edges, rounds = sampler.propose(origins, dirs, None, None, stratified=False)
+    for r in rounds:
+        t = spacing.to_t(r.edges)
+        assert torch.isfinite(t).all() and torch.isfinite(r.weights).all()
+    _, t_exit = ray_aabb(origins, dirs, sampler.aabb)
+    torch.testing.assert_close(spacing.to_t(rounds[0].edges)[:, -1], t_exit)
+    samples = sampler.march(origins, dirs)
+    assert torch.isfinite(samples.t_ends).all() and (samples.t_ends <= t_exit[samples.ray_indices] + 1e-4).all()

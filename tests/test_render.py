@@ -395,3 +395,20 @@ def test_spherical_harmonics_match_the_basis_written_out():
         assert sh.shape == (5000, degree * degree)
         torch.testing.assert_close(sh, written[:, : degree * degree], atol=1e-12, rtol=0)
     torch.testing.assert_close(spherical_harmonics(dirs.float(), 4), written.float(), atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["none", "sphere", "cube"])
+def test_to_unit_scaled_equals_to_unit_and_step_scale(kind):
+    from ovseg3d.field.space import step_scale, to_unit, to_unit_scaled
+
+    aabb = torch.tensor([-1.0, -2.0, 0.5, 1.0, 0.0, 2.5])
+    x = torch.randn(2000, 3) * 4.0  # inside the box and up to several box sizes beyond it
+    u, inside, scale = to_unit_scaled(x, aabb, kind)
+    u_ref, inside_ref = to_unit(x, aabb, kind)
+    torch.testing.assert_close(u, u_ref)
+    assert torch.equal(inside, inside_ref)
+    if kind == "none":
+        assert scale is None
+    else:
+        torch.testing.assert_close(scale, step_scale(x, aabb, kind))
+        assert (scale > 1.5).any() and (scale == 1.0).any()

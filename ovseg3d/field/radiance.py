@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ovseg3d.field.hashgrid import HashGridConfig, make_hash_grid
-from ovseg3d.field.space import check_contraction, step_scale, to_unit
+from ovseg3d.field.space import check_contraction, to_unit_scaled
 
 
 class _TruncExp(torch.autograd.Function):
@@ -172,11 +172,10 @@ class RadianceField(nn.Module):
         if len(x) > CPU_CHUNK and x.device.type == "cpu" and not torch.is_grad_enabled():
             parts = [self._features(x[s : s + CPU_CHUNK]) for s in range(0, len(x), CPU_CHUNK)]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        xn, inside = to_unit(x, self.aabb, self.contraction)
+        xn, inside, scale = to_unit_scaled(x, self.aabb, self.contraction)
         h = self.density_mlp(self.grid(xn).float())
-        sigma = trunc_exp(h[:, 0]) * inside
-        if self.contraction != "none":
-            sigma = sigma / step_scale(x, self.aabb, self.contraction)
+        sigma = trunc_exp(h[:, 0])
+        sigma = sigma * inside if scale is None else sigma / scale
         return sigma, h[:, 1:]
 
     def density(self, x: Tensor) -> Tensor:

@@ -69,6 +69,22 @@ def to_unit(x: Tensor, aabb: Tensor, kind: str) -> tuple[Tensor, Tensor]:
     return ((c + 2.0) * 0.25).clamp(0.0, 1.0), torch.ones_like(x[:, 0], dtype=torch.bool)
 
 
+def to_unit_scaled(x: Tensor, aabb: Tensor, kind: str) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`to_unit` and :func:`step_scale` of the same points ``[P, 3]`` together, the ROI-normalised points and
+    their norm computed once (a training step calls both for the field and each proposal network); the scale is
+    ``None`` without a contraction."""
+    if kind == "none":
+        u, inside = to_unit(x, aabb, kind)
+        return u, inside, None
+    center, half = roi_center_half(aabb)
+    xn = (x - center) / half
+    r = _norm(xn, kind)
+    rc = r.clamp(min=1e-12)
+    c = torch.where(r <= 1.0, xn, (2.0 - 1.0 / rc) * xn / rc)
+    u = ((c + 2.0) * 0.25).clamp(0.0, 1.0)
+    return u, torch.ones_like(x[:, 0], dtype=torch.bool), r[:, 0].square().clamp(min=1.0)
+
+
 def from_unit(u: Tensor, aabb: Tensor, kind: str) -> Tensor:
     """Inverse of :func:`to_unit`: ``[P, 3]`` grid coordinates -> world points."""
     if kind == "none":

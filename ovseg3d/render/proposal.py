@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ovseg3d import accel
 from ovseg3d.field.hashgrid import HashGridConfig, make_hash_grid
 from ovseg3d.field.radiance import trunc_exp
-from ovseg3d.field.space import MAX_RADIUS, check_contraction, roi_center_half, step_scale, to_unit
+from ovseg3d.field.space import MAX_RADIUS, check_contraction, roi_center_half, to_unit_scaled
 from ovseg3d.render.occupancy import ray_aabb
 from ovseg3d.render.volume import RaySamples
 
@@ -76,11 +76,9 @@ class ProposalDensity(nn.Module):
 
     def forward(self, x: Tensor, aabb: Tensor, contraction: str) -> Tensor:
         """``[P, 3]`` world points -> ``[P]`` density."""
-        xn, inside = to_unit(x, aabb, contraction)
-        sigma = trunc_exp(self.mlp(self.grid(xn).float())[:, 0]) * inside
-        if contraction != "none":
-            sigma = sigma / step_scale(x, aabb, contraction)
-        return sigma
+        xn, inside, scale = to_unit_scaled(x, aabb, contraction)
+        sigma = trunc_exp(self.mlp(self.grid(xn).float())[:, 0])
+        return sigma * inside if scale is None else sigma / scale
 
 
 @dataclass
@@ -89,19 +87,26 @@ class Spacing:
 
     ``t0``: the ray's start, ``t_split``: where it leaves the region of interest (``t0`` when it never enters
     it), ``t_far``: its end; ``share``: the share of ``s`` before ``t_split`` (0 for a ray that misses the box).
-    All ``[R, 1]``."""
+    All ``[R, 1]``. The map's per-ray factors are computed once (:meth:`to_t` runs once a proposal round)."""
 
     t0: Tensor
     t_split: Tensor
     t_far: Tensor
     share: Tensor
 
+    def __post_init__(self) -> None:
+        self._inside = (self.t_split - self.t0) / self.share.clamp(min=1e-6)  # dt / ds before the split
+        # ds -> the share of the disparity's range beyond the split; a ray that ends in the box (share 1) has none,
+        # and its last edge (s = 1) maps to t_split from either side
+        self._outside = 1.0 / (1.0 - self.share).clamp(min=1e-6)
+        self._d0 = 1.0 / self.t_split.clamp(min=1e-6)  # disparity at the split
+        self._dd = 1.0 / self.t_far.clamp(min=1e-6) - self._d0  # and its change to the ray's end
+
     def to_t(self, s: Tensor) -> Tensor:
         """``[R, K]`` normalised distances -> distances along the ray."""
-        inside = self.t0 + (self.t_split - self.t0) * (s / self.share.clamp(min=1e-6))
-        frac = ((s - self.share) / (1.0 - self.share)).clamp(0.0, 1.0)
-        d0, d1 = 1.0 / self.t_split.clamp(min=1e-6), 1.0 / self.t_far.clamp(min=1e-6)
-        outside = 1.0 / (d0 + frac * (d1 - d0))
+        inside = self.t0 + self._inside * s
+        frac = ((s - self.share) * self._outside).clamp(0.0, 1.0)
+        outside = 1.0 / (self._d0 + frac * self._dd)
         return torch.where(s < self.share, inside, outside)
 
 
@@ -255,11 +260,16 @@ class ProposalSampler(nn.Module):
 
     def far_distance(self) -> float:
         """World distance beyond which nothing is modelled: where the contracted radius reaches
-        :data:`MAX_RADIUS` (a bounded scene: the far corner of its box, the rays' exit decides)."""
-        _, half = roi_center_half(self.aabb)
+        :data:`MAX_RADIUS` (a bounded scene: the far corner of its box, the rays' exit decides). Read from the
+        box once and kept until the box changes (a value read back from a GPU waits for it: once a step would
+        stall every step)."""
         if self.contraction == "none":
             return float("inf")
-        return float(half.max()) / (2.0 - MAX_RADIUS)
+        key = (self.aabbs.data_ptr(), self.aabbs._version)
+        if getattr(self, "_far", (None,))[0] != key:
+            _, half = roi_center_half(self.aabb)
+            self._far = (key, float(half.max()) / (2.0 - MAX_RADIUS))
+        return self._far[1]
 
     def spacing(self, origins: Tensor, dirs: Tensor, near: Tensor | None, far: Tensor | None) -> Spacing:
         t_far = self.far_distance()

@@ -354,10 +354,11 @@ field)
     if grep -q "build rc=0" /tmp/res/tcnn_build.log; then
         step "nerfacc prop 90 s" 120 160 "${reference[@]}" --marks 90 --out /tmp/res/nerfacc_90.json
     fi
-    # FIELD_EXTRA="a b": more variants at 30 s, last, as the time left allows (rows under real_0.5_extra)
+    # FIELD_EXTRA="a b": more variants at 30 s, last, as the time left allows (rows under real_0.5_VARIANT);
+    # FIELD_EXTRA_GRID=tcnn: those with tinycudann's grid (built by then, its MLPs too; its test must pass)
     for extra in ${FIELD_EXTRA:-}; do
         step "ovseg3d 30 s $extra" 80 120 "${bench_real[@]}" --name "real_0.5_$extra" --variants "$extra" \
-            --set max_minutes=0.5 steps=1000000 grid_impl=torch
+            --set max_minutes=0.5 steps=1000000 "grid_impl=${FIELD_EXTRA_GRID:-torch}"
     done
     rm -rf /tmp/runs
     pack

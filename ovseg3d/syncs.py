@@ -94,8 +94,8 @@ class OpCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         if func.overloadpacket.__name__ not in VIEW_OPS:
-            at = where(traceback.extract_stack())
-            self.counts[at.split(":")[0] + " " + at.rsplit(" ", 1)[-1] if "(" in at else at] += 1
+            path, _, line_and_function = where(traceback.extract_stack()).partition(":")
+            self.counts[f"{path} {line_and_function.partition(' ')[2]}" if line_and_function else path] += 1
         return func(*args, **(kwargs or {}))
 
 

@@ -30,7 +30,8 @@ import torch
 import tyro
 
 from ovseg3d.depth_prior import depth_prior, prior_rays
-from ovseg3d.render.volume import ray_first_sample, render_weights
+from ovseg3d.render.renderer import depth_reaching
+from ovseg3d.render.volume import exclusive_cumsum, render_weights
 from ovseg3d.train import load_trainer
 
 
@@ -59,16 +60,7 @@ def per_ray(weights: torch.Tensor, samples, depth: torch.Tensor, sigma: torch.Te
     z = gap / sigma[r]
     at1 = torch.zeros(n).index_add(0, r, weights * (z <= 1.0))
     at3 = torch.zeros(n).index_add(0, r, weights * (z <= 3.0))
-    csum = torch.cumsum(weights.double(), 0)
-    start = ray_first_sample(r, n)
-    before = torch.where(start > 0, csum[(start - 1).clamp(min=0)], torch.zeros_like(csum[:1]).expand(n))
-    acc = csum - before[r]  # accumulated weight along each ray, through each sample
-    crossed = acc >= 0.5
-    big = torch.full((n,), len(r), dtype=torch.long)
-    first = big.scatter_reduce(0, r[crossed], torch.nonzero(crossed).squeeze(1), reduce="amin")
-    t50 = torch.full((n,), float("nan"))
-    ok = first < len(r)
-    t50[ok] = samples.t_mid[first[ok]]
+    t50 = depth_reaching(exclusive_cumsum(weights, r, n) + weights, samples, n, 0.5)
     has = torch.zeros(n, dtype=torch.bool)
     has[r] = True
     return {"at_1sigma": at1, "at_3sigma": at3, "t50": t50, "has_sample": has}

@@ -25,6 +25,7 @@ microseconds as it launches kernels, the same arithmetic runs broadcast over lev
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -242,8 +243,11 @@ def _hashed_rows(vert: Tensor, buf: _Buffers, nd: int) -> Tensor:
 _POOL = ThreadPoolExecutor(max_workers=2)
 
 
-def _scatter_levels(grad: Tensor, rows: Tensor, weights: Tensor, grad_out: Tensor, levels: range) -> None:
-    """``grad[rows*F + f] += weights * grad_out[..., f]`` for some levels, one 1-D scatter per level.
+def _scatter_levels(
+    grad: Tensor, rows: Tensor, weights: Tensor, grad_out: Tensor, levels: Iterable[int | slice]
+) -> None:
+    """``grad[rows*F + f] += weights * grad_out[..., f]`` for some levels, one 1-D scatter per entry of
+    ``levels``: a level, or a slice of levels scattered together.
 
     Pairs of features are added as one complex64 (two float32 side by side): half the scatter
     elements, and 1-D ``scatter_add_`` is far faster on CPU than row-wise ``index_add_``.
@@ -256,7 +260,7 @@ def _scatter_levels(grad: Tensor, rows: Tensor, weights: Tensor, grad_out: Tenso
     per_entry = n_feat // pack
     sub = torch.arange(per_entry, device=rows.device)
     for level in levels:
-        contrib = weights[:, level, :, None] * grad_out[:, level, None, :]  # [N, 8, F]
+        contrib = weights[:, level, :, None] * grad_out[:, level, None, :]  # [N, (G,) 8, F]
         if pack == 2:
             contrib = contrib.view(torch.complex64)
         index = rows[:, level, :, None].long() * per_entry + sub
@@ -267,19 +271,8 @@ def _scatter_together(grad: Tensor, rows: Tensor, weights: Tensor, grad_out: Ten
     """:func:`_scatter_levels` for all levels at once (in groups of levels when the contributions would exceed
     :data:`SCATTER_ELEMENTS`): a GPU's backward, a handful of kernels whatever the number of levels."""
     n, n_levels, _ = rows.shape
-    n_feat = grad_out.shape[-1]
-    pack = 2 if n_feat % 2 == 0 else 1
-    target = grad.view(torch.complex64) if pack == 2 else grad
-    per_entry = n_feat // pack
-    sub = torch.arange(per_entry, device=rows.device)
-    group = max(1, SCATTER_ELEMENTS // max(1, n * 8 * n_feat))
-    for first in range(0, n_levels, group):
-        lv = slice(first, first + group)
-        contrib = weights[:, lv, :, None] * grad_out[:, lv, None, :]  # [N, G, 8, F]
-        if pack == 2:
-            contrib = contrib.view(torch.complex64)
-        index = rows[:, lv, :, None].long() * per_entry + sub
-        target.scatter_add_(0, index.reshape(-1), contrib.reshape(-1))
+    group = max(1, SCATTER_ELEMENTS // max(1, n * 8 * grad_out.shape[-1]))
+    _scatter_levels(grad, rows, weights, grad_out, [slice(f, f + group) for f in range(0, n_levels, group)])
 
 
 class _HashGridFunction(torch.autograd.Function):

@@ -38,7 +38,12 @@ def contract(xn: Tensor, kind: str) -> Tensor:
     """``[..., 3]`` ROI-normalised points -> contracted points in the radius-2 ball (sphere) or cube."""
     if kind == "none":
         return xn
-    r = _norm(xn, kind).clamp(min=1e-12)
+    return _contract(xn, _norm(xn, kind))
+
+
+def _contract(xn: Tensor, r: Tensor) -> Tensor:
+    """:func:`contract` of points ``xn`` whose norm ``r`` ``[..., 1]`` is known."""
+    r = r.clamp(min=1e-12)
     return torch.where(r <= 1.0, xn, (2.0 - 1.0 / r) * xn / r)
 
 
@@ -79,9 +84,7 @@ def to_unit_scaled(x: Tensor, aabb: Tensor, kind: str) -> tuple[Tensor, Tensor, 
     center, half = roi_center_half(aabb)
     xn = (x - center) / half
     r = _norm(xn, kind)
-    rc = r.clamp(min=1e-12)
-    c = torch.where(r <= 1.0, xn, (2.0 - 1.0 / rc) * xn / rc)
-    u = ((c + 2.0) * 0.25).clamp(0.0, 1.0)
+    u = ((_contract(xn, r) + 2.0) * 0.25).clamp(0.0, 1.0)
     return u, torch.ones_like(x[:, 0], dtype=torch.bool), r[:, 0].square().clamp(min=1.0)
 
 

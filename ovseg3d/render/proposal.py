@@ -248,6 +248,7 @@ class ProposalSampler(nn.Module):
         self.cfg = cfg or ProposalConfig()
         self.contraction = check_contraction(contraction)
         self.register_buffer("aabbs", aabb.float().reshape(1, 6).clone())
+        self._far: tuple[tuple[int, int] | None, float] = (None, 0.0)  # far_distance's, and the box it was read from
         resolutions = [
             self.cfg.max_resolutions[min(i, len(self.cfg.max_resolutions) - 1)] for i in range(len(self.cfg.samples))
         ]
@@ -266,7 +267,7 @@ class ProposalSampler(nn.Module):
         if self.contraction == "none":
             return float("inf")
         key = (self.aabbs.data_ptr(), self.aabbs._version)
-        if getattr(self, "_far", (None,))[0] != key:
+        if self._far[0] != key:
             _, half = roi_center_half(self.aabb)
             self._far = (key, float(half.max()) / (2.0 - MAX_RADIUS))
         return self._far[1]

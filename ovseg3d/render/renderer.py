@@ -268,6 +268,18 @@ def render_image_rays(
 
 
 @torch.no_grad()
+def depth_reaching(cum: Tensor, samples: RaySamples, n_rays: int, q: float, held: Tensor | None = None) -> Tensor:
+    """``[R]`` the middle of each ray's first interval whose accumulated weight ``cum`` ``[M]`` reaches ``q`` (of
+    ``held`` ``[M]``, each sample's ray's total, when given); ``nan`` where it never does. ``torch.where`` rather
+    than a mask, whose data-dependent size would make a GPU wait."""
+    index = torch.arange(len(samples), device=cum.device)
+    ok = cum >= q if held is None else (cum >= q * held) & (held > 0)
+    reached = torch.where(ok, index, len(samples))  # len(samples): none, t = nan
+    first = torch.full((n_rays,), len(samples), dtype=torch.long, device=cum.device)
+    first = first.scatter_reduce(0, samples.ray_indices, reached, reduce="amin")
+    return torch.cat([samples.t_mid, samples.t_mid.new_full((1,), float("nan"))])[first]
+
+
 def render_median_depth(
     field: RadianceField,
     grid: OccupancyGrid,
@@ -300,16 +312,7 @@ def render_median_depth(
         cum = exclusive_cumsum(w, samples.ray_indices, len(o)) + w
         opacity = accumulate(w, None, samples.ray_indices, len(o))[:, 0]
         held = opacity[samples.ray_indices] if relative else torch.ones_like(cum)
-        index = torch.arange(len(samples), device=o.device)
-        t = torch.cat([samples.t_mid, samples.t_mid.new_full((1,), float("nan"))])
-        quartiles = []
-        for q in (0.25, 0.5, 0.75):
-            # the first sample of each ray whose accumulated weight reaches q (len(samples): none, t = nan);
-            # torch.where rather than a mask, whose data-dependent size would make a GPU wait
-            reached = torch.where((cum >= q * held) & (held > 0), index, len(samples))
-            first = torch.full((len(o),), len(samples), dtype=torch.long, device=o.device)
-            first = first.scatter_reduce(0, samples.ray_indices, reached, reduce="amin")
-            quartiles.append(t[first])
+        quartiles = [depth_reaching(cum, samples, len(o), q, held) for q in (0.25, 0.5, 0.75)]
         depths.append(quartiles[1])
         spreads.append((quartiles[2] - quartiles[0]) / quartiles[1])
         opacities.append(opacity)

@@ -267,7 +267,6 @@ def render_image_rays(
     )
 
 
-@torch.no_grad()
 def depth_reaching(cum: Tensor, samples: RaySamples, n_rays: int, q: float, held: Tensor | None = None) -> Tensor:
     """``[R]`` the middle of each ray's first interval whose accumulated weight ``cum`` ``[M]`` reaches ``q`` (of
     ``held`` ``[M]``, each sample's ray's total, when given); ``nan`` where it never does. ``torch.where`` rather
@@ -280,6 +279,7 @@ def depth_reaching(cum: Tensor, samples: RaySamples, n_rays: int, q: float, held
     return torch.cat([samples.t_mid, samples.t_mid.new_full((1,), float("nan"))])[first]
 
 
+@torch.no_grad()
 def render_median_depth(
     field: RadianceField,
     grid: OccupancyGrid,

@@ -391,14 +391,21 @@ _PATH_KEYS = ("scene", "output", "config", "cache_dir", "colmap_model", "depth_m
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``key=value`` strings (the scripts' ``--set``) -> a dict; a value is read as JSON when it parses
-    (numbers, true/false, lists), else kept as a string."""
+    (numbers, true/false, lists), else kept as a string. A dotted key sets a nested table:
+    ``teachers.clip_features=dense`` gives ``{"teachers": {"clip_features": "dense"}}``."""
     values: dict[str, Any] = {}
     for item in items:
         key, value = item.split("=", 1)
+        *tables, name = key.split(".")
+        target = values
+        for table in tables:
+            target = target.setdefault(table, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {item}: '{table}' is set to a value, not a table")
         try:
-            values[key] = json.loads(value)
+            target[name] = json.loads(value)
         except json.JSONDecodeError:
-            values[key] = value
+            target[name] = value
     return values
 
 

@@ -28,10 +28,10 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -192,17 +192,42 @@ def sharpness(rgb: np.ndarray) -> float:
 
 def _video_frames(video: Path, count: bool = True):  # noqa: ANN202 - (count or None, iterator of frames)
     """The video's frame count (ffmpeg decodes the whole video for it; None when ``count`` is false) and an
-    iterator of its frames."""
+    iterator of its RGB frames: imageio's ffmpeg plugin, or OpenCV's reader where only OpenCV is installed (a
+    machine without imageio-ffmpeg; OpenCV's count is the container's)."""
     try:
         import imageio.v3 as iio
         import imageio_ffmpeg
     except ImportError:
-        raise UsageError('reading a video needs imageio-ffmpeg: pip install "ovseg3d[prepare]"') from None
+        try:
+            import cv2
+        except ImportError:
+            raise UsageError('reading a video needs imageio-ffmpeg: pip install "ovseg3d[prepare]"') from None
+        return _opencv_frames(cv2, video, count)
     try:
         n = imageio_ffmpeg.count_frames_and_secs(str(video))[0] if count else None
         return n, iio.imiter(video, plugin="FFMPEG")
     except (OSError, RuntimeError, ValueError, StopIteration) as exc:
         raise PrepareError(f"{video}: ffmpeg cannot read it as a video ({str(exc).splitlines()[0][:160]})") from None
+
+
+def _opencv_frames(cv2: Any, video: Path, count: bool):  # noqa: ANN202 - as _video_frames
+    """:func:`_video_frames` with OpenCV's ``VideoCapture`` (its frames come as BGR: returned as RGB)."""
+    capture = cv2.VideoCapture(str(video))
+    if not capture.isOpened():
+        raise PrepareError(f"{video}: OpenCV cannot read it as a video")
+    n = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if count else None
+
+    def frames() -> Iterator[np.ndarray]:
+        try:
+            while True:
+                ok, bgr = capture.read()
+                if not ok:
+                    return
+                yield np.ascontiguousarray(bgr[..., ::-1])
+        finally:
+            capture.release()
+
+    return n, frames()
 
 
 FRAME_TIME_SHARE = 0.2  # a video's progress: this share its time, the rest its change of view (see choose_frames)

@@ -39,7 +39,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from tiny_models import TEXT_B, VIT_B8, VIT_B16, save_tiny_clip, save_tiny_dino  # noqa: E402
 
-from ovseg3d.config import TrainConfig, resolve_base  # noqa: E402
+from ovseg3d.config import TrainConfig, apply_overrides, parse_overrides, resolve_base  # noqa: E402
 from ovseg3d.data.loader import load_scene  # noqa: E402
 from ovseg3d.export import ExportOptions  # noqa: E402
 from ovseg3d.pipeline import STAGES, run_scene  # noqa: E402
@@ -71,6 +71,9 @@ class Args:
     """A CPU check of the script: 80x60, 16 views, the cpu preset on 400 + 60 steps, tiny teacher models."""
     fresh: bool = False
     """Train new runs (default: a finished run's stages are current and cost nothing; use for timings)."""
+    set: tuple[str, ...] = ()
+    """Config overrides of the preset, KEY=VALUE (a dotted key sets a table's: teachers.clip_features=dense);
+    the real-size teachers run with the teachers' table so set."""
 
 
 def make_scene(root: Path, name: str, size: tuple[int, int], views: int, cameras: str) -> Path:
@@ -125,7 +128,9 @@ def real_teachers(
         "seconds": round(seconds, 2),
         "views": len(scene.image_paths),
         "crops": crops,
-        "crops_per_s": round(crops / seconds, 1),
+        "crops_per_s": round(crops / seconds, 1) if cfg.clip_features == "crops" else None,
+        "clip_features": cfg.clip_features,
+        "views_per_s": round(len(scene.image_paths) / seconds, 2),
         "clip_batch": cfg.clip_batch,
         "peak_gib": peak_gib(device),
     }
@@ -163,6 +168,8 @@ def pipeline(scene: Path, run: Path, args: Args, cfg: TrainConfig, device: torch
         "status": result.status,
         "seconds": sec,
         "wall_seconds": round(wall, 2),
+        # the method without its scoring (issue 49: "the eval stays outside the clock")
+        "method_seconds": round(wall - sec.get("eval", 0.0), 2),
         "peak_gib": peaks,
         "geometry_steps": steps,
         "rays_per_s": round(steps * mean_rays / sec["geometry"], 0) if sec.get("geometry") else None,
@@ -182,6 +189,7 @@ def main(args: Args) -> None:
     }
     scenes = {k: v for k, v in known.items() if k in args.scenes}
     preset = resolve_base("cpu" if args.small else args.preset, None)
+    preset = apply_overrides(preset, parse_overrides(list(args.set)), "--set")
     if args.small:
         scenes = {k: (c, (80, 60), 16) for k, (c, _, _) in scenes.items()}
     clip, dino = real_models(root, args.small) if not args.skip_real_teachers else (None, None)
@@ -203,9 +211,8 @@ def main(args: Args) -> None:
     for name, row in rows.items():
         if "real_teachers" in row:
             t = row["real_teachers"]
-            print(
-                f"{name:<8} {'CLIP+DINO':<9} {t['seconds']:>8.1f} {str(t['peak_gib']):>9}  {t['crops_per_s']} crops/s"
-            )
+            rate = f"{t['crops_per_s']} crops/s" if t["crops_per_s"] else f"{t['views_per_s']} views/s (dense)"
+            print(f"{name:<8} {'CLIP+DINO':<9} {t['seconds']:>8.1f} {str(t['peak_gib']):>9}  {rate}")
         p = row["pipeline"]
         for stage in STAGES:
             extra = {"geometry": f"{p['rays_per_s']} rays/s", "export": f"{p['points_per_s']} points/s"}.get(stage, "")
@@ -213,6 +220,10 @@ def main(args: Args) -> None:
             print(f"{name:<8} {stage:<9} {p['seconds'].get(stage, 0):>8.1f} {str(peak):>9}  {extra}")
         m = p["metrics"]
         fit = p["seconds"].get("geometry", 0) + p["seconds"].get("distill", 0)
+        if "real_teachers" in row:  # the method as a user runs it: real-size teachers instead of the simulated
+            t = row["real_teachers"]["seconds"]
+            total = p["method_seconds"] - p["seconds"].get("teachers", 0) + t
+            print(f"{name:<8} the method with real-size teachers, without eval: {total:.1f} s (issue 49: <= 30 s)")
         print(
             f"{name:<8} whole {p['wall_seconds']:.1f} s (geometry + distill {fit:.1f} s; 3D-OVS's 1.5 h / whole: "
             f"{OVS_SECONDS / max(p['wall_seconds'], 1e-9):.0f}x); PSNR {m.get('psnr', float('nan')):.2f}, mIoU "
@@ -220,7 +231,8 @@ def main(args: Args) -> None:
             f"{m.get('map25', float('nan'))}"
         )
     print("targets (H100): forward geometry + distill <= 60 s, PSNR >= 30, mIoU >= 90, teachers <= 60 s, export +")
-    print("detect <= 15 s, peak <= 8 GB; orbit whole <= 180 s; >= 50x faster than 3D-OVS's 1.5 h")
+    print("detect <= 15 s, peak <= 8 GB; orbit whole <= 180 s; >= 50x faster than 3D-OVS's 1.5 h; issue 49: forward,")
+    print("the method without eval <= 30 s at PSNR >= 35 and mIoU >= 88, export + detect <= 3 s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     info = {
         "device": str(device),
@@ -228,6 +240,7 @@ def main(args: Args) -> None:
         "torch": torch.__version__,
         "preset": "cpu (400 + 60 steps)" if args.small else args.preset,
         "small": args.small,
+        "set": list(args.set),
     }
     before = json.loads(args.out.read_text()) if args.out.exists() else {}
     if all(before.get(k) == v for k, v in info.items()):  # the same machine and settings: keep its other scenes

@@ -31,6 +31,9 @@
 #   FIELD_VARIANTS="default cull" bash scripts/gpu_session.sh field SCENE [SECONDS]  # there (carry .whl .tcnn
 #                                            # .nerfacc SCENE): the field on a real capture, 30 s per variant,
 #                                            # the best at 90 s, nerfacc's examples beside it (issue 48)
+#   BENCH_SET="max_minutes=0.25" bash scripts/gpu_session.sh video VIDEO [SECONDS]  # there (carry .whl
+#                                            # .whl-prepare .video): `ovseg3d run` on a phone video, prepare included,
+#                                            # then the whole method on the forward scene (issue 49)
 #   bash scripts/gpu_session.sh nerfacc-src [GIT_DIR]  # here: nerfacc v0.5.3's example modules (its NGP fields and
 #                                            # renderers) from a clone or bare mirror of nerfstudio-project/nerfacc
 #                                            # (default /work/.mirror/nerfstudio-project+nerfacc/repo) into
@@ -319,7 +322,9 @@ field)
     open_session "${3:-560}"
     install_wheels
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    (nice -n 19 env TCNN_NETWORKS=1 TCNN_SITE=/tmp/tcnn_nets TCNN_WORK=/tmp/tcnn_nets_work MAX_JOBS=12 \
+    # FIELD_TCNN_NETWORKS=0: tinycudann's encodings only (faster to build; enough for FIELD_EXTRA_GRID=tcnn, not for
+    # nerfacc's examples: skip their steps with SKIP_STEPS)
+    (nice -n 19 env TCNN_NETWORKS="${FIELD_TCNN_NETWORKS:-1}" TCNN_SITE=/tmp/tcnn_nets TCNN_WORK=/tmp/tcnn_nets_work MAX_JOBS=12 \
         bash scripts/gpu_session.sh tcnn-build >/tmp/res/tcnn_build.log 2>&1 || rc=$?
         echo "build rc=${rc:-0}" >>/tmp/res/tcnn_build.log) &
     build_pid=$!
@@ -356,13 +361,56 @@ field)
     fi
     # FIELD_EXTRA="a b": more variants at 30 s, last, as the time left allows (rows under real_0.5_VARIANT);
     # FIELD_EXTRA_GRID=tcnn: those with tinycudann's grid (built by then, its MLPs too; its test must pass)
+    # FIELD_EXTRA_EVAL_EVERY: their held-out views (default FIELD_EVAL_EVERY's)
     for extra in ${FIELD_EXTRA:-}; do
         step "ovseg3d 30 s $extra" 80 120 "${bench_real[@]}" --name "real_0.5_$extra" --variants "$extra" \
-            --set max_minutes=0.5 steps=1000000 "grid_impl=${FIELD_EXTRA_GRID:-torch}"
+            --set max_minutes=0.5 steps=1000000 "grid_impl=${FIELD_EXTRA_GRID:-torch}" \
+            --eval-every "${FIELD_EXTRA_EVAL_EVERY:-$every}"
     done
     rm -rf /tmp/runs
     pack
     echo "=== field done in $SECONDS s"
+    ;;
+video)
+    # issue 49 in one device call (carry .whl .whl-prepare .video): `ovseg3d run` on a phone video with the gpu
+    # preset, prepare included, then the whole method on the forward scene (scripts/bench_gpu.py). The machine's
+    # image has neither pycolmap nor imageio-ffmpeg: pycolmap's wheel travels in .whl-prepare (here: `bash
+    # scripts/gpu_session.sh wheels-prepare`, 38 MB) and prepare reads the video with the image's OpenCV.
+    # The teachers are real-size with random weights (tests/tiny_models.py; none can be downloaded there).
+    #   bash scripts/gpu_session.sh video VIDEO [SECONDS]
+    #   RUN_ARGS="--frames 80": more `ovseg3d run` options; BENCH_SET="max_minutes=0.25 distill_steps=300|": bench_gpu's
+    #   --set for the forward scene, settings separated by |, an empty one the preset as it is (one JSON each)
+    video="$2"
+    open_session "${3:-300}"
+    install_wheels
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl-prepare/*.whl
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    models=/tmp/bg/full/models
+    python3 -c "import sys; sys.path[:0] = ['scripts', 'tests']; from pathlib import Path; from bench_gpu import real_models; print(real_models(Path('/tmp/bg/full'), False))"
+    # nerfacc's CUDA ops compile on first use: before any clock starts
+    step "nerfacc ops" 30 150 python3 -c "import nerfacc; from nerfacc.cuda._backend import _C; print('nerfacc', nerfacc.__version__, _C is not None)"
+    start=$SECONDS
+    # shellcheck disable=SC2086
+    step "run video" 60 240 python3 -P -m ovseg3d.cli run "$video" --output /tmp/res/video --preset gpu --device cuda \
+        --classes "figurine, table" --clip-model "$models/clip-vit-b16" --dino-model "$models/dino-vit-b8" ${RUN_ARGS:-}
+    echo "=== run video: $((SECONDS - start)) s, prepare included"
+    step "eval video" 20 60 python3 -P -m ovseg3d.cli eval /tmp/res/video
+    rm -rf /tmp/res/video/checkpoints /tmp/res/video/scene/images /tmp/res/video/*.pt 2>/dev/null || true
+    pack
+    IFS='|' read -ra settings <<<"${BENCH_SET:-}"
+    [ "${#settings[@]}" -gt 0 ] || settings=("")
+    for setting in "${settings[@]}"; do
+        # shellcheck disable=SC2086
+        step "forward $setting" 60 240 python3 scripts/bench_gpu.py --fresh --scenes forward --root /tmp/bg \
+            --out "/tmp/res/gpu_$(echo "${setting:-preset}" | tr ' =.' '_--').json" ${setting:+--set $setting}
+    done
+    pack
+    echo "=== video done in $SECONDS s"
+    ;;
+wheels-prepare)
+    # here, with a network: pycolmap's wheel for the machines' Python 3.12 into .whl-prepare/ (ignored)
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 -d .whl-prepare "pycolmap==$(python3 -c "import pycolmap; print(pycolmap.__version__)")"
     ;;
 nerfacc-src)
     # what scripts/nerfacc_reference.py imports from nerfacc's examples, exported (never committed) with their
@@ -393,7 +441,7 @@ reference)
     python3 -P scripts/nerfacc_reference.py --out "$OUT_DIR/nerfacc_reference.json" --save-render "$OUT_DIR" "${@:2}"
     ;;
 *)
-    echo "usage: bash scripts/gpu_session.sh wheels|check|bench [bench_gpu.py options]|tcnn-src [DIR]|tcnn|session [SECONDS]|field SCENE [SECONDS]|nerfacc-src [GIT_DIR]|reference SCENE [ARGS]" >&2
+    echo "usage: bash scripts/gpu_session.sh wheels|check|bench [bench_gpu.py options]|tcnn-src [DIR]|tcnn|session [SECONDS]|field SCENE [SECONDS]|nerfacc-src [GIT_DIR]|reference SCENE [ARGS]|video VIDEO [SECONDS]|wheels-prepare" >&2
     exit 2
     ;;
 esac

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ovseg3d.config import resolve_base
+from ovseg3d.config import ConfigError, apply_overrides, parse_overrides, resolve_base
 from ovseg3d.errors import UsageError
 from ovseg3d.export import ExportOptions
 from ovseg3d.pipeline import STAGE_FILE, is_current, read_stages, run_scene, stage_range
@@ -126,3 +126,15 @@ def test_roi_scale_grows_an_estimated_box_about_its_centre_and_keeps_a_given_one
     torch.testing.assert_close(roi_box(given, 2.0), box)
     with pytest.raises(UsageError, match="roi_scale"):
         roi_box(estimated, 0.0)
+
+
+def test_set_overrides_reach_nested_tables_and_unknown_keys_are_named():
+    values = parse_overrides(["steps=300", "teachers.clip_features=dense", "teachers.clip_batch=64", "lr=1e-2"])
+    assert values == {"steps": 300, "lr": 0.01, "teachers": {"clip_features": "dense", "clip_batch": 64}}
+    cfg = apply_overrides(resolve_base("gpu", None), values, "--set")
+    assert (cfg.steps, cfg.teachers.clip_features, cfg.teachers.clip_batch) == (300, "dense", 64)
+    assert cfg.teachers.kind == resolve_base("gpu", None).teachers.kind  # the table's other keys are kept
+    with pytest.raises(ConfigError, match="unknown config key"):
+        apply_overrides(cfg, parse_overrides(["teachers.no_such_key=1"]), "--set")
+    with pytest.raises(ConfigError, match="'steps' is set to a value"):
+        parse_overrides(["steps=3", "steps.x=1"])

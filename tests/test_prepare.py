@@ -22,6 +22,7 @@ from ovseg3d.data.loader import camera_up, load_scene
 from ovseg3d.metrics import similarity_alignment, trajectory_error
 from ovseg3d.prepare import (
     FAR_PAIR_MAX_PX,
+    PrepareError,
     choose_frames,
     epipolar_agreement,
     image_pairs,
@@ -255,6 +256,27 @@ def test_a_video_gives_the_sharpest_frame_of_each_stretch(tmp_path, texture):
     assert names == [f"frame_{k:05d}.jpg" for k in range(1, 6)] and said.startswith("5 of 10 frames")
     kept = [sharpness(np.asarray(iio.imread(tmp_path / "frames" / n))) for n in names]
     assert min(kept) > 4 * max(sharpness(f) for i, f in enumerate(frames) if i not in (1, 2, 5, 6, 9))
+
+
+def test_a_video_is_read_with_opencv_where_imageio_ffmpeg_is_missing(tmp_path, texture, monkeypatch):
+    iio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")  # to write the video
+    pytest.importorskip("cv2")
+    frames = _pan(texture, [8 * i for i in range(10)])
+    video = tmp_path / "walk.mp4"
+    iio.mimwrite(video, frames, fps=10, macro_block_size=16)
+    with_ffmpeg, _ = write_video_frames(video, tmp_path / "ffmpeg", frames=5, max_long_side=0)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # its import now fails
+    names, said = write_video_frames(video, tmp_path / "opencv", frames=5, max_long_side=0)
+    assert names == with_ffmpeg and said.startswith("5 of 10 frames")
+    for name in names:  # the same frames, in RGB (OpenCV decodes to BGR)
+        a = np.asarray(iio.imread(tmp_path / "ffmpeg" / name), np.float32)
+        b = np.asarray(iio.imread(tmp_path / "opencv" / name), np.float32)
+        assert a.shape == b.shape and np.abs(a - b).mean() < 3.0
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video" * 100)
+    with pytest.raises(PrepareError, match="OpenCV cannot read it"):
+        write_video_frames(broken, tmp_path / "none", frames=5, max_long_side=0)
 
 
 def test_a_video_whose_camera_stands_still_half_the_time_gives_its_frames_where_it_moves(tmp_path, texture):

@@ -402,7 +402,7 @@ video)
     for setting in "${settings[@]}"; do
         # shellcheck disable=SC2086
         step "forward $setting" 60 240 python3 scripts/bench_gpu.py --fresh --scenes forward --root /tmp/bg \
-            --out "/tmp/res/gpu_$(echo "${setting:-preset}" | tr ' =.' '_--').json" ${setting:+--set $setting}
+            --out "/tmp/res/gpu_$(echo "${setting:-preset}" | sed 's/[ =.]/_/g').json" ${setting:+--set $setting}
     done
     pack
     echo "=== video done in $SECONDS s"

@@ -473,6 +473,30 @@ def test_unlabelled_cloud_named_by_clip_on_depth_maps(tmp_path):
         assert min(np.linalg.norm(np.subtract(box["center"], o[0])) for o in objects) < 0.03
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_depth_map_naming_on_cuda_gives_the_cpus_boxes(tmp_path):
+    """The classifiers' probabilities come back from the GPU before the numpy cues (found by `ovseg3d run` on an
+    H200: `probs.numpy()` of a CUDA tensor)."""
+    from tiny_models import save_tiny_clip
+
+    clip = save_tiny_clip(tmp_path / "clip")
+    objects = [([0.3, 0.2, 0.05], [0.2, 0.15, 0.1], 0.4), ([-0.25, -0.1, 0.06], [0.12, 0.12, 0.12], 1.0)]
+    cloud = cloud_of([(floor(), 0), *((box_surface(*o), 0) for o in objects)], ["thing"])
+    cloud.label[:] = -1
+    cloud.classes = []
+    write_ply(tmp_path / "bare.ply", cloud)
+    args = ["detect", str(tmp_path / "bare.ply"), "--clip-model", str(clip), "--classes", "mug", "book"]
+    args += ["--up", "0", "0", "1", "--no-size-prior", "--min-score", "0", "--background"]
+    boxes = {}
+    for device in ("cpu", "cuda"):
+        assert main([*args, "--device", device, "--output", str(tmp_path / f"{device}.json")]) == 0
+        boxes[device] = json.loads((tmp_path / f"{device}.json").read_text())["boxes"]
+    assert len(boxes["cuda"]) == len(boxes["cpu"]) == len(objects)
+    for a, b in zip(boxes["cpu"], boxes["cuda"], strict=True):
+        assert a["class"] == b["class"] and np.allclose(a["center"], b["center"], atol=1e-4)
+
+
 def test_names_outside_the_scene_classes_come_from_the_distilled_features():
     """Open vocabulary: with features in the text space (here the simulated teacher's, where "coffee mug"
     shares the word vector of "mug"), a name the scene was never trained on finds the right instance."""

@@ -228,7 +228,8 @@ class InstanceClassifier:
         self.use_labels = all(c in self.class_index for c in vocabulary)
         self.texts = None
         if text is not None and cloud.feature is not None:
-            self.texts = F.normalize(text.encode_text(vocabulary + self.background).float(), dim=-1)
+            # on the host: the cues are numpy (the text encoder may run on a GPU)
+            self.texts = F.normalize(text.encode_text(vocabulary + self.background).float(), dim=-1).cpu()
 
     def _with_background(self, p: np.ndarray) -> np.ndarray:
         """Probabilities over vocabulary + background prompts -> over vocabulary + one background slot."""
@@ -247,10 +248,10 @@ class InstanceClassifier:
             out["feature"] = self._with_background(torch.softmax(logits, 0).numpy().astype(np.float64))
         if self.depth is not None:
             probs = self.depth.classify(torch.from_numpy(xyz_up[idx]).float(), self.vocabulary + self.prompts)
-            out["depth"] = self._with_background(probs.numpy().astype(np.float64))
+            out["depth"] = self._with_background(probs.detach().cpu().numpy().astype(np.float64))
         if self.render is not None:  # renders are made in the field's (world) frame
             probs = self.render.classify(torch.from_numpy(self.cloud.xyz[idx]).float(), self.vocabulary + self.prompts)
-            out["render"] = self._with_background(probs.numpy().astype(np.float64))
+            out["render"] = self._with_background(probs.detach().cpu().numpy().astype(np.float64))
         return out
 
 

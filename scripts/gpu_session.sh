@@ -391,11 +391,12 @@ video)
     step "nerfacc ops" 30 150 python3 -c "import nerfacc; from nerfacc.cuda._backend import _C; print('nerfacc', nerfacc.__version__, _C is not None)"
     start=$SECONDS
     # shellcheck disable=SC2086
-    step "run video" 60 240 python3 -P -m ovseg3d.cli run "$video" --output /tmp/res/video --preset gpu --device cuda \
+    # the run outside /tmp/res (its scene, features and checkpoints would make every pack slow): its JSON copied
+    step "run video" 60 240 python3 -P -m ovseg3d.cli run "$video" --output /tmp/video --preset gpu --device cuda \
         --classes "figurine, table" --clip-model "$models/clip-vit-b16" --dino-model "$models/dino-vit-b8" ${RUN_ARGS:-}
     echo "=== run video: $((SECONDS - start)) s, prepare included"
-    step "eval video" 20 60 python3 -P -m ovseg3d.cli eval /tmp/res/video
-    rm -rf /tmp/res/video/checkpoints /tmp/res/video/scene/images /tmp/res/video/*.pt 2>/dev/null || true
+    step "eval video" 20 60 python3 -P -m ovseg3d.cli eval /tmp/video
+    mkdir -p /tmp/res/video && cp /tmp/video/*.json /tmp/video/scene/*.json /tmp/res/video/ 2>/dev/null || true
     pack
     IFS='|' read -ra settings <<<"${BENCH_SET:-}"
     [ "${#settings[@]}" -gt 0 ] || settings=("")

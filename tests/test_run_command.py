@@ -106,7 +106,7 @@ def test_run_refuses_what_it_cannot_use_in_one_line(plain, tmp_path, capsys):
 
 def test_run_prepares_a_video_with_the_presets_prepare_table_and_frames_over_it(tmp_path):
     """The cpu preset's [prepare] table (a laptop's budget) reaches prepare, --frames goes over it, one line says
-    what was taken; a preset without a table keeps prepare's own defaults."""
+    what was taken; a preset without a table (tiny) keeps prepare's own defaults."""
     from pathlib import Path
 
     from ovseg3d.cli import run_prepare_config
@@ -124,7 +124,7 @@ def test_run_prepares_a_video_with_the_presets_prepare_table_and_frames_over_it(
     assert (cfg.frames, cfg.max_long_side) == (table["frames"], table["max_long_side"])
     assert len(lines) == 1 and f"frames = {table['frames']}" in lines[0]
     assert run_prepare_config("cpu", 24, video, log=lines.append).frames == 24
-    assert run_prepare_config("gpu", None, video, log=lines.append) == PrepareConfig()
+    assert run_prepare_config("tiny", None, video, log=lines.append) == PrepareConfig()
     with pytest.raises(UsageError, match="--frames 2"):
         run_prepare_config("cpu", 2, video, log=lines.append)
     photos = run_prepare_config("cpu", None, Path(tmp_path), log=lines.append)  # a folder: frames not said

@@ -164,6 +164,20 @@ def test_transformers_clip_loads_from_a_local_folder(models):
     torch.testing.assert_close(clip.encode_crops(view, boxes), emb)
 
 
+def test_whole_images_in_one_batch_embed_as_one_crop_over_each(models):
+    """encode_images (the detector's view classifiers) gives each image what a box over all of it gives through
+    encode_crops; a second batch with other images at the same memory is not answered from a cache."""
+    clip = build_clip(TeacherConfig(clip_model=str(models["clip"])), CPU)
+    gen = torch.Generator().manual_seed(0)
+    images = (torch.rand(3, 40, 40, 3, generator=gen) * 255).to(torch.uint8)
+    batch = clip.encode_images(images)
+    box = torch.tensor([[0, 0, 40, 40]])
+    one_by_one = torch.cat([clip.encode_crops(TeacherView(index=v, image=img), box) for v, img in enumerate(images)])
+    torch.testing.assert_close(batch, one_by_one, atol=1e-5, rtol=1e-4)
+    images.copy_((torch.rand(3, 40, 40, 3, generator=gen) * 255).to(torch.uint8))  # new content, same memory
+    assert not torch.allclose(clip.encode_images(images), batch, atol=1e-3)
+
+
 def test_multiscale_features_shape_norm_and_seed(models):
     cfg = TeacherConfig(clip_model=str(models["clip"]), clip_batch=7)
     clip, view = build_clip(cfg, CPU), _view()

@@ -253,16 +253,23 @@ class ViewClassifier:
             self._text_cache[key] = F.normalize(emb, dim=-1)
         return self._text_cache[key]
 
+    def embed_images(self, images: Tensor) -> Tensor:
+        """``[V, H, W, 3]`` uint8 -> ``[V, D]``: the encoder's ``encode_images`` (one batch) where it has one, else
+        one whole-image crop a view. (Not the crops' image cache: views of two objects can share an index and,
+        once the first is freed, its memory.)"""
+        encode = getattr(self.encoder, "encode_images", None)
+        if encode is not None:
+            return encode(images)
+        h, w = images.shape[1:3]
+        box = torch.tensor([[0, 0, w, h]], dtype=torch.long)
+        return torch.cat(
+            [self.encoder.encode_crops(TeacherView(index=v, image=img), box) for v, img in enumerate(images)]
+        )
+
     def view_probabilities(self, points: Tensor, class_names: Sequence[str]) -> Tensor:
         """``[V, C]``: per view, the softmax over classes of ``logit_scale`` x cosine."""
         text = self.text_embeddings(class_names)
-        images = self.images(points)
-        h, w = images.shape[1:3]
-        box = torch.tensor([[0, 0, w, h]], dtype=torch.long)
-        feats = torch.cat(
-            [self.encoder.encode_crops(TeacherView(index=v, image=img), box) for v, img in enumerate(images)]
-        )
-        feats = F.normalize(feats.to(torch.float32), dim=-1)
+        feats = F.normalize(self.embed_images(self.images(points)).to(torch.float32), dim=-1)
         return torch.softmax(self.logit_scale * feats @ text.to(feats.device).T, dim=-1)
 
     def classify(self, points: Tensor, class_names: Sequence[str]) -> Tensor:

@@ -113,10 +113,10 @@ class RenderClassifier(ViewClassifier):
         cameras = ring_cameras(center, radius, self.up, self.n_views, self.elevation_deg, self.size)
         geo = self.trainer
         cameras, center = cameras.to(geo.device), center.to(geo.device)
-        renders = []
-        for v in range(self.n_views):
-            origins, dirs = image_rays(cameras, v)
-            near, far = sphere_limits(origins, dirs, center, radius)
-            out = render_image_rays(geo.field, geo.grid, origins, dirs, geo.opts, geo.cfg.eval_chunk, near, far)
-            renders.append(out.rgb.view(self.size, self.size, 3))
-        return (torch.stack(renders).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        # every view's rays in one render call (its chunks): on a GPU, per-view calls were launch-bound
+        rays = [image_rays(cameras, v) for v in range(self.n_views)]
+        origins, dirs = torch.cat([o for o, _ in rays]), torch.cat([d for _, d in rays])
+        near, far = sphere_limits(origins, dirs, center, radius)
+        out = render_image_rays(geo.field, geo.grid, origins, dirs, geo.opts, geo.cfg.eval_chunk, near, far)
+        renders = out.rgb.view(self.n_views, self.size, self.size, 3)
+        return (renders.clamp(0, 1) * 255).round().to(torch.uint8).cpu()

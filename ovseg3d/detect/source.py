@@ -67,6 +67,8 @@ def clip_image_encoder(src: Source, clip_model: str, device: torch.device, log=p
     if clip_model:
         return build_clip(TeacherConfig(kind="clip", clip_model=clip_model), device)
     if src.teachers is not None and getattr(src.teachers, "kind", "") == "clip":
+        if src.text is not None and hasattr(src.text, "encode_crops"):
+            return src.text  # the run's CLIP, loaded once for the text side already
         return build_clip(src.teachers, device)  # type: ignore[arg-type]
     log(
         "depth-map and render classifiers off: no CLIP image encoder (the run's teacher is simulated); "

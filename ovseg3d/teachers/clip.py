@@ -172,6 +172,16 @@ def crops_to_pixels(image: Tensor, boxes: Tensor, size: int, mean: tuple[float, 
     return (pixels - m) / s
 
 
+def images_to_pixels(images: Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """``[V, H, W, 3]`` uint8 images (on the model's device) -> ``[V, 3, size, size]`` normalised, each resized
+    whole as :func:`crops_to_pixels` resizes a crop (bicubic, antialiased), in one call."""
+    pixels = images.permute(0, 3, 1, 2).float() / 255.0
+    pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    return (pixels - m) / s
+
+
 class _ImageCache:
     """The current view's image as a float32 ``[3, H, W]`` tensor on the model device (converted once)."""
 
@@ -226,6 +236,15 @@ class TransformersClip:
             out = _features(self.model.get_image_features(pixel_values=pixels))
         return F.normalize(out.float(), dim=-1)
 
+    @torch.no_grad()
+    def encode_images(self, images: Tensor) -> Tensor:
+        """``[V, H, W, 3]`` uint8 whole images -> ``[V, D]`` unit embeddings (float32, on the model's device), in
+        one batch: what :meth:`encode_crops` gives each with a box over all of it."""
+        pixels = images_to_pixels(images.to(self.device), self.image_size, self.mean, self.std)
+        with autocast(self.device, self.dtype):
+            out = _features(self.model.get_image_features(pixel_values=pixels))
+        return F.normalize(out.float(), dim=-1)
+
 
 class OpenClip:
     """CLIP through open_clip (the ``openclip`` extra; needs torchvision)."""
@@ -267,6 +286,14 @@ class OpenClip:
     @torch.no_grad()
     def encode_crops(self, view: TeacherView, boxes: Tensor) -> Tensor:
         pixels = crops_to_pixels(self._image.get(view), boxes, self.image_size, self.mean, self.std)
+        with autocast(self.device, self.dtype):
+            out = self.model.encode_image(pixels)
+        return F.normalize(out.float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor) -> Tensor:
+        """As :meth:`TransformersClip.encode_images`."""
+        pixels = images_to_pixels(images.to(self.device), self.image_size, self.mean, self.std)
         with autocast(self.device, self.dtype):
             out = self.model.encode_image(pixels)
         return F.normalize(out.float(), dim=-1)

@@ -857,7 +857,9 @@ def write_export(cloud: LabelledCloud, out_dir: Path, run: Path, opts: ExportOpt
         if cloud.feature is not None:
             arrays["feature"] = cloud.feature
         with open(tmp / names["npz"], "wb") as f:
-            np.savez_compressed(f, **arrays)
+            # stored, not deflated: float16 CLIP features do not compress (a phone video's 10k points: 9 % smaller
+            # in 0.53 s against 0.015 s stored; the GPU's 47k points would spend 2.4 s of a 15 s export on it)
+            np.savez(f, **arrays)
         palette = (np.asarray(label_palette(len(cloud.classes))) * 255).round().astype(int).tolist()
         info = {
             "ovseg3d_version": __version__,

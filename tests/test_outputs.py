@@ -134,7 +134,7 @@ def _fail_in_npz(monkeypatch):
         f.write(b"PK\x03\x04 partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(np, "savez_compressed", partial)
+    monkeypatch.setattr(np, "savez", partial)
     return OSError
 
 

@@ -451,26 +451,35 @@ def test_render_cue_names_a_trained_runs_instances(exported, tmp_path):
     assert float(middle) > 40 and float(corners) < 5, (float(middle), float(corners))
 
 
-def test_unlabelled_cloud_named_by_clip_on_depth_maps(tmp_path):
-    """The OpenDlign path end to end with a tiny random CLIP saved locally: an unlabelled cloud's objects are
-    found from geometry and every box is named by the depth-map classifier (the names themselves are
-    arbitrary with random weights; what is checked is where the boxes are and which cue named them)."""
+TWO_OBJECTS = [([0.3, 0.2, 0.05], [0.2, 0.15, 0.1], 0.4), ([-0.25, -0.1, 0.06], [0.12, 0.12, 0.12], 1.0)]
+"""Centre, size and yaw of two boxes on a floor, for the depth-map classifier's tests."""
+
+
+def _bare_cloud_detect_args(tmp_path) -> list[str]:  # noqa: ANN001
+    """``ovseg3d detect`` arguments (without --device) for an unlabelled cloud of :data:`TWO_OBJECTS` on a floor,
+    named by a tiny random CLIP saved locally; no background prompts (random weights would reject about half
+    the boxes), no size prior."""
     from tiny_models import save_tiny_clip
 
     clip = save_tiny_clip(tmp_path / "clip")
-    objects = [([0.3, 0.2, 0.05], [0.2, 0.15, 0.1], 0.4), ([-0.25, -0.1, 0.06], [0.12, 0.12, 0.12], 1.0)]
-    cloud = cloud_of([(floor(), 0), *((box_surface(*o), 0) for o in objects)], ["thing"])
+    cloud = cloud_of([(floor(), 0), *((box_surface(*o), 0) for o in TWO_OBJECTS)], ["thing"])
     cloud.label[:] = -1
     cloud.classes = []
     write_ply(tmp_path / "bare.ply", cloud)
     args = ["detect", str(tmp_path / "bare.ply"), "--clip-model", str(clip), "--classes", "mug", "book"]
-    args += ["--up", "0", "0", "1", "--no-size-prior", "--min-score", "0", "--background", "--device", "cpu"]
-    assert main(args) == 0  # no background prompts: random weights would reject about half the boxes
+    return args + ["--up", "0", "0", "1", "--no-size-prior", "--min-score", "0", "--background"]
+
+
+def test_unlabelled_cloud_named_by_clip_on_depth_maps(tmp_path):
+    """The OpenDlign path end to end: an unlabelled cloud's objects are found from geometry and every box is
+    named by the depth-map classifier (the names themselves are arbitrary with random weights; what is checked
+    is where the boxes are and which cue named them)."""
+    assert main([*_bare_cloud_detect_args(tmp_path), "--device", "cpu"]) == 0
     info = json.loads((tmp_path / "detections.json").read_text())
-    assert len(info["boxes"]) == len(objects)
+    assert len(info["boxes"]) == len(TWO_OBJECTS)
     for box in info["boxes"]:
         assert box["class"] in ("mug", "book") and set(box["cues"]) == {"depth"}
-        assert min(np.linalg.norm(np.subtract(box["center"], o[0])) for o in objects) < 0.03
+        assert min(np.linalg.norm(np.subtract(box["center"], o[0])) for o in TWO_OBJECTS) < 0.03
 
 
 @pytest.mark.cuda
@@ -478,21 +487,12 @@ def test_unlabelled_cloud_named_by_clip_on_depth_maps(tmp_path):
 def test_depth_map_naming_on_cuda_gives_the_cpus_boxes(tmp_path):
     """The classifiers' probabilities come back from the GPU before the numpy cues (found by `ovseg3d run` on an
     H200: `probs.numpy()` of a CUDA tensor)."""
-    from tiny_models import save_tiny_clip
-
-    clip = save_tiny_clip(tmp_path / "clip")
-    objects = [([0.3, 0.2, 0.05], [0.2, 0.15, 0.1], 0.4), ([-0.25, -0.1, 0.06], [0.12, 0.12, 0.12], 1.0)]
-    cloud = cloud_of([(floor(), 0), *((box_surface(*o), 0) for o in objects)], ["thing"])
-    cloud.label[:] = -1
-    cloud.classes = []
-    write_ply(tmp_path / "bare.ply", cloud)
-    args = ["detect", str(tmp_path / "bare.ply"), "--clip-model", str(clip), "--classes", "mug", "book"]
-    args += ["--up", "0", "0", "1", "--no-size-prior", "--min-score", "0", "--background"]
+    args = _bare_cloud_detect_args(tmp_path)
     boxes = {}
     for device in ("cpu", "cuda"):
         assert main([*args, "--device", device, "--output", str(tmp_path / f"{device}.json")]) == 0
         boxes[device] = json.loads((tmp_path / f"{device}.json").read_text())["boxes"]
-    assert len(boxes["cuda"]) == len(boxes["cpu"]) == len(objects)
+    assert len(boxes["cuda"]) == len(boxes["cpu"]) == len(TWO_OBJECTS)
     for a, b in zip(boxes["cpu"], boxes["cuda"], strict=True):
         assert a["class"] == b["class"] and np.allclose(a["center"], b["center"], atol=1e-4)
 

@@ -166,19 +166,21 @@ def crops_to_pixels(image: Tensor, boxes: Tensor, size: int, mean: tuple[float, 
     for x0, y0, x1, y1 in boxes.tolist():
         crop = image[None, :, y0:y1, x0:x1]
         crops.append(F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False))
-    pixels = torch.cat(crops).clamp(0, 1)
-    m = torch.tensor(mean, device=image.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=image.device).view(1, 3, 1, 1)
-    return (pixels - m) / s
+    return _normalised(torch.cat(crops).clamp(0, 1), mean, std)
 
 
 def images_to_pixels(images: Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """``[V, H, W, 3]`` uint8 images (on the model's device) -> ``[V, 3, size, size]`` normalised, each resized
     whole as :func:`crops_to_pixels` resizes a crop (bicubic, antialiased), in one call."""
     pixels = images.permute(0, 3, 1, 2).float() / 255.0
-    pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return _normalised(pixels.clamp(0, 1), mean, std)
+
+
+def _normalised(pixels: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """``[K, 3, S, S]`` pixels in [0, 1] less the model's channel mean, over its std."""
+    m = torch.tensor(mean, device=pixels.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=pixels.device).view(1, 3, 1, 1)
     return (pixels - m) / s
 
 
@@ -231,16 +233,15 @@ class TransformersClip:
 
     @torch.no_grad()
     def encode_crops(self, view: TeacherView, boxes: Tensor) -> Tensor:
-        pixels = crops_to_pixels(self._image.get(view), boxes, self.image_size, self.mean, self.std)
-        with autocast(self.device, self.dtype):
-            out = _features(self.model.get_image_features(pixel_values=pixels))
-        return F.normalize(out.float(), dim=-1)
+        return self._embed(crops_to_pixels(self._image.get(view), boxes, self.image_size, self.mean, self.std))
 
     @torch.no_grad()
     def encode_images(self, images: Tensor) -> Tensor:
         """``[V, H, W, 3]`` uint8 whole images -> ``[V, D]`` unit embeddings (float32, on the model's device), in
         one batch: what :meth:`encode_crops` gives each with a box over all of it."""
-        pixels = images_to_pixels(images.to(self.device), self.image_size, self.mean, self.std)
+        return self._embed(images_to_pixels(images.to(self.device), self.image_size, self.mean, self.std))
+
+    def _embed(self, pixels: Tensor) -> Tensor:
         with autocast(self.device, self.dtype):
             out = _features(self.model.get_image_features(pixel_values=pixels))
         return F.normalize(out.float(), dim=-1)
@@ -285,15 +286,14 @@ class OpenClip:
 
     @torch.no_grad()
     def encode_crops(self, view: TeacherView, boxes: Tensor) -> Tensor:
-        pixels = crops_to_pixels(self._image.get(view), boxes, self.image_size, self.mean, self.std)
-        with autocast(self.device, self.dtype):
-            out = self.model.encode_image(pixels)
-        return F.normalize(out.float(), dim=-1)
+        return self._embed(crops_to_pixels(self._image.get(view), boxes, self.image_size, self.mean, self.std))
 
     @torch.no_grad()
     def encode_images(self, images: Tensor) -> Tensor:
         """As :meth:`TransformersClip.encode_images`."""
-        pixels = images_to_pixels(images.to(self.device), self.image_size, self.mean, self.std)
+        return self._embed(images_to_pixels(images.to(self.device), self.image_size, self.mean, self.std))
+
+    def _embed(self, pixels: Tensor) -> Tensor:
         with autocast(self.device, self.dtype):
             out = self.model.encode_image(pixels)
         return F.normalize(out.float(), dim=-1)

@@ -30,7 +30,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -880,6 +880,20 @@ def write_export(cloud: LabelledCloud, out_dir: Path, run: Path, opts: ExportOpt
         }
         (tmp / names["json"]).write_text(json.dumps(info, indent=2) + "\n")
     return [out_dir / name for name in EXPORT_FILES]
+
+
+def recorded_options(out_dir: Path) -> ExportOptions:
+    """The options an export folder's ``points.json`` says it was made with (the defaults for what it does not
+    record, or for a folder without a readable record), so that it can be made again alike (the viewer's
+    features on request)."""
+    try:
+        given = json.loads((Path(out_dir) / EXPORT_FILES[2]).read_text()).get("options", {})
+    except (OSError, ValueError):
+        return ExportOptions()
+    known = {f.name for f in fields(ExportOptions)}
+    return (
+        ExportOptions(**{k: v for k, v in given.items() if k in known}) if isinstance(given, dict) else ExportOptions()
+    )
 
 
 _PER_POINT = ("rgb", "views", "label", "confidence", "probs", "relevancy", "feature")

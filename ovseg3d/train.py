@@ -347,6 +347,10 @@ class Trainer:
         by_time = self.elapsed / (60.0 * self.cfg.max_minutes) if self.cfg.max_minutes > 0 else 0.0
         return min(1.0, max(by_steps, by_time))
 
+    def random_background(self) -> bool:
+        """Whether this step's rays end on a random colour (``--background random`` past ``--background-from``)."""
+        return self.cfg.background == "random" and self.progress() >= self.cfg.background_from
+
     def done(self) -> bool:
         return self.progress() >= 1.0
 
@@ -424,7 +428,7 @@ class Trainer:
             samples = band_samples(samples, *band, self.cfg.depth_band_samples)
         origins, dirs, target, samples = self._cap_samples(origins, dirs, target, samples)
         background = None  # black, or the field's own colour at infinity when it learns one
-        if not self.field.cfg.background and self.cfg.background == "random":
+        if not self.field.cfg.background and self.random_background():
             background = torch.rand_like(target)
         elif not self.field.cfg.background and self.cfg.background == "white":
             background = torch.ones_like(target)

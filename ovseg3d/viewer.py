@@ -16,7 +16,7 @@ import ipaddress
 import math
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -389,8 +389,10 @@ class Viewer:
 
     # -- what the panel does ---------------------------------------------------------------------------
     def compute_features(self) -> None:
-        """Export the run's cloud again with CLIP features (``RUN/export``), show it and answer queries on it."""
-        from ovseg3d.export import ExportOptions, extract_cloud, write_export
+        """Export the run's cloud again with CLIP features (``RUN/export``), with the options it was made with
+        (its ``points.json``: the same views, strides and filters, so the same cloud), show it and answer queries
+        on it."""
+        from ovseg3d.export import extract_cloud, recorded_options, write_export
 
         if self.run is None or self.features_button is None or self.features_progress is None:
             return
@@ -398,8 +400,9 @@ class Viewer:
         self.features_progress.visible = True
         self.status.content = "computing the features (rendering the training views)..."
         try:
-            cloud = extract_cloud(self.run, ExportOptions(features=True), str(self.trainer.device), log=lambda _: None)
-            write_export(cloud, self.run / "export", self.run, ExportOptions(features=True))
+            opts = replace(recorded_options(self.run / "export"), features=True)
+            cloud = extract_cloud(self.run, opts, str(self.trainer.device), log=lambda _: None)
+            write_export(cloud, self.run / "export", self.run, opts)
         except (ValueError, OSError) as exc:
             self.status.content = f"features not computed: {exc}"
             self.features_button.disabled = False

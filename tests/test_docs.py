@@ -42,7 +42,7 @@ def test_the_quickstart_is_two_commands_and_the_second_is_what_ci_runs():
     blocks = re.findall(r"```bash\n(.*?)```", quick, re.S)[:2]
     assert blocks[0].strip().startswith('pip install torch==2.13.0 -e ".[dev]" && ovseg3d run scenes/demo')
     ci = (ROOT / ".ci" / "run").read_text()
-    assert blocks[1].strip() == "python -m pytest -q" and ci.rstrip().endswith(blocks[1].strip())
+    assert blocks[1].strip() == "python -m pytest -q -n 2" and ci.rstrip().endswith(blocks[1].strip())
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

@@ -90,3 +90,31 @@ def test_op_counter_counts_kernels_not_views_by_function():
     counts = count_ops(lambda: (spherical_harmonics(d, 4), d.view(-1), d.t(), d[:, 0]))
     # the SH basis: 4 gathers, 2 products, ones_like, cat and one matmul; the views below it count nothing
     assert counts == {"ovseg3d/field/radiance.py (spherical_harmonics)": 9}
+
+
+def test_a_random_background_starts_at_its_share_of_the_budget(scene, tmp_path, monkeypatch):
+    """--background random --background-from 0.5: the rays end on black for the first half of the steps and on a
+    new random colour at each step after; black stays black throughout."""
+    import ovseg3d.train as train
+
+    seen: list[torch.Tensor | None] = []
+    render = train.render_rays
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("background"))
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(train, "render_rays", spy)
+    base = dataclasses.replace(
+        resolve_base("tiny", None), scene=scene, device="cpu", teachers=TeacherConfig(kind="none"), steps=8
+    )
+    t = start_training(dataclasses.replace(base, output=tmp_path / "r", background="random", background_from=0.5))
+    for _ in range(8):
+        t.trainer.train_step()
+    assert [b is None for b in seen] == [True] * 4 + [False] * 4
+    assert not torch.equal(seen[-1], seen[-2]) and 0 <= float(seen[-1].min()) and float(seen[-1].max()) <= 1
+    seen.clear()
+    t = start_training(dataclasses.replace(base, output=tmp_path / "b", background="black", background_from=0.5))
+    for _ in range(8):
+        t.trainer.train_step()
+    assert seen == [None] * 8

@@ -275,7 +275,8 @@ def test_an_export_without_features_is_shown_at_once_and_features_come_on_reques
 
     run = copy_run(exported[1])
     cloud = load_export(run / "export" / "points.npz")
-    write_export(dataclasses.replace(cloud, feature=None), run / "export", run, ExportOptions())
+    made = ExportOptions(max_spread=0.0, pixel_stride=2, queries=["mug"])  # as the user's export was made
+    write_export(dataclasses.replace(cloud, feature=None), run / "export", run, made)
     said: list[str] = []
     queries, trainer, distiller = load_queries(run, max_points=3000, device_name="cpu", log=said.append)
     assert queries.features is None and len(queries.cloud) == min(3000, len(cloud))  # nothing extracted
@@ -287,7 +288,12 @@ def test_an_export_without_features_is_shown_at_once_and_features_come_on_reques
         v.set_query("mug")  # no features yet: a status line, no exception
         assert "compute features" in v.status.content and v.rel is None
         v.compute_features()
-        assert v.q.features is not None and load_export(run / "export" / "points.npz").feature is not None
+        again = load_export(run / "export" / "points.npz")
+        assert v.q.features is not None and again.feature is not None
+        # made again as the cloud was: at its pixel stride (a quarter of the rays), with its query
+        info = json.loads((run / "export" / "points.json").read_text())
+        assert info["options"] == {**info["options"], "pixel_stride": 2, "max_spread": 0.0, "features": True}
+        assert list(again.relevancy) == ["mug"] and len(again) < len(cloud)
         v.set_query("mug")
         assert v.rel is not None and "rate it above every negative" in v.status.content
         v._set_cameras_visible(False)

@@ -6,6 +6,8 @@
 * FDA: on patches of rays, ``D_ij = cos(dino_i, dino_j) - 0.7``, ``J_ij = JS(P_i, P_j)``,
   ``w+ mean_{D>0}(D J) + w- mean_{D<0}(D J)``: DINO-similar pixels are pulled to one class
   distribution, dissimilar ones pushed apart.
+
+And one term of the radiance field's: ``opacity_loss`` (``--opacity-weight``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ def class_probabilities(features: Tensor, texts: Tensor, temperature: float = 0.
 def select_scales(values: Tensor, selection: Tensor) -> Tensor:
     """``sum_s sel_s V_s``: ``[R, S, K]`` teacher values per scale, ``[R, S]`` weights -> ``[R, K]``."""
     return (selection[:, :, None] * values).sum(1)
+
+
+def opacity_loss(opacity: Tensor) -> Tensor:
+    """``mean (1 - opacity)^2`` over rays ``[R]``: 0 when every ray ends on a surface, growing as rays leave
+    through the field (what a random training background asks for, without its colour noise)."""
+    return (1.0 - opacity).square().mean()
 
 
 def weighted_mean(values: Tensor, weights: Tensor | None = None) -> Tensor:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from ovseg3d import accel
+from ovseg3d import accel, losses
 from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, for_unbounded, read_toml, write_toml
 from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
 from ovseg3d.data.loader import load_scene, parse_classes
@@ -449,6 +449,8 @@ class Trainer:
         )
         mse = F.mse_loss(out.rgb, target)
         loss = mse
+        if self.cfg.opacity_weight > 0 and not self.field.cfg.background:
+            loss = loss + self.cfg.opacity_weight * losses.opacity_loss(out.opacity)
         depth_loss = self._depth_loss(out, samples, depth_index, len(origins), band)
         if depth_loss is not None:
             loss = loss + self.depth_weight() * depth_loss

@@ -118,3 +118,24 @@ def test_a_random_background_starts_at_its_share_of_the_budget(scene, tmp_path, 
     for _ in range(8):
         t.trainer.train_step()
     assert seen == [None] * 8
+
+
+def test_the_opacity_loss_asks_every_ray_to_end_on_a_surface(scene, tmp_path, monkeypatch):
+    """--opacity-weight: mean (1 - opacity)^2, 0 for opaque rays, larger as more light leaves; the trainer adds it
+    over its training rays only when asked."""
+    from ovseg3d import losses
+
+    assert float(losses.opacity_loss(torch.ones(5))) == 0.0
+    assert float(losses.opacity_loss(torch.tensor([0.5, 1.0]))) == 0.125
+    assert float(losses.opacity_loss(torch.zeros(3))) > float(losses.opacity_loss(torch.full((3,), 0.5)))
+    seen: list[int] = []
+    loss = losses.opacity_loss
+    monkeypatch.setattr(losses, "opacity_loss", lambda opacity: seen.append(len(opacity)) or loss(opacity))
+    base = dataclasses.replace(
+        resolve_base("tiny", None), scene=scene, device="cpu", teachers=TeacherConfig(kind="none"), steps=4
+    )
+    for weight, name in ((0.0, "off"), (0.05, "on")):
+        t = start_training(dataclasses.replace(base, output=tmp_path / name, opacity_weight=weight))
+        for _ in range(3):
+            t.trainer.train_step()
+        assert (len(seen) == 3 and min(seen) > 0) if weight else seen == []

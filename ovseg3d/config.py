@@ -214,8 +214,8 @@ class TrainConfig:
     the demo scored less held out at 1,500 steps by 2.7 dB (docs/benchmarks.md)."""
     background_from: float = 0.0
     """With --background random: the share of the budget (0-1) trained on black before the colour behind each ray
-    turns random (0: random from the start). Measured at 0.5, 1,500 steps: the demo keeps black's PSNR (34.38
-    against 34.47 dB) but a forward room's wall is made opaque 13 % in front of where it is (0.6 % recalled,
+    turns random (0: random from the start). Measured at 0.5, 1,500 steps: the demo keeps black's PSNR (34.38 dB,
+    as black's on the same machine) but a forward room's wall is made opaque 13 % in front of where it is (0.6 % recalled,
     against 90 % with random from the start; docs/benchmarks.md)."""
     opacity_weight: float = 0.0
     """Weight of a loss asking every training ray to end on a surface, mean (1 - opacity)^2, for scenes where every

@@ -887,13 +887,14 @@ def recorded_options(out_dir: Path) -> ExportOptions:
     record, or for a folder without a readable record), so that it can be made again alike (the viewer's
     features on request)."""
     try:
-        given = json.loads((Path(out_dir) / EXPORT_FILES[2]).read_text()).get("options", {})
+        info = json.loads((Path(out_dir) / EXPORT_FILES[2]).read_text())
     except (OSError, ValueError):
         return ExportOptions()
+    given = info.get("options") if isinstance(info, dict) else None
+    if not isinstance(given, dict):
+        return ExportOptions()
     known = {f.name for f in fields(ExportOptions)}
-    return (
-        ExportOptions(**{k: v for k, v in given.items() if k in known}) if isinstance(given, dict) else ExportOptions()
-    )
+    return ExportOptions(**{k: v for k, v in given.items() if k in known})
 
 
 _PER_POINT = ("rgb", "views", "label", "confidence", "probs", "relevancy", "feature")

@@ -23,15 +23,16 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if WORKER:
     torch.set_num_threads(1)
 
-SHARED_FIXTURES = ("toy_run", "exported", "toy_run_copy", "exported_copy")
+SHARED_FIXTURES = frozenset(("toy_run", "exported", "toy_run_copy", "exported_copy"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests that read the toy run last but one: the first of them goes first, so that a worker builds the
     toy run (about 3-4 minutes) while the others run every test that does not need it."""
-    toy = [item for item in items if set(getattr(item, "fixturenames", ())) & set(SHARED_FIXTURES)]
+    reads = [not SHARED_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())) for item in items]
+    toy = [item for item, r in zip(items, reads) if r]
     if toy:
-        rest = [item for item in items if item not in set(toy)]
+        rest = [item for item, r in zip(items, reads) if not r]
         items[:] = [toy[0], *rest, *toy[1:]]
 
 

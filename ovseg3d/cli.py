@@ -364,7 +364,7 @@ def cmd_prepare(args: list[str]) -> int:
 
 
 def cmd_train(args: list[str]) -> int:
-    from ovseg3d.config import TrainConfig, read_toml, resolve_base
+    from ovseg3d.config import TrainConfig, chosen_keys, read_toml, resolve_base
     from ovseg3d.pipeline import train
     from ovseg3d.run import load_run_config
 
@@ -381,6 +381,8 @@ def cmd_train(args: list[str]) -> int:
     else:
         base = resolve_base(known.preset, known.config)
     cfg = _parse(TrainConfig, args=args, default=base, prog="ovseg3d train SCENE --output RUN")
+    if not resumed:
+        cfg = dataclasses.replace(cfg, chosen=chosen_keys(args, known.config))
     # the scene and the run folder are asked for (no scenes/demo -> runs/demo by default); a --config file that
     # names them (a copy of RUN/config.toml) or --resume of a run folder count as giving them
     in_file = set(read_toml(known.config)) if known.config is not None else set()
@@ -581,7 +583,7 @@ def cmd_batch(args: list[str]) -> int:
     from tqdm import tqdm
 
     from ovseg3d.batch import find_scenes, format_summary, run_batch, write_summary
-    from ovseg3d.config import resolve_base
+    from ovseg3d.config import chosen_keys, resolve_base
     from ovseg3d.pipeline import stage_range
 
     usage = "ovseg3d batch SCENES... --output RUNS [options]"
@@ -601,7 +603,7 @@ def cmd_batch(args: list[str]) -> int:
         raise UsageError("--address needs Ray: drop --no-ray")
     _check_export_options(a.export)
     _check_detect_options(a.detect)
-    cfg = resolve_base(a.preset, a.config)
+    cfg = dataclasses.replace(resolve_base(a.preset, a.config), chosen=chosen_keys([], a.config))
     overrides: dict[str, object] = {"device": a.device}
     if a.steps:
         overrides["steps"] = a.steps
@@ -694,7 +696,7 @@ def run_prepare_config(preset: str, frames: int | None, source: Path, log=print)
 def cmd_run(args: list[str]) -> int:
     from tqdm import tqdm
 
-    from ovseg3d.config import TrainConfig, resolve_base
+    from ovseg3d.config import TrainConfig, chosen_keys, resolve_base
     from ovseg3d.pipeline import run_scene
 
     if not args or args[0] in ("-h", "--help"):
@@ -731,6 +733,7 @@ def cmd_run(args: list[str]) -> int:
             seconds["prepare"] = round(time.perf_counter() - started, 3)
     base = resolve_base(known.preset, known.config)
     cfg = _parse(TrainConfig, args=["--scene", str(scene), "--output", str(run), *rest], default=base, prog=RUN_USAGE)
+    cfg = dataclasses.replace(cfg, chosen=chosen_keys(rest, known.config))
     stages = ["teachers", "geometry", "distill", "export", "detect"]
     from ovseg3d.data.loader import scene_classes
 

@@ -47,6 +47,9 @@ class TrainConfig:
     """A TOML config file (e.g. a copy of configs/cpu.toml or RUN/config.toml) applied over the preset."""
     resume: bool = False
     """Continue the run in --output from its latest checkpoint (its saved config is the base)."""
+    chosen: Annotated[tuple[str, ...], tyro.conf.Suppress] = ()
+    """Settings the user chose, by flag or in the --config file (the CLI fills this in): a preset's [unbounded]
+    table leaves them as they are, even where one equals the preset's own value."""
 
     # schedule
     steps: int = 4000
@@ -539,13 +542,27 @@ def preset_prepare(preset: str) -> dict[str, Any]:
 def for_unbounded(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
     """``cfg`` with its preset's ``[unbounded]`` settings, for a scene with a contraction. A setting is taken only
     where ``cfg`` still has the preset's own value, so a config file's or a flag's choice stands (one that sets a
-    key to the preset's own value cannot be told from it). Returns the config and the ``key = value`` lines taken."""
+    key to the preset's own value cannot be told from it, unless ``cfg.chosen`` names it, as the CLI does). Returns
+    the config and the ``key = value`` lines taken."""
     top, unbounded, path = read_preset(cfg.preset)
     base = apply_overrides(TrainConfig(), top, path)
-    taken = {k: v for k, v in unbounded.items() if getattr(cfg, k) == getattr(base, k)}
+    taken = {k: v for k, v in unbounded.items() if k not in cfg.chosen and getattr(cfg, k) == getattr(base, k)}
     if not taken:
         return cfg, []
     return apply_overrides(cfg, taken, f"{path} [{UNBOUNDED}]"), [f"{k} = {_toml_value(v)}" for k, v in taken.items()]
+
+
+def chosen_keys(args: list[str], config_file: Path | None) -> tuple[str, ...]:
+    """The top-level :class:`TrainConfig` settings given as flags in ``args`` (``--key``, ``--key=value``,
+    ``--no-key``; dashes or underscores) or set in the TOML ``config_file``: the user's choices (``chosen``)."""
+    in_file = set(read_toml(config_file)) if config_file is not None else set()
+    flags = {a.split("=", 1)[0].replace("_", "-") for a in args if a.startswith("--")}
+    names = []
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in in_file or flag in flags or "--no-" + flag[2:] in flags:
+            names.append(f.name)
+    return tuple(names)
 
 
 def resolve_base(preset: str, config_file: Path | None) -> TrainConfig:

@@ -51,6 +51,9 @@ VARIANTS: dict[str, dict] = {
     # nerfacc's NGPRadianceField: 16 levels of 2 features up to 4096 (the gpu preset: 8 x 4 up to 2048)
     "grid16": {"n_levels": 16, "n_features_per_level": 2, "max_resolution": 4096},
     "no_weight_decay": {"weight_decay": 0.0},
+    "distortion": {"distortion_weight": 0.01},  # mip-NeRF 360's distortion loss at its own weight
+    "distortion_light": {"distortion_weight": 0.003},
+    "no_distortion": {"distortion_weight": 0.0},
     "samples128k": {"target_samples": 131072},  # half the gpu preset's samples a step: more, cheaper steps
     # nerfacc's proposal example's samples: 256 -> 96 -> 48 a ray, 4,096 rays a step (with the proposal sampler)
     "prop_nerfacc": {"proposal_samples": (256, 96), "proposal_field_samples": 48, "target_samples": 196608},

@@ -6,6 +6,7 @@ interrupted synth that leaves nothing behind. Everything here runs in-process an
 import os
 import socket
 import stat
+import types
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,28 @@ def test_train_takes_its_scene_and_run_from_resume_or_a_config_file(tmp_path, mo
     ]
     assert main(["train", "--output", str(tmp_path / "new"), "--resume"]) == 2  # nothing to resume: no scene
     assert "give the scene folder" in _err(capsys)[-1]
+
+
+def test_train_and_run_tell_the_pipeline_which_settings_the_user_chose(tmp_path, monkeypatch):
+    """A flag at the preset's own value (--distortion-weight 0 on the cpu preset) must stand against the preset's
+    [unbounded] table, which replaces only what the user left alone."""
+    import ovseg3d.pipeline
+    from ovseg3d.config import TrainConfig, read_toml, write_toml
+
+    trained = []
+    monkeypatch.setattr(ovseg3d.pipeline, "train", trained.append)
+    done = types.SimpleNamespace(seconds={})
+    monkeypatch.setattr(ovseg3d.pipeline, "run_scene", lambda scene, run, st, cfg, *a, **k: trained.append(cfg) or done)
+    scene = tmp_path / "scene"
+    (scene / "images").mkdir(parents=True)
+    (scene / "transforms.json").write_text("{}")
+    assert main(["train", str(scene), "--output", str(tmp_path / "a"), "--distortion-weight", "0"]) == 0
+    assert trained[-1].chosen == ("scene", "output", "distortion_weight")
+    assert main(["run", str(scene), "--output", str(tmp_path / "b"), "--roi-scale", "1", "--teacher", "none"]) == 0
+    assert trained[-1].chosen == ("roi_scale",)  # --teacher sets a nested table, which no [unbounded] has
+    write_toml(TrainConfig(), tmp_path / "c.toml")
+    written = read_toml(tmp_path / "c.toml")
+    assert written["chosen"] == [] and TrainConfig(**{**written, "chosen": ()}).chosen == ()
 
 
 def test_help_needs_no_run(capsys):

@@ -16,6 +16,7 @@ from ovseg3d.config import (
     ConfigError,
     TrainConfig,
     _field_docs,
+    chosen_keys,
     for_unbounded,
     preset_names,
     preset_path,
@@ -77,7 +78,39 @@ def test_the_unbounded_table_is_taken_only_where_the_config_keeps_the_presets_va
     cfg, taken = for_unbounded(mine)
     assert cfg.sampler == "grid" and cfg.n_levels == 6 and cfg.roi_scale == table["roi_scale"]
     assert not any(line.startswith(("sampler", "n_levels ")) for line in taken)
-    assert for_unbounded(resolve_base("cpu", None)) == (resolve_base("cpu", None), [])  # no table: nothing
+    assert for_unbounded(resolve_base("tiny", None)) == (resolve_base("tiny", None), [])  # no table: nothing
+
+
+def test_a_setting_the_user_chose_stands_even_at_the_presets_own_value(tmp_path):
+    gpu = resolve_base("gpu", None)
+    table = tomllib.loads(preset_path("gpu").read_text())[UNBOUNDED]
+    key = next(iter(table))
+    assert getattr(gpu, key) != table[key], "the test needs a key whose top-level value differs from the table's"
+    same = dataclasses.replace(gpu, chosen=(key,))  # --key set to the preset's own top-level value
+    cfg, taken = for_unbounded(same)
+    assert getattr(cfg, key) == getattr(gpu, key) and not any(line.startswith(key + " ") for line in taken)
+    assert len(taken) == len(table) - 1
+    config = tmp_path / "mine.toml"
+    config.write_text("n_levels = 6\n[teachers]\nkind = 'none'\n")
+    args = [
+        "--scene",
+        "s",
+        "--distortion-weight=0",
+        "--no-learned-background",
+        "--roi_scale",
+        "2",
+        "--teachers.kind",
+        "x",
+    ]
+    assert set(chosen_keys(args, config)) == {
+        "scene",
+        "distortion_weight",
+        "learned_background",
+        "roi_scale",
+        "n_levels",
+        "teachers",
+    }
+    assert chosen_keys(["--distortion", "1"], None) == ()  # a prefix of a flag is not the flag
 
 
 def test_an_unknown_key_in_a_presets_unbounded_table_is_a_config_error(tmp_path, monkeypatch):

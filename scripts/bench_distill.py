@@ -98,7 +98,9 @@ def full_run(scene: Path, run: Path, args: Args, overrides: dict) -> dict:
     cfg = resolve_base(args.preset, None)
     teachers = dataclasses.replace(cfg.teachers, kind=args.teacher)
     cfg = apply_overrides(cfg, overrides, "--set")
-    cfg = dataclasses.replace(cfg, scene=scene, output=run, teachers=teachers, device=args.device)
+    cfg = dataclasses.replace(
+        cfg, scene=scene, output=run, teachers=teachers, device=args.device, chosen=tuple(overrides)
+    )
     if run.exists():
         shutil.rmtree(run)
     start = time.perf_counter()

@@ -12,6 +12,7 @@ training views' PSNR beside it, training steps and seconds, eval seconds) and wr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -99,6 +100,7 @@ def run_variant(args: Args, name: str, variant: str) -> dict:
     cfg = resolve_base(args.preset, None)
     values = {**overrides, "scene": str(args.scene), "output": str(run), "device": args.device}
     cfg = apply_overrides(cfg, {**values, "teachers": {"kind": "none"}}, "bench_real")
+    cfg = dataclasses.replace(cfg, chosen=tuple(overrides))  # a variant's values stand against [unbounded]
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()

@@ -96,6 +96,7 @@ def bench_training(args: Args, device: torch.device) -> dict:
     overrides = parse_overrides(args.set)
     # the learning-rate schedule runs over the whole curve (it ends at the last mark)
     cfg = apply_overrides(cfg, {**overrides, "max_minutes": max(args.marks) / 60.0, "steps": 10**9}, "--set")
+    cfg = dataclasses.replace(cfg, chosen=tuple(overrides))
     scene = scene_of(dataclasses.replace(cfg, scene=args.scene))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -355,3 +355,40 @@ def test_run_prepares_a_folder_of_photos_into_the_run_then_trains_on_it(rendered
     assert main([*args, "--device", "cpu"]) == 0  # again: the scene is kept, nothing is redone
     said = capsys.readouterr()
     assert "is prepared already" in said.out + said.err
+
+
+def test_bench_reprojection_measures_the_models_errors_and_how_far_a_refilter_moves_its_cameras(prepared, tmp_path):
+    """scripts/bench_reprojection.py: its per-observation errors average per point to COLMAP's own; a refilter at a
+    tenth of the largest error leaves fewer observations, none above it, and gives a camera motion it measures
+    after a similarity alignment (a scaled, turned, moved copy of the cameras counts as not moved)."""
+    import importlib.util
+
+    import pycolmap
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_reprojection.py"
+    spec = importlib.util.spec_from_file_location("bench_reprojection", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+
+    model = prepared / "sparse" / "0"
+    rec = pycolmap.Reconstruction(model)
+    errors, ids = bench.observation_errors(rec)
+    per_point = np.bincount(ids, errors) / np.maximum(np.bincount(ids), 1)  # COLMAP keeps each track's mean error
+    stored = np.array([rec.points3D[i].error for i in np.unique(ids)])
+    np.testing.assert_allclose(per_point[np.unique(ids)], stored, rtol=1e-3, atol=1e-4)
+    cut = float(np.percentile(errors, 90))
+    got = bench.main(bench.Args(model=model, refilter=cut, out=tmp_path / "r.json"))["rows"]
+    after = got[f"refiltered at {cut:g} px"]
+    assert got["model"]["colmap_mean_px"] == pytest.approx(rec.compute_mean_reprojection_error(), abs=1e-3)
+    assert after["observations"] < got["model"]["observations"] and after["p99_px"] <= cut + 1e-6
+    assert 0 <= after["cameras_moved_median"] <= after["cameras_moved_max"] < 0.05
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(12, 3))
+    turn = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    turn *= np.sign(np.linalg.det(turn))
+    assert bench.aligned_motion(centres, 2.5 * centres @ turn.T + 1.0).max() < 1e-9
+    moved = centres.copy()
+    moved[0] += 1.0
+    assert bench.aligned_motion(centres, moved).max() > 0.01

@@ -79,6 +79,9 @@ def test_the_unbounded_table_is_taken_only_where_the_config_keeps_the_presets_va
     assert cfg.sampler == "grid" and cfg.n_levels == 6 and cfg.roi_scale == table["roi_scale"]
     assert not any(line.startswith(("sampler", "n_levels ")) for line in taken)
     assert for_unbounded(resolve_base("tiny", None)) == (resolve_base("tiny", None), [])  # no table: nothing
+    cpu = resolve_base("cpu", None)  # bounded scenes train without the distortion loss, unbounded ones with it
+    assert cpu.distortion_weight == 0 and for_unbounded(cpu)[0].distortion_weight > 0
+    assert for_unbounded(dataclasses.replace(cpu, chosen=("distortion_weight",)))[0].distortion_weight == 0
 
 
 def test_a_setting_the_user_chose_stands_even_at_the_presets_own_value(tmp_path):

@@ -584,15 +584,9 @@ def test_the_depth_weight_falls_to_zero_by_depth_until(tmp_path: Path, pycolmap)
 def test_bench_sfm_measures_weight_at_the_point_and_median_depth() -> None:
     """scripts/bench_sfm.py's per-ray measures on packed samples: the weight within 1 and 3 sigma of the point, the
     median depth (where the accumulated weight reaches a half; nan if never) and rays left without samples."""
-    import importlib.util
-    import sys
+    from bench_scripts import load_script
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_sfm.py"
-    spec = importlib.util.spec_from_file_location("bench_sfm", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_sfm")
 
     n = len(T0)
     at_point = _spike(5.0)

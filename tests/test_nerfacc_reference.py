@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import ast
 import collections
-import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from bench_scripts import load_script
 from PIL import Image
 
 from ovseg3d.data import colmap
@@ -22,11 +21,7 @@ from ovseg3d.data.cameras import Cameras, pixel_rays
 from ovseg3d.data.loader import load_scene, split_views
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("nerfacc_reference", ROOT / "scripts" / "nerfacc_reference.py")
-assert _spec is not None and _spec.loader is not None
-ref = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = ref  # dataclasses look their module up there
-_spec.loader.exec_module(ref)
+ref = load_script("nerfacc_reference")
 
 NERF_360_V2 = ROOT / ".nerfacc" / "examples" / "datasets" / "nerf_360_v2.py"
 Rays = collections.namedtuple("Rays", ("origins", "viewdirs"))  # as nerfacc's datasets/utils.py

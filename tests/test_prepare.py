@@ -361,16 +361,10 @@ def test_bench_reprojection_measures_the_models_errors_and_how_far_a_refilter_mo
     """scripts/bench_reprojection.py: its per-observation errors average per point to COLMAP's own; a refilter at a
     tenth of the largest error leaves fewer observations, none above it, and gives a camera motion it measures
     after a similarity alignment (a scaled, turned, moved copy of the cameras counts as not moved)."""
-    import importlib.util
-
     import pycolmap
+    from bench_scripts import load_script
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_reprojection.py"
-    spec = importlib.util.spec_from_file_location("bench_reprojection", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_reprojection")
 
     model = prepared / "sparse" / "0"
     rec = pycolmap.Reconstruction(model)

@@ -364,7 +364,7 @@ def cmd_prepare(args: list[str]) -> int:
 
 
 def cmd_train(args: list[str]) -> int:
-    from ovseg3d.config import TrainConfig, chosen_keys, read_toml, resolve_base
+    from ovseg3d.config import TrainConfig, chosen_keys, resolve_base
     from ovseg3d.pipeline import train
     from ovseg3d.run import load_run_config
 
@@ -381,14 +381,14 @@ def cmd_train(args: list[str]) -> int:
     else:
         base = resolve_base(known.preset, known.config)
     cfg = _parse(TrainConfig, args=args, default=base, prog="ovseg3d train SCENE --output RUN")
+    chosen = chosen_keys(args, known.config)  # by flag or in the --config file
     if not resumed:
-        cfg = dataclasses.replace(cfg, chosen=chosen_keys(args, known.config))
+        cfg = dataclasses.replace(cfg, chosen=chosen)
     # the scene and the run folder are asked for (no scenes/demo -> runs/demo by default); a --config file that
     # names them (a copy of RUN/config.toml) or --resume of a run folder count as giving them
-    in_file = set(read_toml(known.config)) if known.config is not None else set()
-    if not (resumed or _given(args, "--scene") or "scene" in in_file):
+    if not (resumed or "scene" in chosen):
         raise UsageError("give the scene folder: ovseg3d train SCENE --output RUN")
-    if not (_given(args, "--output") or "output" in in_file):
+    if "output" not in chosen:
         raise UsageError(f"give the run folder to write: ovseg3d train {cfg.scene} --output RUN")
     check_writable(cfg.output, "the run folder", "give a writable --output")
     train(cfg)

@@ -218,8 +218,9 @@ def measure(name: str, synth: SynthConfig, args: Args) -> dict:
         synthesize(synth, scene)
     cfg = resolve_base("cpu", None)
     budget = {"steps": args.steps, "max_minutes": 0.0, "distill_steps": args.distill_steps, "distill_minutes": 0.0}
-    cfg = apply_overrides(cfg, budget | training_settings(args), "bench_family")
-    cfg = dataclasses.replace(cfg, chosen=tuple(training_settings(args)))  # --set stands against [unbounded]
+    settings = training_settings(args)
+    cfg = apply_overrides(cfg, budget | settings, "bench_family")
+    cfg = dataclasses.replace(cfg, chosen=tuple(settings))  # --set stands against [unbounded]
     cfg = dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, kind="synthetic"), device=args.device)
     start = time.perf_counter()
     # no export time limit: the figures must not depend on the machine's pace

@@ -189,8 +189,8 @@ def main(args: Args) -> None:
     }
     scenes = {k: v for k, v in known.items() if k in args.scenes}
     preset = resolve_base("cpu" if args.small else args.preset, None)
-    preset = apply_overrides(preset, parse_overrides(list(args.set)), "--set")
-    preset = dataclasses.replace(preset, chosen=tuple(parse_overrides(list(args.set))))
+    overrides = parse_overrides(list(args.set))
+    preset = dataclasses.replace(apply_overrides(preset, overrides, "--set"), chosen=tuple(overrides))
     if args.small:
         scenes = {k: (c, (80, 60), 16) for k, (c, _, _) in scenes.items()}
     clip, dino = real_models(root, args.small) if not args.skip_real_teachers else (None, None)

@@ -55,17 +55,26 @@ def summary(rec) -> dict[str, float]:  # noqa: ANN001 - a pycolmap.Reconstructio
     """COLMAP's mean (of each point's mean error over its track, what ``prepare`` reports) and the observations'
     own statistics."""
     errors, _ = observation_errors(rec)
-    p50, p90, p99 = np.percentile(errors, [50, 90, 99]) if len(errors) else (0.0, 0.0, 0.0)
+    count = len(errors)
+    if not count:
+        errors = np.zeros(1)  # no observation: zeros, not numpy's warnings
+    p50, p90, p99 = np.percentile(errors, [50, 90, 99])
     return {
         "colmap_mean_px": round(float(rec.compute_mean_reprojection_error()), 3),
-        "observations": int(len(errors)),
-        "mean_px": round(float(errors.mean()) if len(errors) else 0.0, 3),
+        "observations": count,
+        "mean_px": round(float(errors.mean()), 3),
         "median_px": round(float(p50), 3),
         "p90_px": round(float(p90), 3),
         "p99_px": round(float(p99), 3),
-        "above_1px": round(float(np.mean(errors > 1)) if len(errors) else 0.0, 4),
-        "above_2px": round(float(np.mean(errors > 2)) if len(errors) else 0.0, 4),
+        "above_1px": round(float(np.mean(errors > 1)), 4),
+        "above_2px": round(float(np.mean(errors > 2)), 4),
     }
+
+
+def camera_centres(rec, names: list[str]) -> np.ndarray:  # noqa: ANN001 - a pycolmap.Reconstruction
+    """``[N, 3]`` the centres of the images ``names``, in that order."""
+    centres = {im.name: im.projection_center() for im in rec.images.values()}
+    return np.array([centres[n] for n in names])
 
 
 def aligned_motion(before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -83,15 +92,13 @@ def main(args: Args) -> dict:
     rows = {"model": summary(rec)}
     if args.refilter > 0:
         names = sorted(im.name for im in rec.images.values())
-        centres = {im.name: im.projection_center() for im in rec.images.values()}
-        before = np.array([centres[n] for n in names])
+        before = camera_centres(rec, names)
         pycolmap.ObservationManager(rec).filter_all_points3D(args.refilter, 1.5)
         options = pycolmap.BundleAdjustmentOptions()
         options.print_summary = False
         pycolmap.bundle_adjustment(rec, options)
         pycolmap.ObservationManager(rec).filter_all_points3D(args.refilter, 1.5)
-        centres = {im.name: im.projection_center() for im in rec.images.values()}
-        moved = aligned_motion(before, np.array([centres[n] for n in names]))
+        moved = aligned_motion(before, camera_centres(rec, names))
         rows[f"refiltered at {args.refilter:g} px"] = {
             **summary(rec),
             "cameras_moved_median": round(float(np.median(moved)), 6),

@@ -87,13 +87,14 @@ def exported(toy_run, tmp_path_factory):
     """A copy of the toy run with its labelled cloud, features and a relevancy for 'mug' (RUN/export); the toy
     run itself stays without an export. The toy's 600-step field is blurry: the default spread filter would keep
     545 of its 6,900 points, so it is off here. Every pixel is lifted: with the default (--pixel-stride 0) a
-    machine slowed by other work chose stride 2, and a test that compares an export at stride 2 with it failed. Read-only: write into ``exported_copy``."""
+    machine slowed by other work chose stride 2, and a test that compares an export at stride 2 with it failed.
+    Read-only: write into ``exported_copy``."""
     scene, toy = toy_run
 
     def build(root: Path) -> None:
         run = _copy(toy, root / "run")
         args = ["export", str(run), "--device", "cpu", "--queries", "mug", "--features", "--max-spread", "0"]
-        args += ["--pixel-stride", "1"]  # every pixel on any machine (the default's stride follows the machine's pace)
+        args += ["--pixel-stride", "1"]  # every pixel on any machine (the default's stride follows its pace)
         assert main(args) == 0
 
     return scene, _shared(tmp_path_factory, "exported", build) / "run"

@@ -21,7 +21,7 @@ import json
 import re
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -140,35 +140,56 @@ def _mask_inputs(root: Path, images: list[Path], listed: list[Path | None] | Non
         return [m for m in listed or [] if m is not None and m.is_file()]
 
 
-def scene_fingerprint(root: Path | str, colmap_model: Path | str | None = None) -> dict[str, Any]:
-    """What a scene folder's training inputs are, cheaply: its format, number of images, a sha1 over the
-    images' relative paths, sizes and modification times (whole seconds), and a sha1 over the bytes of its
-    pose files (poses_bounds.npy, transforms.json, or the COLMAP model's cameras and images files; the sizes
-    and times of its other files)."""
+def scene_fingerprint(
+    root: Path | str, colmap_model: Path | str | None = None, contents: bool = True, legacy: bool = False
+) -> dict[str, Any]:
+    """What a scene folder's training inputs are: its format, number of images, a sha1 over the bytes of its pose
+    files (poses_bounds.npy, transforms.json, or the COLMAP model's cameras and images files), a cheap sha1 over
+    the relative paths, sizes and modification times (whole seconds) of the images, their masks and the model's
+    other files, and (``contents``) a sha1 over those files' bytes: a copied or cloned scene has new times and
+    the same bytes. ``legacy``: the fingerprint as runs saved it before the bytes were kept (the other files'
+    sizes and times in the pose sha1, no bytes)."""
     root = Path(root)
     fmt, images, masks, poses, others = _scene_inputs(root, colmap_model)
+    files = [*images, *masks] if legacy else [*images, *masks, *others]
     listing = hashlib.sha1()
-    for p in [*images, *masks]:
+    for p in files:
         st = p.stat()
         listing.update(f"{_relative(p, root)}\t{st.st_size}\t{int(st.st_mtime)}\n".encode())
     pose_hash = hashlib.sha1()
     for p in poses:
         pose_hash.update(f"{_relative(p, root)}\n".encode())
         pose_hash.update(p.read_bytes())
-    for p in others:
-        st = p.stat()
-        pose_hash.update(f"{_relative(p, root)}\t{st.st_size}\t{int(st.st_mtime)}\n".encode())
-    return {
+    if legacy:
+        for p in others:
+            st = p.stat()
+            pose_hash.update(f"{_relative(p, root)}\t{st.st_size}\t{int(st.st_mtime)}\n".encode())
+    out = {
         "format": fmt,
         "images": len(images),
         "image_files_sha1": listing.hexdigest(),
         "pose_files": [_relative(p, root) for p in poses],
         "pose_files_sha1": pose_hash.hexdigest(),
     }
+    if contents and not legacy:
+        out["contents_sha1"] = _contents_sha1(files, root)
+    return out
 
 
-def scene_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """How a scene's fingerprint ``now`` differs from the one saved at training, in words."""
+def _contents_sha1(files: list[Path], root: Path) -> str:
+    digest = hashlib.sha1()
+    for p in files:
+        digest.update(f"{_relative(p, root)}\n".encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def scene_changes(saved: dict[str, Any], now: dict[str, Any], contents: Callable[[], str] | None = None) -> list[str]:
+    """How a scene's fingerprint ``now`` differs from the one saved at training, in words. Where only the cheap
+    listing differs and both have the files' bytes (``now``'s, or ``contents()`` read only then), the bytes tell a
+    copy (new times) from a change."""
     if saved.get("format") != now["format"]:
         return [f"its format is now {now['format']}, it was {saved.get('format')}"]
     changes = []
@@ -176,8 +197,13 @@ def scene_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
         changes.append(f"{now['images']} images now, {saved.get('images')} at training")
     if saved.get("pose_files_sha1") != now["pose_files_sha1"]:
         changes.append(f"{' / '.join(now['pose_files']) or 'the pose files'} changed")
-    if saved.get("image_files_sha1") != now["image_files_sha1"] and saved.get("images") == now["images"]:
-        changes.append("image or mask files changed (names, sizes or modification times)")
+    listed = saved.get("image_files_sha1") != now["image_files_sha1"] and saved.get("images") == now["images"]
+    by_bytes = "contents_sha1" in saved and ("contents_sha1" in now or contents is not None)
+    if listed and by_bytes:
+        listed = saved["contents_sha1"] != (now["contents_sha1"] if "contents_sha1" in now else contents())
+    if listed:
+        how = "names, sizes or bytes" if by_bytes else "names, sizes or modification times"
+        changes.append(f"image, mask or model files changed ({how})")
     return changes
 
 
@@ -206,7 +232,9 @@ def check_scene(run: Path, force: bool = False, resume: bool = False) -> None:
     if not isinstance(saved, dict):
         return
     cfg = load_run_config(run)
-    changes = scene_changes(saved, scene_fingerprint(cfg.scene, cfg.colmap_model))
+    legacy = "contents_sha1" not in saved
+    now = scene_fingerprint(cfg.scene, cfg.colmap_model, contents=False, legacy=legacy)
+    changes = scene_changes(saved, now, lambda: scene_fingerprint(cfg.scene, cfg.colmap_model)["contents_sha1"])
     if not changes:
         return
     what = f"the scene {cfg.scene} changed since {run} was trained ({'; '.join(changes)})"

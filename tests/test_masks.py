@@ -239,7 +239,7 @@ def test_a_changed_mask_changes_the_scene_fingerprint(synth: Path, tmp_path: Pat
 
     os.utime(mask, (1, 1))
     assert scene_changes(before, scene_fingerprint(scene)) == [
-        "image or mask files changed (names, sizes or modification times)"
+        "image, mask or model files changed (names, sizes or bytes)"
     ]
 
 

@@ -199,6 +199,27 @@ def test_the_fingerprint_sees_the_pose_files_of_every_format(tmp_path, fmt, pose
     assert any("image" in change for change in scene_changes(saved, scene_fingerprint(scene)))
 
 
+def test_a_copied_scene_is_the_same_scene_and_an_edit_of_the_same_size_is_not(tmp_path, capsys):
+    import os
+
+    scene, run = tmp_path / "scene", tmp_path / "run"
+    assert main(["synth", str(scene), *TINY_SCENE, "--format", "colmap"]) == 0
+    assert _train(scene, run, "--steps", "2", "--teacher", "none") == 0
+    for p in scene.rglob("*"):  # a copy without times kept (cp, git clone): every file newer
+        os.utime(p, (2e9, 2e9))
+    capsys.readouterr()
+    assert main(["eval", str(run), "--device", "cpu", "--no-renders"]) == 0
+    assert "changed" not in capsys.readouterr().err
+    image = sorted((scene / "images").iterdir())[0]
+    data = bytearray(image.read_bytes())
+    data[-20] ^= 0xFF  # one byte of one photo: the same size, and the copy's time
+    image.write_bytes(bytes(data))
+    os.utime(image, (2e9, 2e9))
+    assert main(["eval", str(run), "--device", "cpu", "--no-renders"]) == 2
+    err = _error(capsys)
+    assert "model files changed (names, sizes or bytes)" in err and "sparse/0" not in err
+
+
 def test_run_json_that_is_not_an_object_is_one_line(plain_run, tmp_path, capsys):
     run = _copy(plain_run, tmp_path / "run")
     (run / "run.json").write_text("[1, 2]")

@@ -86,7 +86,9 @@ class ExportOptions:
     min_agreeing: int = 3
     """Keep a pixel's point only if at least this many other views' depth maps agree with it."""
     depth_tolerance: float = 0.005
-    """Relative depth difference under which another view agrees with a point."""
+    """Relative depth difference under which another view agrees with a point. Beyond a contraction's region of
+    interest it grows as the point's distance from the ROI's centre (in ROI radii): the field's steps, and so the
+    depth error of a surface there, grow as its square."""
     relax_below: int = 1000
     """With fewer points than this at the thresholds above (a short run's faint field), the export is made
     again once with them relaxed from the run's own opacities (median-opacity pixels, depths at the middle of
@@ -187,6 +189,20 @@ def spread_limit(points: Tensor, aabb: Tensor, contraction: str, max_spread: flo
     return max_spread * step_scale(points, aabb, contraction)
 
 
+TOLERANCE_POWER = 0.5
+"""How the agreement tolerance grows with the field's step scale beyond the region of interest
+(:func:`agreement_tolerance`)."""
+
+
+def agreement_tolerance(points: Tensor, aabb: Tensor, contraction: str, tolerance: float) -> Tensor:
+    """``[P]`` the relative depth difference under which another view agrees with ``points``: ``tolerance``
+    inside the region of interest; beyond it (with a contraction) the field's steps, and so the depth error of the
+    surface it puts there, grow as ``|x|^2`` while the point's distance from a camera inside grows about as
+    ``|x|``, so the relative tolerance grows as ``|x|`` (the square root of
+    :func:`~ovseg3d.field.space.step_scale`)."""
+    return tolerance * step_scale(points, aabb, contraction).pow(TOLERANCE_POWER)
+
+
 def incidence_cosine(origins: Tensor, dirs: Tensor, depth: Tensor, height: int, width: int) -> Tensor:
     """``[H*W]`` |cos| of the angle between each pixel's ray and the surface its depth map shows there, the
     normal from the pixel's neighbours along each image axis. Only where the surface is smooth: the three points
@@ -255,10 +271,10 @@ def view_colours(image: Tensor, cams: Cameras) -> Tensor:
 
 
 def agreeing_views(
-    points: Tensor, depths: dict[int, Tensor], cameras: Cameras, skip: int, tol: float, batch: int = 0
+    points: Tensor, depths: dict[int, Tensor], cameras: Cameras, skip: int, tol: float | Tensor, batch: int = 0
 ) -> Tensor:
     """``[P]`` how many views (other than ``skip``) see a surface where ``points`` are: projected into the view,
-    its depth map there is within ``tol`` (relative) of the point's distance. A view that sees something
+    its depth map there is within ``tol`` (relative; a float or ``[P]``) of the point's distance. A view that sees something
     nearer (an occluder) or nothing gives no support.
 
     The views are taken in groups of about ``batch`` point-view pairs (0: 2^24 on a GPU; 2^22 on a CPU, whose
@@ -456,7 +472,8 @@ def _lift_views(  # noqa: ANN001
             solid = solid & used
         pixels += solid.sum()
         p = origins[solid] + depths[v][solid, None] * dirs[solid]
-        agree = agreeing_views(p, depths, cams, v, opts.depth_tolerance) >= opts.min_agreeing
+        tol = agreement_tolerance(p, trainer.field.aabb, trainer.field.contraction, opts.depth_tolerance)
+        agree = agreeing_views(p, depths, cams, v, tol) >= opts.min_agreeing
         rays = torch.nonzero(solid)[:, 0][agree]
         value = view_colours(scene.images[v].to(trainer.device), cams)[rays]
         clock["agreement"] += _lap(start, trainer.device)

@@ -75,6 +75,18 @@ def test_the_spread_limit_grows_beyond_the_region_of_interest_as_the_fields_step
     assert torch.allclose(unbounded, torch.tensor([0.08, 0.08, 0.08 * 9, 0.08 * 100]))
 
 
+def test_the_agreement_tolerance_grows_beyond_the_region_of_interest_as_a_far_points_depth_error():
+    from ovseg3d.export import agreement_tolerance
+
+    aabb = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
+    points = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.9, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, -10.0]])
+    bounded = agreement_tolerance(points, aabb, "none", 0.005)
+    assert torch.allclose(bounded, torch.full((4,), 0.005))  # a bounded scene: the same tolerance everywhere
+    # steps |x|^2 longer, the point |x| farther: the relative tolerance |x| times the ROI's
+    unbounded = agreement_tolerance(points, aabb, "sphere", 0.005)
+    assert torch.allclose(unbounded, torch.tensor([0.005, 0.005, 0.005 * 3, 0.005 * 10]))
+
+
 def test_agreeing_views_counts_views_whose_depth_matches():
     from ovseg3d.data.cameras import Cameras
 
@@ -102,6 +114,9 @@ def test_agreeing_views_counts_views_whose_depth_matches():
     flat = {0: depths[0], 1: torch.full_like(depths[1], r)}
     below, aside = torch.tensor([[0.0, 0.0, 2.0 - r]]), torch.tensor([[5.0, 0.0, 0.0]])
     assert agreeing_views(torch.cat([below, aside]), flat, cams, skip=0, tol=0.01).tolist() == [1, 0]
+    # a tolerance per point: the same point 3 % nearer than camera 1's surface agrees only under its own 5 %
+    near = torch.tensor([[0.0, 0.0, 2.0 - 0.97 * r]] * 2)
+    assert agreeing_views(near, flat, cams, skip=0, tol=torch.tensor([0.01, 0.05])).tolist() == [0, 1]
     # nothing with a data-dependent size or a value read back: a GPU queues the views without waiting
     points = torch.cat([on_plane, above, below, aside])
     assert not count_syncs(lambda: agreeing_views(points, depths, cams, skip=0, tol=0.01))

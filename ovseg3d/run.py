@@ -196,7 +196,8 @@ def scene_changes(saved: dict[str, Any], now: dict[str, Any], contents: Callable
     if saved.get("images") != now["images"]:
         changes.append(f"{now['images']} images now, {saved.get('images')} at training")
     if saved.get("pose_files_sha1") != now["pose_files_sha1"]:
-        changes.append(f"{' / '.join(now['pose_files']) or 'the pose files'} changed")
+        others = " or the model's other files" if "contents_sha1" not in saved and now["format"] == "colmap" else ""
+        changes.append(f"{' / '.join(now['pose_files']) or 'the pose files'}{others} changed")
     listed = saved.get("image_files_sha1") != now["image_files_sha1"] and saved.get("images") == now["images"]
     by_bytes = "contents_sha1" in saved and ("contents_sha1" in now or contents is not None)
     if listed and by_bytes:

@@ -218,6 +218,15 @@ def test_a_copied_scene_is_the_same_scene_and_an_edit_of_the_same_size_is_not(tm
     assert main(["eval", str(run), "--device", "cpu", "--no-renders"]) == 2
     err = _error(capsys)
     assert "model files changed (names, sizes or bytes)" in err and "sparse/0" not in err
+    # a run saved before the bytes were kept: the model's other files' times were in its pose sha1, and it says so
+    from ovseg3d.run import scene_changes, scene_fingerprint
+
+    legacy = scene_fingerprint(scene, legacy=True)
+    os.utime(scene / "sparse" / "0" / "points3D.bin", (1e9, 1e9))
+    now = scene_fingerprint(scene, contents=False, legacy=True)
+    assert scene_changes(legacy, now) == [
+        "sparse/0/cameras.bin / sparse/0/images.bin or the model's other files changed"
+    ]
 
 
 def test_run_json_that_is_not_an_object_is_one_line(plain_run, tmp_path, capsys):

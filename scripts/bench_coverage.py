@@ -37,6 +37,7 @@ import tyro
 
 from ovseg3d.data.cameras import image_rays, project_points
 from ovseg3d.export import agreeing_views, depth_map, load_export
+from ovseg3d.run import allow_changed_scene
 from ovseg3d.train import load_trainer
 
 
@@ -59,6 +60,8 @@ class Args:
     pictures: Path | None = None
     """Write a picture per view here: confident pixels dark grey, consistent ones light grey, covered ones green."""
     device: str = "auto"
+    force: bool = False
+    """Use the run even if its scene changed since training (``ovseg3d export --force``)."""
     out: Path | None = None
     """JSON to write (default: RUN/coverage.json)."""
 
@@ -90,7 +93,8 @@ def view_coverage(
 
 
 def main(args: Args) -> None:
-    trainer = load_trainer(args.run, args.device)
+    with allow_changed_scene(args.force):
+        trainer = load_trainer(args.run, args.device)
     cloud = load_export(args.cloud or args.run / "export" / "points.npz")
     points = torch.from_numpy(cloud.xyz.astype(np.float32)).to(trainer.device)
     ids = trainer.scene.train_ids

@@ -64,27 +64,16 @@ def test_a_far_wall_seen_one_point_a_voxel_is_fused_on_a_coarser_grid():
     assert len(xyz) - len(on_wall) == len(fine)  # the near square as on the fine grid
 
 
-def test_the_spread_limit_grows_beyond_the_region_of_interest_as_the_fields_steps():
-    from ovseg3d.export import spread_limit
+def test_the_spread_limit_and_the_agreement_tolerance_grow_beyond_the_region_of_interest():
+    from ovseg3d.export import agreement_tolerance, spread_limit
 
     aabb = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
     points = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.9, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, -10.0]])
-    bounded = spread_limit(points, aabb, "none", 0.08)
-    assert torch.allclose(bounded, torch.full((4,), 0.08))  # a bounded scene: the same limit everywhere
-    unbounded = spread_limit(points, aabb, "sphere", 0.08)
-    assert torch.allclose(unbounded, torch.tensor([0.08, 0.08, 0.08 * 9, 0.08 * 100]))
-
-
-def test_the_agreement_tolerance_grows_beyond_the_region_of_interest_as_a_far_points_depth_error():
-    from ovseg3d.export import agreement_tolerance
-
-    aabb = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
-    points = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.9, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, -10.0]])
-    bounded = agreement_tolerance(points, aabb, "none", 0.005)
-    assert torch.allclose(bounded, torch.full((4,), 0.005))  # a bounded scene: the same tolerance everywhere
-    # steps |x|^2 longer, the point |x| farther: the relative tolerance |x| times the ROI's
-    unbounded = agreement_tolerance(points, aabb, "sphere", 0.005)
-    assert torch.allclose(unbounded, torch.tensor([0.005, 0.005, 0.005 * 3, 0.005 * 10]))
+    # the field's steps grow as |x|^2 beyond the ROI: the thinnest surface with them, a far point's relative depth
+    # error (its distance from the cameras growing as |x|) as |x|; a bounded scene: the same value everywhere
+    for fn, base, growth in ((spread_limit, 0.08, [1, 1, 9, 100]), (agreement_tolerance, 0.005, [1, 1, 3, 10])):
+        assert torch.allclose(fn(points, aabb, "none", base), torch.full((4,), base))
+        assert torch.allclose(fn(points, aabb, "sphere", base), base * torch.tensor(growth, dtype=torch.float32))
 
 
 def test_agreeing_views_counts_views_whose_depth_matches():

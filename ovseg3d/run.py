@@ -21,7 +21,7 @@ import json
 import re
 import sys
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -186,10 +186,9 @@ def _contents_sha1(files: list[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
-def scene_changes(saved: dict[str, Any], now: dict[str, Any], contents: Callable[[], str] | None = None) -> list[str]:
-    """How a scene's fingerprint ``now`` differs from the one saved at training, in words. Where only the cheap
-    listing differs and both have the files' bytes (``now``'s, or ``contents()`` read only then), the bytes tell a
-    copy (new times) from a change."""
+def scene_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """How a scene's fingerprint ``now`` differs from the one saved at training, in words. Where the cheap listing
+    differs and both have the files' bytes, the bytes tell a copy (new times) from a change."""
     if saved.get("format") != now["format"]:
         return [f"its format is now {now['format']}, it was {saved.get('format')}"]
     changes = []
@@ -199,9 +198,9 @@ def scene_changes(saved: dict[str, Any], now: dict[str, Any], contents: Callable
         others = " or the model's other files" if "contents_sha1" not in saved and now["format"] == "colmap" else ""
         changes.append(f"{' / '.join(now['pose_files']) or 'the pose files'}{others} changed")
     listed = saved.get("image_files_sha1") != now["image_files_sha1"] and saved.get("images") == now["images"]
-    by_bytes = "contents_sha1" in saved and ("contents_sha1" in now or contents is not None)
+    by_bytes = "contents_sha1" in saved and "contents_sha1" in now
     if listed and by_bytes:
-        listed = saved["contents_sha1"] != (now["contents_sha1"] if "contents_sha1" in now else contents())
+        listed = saved["contents_sha1"] != now["contents_sha1"]
     if listed:
         how = "names, sizes or bytes" if by_bytes else "names, sizes or modification times"
         changes.append(f"image, mask or model files changed ({how})")
@@ -235,7 +234,9 @@ def check_scene(run: Path, force: bool = False, resume: bool = False) -> None:
     cfg = load_run_config(run)
     legacy = "contents_sha1" not in saved
     now = scene_fingerprint(cfg.scene, cfg.colmap_model, contents=False, legacy=legacy)
-    changes = scene_changes(saved, now, lambda: scene_fingerprint(cfg.scene, cfg.colmap_model)["contents_sha1"])
+    if not legacy and now["image_files_sha1"] != saved.get("image_files_sha1"):
+        now = scene_fingerprint(cfg.scene, cfg.colmap_model)  # new times: the bytes tell a copy from a change
+    changes = scene_changes(saved, now)
     if not changes:
         return
     what = f"the scene {cfg.scene} changed since {run} was trained ({'; '.join(changes)})"

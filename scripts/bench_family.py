@@ -47,7 +47,7 @@ from ovseg3d.detect.source import run_detect
 from ovseg3d.export import ExportOptions, LabelledCloud, extract_cloud, load_export
 from ovseg3d.pipeline import run_scene
 from ovseg3d.synth import SynthConfig, synthesize
-from ovseg3d.train import load_trainer
+from ovseg3d.train import Trainer, load_trainer
 
 
 @dataclass
@@ -82,7 +82,9 @@ class Args:
     depth_errors: bool = False
     """Also score the field's depth per true class: over every 4th training view at half size, the share of
     pixels whose opacity reaches the export's 0.9, the median relative error of the median depth against the
-    true depth, and the shares within 0.5 % and 2 % (where the field puts each surface, before any filter)."""
+    true depth, and the shares within 0.5 % and 2 % (where the field puts each surface, before any filter); and what
+    the occupancy grid says at the true surface: the share of its pixels whose cell is marched, and the share whose
+    cell has the field's density but was emptied by the visibility record (``--occ-visibility-eps``)."""
     box_oracle: bool = False
     """Also run ``detect`` on the true surface the training views see (points on the export's voxel grid, true
     classes, each object's points one instance): the mAP that perfect geometry and labels allow, half-seen
@@ -318,10 +320,22 @@ def oracle_row(name: str, args: Args) -> dict:
     return row
 
 
+def grid_cell_state(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat ``[R^3]`` bools of the trainer's occupancy grid: the field's density in the cell is above the grid's
+    threshold (as its last update had it), and the visibility record still lets rays march it."""
+    grid = trainer.grid
+    seen = grid.seen
+    threshold = torch.clamp(grid.occs[seen].mean(), max=trainer.cfg.occ_threshold)
+    eps = trainer.cfg.occ_visibility_eps
+    visible = grid.visibility > eps if eps > 0 else torch.ones_like(seen)
+    return (grid.occs > threshold) & seen, visible
+
+
 def depth_error_row(name: str, args: Args) -> dict:
     """Per true class: opacity and relative depth error of the field's median depth (see ``--depth-errors``)."""
     from ovseg3d.data.cameras import image_rays
     from ovseg3d.export import depth_map
+    from ovseg3d.render.occupancy import OccupancyGrid
     from ovseg3d.synth.raycast import cast_rays
     from ovseg3d.synth.scene import scene_from_json
 
@@ -329,7 +343,9 @@ def depth_error_row(name: str, args: Args) -> dict:
     scene = scene_from_json(json.loads((scene_dir / "scene.json").read_text()))
     trainer = load_trainer(run, "cpu")
     cams = trainer.scene.cameras.scaled(1 / 2)
-    cls_all, err_all, opacity_all = [], [], []
+    cls_all, err_all, opacity_all, marched_all, hidden_all = [], [], [], [], []
+    grid = trainer.grid if isinstance(trainer.grid, OccupancyGrid) else None  # proposals: no grid to ask
+    dense, visible = grid_cell_state(trainer) if grid is not None else (None, None)
     for v in list(trainer.scene.train_ids)[::4]:
         depth, _, opacity = depth_map(trainer, cams, v, 0.0, 0.0)
         origins, dirs = (t.double().numpy() for t in image_rays(cams, v))
@@ -339,7 +355,16 @@ def depth_error_row(name: str, args: Args) -> dict:
         cls_all.append(np.array([scene.primitives[i].cls for i in prim[hit]], dtype=object))
         err_all.append(np.abs(depth.double().numpy()[hit] * norm[hit] - t[hit]) / t[hit])
         opacity_all.append(opacity.numpy()[hit])
+        if grid is None:
+            marched_all.append(np.full(int(hit.sum()), np.nan))
+            hidden_all.append(np.full(int(hit.sum()), np.nan))
+            continue
+        surface = torch.from_numpy(origins[hit] + t[hit, None] * dirs[hit] / norm[hit, None]).float()
+        flat, inside = grid._cell_coords(surface)
+        marched_all.append(grid.query(surface).numpy().astype(np.float64))
+        hidden_all.append((inside & dense[flat] & ~visible[flat]).numpy().astype(np.float64))
     cls, err, opacity = np.concatenate(cls_all), np.concatenate(err_all), np.concatenate(opacity_all)
+    marched, hidden = np.concatenate(marched_all), np.concatenate(hidden_all)
     rows = {}
     for c in np.unique(cls):
         m = cls == c
@@ -349,10 +374,17 @@ def depth_error_row(name: str, args: Args) -> dict:
             "median_rel_error": round(float(np.nanmedian(err[m])), 4),
             "within_0.5pct": round(float((err[m] <= 0.005).mean()), 3),
             "within_2pct": round(float((err[m] <= 0.02).mean()), 3),
+            "grid_marched_at_surface": None if grid is None else round(float(marched[m].mean()), 3),
+            "grid_emptied_by_visibility": None if grid is None else round(float(hidden[m].mean()), 3),
         }
-    print(f"{name} field depth per class (opaque / median relative error / within 2 %):")
+    print(f"{name} field depth per class (opaque / median relative error / within 2 % / grid marched at the true")
+    print("  surface / emptied there by the visibility record though the field has density):")
     for c, r in rows.items():
-        print(f"  {c:<12} {r['opaque']:.2f} / {r['median_rel_error']:.3f} / {r['within_2pct']:.2f}")
+        cells = [r["grid_marched_at_surface"], r["grid_emptied_by_visibility"]]
+        print(
+            f"  {c:<12} {r['opaque']:.2f} / {r['median_rel_error']:.3f} / {r['within_2pct']:.2f} / "
+            + " / ".join("-" if x is None else f"{x:.2f}" for x in cells)
+        )
     return rows
 
 

@@ -320,15 +320,12 @@ def oracle_row(name: str, args: Args) -> dict:
     return row
 
 
-def grid_cell_state(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat ``[R^3]`` bools of the trainer's occupancy grid: the field's density in the cell is above the grid's
-    threshold (as its last update had it), and the visibility record still lets rays march it."""
+def dense_cells(trainer: Trainer) -> torch.Tensor:
+    """Flat ``[R^3]`` bools: the cells of the trainer's occupancy grid whose remembered step opacity is above the
+    grid's threshold (capped at the mean, as its updates set it), whether or not the grid marches them."""
     grid = trainer.grid
-    seen = grid.seen
-    threshold = torch.clamp(grid.occs[seen].mean(), max=trainer.cfg.occ_threshold)
-    eps = trainer.cfg.occ_visibility_eps
-    visible = grid.visibility > eps if eps > 0 else torch.ones_like(seen)
-    return (grid.occs > threshold) & seen, visible
+    threshold = torch.clamp(grid.occs[grid.seen].mean(), max=trainer.cfg.occ_threshold)
+    return (grid.occs > threshold) & grid.seen
 
 
 def depth_error_row(name: str, args: Args) -> dict:
@@ -345,7 +342,7 @@ def depth_error_row(name: str, args: Args) -> dict:
     cams = trainer.scene.cameras.scaled(1 / 2)
     cls_all, err_all, opacity_all, marched_all, hidden_all = [], [], [], [], []
     grid = trainer.grid if isinstance(trainer.grid, OccupancyGrid) else None  # proposals: no grid to ask
-    dense, visible = grid_cell_state(trainer) if grid is not None else (None, None)
+    dense = dense_cells(trainer) if grid is not None else None
     for v in list(trainer.scene.train_ids)[::4]:
         depth, _, opacity = depth_map(trainer, cams, v, 0.0, 0.0)
         origins, dirs = (t.double().numpy() for t in image_rays(cams, v))
@@ -355,16 +352,15 @@ def depth_error_row(name: str, args: Args) -> dict:
         cls_all.append(np.array([scene.primitives[i].cls for i in prim[hit]], dtype=object))
         err_all.append(np.abs(depth.double().numpy()[hit] * norm[hit] - t[hit]) / t[hit])
         opacity_all.append(opacity.numpy()[hit])
-        if grid is None:
-            marched_all.append(np.full(int(hit.sum()), np.nan))
-            hidden_all.append(np.full(int(hit.sum()), np.nan))
-            continue
-        surface = torch.from_numpy(origins[hit] + t[hit, None] * dirs[hit] / norm[hit, None]).float()
-        flat, inside = grid._cell_coords(surface)
-        marched_all.append(grid.query(surface).numpy().astype(np.float64))
-        hidden_all.append((inside & dense[flat] & ~visible[flat]).numpy().astype(np.float64))
+        if grid is not None:  # the cell at the true surface: marched, or dense but not marched (the record's doing)
+            surface = torch.from_numpy(origins[hit] + t[hit, None] * dirs[hit] / norm[hit, None]).float()
+            flat, inside = grid._cell_coords(surface)
+            marched = inside & grid.binaries.view(-1)[flat]
+            marched_all.append(marched.numpy())
+            hidden_all.append((inside & dense[flat] & ~marched).numpy())
     cls, err, opacity = np.concatenate(cls_all), np.concatenate(err_all), np.concatenate(opacity_all)
-    marched, hidden = np.concatenate(marched_all), np.concatenate(hidden_all)
+    if grid is not None:
+        marched, hidden = np.concatenate(marched_all), np.concatenate(hidden_all)
     rows = {}
     for c in np.unique(cls):
         m = cls == c

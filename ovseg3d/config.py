@@ -284,8 +284,10 @@ class TrainConfig:
     """Save a checkpoint every N steps (and at the end)."""
     log_every: int = 25
     """Append a line to RUN/log.jsonl every N steps."""
-    eval_chunk: int = 8192
-    """Rays per chunk when rendering images."""
+    eval_chunk: int = 0
+    """Rays per chunk when rendering images, exports and detection's views (0: 8,192 on a CPU, whose caches want
+    small chunks; 32,768 on a GPU, nerfstudio's chunk: a chunk launches the same few hundred kernels whatever its
+    size, so on a GPU small chunks wait on launches)."""
 
     # distillation of the 2D teachers (after the geometry stage; needs --teacher clip|synthetic)
     distill_steps: int = 600
@@ -377,6 +379,12 @@ class TrainConfig:
         default_factory=lambda: TeacherConfig(kind="auto")
     )
 
+    def render_chunk(self, device_type: str) -> int:
+        """Rays per chunk of a render on a device of type ``device_type`` (``--eval-chunk``, or its default)."""
+        if self.eval_chunk > 0:
+            return self.eval_chunk
+        return GPU_EVAL_CHUNK if device_type == "cuda" else CPU_EVAL_CHUNK
+
     def field_config(self) -> FieldConfig:
         scale = math.exp(math.log(self.max_resolution / self.base_resolution) / max(1, self.n_levels - 1))
         grid = HashGridConfig(
@@ -386,6 +394,10 @@ class TrainConfig:
             grid, self.hidden_dim, self.geo_feat_dim, self.color_hidden_dim, self.sh_degree, self.appearance_dim
         )
 
+
+CPU_EVAL_CHUNK = 8192
+GPU_EVAL_CHUNK = 32768
+"""--eval-chunk 0's rays per render chunk on a CPU and on a GPU (:meth:`TrainConfig.render_chunk`)."""
 
 _RUN_KEYS = ("scene", "output", "preset", "config", "resume")
 

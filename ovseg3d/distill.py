@@ -370,8 +370,9 @@ class Distiller:
         origins, dirs = image_rays(cams, idx)
         cam = torch.full((len(dirs),), idx, dtype=torch.long, device=self.device)
         chunks = []
-        for s in range(0, len(dirs), self.cfg.eval_chunk):
-            sl = slice(s, s + self.cfg.eval_chunk)
+        chunk = self.cfg.render_chunk(self.device.type)
+        for s in range(0, len(dirs), chunk):
+            sl = slice(s, s + chunk)
             z = self.render_latent(cams, cam[sl], origins[sl], dirs[sl], near_far)
             chunks.append(F.normalize(self.field.decode(z).clip, dim=-1))
         return torch.cat(chunks).view(cameras.height, cameras.width, -1)

@@ -168,7 +168,15 @@ def depth_map(  # noqa: ANN001
     near, far = trainer.ray_limits(cams, scene.near_far, cam, dirs)
     trainer.field.eval()
     depth, opacity, spread = render_median_depth(
-        trainer.field, trainer.grid, origins, dirs, trainer.opts, near, far, trainer.cfg.eval_chunk, relative
+        trainer.field,
+        trainer.grid,
+        origins,
+        dirs,
+        trainer.opts,
+        near,
+        far,
+        trainer.cfg.render_chunk(trainer.device.type),
+        relative,
     )
     solid = opacity >= min_opacity
     if max_spread > 0:
@@ -519,7 +527,7 @@ def _lap(start: float, device: torch.device) -> float:
 @torch.no_grad()
 def pixel_latents(distiller, cams: Cameras, view: int, origins: Tensor, dirs: Tensor, near_far) -> Tensor:  # noqa: ANN001
     """``[R, L]`` rendered semantic latents of rays of camera ``view`` (as ``ovseg3d render`` renders them)."""
-    chunk = distiller.cfg.eval_chunk
+    chunk = distiller.cfg.render_chunk(origins.device.type)
     out = [origins.new_zeros(0, distiller.cfg.latent_dim)]
     for s in range(0, len(origins), chunk):
         o, d = origins[s : s + chunk], dirs[s : s + chunk]

@@ -30,7 +30,7 @@ import torch
 
 from ovseg3d import __version__
 from ovseg3d.atomic import remove_dead_files, replacing, write_json
-from ovseg3d.config import ConfigError, TrainConfig, apply_overrides, read_toml
+from ovseg3d.config import CPU_EVAL_CHUNK, ConfigError, TrainConfig, apply_overrides, read_toml
 from ovseg3d.errors import UsageError
 
 RUN_FORMAT = 1
@@ -270,6 +270,8 @@ _BEFORE_FIELD = {
 def load_run_config(run: Path) -> TrainConfig:
     try:
         values = {**_BEFORE_FIELD, **read_toml(run / "config.toml")}
+        if values.get("eval_chunk") == CPU_EVAL_CHUNK and "eval_chunk" not in values.get("chosen", ()):
+            values["eval_chunk"] = 0  # saved as the default before it followed the device: it follows it now
         return apply_overrides(TrainConfig(), values, run / "config.toml")
     except ConfigError as exc:
         raise RunError(str(exc)) from None

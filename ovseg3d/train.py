@@ -548,7 +548,15 @@ class Trainer:
         cam = torch.full((len(dirs),), idx, dtype=torch.long, device=self.device)
         near, far = self.ray_limits(cams, near_far, cam, dirs)
         out = render_image_rays(
-            self.field, self.grid, origins, dirs, self.opts, self.cfg.eval_chunk, near, far, max_per_ray
+            self.field,
+            self.grid,
+            origins,
+            dirs,
+            self.opts,
+            self.cfg.render_chunk(self.device.type),
+            near,
+            far,
+            max_per_ray,
         )
         h, w = cameras.height, cameras.width
         return RenderOutput(out.rgb.view(h, w, 3), out.depth.view(h, w), out.opacity.view(h, w), out.n_samples)
@@ -585,13 +593,14 @@ def _option(name: str) -> str:
 # option -> (lowest, highest, whether the lowest is allowed); None: no bound on that side
 _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     **{k: (1, None, True) for k in ("steps", "distill_steps", "rays_per_step", "checkpoint_every", "log_every")},
-    **{k: (1, None, True) for k in ("eval_chunk", "render_steps", "occ_resolution", "occ_update_every")},
+    **{k: (1, None, True) for k in ("render_steps", "occ_resolution", "occ_update_every")},
     **{k: (1, None, True) for k in ("holdout_every", "n_levels", "base_resolution", "hidden_dim", "color_hidden_dim")},
     **{k: (1, None, True) for k in ("latent_dim", "sem_levels", "sem_rays", "sem_max_resolution", "fda_stride")},
     **{k: (1, 30, True) for k in ("log2_hashmap_size", "sem_log2_hashmap_size")},
     "sh_degree": (1, 4, True),
     "fda_patch_size": (2, None, True),
     **{k: (0, None, True) for k in ("max_minutes", "distill_minutes", "threads", "downscale", "max_long_side")},
+    "eval_chunk": (0, None, True),
     **{k: (0, None, True) for k in ("geo_feat_dim", "appearance_dim", "target_samples", "max_samples_per_ray")},
     **{
         k: (0, None, True)

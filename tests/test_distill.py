@@ -136,6 +136,46 @@ def test_a_run_saved_before_the_weight_power_field_keeps_its_plain_weights(disti
     assert load_run_config(old).coverage_weights is False
 
 
+def test_a_run_saved_with_the_old_fixed_render_chunk_follows_the_device_unless_it_was_chosen(distilled, tmp_path):
+    from ovseg3d.config import CPU_EVAL_CHUNK, GPU_EVAL_CHUNK
+    from ovseg3d.run import load_run_config
+
+    _, run = distilled
+    text = [x for x in (run / "config.toml").read_text().splitlines() if not x.startswith(("eval_chunk", "chosen"))]
+    for chosen, expected in (("[]", GPU_EVAL_CHUNK), ('["eval_chunk"]', CPU_EVAL_CHUNK)):
+        old = tmp_path / f"old{len(chosen)}"
+        old.mkdir()
+        (old / "config.toml").write_text("\n".join([f"eval_chunk = {CPU_EVAL_CHUNK}", f"chosen = {chosen}", *text]))
+        assert load_run_config(old).render_chunk("cuda") == expected
+
+
+def test_count_ops_counts_an_export_as_a_gpu_runs_it_and_leaves_the_run_alone(distilled, tmp_path, capsys):
+    from bench_scripts import load_script
+
+    from ovseg3d.config import TrainConfig
+    from ovseg3d.field.hashgrid import TorchHashGrid
+
+    count_ops = load_script("count_ops")
+    _, run = distilled
+    before = sorted(p.name for p in run.iterdir())
+    records = {}
+    for path in ("gpu", "cpu"):
+        out = tmp_path / f"{path}.json"
+        flags = ["--pixel-stride", "4", "--json", str(out)] + (["--cpu-path"] if path == "cpu" else [])
+        assert count_ops.main(["export", str(run), *flags]) == 0
+        records[path] = json.loads(out.read_text())
+    assert sorted(p.name for p in run.iterdir()) == before  # the cloud went to a temporary folder
+    gpu, cpu = records["gpu"], records["cpu"]
+    assert gpu["path"] == "GPU" and gpu["ops"] > 0 and gpu["ops"] == sum(gpu["ops_by_function"].values())
+    assert any(where.startswith("ovseg3d/export.py") for where in gpu["ops_by_function"])
+    # the CPU's ways cut the hash grids' work into more ops: the two paths are told apart
+    assert cpu["ops"] != gpu["ops"]
+    assert "kernel-launching ops" in capsys.readouterr().out
+    # and nothing stays patched after it
+    assert TrainConfig().render_chunk("cpu") == 8192
+    assert TorchHashGrid.__init__.__name__ == "__init__"
+
+
 def test_semantic_weights_let_the_surface_outweigh_the_haze_in_front_of_it():
     """Ray 0: five samples of faint haze (weight 0.05 each), then a surface (0.6). Ray 1: one sample."""
     import torch

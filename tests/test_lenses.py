@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
 from ovseg3d.data.lenses import (
     LENS_FISHEYE,
     LENS_OPENCV,
@@ -17,6 +18,7 @@ from ovseg3d.data.lenses import (
     project,
     unproject,
 )
+from ovseg3d.syncs import count_ops, count_syncs
 
 FX, FY, CX, CY, W, H = 500.0, 480.0, 320.0, 240.0, 640, 480
 OPENCV_5 = [-0.28, 0.09, 0.0012, -0.0008, -0.015, 0.0, 0.0, 0.0]  # k1 k2 p1 p2 k3 (a strong wide-angle lens)
@@ -322,3 +324,66 @@ def test_matches_opencv():
     ref_d = cv2.fisheye.distortPoints(ref.reshape(-1, 1, 2), eye, d_fish).reshape(-1, 2)
     out = distort(torch.from_numpy(ref), torch.tensor(LENS_FISHEYE), torch.tensor(FISHEYE, dtype=torch.float64))
     np.testing.assert_allclose(out.numpy(), ref_d, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------- the pixel-centre table
+
+
+def lens_cameras(n: int = 6, fisheye_every: int = 0, w: int = 64, h: int = 48) -> Cameras:
+    """``n`` cameras of one OpenCV lens (every ``fisheye_every``-th a fisheye one, with other intrinsics)."""
+    g = torch.Generator().manual_seed(5)
+    c2w = torch.cat([torch.eye(3).expand(n, 3, 3), torch.randn(n, 3, 1, generator=g)], 2)
+    scale = w / W
+    fx, fy = torch.full((n,), FX * scale), torch.full((n,), FY * scale)
+    kinds, coeffs = torch.full((n,), LENS_OPENCV), torch.tensor(OPENCV_5).repeat(n, 1)
+    if fisheye_every:
+        kinds[::fisheye_every], coeffs[::fisheye_every] = LENS_FISHEYE, torch.tensor(FISHEYE)
+        fx[::fisheye_every] *= 0.8
+    return Cameras(c2w, fx, fy, torch.full((n,), w / 2), torch.full((n,), h / 2), w, h, kinds, coeffs)
+
+
+def random_pixels(cams: Cameras, n: int = 4000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(6)
+    cam = torch.randint(0, len(cams), (n,), generator=g)
+    return cam, torch.randint(0, cams.width, (n,), generator=g), torch.randint(0, cams.height, (n,), generator=g)
+
+
+def newton_only(cams: Cameras) -> Cameras:
+    """The same cameras without the table: every batch of rays through the lens's Newton iterations."""
+    plain = Cameras(cams.c2w, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height, cams.lens, cams.coeffs)
+    plain._table_tried = True
+    return plain
+
+
+@pytest.mark.parametrize("fisheye_every", [0, 3])
+def test_pixel_centre_rays_through_a_lens_read_the_table_and_equal_newtons(fisheye_every):
+    cams = lens_cameras(fisheye_every=fisheye_every)
+    cam, u, v = random_pixels(cams)
+    origins, dirs = pixel_rays(cams, cam, u, v)
+    table, group = cams.pixel_table()
+    assert table.shape == (2 if fisheye_every else 1, cams.height, cams.width, 3)
+    assert len(torch.unique(group)) == len(table)
+    expected = pixel_rays(newton_only(cams), cam, u, v)
+    assert torch.equal(dirs, expected[1]) and torch.equal(origins, expected[0])
+    # once built, a batch of pixel centres makes no read back and runs the lens's code no more
+    counts = count_ops(lambda: pixel_rays(cams, cam, u, v))
+    assert not [where for where in counts if "lenses.py" in where]
+    assert not count_syncs(lambda: pixel_rays(cams, cam, u, v))
+    # whole images too (row-major, as a render asks for them)
+    assert torch.equal(image_rays(cams, 1)[1], image_rays(newton_only(cams), 1)[1])
+
+
+def test_jittered_rays_and_pinholes_and_big_tables_go_through_the_lens(monkeypatch):
+    cams = lens_cameras()
+    cam, u, v = random_pixels(cams, 500)
+    torch.manual_seed(0)
+    jittered = pixel_rays(cams, cam, u, v, jitter=True)[1]
+    torch.manual_seed(0)
+    assert torch.equal(jittered, pixel_rays(newton_only(cams), cam, u, v, jitter=True)[1])
+    assert not torch.equal(jittered, pixel_rays(cams, cam, u, v)[1])  # not the centres'
+    pinhole = Cameras(cams.c2w, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height)
+    assert pinhole.pixel_table() is None
+    monkeypatch.setattr("ovseg3d.data.cameras.LENS_TABLE_BYTES", cams.width * cams.height * 3 * 4 - 1)
+    big = lens_cameras()
+    assert big.pixel_table() is None  # over the memory it may keep: Newton for every batch, the same rays
+    assert torch.equal(pixel_rays(big, cam, u, v)[1], pixel_rays(newton_only(cams), cam, u, v)[1])

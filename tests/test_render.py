@@ -124,6 +124,23 @@ def test_render_image_rays_with_a_sample_cap_marches_fewer_samples_and_renders_a
     assert (capped.rgb - full.rgb).abs().max() < 0.05
 
 
+def test_a_render_is_the_same_whatever_its_chunk_and_a_gpu_takes_bigger_chunks():
+    from ovseg3d.config import CPU_EVAL_CHUNK, GPU_EVAL_CHUNK, TrainConfig
+
+    cfg = TrainConfig()
+    assert cfg.render_chunk("cpu") == CPU_EVAL_CHUNK and cfg.render_chunk("cuda") == GPU_EVAL_CHUNK > CPU_EVAL_CHUNK
+    assert TrainConfig(eval_chunk=1000).render_chunk("cuda") == 1000  # --eval-chunk stands on any device
+    torch.manual_seed(0)
+    aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1])
+    field = RadianceField(aabb, FieldConfig(HashGridConfig(4, 2, 12, 4, 2.0), 16, 7, 16, 2))
+    grid = OccupancyGrid(aabb, resolution=8)
+    origins = torch.tensor([[0.0, 0.0, -3.0]]).expand(300, 3) + torch.randn(300, 3) * 0.1
+    dirs = torch.nn.functional.normalize(torch.randn(300, 3) * 0.2 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    opts = RenderOptions(step_size=2 * math.sqrt(3) / 64)
+    small, whole = (render_image_rays(field, grid, origins, dirs, opts, chunk=c) for c in (64, 300))
+    assert torch.allclose(small.rgb, whole.rgb, atol=1e-6) and small.n_samples == whole.n_samples
+
+
 def test_spherical_harmonics_are_orthonormal():
     d = torch.randn(200000, 3, dtype=torch.float64)
     d = d / d.norm(dim=-1, keepdim=True)

@@ -293,6 +293,7 @@ def test_resume_refuses_settings_it_would_ignore(plain_run, scene, tmp_path, cap
         (("--log-every", "0"), "--log-every 0"),
         (("--steps", "-1"), "--steps -1"),
         (("--lr", "0"), "--lr 0"),
+        (("--eval-chunk", "-1"), "--eval-chunk -1"),
     ],
 )
 def test_bad_options_fail_before_anything_is_written(scene, tmp_path, capsys, flags, named):

@@ -117,6 +117,8 @@ class RenderClassifier(ViewClassifier):
         rays = [image_rays(cameras, v) for v in range(self.n_views)]
         origins, dirs = torch.cat([o for o, _ in rays]), torch.cat([d for _, d in rays])
         near, far = sphere_limits(origins, dirs, center, radius)
-        out = render_image_rays(geo.field, geo.grid, origins, dirs, geo.opts, geo.cfg.eval_chunk, near, far)
+        out = render_image_rays(
+            geo.field, geo.grid, origins, dirs, geo.opts, geo.cfg.render_chunk(geo.device.type), near, far
+        )
         renders = out.rgb.view(self.n_views, self.size, self.size, 3)
         return (renders.clamp(0, 1) * 255).round().to(torch.uint8).cpu()

@@ -142,6 +142,11 @@ class Cameras:
         )
 
     def to(self, device: torch.device | str) -> Cameras:
+        """These cameras on ``device``: themselves where they are there already (a render per view keeps their
+        :meth:`pixel_table`, built once)."""
+        tensors = [self.c2w, self.fx, self.fy, self.cx, self.cy, self.lens, self.coeffs]
+        if all(t is None or t.device == torch.device(device) for t in tensors):
+            return self
         return Cameras(
             self.c2w.to(device),
             self.fx.to(device),

@@ -228,6 +228,13 @@ def test_dense_teacher_cache_holds_one_scale_and_is_told_apart_from_crops(models
     assert feats.clip.shape[3] == 1 and feats.relevancy.shape[3] == 1
     assert feats.meta["settings"]["clip_features"] == "dense" and "clip_scales" not in feats.meta["settings"]
     assert feats.meta["models"]["clip"].startswith("proxyclip(")
+    # one line of where the seconds went, its parts adding up to its total
+    (said,) = [line for line in lines if line.startswith("teachers' seconds: ")]
+    body, total = said.removeprefix("teachers' seconds: ").split("; total ")
+    parts = {name: float(value) for name, value in (part.rsplit(" ", 1) for part in body.split(", "))}
+    assert {"loading the models", "reading the images", "dense CLIP (DINO's pass within it)",
+            "writing the cache"} <= set(parts), said  # fmt: skip
+    assert abs(sum(parts.values()) - float(total)) <= 0.05 * len(parts), said
     # the same cache asked for as crops is stale, and says why
     ensure_features(scene, base, CPU, log=lines.append, notice=None)
     assert any("stale" in line and "clip_features" in line for line in lines)

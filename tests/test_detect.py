@@ -401,6 +401,30 @@ def test_detect_and_eval_on_a_trained_run(exported_copy):
     assert metrics["ap25"]["tissue box"] == 100.0, metrics["ap25"]  # the toy's best segmented object
 
 
+def test_detect_seconds_line_names_loading_and_each_cue():
+    from ovseg3d.detect.source import describe_seconds
+
+    line = describe_seconds(
+        {
+            "load cloud": 0.4,
+            "load CLIP": 3.1,
+            "gravity": 0.3,
+            "instances": 0.5,
+            "boxes": 9.0,
+            "depth-map cue": 2.0,
+            "render cue": 6.0,
+            "total": 13.4,
+        }  # fmt: skip
+    )
+    assert line == (
+        "detect's seconds: loading 3.5 (cloud 0.4, CLIP 3.1), gravity 0.3, instances 0.5, boxes 9.0 (of which "
+        "depth-map cue 2.0, render cue 6.0); total 13.4"
+    )
+    assert describe_seconds({"gravity": 0.1, "instances": 0.2, "boxes": 0.3, "total": 0.6}) == (
+        "detect's seconds: gravity 0.1, instances 0.2, boxes 0.3; total 0.6"
+    )
+
+
 def test_ring_cameras_frame_the_sphere_and_rays_are_limited_to_it():
     from ovseg3d.data.cameras import image_rays
     from ovseg3d.detect.rgbviews import ring_cameras, sphere_limits
@@ -440,8 +464,15 @@ def test_render_cue_names_a_trained_runs_instances(exported, tmp_path):
     assert (
         main([*args, "--background", "--min-score", "0", "--output", str(tmp_path / "d.json"), "--device", "cpu"]) == 0
     )
-    boxes = json.loads((tmp_path / "d.json").read_text())["boxes"]
+    written = json.loads((tmp_path / "d.json").read_text())
+    boxes = written["boxes"]
     assert boxes and all("render" in b["cues"] and "depth" not in b["cues"] for b in boxes)
+    # where the seconds went: loading the cloud, CLIP and the field, and the render cue's share of the boxes
+    sec = written["seconds"]
+    assert {"load cloud", "load CLIP", "load field", "render cue"} <= set(sec) and "depth-map cue" not in sec
+    assert 0 < sec["render cue"] <= sec["boxes"]
+    parts = [v for k, v in sec.items() if k.startswith("load ") or k in ("gravity", "instances", "boxes")]
+    assert sum(parts) <= sec["total"] + 0.01, sec
 
     cloud = load_export(run / "export" / "points.npz")
     points = torch.from_numpy(cloud.xyz[cloud.label == cloud.classes.index("tissue box")]).float()

@@ -227,6 +227,7 @@ class InstanceClassifier:
         # the labels speak for the vocabulary only when every name is one of the cloud's classes
         self.use_labels = all(c in self.class_index for c in vocabulary)
         self.texts = None
+        self.seconds: dict[str, float] = {}  # each cue's seconds over the instances (its renders, CLIP)
         if text is not None and cloud.feature is not None:
             # on the host: the cues are numpy (the text encoder may run on a GPU)
             self.texts = F.normalize(text.encode_text(vocabulary + self.background).float(), dim=-1).cpu()
@@ -247,12 +248,19 @@ class InstanceClassifier:
             logits = 100.0 * F.normalize(feat, dim=0) @ self.texts.T
             out["feature"] = self._with_background(torch.softmax(logits, 0).numpy().astype(np.float64))
         if self.depth is not None:
+            start = time.perf_counter()
             probs = self.depth.classify(torch.from_numpy(xyz_up[idx]).float(), self.vocabulary + self.prompts)
             out["depth"] = self._with_background(probs.detach().cpu().numpy().astype(np.float64))
+            self._clock("depth-map cue", start)
         if self.render is not None:  # renders are made in the field's (world) frame
+            start = time.perf_counter()
             probs = self.render.classify(torch.from_numpy(self.cloud.xyz[idx]).float(), self.vocabulary + self.prompts)
             out["render"] = self._with_background(probs.detach().cpu().numpy().astype(np.float64))
+            self._clock("render cue", start)
         return out
+
+    def _clock(self, cue: str, start: float) -> None:
+        self.seconds[cue] = self.seconds.get(cue, 0.0) + time.perf_counter() - start
 
 
 def usable_cloud(cloud: LabelledCloud, name: str = "the point cloud", log=print) -> LabelledCloud:  # noqa: ANN001
@@ -475,7 +483,8 @@ def detect(
             continue
         kept.append((det, box))
     t3 = time.perf_counter()
-    seconds = {"gravity": t1 - t0, "instances": t2 - t1, "boxes": t3 - t2, "total": t3 - t0}
+    # "boxes" holds the cues' seconds, which are also given apart
+    seconds = {"gravity": t1 - t0, "instances": t2 - t1, "boxes": t3 - t2, **classifier.seconds, "total": t3 - t0}
     log(
         f"{len(kept)} boxes from {len(proposals)} instances ({len(cloud)} points, up {np.round(up, 3).tolist()}, "
         f"scale {scale.metres_per_unit:.4g} m per scene unit: {scale.describe()})"

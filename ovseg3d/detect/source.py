@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ class Source:
     text: object | None = None
     teachers: object | None = None
     c2w: np.ndarray | None = None  # [N, 3, 4] OpenGL camera-to-world of the run's views
+    seconds: dict[str, float] = field(default_factory=dict)  # what loading took: "cloud", "CLIP"
 
 
 def load_source(path: Path, device: torch.device, log=print) -> Source:  # noqa: ANN001
@@ -44,18 +46,23 @@ def load_source(path: Path, device: torch.device, log=print) -> Source:  # noqa:
     from ovseg3d.run import check_run, load_run_config
     from ovseg3d.teachers.extract import text_encoder
 
+    start = time.perf_counter()
     check_run(path)
     npz = path / "export" / "points.npz"
     if not npz.exists():
         raise MissingFileError(f"{npz}: the run has no exported cloud yet (run: ovseg3d export {path} --features)")
     cloud = usable_cloud(load_export(npz), str(npz), log)
     cfg = load_run_config(path)
+    c2w = read_cameras(cfg.scene).c2w.numpy()
+    seconds = {"cloud": time.perf_counter() - start}
     text = None
     if cloud.feature is not None and cfg.teachers.kind != "none":
+        start = time.perf_counter()
         text = text_encoder(cfg.teachers, device)
+        seconds["CLIP"] = time.perf_counter() - start
     elif cloud.feature is None:
         log("the export has no features (ovseg3d export --features): classes come from the labels alone")
-    return Source(cloud, path, text, cfg.teachers, read_cameras(cfg.scene).c2w.numpy())
+    return Source(cloud, path, text, cfg.teachers, c2w, seconds)
 
 
 def clip_image_encoder(src: Source, clip_model: str, device: torch.device, log=print):  # noqa: ANN001
@@ -123,6 +130,22 @@ def label_from_features(cloud: LabelledCloud, classes: list[str], text, device: 
     )
 
 
+def describe_seconds(seconds: dict[str, float]) -> str:
+    """One line of where a detection's seconds went: loading (the cloud, CLIP, the field), the gravity, the
+    instances, and the boxes with the image cues' share of them (renders and CLIP per instance)."""
+    loads = {k.removeprefix("load "): v for k, v in seconds.items() if k.startswith("load ")}
+    cues = {k: v for k, v in seconds.items() if k.endswith(" cue")}
+    parts = []
+    if loads:
+        inner = ", ".join(f"{k} {v:.1f}" for k, v in loads.items())
+        parts.append(f"loading {sum(loads.values()):.1f} ({inner})")
+    parts += [f"{k} {seconds[k]:.1f}" for k in ("gravity", "instances") if k in seconds]
+    if "boxes" in seconds:
+        inner = ", ".join(f"{k} {v:.1f}" for k, v in cues.items())
+        parts.append(f"boxes {seconds['boxes']:.1f}" + (f" (of which {inner})" if inner else ""))
+    return f"detect's seconds: {', '.join(parts)}; total {seconds.get('total', 0.0):.1f}"
+
+
 def run_detect(
     path: Path,
     opts: DetectOptions,
@@ -136,16 +159,23 @@ def run_detect(
     to write it in), whole or not at all. ``view``: also give each box's azimuth, elevation and in-plane angle
     seen from that training view (ImageNet3D)."""
     device = device or torch.device("cpu")
+    started = time.perf_counter()
     src = load_source(path, device, log)
+    loading = dict(src.seconds)
     hint = camera_up(src.c2w) if src.c2w is not None else None
     depth = render = None
     if opts.depth_classifier or opts.render_classifier:
+        start = time.perf_counter()
         encoder = clip_image_encoder(src, clip_model, device, log)
+        loading["CLIP"] = loading.get("CLIP", 0.0) + time.perf_counter() - start
         if encoder is not None:
             from ovseg3d.detect.depthmaps import DepthMapClassifier
 
             depth = DepthMapClassifier(encoder) if opts.depth_classifier else None
+            start = time.perf_counter()
             render = render_classifier(src, encoder, hint, device) if opts.render_classifier else None
+            if render is not None:
+                loading["field"] = time.perf_counter() - start
     level = src.c2w[:, :, 0] if src.c2w is not None else None
     cloud = src.cloud
     if opts.classes and not cloud.classes and cloud.feature is not None and src.text is not None:
@@ -154,6 +184,9 @@ def run_detect(
             f"the cloud had no classes: its {len(cloud)} points labelled {', '.join(cloud.classes)} from their CLIP features"
         )
     result = detect(cloud, opts, src.text, depth, hint, log, render, level=level)
+    result.seconds = {**{f"load {k}": v for k, v in loading.items()}, **result.seconds}
+    result.seconds["total"] = time.perf_counter() - started
+    log(describe_seconds(result.seconds))
     extra: dict[int, dict[str, float]] = {}
     if view is not None:
         if src.c2w is None or not 0 <= view < len(src.c2w):

@@ -227,13 +227,16 @@ def ensure_features(
             meta = stored
         else:
             say(f"teacher features: rebuilding {path}, which is stale ({reason})")
+    start = time.perf_counter()
     teachers = build_teachers(scene, cfg, device)  # before touching the folder: a failure loses nothing
     dense = dense_encoder(cfg, teachers)  # so are bad window settings, which need the models' patch sizes
+    loading = time.perf_counter() - start
     if meta is None:
         path.mkdir(parents=True, exist_ok=True)
         cache.clear(path)
         meta = cache.new_meta(expected)
-    extract_into(path, scene, cfg, teachers, meta, dense)
+    clock = extract_into(path, scene, cfg, teachers, meta, dense)
+    log(describe_seconds({"models": loading, **clock}, cfg.dense()))
     features = cache.open_features(path)
     write_previews(features, scene)
     return features
@@ -255,10 +258,19 @@ def extract_into(
     teachers: tuple[CropEncoder, PatchEncoder],
     meta: dict[str, Any],
     dense: ProxyClip | None = None,
-) -> None:
+) -> dict[str, float]:
     """Run the teachers over the views not yet in ``meta["done"]``, writing each as it finishes (the CLIP maps from
-    ``dense`` when given, else from crops)."""
+    ``dense`` when given, else from crops); the seconds of each part (:func:`describe_seconds`)."""
     clip, dino = teachers
+    clock = dict.fromkeys(("images", "CLIP", "DINO", "writing"), 0.0)
+    lap = time.perf_counter()
+
+    def tick(part: str) -> None:  # a part ends where its results are on the host: a GPU's queue is drained there
+        nonlocal lap
+        now = time.perf_counter()
+        clock[part] += now - lap
+        lap = now
+
     text = clip.encode_text(scene.classes) if scene.classes else torch.zeros(0, clip.embedding_dim)
     np.save(path / "text.npy", text.numpy().astype(np.float32))
     src_w, src_h = meta["source_size"]
@@ -272,7 +284,9 @@ def extract_into(
     per_view, unit = (dense.windows(src_w, src_h), "window") if dense else (count_crops(src_w, src_h, cfg), "crop")
     with tqdm(total=len(todo) * per_view, unit=unit, desc=f"{cfg.kind} teacher") as bar:
         for i in todo:
+            lap = time.perf_counter()
             view = teacher_view(scene, i, cfg)
+            tick("images")
             if dense is not None:
                 feats = dense.encode_view(view, (rel_w, rel_h), bar.update)  # [1, h, w, D]
             else:
@@ -282,7 +296,9 @@ def extract_into(
             rel = class_relevancy(feats, text_on[feats.device]).cpu()  # [S, h, w, C]
             feats = shrink_features(feats, out_w, out_h).cpu()  # the view's one copy back
             reused = dense.fda_patches(view) if dense is not None else None
+            tick("CLIP")
             patches = reused if reused is not None else dino.encode_patches(view)  # [hd, wd, Dd]
+            tick("DINO")
             if arrays is None:
                 n, s = len(scene), feats.shape[0]
                 arrays = cache.create_arrays(
@@ -302,9 +318,21 @@ def extract_into(
                 a.flush()
             meta["done"] = sorted([*meta["done"], i])
             cache.write_meta(path, meta)
+            tick("writing")
     meta["complete"] = True
     meta["seconds"] = round(meta.get("seconds", 0.0) + time.perf_counter() - start, 2)
     cache.write_meta(path, meta)
+    return clock
+
+
+def describe_seconds(seconds: dict[str, float], dense: bool) -> str:
+    """One line of where the teachers' seconds went: loading the models, reading the images, CLIP (with DINO's
+    image-wide pass where the dense maps made it and FDA reuses it), DINO on its own, writing the cache."""
+    names = {"models": "loading the models", "images": "reading the images", "writing": "writing the cache"}
+    if dense:
+        names["CLIP"] = "dense CLIP (DINO's pass within it)"
+    parts = [f"{names.get(k, k)} {v:.1f}" for k, v in seconds.items() if k != "DINO" or v > 0.0]
+    return f"teachers' seconds: {', '.join(parts)}; total {sum(seconds.values()):.1f}"
 
 
 def shrink_features(features: Tensor, width: int, height: int) -> Tensor:

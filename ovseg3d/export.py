@@ -156,12 +156,19 @@ class LabelledCloud:
 
 
 def depth_map(  # noqa: ANN001
-    trainer, cams: Cameras, view: int, min_opacity: float, max_spread: float = 0.0, relative: bool = False
+    trainer,
+    cams: Cameras,
+    view: int,
+    min_opacity: float,
+    max_spread: float = 0.0,
+    relative: bool = False,
+    out_relative: list[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``[H*W]`` median depth of the rays of camera ``view`` of ``cams`` (the scene's, on the trainer's device,
-    or those scaled to another image size) (:func:`render_median_depth`, ``relative`` passed on), ``nan`` where
-    not solid or, with ``max_spread``, where the ray's weight spreads more than that; how many solid pixels the
-    spread took out (a device scalar: read once for all views); and ``[H*W]`` the rays' opacity."""
+    or those scaled to another image size) (:func:`render_median_depth`, ``relative`` and ``out_relative`` passed
+    on), ``nan`` where not solid or, with ``max_spread``, where the ray's weight spreads more than that; how many
+    solid pixels the spread took out (a device scalar: read once for all views); and ``[H*W]`` the rays'
+    opacity."""
     scene = trainer.scene
     origins, dirs = image_rays(cams, view)
     cam = torch.full((len(dirs),), view, dtype=torch.long, device=trainer.device)
@@ -177,6 +184,7 @@ def depth_map(  # noqa: ANN001
         far,
         trainer.cfg.render_chunk(trainer.device.type),
         relative,
+        out_relative,
     )
     solid = opacity >= min_opacity
     if max_spread > 0:
@@ -434,7 +442,8 @@ def surface_points(
     )
     if stride > 1:
         cams = cams.scaled(1 / stride)
-    xyz, values, n_views, opacity = _lift_views(trainer, opts, cams, views, stride, distiller, log)
+    maps: dict[int, tuple[Tensor, Tensor]] = {} if opts.relax_below > 0 else None  # type: ignore[assignment]
+    xyz, values, n_views, opacity = _lift_views(trainer, opts, cams, views, stride, distiller, log, keep=maps)
     changed: dict[str, float] = {}
     if len(xyz) < opts.relax_below:
         relaxed = relaxed_options(opts, opacity)
@@ -446,7 +455,7 @@ def surface_points(
             f"--min-views {opts.min_views} -> 1, --depth-tolerance {opts.depth_tolerance:g} -> "
             f"{relaxed.depth_tolerance:g} (--relax-below 0: never)"
         )
-        xyz, values, n_views, _ = _lift_views(trainer, relaxed, cams, views, stride, distiller, log, relative=True)
+        xyz, values, n_views, _ = _lift_views(trainer, relaxed, cams, views, stride, distiller, log, reuse=maps)
         changed = {k: v for k, v in vars(relaxed).items() if k != "relax_below" and v != getattr(opts, k)}
         changed["relative_depth"] = True
     rgb = values[:, :3].round().clamp(0, 255).to(torch.uint8)
@@ -455,17 +464,37 @@ def surface_points(
 
 
 def _lift_views(  # noqa: ANN001
-    trainer, opts: ExportOptions, cams: Cameras, views: list[int], stride: int, distiller, log, relative: bool = False
+    trainer,
+    opts: ExportOptions,
+    cams: Cameras,
+    views: list[int],
+    stride: int,
+    distiller,
+    log,
+    keep: dict[int, tuple[Tensor, Tensor]] | None = None,
+    reuse: dict[int, tuple[Tensor, Tensor]] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The body of :func:`surface_points` at one set of thresholds: fused ``xyz``, ``values`` (colour, then the
-    latent), ``views``, and the opacity of every pixel rendered (for :func:`relaxed_options`)."""
+    latent), ``views``, and the opacity of every pixel rendered (for :func:`relaxed_options`). ``keep``: filled
+    with each view's relative median depth and opacity (:func:`render_median_depth`); ``reuse``: such maps, read
+    at ``opts``' opacity instead of rendering again (the relaxed pass, whose spread is not limited)."""
     scene = trainer.scene
     voxel = opts.spacing * trainer.diag
     depths, spread = {}, torch.zeros((), dtype=torch.long, device=trainer.device)
     opacities = []
     clock = {"depth": time.perf_counter()}
-    for v in tqdm(views, desc="depth", unit="view", leave=False):
-        depths[v], dropped, opacity = depth_map(trainer, cams, v, opts.min_opacity, opts.max_spread, relative)
+    for v in tqdm(views, desc="depth", unit="view", leave=False, disable=reuse is not None):
+        if reuse is not None:
+            relative_depth, opacity = reuse[v]
+            depths[v] = torch.where(opacity >= opts.min_opacity, relative_depth, relative_depth.new_tensor(math.nan))
+            opacities.append(opacity)
+            continue
+        chunks: list[Tensor] | None = [] if keep is not None else None
+        depths[v], dropped, opacity = depth_map(
+            trainer, cams, v, opts.min_opacity, opts.max_spread, out_relative=chunks
+        )
+        if keep is not None and chunks is not None:
+            keep[v] = (torch.cat(chunks), opacity)
         spread += dropped
         opacities.append(opacity)
     pts, vals, ids, wide, pixels = [], [], [], [], torch.zeros((), dtype=torch.long, device=trainer.device)
@@ -510,8 +539,13 @@ def _lift_views(  # noqa: ANN001
     if n_spread > n_pixels:
         log("most solid pixels were left out for their spread: the field is blurry; --max-spread 0 keeps them")
     n_rays = len(views) * cams.width * cams.height
+    pace = (
+        "the first pass's, read again"
+        if reuse is not None
+        else f"{n_rays / max(clock['depth'], 1e-9) / 1e3:.0f}k rays/s"
+    )
     log(
-        f"export's seconds: depth maps {clock['depth']:.1f} ({n_rays / max(clock['depth'], 1e-9) / 1e3:.0f}k rays/s), "
+        f"export's seconds: depth maps {clock['depth']:.1f} ({pace}), "
         f"agreement {clock['agreement']:.1f}, semantic field {clock['semantics']:.1f}, fusion {clock['fusion']:.1f}"
     )
     return xyz, values, n_views, torch.cat(opacities)

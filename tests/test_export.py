@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ovseg3d.cli import main
+from ovseg3d.data.loader import load_scene
 from ovseg3d.export import LabelledCloud, agreeing_views, fuse_points, incidence_cosine, load_export, write_ply
 from ovseg3d.syncs import count_syncs
 from ovseg3d.synth import surface_distance
@@ -282,8 +283,22 @@ def test_a_tiny_runs_export_is_not_empty_and_says_what_was_relaxed(tmp_path, cap
         main(["export", str(run), "--device", "cpu", "--relax-below", "0", "--output", str(tmp_path / "strict")]) == 2
     )
     assert "empty" in capsys.readouterr().err
-    assert main(["export", str(run), "--device", "cpu"]) == 0
+    import ovseg3d.export as export_module
+
+    real, calls = export_module.render_median_depth, []
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(args[8] if len(args) > 8 else kwargs.get("relative", False))
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(export_module, "render_median_depth", counted)
+        assert main(["export", str(run), "--device", "cpu"]) == 0
+    # the relaxed pass reads the first pass's relative depths: every view rendered once (and the stride's probe)
+    n_views = len(load_scene(scene).train_ids)
+    assert not any(calls) and len(calls) <= n_views + 4, calls
     out = capsys.readouterr().out
+    assert "depth maps 0.0 (the first pass's, read again)" in out
     lines = [line for line in out.splitlines() if "relaxed" in line]
     assert len(lines) == 1 and "--min-opacity 0.9 -> 0." in lines[0]
     info = json.loads((run / "export" / "points.json").read_text())
@@ -293,6 +308,29 @@ def test_a_tiny_runs_export_is_not_empty_and_says_what_was_relaxed(tmp_path, cap
     # as good as the field, which after 20 steps has no geometry: the median point is as far from a surface as a
     # point at random in the room (docs/benchmarks.md measures the relaxed clouds of short runs)
     assert np.isfinite(cloud.xyz).all() and cloud.voxel_size > 0
+
+
+def test_relative_depths_kept_from_a_render_equal_a_relative_render(exported):
+    """A faint field's second export pass reads the relative median depths the first pass kept: they are the
+    ones a render with ``relative=True`` gives, where the opacity passes the relaxed threshold, and nan elsewhere."""
+    from ovseg3d.export import depth_map
+    from ovseg3d.train import load_trainer
+
+    _, run = exported
+    trainer = load_trainer(run, "cpu")
+    cams = trainer.scene.cameras.scaled(1 / 4)
+    for v in trainer.scene.train_ids[:2]:
+        chunks: list[torch.Tensor] = []
+        _, _, opacity = depth_map(trainer, cams, v, 0.9, 0.0, out_relative=chunks)
+        threshold = float(opacity.quantile(0.5))
+        relative, _, opacity2 = depth_map(trainer, cams, v, threshold, 0.0, relative=True)
+        kept = torch.cat(chunks)
+        assert torch.equal(opacity, opacity2)
+        assert torch.equal(
+            torch.where(opacity >= threshold, kept, kept.new_tensor(float("nan"))).isnan(), relative.isnan()
+        )
+        solid = ~relative.isnan()
+        assert solid.any() and torch.allclose(kept[solid], relative[solid])
 
 
 def test_a_strided_view_takes_the_mean_colour_of_its_pixels():

@@ -290,6 +290,7 @@ def render_median_depth(
     far: Tensor | None = None,
     chunk: int = 8192,
     relative: bool = False,
+    out_relative: list[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``[R]`` median depth, ``[R]`` opacity and ``[R]`` spread of each ray.
 
@@ -299,7 +300,9 @@ def render_median_depth(
     median depth: a few hundredths for a ray stopped by a crisp surface, more where it crosses fog or a
     smeared one. ``nan`` where the opacity stays below 0.5 (0.25 for the first quartile). ``relative``: the
     quartiles of the weight the ray holds (0.5 of its opacity for the median), so that a faint field (a short
-    run's) has depths too; ``nan`` only where the ray holds no weight.
+    run's) has depths too; ``nan`` only where the ray holds no weight. ``out_relative``: a list that gets, chunk
+    by chunk, the relative median depths as well (the same samples: a second pass of a faint field need not
+    render again).
     """
     depths, opacities, spreads = [], [], []
     for s in range(0, len(origins), chunk):
@@ -316,4 +319,8 @@ def render_median_depth(
         depths.append(quartiles[1])
         spreads.append((quartiles[2] - quartiles[0]) / quartiles[1])
         opacities.append(opacity)
+        if out_relative is not None:
+            out_relative.append(
+                quartiles[1] if relative else depth_reaching(cum, samples, len(o), 0.5, opacity[samples.ray_indices])
+            )
     return torch.cat(depths), torch.cat(opacities), torch.cat(spreads)

@@ -442,7 +442,7 @@ def surface_points(
     )
     if stride > 1:
         cams = cams.scaled(1 / stride)
-    maps: dict[int, tuple[Tensor, Tensor]] = {} if opts.relax_below > 0 else None  # type: ignore[assignment]
+    maps: dict[int, tuple[Tensor, Tensor]] | None = {} if opts.relax_below > 0 else None
     xyz, values, n_views, opacity = _lift_views(trainer, opts, cams, views, stride, distiller, log, keep=maps)
     changed: dict[str, float] = {}
     if len(xyz) < opts.relax_below:
@@ -489,11 +489,11 @@ def _lift_views(  # noqa: ANN001
             depths[v] = torch.where(opacity >= opts.min_opacity, relative_depth, relative_depth.new_tensor(math.nan))
             opacities.append(opacity)
             continue
-        chunks: list[Tensor] | None = [] if keep is not None else None
+        chunks: list[Tensor] = []
         depths[v], dropped, opacity = depth_map(
-            trainer, cams, v, opts.min_opacity, opts.max_spread, out_relative=chunks
+            trainer, cams, v, opts.min_opacity, opts.max_spread, out_relative=chunks if keep is not None else None
         )
-        if keep is not None and chunks is not None:
+        if keep is not None:
             keep[v] = (torch.cat(chunks), opacity)
         spread += dropped
         opacities.append(opacity)

@@ -414,7 +414,7 @@ def test_detect_seconds_line_names_loading_and_each_cue():
             "depth-map cue": 2.0,
             "render cue": 6.0,
             "total": 13.4,
-        }  # fmt: skip
+        }
     )
     assert line == (
         "detect's seconds: loading 3.5 (cloud 0.4, CLIP 3.1), gravity 0.3, instances 0.5, boxes 9.0 (of which "

@@ -263,7 +263,7 @@ def extract_into(
     ``dense`` when given, else from crops); the seconds of each part (:func:`describe_seconds`)."""
     clip, dino = teachers
     clock = dict.fromkeys(("images", "CLIP", "DINO", "writing"), 0.0)
-    lap = time.perf_counter()
+    lap = 0.0  # set where the views start: each part then runs from the end of the one before
 
     def tick(part: str) -> None:  # a part ends where its results are on the host: a GPU's queue is drained there
         nonlocal lap
@@ -283,8 +283,8 @@ def extract_into(
     start = time.perf_counter()
     per_view, unit = (dense.windows(src_w, src_h), "window") if dense else (count_crops(src_w, src_h, cfg), "crop")
     with tqdm(total=len(todo) * per_view, unit=unit, desc=f"{cfg.kind} teacher") as bar:
+        lap = time.perf_counter()
         for i in todo:
-            lap = time.perf_counter()
             view = teacher_view(scene, i, cfg)
             tick("images")
             if dense is not None:

@@ -204,6 +204,17 @@ def run_one(scene: Path, run: Path, cfg: TrainConfig, kind: str, fresh: bool) ->
     return row
 
 
+def used_teacher(run: Path, teacher: dict[str, Any], random_weights: bool) -> dict[str, Any]:
+    """The teacher a finished run was made with: a continued run keeps the settings it was started with."""
+    from ovseg3d.run import load_run_config
+
+    try:
+        cfg = load_run_config(run)
+    except UsageError:
+        return teacher
+    return teacher_info(cfg.teachers.kind, cfg, random_weights) if cfg.teachers.kind != "auto" else teacher
+
+
 def read_eval(run: Path) -> dict[str, Any]:
     try:
         return json.loads((run / "eval.json").read_text())
@@ -313,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== {scene.name} ({args.preset} preset, teacher: {teacher['label']}) -> {run}", flush=True)
         run_row = run_one(scene, run, cfg, kinds[scene.name], args.fresh)
         metrics = read_eval(run) if run_row["status"] == "done" else {}
+        teacher = used_teacher(run, teacher, args.random_weights) if metrics else teacher
         result["scenes"][scene.name] = scene_row(scene.name, run_row, metrics, teacher)
         write_json(result, args.json_path)
     print_table(result)

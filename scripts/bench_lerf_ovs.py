@@ -54,6 +54,7 @@ from bench_3dovs import (  # noqa: E402
     scene_folders,
     teacher_info,
     teacher_kinds,
+    used_teacher,
     write_json,
 )
 
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== {scene.name} ({args.preset} preset, teacher: {teacher['label']}) -> {run}", flush=True)
         row: dict[str, Any] = {**run_one(scene, run, cfg, kinds[scene.name], args.fresh), "teacher": teacher}
         if row["status"] == "done":
+            row["teacher"] = used_teacher(run, teacher, args.random_weights)
             try:
                 row.update(score_scene(run, read_labels(args.dataset / LABEL_DIR / scene.name), args))
             except UsageError as exc:

@@ -94,6 +94,10 @@ def test_lerf_ovs_bench_runs_a_generated_scene_to_a_table(scripts, tmp_path, cap
     assert ramen["frames_not_in_scene"] == ["frame_99999.jpg"] and len(ramen["frames"]) == 2
     pairs = sum(len(f["queries"]) for f in ramen["frames"].values())
     assert ramen["n_queries"] == pairs > 0
+    # the label polygons themselves, given as the relevancy, find every object
+    labels = read_labels(data / "label" / "ramen")
+    truth = {f.name: frame_scores({c: m.astype(float) for c, m in f.masks.items()}, f, smooth_px=8) for f in labels}
+    assert summarise(truth)["localisation"] == 100.0
 
 
 @pytest.mark.parametrize("which", [0, 1])
@@ -130,11 +134,12 @@ def test_clip_weights_that_are_not_there_are_one_line_and_exit_2(scripts, tmp_pa
         )
     else:
         lerf_dataset(tmp_path / "d", frames=(1,))
-    missing = tmp_path / "no_such_model"
-    argv = [str(tmp_path / "d"), "--teacher", "clip", "--clip-model", str(missing), "--output", str(tmp_path / "runs")]
-    assert bench.main(argv) == 2
+    clip, dino = tmp_path / "no_clip", tmp_path / "no_dino"  # local paths: no hub is asked
+    argv = [str(tmp_path / "d"), "--teacher", "clip", "--clip-model", str(clip), "--dino-model", str(dino)]
+    assert bench.main([*argv, "--output", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and str(missing) in err and "--clip-model" in err
+    assert len(err.splitlines()) == 1 and "--clip-model" in err and "--dino-model" in err
+    assert str(clip) in err and str(dino) in err
     assert not (tmp_path / "runs").exists()  # nothing ran
     assert not any((tmp_path / "d").glob("*/features"))  # no teacher ran either
 

@@ -62,7 +62,7 @@ Log = Callable[[str], None]
 
 @dataclass
 class Args:
-    dataset: tyro.conf.Positional[Path]
+    dataset: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="DATASET_DIR")]
     """The dataset folder: one folder a scene."""
     scenes: list[str] = field(default_factory=list)
     """Scene folder names to run (default: every one found)."""
@@ -80,6 +80,7 @@ class Args:
     random_weights: bool = False
     """The CLIP / DINO models hold random weights (a timing run): said beside every figure."""
     device: str = "auto"
+    """'auto', 'cpu' or 'cuda'."""
     output: Path = Path("bench/runs/3dovs")
     """Run folders, one a scene."""
     json_path: Annotated[Path, tyro.conf.arg(name="json")] = Path("bench/3dovs.json")

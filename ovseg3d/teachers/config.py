@@ -91,6 +91,24 @@ class TeacherConfig:
     """Per-scale probability that a crop's main class is seen as another class (one value per scale)."""
     syn_view_noise: float = 0.3
     """Per-view shift of every embedding (view-inconsistent teacher), relative to a unit embedding."""
+    syn_errors: Literal["persistent", "per-view"] = "persistent"
+    """How the simulated CLIP errs. 'persistent' (CLIP-like): each object leans toward one look-alike class by a
+    strength drawn once per object (wrong from every side when it leans past half), small objects are absorbed into
+    their surroundings and stuff (floor, wall, sky...) bleeds into what stands on it, on top of the per-crop noise and
+    confusion; 'per-view': only the noise and confusion drawn afresh per view and crop (the teacher before issue 67,
+    whose errors averaging over views removes by construction)."""
+    syn_lean: float = 0.6
+    """persistent: the largest lean of an object toward its look-alike class; each object's lean is drawn once,
+    uniformly in [0, syn_lean] (past 0.5 the object reads as the look-alike)."""
+    syn_lean_view: float = 0.1
+    """persistent: spread of an object's lean from view to view (its look differs by side), so an object leaning
+    near 0.5 is wrong from some views only."""
+    syn_absorb: float = 0.002
+    """persistent: an object covering this share of a view keeps half its weight in the crops that see it (the rest
+    goes to its surroundings): small or distant objects fade into what is around them."""
+    syn_stuff_bleed: float = 0.25
+    """persistent: extra weight of stuff classes (floor, wall, ceiling, ground, sky...) in a crop, so stuff bleeds
+    into the objects on it."""
     syn_dino_dim: int = 384
     """Simulated DINO feature size (ViT-S/8: 384)."""
     syn_dino_texture: float = 0.5
@@ -118,6 +136,10 @@ class TeacherConfig:
             raise TeacherError(f"clip_features must be crops or dense, got {self.clip_features!r}")
         if min(self.dense_short_side, self.dense_window, self.dense_stride) < 1 or self.proxy_gamma <= 0:
             raise TeacherError("dense_short_side, dense_window, dense_stride and proxy_gamma must be positive")
+        if self.syn_errors not in ("persistent", "per-view"):
+            raise TeacherError(f"syn_errors must be persistent or per-view, got {self.syn_errors!r}")
+        if not 0 <= self.syn_lean <= 1 or min(self.syn_lean_view, self.syn_absorb, self.syn_stuff_bleed) < 0:
+            raise TeacherError("syn_lean must be in [0, 1]; syn_lean_view, syn_absorb and syn_stuff_bleed >= 0")
         for name in ("syn_noise", "syn_confusion"):
             if len(getattr(self, name)) != self.n_scales():
                 raise TeacherError(f"{name} needs one value per CLIP scale ({self.n_scales()})")

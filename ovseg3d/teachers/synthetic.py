@@ -8,6 +8,12 @@ They have the interfaces of the real CLIP and DINO teachers and feed the same ex
   Gaussian noise, a per-view shift (views disagree), and occasional confusion of the crop's main class
   with another one (a fixed "look-alike" class most of the time); noise and confusion grow as crops
   shrink, interpolated between the per-scale values of ``syn_noise`` / ``syn_confusion``.
+* **Errors that persist across views** (``syn_errors="persistent"``, the default): real CLIP is wrong the same
+  way from every side, which no averaging over views removes. Each object (instance) leans toward one
+  look-alike class by a strength drawn once per object, varied a little per view (:meth:`SyntheticClip.lean`);
+  an object's weight in a crop fades with its apparent size (small or distant objects are absorbed into their
+  surroundings), and stuff classes (floor, wall, sky...) weigh more than objects (stuff bleeds into what
+  stands on it). ``"per-view"`` keeps only the noise and confusion drawn afresh per view and crop.
 * **Text** (:class:`SyntheticText`): a deterministic random unit vector per word; a phrase is the
   normalised sum of its words, so "ball" and "tennis ball" have cosine 1/sqrt(2).
 * **DINO-like patches** (:class:`SyntheticDino`): per patch of the real DINO's grid (8x8 pixels of the
@@ -33,7 +39,33 @@ from ovseg3d.teachers.config import TeacherConfig, TeacherError
 from ovseg3d.teachers.dino import dino_input_size
 
 _STOP_WORDS = frozenset({"a", "an", "the", "of", "photo", "picture", "image", "in", "on"})
-_LOOKALIKE = 0.6  # share of confusions that go to the class's fixed look-alike
+_LOOKALIKE = 0.6  # share of confusions (and of objects' leans) that go to the class's fixed look-alike
+STUFF_WORDS = frozenset(
+    {
+        "floor",
+        "wall",
+        "ceiling",
+        "ground",
+        "sky",
+        "grass",
+        "road",
+        "carpet",
+        "rug",
+        "building",
+        "pavement",
+        "sidewalk",
+        "water",
+        "sand",
+        "snow",
+        "field",
+        "lawn",
+    }
+)
+
+
+def is_stuff(name: str) -> bool:
+    """Whether a class name is stuff (amorphous background: floor, wall, sky...) rather than a thing."""
+    return any(w in STUFF_WORDS for w in re.findall(r"[a-z]+", name.lower()))
 
 
 def _seed(*parts: object) -> int:
@@ -106,20 +138,92 @@ class SyntheticClip:
         self._noise = np.array([cfg.syn_noise[i] for i in order])
         self._confusion = np.array([cfg.syn_confusion[i] for i in order])
         self._integral: tuple[int, Tensor] | None = None
+        self._objects_of: tuple[int, tuple[Tensor, Tensor, Tensor, Tensor]] | None = None
+        self.stuff = [is_stuff(c) for c in classes]
+        # each class's fixed look-alike among the classes of its kind (things, stuff): the next in a seeded cycle
+        self.kin_lookalike = list(range(n))
+        for kind in (False, True):
+            members = [int(c) for c in perm if self.stuff[int(c)] == kind]
+            for a, b in zip(members, members[1:] + members[:1]):
+                self.kin_lookalike[a] = b
 
     def encode_text(self, texts: list[str]) -> Tensor:
         return self.text.encode_text(texts)
 
     def _shares(self, view: TeacherView, boxes: Tensor) -> Tensor:
-        """``[K, C + 1]`` share of each class in each box (last column: unlabelled)."""
+        """``[K, C + 1]`` weight of each class in each box (last column: unlabelled), summing to 1: the classes'
+        pixel shares, or with persistent errors the objects' shares moved by :meth:`_persistent_weights`."""
         if view.labels is None:
             raise TeacherError(f"view {view.index} has no label map: the synthetic teacher needs labels/")
+        if self.cfg.syn_errors == "persistent":
+            return self._persistent_weights(view, boxes)
         if self._integral is None or self._integral[0] != view.index:
             n = len(self.class_text)
             labels = view.labels.long().clamp(max=n)  # 255 (none) -> n
             self._integral = (view.index, _integral(F.one_hot(labels, n + 1)))
         sums = _box_sums(self._integral[1], boxes)
         return sums / sums.sum(-1, keepdim=True).clamp(min=1.0)
+
+    def _objects(self, view: TeacherView) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The view's objects: instance ids ``[M]``, their classes ``[M]`` (``C`` for unlabelled), their share of
+        the view ``[M]``, and the ``[H+1, W+1, M]`` summed-area table of their masks (cached for the view)."""
+        if self._objects_of is not None and self._objects_of[0] == view.index:
+            return self._objects_of[1]
+        if view.instances is None:
+            raise TeacherError(f"view {view.index} has no instance map: the persistent teacher needs instances/")
+        n = len(self.class_text)
+        labels = view.labels.long().clamp(max=n).flatten()
+        ids, inverse = torch.unique(view.instances.long().flatten(), return_inverse=True)
+        # each object's class: the most common label under it in this view
+        counts = torch.zeros(len(ids), n + 1, dtype=torch.long).index_put_(
+            (inverse, labels), torch.ones_like(labels), accumulate=True
+        )
+        classes = counts.argmax(-1)
+        classes[ids == 0] = n  # instance 0: nothing
+        area = counts.sum(-1).double() / labels.numel()
+        table = _integral(F.one_hot(inverse.reshape(view.height, view.width), len(ids)))
+        self._objects_of = (view.index, (ids, classes, area, table))
+        return self._objects_of[1]
+
+    def lean(self, instance: int, cls: int, view: int) -> tuple[int, float]:
+        """``(look-alike class, lean)`` of one object in one view. The look-alike, a class of the same kind (a thing
+        for a thing, stuff for stuff; its class's fixed look-alike most of the time), and the object's lean
+        (uniform in ``[0, syn_lean]``) are drawn once per object, so the same object errs the same way from every
+        side; the lean then moves by ``N(0, syn_lean_view)`` per view. Past 0.5 the object reads as its look-alike."""
+        cfg, n = self.cfg, len(self.class_text)
+        kin = [c for c in range(n) if c != cls and self.stuff[c] == self.stuff[cls]]
+        if not kin:  # nothing of its kind to be taken for
+            return cls, 0.0
+        g = torch.Generator().manual_seed(_seed("object", cfg.teacher_seed, instance))
+        u_alike, u_lean = torch.rand(2, generator=g).tolist()
+        other = kin[int(torch.randint(len(kin), (1,), generator=g))]
+        alike = self.kin_lookalike[cls] if u_alike < _LOOKALIKE else other
+        g_view = torch.Generator().manual_seed(_seed("lean", cfg.teacher_seed, instance, view))
+        lean = cfg.syn_lean * u_lean + cfg.syn_lean_view * float(torch.randn(1, generator=g_view))
+        return alike, min(max(lean, 0.0), 1.0)
+
+    def _persistent_weights(self, view: TeacherView, boxes: Tensor) -> Tensor:
+        """``[K, C + 1]`` class weights of the crops with errors that persist across views.
+
+        Each object's share of a crop is split between its class and its look-alike by its lean; an object's
+        weight fades by ``1 - a0 / (a0 + area)`` (a0 = ``syn_absorb``, area its share of the view) and stuff's grows
+        by ``1 + syn_stuff_bleed``; the weights are then normalised to sum to 1 over the crop."""
+        cfg, n = self.cfg, len(self.class_text)
+        ids, classes, area, table = self._objects(view)
+        shares = _box_sums(table, boxes)  # [K, M] pixel counts
+        weights = torch.zeros(len(boxes), n + 1, dtype=torch.float64)
+        for m, (instance, cls) in enumerate(zip(ids.tolist(), classes.tolist())):
+            if cls == n:
+                weights[:, n] += shares[:, m]
+                continue
+            if self.stuff[cls]:
+                share = shares[:, m] * (1.0 + cfg.syn_stuff_bleed)
+            else:  # absorbed into the surroundings as it shrinks
+                share = shares[:, m] * (float(area[m]) / (cfg.syn_absorb + float(area[m])))
+            alike, lean = self.lean(instance, cls, view.index)
+            weights[:, cls] += share * (1.0 - lean)
+            weights[:, alike] += share * lean
+        return weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
 
     def encode_crops(self, view: TeacherView, boxes: Tensor) -> Tensor:
         cfg = self.cfg

@@ -221,7 +221,8 @@ def stub_torchvision() -> None:
 
 def load_file_module(name: str, path: Path, package_dirs: list[Path] | None = None) -> types.ModuleType:
     """Import ``path`` as module ``name`` (a package when ``package_dirs`` is given)."""
-    spec = importlib.util.spec_from_file_location(name, path, submodule_search_locations=package_dirs)
+    dirs = None if package_dirs is None else [str(d) for d in package_dirs]
+    spec = importlib.util.spec_from_file_location(name, path, submodule_search_locations=dirs)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
@@ -321,6 +322,7 @@ def open_clip_config(config: Any) -> dict[str, Any]:
             width=text.hidden_size,
             heads=text.num_attention_heads,
             layers=text.num_hidden_layers,
+            mlp_ratio=text.intermediate_size / text.hidden_size,
         ),
         quick_gelu=vision.hidden_act == "quick_gelu",
     )
@@ -665,6 +667,7 @@ def proxyclip_model(
     finally:
         torch.hub.load, module.create_model = hub_load, create
     seg.query_features = torch.eye(shared.clip.embedding_dim)
+    seg.num_queries = shared.clip.embedding_dim  # forward_slide's channels
     return seg
 
 
@@ -700,11 +703,23 @@ def part_dense(proxyclip_dir: Path, shared: Shared, seed: int, workdir: Path) ->
             with torch.no_grad(), no_half():
                 theirs_photo = seg.forward_slide(clip_input, [{"ori_shape": (336, 448)}], 112, 336)
             theirs_photo = F.normalize(theirs_photo[0].permute(1, 2, 0), dim=-1)
-            for label, ctx in (("", contextlib.nullcontext()), (", fix", dino_style_interpolation())):
-                with torch.no_grad(), ctx:
-                    ours_photo = ours_model.encode_view(view, (448, 336))[0]
-                note = "forward_slide, 448x336, 2 windows" + (" (proposed fix)" if label else "")
-                rows.append(compare(f"dense/photo{label}", ours_photo, theirs_photo, note, info=True))
+            with torch.no_grad():
+                ours_photo = ours_model.encode_view(view, (448, 336))[0]
+            rows.append(
+                compare("dense/photo", ours_photo, theirs_photo, "forward_slide, 448x336, 2 windows", info=True)
+            )
+
+            def ours_windows(crop: Tensor, logit_size: Any = None, model: ProxyClip = ours_model) -> Tensor:
+                """ProxyCLIP's forward_feature with ours' window features (upsampled to the window's pixels)."""
+                feats = model.window_features((crop[0] * std + mean).clamp(0, 1)).permute(2, 0, 1)[None]
+                return F.interpolate(feats, size=crop.shape[-2:], mode="bilinear")
+
+            seg.forward_feature = ours_windows
+            with torch.no_grad(), no_half(), dino_style_interpolation():
+                mixed = seg.forward_slide(clip_input, [{"ori_shape": (336, 448)}], 112, 336)
+            mixed = F.normalize(mixed[0].permute(1, 2, 0), dim=-1)
+            note = "ours' windows (with the fix) averaged by ProxyCLIP's forward_slide (diagnosis)"
+            rows.append(compare("dense/photo, their averaging", mixed, theirs_photo, note, info=True))
     return rows
 
 
@@ -990,11 +1005,51 @@ def run_ovs_extraction(ovs_dir: Path, oc_clip: nn.Module, n_px: int, seed: int, 
     )
 
 
+def crop_pixel_rows(image: np.ndarray, boxes: Tensor, size: int) -> list[Row]:
+    """Crops resized to ``size`` pixels, ovseg3d's way (:func:`~ovseg3d.teachers.clip.crops_to_pixels`, float)
+    against 3D-OVS's (PIL bicubic on the 8-bit image; and PIL on float channels, mode "F")."""
+    from PIL import Image
+
+    from ovseg3d.teachers.clip import crops_to_pixels
+
+    ours = crops_to_pixels(torch.from_numpy(image).permute(2, 0, 1).float() / 255.0, boxes, size, (0, 0, 0), (1, 1, 1))
+    pil = Image.fromarray(image)
+    eight = torch.stack(
+        [pil_to_tensor(PilCenterCrop(size)(PilResize(size)(pil.crop(tuple(b))))) for b in boxes.tolist()]
+    )
+    channels = [Image.fromarray(image[..., c].astype(np.float32) / 255.0) for c in range(3)]
+    floats = torch.stack(
+        [
+            torch.stack(
+                [torch.from_numpy(np.asarray(ch.crop(tuple(b)).resize((size, size), Image.BICUBIC))) for ch in channels]
+            )
+            for b in boxes.tolist()
+        ]
+    )
+    return [
+        compare(
+            "crops/pixels, PIL 8-bit",
+            ours,
+            eight,
+            "resized crops in [0, 1]: PIL rounds and clips to 8 bits between its passes",
+            vectors=False,
+            info=True,
+        ),
+        compare(
+            "crops/pixels, PIL float",
+            ours,
+            floats.clamp(0, 1),
+            "the same crops through PIL's float mode: the same kernel (diagnosis)",
+            vectors=False,
+        ),
+    ]
+
+
 def part_crops(ovs_dir: Path, shared: Shared, seed: int, workdir: Path, crop_size: int) -> tuple[list[Row], Tensor]:
     """3D-OVS's crop pyramid against ovseg3d's, on a CLIP of ViT-B/16's size that takes ``crop_size`` pixels
     (2 950 crops of 224 pixels would take minutes on 2 cores); returns the rows and 3D-OVS's features."""
     from ovseg3d.teachers.base import TeacherView
-    from ovseg3d.teachers.clip import TransformersClip, crops_to_pixels, multiscale_features, splat_crops
+    from ovseg3d.teachers.clip import TransformersClip, crop_boxes, multiscale_features, splat_crops
     from ovseg3d.teachers.config import TeacherConfig
 
     folder = make_clip_folder(workdir / f"clip{crop_size}", seed, crop_size, shared.open_clip)
@@ -1004,13 +1059,10 @@ def part_crops(ovs_dir: Path, shared: Shared, seed: int, workdir: Path, crop_siz
     view = TeacherView(0, torch.from_numpy(run.image.copy()))
     width, height = view.width, view.height
     rows = []
-    image = view.image.permute(2, 0, 1).float() / 255.0
     ours_maps = []
-    square: list[Tensor] = []
     for boxes, theirs_emb in zip(run.boxes, run.embeddings):
         ours_emb = torch.cat([clip.encode_crops(view, boxes[i : i + 256]) for i in range(0, len(boxes), 256)])
         sq = (boxes[:, 2] - boxes[:, 0]) == (boxes[:, 3] - boxes[:, 1])
-        square.append(sq)
         theirs_unit = F.normalize(theirs_emb, dim=-1)
         rows.append(
             compare(
@@ -1031,20 +1083,8 @@ def part_crops(ovs_dir: Path, shared: Shared, seed: int, workdir: Path, crop_siz
                     note=f"{int((~sq).sum())} crops cut by the border: theirs centre-cropped",
                 )
             )
-        pixels = crops_to_pixels(image, boxes[sq], clip.image_size, clip.mean, clip.std)
-        mean, std = torch.tensor(clip.mean).view(1, 3, 1, 1), torch.tensor(clip.std).view(1, 3, 1, 1)
-        rounded = ((pixels * std + mean) * 255).round() / 255  # ours' resized crops rounded to 8 bits as PIL does
-        with torch.no_grad():
-            ours_8bit = clip._embed((rounded - mean) / std)
-        rows.append(
-            compare(
-                f"crops/embeddings, square, 8-bit, k={len(boxes)}",
-                ours_8bit,
-                theirs_unit[sq],
-                note="ours' resized crops rounded to 1/255 (diagnosis)",
-                info=True,
-            )
-        )
+        if len(ours_maps) == 0:  # the resize alone, on the first scale's square crops (no model)
+            rows += crop_pixel_rows(run.image, boxes[sq], clip.image_size)
         ours_maps.append(splat_crops(boxes, ours_emb, width, height, width, height))
     theirs_maps = F.normalize(run.features, dim=1).permute(0, 2, 3, 1)
     rows.append(
@@ -1058,13 +1098,16 @@ def part_crops(ovs_dir: Path, shared: Shared, seed: int, workdir: Path, crop_siz
     )
     cfg = dataclasses.replace(TeacherConfig(), clip_scales=(5, 7, 10), clip_stride=0.25, clip_grow=0.0)
     own = multiscale_features(clip, view, cfg, (width, height))
+    ours_boxes = [crop_boxes(width, height, k, cfg.clip_stride) for k in cfg.clip_scales]
+    same = sum(int((a.shape == b.shape) and bool((a == b).all())) for a, b in zip(ours_boxes, run.boxes))
+    layouts = f"{[len(b) for b in ours_boxes]} vs {[len(b) for b in run.boxes]} crops, {same} of 3 scales alike"
     rows.append(
         compare(
             "crops/maps, own layouts",
             own,
             theirs_maps,
             info=True,
-            note="multiscale_features (growth 0) vs extract_clip_feature.py (randint -> 0)",
+            note=f"multiscale_features (growth 0) vs extract_clip_feature.py (randint -> 0): {layouts}",
         )
     )
     return rows, run.features

@@ -284,6 +284,50 @@ def test_more_noise_makes_a_worse_teacher(scene_dir, tmp_path):
     assert score["quiet"] > score["loud"] + 10, score
 
 
+def _object_views(scene, min_pixels: int = 30) -> dict[int, list[int]]:
+    """Instance id -> the views in which it covers at least ``min_pixels`` pixels."""
+    seen: dict[int, list[int]] = {}
+    for v in range(len(scene)):
+        ids, counts = torch.unique(scene.instances[v].long(), return_counts=True)
+        for i, c in zip(ids.tolist(), counts.tolist()):
+            if i and c >= min_pixels:
+                seen.setdefault(i, []).append(v)
+    return seen
+
+
+def test_persistent_teacher_takes_an_object_for_the_same_look_alike_from_most_views(scene_dir, tmp_path):
+    from ovseg3d.teachers.extract import teacher_labels
+    from ovseg3d.teachers.synthetic import SyntheticClip
+
+    scene = load_scene(scene_dir)
+    cfg = TeacherConfig(kind="synthetic", cache_dir=tmp_path / "c", syn_lean=1.0)
+    features = ensure_features(scene, cfg, CPU, log=lambda s: None)
+    clip = SyntheticClip(scene.classes, cfg)
+    labels = {v: teacher_labels(features, v, scene.width, scene.height) for v in range(len(scene))}
+    checked = 0
+    for instance, views in _object_views(scene).items():
+        cls = int(torch.mode(scene.labels[views[0]][scene.instances[views[0]] == instance].long()).values)
+        draws = [clip.lean(instance, cls, v) for v in views]
+        assert len({alike for alike, _ in draws}) == 1  # one look-alike, whatever the side
+        alike = draws[0][0]
+        assert alike == cls or clip.stuff[alike] == clip.stuff[cls]  # a thing for a thing, stuff for stuff
+        if len(views) < 3 or min(lean for _, lean in draws) < 0.65:
+            continue
+        said = [int(torch.mode(labels[v][scene.instances[v] == instance]).values) for v in views]
+        assert sum(s == alike for s in said) >= 2 * len(views) / 3, (instance, cls, alike, said)
+        checked += 1
+    assert checked >= 1  # the scene has an object that leans past the half from every side
+
+
+def test_persistent_teacher_is_worse_in_2d_than_the_per_view_one(scene_dir, tmp_path):
+    scene = load_scene(scene_dir)
+    score = {}
+    for errors in ("persistent", "per-view"):
+        cfg = TeacherConfig(kind="synthetic", cache_dir=tmp_path / errors, syn_errors=errors)
+        score[errors] = teacher_scores(ensure_features(scene, cfg, CPU, log=lambda s: None), scene)["miou"]
+    assert score["persistent"] < score["per-view"] - 5, score
+
+
 # --------------------------------------------------------------------------------------------- cache
 
 

@@ -176,7 +176,16 @@ def preflight(problems: list[str]) -> None:
 def teacher_info(kind: str, cfg: TrainConfig, random_weights: bool) -> dict[str, Any]:
     """What a figure was made with: the teacher kind, its weights and model names, and a label for the table."""
     if kind == "synthetic":
-        return {"kind": kind, "weights": "simulated", "clip_model": None, "dino_model": None, "label": "simulated"}
+        errors = cfg.teachers.syn_errors  # persistent (CLIP-like, the default) or per-view (issue 67)
+        label = f"simulated, {errors} errors"
+        return {
+            "kind": kind,
+            "weights": "simulated",
+            "errors": errors,
+            "clip_model": None,
+            "dino_model": None,
+            "label": label,
+        }
     weights = "random" if random_weights else "real"
     t = cfg.teachers
     label = f"CLIP {t.clip_model} + DINO {t.dino_model}, {weights} weights"

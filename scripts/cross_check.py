@@ -977,7 +977,7 @@ def run_ovs_extraction(ovs_dir: Path, oc_clip: nn.Module, n_px: int, seed: int, 
     sys.argv = [str(script), "--images_path", str(inputs), "--save_path", str(outputs)]
     random.randint = lambda a, b: 0  # type: ignore[assignment]
     Image.Image.crop = recording_crop  # type: ignore[method-assign]
-    stub("configargparse")
+    stub("configargparse", ArgumentParser=argparse.ArgumentParser)  # its script's two options
     try:
         with swapped_modules({"clip": fake_clip}), torch.no_grad():
             exec(compile(script.read_text(), str(script), "exec"), {"__name__": "__main__", "__file__": str(script)})
@@ -996,7 +996,7 @@ def run_ovs_extraction(ovs_dir: Path, oc_clip: nn.Module, n_px: int, seed: int, 
         else:
             embeddings[-1].append(value)
         last = kind
-    image = np.asarray(Image.open(inputs / "view.png").resize((48, 41)))  # its own down-sampling (by 8)
+    image = np.array(Image.open(inputs / "view.png").resize((48, 41)))  # its own down-sampling (by 8)
     return CropRun(
         [torch.tensor(b, dtype=torch.long) for b in boxes],
         [torch.cat(e)[: len(b)] for b, e in zip(boxes, embeddings)],
@@ -1012,7 +1012,8 @@ def crop_pixel_rows(image: np.ndarray, boxes: Tensor, size: int) -> list[Row]:
 
     from ovseg3d.teachers.clip import crops_to_pixels
 
-    ours = crops_to_pixels(torch.from_numpy(image).permute(2, 0, 1).float() / 255.0, boxes, size, (0, 0, 0), (1, 1, 1))
+    pixels = torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255.0
+    ours = crops_to_pixels(pixels, boxes, size, (0, 0, 0), (1, 1, 1))
     pil = Image.fromarray(image)
     eight = torch.stack(
         [pil_to_tensor(PilCenterCrop(size)(PilResize(size)(pil.crop(tuple(b))))) for b in boxes.tolist()]
@@ -1021,7 +1022,7 @@ def crop_pixel_rows(image: np.ndarray, boxes: Tensor, size: int) -> list[Row]:
     floats = torch.stack(
         [
             torch.stack(
-                [torch.from_numpy(np.asarray(ch.crop(tuple(b)).resize((size, size), Image.BICUBIC))) for ch in channels]
+                [torch.from_numpy(np.array(ch.crop(tuple(b)).resize((size, size), Image.BICUBIC))) for ch in channels]
             )
             for b in boxes.tolist()
         ]

@@ -72,6 +72,9 @@ class Args:
     device: str = "auto"
     work: Path = Path("bench/runs")
     out: Path = Path("bench/distill.json")
+    objects: bool = False
+    """Only print, from the runs already in --work, each object's lean under the persistent simulated teacher
+    beside its class's 2D and 3D IoU (issue 67: where does 3D beat its teacher?)."""
 
 
 def scene_folder(name: str, work: Path, generated: dict[str, SynthConfig] = GENERATED) -> Path:
@@ -152,8 +155,66 @@ def _write(result: dict, path: Path) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def object_rows(run: Path) -> list[dict]:
+    """Per object of a run's scene (persistent simulated teacher): its class, its mean lean toward its look-alike
+    over the views that see it (20 pixels or more), the share of those views in which it leans past 0.5 (where the teacher
+    takes it for the look-alike), and its class's IoU in 2D (the teacher) and 3D (the field) on the annotated views."""
+    from ovseg3d.data.loader import load_scene
+    from ovseg3d.teachers.synthetic import SyntheticClip
+
+    cfg = load_run_config(run)
+    scene = load_scene(cfg.scene)
+    metrics = json.loads((run / "eval.json").read_text())
+    clip = SyntheticClip(scene.classes, cfg.teachers)
+    leans: dict[tuple[int, int], list[tuple[int, float]]] = {}
+    for v in range(len(scene)):
+        labels, instances = scene.labels[v].long(), scene.instances[v].long()
+        ids, counts = torch.unique(instances, return_counts=True)
+        for i, c in zip(ids.tolist(), counts.tolist()):
+            under = labels[instances == i]
+            cls = int(torch.mode(under).values)
+            if i == 0 or c < 20 or cls >= len(scene.classes):
+                continue
+            leans.setdefault((i, cls), []).append(clip.lean(i, cls, v))
+    rows = []
+    for (i, cls), draws in sorted(leans.items()):
+        name = scene.classes[cls]
+        rows.append(
+            {
+                "instance": i,
+                "class": name,
+                "look_alike": scene.classes[draws[0][0]],
+                "views": len(draws),
+                "mean_lean": round(sum(x for _, x in draws) / len(draws), 3),
+                "wrong_views": round(sum(x > 0.5 for _, x in draws) / len(draws), 3),
+                "iou_2d": metrics.get("teacher_per_class_iou", {}).get(name),
+                "iou_3d": metrics.get("per_class_iou", {}).get(name),
+            }
+        )
+    return rows
+
+
+def print_objects(work: Path) -> None:
+    """:func:`object_rows` of every full run under ``work`` (one with an eval.json and a simulated teacher)."""
+    print(
+        f"{'scene':<20} {'object':<16} {'look-alike':<16} {'views':>5} {'lean':>5} {'wrong':>6} {'2D IoU':>7} {'3D IoU':>7}"
+    )
+    for run in sorted(p for p in work.iterdir() if (p / "eval.json").exists() and "-" not in p.name):
+        if load_run_config(run).teachers.kind != "synthetic":
+            continue
+        for r in object_rows(run):
+            iou2, iou3 = (f"{x:7.1f}" if x is not None else "      —" for x in (r["iou_2d"], r["iou_3d"]))
+            print(
+                f"{run.name:<20} {r['class']:<16} {r['look_alike']:<16} {r['views']:>5} {r['mean_lean']:>5.2f} "
+                f"{r['wrong_views']:>6.0%} {iou2} {iou3}"
+            )
+
+
 def main() -> None:
     args = tyro.cli(Args, description=__doc__)
+    if args.objects:
+        print_objects(args.work)
+        return
     accel.configure_cpu_allocator()
     device = resolve_device(args.device)
     unknown = sorted(set(args.ablations) - set(ABLATIONS))

@@ -842,6 +842,7 @@ def rda_source(ovs_dir: Path) -> str:
 
 
 def part_ovs_losses(ovs_dir: Path, seed: int) -> list[Row]:
+    from ovseg3d.config import TrainConfig
     from ovseg3d.losses import fda_loss, rda_loss
 
     gen = torch.Generator().manual_seed(seed)
@@ -853,13 +854,14 @@ def part_ovs_losses(ovs_dir: Path, seed: int) -> list[Row]:
     selection = torch.softmax(torch.randn(n_rays, n_scales, generator=gen) * 2, dim=-1)
     raw = torch.randn(n_rays, dim, generator=gen) + 3 * torch.randn(n_rays, n_classes, generator=gen) @ texts
     code = compile(rda_source(ovs_dir), str(ovs_dir / "train_seg.py"), "exec")
-    for label, feats, tau_r, tau_f, match in (
-        ("unit F, tau 1", F.normalize(raw, dim=-1), 1.0, 1.0, True),
-        ("defaults", raw * 0.3, 0.1, 0.05, False),
+    train = TrainConfig()
+    for label, feats, tau_r, tau_f, divergence, match in (
+        ("unit F, tau 1", F.normalize(raw, dim=-1), 1.0, 1.0, "js", True),
+        ("defaults", raw * 0.3, train.rda_temperature, train.rda_field_temperature, train.rda_divergence, False),
     ):
         ours_in = feats.clone().requires_grad_(True)
         theirs_in = feats.clone().requires_grad_(True)
-        ours = rda_loss(ours_in, texts, relevancy, selection, tau_r=tau_r, tau_f=tau_f)
+        ours = rda_loss(ours_in, texts, relevancy, selection, tau_r, tau_f, divergence)
         scope = dict(
             torch=torch,
             F=F,
@@ -872,7 +874,11 @@ def part_ovs_losses(ovs_dir: Path, seed: int) -> list[Row]:
         theirs = scope["relevancy_loss"]
         (g_ours,) = torch.autograd.grad(ours, ours_in)
         (g_theirs,) = torch.autograd.grad(theirs, theirs_in)
-        note = "train_seg.py's RDA lines" if match else "ours cos/0.05 and R/0.1, theirs F.t and R (deliberate)"
+        note = (
+            "train_seg.py's RDA lines"
+            if match
+            else f"ovseg3d's defaults: {divergence.upper()}, cos/{tau_f} and R/{tau_r}; theirs JS of F.t and R"
+        )
         rows.append(compare(f"3dovs/rda {label}", ours, theirs, note, info=not match))
         if match:  # ours differentiates cos(F, t), theirs F.t: at |F| = 1 the same but for the radial part
             radial = (g_theirs * feats).sum(-1, keepdim=True) * feats
@@ -916,7 +922,7 @@ def part_ovs_losses(ovs_dir: Path, seed: int) -> list[Row]:
     finally:
         ours_losses.js_divergence = js  # type: ignore[assignment]
     (g_ours,) = torch.autograd.grad(ours, ours_in)
-    rel = float((ours - theirs).abs() / theirs.abs())
+    rel = float((ours - theirs).abs().detach() / theirs.abs().detach())
     note = f"ours with KL(p_i || p_j) for JS (diagnosis); loss {float(theirs):.4f}, relative {rel:.1e}"
     rows.append(compare("3dovs/fda, ours with KL", ours, theirs, note, info=True))
     rows.append(compare("3dovs/fda, ours with KL, grad", g_ours, g_theirs, "d loss / d logits", info=True))

@@ -94,7 +94,12 @@ class Args:
     val_every: int = 1
     """Score every N-th validation view only (1: all; 0: none)."""
     train_views: int = 3
+    eval_max_samples: int = 0
+    """ovseg3d's renders: at most this many samples a ray (``ovseg3d eval --max-samples-per-ray``; 0: every marching
+    step). nerfacc's renders keep the example's test settings."""
     out: Path = Path("bench/clock.json")
+    merge: list[Path] = field(default_factory=list)
+    """Train nothing: the runs of these JSON files (earlier calls of this script) together, their table and --out."""
 
 
 # ---------------------------------------------------------------------------------------------- split
@@ -204,9 +209,12 @@ class Ovseg3dRun:
     ``max_minutes`` = the budget and an unreachable ``steps``, and its ``elapsed`` is set to the harness's fraction
     after every step (its own per-step timer, which does not synchronise, never drives the schedule)."""
 
-    def __init__(self, cfg: TrainConfig, scene: Scene, device: torch.device, seconds: float, steps: int) -> None:
+    def __init__(
+        self, cfg: TrainConfig, scene: Scene, device: torch.device, seconds: float, steps: int, max_per_ray: int = 0
+    ) -> None:
         from ovseg3d.train import Trainer
 
+        self.max_per_ray = max_per_ray
         cfg = dataclasses.replace(cfg, max_minutes=seconds / 60.0, steps=steps if steps else 10**9)
         self.seconds = seconds
         self.fraction = 0.0
@@ -223,7 +231,7 @@ class Ovseg3dRun:
             self.trainer.elapsed = fraction * self.seconds
 
     def render(self, scene: Scene, view: int) -> torch.Tensor:
-        return self.trainer.render_view(scene.cameras, view, scene.near_far).rgb.cpu()
+        return self.trainer.render_view(scene.cameras, view, scene.near_far, self.max_per_ray).rgb.cpu()
 
     def info(self) -> dict:
         t = self.trainer
@@ -353,11 +361,30 @@ def print_table(summaries: dict) -> None:
         )
 
 
+def merge(paths: list[Path], out: Path) -> None:
+    """The runs of several reports (e.g. one per method, from separate calls) in one report with one summary."""
+    import json
+
+    reports = [json.loads(p.read_text()) for p in paths if p.is_file()]
+    if not reports:
+        ref.fail(f"none of {[str(p) for p in paths]} exists")
+    merged = {**reports[0], "merged_from": [str(p) for p in paths if p.is_file()]}
+    merged["runs"] = [r for rep in reports for r in rep["runs"]]
+    merged["summary"] = summarise(merged["runs"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, merged)
+    print_table(merged["summary"])
+    print(f"wrote {out}")
+
+
 # ---------------------------------------------------------------------------------------------- driver
 
 
 def main() -> None:
     args = tyro.cli(Args, description=__doc__)
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ref.fail("CUDA is not available (--device cpu: equal steps on the CPU)")
@@ -395,6 +422,7 @@ def main() -> None:
         "ovseg3d": {
             k: getattr(cfg, k) for k in ("sampler", "contraction", "grid_impl", "rays_per_step", "lr_schedule")
         },
+        "eval_max_samples": args.eval_max_samples,
         "clock": {"check_every": CHECK_EVERY, "warmup_steps": args.warmup, "sync": device.type == "cuda"},
         "runs": [],
     }
@@ -410,7 +438,7 @@ def main() -> None:
         if ex is not None:
             ex.utils.set_random_seed(seed)  # random, numpy and torch
         if method == "ovseg3d":
-            return Ovseg3dRun(dataclasses.replace(cfg, seed=seed), scene, device, seconds, steps)
+            return Ovseg3dRun(dataclasses.replace(cfg, seed=seed), scene, device, seconds, steps, args.eval_max_samples)
         return NerfaccRun(ex, method, views)
 
     for seconds in budgets:

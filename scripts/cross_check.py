@@ -40,7 +40,7 @@ import textwrap
 import time
 import traceback
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,7 +232,7 @@ def load_file_module(name: str, path: Path, package_dirs: list[Path] | None = No
 
 
 @contextlib.contextmanager
-def swapped_modules(entries: dict[str, types.ModuleType | None], paths: list[Path] = ()) -> Iterator[None]:
+def swapped_modules(entries: dict[str, types.ModuleType | None], paths: Sequence[Path] = ()) -> Iterator[None]:
     """``sys.modules`` entries (None: removed) and ``sys.path`` folders, for the duration of an import."""
     saved = {k: sys.modules.get(k) for k in entries}
     for key, value in entries.items():
@@ -491,7 +491,7 @@ class Shared:
     folder: Path
 
 
-def test_image(width: int, height: int, seed: int) -> np.ndarray:
+def synthetic_photo(width: int, height: int, seed: int) -> np.ndarray:
     """A deterministic ``[H, W, 3]`` uint8 photo-like image: smooth shading, a few discs and bars, noise."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -677,7 +677,7 @@ def part_dense(proxyclip_dir: Path, shared: Shared, seed: int, workdir: Path) ->
 
     module, vendored = load_proxyclip(proxyclip_dir)
     rows = []
-    photo = test_image(448, 336, seed)
+    photo = synthetic_photo(448, 336, seed)
     view = TeacherView(0, torch.from_numpy(photo))
     image = torch.from_numpy(photo).permute(2, 0, 1).float() / 255.0  # [3, H, W] in [0, 1]
     mean, std = torch.tensor(OPENAI_MEAN).view(3, 1, 1), torch.tensor(OPENAI_STD).view(3, 1, 1)
@@ -977,7 +977,7 @@ def run_ovs_extraction(ovs_dir: Path, oc_clip: nn.Module, n_px: int, seed: int, 
 
     inputs, outputs = workdir / "ovs_images", workdir / "ovs_clip"
     inputs.mkdir(exist_ok=True)
-    big = Image.fromarray(test_image(48 * 8, 41 * 8, seed))
+    big = Image.fromarray(synthetic_photo(48 * 8, 41 * 8, seed))
     big.save(inputs / "view.png")
     argv, randint = sys.argv, random.randint
     sys.argv = [str(script), "--images_path", str(inputs), "--save_path", str(outputs)]
@@ -1054,7 +1054,8 @@ def crop_pixel_rows(image: np.ndarray, boxes: Tensor, size: int) -> list[Row]:
 
 def part_crops(ovs_dir: Path, shared: Shared, seed: int, workdir: Path, crop_size: int) -> tuple[list[Row], Tensor]:
     """3D-OVS's crop pyramid against ovseg3d's, on a CLIP of ViT-B/16's size that takes ``crop_size`` pixels
-    (2 950 crops of 224 pixels would take minutes on 2 cores); returns the rows and 3D-OVS's features."""
+    (three passes over 3,716 crops of 224 pixels would take over an hour on 2 cores); returns the rows and
+    3D-OVS's features."""
     from ovseg3d.teachers.base import TeacherView
     from ovseg3d.teachers.clip import TransformersClip, crop_boxes, multiscale_features, splat_crops
     from ovseg3d.teachers.config import TeacherConfig

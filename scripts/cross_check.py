@@ -929,6 +929,46 @@ def part_ovs_losses(ovs_dir: Path, seed: int) -> list[Row]:
     return rows
 
 
+def part_ovs_dino(ovs_dir: Path, shared: Shared, seed: int) -> list[Row]:
+    """FDA's DINO features: ovseg3d's :meth:`~ovseg3d.teachers.dino.TransformersDino.encode_pixels` against 3D-OVS's
+    ``VitExtractor.get_vit_feature`` (``models/DINO_extractor.py``, ``torch.hub.load`` giving the shared DINO) on
+    one 256-pixel training patch (3D-OVS's ``patch_size``), as the unit features and as FDA's ``cos(d_i, d_j)``."""
+    module = load_file_module("ovs_dino_extractor", ovs_dir / "models" / "DINO_extractor.py")
+    hub_load = torch.hub.load
+    torch.hub.load = lambda *args, **kwargs: shared.dino_vit  # type: ignore[assignment]
+    try:
+        extractor = module.VitExtractor("dino_vitb8", torch.device("cpu"))
+    finally:
+        torch.hub.load = hub_load  # type: ignore[assignment]
+    patch = torch.from_numpy(synthetic_photo(256, 256, seed + 2)).permute(2, 0, 1).float() / 255.0
+    dino = shared.dino
+    pixels = (patch[None] - torch.tensor(dino.mean).view(1, 3, 1, 1)) / torch.tensor(dino.std).view(1, 3, 1, 1)
+
+    def last_block() -> Tensor:
+        """ovseg3d's DINO's last block's output, before its final LayerNorm, unit tokens."""
+        out = dino.model(pixel_values=pixels, interpolate_pos_encoding=True, output_hidden_states=True)
+        return F.normalize(out.hidden_states[-1][0, 1:], dim=-1)
+
+    with torch.no_grad():
+        theirs = F.normalize(extractor.get_vit_feature(patch[None])[0, 1:], dim=-1)
+        ours = F.normalize(dino.encode_pixels(patch), dim=-1).reshape(theirs.shape)
+        pre_norm = last_block()
+        with dino_style_interpolation():
+            fixed = last_block()
+    note = "last block's tokens: theirs before DINO's final LayerNorm (a hook), ours after it"
+    return [
+        compare("3dovs/dino features", ours, theirs, note),
+        compare("3dovs/dino similarities", ours @ ours.T, theirs @ theirs.T, "FDA's cos(d_i, d_j)", vectors=False),
+        compare("3dovs/dino, ours before the norm", pre_norm, theirs, "diagnosis: the last block's output", info=True),
+        compare(
+            "3dovs/dino, before the norm, fix",
+            fixed,
+            theirs,
+            "diagnosis: and DINO's interpolation 28 -> 32 (the fix of the dense part)",
+        ),
+    ]
+
+
 # ------------------------------------------------------------------------------------------ crop pyramid
 
 
@@ -1209,7 +1249,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_part(rows, ["lerf/relevancy"], lambda: part_lerf(lerf, shared, args.seed))
         if ovs is None:
-            for name in ("crops", "3dovs/relevancy", "3dovs/rda", "3dovs/fda"):
+            for name in ("crops", "3dovs/relevancy", "3dovs/rda", "3dovs/fda", "3dovs/dino"):
                 rows.append(Row(name, status="skipped", note=why_ovs))
         else:
             features: list[Tensor | None] = [None]
@@ -1228,6 +1268,10 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: part_ovs_relevancy(ovs, shared, args.seed, workdir, features[0]),
             )
             run_part(rows, ["3dovs/rda", "3dovs/fda"], lambda: part_ovs_losses(ovs, args.seed))
+            if shared is None or shared.dino_vit is None:
+                rows.append(Row("3dovs/dino", status="skipped", note=why_models or f"--dino-src: {why_dino}"))
+            else:
+                run_part(rows, ["3dovs/dino"], lambda: part_ovs_dino(ovs, shared, args.seed))
 
     print_table(rows)
     seconds = time.perf_counter() - start

@@ -13,7 +13,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "cross_check.py"
-PARTS = ("converter", "dense", "lerf/relevancy", "crops", "3dovs/relevancy", "3dovs/rda", "3dovs/fda")
+PARTS = ("converter", "dense", "lerf/relevancy", "crops", "3dovs/relevancy", "3dovs/rda", "3dovs/fda", "3dovs/dino")
 
 
 def _cross_check():

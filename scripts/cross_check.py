@@ -923,7 +923,7 @@ def part_ovs_losses(ovs_dir: Path, seed: int) -> list[Row]:
         ours_losses.js_divergence = js  # type: ignore[assignment]
     (g_ours,) = torch.autograd.grad(ours, ours_in)
     rel = float((ours - theirs).abs().detach() / theirs.abs().detach())
-    note = f"ours with KL(p_i || p_j) for JS (diagnosis); loss {float(theirs):.4f}, relative {rel:.1e}"
+    note = f"ours with KL(p_i || p_j) for JS (diagnosis); loss {float(theirs.detach()):.4f}, relative {rel:.1e}"
     rows.append(compare("3dovs/fda, ours with KL", ours, theirs, note, info=True))
     rows.append(compare("3dovs/fda, ours with KL, grad", g_ours, g_theirs, "d loss / d logits", info=True))
     return rows

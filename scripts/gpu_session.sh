@@ -55,7 +55,7 @@
 #                                            # nerfacc's ops, ovseg3d's 3 seeds (~5 s warm-up and set-up + 30 s + ~40 s
 #                                            # scoring 40 views each) while tinycudann with its MLPs builds (173 s on
 #                                            # an H100), then nerfacc prop's 3 seeds (~5 + 30 + ~28 s each).
-#                                            # CLOCK_MARKS=90 needs two calls (CLOCK_SEEDS="0 1", then "2");
+#                                            # CLOCK_MARKS=90: one call a seed (CLOCK_SEEDS=0, ~350 s);
 #                                            # CLOCK_NERFACC=occ: the occ example instead (a call of its own);
 #                                            # CLOCK_VAL_EVERY=1: the validation views scored too (settings sweeps)
 #
@@ -462,7 +462,7 @@ clock)
     # grid, as the README's rows) while tinycudann with its MLPs builds for nerfacc's examples; one JSON a step, merged
     # at the end into $OUT/clock.json (also printed as a table: median and range over the seeds).
     #   bash scripts/gpu_session.sh clock SCENE [SECONDS]
-    #   CLOCK_MARKS=90 CLOCK_SEEDS="0 1" bash scripts/gpu_session.sh clock SCENE 540   # the 90 s mark: two calls
+    #   CLOCK_MARKS=90 CLOCK_SEEDS=0 bash scripts/gpu_session.sh clock SCENE 400   # the 90 s mark: one call a seed
     scene="$2"
     open_session "${3:-500}"
     install_wheels

@@ -304,26 +304,51 @@ def print_table(result: dict) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = tyro.cli(Args, args=argv, description=__doc__)
+def checked_scenes(
+    args: Any,  # noqa: ANN401 - either script's Args
+    looks_like: Callable[[Path], bool],
+    missing: Callable[[Path], list[str]],
+    script: str,
+    skip: Sequence[str] = (),
+) -> tuple[list[Path], TrainConfig, dict[str, str]] | None:
+    """A benchmark's scenes, config and teacher kinds once everything missing has been checked; ``None`` after the
+    one line that says what is missing (the caller exits 2 before any work)."""
     try:
-        scenes = scene_folders(args.dataset, looks_like_3dovs, args.scenes)
+        scenes = scene_folders(args.dataset, looks_like, args.scenes, skip=skip)
         cfg = base_config(args)
         kinds = teacher_kinds(scenes, args.teacher)
-        preflight([m for s in scenes for m in missing_3dovs(s)] + check_teachers(cfg, kinds, scenes))
+        preflight([m for s in scenes for m in missing(s)] + check_teachers(cfg, kinds, scenes))
     except UsageError as exc:
-        print(f"bench_3dovs: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"{script}: error: {exc}", file=sys.stderr)
+        return None
+    return scenes, cfg, kinds
+
+
+def result_header(args: Any, protocol: str) -> dict[str, Any]:  # noqa: ANN401 - either script's Args
+    """The result file's opening fields: the machine, the dataset, the protocol, the preset and the overrides."""
     from ovseg3d import accel
     from ovseg3d.train import resolve_device
 
     accel.configure_cpu_allocator()
-    result: dict[str, Any] = {
+    return {
         **accel.machine_info(resolve_device(args.device)),
         "dataset": str(args.dataset),
-        "protocol": "3D-OVS: mIoU / accuracy of the annotated views (held out), classes from segmentations/classes.txt",
+        "protocol": protocol,
         "preset": args.preset,
         "overrides": parse_overrides(args.set),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = tyro.cli(Args, args=argv, description=__doc__)
+    checked = checked_scenes(args, looks_like_3dovs, missing_3dovs, "bench_3dovs")
+    if checked is None:
+        return 2
+    scenes, cfg, kinds = checked
+    result: dict[str, Any] = {
+        **result_header(
+            args, "3D-OVS: mIoU / accuracy of the annotated views (held out), classes from segmentations/classes.txt"
+        ),
         "published_source": "LangSplat (arXiv:2312.16084v2), its 3D-OVS table; means: REFERENCE.md",
         "published_mean": PUBLISHED_MEAN,
         "scenes": {},

@@ -43,22 +43,18 @@ from bench_3dovs import (  # noqa: E402 - the scripts folder is put on the path 
     Args as CommonArgs,
 )
 from bench_3dovs import (  # noqa: E402
-    base_config,
-    check_teachers,
+    checked_scenes,
     fmt,
     image_count,
     mean,
-    preflight,
     read_eval,
+    result_header,
     run_one,
-    scene_folders,
     teacher_info,
-    teacher_kinds,
     used_teacher,
     write_json,
 )
 
-from ovseg3d.config import parse_overrides  # noqa: E402
 from ovseg3d.data.lerf_ovs import (  # noqa: E402
     LABEL_DIR,
     MASK_THRESHOLD,
@@ -221,26 +217,16 @@ def print_table(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(Args, args=argv, description=__doc__)
-    try:
-        scenes = scene_folders(args.dataset, looks_like_lerf, args.scenes, skip=(LABEL_DIR,))
-        cfg = base_config(args)
-        kinds = teacher_kinds(scenes, args.teacher)
-        preflight([m for s in scenes for m in missing_lerf(s)] + check_teachers(cfg, kinds, scenes))
-    except UsageError as exc:
-        print(f"bench_lerf_ovs: error: {exc}", file=sys.stderr)
+    checked = checked_scenes(args, looks_like_lerf, missing_lerf, "bench_lerf_ovs", skip=(LABEL_DIR,))
+    if checked is None:
         return 2
-    from ovseg3d import accel
-    from ovseg3d.train import resolve_device
-
-    accel.configure_cpu_allocator()
+    scenes, cfg, kinds = checked
     result: dict[str, Any] = {
-        **accel.machine_info(resolve_device(args.device)),
-        "dataset": str(args.dataset),
-        "protocol": "LERF-OVS 2D (LangSplat's evaluate_iou_loc.py): localisation accuracy and mIoU of the label frames",
+        **result_header(
+            args, "LERF-OVS 2D (LangSplat's evaluate_iou_loc.py): localisation accuracy and mIoU of the label frames"
+        ),
         "mask_threshold": args.mask_threshold,
         "smooth_px": args.smooth_px,
-        "preset": args.preset,
-        "overrides": parse_overrides(args.set),
         "published": PUBLISHED,
         "published_mean": PUBLISHED_MEAN,
         "published_source": "LangSplat (arXiv:2312.16084v2), its LERF-OVS tables; LangSplatV2's mean: REFERENCE.md",

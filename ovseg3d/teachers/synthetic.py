@@ -112,6 +112,10 @@ class SyntheticText:
         return F.normalize(torch.stack(vecs), dim=-1)
 
 
+_Objects = tuple[Tensor, Tensor, Tensor, Tensor, list[tuple[int, float]]]
+"""A view's objects for the persistent teacher: ids, classes, shares of the view, mask table, (look-alike, lean)."""
+
+
 class SyntheticClip:
     """A CLIP-like crop encoder that reads the ground-truth label map instead of pixels.
 
@@ -138,7 +142,7 @@ class SyntheticClip:
         self._noise = np.array([cfg.syn_noise[i] for i in order])
         self._confusion = np.array([cfg.syn_confusion[i] for i in order])
         self._integral: tuple[int, Tensor] | None = None
-        self._objects_of: tuple[int, tuple[Tensor, Tensor, Tensor, Tensor]] | None = None
+        self._objects_of: tuple[int, _Objects] | None = None
         self.stuff = [is_stuff(c) for c in classes]
         # each class's fixed look-alike among the classes of its kind (things, stuff): the next in a seeded cycle
         self.kin_lookalike = list(range(n))
@@ -164,7 +168,7 @@ class SyntheticClip:
         sums = _box_sums(self._integral[1], boxes)
         return sums / sums.sum(-1, keepdim=True).clamp(min=1.0)
 
-    def _objects(self, view: TeacherView) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _objects(self, view: TeacherView) -> _Objects:
         """The view's objects: instance ids ``[M]``, their classes ``[M]`` (``C`` for unlabelled), their share of
         the view ``[M]``, and the ``[H+1, W+1, M]`` summed-area table of their masks (cached for the view)."""
         if self._objects_of is not None and self._objects_of[0] == view.index:
@@ -182,7 +186,9 @@ class SyntheticClip:
         classes[ids == 0] = n  # instance 0: nothing
         area = counts.sum(-1).double() / labels.numel()
         table = _integral(F.one_hot(inverse.reshape(view.height, view.width), len(ids)))
-        self._objects_of = (view.index, (ids, classes, area, table))
+        # each object's look-alike and lean in this view, drawn once for all of the view's crops
+        leans = [self.lean(i, c, view.index) if c < n else (c, 0.0) for i, c in zip(ids.tolist(), classes.tolist())]
+        self._objects_of = (view.index, (ids, classes, area, table, leans))
         return self._objects_of[1]
 
     def lean(self, instance: int, cls: int, view: int) -> tuple[int, float]:
@@ -209,10 +215,10 @@ class SyntheticClip:
         weight fades by ``1 - a0 / (a0 + area)`` (a0 = ``syn_absorb``, area its share of the view) and stuff's grows
         by ``1 + syn_stuff_bleed``; the weights are then normalised to sum to 1 over the crop."""
         cfg, n = self.cfg, len(self.class_text)
-        ids, classes, area, table = self._objects(view)
+        _, classes, area, table, leans = self._objects(view)
         shares = _box_sums(table, boxes)  # [K, M] pixel counts
         weights = torch.zeros(len(boxes), n + 1, dtype=torch.float64)
-        for m, (instance, cls) in enumerate(zip(ids.tolist(), classes.tolist())):
+        for m, cls in enumerate(classes.tolist()):
             if cls == n:
                 weights[:, n] += shares[:, m]
                 continue
@@ -220,7 +226,7 @@ class SyntheticClip:
                 share = shares[:, m] * (1.0 + cfg.syn_stuff_bleed)
             else:  # absorbed into the surroundings as it shrinks
                 share = shares[:, m] * (float(area[m]) / (cfg.syn_absorb + float(area[m])))
-            alike, lean = self.lean(instance, cls, view.index)
+            alike, lean = leans[m]
             weights[:, cls] += share * (1.0 - lean)
             weights[:, alike] += share * lean
         return weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)

@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
-import math
 import sys
 import tempfile
 import textwrap
@@ -541,7 +540,7 @@ def part_converter(shared: Shared, seed: int) -> list[Row]:
             with torch.no_grad():
                 theirs_d = shared.dino_vit.get_intermediate_layers((px[None] - mean) / std)[0][0, 1:]
             note = "position embeddings as trained" if size == 224 else "position embeddings interpolated 28 -> 42"
-            rows.append(compare(f"converter/dino tokens {size}", ours_d, theirs_d, note, info=size != 224))
+            rows.append(compare(f"converter/dino tokens {size}", ours_d, theirs_d, note))
     return rows
 
 
@@ -552,55 +551,6 @@ def _lerf_negatives() -> list[str]:
 
 
 # -------------------------------------------------------------------------------------------------- dense
-
-
-def dino_style_pos(pos: Tensor, grid: int, new_h: int, new_w: int) -> Tensor:
-    """DINO's (and ProxyCLIP's open_clip's) interpolation of ``[grid * grid, C]`` position embeddings to a
-    ``new_h x new_w`` grid: bicubic with ``scale_factor = (new + 0.1) / grid`` (not ``size=``), which samples
-    at ``(i + 0.5) * grid / (new + 0.1) - 0.5``."""
-    dim = pos.shape[-1]
-    out = F.interpolate(
-        pos.reshape(1, grid, grid, dim).permute(0, 3, 1, 2),
-        scale_factor=((new_h + 0.1) / grid, (new_w + 0.1) / grid),
-        mode="bicubic",
-    )
-    return out.permute(0, 2, 3, 1).reshape(-1, dim)
-
-
-@contextlib.contextmanager
-def dino_style_interpolation() -> Iterator[None]:
-    """transformers' CLIP and ViT position-embedding interpolation replaced by :func:`dino_style_pos` (the fix
-    proposed for ovseg3d; in this process only)."""
-    from transformers.models.clip import modeling_clip
-    from transformers.models.vit import modeling_vit
-
-    def clip_interp(self: Any, embeddings: Tensor, height: int, width: int) -> Tensor:
-        pos = self.position_embedding.weight
-        grid = int(math.sqrt(pos.shape[0] - 1))
-        new_h, new_w = height // self.patch_size, width // self.patch_size
-        if new_h == new_w == grid:
-            return pos[None]
-        return torch.cat([pos[:1], dino_style_pos(pos[1:], grid, new_h, new_w)])[None]
-
-    def vit_interp(self: Any, embeddings: Tensor, height: int, width: int) -> Tensor:
-        pos = self.position_embeddings[0]
-        grid = int(math.sqrt(pos.shape[0] - 1))
-        new_h, new_w = height // self.patch_size, width // self.patch_size
-        if new_h == new_w == grid:
-            return pos[None]
-        return torch.cat([pos[:1], dino_style_pos(pos[1:], grid, new_h, new_w)])[None]
-
-    saved = (
-        modeling_clip.CLIPVisionEmbeddings.interpolate_pos_encoding,
-        modeling_vit.ViTEmbeddings.interpolate_pos_encoding,
-    )
-    modeling_clip.CLIPVisionEmbeddings.interpolate_pos_encoding = clip_interp
-    modeling_vit.ViTEmbeddings.interpolate_pos_encoding = vit_interp
-    try:
-        yield
-    finally:
-        modeling_clip.CLIPVisionEmbeddings.interpolate_pos_encoding = saved[0]
-        modeling_vit.ViTEmbeddings.interpolate_pos_encoding = saved[1]
 
 
 class _BaseSegmentor(nn.Module):
@@ -695,11 +645,6 @@ def part_dense(proxyclip_dir: Path, shared: Shared, seed: int, workdir: Path) ->
         interp = "CLIP 14 -> 21, DINO 28 -> 42 position embeddings" if window == 336 else "no interpolation"
         rows.append(compare(f"dense/window {window}", ours, theirs, f"forward_feature, {interp}"))
         if window == 336:
-            with torch.no_grad(), dino_style_interpolation():
-                fixed = ours_model.window_features(cut)
-            rows.append(
-                compare("dense/window 336, fix", fixed, theirs, "ours with DINO's interpolation (proposed fix)")
-            )
             with torch.no_grad(), no_half():
                 theirs_photo = seg.forward_slide(clip_input, [{"ori_shape": (336, 448)}], 112, 336)
             theirs_photo = F.normalize(theirs_photo[0].permute(1, 2, 0), dim=-1)
@@ -715,10 +660,10 @@ def part_dense(proxyclip_dir: Path, shared: Shared, seed: int, workdir: Path) ->
                 return F.interpolate(feats, size=crop.shape[-2:], mode="bilinear")
 
             seg.forward_feature = ours_windows
-            with torch.no_grad(), no_half(), dino_style_interpolation():
+            with torch.no_grad(), no_half():
                 mixed = seg.forward_slide(clip_input, [{"ori_shape": (336, 448)}], 112, 336)
             mixed = F.normalize(mixed[0].permute(1, 2, 0), dim=-1)
-            note = "ours' windows (with the fix) averaged by ProxyCLIP's forward_slide (diagnosis)"
+            note = "ours' windows averaged by ProxyCLIP's forward_slide (diagnosis)"
             rows.append(compare("dense/photo, their averaging", mixed, theirs_photo, note, info=True))
     return rows
 
@@ -942,30 +887,17 @@ def part_ovs_dino(ovs_dir: Path, shared: Shared, seed: int) -> list[Row]:
         torch.hub.load = hub_load  # type: ignore[assignment]
     patch = torch.from_numpy(synthetic_photo(256, 256, seed + 2)).permute(2, 0, 1).float() / 255.0
     dino = shared.dino
-    pixels = (patch[None] - torch.tensor(dino.mean).view(1, 3, 1, 1)) / torch.tensor(dino.std).view(1, 3, 1, 1)
-
-    def last_block() -> Tensor:
-        """ovseg3d's DINO's last block's output, before its final LayerNorm, unit tokens."""
-        out = dino.model(pixel_values=pixels, interpolate_pos_encoding=True, output_hidden_states=True)
-        return F.normalize(out.hidden_states[-1][0, 1:], dim=-1)
 
     with torch.no_grad():
         theirs = F.normalize(extractor.get_vit_feature(patch[None])[0, 1:], dim=-1)
-        ours = F.normalize(dino.encode_pixels(patch), dim=-1).reshape(theirs.shape)
-        pre_norm = last_block()
-        with dino_style_interpolation():
-            fixed = last_block()
-    note = "last block's tokens: theirs before DINO's final LayerNorm (a hook), ours after it"
+        proxy, fda = dino.tokens(patch)  # DINO's interpolation 28 -> 32 patches on this 256-pixel input
+        ours = F.normalize(fda, dim=-1).reshape(theirs.shape)
+        after = F.normalize(proxy, dim=-1).reshape(theirs.shape)
+    note = "the last block's tokens (FDA's), before DINO's final LayerNorm: theirs by a hook, ours hidden_states[-1]"
     return [
         compare("3dovs/dino features", ours, theirs, note),
         compare("3dovs/dino similarities", ours @ ours.T, theirs @ theirs.T, "FDA's cos(d_i, d_j)", vectors=False),
-        compare("3dovs/dino, ours before the norm", pre_norm, theirs, "diagnosis: the last block's output", info=True),
-        compare(
-            "3dovs/dino, before the norm, fix",
-            fixed,
-            theirs,
-            "diagnosis: and DINO's interpolation 28 -> 32 (the fix of the dense part)",
-        ),
+        compare("3dovs/dino, after the norm", after, theirs, "diagnosis: the proxy's tokens (ProxyCLIP's)", info=True),
     ]
 
 

@@ -19,6 +19,7 @@ from ovseg3d.syncs import to_device
 from ovseg3d.teachers.base import CropEncoder, TeacherView, autocast, half_dtype
 from ovseg3d.teachers.config import TeacherConfig, TeacherError
 from ovseg3d.teachers.hub import hub_files, hub_unavailable, load_pretrained, read_preprocessor, require_model
+from ovseg3d.teachers.positions import interpolate_as_dino
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -216,6 +217,7 @@ class TransformersClip:
         self.device = device
         self.dtype = half_dtype(device, half)  # images only; texts stay float32
         model = load_pretrained(CLIPModel.from_pretrained, name, "CLIP model", "--clip-model")
+        interpolate_as_dino(model.vision_model.embeddings)  # larger inputs (dense windows) as ProxyCLIP's
         self.model = model.to(device).eval()
         self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name, "CLIP tokenizer", "--clip-model")
         self.embedding_dim = int(model.config.projection_dim)

@@ -6,14 +6,16 @@ feature for every patch from one CLIP and one DINO pass per sliding window:
 1. The photo is resized so that its short side is ``short_side`` (336) and its long side is a whole number of
    both models' patches, and covered by square windows of ``window`` (336) pixels, ``stride`` (112) apart, the
    last one of each row and column flush with the border (as mmseg's sliding inference).
-2. Each window goes through CLIP's vision tower (position embeddings interpolated to the window's patch grid)
-   up to its last block. Of that block only the attention's value projection is kept (of ``layer_norm1`` of its
-   input): the query-key attention, the residual and the MLP are dropped.
+2. Each window goes through CLIP's vision tower (position embeddings interpolated to the window's patch grid as
+   DINO's code does, :mod:`ovseg3d.teachers.positions`) up to its last block. Of that block only the attention's
+   value projection is kept (of ``layer_norm1`` of its input): the query-key attention, the residual and the MLP
+   are dropped.
 3. The proxy attention comes from DINO's last-layer patch tokens ``f_i`` of the window (its own normalisation,
    its finer patch grid): ``s_ij = cos(f_i, f_j)``, ``a_ij = (s_ij - beta mean(s)) gamma`` with the mean over the
    whole window's matrix, ``a_ij = -inf`` where negative, a softmax over ``j``. ``proxy="window"`` (ProxyCLIP's)
    runs DINO on each window; ``"image"`` cuts the window's tokens from one DINO pass over the whole resized photo,
-   which is FDA's own DINO pass when the sizes agree, so that dense costs one CLIP pass a window and no more.
+   which is FDA's own DINO pass when the sizes agree (FDA takes the same pass's tokens before the final norm), so
+   that dense costs one CLIP pass a window and no more.
 4. CLIP's values (patch tokens, per head) are resized bilinearly to DINO's grid; each head's output is
    ``softmax(a) v``; the heads are joined and go through the attention's output projection, CLIP's last layer
    norm and its visual projection, and are L2-normalised: one CLIP embedding per DINO patch.
@@ -168,8 +170,8 @@ class ProxyClip:
         image = F.interpolate(image, size=(h, w), mode="bicubic", antialias=True, align_corners=False)[0].clamp(0, 1)
         tokens = None
         if self.proxy == "image":
-            tokens = self.dino.encode_pixels(image)
-            self._tokens = (view.index, (w, h), tokens)
+            tokens, fda = self.dino.tokens(image)
+            self._tokens = (view.index, (w, h), fda)
         p = int(self.dino.patch)
         total = torch.zeros(h // p, w // p, self.embedding_dim, device=device)  # on the photo's DINO grid
         count = torch.zeros(h // p, w // p, 1, device=device)
@@ -188,8 +190,9 @@ class ProxyClip:
         return F.normalize(small, dim=-1)[None]
 
     def fda_patches(self, view: TeacherView) -> Tensor | None:
-        """FDA's DINO features of ``view`` (:meth:`TransformersDino.encode_patches`) from the image-wide pass just
-        made for it, when that pass saw the same input (the same size), else ``None``."""
+        """FDA's DINO features of ``view`` (:meth:`TransformersDino.encode_patches`: the last block's tokens, before
+        the norm the proxy is taken after) from the image-wide pass just made for it, when that pass saw the same
+        input (the same size), else ``None``."""
         if self._tokens is None or self._tokens[0] != view.index:
             return None
         size = dino_input_size(view.width, view.height, self.dino.long_side, int(self.dino.patch))

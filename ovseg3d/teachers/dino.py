@@ -13,6 +13,7 @@ from torch import Tensor
 from ovseg3d.teachers.base import TeacherView, autocast, half_dtype
 from ovseg3d.teachers.config import TeacherError
 from ovseg3d.teachers.hub import load_pretrained, read_preprocessor, require_model
+from ovseg3d.teachers.positions import interpolate_as_dino
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,6 +41,8 @@ class TransformersDino:
             raise TeacherError(f"DINO model '{name}' is a '{kind}' model; expected a ViT (DINO) or DINOv2")
         extra = {"add_pooling_layer": False} if kind == "vit" else {}
         model = load_pretrained(AutoModel.from_pretrained, name, "DINO model", "--dino-model", **extra)
+        if kind == "vit":
+            interpolate_as_dino(model.embeddings)  # other input sizes as DINO's own code (positions.py)
         self.name = name
         self.device = device
         self.dtype = half_dtype(device, half)
@@ -53,21 +56,39 @@ class TransformersDino:
         self.mean = tuple(pre.get("image_mean", IMAGENET_MEAN))
         self.std = tuple(pre.get("image_std", IMAGENET_STD))
 
-    @torch.no_grad()
-    def encode_patches(self, view: TeacherView) -> Tensor:
+    def resized(self, view: TeacherView) -> Tensor:
+        """``view`` at DINO's input size (:func:`dino_input_size`): ``[3, h, w]`` in [0, 1] on the model's device."""
         w, h = dino_input_size(view.width, view.height, self.long_side, self.patch)
         image = view.image.to(self.device).permute(2, 0, 1)[None].float() / 255.0
-        image = F.interpolate(image, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-        return F.normalize(self.encode_pixels(image[0]), dim=-1).cpu()
+        return F.interpolate(image, size=(h, w), mode="bicubic", antialias=True, align_corners=False)[0].clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_patches(self, view: TeacherView) -> Tensor:
+        """FDA's unit features of ``view``: ``[h / patch, w / patch, D]`` on the CPU (:meth:`tokens`)."""
+        return F.normalize(self.tokens(self.resized(view))[1], dim=-1).cpu()
 
     @torch.no_grad()
     def encode_pixels(self, image: Tensor) -> Tensor:
-        """Last-layer patch tokens of ``image`` (``[3, h, w]`` in [0, 1] on the model's device, sides whole
-        patches): ``[h / patch, w / patch, D]`` float32 on the device, not normalised."""
+        """Last-layer patch tokens of ``image`` after the model's final norm (ProxyCLIP's proxy): see :meth:`tokens`."""
+        return self.tokens(image)[0]
+
+    @torch.no_grad()
+    def tokens(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """Patch tokens of ``image`` (``[3, h, w]`` in [0, 1] on the model's device, sides whole patches), each
+        ``[h / patch, w / patch, D]`` float32 on the device, not normalised: ``(proxy, fda)``.
+
+        ``proxy``: after the model's final LayerNorm (``last_hidden_state``), as ProxyCLIP takes DINO's tokens
+        (``get_intermediate_layers``). ``fda``: for DINO (kind ``vit``) the last block's output before that norm,
+        as 3D-OVS takes them (a forward hook on ``blocks[-1]``, ``models/DINO_extractor.py``); for DINOv2 the
+        normalised tokens its own feature API gives. One forward pass gives both."""
         mean = torch.tensor(self.mean, device=image.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=image.device).view(1, 3, 1, 1)
         pixels = (image[None] - mean) / std
-        extra = {"interpolate_pos_encoding": True} if self.kind == "vit" else {}
+        vit = self.kind == "vit"
+        extra = {"interpolate_pos_encoding": True, "output_hidden_states": True} if vit else {}
         with autocast(self.device, self.dtype):
-            tokens = self.model(pixel_values=pixels, **extra).last_hidden_state[0, self.n_prefix :]
-        return tokens.float().reshape(image.shape[1] // self.patch, image.shape[2] // self.patch, -1)
+            out = self.model(pixel_values=pixels, **extra)
+        grid = (image.shape[1] // self.patch, image.shape[2] // self.patch, -1)
+        proxy = out.last_hidden_state[0, self.n_prefix :].float().reshape(grid)
+        fda = out.hidden_states[-1][0, self.n_prefix :].float().reshape(grid) if vit else proxy
+        return proxy, fda

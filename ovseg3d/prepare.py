@@ -6,9 +6,11 @@ The steps, each resumable (a killed run continues from the work folder's databas
 1. **images**: photos with their EXIF orientation applied, or the sharpest frame (variance of the Laplacian) of
    each of ``--frames`` equal windows of a video (imageio's ffmpeg plugin), downscaled to ``--max-long-side``;
 2. **features**: SIFT per image, one camera for all (``--camera-model``, refined in bundle adjustment);
-3. **matches**: every pair for up to ``--exhaustive-up-to`` photos, else (and for video) each image with its
-   ``--overlap`` successors plus a coarse all-pairs grid over the sequence that closes loops (COLMAP's own
-   loop detection needs a vocabulary tree file, which is not bundled);
+3. **matches**: every pair for up to ``--exhaustive-up-to`` photos; more photos by retrieval
+   (:mod:`ovseg3d.retrieval`: each with the ``--retrieval-neighbours`` that look most like it, by a VLAD vector of
+   its own SIFT descriptors over a vocabulary learnt from these photos, and its ``--retrieval-window`` next in name
+   order); a video's frames each with its ``--overlap`` successors plus a coarse all-pairs grid over the sequence
+   that closes loops (COLMAP's own retrieval needs a vocabulary tree file, which is not bundled);
 4. **mapping**: first a model from the pairs of near photos (within ``--overlap`` in name order) alone; the pairs
    of far-apart photos whose matches contradict its cameras are dropped (repeated texture, symmetric objects);
    then incremental mapping on what is left, continued from that model; the model with the most registered
@@ -18,8 +20,8 @@ The steps, each resumable (a killed run continues from the work folder's databas
    otherwise); ``images_2/4/8``.
 
 OUT is written as ``OUT.partial`` and renamed when whole: it holds ``images/``, ``sparse/0/`` (binary),
-``images_2/`` ... , ``database.db`` and ``prepare.json`` (what was registered, the reprojection error, the seconds
-of each step).
+``images_2/`` ... , ``database.db``, ``pairs.txt`` (the photos matched, a pair a line) and ``prepare.json`` (what
+was registered, the reprojection error, the seconds of each step).
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from ovseg3d.atomic import write_json
+from ovseg3d.atomic import write_json, write_text
 from ovseg3d.errors import MissingFileError, UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 MIN_IMAGES = 3
 STATE = "prepare_state.json"
+PAIRS = "pairs.txt"  # the pairs of photos matched, by name, one a line (kept in the scene)
 STEPS = ("images", "features", "matches", "far_pairs", "mapping")
 CHAIN_MIN_SHARE = 0.9  # the near pairs' model must place this share of the photos for its cameras to judge others
 FAR_PAIR_MAX_PX = 4.0  # a far pair's match agrees with that model within this Sampson distance (COLMAP's own 4 px)
@@ -68,10 +71,16 @@ class PrepareConfig:
     """COLMAP camera model, refined in bundle adjustment (OPENCV: focal lengths, principal point, k1 k2 p1 p2)."""
     single_camera: bool = True
     """One camera for every image (one phone, one zoom); --no-single-camera: one per image."""
-    matcher: Literal["auto", "exhaustive", "sequential"] = "auto"
-    """auto: every pair for photos up to --exhaustive-up-to, else (and for a video) sequential with loop pairs."""
-    exhaustive_up_to: int = 150
-    """With --matcher auto: the most photos matched pair by pair (n^2 / 2 pairs)."""
+    matcher: Literal["auto", "retrieval", "exhaustive", "sequential"] = "auto"
+    """auto: every pair for photos up to --exhaustive-up-to, more photos by retrieval, a video sequential with loop
+    pairs; retrieval: each photo with its --retrieval-neighbours most alike (a VLAD vector of its own SIFT
+    descriptors over a vocabulary learnt from these photos) and its --retrieval-window next in name order."""
+    exhaustive_up_to: int = 30
+    """With --matcher auto: the most photos matched pair by pair (n^2 / 2 pairs; retrieval saves little below)."""
+    retrieval_neighbours: int = 10
+    """Retrieval: each photo is matched with this many photos that look most like it."""
+    retrieval_window: int = 2
+    """Retrieval: and with this many photos that follow it in name order (a camera names photos in capture order)."""
     overlap: int = 10
     """Sequential matching: each image is matched with this many that follow it."""
     loop_pairs: int = 20
@@ -96,8 +105,9 @@ class PrepareConfig:
     """Before mapping, drop the matched pairs of far-apart photos (more than --overlap apart in name order) whose
     matches contradict the cameras of a first model built from the near pairs alone: repeated texture (tiles,
     wallpaper) and near-symmetric objects match photos taken from opposite sides, and COLMAP's mapper then puts
-    whole runs of photos on the wrong side. Skipped when the near pairs alone do not place 90 % of the photos
-    (photos not in capture order). --no-far-pair-check: map every verified pair."""
+    whole runs of photos on the wrong side. Skipped, without that first mapping, when the near pairs do not join 90 %
+    of the photos, and after it when they do not place them (photos not in capture order). --no-far-pair-check: map
+    every verified pair."""
     mapper: Literal["incremental", "global"] = "incremental"
     """incremental: COLMAP's incremental mapper (a photo at a time, bundle adjustment as the model grows); global:
     COLMAP's global mapper (GLOMAP's rotation averaging, then every position at once, then bundle adjustment)."""
@@ -379,10 +389,29 @@ def _extract_octave(pycolmap, db: Path, images: Path, names: list[str], cfg: Pre
             bar.update(len(part))
 
 
-def _match(pycolmap, db: Path, work: Path, names: list[str], matcher: str, cfg: PrepareConfig) -> int:  # noqa: ANN001
+def photo_descriptors(pycolmap, db: Path, names: list[str]) -> list[np.ndarray]:  # noqa: ANN001
+    """The SIFT descriptors ``[N_i, 128]`` (uint8) in ``db`` of each of ``names``."""
+    with pycolmap.Database.open(db) as database:
+        ids = {im.name: im.image_id for im in database.read_all_images()}
+        return [np.asarray(database.read_descriptors(ids[name]).data) for name in names]
+
+
+def _pairs(pycolmap, db: Path, names: list[str], matcher: str, cfg: PrepareConfig) -> list[tuple[int, int]]:  # noqa: ANN001
+    """The index pairs to match: :func:`image_pairs`, or for ``retrieval``
+    :func:`~ovseg3d.retrieval.retrieval_pairs` of the photos' VLAD vectors."""
+    if matcher != "retrieval":
+        return image_pairs(len(names), matcher, cfg.overlap, cfg.loop_pairs)
+    from ovseg3d.retrieval import global_descriptors, retrieval_pairs
+
+    vectors = global_descriptors(photo_descriptors(pycolmap, db, names))
+    return retrieval_pairs(vectors, cfg.retrieval_neighbours, cfg.retrieval_window)
+
+
+def _match(pycolmap, db: Path, work: Path, names: list[str], matcher: str, cfg: PrepareConfig) -> tuple[int, int]:  # noqa: ANN001
     """Match the chosen pairs in chunks (a progress bar; pairs already matched are skipped by COLMAP); the
-    number of pairs that passed geometric verification."""
-    pairs = image_pairs(len(names), matcher, cfg.overlap, cfg.loop_pairs)
+    number of pairs matched and of those that passed geometric verification."""
+    pairs = _pairs(pycolmap, db, names, matcher, cfg)
+    write_text(work / PAIRS, "".join(f"{names[i]} {names[j]}\n" for i, j in pairs))
     options = pycolmap.FeatureMatchingOptions()
     options.num_threads = cfg.threads
     options.use_gpu = False
@@ -390,7 +419,7 @@ def _match(pycolmap, db: Path, work: Path, names: list[str], matcher: str, cfg: 
     with tqdm(total=len(pairs), desc=f"matches ({matcher})", unit="pair", leave=False) as bar:
         for start in range(0, len(pairs), chunk):
             part = pairs[start : start + chunk]
-            listing = work / "pairs.txt"
+            listing = work / "pairs_chunk.txt"
             listing.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in part))
             pairing = pycolmap.ImportedPairingOptions()
             pairing.match_list_path = listing
@@ -399,7 +428,7 @@ def _match(pycolmap, db: Path, work: Path, names: list[str], matcher: str, cfg: 
             )
             bar.update(len(part))
     with pycolmap.Database.open(db) as database:
-        return int(database.num_verified_image_pairs())
+        return len(pairs), int(database.num_verified_image_pairs())
 
 
 def _map(  # noqa: ANN202 - a pycolmap.Reconstruction
@@ -468,26 +497,50 @@ def epipolar_agreement(xa: np.ndarray, xb: np.ndarray, b_from_a: np.ndarray, foc
     return float(np.mean(dist < max_px))
 
 
+def largest_component(n: int, edges: list[tuple[int, int]]) -> int:
+    """The number of nodes in the largest connected component of the graph of nodes ``0 .. n-1`` and ``edges``."""
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in edges:
+        parent[root(a)] = root(b)
+    return max(np.bincount([root(i) for i in range(n)])) if n else 0
+
+
+MAPPER_MIN_MATCHES = 15  # COLMAP's incremental mapper maps a pair with at least this many inliers (min_num_matches)
 CHAIN_MODEL = "chain_model"  # the near pairs' model, kept in the work folder for the mapping to continue from
 
 
 def check_far_pairs(pycolmap, db: Path, images: Path, work: Path, names: list[str], cfg: PrepareConfig) -> dict:  # noqa: ANN001
     """Drop from ``db`` the verified pairs of photos more than ``cfg.overlap`` apart in ``names`` whose matches
     contradict the cameras of a model mapped from the near pairs alone (:data:`FAR_PAIR_MIN_AGREE` of them within
-    :data:`FAR_PAIR_MAX_PX`). That model is left in ``work/chain_model`` when it judged the pairs. Returns what was
-    checked and dropped (``"skipped"`` says why none was)."""
+    :data:`FAR_PAIR_MAX_PX`). That model is left in ``work/chain_model`` when it judged the pairs. Nothing is mapped
+    where there is no far pair, or where the near pairs (with COLMAP's 15 inliers) do not join
+    :data:`CHAIN_MIN_SHARE` of the photos. Returns what was checked and dropped (``"skipped"`` says why none was)."""
     shutil.rmtree(work / CHAIN_MODEL, ignore_errors=True)
     order = {name: i for i, name in enumerate(names)}
     with pycolmap.Database.open(db) as database:
         ids = {im.image_id: im.name for im in database.read_all_images()}
         pair_ids, geometries = database.read_two_view_geometries()
-    far = []
+    far, near = [], []
     for pair_id, geometry in zip(pair_ids, geometries):
         a, b = pycolmap.pair_id_to_image_pair(pair_id)
-        if len(geometry.inlier_matches) and abs(order[ids[a]] - order[ids[b]]) > cfg.overlap:
-            far.append((a, b, geometry.inlier_matches))
+        if abs(order[ids[a]] - order[ids[b]]) > cfg.overlap:
+            if len(geometry.inlier_matches):
+                far.append((a, b, geometry.inlier_matches))
+        elif len(geometry.inlier_matches) >= MAPPER_MIN_MATCHES:
+            near.append((order[ids[a]], order[ids[b]]))
     stats: dict = {"far_pairs": len(far), "far_pairs_dropped": 0}
     if not far:
+        return stats
+    joined = largest_component(len(names), near)
+    if joined < CHAIN_MIN_SHARE * len(names):  # no model of the near pairs could place enough: none is mapped
+        stats["skipped"] = f"the near pairs join only {joined} of {len(names)} photos (not in capture order?)"
         return stats
     chain_db = work / "chain.db"
     shutil.copy(db, chain_db)
@@ -598,16 +651,18 @@ def _sfm(work: Path) -> None:
         _finish(work, state, "features", t0, sift_first_octave=octave)
     matcher = cfg.matcher
     if matcher == "auto":
-        matcher = "exhaustive" if kind == "photos" and len(names) <= cfg.exhaustive_up_to else "sequential"
+        matcher = (
+            "sequential" if kind == "video" else "exhaustive" if len(names) <= cfg.exhaustive_up_to else "retrieval"
+        )
     if "matches" not in state["done"]:
         t0 = time.perf_counter()
-        verified = _match(pycolmap, db, work, names, matcher, cfg)
+        matched, verified = _match(pycolmap, db, work, names, matcher, cfg)
         if verified == 0:
             raise PrepareError(
                 f"no two of the {len(names)} images share enough verified matches: the photos must overlap "
                 "(each part of the scene in several of them), with texture to match"
             )
-        _finish(work, state, "matches", t0, verified_pairs=verified, matcher=matcher)
+        _finish(work, state, "matches", t0, matched_pairs=matched, verified_pairs=verified, matcher=matcher)
 
     if "mapping" in state["done"] and (work / "sfm.json").is_file():
         return  # a resumed run whose child had finished
@@ -666,6 +721,7 @@ def _sfm(work: Path) -> None:
         "mean_track_length": round(float(rec.compute_mean_track_length()), 2),
         "matcher": state.get("matcher", matcher),
         "sift_first_octave": state.get("sift_first_octave"),
+        "matched_pairs": state.get("matched_pairs"),
         "verified_pairs": state.get("verified_pairs"),
         "far_pair_check": state.get("far_pair_check"),
         "gravity_up_in_colmap_frame": None if up is None else np.round(up, 6).tolist(),
@@ -708,6 +764,11 @@ def prepare(source: Path, out: Path, cfg: PrepareConfig = PrepareConfig(), log: 
         raise UsageError('ovseg3d prepare needs pycolmap: pip install "ovseg3d[prepare]"')
     if out.exists():
         raise UsageError(f"{out} already exists: give a new folder (prepare writes a whole scene)")
+    if cfg.retrieval_neighbours < 1 or cfg.retrieval_window < 0:
+        raise UsageError(
+            f"--retrieval-neighbours {cfg.retrieval_neighbours} --retrieval-window {cfg.retrieval_window}: "
+            "give 1 or more neighbours and a window of 0 or more"
+        )
     kind, inputs = list_inputs(source)
     work = out.with_name(out.name + ".partial")
     fingerprint = _fingerprint(kind, inputs, cfg)
@@ -769,7 +830,7 @@ def prepare(source: Path, out: Path, cfg: PrepareConfig = PrepareConfig(), log: 
     _downscale(images, work, cfg.downscales, registered)
     state["seconds"]["downscale"] = round(time.perf_counter() - t0, 1)
     stats["seconds"] = dict(state["seconds"], total=round(sum(state["seconds"].values()), 1))
-    for leftover in ("pairs.txt", "sfm.json", "sfm_error.txt", STATE):
+    for leftover in ("pairs_chunk.txt", "sfm.json", "sfm_error.txt", STATE):
         (work / leftover).unlink(missing_ok=True)
     write_json(work / "prepare.json", stats)
     work.rename(out)

@@ -19,7 +19,10 @@ scenes go to ``--root`` (default ``bench/prepared``), reused unless ``--fresh``.
 from __future__ import annotations
 
 import json
+import os
+import resource
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,9 @@ from ovseg3d.data.colmap import c2w_opengl, read_model
 from ovseg3d.data.loader import load_scene
 from ovseg3d.metrics import trajectory_error
 from ovseg3d.prepare import PrepareConfig, prepare
+
+ROW_KEYS = ("images", "registered", "size", "points", "mean_reprojection_error_px", "matcher", "matched_pairs")
+ROW_KEYS += ("seconds", "sfm_cpu_s", "load_average")
 
 
 @dataclass
@@ -47,6 +53,12 @@ class Args:
     """SIFT's first octave (prepare's --sift-first-octave)."""
     mapper: Literal["incremental", "global"] = PrepareConfig.mapper
     """COLMAP's mapper (prepare's --mapper)."""
+    matcher: Literal["auto", "retrieval", "exhaustive", "sequential"] = PrepareConfig.matcher
+    """Which pairs to match (prepare's --matcher)."""
+    retrieval_neighbours: int = PrepareConfig.retrieval_neighbours
+    """prepare's --retrieval-neighbours."""
+    far_pair_check: bool = PrepareConfig.far_pair_check
+    """prepare's --far-pair-check."""
 
 
 def poses_by_name(scene: Path) -> tuple[list[str], np.ndarray]:
@@ -101,6 +113,68 @@ def ate_within_reference_runs(names: list[str], c2w: np.ndarray, found: dict[str
     return out
 
 
+class LoadAverage:
+    """The machine's 1-minute load average, read every ``every`` seconds while a ``with`` block runs: its mean and
+    most, beside the CPU count (other jobs on the cores make a run's seconds an upper bound)."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every, self.seen, self._stop = every, [os.getloadavg()[0]], threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every):
+            self.seen.append(os.getloadavg()[0])
+
+    def __enter__(self) -> LoadAverage:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.seen.append(os.getloadavg()[0])
+
+    def summary(self, own_threads: int) -> dict:
+        """Mean, most and the load when it began, and ``shared``: the mean load was more than ``own_threads`` (the
+        run's own busy threads) plus a half."""
+        mean = float(np.mean(self.seen))
+        return {
+            "start": round(self.seen[0], 2),
+            "mean": round(mean, 2),
+            "max": round(max(self.seen), 2),
+            "cpus": os.cpu_count(),
+            "shared": mean > own_threads + 0.5,
+        }
+
+
+def print_table(rows: dict[str, dict]) -> None:
+    """One line a set: what was registered, how well, against the reference, and the seconds of each step beside
+    the load average they were taken under (``*``: cores shared with other jobs)."""
+    print(
+        f"{'set':<16} {'photos':>6} {'size':>10} {'matcher':>10} {'pairs':>6} {'registered':>10} {'reproj px':>9} "
+        f"{'ATE % extent':>12} {'max step':>8} {'flips':>5} {'far dropped':>11} {'features s':>10} {'matches s':>9} "
+        f"{'far s':>5} {'mapping s':>9} {'total s':>8} {'SfM CPU s':>9} {'load':>6}"
+    )
+    for name, r in rows.items():
+        ate = f"{100 * r['ate']['rmse_share']:.3f}" if "ate" in r else "-"
+        if r.get("ate_within_reference_runs"):  # the reference's own flips: ATE of each of its two placements
+            ate += " (" + "/".join(f"{100 * g['rmse_share']:.2f}" for g in r["ate_within_reference_runs"]) + ")"
+        sec = r["seconds"]
+        size = "x".join(map(str, r["size"]))
+        path = r.get("path") or {}
+        far = r.get("far_pair_check") or {}
+        dropped = f"{far['far_pairs_dropped']}/{far['far_pairs']}" if far else "-"
+        load = r.get("load_average")
+        load_said = f"{load['mean']:.1f}{'*' if load['shared'] else ''}" if load else "-"
+        print(
+            f"{name:<16} {r['images']:>6} {size:>10} {r.get('matcher') or '-':>10} {r.get('matched_pairs') or '-':>6} "
+            f"{r['registered']:>10} {r['mean_reprojection_error_px']:>9.2f} "
+            f"{ate:>12} {path.get('max_step_share', float('nan')):>8.3f} {path.get('turns_over_150', -1):>5} "
+            f"{dropped:>11} {sec.get('features', 0):>10.0f} {sec.get('matches', 0):>9.0f} "
+            f"{sec.get('far_pairs', 0):>5.0f} {sec.get('mapping', 0):>9.0f} {sec['total']:>8.0f} {r.get('sfm_cpu_s') or float('nan'):>9.0f} {load_said:>6}"
+        )
+
+
 def main(args: Args) -> None:
     rows = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for spec in args.sets:
@@ -112,15 +186,23 @@ def main(args: Args) -> None:
         start = time.perf_counter()
         if not out.exists():
             cfg = PrepareConfig(
-                max_long_side=args.max_long_side, sift_first_octave=args.sift_first_octave, mapper=args.mapper
+                max_long_side=args.max_long_side,
+                sift_first_octave=args.sift_first_octave,
+                mapper=args.mapper,
+                matcher=args.matcher,
+                retrieval_neighbours=args.retrieval_neighbours,
+                far_pair_check=args.far_pair_check,
             )
-            stats = prepare(Path(photos), out, cfg)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            with LoadAverage() as load:
+                stats = prepare(Path(photos), out, cfg)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            stats["load_average"] = load.summary(min(os.cpu_count() or 1, 2))
+            stats["sfm_cpu_s"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
+            (out / "prepare.json").write_text(json.dumps(stats, indent=1))
         else:
             stats = json.loads((out / "prepare.json").read_text())
-        row = {
-            k: stats[k]
-            for k in ("images", "registered", "size", "points", "mean_reprojection_error_px", "matcher", "seconds")
-        }
+        row = {k: stats.get(k) for k in ROW_KEYS}
         row["registered_share"] = round(stats["registered"] / stats["images"], 4)
         row["wall_s"] = round(time.perf_counter() - start, 1)
         row["far_pair_check"] = stats.get("far_pair_check")
@@ -139,26 +221,7 @@ def main(args: Args) -> None:
         rows[name] = row
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))
-    print(
-        f"{'set':<10} {'photos':>6} {'size':>10} {'registered':>10} {'reproj px':>9} {'ATE % extent':>12} "
-        f"{'max step':>8} {'flips':>5} {'far dropped':>11} {'features s':>10} {'matches s':>9} {'far s':>5} "
-        f"{'mapping s':>9} {'total s':>8}"
-    )
-    for name, r in rows.items():
-        ate = f"{100 * r['ate']['rmse_share']:.2f}" if "ate" in r else "-"
-        if r.get("ate_within_reference_runs"):  # the reference's own flips: ATE of each of its two placements
-            ate += " (" + "/".join(f"{100 * g['rmse_share']:.2f}" for g in r["ate_within_reference_runs"]) + ")"
-        sec = r["seconds"]
-        size = "x".join(map(str, r["size"]))
-        path = r.get("path") or {}
-        far = r.get("far_pair_check") or {}
-        dropped = f"{far['far_pairs_dropped']}/{far['far_pairs']}" if far else "-"
-        print(
-            f"{name:<10} {r['images']:>6} {size:>10} {r['registered']:>10} {r['mean_reprojection_error_px']:>9.2f} "
-            f"{ate:>12} {path.get('max_step_share', float('nan')):>8.3f} {path.get('turns_over_150', -1):>5} "
-            f"{dropped:>11} {sec.get('features', 0):>10.0f} {sec.get('matches', 0):>9.0f} "
-            f"{sec.get('far_pairs', 0):>5.0f} {sec.get('mapping', 0):>9.0f} {sec['total']:>8.0f}"
-        )
+    print_table(rows)
     print(f"wrote {args.out}")
 
 

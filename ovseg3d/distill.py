@@ -198,7 +198,12 @@ class Distiller:
         scale = math.exp(math.log(cfg.sem_max_resolution / 16) / max(1, cfg.sem_levels - 1))
         grid = HashGridConfig(cfg.sem_levels, cfg.sem_features_per_level, cfg.sem_log2_hashmap_size, 16, scale)
         sem = SemanticConfig(grid, cfg.latent_dim, 64, clip_dim, n_scales, space.dino_dim)
-        self.field = SemanticField(geo.field.aabb, sem, geo.device, cfg.grid_impl, geo.field.contraction)
+        # the field's initialisation and the pixels drawn depend on cfg.seed alone: not on what drew from torch's
+        # global stream before (the geometry, a teacher cache rebuilt, a preview's randomised PCA)
+        with torch.random.fork_rng(devices=[geo.device] if geo.device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)
+            self.field = SemanticField(geo.field.aabb, sem, geo.device, cfg.grid_impl, geo.field.contraction)
+        self.rng = torch.Generator(geo.device).manual_seed(cfg.seed)
         # fused: one kernel for all parameters, its step counts on the device (the default reads them every step)
         self.optimizer = torch.optim.Adam(
             self.field.parameters(), lr=cfg.sem_lr, betas=(0.9, 0.99), eps=1e-15, fused=True
@@ -232,19 +237,21 @@ class Distiller:
         cfg, dev = self.cfg, self.device
         w, h = self.geo.scene.width, self.geo.scene.height
         n = cfg.sem_rays
+        def draw(high: int, count: int) -> Tensor:
+            return torch.randint(high, (count,), device=dev, generator=self.rng)
+
         if self.geo.pixels is None:
-            views = self.train_views[torch.randint(len(self.train_views), (n,), device=dev)]
-            u, v = torch.randint(w, (n,), device=dev), torch.randint(h, (n,), device=dev)
+            views = self.train_views[draw(len(self.train_views), n)]
+            u, v = draw(w, n), draw(h, n)
         else:
-            flat = self.geo.pixels[torch.randint(0, len(self.geo.pixels), (n,), device=dev)].long()
+            flat = self.geo.pixels[draw(len(self.geo.pixels), n)].long()
             views, v, u = self.train_views[flat // (h * w)], (flat // w) % h, flat % w
         k, s = cfg.fda_patch_size, cfg.fda_stride
         span_w, span_h = min(w, (k - 1) * s + 1), min(h, (k - 1) * s + 1)
         step_w, step_h = max(1, (span_w - 1) // (k - 1)), max(1, (span_h - 1) // (k - 1))
         b = cfg.fda_patches
-        pv = self.train_views[torch.randint(len(self.train_views), (b,), device=dev)]
-        x0 = torch.randint(w - (k - 1) * step_w, (b,), device=dev)
-        y0 = torch.randint(h - (k - 1) * step_h, (b,), device=dev)
+        pv = self.train_views[draw(len(self.train_views), b)]
+        x0, y0 = draw(w - (k - 1) * step_w, b), draw(h - (k - 1) * step_h, b)
         gy, gx = torch.meshgrid(torch.arange(k, device=dev), torch.arange(k, device=dev), indexing="ij")
         pu = (x0[:, None] + gx.reshape(1, -1) * step_w).reshape(-1)
         pvv = (y0[:, None] + gy.reshape(1, -1) * step_h).reshape(-1)
@@ -390,6 +397,7 @@ class Distiller:
             "field": self.field.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "teacher_space": self.space.state_dict(),
+            "rng": self.rng.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -397,6 +405,8 @@ class Distiller:
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        if "rng" in state:  # a resumed distillation draws the pixels it would have drawn (older checkpoints: anew)
+            self.rng.set_state(state["rng"].cpu())
 
 
 def load_distiller(trainer: Trainer, state: dict) -> Distiller | None:

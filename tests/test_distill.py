@@ -274,3 +274,30 @@ def test_a_checkpoint_keeps_its_teacher_space_so_export_needs_no_teacher_cache(d
     write_checkpoint(ckpt, state)
     distiller = load_distiller(load_trainer(run, "cpu"), load_checkpoint(ckpt))
     assert reads == [1, 1] and distiller.teacher is not None
+
+
+def test_the_distillation_draws_from_its_own_seeded_stream(distilled):
+    """The pixels drawn and the field's initial weights follow ``cfg.seed`` alone: draws from torch's global
+    stream in between (a teacher cache rebuilt, a preview's randomised PCA) change nothing, another seed does,
+    and a distiller restored from a state continues the stream where it was saved."""
+    import dataclasses
+
+    from ovseg3d.distill import Distiller
+    from ovseg3d.teachers.extract import ensure_features
+    from ovseg3d.train import load_trainer
+
+    _, run = distilled
+    trainer = load_trainer(run, "cpu")
+    features = ensure_features(trainer.scene, trainer.cfg.teachers, trainer.device)
+    first = Distiller(trainer, features)
+    torch.rand(1000)  # the global stream moves
+    again = Distiller(trainer, features)
+    a, b = first.sample_pixels(), again.sample_pixels()
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(p, q) for p, q in zip(first.field.parameters(), again.field.parameters()))
+    trainer.cfg = dataclasses.replace(trainer.cfg, seed=trainer.cfg.seed + 1)
+    other = Distiller(trainer, features)
+    assert not torch.equal(other.sample_pixels()[1], a[1])
+    restored = Distiller(trainer, features)
+    restored.load_state_dict(first.state_dict())
+    assert all(torch.equal(x, y) for x, y in zip(first.sample_pixels(), restored.sample_pixels()))

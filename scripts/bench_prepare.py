@@ -13,7 +13,11 @@ Each set is a folder of photos (fetched, never committed) and, optionally, a sce
         fox=/work/data/fox/data/nerf/fox/images:/work/data/fox/data/nerf/fox bonsai=/work/data/bonsai/photos
 
 Prints a table and writes JSON (default ``bench/prepare.json``; rows of sets not run are kept). The prepared
-scenes go to ``--root`` (default ``bench/prepared``), reused unless ``--fresh``.
+scenes go to ``--root`` (default ``bench/prepared``), reused unless ``--fresh``. The pairs matched are prepare's
+(``--matcher retrieval`` or ``exhaustive`` to compare, under another set name). Every run records the machine's
+1-minute load average while it ran (mean, most, at the start) and the CPU seconds of structure from motion (the
+child process's user + system time, which other jobs on the cores change far less than the wall seconds); a mean
+load above 2.5 marks its seconds as taken on shared cores (``*`` in the table).
 """
 
 from __future__ import annotations
@@ -166,12 +170,14 @@ def print_table(rows: dict[str, dict]) -> None:
         dropped = f"{far['far_pairs_dropped']}/{far['far_pairs']}" if far else "-"
         load = r.get("load_average")
         load_said = f"{load['mean']:.1f}{'*' if load['shared'] else ''}" if load else "-"
+        cpu = f"{r['sfm_cpu_s']:.0f}" if r.get("sfm_cpu_s") else "-"
         print(
             f"{name:<16} {r['images']:>6} {size:>10} {r.get('matcher') or '-':>10} {r.get('matched_pairs') or '-':>6} "
             f"{r['registered']:>10} {r['mean_reprojection_error_px']:>9.2f} "
             f"{ate:>12} {path.get('max_step_share', float('nan')):>8.3f} {path.get('turns_over_150', -1):>5} "
             f"{dropped:>11} {sec.get('features', 0):>10.0f} {sec.get('matches', 0):>9.0f} "
-            f"{sec.get('far_pairs', 0):>5.0f} {sec.get('mapping', 0):>9.0f} {sec['total']:>8.0f} {r.get('sfm_cpu_s') or float('nan'):>9.0f} {load_said:>6}"
+            f"{sec.get('far_pairs', 0):>5.0f} {sec.get('mapping', 0):>9.0f} {sec['total']:>8.0f} {cpu:>9} "
+            f"{load_said:>6}"
         )
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from ovseg3d.prepare import PrepareConfig, _extract_octave, _match, image_pairs
+from ovseg3d.prepare import PrepareConfig, _extract_octave, _match
 
 
 @dataclass
@@ -45,9 +45,8 @@ def measure(images: Path, names: list[str], octave: int, max_features: int, work
     _extract_octave(pycolmap, db, images, names, cfg, octave)
     features = time.perf_counter() - t0
     t0 = time.perf_counter()
-    verified = _match(pycolmap, db, work, names, "sequential", cfg)
+    pairs, verified = _match(pycolmap, db, work, names, "sequential", cfg)
     match = time.perf_counter() - t0
-    pairs = len(image_pairs(len(names), "sequential", cfg.overlap, cfg.loop_pairs))
     with pycolmap.Database.open(db) as database:
         keypoints = [database.num_keypoints_for_image(im.image_id) for im in database.read_all_images()]
     return {

@@ -509,7 +509,7 @@ def largest_component(n: int, edges: list[tuple[int, int]]) -> int:
 
     for a, b in edges:
         parent[root(a)] = root(b)
-    return max(np.bincount([root(i) for i in range(n)])) if n else 0
+    return int(np.bincount([root(i) for i in range(n)]).max()) if n else 0
 
 
 MAPPER_MIN_MATCHES = 15  # COLMAP's incremental mapper maps a pair with at least this many inliers (min_num_matches)

@@ -160,12 +160,13 @@ def object_rows(run: Path) -> list[dict]:
     over the views that see it (20 pixels or more), the share of those views in which it leans past 0.5 (where the teacher
     takes it for the look-alike), and its class's IoU in 2D (the teacher) and 3D (the field) on the annotated views."""
     from ovseg3d.data.loader import load_scene
+    from ovseg3d.teachers.extract import scene_key
     from ovseg3d.teachers.synthetic import SyntheticClip
 
     cfg = load_run_config(run)
     scene = load_scene(cfg.scene)
     metrics = json.loads((run / "eval.json").read_text())
-    clip = SyntheticClip(scene.classes, cfg.teachers)
+    clip = SyntheticClip(scene.classes, cfg.teachers, scene_key(scene))
     leans: dict[tuple[int, int], list[tuple[int, float]]] = {}
     for v in range(len(scene)):
         labels, instances = scene.labels[v].long(), scene.instances[v].long()

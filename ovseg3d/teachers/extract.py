@@ -135,6 +135,12 @@ def _jsonable(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
+def scene_key(scene: Scene) -> str:
+    """What tells one scene from another for the simulated teacher: its first view's image, labels and instances
+    (a generated scene's seed, tilt or layout changes them; renaming or moving its folder does not)."""
+    return _tensor_hash(scene.images[0], scene.labels.get(0), scene.instances.get(0))[:16]
+
+
 def build_teachers(scene: Scene, cfg: TeacherConfig, device: torch.device) -> tuple[CropEncoder, PatchEncoder]:
     """The CLIP-like and DINO-like encoders for ``cfg.kind``."""
     if cfg.kind == "synthetic":
@@ -146,7 +152,7 @@ def build_teachers(scene: Scene, cfg: TeacherConfig, device: torch.device) -> tu
                 f"{scene.root}: the synthetic teacher needs labels/ and instances/ maps for every view "
                 f"(view {missing[0]} has none); use --teacher clip"
             )
-        return SyntheticClip(scene.classes, cfg), SyntheticDino(cfg)
+        return SyntheticClip(scene.classes, cfg, scene_key(scene)), SyntheticDino(cfg)
     if cfg.kind == "clip":
         from ovseg3d.teachers.dino import TransformersDino
 

@@ -125,10 +125,13 @@ class SyntheticClip:
     name = "synthetic-clip"
     batch_size = 64
 
-    def __init__(self, classes: list[str], cfg: TeacherConfig):
+    def __init__(self, classes: list[str], cfg: TeacherConfig, scene_key: str = ""):
+        """``scene_key``: what tells this scene from another (:func:`~ovseg3d.teachers.extract.scene_key`), so that
+        object 3 of one scene does not lean as object 3 of every other."""
         if not classes:
             raise TeacherError("the synthetic teacher needs the scene's classes (segmentations/classes.txt)")
         self.cfg = cfg
+        self.scene_key = scene_key
         self.text = SyntheticText(cfg.syn_dim, cfg.teacher_seed)
         self.embedding_dim = cfg.syn_dim
         self.class_text = self.text.encode_text(classes)  # [C, D]
@@ -194,17 +197,17 @@ class SyntheticClip:
     def lean(self, instance: int, cls: int, view: int) -> tuple[int, float]:
         """``(look-alike class, lean)`` of one object in one view. The look-alike, a class of the same kind (a thing
         for a thing, stuff for stuff; its class's fixed look-alike most of the time), and the object's lean
-        (uniform in ``[0, syn_lean]``) are drawn once per object, so the same object errs the same way from every
+        (uniform in ``[0, syn_lean]``) are drawn once per object of the scene, so the same object errs the same way from every
         side; the lean then moves by ``N(0, syn_lean_view)`` per view. Past 0.5 the object reads as its look-alike."""
         cfg, n = self.cfg, len(self.class_text)
         kin = [c for c in range(n) if c != cls and self.stuff[c] == self.stuff[cls]]
         if not kin:  # nothing of its kind to be taken for
             return cls, 0.0
-        g = torch.Generator().manual_seed(_seed("object", cfg.teacher_seed, instance))
+        g = torch.Generator().manual_seed(_seed("object", cfg.teacher_seed, self.scene_key, instance))
         u_alike, u_lean = torch.rand(2, generator=g).tolist()
         other = kin[int(torch.randint(len(kin), (1,), generator=g))]
         alike = self.kin_lookalike[cls] if u_alike < _LOOKALIKE else other
-        g_view = torch.Generator().manual_seed(_seed("lean", cfg.teacher_seed, instance, view))
+        g_view = torch.Generator().manual_seed(_seed("lean", cfg.teacher_seed, self.scene_key, instance, view))
         lean = cfg.syn_lean * u_lean + cfg.syn_lean_view * float(torch.randn(1, generator=g_view))
         return alike, min(max(lean, 0.0), 1.0)
 

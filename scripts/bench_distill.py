@@ -49,6 +49,8 @@ GENERATED = {
 seeds, tilts and camera paths that no setting was chosen on."""
 
 ABLATIONS = {
+    "seed1": {"seed": 1},  # the distillation's initialisation and pixel draws (its generator), the geometry kept
+    "seed2": {"seed": 2},
     "per_view_teacher": {"teachers": {"syn_errors": "per-view"}},
     "no_fda": {"fda_pos_weight": 0.0, "fda_neg_weight": 0.0},
     "no_rda": {"rda_weight": 0.0},
@@ -72,6 +74,9 @@ class Args:
     device: str = "auto"
     work: Path = Path("bench/runs")
     out: Path = Path("bench/distill.json")
+    redistil: bool = False
+    """Keep the geometry of the runs already in --work and re-distil them with today's teachers and distillation
+    (the 'full' row then times the distillation alone): for a change of the semantic half only."""
     objects: bool = False
     """Only print, from the runs already in --work, each object's lean under the persistent simulated teacher
     beside its class's 2D and 3D IoU (issue 67: where does 3D beat its teacher?)."""
@@ -238,8 +243,14 @@ def main() -> None:
         scene = scene_folder(name, args.work)
         label = Path(name).name
         runs[label] = run = args.work / label
-        print(f"\n== {label}: full method ({args.preset} preset, {args.teacher} teacher) -> {run}", flush=True)
-        result["scenes"][label] = {"full": full_run(scene, run, args, overrides)}
+        if args.redistil:
+            if not (run / GEOMETRY_CHECKPOINT).is_file():
+                raise SystemExit(f"bench_distill: --redistil needs {run / GEOMETRY_CHECKPOINT} (run without it first)")
+            print(f"\n== {label}: full method, re-distilled on {run}'s geometry", flush=True)
+            result["scenes"][label] = {"full": ablation_run(run, args.work / f"{label}-method", {}, args.device)}
+        else:
+            print(f"\n== {label}: full method ({args.preset} preset, {args.teacher} teacher) -> {run}", flush=True)
+            result["scenes"][label] = {"full": full_run(scene, run, args, overrides)}
         _write(result, args.out)
     for ablation in args.ablations:  # each ablation over every scene before the next: a cut-short run has whole rows
         for label, run in runs.items():

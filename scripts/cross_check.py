@@ -1141,6 +1141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crop-size", type=int, default=32, help="the crop pyramid's CLIP input size (ViT-B/16: 224)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--skip-crops", action="store_true", help="leave out the crop pyramid (3D-OVS's extraction: most of the time)"
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "cross_check.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -1185,8 +1188,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(Row(name, status="skipped", note=why_ovs))
         else:
             features: list[Tensor | None] = [None]
-            if shared is None:
-                rows.append(Row("crops", status="skipped", note=why_models))
+            if shared is None or args.skip_crops:
+                rows.append(Row("crops", status="skipped", note=why_models or "--skip-crops"))
             else:
 
                 def crops() -> list[Row]:

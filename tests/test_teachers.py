@@ -23,7 +23,7 @@ from ovseg3d.teachers.clip import build_clip, crop_boxes, crop_coverage, multisc
 from ovseg3d.teachers.config import TeacherConfig, TeacherError
 from ovseg3d.teachers.dino import TransformersDino, dino_input_size
 from ovseg3d.teachers.extract import ensure_features, teacher_scores
-from ovseg3d.teachers.relevancy import class_relevancy, query_relevancy, teacher_segmentation
+from ovseg3d.teachers.relevancy import class_relevancy, negatives_relevancy, query_relevancy, teacher_segmentation
 from ovseg3d.teachers.synthetic import SyntheticText
 
 CPU = torch.device("cpu")
@@ -142,6 +142,23 @@ def test_query_relevancy_follows_lerf():
     assert rel[0] == pytest.approx(expect0, abs=1e-6)
     assert rel[1] < 0.01  # a negative is not the query
     assert rel[2] == pytest.approx(1 / (1 + math.exp(-10 * (0 - 0.0))), abs=1e-6)  # unrelated: 0.5
+
+
+def test_negatives_relevancy_is_lerfs_query_relevancy_against_the_other_classes():
+    """Each class's map is LERF's relevancy of that class against the other classes and the canonical phrases,
+    with no rescaling per image: a pixel nearer another class stays below 0.5 for its own."""
+    gen = torch.Generator().manual_seed(0)
+    texts = F.normalize(torch.randn(4, 8, generator=gen), dim=-1)
+    canonical = F.normalize(torch.randn(3, 8, generator=gen), dim=-1)
+    feats = F.normalize(torch.randn(2, 3, 5, 8, generator=gen), dim=-1)
+    rel = negatives_relevancy(feats, texts, canonical)
+    assert rel.shape == (2, 3, 5, 4)
+    for c in range(4):
+        negatives = torch.cat([texts[torch.arange(4) != c], canonical])
+        torch.testing.assert_close(rel[..., c], query_relevancy(feats, texts[c], negatives))
+    mug_like_book = F.normalize(texts[1] + 0.9 * texts[0], dim=-1).view(1, 1, 1, 8)  # the book's text, nearer
+    near = negatives_relevancy(mug_like_book, texts, canonical)[0, 0, 0]
+    assert near.argmax() == 1 and near[0] < 0.5 < near[1]
 
 
 # ---------------------------------------------------------------------------------------- real models

@@ -67,6 +67,11 @@ class TeacherConfig:
     smooth at the crop stride, and 512 float16 channels per scale make these maps the bulk of the cache."""
     relevancy_long_side: int = 128
     """Long side of the stored relevancy maps (computed at this size; the CLIP maps are area-averaged from it)."""
+    class_relevancy: Literal["minmax", "negatives"] = "minmax"
+    """How a class's relevancy map is made from the CLIP features. 'minmax' (3D-OVS's): the cosine with the class
+    text, min-max normalised over the image, per class and scale; 'negatives' (LERF's form): the least of
+    sigmoid(10 (cos(F, t_c) - cos(F, n))) over the negatives n, every other class and LERF's canonical phrases
+    (object, things, stuff, texture), so that a pixel is relevant to the class that beats all others there."""
     teacher_long_side: int = 0
     """Resize input images so their long side is this before the teachers see them (0 = original size)."""
     dino_model: str = "facebook/dino-vitb8"

@@ -32,7 +32,12 @@ from ovseg3d.teachers.clip import build_clip, clip_backend, count_crops, feature
 from ovseg3d.teachers.config import TeacherConfig, TeacherError
 from ovseg3d.teachers.dense import ProxyClip
 from ovseg3d.teachers.hub import require_model
-from ovseg3d.teachers.relevancy import class_relevancy, teacher_segmentation
+from ovseg3d.teachers.relevancy import (
+    CANONICAL_NEGATIVES,
+    class_relevancy,
+    negatives_relevancy,
+    teacher_segmentation,
+)
 
 _REAL_SETTINGS = (
     "clip_features",
@@ -44,6 +49,7 @@ _REAL_SETTINGS = (
     "clip_grow",
     "feature_long_side",
     "relevancy_long_side",
+    "class_relevancy",
     "teacher_long_side",
     "dino_model",
     "dino_long_side",
@@ -59,6 +65,7 @@ _SYNTHETIC_SETTINGS = (
     "clip_batch",
     "feature_long_side",
     "relevancy_long_side",
+    "class_relevancy",
     "teacher_seed",
     "syn_dim",
     "syn_noise",
@@ -284,6 +291,7 @@ def extract_into(
 
     text = clip.encode_text(scene.classes) if scene.classes else torch.zeros(0, clip.embedding_dim)
     np.save(path / "text.npy", text.numpy().astype(np.float32))
+    canonical = clip.encode_text(list(CANONICAL_NEGATIVES)) if cfg.class_relevancy == "negatives" else None
     src_w, src_h = meta["source_size"]
     rel_w, rel_h = feature_size(src_w, src_h, cfg.relevancy_long_side)
     out_w, out_h = feature_size(src_w, src_h, min(cfg.feature_long_side, cfg.relevancy_long_side))
@@ -304,7 +312,10 @@ def extract_into(
                 feats = multiscale_features(clip, view, cfg, (rel_w, rel_h), _view_generator(cfg, i), bar.update)
             if feats.device not in text_on:
                 text_on[feats.device] = text.to(feats.device)
-            rel = class_relevancy(feats, text_on[feats.device]).cpu()  # [S, h, w, C]
+            if canonical is None:
+                rel = class_relevancy(feats, text_on[feats.device]).cpu()  # [S, h, w, C]
+            else:
+                rel = negatives_relevancy(feats, text_on[feats.device], canonical.to(feats.device)).cpu()
             feats = shrink_features(feats, out_w, out_h).cpu()  # the view's one copy back
             reused = dense.fda_patches(view) if dense is not None else None
             tick("CLIP")

@@ -3,6 +3,8 @@
 * 3D-OVS, per class and scale: ``R_s,c = minmax_image(cos(F_s(p), t_c))``, min-max over the image.
 * LERF, for a free-text query q against canonical negatives c_i:
   ``min_i softmax([tau cos(F, q), tau cos(F, c_i)])[0]`` with tau = 10.
+* LERF's form for the classes (``--class-relevancy negatives``): class c against every other class and the
+  canonical negatives.
 """
 
 from __future__ import annotations
@@ -35,6 +37,20 @@ def class_relevancy(features: Tensor, texts: Tensor, eps: float = 1e-6) -> Tenso
     lo = sim.amin(dim=(1, 2), keepdim=True)
     hi = sim.amax(dim=(1, 2), keepdim=True)
     return (sim - lo) / (hi - lo).clamp(min=eps)
+
+
+def negatives_relevancy(features: Tensor, texts: Tensor, canonical: Tensor, temperature: float = 10.0) -> Tensor:
+    """Class relevancy in LERF's form: ``[S, H, W, D]``, ``[C, D]`` classes, ``[K, D]`` canonical negatives ->
+    ``[S, H, W, C]`` in [0, 1], for each class the least of ``sigmoid(tau (cos(F, t_c) - cos(F, n)))`` over the
+    negatives ``n``: the other classes and the canonical ones. No normalisation over the image: a pixel is
+    relevant to the class that beats every other text there, whatever else the image holds."""
+    pos = cosine(features, texts)  # [S, H, W, C]
+    neg = cosine(features, canonical)  # [S, H, W, K]
+    pair = torch.sigmoid(temperature * (pos[..., :, None] - pos[..., None, :]))  # [S, H, W, C, C]: c against c'
+    pair = pair.masked_fill(torch.eye(pos.shape[-1], dtype=torch.bool, device=pos.device), 1.0)
+    against_classes = pair.amin(dim=-1)
+    against_canonical = torch.sigmoid(temperature * (pos[..., :, None] - neg[..., None, :])).amin(dim=-1)
+    return torch.minimum(against_classes, against_canonical)
 
 
 def query_relevancy(features: Tensor, query: Tensor, negatives: Tensor, temperature: float = 10.0) -> Tensor:

@@ -52,6 +52,7 @@ ABLATIONS = {
     "seed1": {"seed": 1},  # the distillation's initialisation and pixel draws (its generator), the geometry kept
     "seed2": {"seed": 2},
     "per_view_teacher": {"teachers": {"syn_errors": "per-view"}},
+    "negatives": {"teachers": {"class_relevancy": "negatives"}},  # LERF's form of the relevancy, for RDA and 2D
     "no_fda": {"fda_pos_weight": 0.0, "fda_neg_weight": 0.0},
     "no_rda": {"rda_weight": 0.0},
     "learned_selection": {"scale_selection": True},

@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ovseg3d.distill",),
     ("ovseg3d.evaluate", "ovseg3d.export", "ovseg3d.renders"),
     ("ovseg3d.detect",),
+    ("ovseg3d.retrieval",),  # which photos prepare matches: numpy alone
     ("ovseg3d.prepare",),  # makes scenes of photos: turns them upright with camera_up and detect's rotation_between
     ("ovseg3d.viewer",),
     ("ovseg3d.pipeline",),

@@ -374,6 +374,26 @@ class TrainConfig:
     dino_weight: float = 0.1
     """Weight of the DINO feature head's cosine loss."""
 
+    # training-free lifting (--semantic lift; ovseg3d/lift.py, docs/method.md)
+    semantic: Literal["distill", "lift"] = "distill"
+    """The semantic stage: 'distill' fits a semantic field to the teachers by gradient steps (3D-OVS); 'lift'
+    averages the teachers' maps onto a sparse voxel grid by the field's rendering weights, without gradient steps."""
+    lift_resolution: int = 128
+    """Lifting: voxels per side of the grid over the scene box (or the contracted world)."""
+    lift_stride: int = 0
+    """Lifting: march one ray every N pixels along each axis of each training view (0: the image's pixels per cell
+    of the teacher's CLIP map)."""
+    lift_clip_dim: int = 64
+    """Lifting: principal components of the CLIP features kept per voxel (0 = all, no reduction)."""
+    lift_dino_dim: int = 32
+    """Lifting: principal components of the DINO features kept per voxel (0 = all)."""
+    lift_propagate: int = 20
+    """Lifting: iterations of propagation between neighbouring voxels by DINO affinity (FDA in 3D; 0 = off)."""
+    lift_affinity: float = 0.7
+    """Lifting: DINO cosine below which neighbours do not exchange features (FDA's 0.7)."""
+    lift_propagate_weight: float = 0.9
+    """Lifting: share of a voxel's value that comes from its neighbours at each propagation step."""
+
     # 2D teachers (their features are extracted, or reused from the cache, before training)
     teachers: Annotated[TeacherConfig, tyro.conf.OmitArgPrefixes] = field(
         default_factory=lambda: TeacherConfig(kind="auto")

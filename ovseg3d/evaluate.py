@@ -164,13 +164,13 @@ def semantic_metrics(run: Path, trainer, save_renders: bool = True) -> dict:
     """3D segmentation and 2D-teacher scores on the annotated views (3D-OVS protocol); ``{}`` for a run
     without a semantic field or a scene without annotations. ``save_renders``: ``RUN/renders/seg_eval_NNN.png``,
     image | ground truth | 2D teacher | ours per annotated view (``ovseg3d render`` writes ``seg_NNN.png``)."""
-    from ovseg3d.distill import load_distiller
+    from ovseg3d.lift import load_semantics
     from ovseg3d.images import colorize_labels, save_png, side_by_side
     from ovseg3d.run import latest_checkpoint, load_checkpoint
     from ovseg3d.teachers.extract import ensure_features, teacher_labels
 
     scene = trainer.scene
-    distiller = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
+    distiller = load_semantics(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
     if distiller is None or not scene.segmentations or not scene.classes:
         return {}
     # the 2D teacher's own labels of the annotated views, for comparison: read from its cache (memory-mapped)

@@ -620,13 +620,13 @@ def extract_cloud(
 ) -> LabelledCloud:
     """The labelled point cloud of a run with a semantic field (see the module docstring). ``classes``: names to
     label it with, read from its CLIP feature field, for a run trained without any."""
-    from ovseg3d.distill import load_distiller
+    from ovseg3d.lift import load_semantics
     from ovseg3d.run import latest_checkpoint, load_checkpoint
     from ovseg3d.teachers.extract import text_encoder
     from ovseg3d.train import load_trainer
 
     trainer = load_trainer(run, device_name)
-    distiller = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
+    distiller = load_semantics(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
     from ovseg3d.data.loader import parse_classes
 
     names, given = list(trainer.scene.classes), parse_classes(classes)

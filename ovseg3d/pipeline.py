@@ -26,10 +26,10 @@ from ovseg3d.config import TrainConfig
 from ovseg3d.detect.head import DetectOptions
 from ovseg3d.detect.results import DETECTIONS, detection_metrics
 from ovseg3d.detect.source import run_detect
-from ovseg3d.distill import distill_training
 from ovseg3d.errors import UsageError
 from ovseg3d.evaluate import evaluate_run
 from ovseg3d.export import ExportOptions, extract_cloud, write_export
+from ovseg3d.lift import semantic_training
 from ovseg3d.run import check_run, latest_checkpoint, list_checkpoints, load_run_config
 from ovseg3d.train import preview, resolve_device, scene_of, start_training, train_geometry
 
@@ -44,7 +44,7 @@ def train(cfg: TrainConfig) -> Path:
     t = start_training(cfg)
     train_geometry(t)
     if t.features is not None:
-        distill_training(t)
+        semantic_training(t)
     tqdm.write(f"done: {t.trainer.step} steps in {t.trainer.elapsed:.0f} s{preview(t.trainer, t.run)}")
     return t.run
 
@@ -282,7 +282,7 @@ def run_scene(
                 skip("distill")
             else:
                 start = clock("distill")
-                distill_training(training)
+                semantic_training(training)
                 finish("distill", start)
         del training  # the training's field, optimiser and grids: the later stages load the run's checkpoint
     failure: tuple[str, Exception] | None = None

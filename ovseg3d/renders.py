@@ -43,7 +43,7 @@ def overlay(rgb: np.ndarray, relevancy: np.ndarray) -> np.ndarray:
 
 def render_run(run: Path, views: list[int] | None, queries: list[str], device_name: str = "auto") -> list[Path]:
     """Write the images of ``views`` (default: the held-out ones) to ``RUN/renders``."""
-    from ovseg3d.distill import load_distiller
+    from ovseg3d.lift import load_semantics
     from ovseg3d.run import latest_checkpoint, load_checkpoint
     from ovseg3d.train import load_trainer
 
@@ -53,7 +53,7 @@ def render_run(run: Path, views: list[int] | None, queries: list[str], device_na
     bad = [v for v in views if not 0 <= v < len(scene)]
     if bad:
         raise UsageError(f"view {bad[0]} is not in the scene (0..{len(scene) - 1})")
-    distiller = load_distiller(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
+    distiller = load_semantics(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
     if queries and distiller is None:
         raise UsageError(f"{run} has no semantic field (trained without --teacher): --query needs one")
     query_emb = negatives = None

@@ -350,12 +350,15 @@ def lift(geo: Trainer, features: TeacherFeatures, log=print) -> LiftedSemantics:
         table.add(torch.cat(keys), torch.cat(values))  # once a view: the table's keys are sorted once a view
     sums = table.trim()
     lifted = LiftedSemantics.build(geo, features.classes, features.text, layout, table, sums, clip_basis, dino_basis)
+    propagating = time.perf_counter()
     if cfg.lift_propagate > 0:
         lifted.propagate(cfg.lift_propagate, cfg.lift_affinity, cfg.lift_propagate_weight)
     lifted.seconds = time.perf_counter() - start
+    lifted.propagate_seconds = time.perf_counter() - propagating
     log(
-        f"lifted {len(scene.train_ids)} views ({len(gu)} rays each, one every {stride} pixels) onto {len(table.keys)} voxels of "
-        f"{cfg.lift_resolution}^3 in {lifted.seconds:.1f} s ({lifted.nbytes() / 2**20:.1f} MiB)"
+        f"lifted {len(scene.train_ids)} views ({len(gu)} rays each, one every {stride} pixels) onto {len(table.keys)} "
+        f"voxels of {cfg.lift_resolution}^3 in {lifted.seconds:.1f} s, {lifted.propagate_seconds:.1f} s of it "
+        f"propagating ({lifted.nbytes() / 2**20:.1f} MiB)"
     )
     return lifted
 
@@ -425,7 +428,7 @@ class LiftedSemantics:
         self.field = decoder
         # what the later stages render and average per ray (and export's width for an empty batch)
         self.cfg = dataclasses.replace(geo.cfg, latent_dim=int(latent.shape[1]))
-        self.seconds = 0.0
+        self.seconds = self.propagate_seconds = 0.0
 
     @classmethod
     def build(
@@ -465,28 +468,13 @@ class LiftedSemantics:
 
     # -- view consistency ---------------------------------------------------------------------------------
     def propagate(self, iterations: int, threshold: float, alpha: float) -> None:
-        """FDA in 3D: ``iterations`` steps of ``f <- (1 - alpha) f0 + alpha * sum_j A_ij f_j / sum_j A_ij`` over each
-        voxel and its 6 face neighbours, ``A_ij = max(0, cos(dino_i, dino_j) - threshold) / (1 - threshold)``
-        (``A_ii = 1``), on the CLIP feature and the relevancy (the DINO feature stays as lifted)."""
+        """:func:`propagate` the CLIP feature and the class distribution over the voxels' face neighbours by their
+        DINO affinity (the DINO feature stays as lifted)."""
         k, kd, _ = self.field.widths
-        nb = self.table.neighbours()  # [M, 6]
-        dino = F.normalize(
-            self.latent[:, k : k + kd].float() @ self.field.dino_components + self.field.dino_mean, dim=-1
-        )
-        cos = (dino[:, None, :] * dino[nb.clamp(min=0)]).sum(-1)
-        aff = torch.where(nb >= 0, ((cos - threshold) / (1.0 - threshold)).clamp(min=0.0), 0.0)
-        aff = torch.cat([torch.ones_like(aff[:, :1]), aff], 1)  # [M, 7], the voxel itself first
-        aff = aff / aff.sum(1, keepdim=True)
-        rows = torch.arange(len(nb), device=nb.device)[:, None].expand(-1, 7)
-        cols = torch.cat([rows[:, :1], nb.clamp(min=0)], 1)
-        index = torch.stack([rows.reshape(-1), cols.reshape(-1)])
-        graph = torch.sparse_coo_tensor(index, aff.reshape(-1), (len(nb),) * 2, check_invariants=False).coalesce()
-        start = self.latent.float()
-        current = start
-        for _ in range(iterations):
-            current = (1.0 - alpha) * start + alpha * torch.sparse.mm(graph, current)
-        current[:, k : k + kd] = start[:, k : k + kd]
-        self.latent = current.half()
+        dino = self.latent[:, k : k + kd].float() @ self.field.dino_components + self.field.dino_mean
+        values = propagate(self.latent.float(), self.table.neighbours(), dino, iterations, threshold, alpha)
+        values[:, k : k + kd] = self.latent[:, k : k + kd].float()
+        self.latent = values.half()
 
     # -- the distiller's interface --------------------------------------------------------------------------
     @torch.no_grad()
@@ -556,6 +544,29 @@ class LiftedSemantics:
         lifted = cls(geo, space, table, latent, state["relevancy"].to(dev), state["weight"].to(dev), decoder)
         lifted.seconds = float(state.get("seconds", 0.0))
         return lifted
+
+
+def propagate(
+    values: Tensor, neighbours: Tensor, dino: Tensor, iterations: int, threshold: float, alpha: float
+) -> Tensor:
+    """FDA in 3D: ``iterations`` steps of ``f <- (1 - alpha) f0 + alpha * sum_j A_ij f_j / sum_j A_ij`` over each
+    voxel ``i`` and its neighbours ``j`` (``neighbours [M, n]``, -1: none), with
+    ``A_ij = max(0, cos(dino_i, dino_j) - threshold) / (1 - threshold)`` and ``A_ii = 1``. ``values [M, F]``,
+    ``dino [M, Dd]``; a sparse matrix product a step."""
+    m, n = neighbours.shape
+    unit = F.normalize(dino.float(), dim=-1)
+    cos = (unit[:, None, :] * unit[neighbours.clamp(min=0)]).sum(-1)
+    aff = torch.where(neighbours >= 0, ((cos - threshold) / (1.0 - threshold)).clamp(min=0.0), 0.0)
+    aff = torch.cat([torch.ones_like(aff[:, :1]), aff], 1)  # the voxel itself first
+    aff = aff / aff.sum(1, keepdim=True)
+    rows = torch.arange(m, device=values.device)[:, None].expand(-1, n + 1)
+    cols = torch.cat([rows[:, :1], neighbours.clamp(min=0)], 1)
+    index = torch.stack([rows.reshape(-1), cols.reshape(-1)])
+    graph = torch.sparse_coo_tensor(index, aff.reshape(-1), (m, m), check_invariants=False).coalesce()
+    current = values
+    for _ in range(iterations):
+        current = (1.0 - alpha) * values + alpha * torch.sparse.mm(graph, current)
+    return current
 
 
 def choose_scale(probabilities: Tensor) -> Tensor:

@@ -43,10 +43,10 @@ from ovseg3d.train import Training, load_trainer, resolve_device
 
 VARIANTS = {
     "lift": {},
-    "lift_propagate": {"lift_propagate": 5},
+    "lift_no_propagate": {"lift_propagate": 0},
     "lift_r64": {"lift_resolution": 64},
     "lift_r256": {"lift_resolution": 256},
-    "lift_stride1": {"lift_stride": 1},
+    "lift_stride4": {"lift_stride": 4},
     "lift_full_dims": {"lift_clip_dim": 0, "lift_dino_dim": 0},
     "lift_scale_selection": {"scale_selection": True},
 }
@@ -119,6 +119,7 @@ def lifted_run(source: Path, run: Path, overrides: dict, device: str) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     row = {
         "seconds": round(lifted.seconds, 2),
+        "propagate_seconds": round(lifted.propagate_seconds, 2),
         "load": before,
         "voxels": len(lifted.table.keys),
         "structure_mib": round(lifted.nbytes() / 2**20, 1),

@@ -18,7 +18,7 @@ from ovseg3d.cli import main
 from ovseg3d.config import resolve_base
 from ovseg3d.data.cameras import Cameras
 from ovseg3d.data.scene import Scene
-from ovseg3d.lift import LiftedSemantics, VoxelTable, lift
+from ovseg3d.lift import LiftedSemantics, VoxelTable, lift, propagate
 from ovseg3d.teachers.cache import TeacherFeatures
 from ovseg3d.train import Trainer
 
@@ -117,6 +117,17 @@ def test_two_views_that_disagree_are_averaged_by_their_weights():
     assert torch.allclose(weight_at(both, keys), w_a + w_b, rtol=1e-4)
     # not a plain mean: the two views weigh the shared voxels differently
     assert (w_a[shared] / w_b[shared]).std() > 0.1
+
+
+def test_propagation_flows_between_dino_alike_neighbours_only():
+    # three voxels in a row: the first two look alike to DINO, the third does not look like the second
+    neighbours = torch.tensor([[1, -1], [0, 2], [1, -1]])
+    dino = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    values = torch.tensor([[1.0], [0.0], [5.0]])
+    out = propagate(values, neighbours, dino, iterations=10, threshold=0.7, alpha=0.9)[:, 0]
+    assert out[2] == 5.0  # no affinity: nothing flows in or out
+    assert 0.3 < out[1] < 1.0 and 0.3 < out[0] < 1.0  # the alike pair meets between 0 and 1
+    assert torch.equal(propagate(values, neighbours, dino, iterations=0, threshold=0.7, alpha=0.9), values)
 
 
 # ------------------------------------------------------------------------------------ a lifted run end to end

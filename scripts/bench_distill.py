@@ -202,11 +202,16 @@ def object_rows(run: Path) -> list[dict]:
 
 
 def print_objects(work: Path) -> None:
-    """:func:`object_rows` of every full run under ``work`` (one with an eval.json and a simulated teacher)."""
+    """:func:`object_rows` of every full run under ``work`` (one with its geometry, an eval.json and a simulated
+    teacher), or of its re-distillation (``--redistil``'s ``NAME-method``) where there is one."""
     print(
         f"{'scene':<20} {'object':<16} {'look-alike':<16} {'views':>5} {'lean':>5} {'wrong':>6} {'2D IoU':>7} {'3D IoU':>7}"
     )
-    for run in sorted(p for p in work.iterdir() if (p / "eval.json").exists() and "-" not in p.name):
+    full = sorted(p for p in work.iterdir() if (p / GEOMETRY_CHECKPOINT).is_file())
+    latest = [
+        p.with_name(f"{p.name}-method") if (p.with_name(f"{p.name}-method") / "eval.json").exists() else p for p in full
+    ]
+    for run in (p for p in latest if (p / "eval.json").exists()):
         if load_run_config(run).teachers.kind != "synthetic":
             continue
         for r in object_rows(run):

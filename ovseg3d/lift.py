@@ -471,10 +471,19 @@ class LiftedSemantics:
         """:func:`propagate` the CLIP feature and the class distribution over the voxels' face neighbours by their
         DINO affinity (the DINO feature stays as lifted)."""
         k, kd, _ = self.field.widths
-        dino = self.latent[:, k : k + kd].float() @ self.field.dino_components + self.field.dino_mean
-        values = propagate(self.latent.float(), self.table.neighbours(), dino, iterations, threshold, alpha)
-        values[:, k : k + kd] = self.latent[:, k : k + kd].float()
-        self.latent = values.half()
+        moved = torch.cat([self.latent[:, :k], self.latent[:, k + kd :]], 1).float()
+        moved = propagate(moved, self.table.neighbours(), self.dino_embedding(), iterations, threshold, alpha).half()
+        self.latent = torch.cat([moved[:, :k], self.latent[:, k : k + kd], moved[:, k:]], 1)
+
+    def dino_embedding(self) -> Tensor:
+        """``[M, kd + 1]`` vectors whose dot products are those of the voxels' restored DINO features ``z C + mu``
+        (``C`` orthonormal rows): ``[z + C mu, sqrt(|mu|^2 - |C mu|^2)]``, without restoring the full width."""
+        k, kd, _ = self.field.widths
+        z = self.latent[:, k : k + kd].float()
+        mu, comps = self.field.dino_mean, self.field.dino_components
+        projected = comps @ mu
+        rest = (mu.square().sum() - projected.square().sum()).clamp(min=0.0).sqrt()
+        return torch.cat([z + projected, rest.expand(len(z), 1)], 1)
 
     # -- the distiller's interface --------------------------------------------------------------------------
     @torch.no_grad()

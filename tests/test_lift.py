@@ -146,7 +146,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     for semantic in ("distill", "lift"):
         run = out[semantic] = root / semantic
         args = ["train", str(scene), "--output", str(run), "--preset", "tiny", "--device", "cpu"]
-        assert main([*args, *FEW_CROPS, "--semantic", semantic]) == 0
+        assert main([*args, *FEW_CROPS, "--semantic", semantic, "--lift-resolution", "32"]) == 0
         assert main(["render", str(run), "--query", "book", "--device", "cpu"]) == 0
         assert main(["export", str(run), "--queries", "book", "--features", "--device", "cpu"]) == 0
         assert main(["detect", str(run), "--device", "cpu"]) == 0

@@ -174,8 +174,9 @@ with pycolmap.Database.open(db) as database:
     if database.exists_two_view_geometry(a, b):
         database.delete_two_view_geometry(a, b)
     database.write_two_view_geometry(a, b, false)
-for overlap in (10, 25):
+for overlap in (10, 25, 0):
     stats = check_far_pairs(pycolmap, db, scene / "images", work, names, replace(PrepareConfig(), overlap=overlap))
+    stats["mapped"] = (work / "chain_model").is_dir()
     with pycolmap.Database.open(db) as database:
         stats["planted_left"] = database.exists_two_view_geometry(a, b)
     print(json.dumps(stats))
@@ -184,14 +185,16 @@ for overlap in (10, 25):
 
 def test_far_pairs_that_contradict_the_near_pairs_cameras_are_dropped(prepared, tmp_path):
     """A false pair planted between the first and the last photo (200 random matches) is dropped; the true far
-    pairs of the generated scene are kept; with every pair near (--overlap 25 of 20 photos) nothing is checked."""
+    pairs of the generated scene are kept; with every pair near (--overlap 25 of 20 photos) nothing is checked;
+    with none near (--overlap 0) the near pairs join no photos, and nothing is mapped."""
     said = subprocess.run(
         [sys.executable, "-c", FAR_PAIRS, str(prepared), str(tmp_path)], capture_output=True, text=True, check=True
     )
-    checked, none = (json.loads(line) for line in said.stdout.strip().splitlines()[-2:])
-    assert checked["far_pairs"] > 20 and "skipped" not in checked
+    checked, none, unjoined = (json.loads(line) for line in said.stdout.strip().splitlines()[-3:])
+    assert checked["far_pairs"] > 20 and "skipped" not in checked and checked["mapped"]
     assert checked["far_pairs_dropped"] == 1 and not checked["planted_left"]
-    assert none == {"far_pairs": 0, "far_pairs_dropped": 0, "planted_left": False}
+    assert none == {"far_pairs": 0, "far_pairs_dropped": 0, "mapped": False, "planted_left": False}
+    assert "join only 1 of 20" in unjoined["skipped"] and not unjoined["mapped"]
     assert json.loads((prepared / "prepare.json").read_text())["far_pair_check"]["far_pairs_dropped"] == 0
 
 

@@ -14,6 +14,7 @@ Prints a table of medians (with the range over seeds) and writes JSON (default `
     python scripts/bench_lift.py                                     # the demo, 3 seeds, persistent teacher errors
     python scripts/bench_lift.py --scenes tilt10 tilt40 orbit_high --seeds 0
     python scripts/bench_lift.py --set teachers.syn_errors=per-view
+    python scripts/bench_lift.py --table bench/lift.json                # the table of a result file again
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ VARIANTS = {
     "lift_stride4": {"lift_stride": 4},
     "lift_full_dims": {"lift_clip_dim": 0, "lift_dino_dim": 0},
     "lift_scale_selection": {"scale_selection": True},
+    "distill_to_steps": {"distill_minutes": 0.0},
 }
-"""Lifting variants (config overrides over the full run's config, with ``semantic = "lift"``)."""
+"""Variants over each full run's geometry (config overrides over its config): lifting (``semantic = "lift"``), or, for
+a name starting with ``distill``, the distillation again (``distill_to_steps``: its whole step budget, no time limit:
+on a shared machine the preset's 4.5 minutes may end it early)."""
 
 
 @dataclass
@@ -68,6 +72,8 @@ class Args:
     out: Path = Path("bench/lift.json")
     reuse: bool = False
     """Reuse a full run already in --work (one that was distilled) instead of training it again."""
+    table: list[Path] = field(default_factory=list)
+    """Only print the tables of these result files (this script's JSON), running nothing."""
 
 
 def load() -> list[float]:
@@ -86,9 +92,11 @@ def _distilled(run: Path) -> bool:
     return log.exists() and '"stage": "distill"' in log.read_text()
 
 
-def distill_seconds(run: Path) -> float:
+def distill_log(run: Path) -> tuple[float, int]:
+    """The distillation's own seconds and steps (its time budget may end it before its steps)."""
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    return max(r["time"] for r in log if r.get("stage") == "distill")
+    last = max((r for r in log if r.get("stage") == "distill"), key=lambda r: r["distill_step"])
+    return last["time"], last["distill_step"]
 
 
 def full(scene: Path, run: Path, args: Args, overrides: dict) -> dict:
@@ -96,26 +104,43 @@ def full(scene: Path, run: Path, args: Args, overrides: dict) -> dict:
     if not (args.reuse and (run / GEOMETRY_CHECKPOINT).exists() and _distilled(run)):
         base = DistillArgs(scenes=[], preset=args.preset, device=args.device, ablations=[])
         full_run(scene, run, base, overrides)
-    row = {"seconds": round(distill_seconds(run), 1), "load": load(), **semantic_scores(run, args.device)}
-    row["steps"] = load_run_config(run).distill_steps
-    return row
+    seconds, steps = distill_log(run)
+    cfg = load_run_config(run)
+    row = {"seconds": round(seconds, 1), "steps": steps, "budget": [cfg.distill_steps, cfg.distill_minutes]}
+    return {**row, "load": load(), **semantic_scores(run, args.device)}
 
 
-def lifted_run(source: Path, run: Path, overrides: dict, device: str) -> dict:
-    """Lift the teacher onto ``source``'s geometry in ``run`` with ``overrides``; seconds, memory and scores."""
+def from_geometry(source: Path, run: Path, overrides: dict, device: str) -> Training:
+    """A run folder ``run`` holding ``source``'s geometry (before its distillation) and config with ``overrides``."""
     if run.exists():
         shutil.rmtree(run)
     (run / "checkpoints").mkdir(parents=True)
     shutil.copyfile(source / "run.json", run / "run.json")
-    cfg = apply_overrides(load_run_config(source), {"semantic": "lift", **overrides}, "variant")
+    cfg = apply_overrides(load_run_config(source), overrides, "variant")
     write_toml(dataclasses.replace(cfg, output=run), run / "config.toml")
     geometry = load_checkpoint(source / GEOMETRY_CHECKPOINT)
     torch.save(geometry, checkpoint_path(run, int(geometry["step"])))
     trainer = load_trainer(run, device)
     features = ensure_features(trainer.scene, cfg.teachers, trainer.device, log=lambda s: None)
+    return Training(run, trainer, features, None, False, False)
+
+
+def redistilled_run(source: Path, run: Path, overrides: dict, device: str) -> dict:
+    """Distil ``source``'s geometry again in ``run`` with ``overrides``; seconds, steps and scores."""
+    from ovseg3d.distill import distill_training
+
+    before = load()
+    distill_training(from_geometry(source, run, overrides, device))
+    seconds, steps = distill_log(run)
+    return {"seconds": round(seconds, 1), "steps": steps, "load": before, **semantic_scores(run, device)}
+
+
+def lifted_run(source: Path, run: Path, overrides: dict, device: str) -> dict:
+    """Lift the teacher onto ``source``'s geometry in ``run`` with ``overrides``; seconds, memory and scores."""
+    training = from_geometry(source, run, {"semantic": "lift", **overrides}, device)
     before = load()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-    lifted = lift_training(Training(run, trainer, features, None, False, False))
+    lifted = lift_training(training)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     row = {
         "seconds": round(lifted.seconds, 2),
@@ -146,7 +171,7 @@ def print_table(result: dict) -> None:
     for scene, by_variant in result["scenes"].items():
         for variant, rows in by_variant.items():
             rows = list(rows.values())
-            mib = summary(rows, "structure_mib") if variant != "distill" else "—"
+            mib = summary(rows, "structure_mib") if variant.startswith("lift") else "—"
             loads = statistics.median(r["load"][0] for r in rows)
             print(
                 f"{scene:<12} {variant:<22} {summary(rows, 'miou'):>18} {summary(rows, 'teacher_miou'):>18} "
@@ -157,6 +182,10 @@ def print_table(result: dict) -> None:
 
 def main() -> None:
     args = tyro.cli(Args, description=__doc__)
+    if args.table:
+        for path in args.table:
+            print_table(json.loads(path.read_text()))
+        return
     accel.configure_cpu_allocator()
     device = resolve_device(args.device)
     unknown = sorted(set(args.variants) - set(VARIANTS))
@@ -178,7 +207,8 @@ def main() -> None:
             for variant in args.variants:
                 print(f"== {label} seed {seed}: {variant}", flush=True)
                 out = args.work / f"{label}-s{seed}-{variant}"
-                rows.setdefault(variant, {})[seed] = lifted_run(run, out, VARIANTS[variant], args.device)
+                runner = redistilled_run if variant.startswith("distill") else lifted_run
+                rows.setdefault(variant, {})[seed] = runner(run, out, VARIANTS[variant], args.device)
                 _write(result, args.out)
     print_table(result)
     print(f"\nwrote {args.out}")

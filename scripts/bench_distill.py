@@ -174,13 +174,14 @@ def object_rows(run: Path) -> list[dict]:
     metrics = json.loads((run / "eval.json").read_text())
     clip = SyntheticClip(scene.classes, cfg.teachers, scene_key(scene))
     leans: dict[tuple[int, int], list[tuple[int, float]]] = {}
+    n = len(scene.classes)
     for v in range(len(scene)):
-        labels, instances = scene.labels[v].long(), scene.instances[v].long()
-        ids, counts = torch.unique(instances, return_counts=True)
+        labels, instances = scene.labels[v].long().clamp(max=n), scene.instances[v].long()
+        regions = torch.where(instances > 0, instances, -1 - labels)  # as the teacher's: stuff without instances
+        ids, counts = torch.unique(regions, return_counts=True)
         for i, c in zip(ids.tolist(), counts.tolist()):
-            under = labels[instances == i]
-            cls = int(torch.mode(under).values)
-            if i == 0 or c < 20 or cls >= len(scene.classes):
+            cls = int(torch.mode(labels[regions == i]).values)
+            if c < 20 or cls >= n:
                 continue
             leans.setdefault((i, cls), []).append(clip.lean(i, cls, v))
     rows = []

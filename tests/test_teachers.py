@@ -586,3 +586,24 @@ def test_a_failed_rebuild_keeps_the_existing_cache(scene_dir, tmp_path, monkeypa
     logs: list[str] = []
     ensure_features(scene, cfg, CPU, log=logs.append)
     assert "reusing" in _said(logs)
+
+
+def test_persistent_teacher_reads_stuff_without_instances_as_its_class(scene_dir):
+    """Scenes from other generators leave floor and walls at instance 0: those pixels are one region per class
+    (their own lean), not unlabelled clutter."""
+    from ovseg3d.teachers.base import TeacherView
+    from ovseg3d.teachers.synthetic import SyntheticClip
+
+    scene = load_scene(scene_dir)
+    floor = scene.classes.index("floor")
+    labels = scene.labels[0]
+    instances = scene.instances[0].clone()
+    instances[labels == floor] = 0  # as the shared scenes give them
+    clip = SyntheticClip(scene.classes, TeacherConfig(kind="synthetic"), "k")
+    view = TeacherView(0, scene.images[0], labels, instances)
+    whole = torch.tensor([[0, 0, view.width, view.height]])
+    shares = clip._shares(view, whole)[0]  # [C + 1]
+    n = len(scene.classes)
+    assert shares[n] < 0.05  # the floor is not taken for unlabelled clutter
+    alike, lean = clip.lean(-1 - floor, floor, 0)
+    assert shares[floor] + shares[alike] > (labels == floor).float().mean() * 0.9

@@ -29,7 +29,8 @@ from ovseg3d import __version__
 from ovseg3d.atomic import write_json
 from ovseg3d.teachers.config import TeacherError
 
-CACHE_FORMAT = 3  # 2: DINO grid scaled up for small images; 3: positions as DINO's, FDA's DINO before its norm
+CACHE_FORMAT = 4  # 2: DINO grid scaled up for small images; 3: positions as DINO's, FDA's DINO before its norm;
+# 4: the persistent simulated teacher reads labelled pixels without an instance as one region per class
 LATER_SETTINGS = {"clip_features": "crops", "class_relevancy": "minmax"}
 """Settings added to the sidecar after its format: a cache made before holds their value here."""
 ARRAYS = ("clip", "relevancy", "dino")

@@ -172,21 +172,26 @@ class SyntheticClip:
         return sums / sums.sum(-1, keepdim=True).clamp(min=1.0)
 
     def _objects(self, view: TeacherView) -> _Objects:
-        """The view's objects: instance ids ``[M]``, their classes ``[M]`` (``C`` for unlabelled), their share of
-        the view ``[M]``, and the ``[H+1, W+1, M]`` summed-area table of their masks (cached for the view)."""
+        """The view's objects: region ids ``[M]`` (instance ids; ``-1 - c`` for the pixels of class ``c`` without an
+        instance, ``-1 - C`` for those without a label either), their classes ``[M]`` (``C`` for unlabelled), their
+        share of the view ``[M]``, and the ``[H+1, W+1, M]`` summed-area table of their masks (cached for the
+        view)."""
         if self._objects_of is not None and self._objects_of[0] == view.index:
             return self._objects_of[1]
         if view.instances is None:
             raise TeacherError(f"view {view.index} has no instance map: the persistent teacher needs instances/")
         n = len(self.class_text)
         labels = view.labels.long().clamp(max=n).flatten()
-        ids, inverse = torch.unique(view.instances.long().flatten(), return_inverse=True)
-        # each object's class: the most common label under it in this view
+        instances = view.instances.long().flatten()
+        # a region: an instance, or, where a scene gives no instance (0: often its floor, walls or sky), each of
+        # the classes labelled there; region ids -1 - c for those, so that they draw their own leans
+        regions = torch.where(instances > 0, instances, -1 - labels)
+        ids, inverse = torch.unique(regions, return_inverse=True)
+        # each region's class: the most common label under it in this view
         counts = torch.zeros(len(ids), n + 1, dtype=torch.long).index_put_(
             (inverse, labels), torch.ones_like(labels), accumulate=True
         )
         classes = counts.argmax(-1)
-        classes[ids == 0] = n  # instance 0: nothing
         area = counts.sum(-1).double() / labels.numel()
         table = _integral(F.one_hot(inverse.reshape(view.height, view.width), len(ids)))
         # each object's look-alike and lean in this view, drawn once for all of the view's crops

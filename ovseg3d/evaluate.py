@@ -164,8 +164,8 @@ def semantic_metrics(run: Path, trainer, save_renders: bool = True) -> dict:
     """3D segmentation and 2D-teacher scores on the annotated views (3D-OVS protocol); ``{}`` for a run
     without a semantic field or a scene without annotations. ``save_renders``: ``RUN/renders/seg_eval_NNN.png``,
     image | ground truth | 2D teacher | ours per annotated view (``ovseg3d render`` writes ``seg_NNN.png``)."""
-    from ovseg3d.lift import load_semantics
     from ovseg3d.images import colorize_labels, save_png, side_by_side
+    from ovseg3d.lift import load_semantics
     from ovseg3d.run import latest_checkpoint, load_checkpoint
     from ovseg3d.teachers.extract import ensure_features, teacher_labels
 

@@ -95,8 +95,8 @@ class CloudQueries:
 def load_queries(run: Path, max_points: int, device_name: str = "cpu", log=print):  # noqa: ANN001
     """The run's cloud (``RUN/export/points.npz`` if it has features, else extracted now) with unit CLIP
     features, at most ``max_points`` of them (a random subset), and the trainer and distiller to render."""
-    from ovseg3d.lift import load_semantics
     from ovseg3d.export import ExportOptions, extract_cloud, load_export
+    from ovseg3d.lift import load_semantics
     from ovseg3d.run import latest_checkpoint, load_checkpoint
     from ovseg3d.teachers.extract import text_encoder
     from ovseg3d.train import load_trainer

@@ -7,8 +7,9 @@ on Gaussians):
 1. every ``lift_stride``-th pixel of each training view is marched through the trained field, as the distillation
    and ``export`` march it: the samples that carry the ray's sharpened weight (:func:`semantic_samples`);
 2. each sample adds ``w * f`` and ``w`` to the voxel it lies in, ``f`` being the teacher's values at the pixel (the
-   CLIP feature at the chosen crop scale, PCA-reduced; the per-scale relevancy; the DINO feature, PCA-reduced) and
-   ``w`` its share of the ray's weight times the ray's opacity (times the teacher's crop coverage of the pixel);
+   CLIP feature at the chosen crop scale, PCA-reduced; RDA's teacher distribution ``softmax_c(R_c / T)`` at each
+   scale; the DINO feature, PCA-reduced) and ``w`` its share of the ray's weight times the ray's opacity (times the
+   teacher's crop coverage of the pixel);
 3. each voxel's value is the sum over the samples divided by their weight: the weight-averaged mean of what the
    views saw there;
 4. optionally (``lift_propagate`` iterations) the values are smoothed over the 6 neighbours of each voxel by their
@@ -17,7 +18,8 @@ on Gaussians):
 
 A lifted run answers the same questions as a distilled one through the same interface (:func:`load_semantics`):
 a ray's "latent" is the weighted mean of its samples' voxel values (read trilinearly between voxel centres), and
-``field.decode`` turns it back into a CLIP and a DINO feature with the PCA bases.
+``field.decode`` turns it back into a CLIP and a DINO feature with the PCA bases, the CLIP feature's cosines with
+the class texts set to RDA's optimum for the lifted distribution (:class:`LiftedDecoder`).
 """
 
 from __future__ import annotations
@@ -197,12 +199,11 @@ class VoxelTable:
         by_row[self.rows] = self.keys
         x, y, z = by_row // (r * r), (by_row // r) % r, by_row % r
         out = []
-        for axis, (dx, dy, dz) in enumerate(((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))):
+        for dx, dy, dz in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)):
             nx, ny, nz = x + dx, y + dy, z + dz
             inside = (nx >= 0) & (nx < r) & (ny >= 0) & (ny < r) & (nz >= 0) & (nz < r)
             found = self.find((nx.clamp(0, r - 1) * r + ny.clamp(0, r - 1)) * r + nz.clamp(0, r - 1))
             out.append(torch.where(inside, found, -1))
-            del axis
         return torch.stack(out, 1)
 
     def read(self, unit: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,9 @@ class Args:
     redistil: bool = False
     """Keep the geometry of the runs already in --work and re-distil them with today's teachers and distillation
     (the 'full' row then times the distillation alone): for a change of the semantic half only."""
+    table: bool = False
+    """Only print, from --out, the markdown table of 3D against 2D per scene: the method's seeds (full, seed1,
+    seed2) with their median and range, and the other ablations' 2D and 3D."""
     objects: bool = False
     """Only print, from the runs already in --work, each object's lean under the persistent simulated teacher
     beside its class's 2D and 3D IoU (issue 67: where does 3D beat its teacher?)."""
@@ -223,8 +227,39 @@ def print_objects(work: Path) -> None:
             )
 
 
+SEEDS = ("full", "seed1", "seed2")
+
+
+def markdown_table(result: dict) -> str:
+    """3D against 2D per scene from a result of this script: each seed's mIoU, their median and range, the
+    median's gain over the 2D teacher, and each other ablation's 2D / 3D."""
+    others = sorted({a for rows in result["scenes"].values() for a in rows} - set(SEEDS))
+    head = ["scene", "held-out dB", "2D", "3D, seeds", "3D median (range)", "3D − 2D"] + [
+        f"{a}: 2D / 3D" for a in others
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for label, rows in result["scenes"].items():
+        runs = [rows[a]["miou"] for a in SEEDS if a in rows]
+        teacher = rows["full"]["teacher_miou"]
+        median = statistics.median(runs)
+        cells = [
+            label,
+            f"{rows['full']['psnr']:.2f}",
+            f"{teacher:.1f}",
+            " / ".join(f"{x:.1f}" for x in runs),
+            f"**{median:.1f}** ({min(runs):.1f}-{max(runs):.1f})",
+            f"{median - teacher:+.1f}",
+        ]
+        cells += [f"{rows[a]['teacher_miou']:.1f} / {rows[a]['miou']:.1f}" if a in rows else "—" for a in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     args = tyro.cli(Args, description=__doc__)
+    if args.table:
+        print(markdown_table(json.loads(args.out.read_text())))
+        return
     if args.objects:
         print_objects(args.work)
         return

@@ -237,6 +237,7 @@ class Distiller:
         cfg, dev = self.cfg, self.device
         w, h = self.geo.scene.width, self.geo.scene.height
         n = cfg.sem_rays
+
         def draw(high: int, count: int) -> Tensor:
             return torch.randint(high, (count,), device=dev, generator=self.rng)
 

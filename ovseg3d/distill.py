@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
+from ovseg3d.config import TrainConfig
 from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
 from ovseg3d.errors import UsageError
 from ovseg3d.field.hashgrid import HashGridConfig
@@ -174,7 +175,69 @@ class CropCoverage:
         return self.rows[row] * self.cols[col]
 
 
-class Distiller:
+class SemanticRenders:
+    """What the later stages render from a run's semantics, over its ``render_latent`` (rays -> ``[R, L]``), its
+    ``field.decode`` and its ``space``: the distilled field's (:class:`Distiller`) and the lifted voxels'
+    (:class:`~ovseg3d.lift.LiftedSemantics`)."""
+
+    cfg: TrainConfig
+    device: torch.device
+    space: TeacherSpace
+    field: nn.Module
+
+    def render_latent(self, cameras: Cameras, cam: Tensor, origins: Tensor, dirs: Tensor, near_far) -> Tensor:  # noqa: ANN001
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def render_semantics(self, cameras: Cameras, idx: int, near_far: Tensor | None = None) -> Tensor:
+        """``[H, W, D]`` normalised CLIP feature of camera ``idx``."""
+        self.field.eval()
+        cams = cameras.to(self.device)
+        origins, dirs = image_rays(cams, idx)
+        cam = torch.full((len(dirs),), idx, dtype=torch.long, device=self.device)
+        chunks = []
+        chunk = self.cfg.render_chunk(self.device.type)
+        for s in range(0, len(dirs), chunk):
+            sl = slice(s, s + chunk)
+            z = self.render_latent(cams, cam[sl], origins[sl], dirs[sl], near_far)
+            chunks.append(F.normalize(self.field.decode(z).clip, dim=-1))
+        return torch.cat(chunks).view(cameras.height, cameras.width, -1)
+
+    def segment(self, cameras: Cameras, idx: int, near_far: Tensor | None = None) -> Tensor:
+        """``[H, W]`` class index (argmax of the cosine with the class texts)."""
+        feats = self.render_semantics(cameras, idx, near_far)
+        return (feats @ F.normalize(self.space.text, dim=-1).T).argmax(-1).cpu()
+
+
+def semantic_samples(
+    geo: Trainer,
+    cameras: Cameras,
+    cam: Tensor,
+    origins: Tensor,
+    dirs: Tensor,
+    near_far: Tensor | None,
+    with_opacity: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The samples the semantic half reads along rays ``[R]`` of the trained field: ``points [K, 3]``, their
+    weights ``[K]`` (the radiance weights raised to ``sem_weight_power``, each ray's summing to 1; only the samples
+    that carry weight), their ``ray_indices [K]`` and, ``with_opacity``, each ray's opacity ``[R]`` (the sum of its
+    plain weights; else ``None``)."""
+    cfg = geo.cfg
+    near, far = geo.ray_limits(cameras, near_far, cam, dirs)
+    samples = geo.grid.march(
+        origins, dirs, geo.opts.step_size, near, far, stratified=False, max_per_ray=cfg.sem_max_samples
+    )
+    if cfg.sem_refine_samples > 0:
+        samples = refine_samples(geo.field, geo.grid, origins, dirs, samples, geo.opts, cfg.sem_refine_samples)
+    sigma = geo.field.density(samples.positions(origins, dirs))
+    weights = render_weights(sigma, samples.deltas, samples.ray_indices, len(origins))
+    opacity = accumulate(weights, None, samples.ray_indices, len(origins))[:, 0] if with_opacity else None
+    keep, share = semantic_weights(weights, samples.ray_indices, len(origins), cfg.sem_weight_power, cfg.sem_weight_eps)
+    samples = samples.select(keep)
+    return samples.positions(origins, dirs), share, samples.ray_indices, opacity
+
+
+class Distiller(SemanticRenders):
     """The semantic field, its optimiser and one distillation step over a trained :class:`Trainer`."""
 
     def __init__(self, geo: Trainer, features: TeacherFeatures | None = None, space: TeacherSpace | None = None):
@@ -262,25 +325,9 @@ class Distiller:
     def render_latent(self, cameras: Cameras, cam: Tensor, origins: Tensor, dirs: Tensor, near_far) -> Tensor:
         """``[R, L]`` latent per ray: the semantic latent of the samples that carry weight, averaged with the
         (frozen, no-grad) radiance weights."""
-        geo = self.geo
-        near, far = geo.ray_limits(cameras, near_far, cam, dirs)
         with torch.no_grad():
-            samples = geo.grid.march(
-                origins, dirs, geo.opts.step_size, near, far, stratified=False, max_per_ray=self.cfg.sem_max_samples
-            )
-            if self.cfg.sem_refine_samples > 0:
-                samples = refine_samples(
-                    geo.field, geo.grid, origins, dirs, samples, geo.opts, self.cfg.sem_refine_samples
-                )
-            sigma = geo.field.density(samples.positions(origins, dirs))
-            weights = render_weights(sigma, samples.deltas, samples.ray_indices, len(origins))
-            keep, weights = semantic_weights(
-                weights, samples.ray_indices, len(origins), self.cfg.sem_weight_power, self.cfg.sem_weight_eps
-            )
-            samples = samples.select(keep)
-            points = samples.positions(origins, dirs)
-        z = self.field.latent(points)
-        return accumulate(weights, z, samples.ray_indices, len(origins))
+            points, weights, rays, _ = semantic_samples(self.geo, cameras, cam, origins, dirs, near_far)
+        return accumulate(weights, self.field.latent(points), rays, len(origins))
 
     # -- one step --------------------------------------------------------------------------------------
     def train_step(self) -> DistillStats:
@@ -368,27 +415,6 @@ class Distiller:
             )
         loss = cfg.feature_weight * feat + cfg.rda_weight * rda + fda + cfg.dino_weight * dino
         return loss, feat, rda, fda, dino
-
-    # -- rendering -------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def render_semantics(self, cameras: Cameras, idx: int, near_far: Tensor | None = None) -> Tensor:
-        """``[H, W, D]`` normalised CLIP feature of camera ``idx``."""
-        self.field.eval()
-        cams = cameras.to(self.device)
-        origins, dirs = image_rays(cams, idx)
-        cam = torch.full((len(dirs),), idx, dtype=torch.long, device=self.device)
-        chunks = []
-        chunk = self.cfg.render_chunk(self.device.type)
-        for s in range(0, len(dirs), chunk):
-            sl = slice(s, s + chunk)
-            z = self.render_latent(cams, cam[sl], origins[sl], dirs[sl], near_far)
-            chunks.append(F.normalize(self.field.decode(z).clip, dim=-1))
-        return torch.cat(chunks).view(cameras.height, cameras.width, -1)
-
-    def segment(self, cameras: Cameras, idx: int, near_far: Tensor | None = None) -> Tensor:
-        """``[H, W]`` class index (argmax of the cosine with the class texts)."""
-        feats = self.render_semantics(cameras, idx, near_far)
-        return (feats @ F.normalize(self.space.text, dim=-1).T).argmax(-1).cpu()
 
     # -- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

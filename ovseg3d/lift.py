@@ -5,7 +5,7 @@ registered onto a sparse voxel grid by the field's own rendering weights (Dr. Sp
 on Gaussians):
 
 1. every ``lift_stride``-th pixel of each training view is marched through the trained field, as the distillation
-   and ``export`` march it: the samples that carry the ray's sharpened weight (:func:`semantic_samples`);
+   and ``export`` march it: the samples that carry the ray's sharpened weight (:func:`~ovseg3d.distill.semantic_samples`);
 2. each sample adds ``w * f`` and ``w`` to the voxel it lies in, ``f`` being the teacher's values at the pixel (the
    CLIP feature at the chosen crop scale, PCA-reduced; RDA's teacher distribution ``softmax_c(R_c / T)`` at each
    scale; the DINO feature, PCA-reduced) and ``w`` its share of the ray's weight times the ray's opacity (times the
@@ -37,21 +37,21 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ovseg3d.config import TrainConfig
-from ovseg3d.data.cameras import Cameras, image_rays, pixel_rays
+from ovseg3d.data.cameras import Cameras, pixel_rays
 from ovseg3d.distill import (
     CropCoverage,
     Distiller,
+    SemanticRenders,
     TeacherSpace,
     distill_training,
     load_distiller,
     nearest_cell,
-    semantic_weights,
+    semantic_samples,
 )
 from ovseg3d.errors import UsageError
 from ovseg3d.field.semantic import SemanticOutput
 from ovseg3d.field.space import to_unit
-from ovseg3d.render.renderer import refine_samples
-from ovseg3d.render.volume import accumulate, render_weights
+from ovseg3d.render.volume import accumulate
 from ovseg3d.run import RunError, new_checkpoint_path, save_checkpoint
 from ovseg3d.teachers.cache import TeacherFeatures
 from ovseg3d.train import Trainer, Training
@@ -61,27 +61,6 @@ LIFT_FORMAT = 1
 
 
 # ------------------------------------------------------------------------------------------------ the samples
-
-
-def semantic_samples(
-    geo: Trainer, cameras: Cameras, cam: Tensor, origins: Tensor, dirs: Tensor, near_far: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The samples the semantic field reads along rays ``[R]``, as :meth:`Distiller.render_latent` marches them:
-    ``points [K, 3]``, their weights ``[K]`` (the radiance weights raised to ``sem_weight_power``, each ray's summing
-    to 1), their ``ray_indices [K]`` and each ray's opacity ``[R]`` (the sum of its plain weights)."""
-    cfg = geo.cfg
-    near, far = geo.ray_limits(cameras, near_far, cam, dirs)
-    samples = geo.grid.march(
-        origins, dirs, geo.opts.step_size, near, far, stratified=False, max_per_ray=cfg.sem_max_samples
-    )
-    if cfg.sem_refine_samples > 0:
-        samples = refine_samples(geo.field, geo.grid, origins, dirs, samples, geo.opts, cfg.sem_refine_samples)
-    sigma = geo.field.density(samples.positions(origins, dirs))
-    weights = render_weights(sigma, samples.deltas, samples.ray_indices, len(origins))
-    opacity = accumulate(weights, None, samples.ray_indices, len(origins))[:, 0]
-    keep, share = semantic_weights(weights, samples.ray_indices, len(origins), cfg.sem_weight_power, cfg.sem_weight_eps)
-    samples = samples.select(keep)
-    return samples.positions(origins, dirs), share, samples.ray_indices, opacity
 
 
 # ------------------------------------------------------------------------------------------------ PCA bases
@@ -340,7 +319,9 @@ def lift(geo: Trainer, features: TeacherFeatures, log=print) -> LiftedSemantics:
             u, v = us[s : s + chunk], vs[s : s + chunk]
             cam = torch.full_like(u, view)
             origins, dirs = pixel_rays(cameras, cam, u, v)
-            points, share, ray, opacity = semantic_samples(geo, cameras, cam, origins, dirs, near_far)
+            points, share, ray, opacity = semantic_samples(
+                geo, cameras, cam, origins, dirs, near_far, with_opacity=True
+            )
             ray_weight = opacity
             if coverage is not None:
                 ray_weight = ray_weight * coverage.at(u, v, w, h)[:, scales].mean(-1)
@@ -406,7 +387,7 @@ class LiftedDecoder(nn.Module):
         return SemanticOutput(clip, selection, dino)
 
 
-class LiftedSemantics:
+class LiftedSemantics(SemanticRenders):
     """A lifted run's semantics with the interface the later stages read a :class:`~ovseg3d.distill.Distiller`
     through (``cfg``, ``space``, ``field.decode``, ``render_latent``, ``render_semantics``, ``segment``).
 
@@ -497,23 +478,6 @@ class LiftedSemantics:
         w = share * (near > 0)
         total = accumulate(w, None, ray, len(origins))
         return accumulate(w, value, ray, len(origins)) / total.clamp(min=1e-12)
-
-    @torch.no_grad()
-    def render_semantics(self, cameras: Cameras, idx: int, near_far: Tensor | None = None) -> Tensor:
-        """``[H, W, D]`` normalised CLIP feature of camera ``idx``."""
-        cams = cameras.to(self.device)
-        origins, dirs = image_rays(cams, idx)
-        cam = torch.full((len(dirs),), idx, dtype=torch.long, device=self.device)
-        chunk, out = self.cfg.render_chunk(self.device.type), []
-        for s in range(0, len(dirs), chunk):
-            z = self.render_latent(cams, cam[s : s + chunk], origins[s : s + chunk], dirs[s : s + chunk], near_far)
-            out.append(F.normalize(self.field.decode(z).clip, dim=-1))
-        return torch.cat(out).view(cameras.height, cameras.width, -1)
-
-    def segment(self, cameras: Cameras, idx: int, near_far: Tensor | None = None) -> Tensor:
-        """``[H, W]`` class index (argmax of the cosine with the class texts)."""
-        feats = self.render_semantics(cameras, idx, near_far)
-        return (feats @ F.normalize(self.space.text, dim=-1).T).argmax(-1).cpu()
 
     # -- state ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

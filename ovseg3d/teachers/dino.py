@@ -70,25 +70,27 @@ class TransformersDino:
     @torch.no_grad()
     def encode_pixels(self, image: Tensor) -> Tensor:
         """Last-layer patch tokens of ``image`` after the model's final norm (ProxyCLIP's proxy): see :meth:`tokens`."""
-        return self.tokens(image)[0]
+        return self.tokens(image, with_fda=False)[0]
 
     @torch.no_grad()
-    def tokens(self, image: Tensor) -> tuple[Tensor, Tensor]:
+    def tokens(self, image: Tensor, with_fda: bool = True) -> tuple[Tensor, Tensor]:
         """Patch tokens of ``image`` (``[3, h, w]`` in [0, 1] on the model's device, sides whole patches), each
         ``[h / patch, w / patch, D]`` float32 on the device, not normalised: ``(proxy, fda)``.
 
         ``proxy``: after the model's final LayerNorm (``last_hidden_state``), as ProxyCLIP takes DINO's tokens
         (``get_intermediate_layers``). ``fda``: for DINO (kind ``vit``) the last block's output before that norm,
         as 3D-OVS takes them (a forward hook on ``blocks[-1]``, ``models/DINO_extractor.py``); for DINOv2 the
-        normalised tokens its own feature API gives. One forward pass gives both."""
+        normalised tokens its own feature API gives. One forward pass gives both; ``with_fda=False`` (the proxy of a
+        window alone) keeps no layer outputs and returns the proxy's tokens twice."""
         mean = torch.tensor(self.mean, device=image.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=image.device).view(1, 3, 1, 1)
         pixels = (image[None] - mean) / std
         vit = self.kind == "vit"
-        extra = {"interpolate_pos_encoding": True, "output_hidden_states": True} if vit else {}
+        last_block = vit and with_fda  # the layers' outputs kept only when FDA's tokens are asked for
+        extra = {"interpolate_pos_encoding": True, "output_hidden_states": last_block} if vit else {}
         with autocast(self.device, self.dtype):
             out = self.model(pixel_values=pixels, **extra)
         grid = (image.shape[1] // self.patch, image.shape[2] // self.patch, -1)
         proxy = out.last_hidden_state[0, self.n_prefix :].float().reshape(grid)
-        fda = out.hidden_states[-1][0, self.n_prefix :].float().reshape(grid) if vit else proxy
+        fda = out.hidden_states[-1][0, self.n_prefix :].float().reshape(grid) if last_block else proxy
         return proxy, fda

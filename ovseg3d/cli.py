@@ -761,6 +761,12 @@ def cmd_run(args: list[str]) -> int:
     return 0
 
 
+def cmd_bench(args: list[str]) -> int:
+    from ovseg3d.bench.cli import main as bench_main
+
+    return bench_main(args)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "prepare": (
         cmd_prepare,
@@ -776,6 +782,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "view": (cmd_view, "browse a run's labelled point cloud and ask it free-text queries (viser)"),
     "batch": (cmd_batch, "run every stage over many scenes (in parallel with Ray), with a summary of them all"),
     "run": (cmd_run, "from photos, a video or a scene to a labelled cloud, boxes and the viewer, in one command"),
+    "bench": (cmd_bench, "run a benchmark into results/, or make the README's and docs' tables from results/"),
 }
 
 
@@ -806,6 +813,7 @@ INTERRUPTED = {
     "view": "stopped",
     "batch": "each scene's finished stages and checkpoints are kept: the same command continues from them",
     "run": "each finished stage and the last checkpoint are kept: the same command continues from them",
+    "bench": "the runs so far are kept in --work; no result file was written",
 }
 # What to do about an output folder that cannot be written, by command.
 WRITE_HINTS = {

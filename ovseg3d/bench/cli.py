@@ -1,0 +1,99 @@
+"""``ovseg3d bench``: list the benchmarks, run one into a result file, import an older script's JSON, make the
+tables.
+
+    ovseg3d bench list
+    ovseg3d bench run masks --scenes demo --variants default --repeats 3 --set steps=1500 --device cpu \
+        --work bench/runs --out results/masks.json
+    ovseg3d bench import distill bench/distill.json --out results/distill.json --commit aff4454 \
+        --measured 2026-11-28 --command "python scripts/bench_distill.py ..." --note "where the commit was read"
+    ovseg3d bench table            # print the headline table from results/
+    ovseg3d bench table --write    # rewrite the README's and docs/benchmarks.md's generated blocks
+    ovseg3d bench table --check    # exit 1 when a block differs from the result files
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from ovseg3d.bench import harness, legacy, tables
+from ovseg3d.bench import result as results
+
+MODULES = ("ovseg3d.bench.masks",)
+"""The benchmark modules: each defines ``BENCHMARK`` (a :class:`ovseg3d.bench.harness.Benchmark`)."""
+
+
+def benchmarks() -> dict[str, harness.Benchmark]:
+    """Every declared benchmark by name (importing a module checks its declaration)."""
+    found = {}
+    for name in MODULES:
+        bench = importlib.import_module(name).BENCHMARK
+        found[bench.name] = bench
+    return found
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ovseg3d bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="the benchmarks, their scenes, variants and figures")
+    r = sub.add_parser("run", help="run one benchmark into a result file")
+    r.add_argument("name")
+    r.add_argument("--scenes", nargs="+", help=f"scene names (known: {', '.join(harness.SCENES)})")
+    r.add_argument("--variants", nargs="+")
+    r.add_argument("--repeats", type=int, help="seeded runs of each case (default: the benchmark's)")
+    r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every run")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--work", type=Path, default=Path("bench/runs"), help="runs and generated scenes go here")
+    r.add_argument("--out", type=Path, help="the result file (default: results/NAME.json)")
+    i = sub.add_parser("import", help="a result file from an older script's JSON (it records no commit)")
+    i.add_argument("kind", choices=sorted(legacy.KINDS))
+    i.add_argument("file", type=Path)
+    i.add_argument("--commit", required=True, help="the commit the figures were measured at")
+    i.add_argument("--measured", required=True, help="the day they were measured (YYYY-MM-DD)")
+    i.add_argument("--command", required=True, help="the command that made the file")
+    i.add_argument("--note", default="", help="where the commit and command were read")
+    i.add_argument("--out", type=Path, required=True)
+    t = sub.add_parser("table", help="the headline table from results/")
+    t.add_argument("--write", action="store_true", help="rewrite the generated blocks of README.md and docs/")
+    t.add_argument("--check", action="store_true", help="exit 1 when a generated block differs from the results")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.action == "list":
+        for bench in benchmarks().values():
+            print(f"{bench.name}: {bench.doc}")
+            print(f"  scenes {', '.join(bench.scenes)}; variants {', '.join(bench.variants)}; repeats {bench.repeats}")
+            print(f"  figures {', '.join(bench.figures)}")
+        return 0
+    if args.action == "run":
+        known = benchmarks()
+        if args.name not in known:
+            raise harness.BenchError(f"unknown benchmark '{args.name}'; known: {', '.join(known)}")
+        bench = known[args.name]
+        out = args.out or tables.RESULTS / f"{bench.name}.json"
+        command = "ovseg3d bench " + " ".join(argv)
+        harness.run(bench, out, args.work, args.scenes, args.variants, args.set, args.repeats, args.device, command)
+        print(f"wrote {out}")
+        return 0
+    if args.action == "import":
+        data = legacy.import_file(args.kind, args.file, args.commit, args.command, args.measured, args.note)
+        results.write(data, args.out)
+        print(f"wrote {args.out}")
+        return 0
+    if args.check:
+        problems = tables.differences()
+        for line in problems:
+            print(line, file=sys.stderr)
+        return 1 if problems else 0
+    if args.write:
+        for page in tables.write():
+            print(f"rewrote the table in {page}")
+        return 0
+    print(tables.markdown())
+    return 0

@@ -1,0 +1,252 @@
+"""One harness for every benchmark: named scenes, named variants, ``--set`` overrides, seeded repeats, one result.
+
+A benchmark module declares a :class:`Benchmark`: the scenes it runs on by default, its variants (each a set of
+config overrides, as ``--set`` gives them), the figures it measures, how many seeded repeats a figure takes, and a
+``measure(case)`` function that runs one (scene, variant, seed) and returns its figures. The declaration is checked
+when it is made: an unknown scene, or a variant that sets an option the training config does not have, fails there,
+before anything runs. :func:`run` then loops scenes x variants x seeds, and writes one result file
+(:mod:`ovseg3d.bench.result`) with each figure's runs, median and range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ovseg3d.bench import result as results
+from ovseg3d.config import ConfigError, apply_overrides, parse_overrides, resolve_base
+from ovseg3d.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[2]
+"""The checkout (scene paths below are relative to it)."""
+
+SHARED = ROOT.parent / "shared" / "external-scenes"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A scene a benchmark can name: a folder, or a generated scene made once under the work folder."""
+
+    name: str
+    path: Path | None = None
+    """A folder (relative to the checkout, or absolute)."""
+    synth: dict[str, Any] | None = None
+    """Else: ``SynthConfig`` fields of a scene the benchmark generates (``ovseg3d synth``)."""
+    note: str = ""
+
+    def folder(self, work: Path) -> Path:
+        """The scene's folder, generating it under ``work/scenes`` the first time."""
+        if self.path is not None:
+            return self.path if self.path.is_absolute() else ROOT / self.path
+        from ovseg3d.synth import SynthConfig, synthesize
+
+        out = work / "scenes" / self.name
+        if not (out / "scene.json").exists():
+            print(f"generating scene '{self.name}' -> {out}", flush=True)
+            synthesize(SynthConfig(**(self.synth or {})), out)
+        return out
+
+
+SCENES: dict[str, Scene] = {
+    s.name: s
+    for s in (
+        Scene("demo", Path("scenes/demo"), note="the bundled demo (forward-facing, 3D-OVS's format)"),
+        Scene("orbit", synth={"cameras": "orbit", "format": "transforms", "seed": 3}, note="a generated 360° room"),
+        Scene("tilt10", synth={"seed": 31, "elevation_deg": 10.0}, note="a generated forward room, 10° tilt"),
+        Scene("tilt40", synth={"seed": 32, "elevation_deg": 40.0}, note="a generated forward room, 40° tilt"),
+        Scene(
+            "orbit_high",
+            synth={
+                "cameras": "orbit",
+                "format": "transforms",
+                "seed": 33,
+                "orbit_min_elevation_deg": 35.0,
+                "orbit_max_elevation_deg": 60.0,
+            },
+            note="a generated 360° room seen from above",
+        ),
+        Scene("forward", SHARED / "forward", note="a forward room from another generator"),
+        Scene("orbit-shared", SHARED / "orbit", note="a 360° room from another generator"),
+        Scene(
+            "outdoor-colmap-lens", SHARED / "outdoor-colmap-lens", note="an unbounded outdoor scene, another generator"
+        ),
+    )
+}
+"""Every scene a benchmark may name. A scene that is not here is refused when the benchmark is declared."""
+
+
+class BenchError(UsageError):
+    """A benchmark declared or asked for with something the harness does not know: one line."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement: a scene, a variant (its overrides merged with ``--set``), a seed, and a work folder."""
+
+    benchmark: str
+    scene: str
+    folder: Path
+    variant: str
+    overrides: dict[str, Any]
+    seed: int
+    work: Path
+    device: str = "auto"
+    preset: str = "cpu"
+
+    def config(self) -> Any:
+        """The preset with this case's overrides and seed (``seed`` is the training config's)."""
+        return apply_overrides(resolve_base(self.preset, None), {**self.overrides, "seed": self.seed}, self.label)
+
+    @property
+    def label(self) -> str:
+        return f"{self.benchmark}/{self.scene}/{self.variant}/s{self.seed}"
+
+
+Measure = Callable[[Case], Mapping[str, float]]
+
+
+def _check_overrides(values: dict[str, Any], source: str, preset: str = "cpu") -> None:
+    try:
+        apply_overrides(resolve_base(preset, None), values, source)
+    except ConfigError as exc:
+        raise BenchError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """What a benchmark runs and what it measures; checked when declared."""
+
+    name: str
+    doc: str
+    """One line: what it measures."""
+    measure: Measure
+    figures: tuple[str, ...]
+    """The figures ``measure`` returns for each case (per scene and variant they are keyed ``scene/variant/figure``)."""
+    scenes: tuple[str, ...] = ("demo",)
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"default": {}})
+    """Name -> config overrides (the form of ``--set``: nested tables as dicts)."""
+    repeats: int = 1
+    """Seeded runs of each case (figures that vary from run to run want 3 or more: their median and range)."""
+    teacher: Mapping[str, Any] = field(default_factory=lambda: {"kind": "none"})
+    preset: str = "cpu"
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.scenes if s not in SCENES]
+        if unknown:
+            raise BenchError(
+                f"benchmark '{self.name}': unknown scene(s) {', '.join(unknown)}; known: {', '.join(SCENES)}"
+            )
+        if not self.variants:
+            raise BenchError(f"benchmark '{self.name}': no variants (give at least {{'default': {{}}}})")
+        for variant, values in self.variants.items():
+            _check_overrides(dict(values), f"benchmark '{self.name}', variant '{variant}'", self.preset)
+        if self.repeats < 1:
+            raise BenchError(f"benchmark '{self.name}': repeats must be 1 or more")
+        if self.teacher.get("kind") not in results.TEACHER_KINDS:
+            raise BenchError(f"benchmark '{self.name}': teacher kind must be one of {', '.join(results.TEACHER_KINDS)}")
+
+
+def select(bench: Benchmark, scenes: Sequence[str] | None, variants: Sequence[str] | None) -> tuple[list, list]:
+    """The scenes and variants asked for (all the benchmark's when None); an unknown name is one line."""
+    scenes = list(scenes or bench.scenes)
+    unknown = [s for s in scenes if s not in SCENES]
+    if unknown:
+        raise BenchError(f"bench {bench.name}: unknown scene(s) {', '.join(unknown)}; known: {', '.join(SCENES)}")
+    names = list(variants or bench.variants)
+    unknown = [v for v in names if v not in bench.variants]
+    if unknown:
+        raise BenchError(
+            f"bench {bench.name}: unknown variant(s) {', '.join(unknown)}; known: {', '.join(bench.variants)}"
+        )
+    return scenes, names
+
+
+def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``, nested tables merged key by key (a variant, then ``--set``)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def cases(
+    bench: Benchmark,
+    work: Path,
+    scenes: Sequence[str] | None = None,
+    variants: Sequence[str] | None = None,
+    sets: Sequence[str] = (),
+    repeats: int | None = None,
+    device: str = "auto",
+) -> list[Case]:
+    """Every (scene, variant, seed) the benchmark will measure, all checked before the first runs."""
+    scene_names, variant_names = select(bench, scenes, variants)
+    try:
+        extra = parse_overrides(list(sets))
+    except ValueError as exc:
+        raise BenchError(f"--set: {exc}") from None
+    out = []
+    for variant in variant_names:
+        overrides = merge(bench.variants[variant], extra)
+        _check_overrides(overrides, f"bench {bench.name}, variant '{variant}' with --set", bench.preset)
+        for scene in scene_names:
+            for seed in range(repeats or bench.repeats):
+                folder = SCENES[scene].path
+                case = Case(bench.name, scene, folder or Path(), variant, overrides, seed, work, device, bench.preset)
+                out.append(case)
+    return out
+
+
+def run(
+    bench: Benchmark,
+    out: Path,
+    work: Path = Path("bench/runs"),
+    scenes: Sequence[str] | None = None,
+    variants: Sequence[str] | None = None,
+    sets: Sequence[str] = (),
+    repeats: int | None = None,
+    device: str = "auto",
+    command: str | None = None,
+) -> dict:
+    """Measure every case, then write the result file ``out``: each figure's runs over the seeds, median, range."""
+    todo = cases(bench, work, scenes, variants, sets, repeats, device)
+    runs: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    for case in todo:
+        case = dataclasses.replace(case, folder=SCENES[case.scene].folder(work))
+        print(f"== {case.label}", flush=True)
+        figures = bench.measure(case)
+        missing = sorted(set(bench.figures) - set(figures))
+        if missing:
+            raise BenchError(f"bench {bench.name}: {case.label} did not measure {', '.join(missing)}")
+        for name, value in figures.items():
+            runs.setdefault(f"{case.scene}/{case.variant}/{name}", []).append(float(value))
+    seconds = round(time.perf_counter() - start, 1)
+    data = {
+        "benchmark": bench.name,
+        "command": command or " ".join(["ovseg3d", *map(shlex.quote, sys.argv[1:])]),
+        "commit": results.commit(),
+        "measured": results.today(),
+        "machine": results.machine("cuda" if str(device).startswith("cuda") else "cpu"),
+        "teacher": dict(bench.teacher),
+        "settings": {
+            "preset": bench.preset,
+            "scenes": sorted({c.scene for c in todo}),
+            "variants": {v: bench.variants[v] for v in sorted({c.variant for c in todo})},
+            "set": list(sets),
+            "repeats": repeats or bench.repeats,
+            "device": device,
+        },
+        "figures": {name: results.summary(values) for name, values in runs.items()},
+        "seconds": seconds,
+    }
+    results.write(data, out)
+    return data

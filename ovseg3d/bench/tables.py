@@ -1,0 +1,319 @@
+"""The headline tables, made from the result files: README.md's and the top of docs/benchmarks.md.
+
+Each :class:`Row` names the result file its figure comes from, how to say the figure, and the command that makes
+the file. A row whose file is missing says so and names the command; a file measured before the row's ``since``
+(a change that moved the figure) is called stale. Nothing is carried over by hand: a figure in these tables is in a
+file under ``results/``.
+
+``ovseg3d bench table --write`` rewrites the blocks between the marker comments; ``--check`` (and a test) fails
+when a block differs from what the files give.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ovseg3d.bench import result as results
+from ovseg3d.bench.harness import ROOT
+
+RESULTS = ROOT / "results"
+"""The committed result files (small JSON only)."""
+
+
+def median(data: dict, key: str) -> float:
+    return data["figures"][key]["median"]
+
+
+def spread(data: dict, key: str, digits: int = 1) -> str:
+    """``median (min-max)``, or the one value when there was one run."""
+    f = data["figures"][key]
+    if len(f["runs"]) == 1:
+        return f"{f['median']:.{digits}f}"
+    return f"{f['median']:.{digits}f} ({f['min']:.{digits}f}-{f['max']:.{digits}f}, {len(f['runs'])} runs)"
+
+
+def distill_figure(data: dict) -> str:
+    """3D against 2D over every scene: how many medians reach the teacher, the gains, the demo's median and range."""
+    scenes = sorted({k.split("/")[0] for k in data["figures"] if k.endswith("/default/miou")})
+    gains = [median(data, f"{s}/default/miou") - median(data, f"{s}/default/teacher_miou") for s in scenes]
+    above = sum(g >= 0 for g in gains)
+    seeds = len(data["figures"][f"{scenes[0]}/default/miou"]["runs"])
+    widest = max(
+        data["figures"][f"{s}/default/miou"]["max"] - data["figures"][f"{s}/default/miou"]["min"] for s in scenes
+    )
+    text = (
+        f"3D at or above its 2D teacher on **{above} of {len(scenes)}** scenes in the median of {seeds} "
+        f"distillation seeds ({min(gains):+.1f} to {max(gains):+.1f} points); seeds on one field spread by up to "
+        f"{widest:.0f} points"
+    )
+    if "demo" in scenes:
+        text += (
+            f"; demo mIoU **{spread(data, 'demo/default/miou')}**, "
+            f"2D teacher {median(data, 'demo/default/teacher_miou'):.1f}"
+        )
+    return text
+
+
+def prepare_figure(name: str, reference: str = "") -> Callable[[dict], str]:
+    """One photo set through ``prepare``: registered of all, reprojection error, seconds (and the load they ran
+    under), the cameras' distance to a reference when it has one."""
+
+    def figure(data: dict) -> str:
+        k = f"{name}/default"
+        text = (
+            f"{median(data, f'{k}/registered'):.0f} of {median(data, f'{k}/images'):.0f} photos registered at "
+            f"{median(data, f'{k}/reprojection_px'):.2f} px in **{median(data, f'{k}/seconds'):.0f} s**"
+        )
+        if f"{k}/load" in data["figures"]:
+            text += f" (load {median(data, f'{k}/load'):.1f}: an upper bound)"
+        if reference and f"{k}/ate_share_pct" in data["figures"]:
+            text += f"; cameras within {median(data, f'{k}/ate_share_pct'):.3f} % of {reference}'s"
+        return text
+
+    return figure
+
+
+@dataclass(frozen=True)
+class Row:
+    """One capability's headline: its figure comes from ``result`` (a file under ``results/``)."""
+
+    capability: str
+    result: str
+    """The result file's name under ``results/`` (``distill.json``)."""
+    figure: Callable[[dict], str] | None
+    """The figure, said from the result; None while no benchmark writes the file yet."""
+    command: str
+    """What makes the result file."""
+    section: str
+    """docs/benchmarks.md's anchor of the capability's section (its analysis)."""
+    since: str = ""
+    """ISO date: a result measured before it is stale (a change since then moved the figure)."""
+    history: str = ""
+    """docs/history.md's anchor where the figure measured before result files is written (a missing row links it)."""
+
+
+ROWS: tuple[Row, ...] = (
+    Row(
+        "the whole method under a simulated teacher that errs like CLIP (the demo, 3 scenes from another "
+        "generator, 3 generated tilts)",
+        "distill.json",
+        distill_figure,
+        "python scripts/bench_distill.py --scenes scenes/demo ../shared/external-scenes/forward "
+        "../shared/external-scenes/orbit ../shared/external-scenes/outdoor-colmap-lens tilt10 tilt40 orbit_high "
+        "--ablations seed1 seed2 negatives --out bench/distill.json && ovseg3d bench import distill "
+        "bench/distill.json --out results/distill.json --commit C --measured DAY --command CMD",
+        "distillation-and-the-whole-method",
+        since="2026-11-28",
+    ),
+    Row(
+        "the quickstart in a new clone: the whole method on the bundled demo",
+        "quickstart.json",
+        None,
+        'pip install torch==2.13.0 -e ".[dev]" && ovseg3d run scenes/demo --output runs/demo && ovseg3d eval runs/demo',
+        "distillation-and-the-whole-method",
+        history="the-quickstart-from-a-fresh-clone-2026-11-28-stop-66",
+    ),
+    Row(
+        "the whole method, a generated 360° room",
+        "distill_orbit.json",
+        None,
+        "python scripts/bench_distill.py --scenes orbit --ablations",
+        "distillation-and-the-whole-method",
+        history="distillation-segmentation-against-the-teacher",
+    ),
+    Row(
+        "radiance field, mip-NeRF 360's bonsai at 799×532, against nerfacc's example",
+        "field_bonsai_gpu.json",
+        None,
+        "FIELD_EVAL_EVERY=4 FIELD_VARIANTS=default bash scripts/gpu_session.sh field .real/bonsai 580",
+        "real-captures",
+        history="the-bonsai-on-an-h200-ahead-of-nerfaccs-example-at-30-and-90-s-issue-48-2026-11-27-on-a-gpu",
+    ),
+    Row(
+        "radiance field, instant-ngp's fox, with and without the depth prior",
+        "field_fox.json",
+        None,
+        "python scripts/bench_real.py --scene FOX --name foxngp --variants depth_light no_depth "
+        "--set steps=1300 max_minutes=0 depth_model=PREPARED_FOX/sparse/0 --eval-max-samples 64",
+        "real-captures",
+        history="the-captures-own-points-as-a-depth-prior-measured-on-four-real-captures-issue-48-2026-11-27-later",
+    ),
+    Row(
+        "the whole method, the shared outdoor scene (unbounded)",
+        "unbounded.json",
+        None,
+        "python scripts/bench_unbounded.py --cases --scenes ../shared/external-scenes/outdoor-colmap-lens",
+        "real-captures",
+        history="the-distortion-loss-on-by-default-for-unbounded-scenes-on-the-cpu-issue-48-2026-11-27-stop-61",
+    ),
+    Row(
+        "a generated 360° room's far walls, random background: median depth error",
+        "family_walls.json",
+        None,
+        "python scripts/bench_family.py --forward-seeds --orbit-seeds 1 --outdoor-seeds --distill-steps 100 "
+        "--depth-errors --set \"background='random'\" occ_visibility_eps=0.0",
+        "radiance-field-generated-scenes",
+        history="the-orbit-rooms-walls-the-visibility-record-empties-them-and-more-steps-bring-them-within-3--issue-48-2026-11-28-stop-63",
+    ),
+    Row(
+        "radiance field, two LLFF phone captures (cup, figurine)",
+        "field_llff.json",
+        None,
+        "python scripts/bench_real.py --scene CUP --name cup --variants default lr_steps "
+        "--set steps=1300 max_minutes=0 --eval-max-samples 64",
+        "real-captures",
+        history="two-more-real-captures-and-the-schedule-on-all-five-scenes-issue-48-2026-11-26",
+    ),
+    Row(
+        "a phone video to a labelled cloud and boxes, `ovseg3d run VIDEO` (184 frames, 544×960)",
+        "video.json",
+        None,
+        'ovseg3d run figurine.mp4 --output runs/fig --classes "figurine, table" --clip-model CLIP --dino-model DINO',
+        "distillation-and-the-whole-method",
+        history="the-phone-video-on-2-cpu-cores-again-each-stage-saying-where-its-seconds-went-issue-49-2026-11-28-stop-65",
+    ),
+    Row(
+        "the whole method on a GPU, 32 views at 1000×750",
+        "gpu.json",
+        None,
+        "python scripts/bench_gpu.py --fresh --scenes forward",
+        "gpu",
+        history="on-a-gpu-a-third-time-tiny-cuda-nn-on-an-h100-the-prepared-bonsai-2026-11-26-later",
+    ),
+    Row(
+        "exported cloud against the true surfaces, demo",
+        "export.json",
+        None,
+        "python scripts/bench_export.py",
+        "point-clouds-export",
+        history="point-clouds-exported-points-against-the-true-surfaces",
+    ),
+    Row(
+        "exported cloud, mip-NeRF 360's bonsai: the field's solid pixels in the cloud",
+        "coverage_bonsai.json",
+        None,
+        "python scripts/bench_coverage.py --run RUN --views 8",
+        "point-clouds-export",
+        history="a-rooms-far-side-again-the-agreement-tolerance-beyond-the-roi-issue-48-2026-11-27-stop-62",
+    ),
+    Row(
+        "boxes, a forward room from another generator",
+        "outputs_forward.json",
+        None,
+        "python scripts/bench_outputs.py --scene ../shared/external-scenes/forward --run RUN",
+        "detection-and-pose",
+        history="round-objects-seen-from-one-side-the-centre-fitted-at-the-widths-radius-issue-48-2026-11-27-later",
+    ),
+    Row(
+        "`prepare`, mip-NeRF 360's bonsai (252 photos, 800×533), `auto` matcher",
+        "prepare.json",
+        prepare_figure("bonsai_auto_v2"),
+        "python scripts/bench_prepare.py --fresh --sets bonsai_auto_v2=BONSAI_PHOTOS:BONSAI/sparse/0 "
+        "--out bench/prepare.json && ovseg3d bench import prepare bench/prepare.json --out results/prepare.json "
+        "--commit C --measured DAY --command CMD",
+        "prepare-from-photos",
+        since="2026-11-28",
+    ),
+    Row(
+        "`prepare`, instant-ngp's fox (50 photos at 810×1440), `auto` matcher",
+        "prepare.json",
+        prepare_figure("fox_auto_v2", "instant-ngp"),
+        "python scripts/bench_prepare.py --fresh --max-long-side 1440 --sets fox_auto_v2=FOX/images:FOX "
+        "--out bench/prepare.json && ovseg3d bench import prepare bench/prepare.json --out results/prepare.json "
+        "--commit C --measured DAY --command CMD",
+        "prepare-from-photos",
+        since="2026-11-28",
+    ),
+)
+"""The headline rows, in the README's order. Issue 68's rows are added here, beside a result file."""
+
+
+def teacher_text(teacher: dict) -> str:
+    kind = teacher.get("kind")
+    if kind == "synthetic":
+        return f"simulated, {teacher.get('errors') or 'per-view'} errors"
+    if kind == "clip":
+        if teacher.get("weights") == "random":
+            return "real-size CLIP / DINO, random weights (timing only)"
+        return "CLIP / DINO, real weights"
+    return "none"
+
+
+def cells(row: Row, folder: Path = RESULTS, link: str = "docs/benchmarks.md") -> list[str]:
+    """capability, figure, machine, teacher, command, details: from the row's result file, or why there is none."""
+    path = folder / row.result
+    details = f"[section]({link}#{row.section})"
+    history = f"docs/history.md#{row.history}" if link.startswith("docs/") else f"history.md#{row.history}"
+    if row.figure is None or not path.is_file():
+        before = f" (before result files: [history]({history}))" if row.history else ""
+        figure = f"**missing**: no `results/{row.result}` yet{before}"
+        return [row.capability, figure, "—", "—", f"`{row.command}`", details]
+    data = results.load(path)
+    figure = row.figure(data)
+    if row.since and data.get("measured", "") < row.since:
+        figure = f"**stale** (measured {data.get('measured')}, before {row.since}): {figure}"
+    machine = data["machine"]["description"]
+    when = f"{data.get('measured', '?')}, commit {data['commit']}"
+    return [row.capability, figure, f"{machine} ({when})", teacher_text(data["teacher"]), f"`{row.command}`", details]
+
+
+def markdown(rows: tuple[Row, ...] = ROWS, folder: Path = RESULTS, link: str = "docs/benchmarks.md") -> str:
+    """The table of ``rows``: each from its result file."""
+    head = ["capability", "figure (median (range, runs) where runs vary)", "machine", "teacher", "command", "details"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells(row, folder, link)) + " |")
+    return "\n".join(lines)
+
+
+BEGIN = (
+    "<!-- generated by `ovseg3d bench table --write` from results/*.json: edit ovseg3d/bench/tables.py, not here -->"
+)
+END = "<!-- end of the generated table -->"
+BLOCK = re.compile(re.escape(BEGIN) + r"\n(.*?)" + re.escape(END), re.S)
+
+
+def blocks(folder: Path = RESULTS) -> dict[Path, str]:
+    """Each page with a generated block, and the block's table today."""
+    return {
+        ROOT / "README.md": markdown(ROWS, folder, "docs/benchmarks.md"),
+        ROOT / "docs" / "benchmarks.md": markdown(ROWS, folder, "benchmarks.md"),
+    }
+
+
+def current(page: Path) -> str | None:
+    """The generated block's text in ``page`` as it is, or None without markers."""
+    match = BLOCK.search(page.read_text())
+    return None if match is None else match.group(1).removesuffix("\n")
+
+
+def write(folder: Path = RESULTS) -> list[Path]:
+    """Rewrite every page's block from the result files; the pages that changed."""
+    changed = []
+    for page, table in blocks(folder).items():
+        text = page.read_text()
+        if BLOCK.search(text) is None:
+            raise results.ResultError(f"{page}: no generated block (the marker comments {BEGIN!r} ... {END!r})")
+        block = f"{BEGIN}\n{table}\n{END}"
+        new = BLOCK.sub(lambda m, block=block: block, text, count=1)
+        if new != text:
+            page.write_text(new)
+            changed.append(page)
+    return changed
+
+
+def differences(folder: Path = RESULTS) -> list[str]:
+    """One line per page whose block is missing or differs from what the result files give."""
+    out = []
+    for page, table in blocks(folder).items():
+        now = current(page)
+        if now is None:
+            out.append(f"{page.relative_to(ROOT)}: no generated block")
+        elif now != table:
+            out.append(
+                f"{page.relative_to(ROOT)}: the table differs from the result files (ovseg3d bench table --write)"
+            )
+    return out

@@ -1,0 +1,144 @@
+"""The benchmark harness (ovseg3d.bench): result files refused without a machine, commit or teacher; benchmarks
+refused at declaration for an unknown scene or option; repeats summarised as median and range; and the README's
+and docs/benchmarks.md's tables equal to what the result files give."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ovseg3d.bench import harness, legacy, tables
+from ovseg3d.bench import result as results
+from ovseg3d.bench.cli import benchmarks
+from ovseg3d.cli import main
+
+
+def _result(**changes: object) -> dict:
+    data = {
+        "benchmark": "toy",
+        "command": "ovseg3d bench run toy",
+        "commit": "abc1234",
+        "measured": "2026-11-28",
+        "machine": {"description": "2 CPU cores", "cpu": "x", "cores": 2, "gpu": None},
+        "teacher": {"kind": "synthetic", "errors": "persistent", "weights": None},
+        "figures": {"demo/default/miou": results.summary([50.0, 30.0, 45.0])},
+        "seconds": 1.0,
+    }
+    data.update(changes)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def test_the_readme_and_benchmarks_tables_are_what_the_result_files_give():
+    assert tables.differences() == []
+
+
+def test_every_result_file_is_valid():
+    files = sorted(tables.RESULTS.glob("*.json"))
+    assert files
+    for path in files:
+        results.load(path)
+
+
+@pytest.mark.parametrize("missing", ["machine", "commit", "teacher"])
+def test_a_result_without_machine_commit_or_teacher_is_refused_in_one_line(tmp_path, missing):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({k: v for k, v in _result().items() if k != missing}))
+    with pytest.raises(results.ResultError) as err:
+        results.load(path)
+    assert str(err.value).count("\n") == 0 and f"no {missing}" in str(err.value) and str(path) in str(err.value)
+
+
+def test_the_summary_is_the_median_and_range_of_the_runs():
+    assert results.summary([50.0, 30.0, 45.0]) == {"runs": [50.0, 30.0, 45.0], "median": 45.0, "min": 30.0, "max": 50.0}
+
+
+def _measure(case: harness.Case) -> dict[str, float]:
+    return {"score": 10.0 + case.seed, "steps": case.config().steps}
+
+
+def test_an_unknown_scene_or_option_fails_when_declared():
+    with pytest.raises(harness.BenchError, match="unknown scene"):
+        harness.Benchmark("toy", "a toy", _measure, ("score",), scenes=("demo", "nowhere"))
+    with pytest.raises(harness.BenchError, match="no_such_option"):
+        harness.Benchmark("toy", "a toy", _measure, ("score",), variants={"bad": {"no_such_option": 1}})
+    with pytest.raises(harness.BenchError, match="nope"):
+        harness.Benchmark("toy", "a toy", _measure, ("score",), variants={"bad": {"teachers": {"nope": 1}}})
+
+
+def test_a_bad_set_or_variant_fails_before_anything_runs(tmp_path):
+    calls = []
+    bench = harness.Benchmark("toy", "a toy", lambda c: calls.append(c) or {"score": 1.0}, ("score",))
+    for kwargs, words in [
+        ({"sets": ["no_such_option=3"]}, "no_such_option"),
+        ({"variants": ["other"]}, "unknown variant"),
+        ({"scenes": ["nowhere"]}, "unknown scene"),
+    ]:
+        with pytest.raises(harness.BenchError, match=words):
+            harness.run(bench, tmp_path / "r.json", tmp_path, **kwargs)
+    assert calls == [] and not (tmp_path / "r.json").exists()
+
+
+def test_a_run_writes_each_figure_over_seeds_with_the_machine_commit_and_teacher(tmp_path):
+    bench = harness.Benchmark(
+        "toy", "a toy", _measure, ("score", "steps"), variants={"short": {"steps": 7}}, repeats=3,
+        teacher={"kind": "synthetic", "errors": "persistent"},
+    )  # fmt: skip
+    data = harness.run(bench, tmp_path / "r.json", tmp_path, sets=["max_minutes=0"], command="toy")
+    saved = results.load(tmp_path / "r.json")
+    assert saved == data and saved["command"] == "toy" and saved["commit"] and saved["machine"]["cores"] >= 1
+    assert saved["figures"]["demo/short/score"] == {
+        "runs": [10.0, 11.0, 12.0],
+        "median": 11.0,
+        "min": 10.0,
+        "max": 12.0,
+    }
+    assert saved["figures"]["demo/short/steps"]["median"] == 7.0
+    assert saved["settings"]["set"] == ["max_minutes=0"] and saved["teacher"]["kind"] == "synthetic"
+
+
+def test_the_declared_benchmarks_load():
+    assert "masks" in benchmarks()
+
+
+def test_a_row_without_its_file_says_missing_and_names_the_command(tmp_path):
+    row = tables.Row("toy", "toy.json", lambda d: "fig", "ovseg3d bench run toy", "faults")
+    assert "**missing**" in tables.markdown((row,), tmp_path) and "`ovseg3d bench run toy`" in tables.markdown(
+        (row,), tmp_path
+    )
+    results.write(_result(measured="2026-11-01"), tmp_path / "toy.json")
+    line = tables.markdown((row,), tmp_path).splitlines()[2]
+    assert "fig" in line and "2 CPU cores" in line and "simulated, persistent errors" in line
+    stale = tables.Row("toy", "toy.json", lambda d: "fig", "c", "faults", since="2026-11-20")
+    assert "**stale**" in tables.markdown((stale,), tmp_path)
+
+
+def test_an_import_without_a_commit_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "d.json").write_text(json.dumps({"cpu_threads": 2, "scenes": {"demo": {"full": {"miou": 1.0}}}}))
+    out = tmp_path / "o.json"
+    args = ["bench", "import", "distill", str(tmp_path / "d.json"), "--commit", "", "--measured", "2026-11-28"]
+    assert main([*args, "--command", "c", "--out", str(out)]) == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refused, no commit" in err[0], err
+
+
+def test_bench_distills_json_becomes_a_result_with_the_seeds_as_repeats(tmp_path):
+    old = {
+        "device": "device=cpu hash grid=torch sampler=torch",
+        "cpu_threads": 2,
+        "teacher": "synthetic (persistent errors)",
+        "scenes": {
+            "demo": {
+                "full": {"miou": 81.3, "teacher_miou": 47.6, "train_seconds_wall": 10.0},
+                "seed1": {"miou": 66.3, "teacher_miou": 47.6, "distill_seconds_wall": 5.0},
+                "seed2": {"miou": 68.5, "teacher_miou": 47.6},
+                "negatives": {"miou": 19.5, "teacher_miou": 20.1},
+            }
+        },
+    }
+    (tmp_path / "d.json").write_text(json.dumps(old))
+    data = legacy.import_file("distill", tmp_path / "d.json", "aff4454", "cmd", "2026-11-28")
+    assert data["figures"]["demo/default/miou"]["median"] == 68.5
+    assert data["figures"]["demo/negatives/miou"]["runs"] == [19.5]
+    assert data["teacher"] == {"kind": "synthetic", "errors": "persistent", "weights": None}
+    assert data["machine"]["description"] == "2 CPU cores" and data["seconds"] == 15.0

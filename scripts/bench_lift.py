@@ -15,6 +15,17 @@ Prints a table of medians (with the range over seeds) and writes JSON (default `
     python scripts/bench_lift.py --scenes tilt10 tilt40 orbit_high --seeds 0
     python scripts/bench_lift.py --set teachers.syn_errors=per-view
     python scripts/bench_lift.py --table bench/lift.json                # the table of a result file again
+
+``--lift-only`` runs no distillation: each seed's geometry is trained with ``semantic = "lift"`` (``ovseg3d train
+--semantic lift``: the geometry, then the lift, scored as ``lift``), or taken from ``--geometries`` (a folder of
+bench_distill's full runs, ``LABEL/geometry.pt``) where that folder holds the scene's run with that seed: the very
+geometry the distillation was measured on. The distillation's figures come from ``--distill-results`` (bench_distill's
+JSON: the median and range of its ``full``, ``seed1`` and ``seed2`` runs, distillation seeds over one geometry).
+
+    python scripts/bench_lift.py --lift-only --distill-results bench/distill_stop67.json \\
+        --geometries /work/scratch/bench/runs --scenes /work/scratch/ext/forward --seeds 0 1 \\
+        --variants lift lift_no_propagate --set steps=1500 max_minutes=0 --cache bench/features
+    python scripts/bench_lift.py --table bench/lift_scenes.json
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import os
 import resource
 import shutil
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +86,18 @@ class Args:
     """Reuse a full run already in --work (one that was distilled) instead of training it again."""
     table: list[Path] = field(default_factory=list)
     """Only print the tables of these result files (this script's JSON), running nothing."""
+    lift_only: bool = False
+    """No distillation: the geometry trained with ``semantic = "lift"`` (or taken from --geometries), then the
+    lifting variants; the distillation's figures from --distill-results."""
+    distill_results: Path | None = None
+    """bench_distill's JSON for the table's distillation columns (its full, seed1 and seed2 runs)."""
+    geometries: Path | None = None
+    """A folder of runs with ``LABEL/geometry.pt`` (bench_distill's full runs): a seed whose run is there (the same
+    ``seed`` in its config) is lifted (and, without --lift-only, distilled again) on that geometry instead of a new
+    one."""
+    cache: Path | None = None
+    """Teacher feature caches in ``CACHE/LABEL-ERRORS`` (``teachers.cache_dir``) instead of the scene's
+    ``features/``, which other runs on a shared machine may be rebuilding with other teacher settings."""
 
 
 def load() -> list[float]:
@@ -97,6 +121,58 @@ def distill_log(run: Path) -> tuple[float, int]:
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     last = max((r for r in log if r.get("stage") == "distill"), key=lambda r: r["distill_step"])
     return last["time"], last["distill_step"]
+
+
+def stored_geometry(args: Args, label: str, seed: int) -> Path | None:
+    """``--geometries``' run of the scene ``label`` trained with ``seed``, if there is one."""
+    if args.geometries is None:
+        return None
+    run = args.geometries / label
+    if (run / GEOMETRY_CHECKPOINT).is_file() and load_run_config(run).seed == seed:
+        return run
+    return None
+
+
+def lift_log(run: Path) -> dict:
+    """The lift stage's record in a run's ``log.jsonl`` (its seconds, voxels and bytes)."""
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [r for r in log if r.get("stage") == "lift"][-1]
+
+
+def trained_lift(scene: Path, run: Path, args: Args, overrides: dict) -> dict:
+    """``ovseg3d train --semantic lift`` (the geometry, then the lift) in ``run``; the lift's figures and scores."""
+    from bench_distill import scores
+
+    from ovseg3d.config import resolve_base
+    from ovseg3d.pipeline import train
+
+    overrides = {**overrides, "semantic": "lift"}
+    if not (args.reuse and (run / GEOMETRY_CHECKPOINT).exists() and (run / "log.jsonl").exists()):
+        cfg = apply_overrides(resolve_base(args.preset, None), overrides, "--set")
+        cfg = dataclasses.replace(cfg, scene=scene, output=run, device=args.device, chosen=tuple(overrides))
+        if run.exists():
+            shutil.rmtree(run)
+        before = load()
+        start = time.perf_counter()
+        train(cfg)
+        wall = time.perf_counter() - start
+    else:
+        before, wall = None, None
+    record = lift_log(run)
+    geometry_log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    geometry = [r for r in geometry_log if "stage" not in r and "step" in r]
+    row = {
+        "seconds": round(record["time"], 2),
+        "load": before or load(),
+        "train_seconds_wall": None if wall is None else round(wall, 1),
+        "geometry_steps": geometry[-1]["step"] if geometry else None,
+        "geometry_seconds": geometry[-1]["time"] if geometry else None,
+        "voxels": record["voxels"],
+        "structure_mib": round(record["bytes"] / 2**20, 1),
+    }
+    scored = scores(semantic_metrics(run, load_trainer(run, args.device), save_renders=False), None)
+    scored.pop("train_seconds_wall", None)
+    return {**row, **scored}
 
 
 def full(scene: Path, run: Path, args: Args, overrides: dict) -> dict:
@@ -155,6 +231,58 @@ def lifted_run(source: Path, run: Path, overrides: dict, device: str) -> dict:
     return {**row, **semantic_scores(run, device)}
 
 
+def distill_figures(path: Path) -> dict[str, dict]:
+    """Per scene of bench_distill's JSON: its teacher's mIoU and the median and range of its seeds' 3D mIoU and
+    distillation seconds (``full``, ``seed1``, ``seed2``)."""
+    result = json.loads(path.read_text())
+    out = {}
+    for label, rows in result["scenes"].items():
+        runs = [rows[k] for k in ("full", "seed1", "seed2") if k in rows]
+        mious = [r["miou"] for r in runs]
+        seconds = [r.get("distill_seconds_wall") or r.get("train_seconds_wall") for r in runs]
+        out[label] = {
+            "source": str(path),
+            "teacher_miou": runs[0]["teacher_miou"],
+            "mious": mious,
+            "miou": statistics.median(mious),
+            "miou_range": [min(mious), max(mious)],
+            "seconds": statistics.median(s for s in seconds if s is not None),
+            "seconds_range": [min(s for s in seconds if s is not None), max(s for s in seconds if s is not None)],
+        }
+    return out
+
+
+def print_scene_table(result: dict) -> None:
+    """The --lift-only table: per scene, the teacher, the distillation (from its result file) and the lifting."""
+    print(f"\nlifting per scene ({result['device']}, {result['teacher']} teacher; lift: median (range) over seeds)")
+    head = (
+        "| scene | 2D teacher | distill 3D median (range) | lift 3D | lift no-propagate 3D | lift s | distill s | "
+        "voxels / MiB | load | lift − distill | lift ≥ 2D, within 1 of distill |"
+    )
+    print(head)
+    print("|" + " --- |" * 11)
+    for label, rows in result["scenes"].items():
+        d = result.get("distill", {}).get(label)
+        lift = list(rows.get("lift", {}).values())
+        nop = list(rows.get("lift_no_propagate", {}).values())
+        if not lift:
+            continue
+        med = statistics.median(r["miou"] for r in lift)
+        teacher = lift[0]["teacher_miou"]
+        dcell = f"{d['miou']:.1f} ({d['miou_range'][0]:.1f}-{d['miou_range'][1]:.1f})" if d else "—"
+        dsec = f"{d['seconds']:.0f} ({d['seconds_range'][0]:.0f}-{d['seconds_range'][1]:.0f})" if d else "—"
+        gap = f"{med - d['miou']:+.1f}" if d else "—"
+        ok = "—" if not d else ("yes" if med >= teacher and med >= d["miou"] - 1 else "no")
+        runs = f" [{len(lift)} run{'s' if len(lift) > 1 else ''}]"
+        voxels = f"{statistics.median(r['voxels'] for r in lift):.0f} / {summary(lift, 'structure_mib')}"
+        loads = "/".join(f"{r['load'][0]:.1f}" for r in lift)
+        print(
+            f"| {label} | {teacher:.1f} | {dcell} | {summary(lift, 'miou')}{runs} | {summary(nop, 'miou')} | "
+            f"{summary(lift, 'seconds')} | {dsec} | {voxels} | {loads} | {gap} | {ok} |"
+        )
+    print("(lift s: the lift alone (march, sums, propagation); distill s: its 300 steps; load: 1-min load average)")
+
+
 def summary(rows: list[dict], key: str) -> str:
     values = [r[key] for r in rows if r.get(key) is not None]
     if not values:
@@ -184,7 +312,8 @@ def main() -> None:
     args = tyro.cli(Args, description=__doc__)
     if args.table:
         for path in args.table:
-            print_table(json.loads(path.read_text()))
+            result = json.loads(path.read_text())
+            print_scene_table(result) if result.get("lift_only") else print_table(result)
         return
     accel.configure_cpu_allocator()
     device = resolve_device(args.device)
@@ -195,23 +324,67 @@ def main() -> None:
     errors = overrides.get("teachers", {}).get("syn_errors", TeacherConfig.syn_errors)
     result: dict = {**accel.machine_info(device), "teacher": f"synthetic ({errors} errors)", "scenes": {}}
     result["preset"], result["overrides"] = args.preset, overrides
+    result["lift_only"] = args.lift_only
+    result["commit"] = _commit()
+    if args.distill_results is not None:
+        result["distill"] = distill_figures(args.distill_results)
     for name in args.scenes:
         scene = scene_folder(name, args.work)
         label = Path(name).name
         rows = result["scenes"].setdefault(label, {})
+        scene_overrides = overrides
+        if args.cache is not None:
+            cache = (args.cache / f"{label}-{errors}").resolve()
+            scene_overrides = {**overrides, "teachers": {**overrides.get("teachers", {}), "cache_dir": str(cache)}}
         for seed in args.seeds:
+            stored = stored_geometry(args, label, seed)
             run = args.work / f"{label}-s{seed}"
-            print(f"\n== {label} seed {seed}: distillation -> {run}", flush=True)
-            rows.setdefault("distill", {})[seed] = full(scene, run, args, {**overrides, "seed": seed})
-            _write(result, args.out)
+            base = scene_overrides  # over the source's config: the teacher, its cache
+            if args.lift_only and stored is None:
+                print(f"\n== {label} seed {seed}: geometry and lift (--semantic lift) -> {run}", flush=True)
+                row = trained_lift(scene, run, args, {**scene_overrides, "seed": seed})
+                rows.setdefault("lift", {})[seed] = {**row, "geometry": str(run)}
+                _write(result, args.out)
+                source = run
+            elif args.lift_only:
+                source = stored
+            elif stored is not None:
+                print(f"\n== {label} seed {seed}: distillation again on {stored}'s geometry -> {run}", flush=True)
+                again = {**base, "distill_minutes": 0.0}  # its step budget, whatever the load
+                rows.setdefault("distill", {})[seed] = {
+                    **redistilled_run(stored, run, again, args.device),
+                    "geometry": str(stored),
+                }
+                _write(result, args.out)
+                source = stored
+            else:
+                print(f"\n== {label} seed {seed}: distillation -> {run}", flush=True)
+                rows.setdefault("distill", {})[seed] = full(scene, run, args, {**scene_overrides, "seed": seed})
+                _write(result, args.out)
+                source, base = run, {}
             for variant in args.variants:
+                if variant == "lift" and seed in rows.get("lift", {}):
+                    continue  # the trained run's own lift
+                if args.lift_only and variant.startswith("distill"):
+                    continue
                 print(f"== {label} seed {seed}: {variant}", flush=True)
                 out = args.work / f"{label}-s{seed}-{variant}"
                 runner = redistilled_run if variant.startswith("distill") else lifted_run
-                rows.setdefault(variant, {})[seed] = runner(run, out, VARIANTS[variant], args.device)
+                row = runner(source, out, {**base, **VARIANTS[variant]}, args.device)
+                rows.setdefault(variant, {})[seed] = {**row, "geometry": str(source)}
                 _write(result, args.out)
-    print_table(result)
+    print_scene_table(result) if args.lift_only else print_table(result)
     print(f"\nwrote {args.out}")
+
+
+def _commit() -> str:
+    """The checkout's commit, with ``+dirty`` where ovseg3d/ has uncommitted changes (others edit it meanwhile)."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], capture_output=True, text=True, check=False).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "ovseg3d") else "")
 
 
 def _write(result: dict, path: Path) -> None:

@@ -393,6 +393,13 @@ class TrainConfig:
     """Lifting: DINO cosine below which neighbours do not exchange features (FDA's 0.7)."""
     lift_propagate_weight: float = 0.9
     """Lifting: share of a voxel's value that comes from its neighbours at each propagation step."""
+    teacher_views: int = 0
+    """The teachers on K training views only (0: all of them): the K that best cover the trained field's surfaces
+    (greedy coverage of each view's coarse depth, ovseg3d/views.py), chosen after the geometry, which then comes
+    before the teachers. A video's neighbouring frames add little; each view skipped saves its CLIP and DINO passes."""
+    teacher_view_depth: int = 2
+    """--teacher-views: the views are chosen to see each surface this many times before a surface no view sees yet
+    counts for more (1: plain coverage)."""
 
     # 2D teachers (their features are extracted, or reused from the cache, before training)
     teachers: Annotated[TeacherConfig, tyro.conf.OmitArgPrefixes] = field(

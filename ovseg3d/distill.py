@@ -272,7 +272,15 @@ class Distiller(SemanticRenders):
             self.field.parameters(), lr=cfg.sem_lr, betas=(0.9, 0.99), eps=1e-15, fused=True
         )
         self.divergence = Divergence(geo.device)
-        self.train_views = torch.as_tensor(geo.scene.train_ids, device=geo.device)
+        self.train_views = torch.as_tensor(geo.scene.train_ids, device=geo.device)  # the pixel table's positions
+        # the views with teacher maps (--teacher-views), and the pixel table cut to them
+        usable = features.usable(geo.scene.train_ids) if features is not None else list(geo.scene.train_ids)
+        self.teacher_views = torch.as_tensor(usable, device=geo.device)
+        self.pixels = geo.pixels
+        if geo.pixels is not None and len(usable) < len(geo.scene.train_ids):
+            keep = torch.isin(self.train_views, self.teacher_views)
+            h, w = geo.scene.height, geo.scene.width
+            self.pixels = geo.pixels[keep[geo.pixels.long() // (h * w)]]
         scene = geo.scene  # all the scene's views (pixels are drawn from its training views), on the device once
         self.cameras = scene.cameras.to(geo.device)
         self.near_far = scene.near_far.to(geo.device) if scene.near_far is not None else None
@@ -304,17 +312,17 @@ class Distiller(SemanticRenders):
         def draw(high: int, count: int) -> Tensor:
             return torch.randint(high, (count,), device=dev, generator=self.rng)
 
-        if self.geo.pixels is None:
-            views = self.train_views[draw(len(self.train_views), n)]
+        if self.pixels is None:
+            views = self.teacher_views[draw(len(self.teacher_views), n)]
             u, v = draw(w, n), draw(h, n)
         else:
-            flat = self.geo.pixels[draw(len(self.geo.pixels), n)].long()
+            flat = self.pixels[draw(len(self.pixels), n)].long()
             views, v, u = self.train_views[flat // (h * w)], (flat // w) % h, flat % w
         k, s = cfg.fda_patch_size, cfg.fda_stride
         span_w, span_h = min(w, (k - 1) * s + 1), min(h, (k - 1) * s + 1)
         step_w, step_h = max(1, (span_w - 1) // (k - 1)), max(1, (span_h - 1) // (k - 1))
         b = cfg.fda_patches
-        pv = self.train_views[draw(len(self.train_views), b)]
+        pv = self.teacher_views[draw(len(self.teacher_views), b)]
         x0, y0 = draw(w - (k - 1) * step_w, b), draw(h - (k - 1) * step_h, b)
         gy, gx = torch.meshgrid(torch.arange(k, device=dev), torch.arange(k, device=dev), indexing="ij")
         pu = (x0[:, None] + gx.reshape(1, -1) * step_w).reshape(-1)

@@ -174,8 +174,9 @@ def semantic_metrics(run: Path, trainer, save_renders: bool = True) -> dict:
     if distiller is None or not scene.segmentations or not scene.classes:
         return {}
     # the 2D teacher's own labels of the annotated views, for comparison: read from its cache (memory-mapped)
-    features = ensure_features(scene, trainer.cfg.teachers, trainer.device, log=lambda s: None)
     views = sorted(scene.segmentations)
+    # only the annotated views (a run with --teacher-views may have left them out: they are extracted now)
+    features = ensure_features(scene, trainer.cfg.teachers, trainer.device, log=lambda s: None, views=views)
     ours = {v: distiller.segment(scene.cameras, v, scene.near_far) for v in views}
     teacher = {v: teacher_labels(features, v, scene.width, scene.height) for v in views}
     masks = {v: scene.segmentations[v] for v in views}

@@ -54,7 +54,7 @@ from ovseg3d.field.space import to_unit
 from ovseg3d.render.volume import accumulate
 from ovseg3d.run import RunError, new_checkpoint_path, save_checkpoint
 from ovseg3d.teachers.cache import TeacherFeatures
-from ovseg3d.train import Trainer, Training
+from ovseg3d.train import Trainer, Training, teachers_after_geometry
 
 LIFT_FORMAT = 1
 """The layout of a checkpoint's ``lifted`` entry; another one is refused with one line."""
@@ -298,7 +298,8 @@ def lift(geo: Trainer, features: TeacherFeatures, log=print) -> LiftedSemantics:
     start = time.perf_counter()
     n_scales, n_classes = int(features.clip.shape[3]), int(features.relevancy.shape[-1])
     scales = lift_scales(cfg, n_scales)
-    clip_basis, dino_basis = fit_bases(features, scene.train_ids, scales[-1], cfg.lift_clip_dim, cfg.lift_dino_dim)
+    views = features.usable(scene.train_ids)  # the teachers' views (--teacher-views), else every training view
+    clip_basis, dino_basis = fit_bases(features, views, scales[-1], cfg.lift_clip_dim, cfg.lift_dino_dim)
     clip_basis, dino_basis = (Basis(b.mean.to(dev), b.components.to(dev)) for b in (clip_basis, dino_basis))
     layout = LiftLayout(clip_basis.dim, len(scales), dino_basis.dim, n_scales, n_classes)
     table = VoxelTable(cfg.lift_resolution, layout.width, dev)
@@ -309,7 +310,7 @@ def lift(geo: Trainer, features: TeacherFeatures, log=print) -> LiftedSemantics:
     gv, gu = torch.meshgrid(torch.arange(stride // 2, h, stride), torch.arange(stride // 2, w, stride), indexing="ij")
     gu, gv = gu.reshape(-1).to(dev), gv.reshape(-1).to(dev)
     chunk = cfg.render_chunk(dev.type)
-    for view in tqdm(scene.train_ids, desc="lift", unit="view", leave=False):
+    for view in tqdm(views, desc="lift", unit="view", leave=False):
         maps = ViewMaps(features, view, clip_basis, dino_basis, scales, cfg.rda_temperature)
         used = scene.used_pixels([view])
         keep = torch.ones_like(gu, dtype=torch.bool) if used is None else used[0].to(dev)[gv, gu]
@@ -338,7 +339,7 @@ def lift(geo: Trainer, features: TeacherFeatures, log=print) -> LiftedSemantics:
     lifted.seconds = time.perf_counter() - start
     lifted.propagate_seconds = time.perf_counter() - propagating
     log(
-        f"lifted {len(scene.train_ids)} views ({len(gu)} rays each, one every {stride} pixels) onto {len(table.keys)} "
+        f"lifted {len(views)} views ({len(gu)} rays each, one every {stride} pixels) onto {len(table.keys)} "
         f"voxels of {cfg.lift_resolution}^3 in {lifted.seconds:.1f} s, {lifted.propagate_seconds:.1f} s of it "
         f"propagating ({lifted.nbytes() / 2**20:.1f} MiB)"
     )
@@ -581,7 +582,9 @@ def lift_training(t: Training) -> LiftedSemantics:
 
 
 def semantic_training(t: Training) -> Distiller | LiftedSemantics:
-    """The semantic stage the run's config asks for (``--semantic``): distillation or lifting."""
+    """The semantic stage the run's config asks for (``--semantic``): distillation or lifting, after the teachers
+    on the views ``--teacher-views`` chooses when the geometry came first."""
+    teachers_after_geometry(t)
     if t.trainer.cfg.semantic == "lift":
         return lift_training(t)
     return distill_training(t)

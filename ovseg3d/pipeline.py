@@ -43,7 +43,7 @@ def train(cfg: TrainConfig) -> Path:
     from the run's checkpoints. Returns the run folder."""
     t = start_training(cfg)
     train_geometry(t)
-    if t.features is not None:
+    if t.has_teacher:
         semantic_training(t)
     tqdm.write(f"done: {t.trainer.step} steps in {t.trainer.elapsed:.0f} s{preview(t.trainer, t.run)}")
     return t.run
@@ -278,7 +278,7 @@ def run_scene(
         elif not training.trainer.done():
             raise UsageError(f"{run}: the geometry has steps left: run the geometry stage first")
         if "distill" in pending:
-            if training.features is None:  # --teacher none: nothing to distil
+            if not training.has_teacher:  # --teacher none: nothing to distil
                 skip("distill")
             else:
                 start = clock("distill")

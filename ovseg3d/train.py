@@ -714,6 +714,13 @@ class Training:
     fresh: bool
     """This training made the run folder."""
     resume: bool
+    teachers: tuple | None = None
+    """With ``--teacher-views``: the teacher models, loaded before the geometry (a missing model fails then) and
+    run on the chosen views after it (:func:`teachers_after_geometry`); ``features`` is ``None`` until then."""
+
+    @property
+    def has_teacher(self) -> bool:
+        return self.features is not None or self.teachers is not None
 
 
 def start_training(cfg: TrainConfig) -> Training:
@@ -727,11 +734,11 @@ def start_training(cfg: TrainConfig) -> Training:
     fresh = not Path(cfg.output).exists()
     run = prepare_run(cfg)
     try:
-        trainer, features, semantic = _start(cfg, run)
+        trainer, features, semantic, teachers = _start(cfg, run)
     except BaseException:  # bad scene, missing teacher weights, Ctrl-C: no dead run folder
         abandon(run, fresh, cfg.resume)
         raise
-    return Training(run, trainer, features, semantic, fresh, cfg.resume)
+    return Training(run, trainer, features, semantic, fresh, cfg.resume, teachers)
 
 
 def abandon(run: Path, fresh: bool, resume: bool) -> None:
@@ -748,9 +755,30 @@ def train_geometry(t: Training) -> bool:
     except BaseException:  # a failed first step, Ctrl-C: no dead run folder
         abandon(t.run, t.fresh, t.resume)
         raise
-    if t.features is not None and (ran or not (t.run / GEOMETRY_CHECKPOINT).exists()):
+    if t.has_teacher and (ran or not (t.run / GEOMETRY_CHECKPOINT).exists()):
         write_checkpoint(t.run / GEOMETRY_CHECKPOINT, t.trainer.state_dict())
     return ran
+
+
+def teachers_after_geometry(t: Training) -> None:
+    """``--teacher-views K``: choose the K training views that cover the trained field's surfaces
+    (:mod:`ovseg3d.views`) and run the teachers on those (the cache keeps them); ``t.features`` then reads them
+    alone. Nothing to do when the features are there already."""
+    if t.features is not None or t.teachers is None:
+        return
+    from ovseg3d.teachers.extract import ensure_features
+    from ovseg3d.views import choose_teacher_views
+
+    cfg = t.trainer.cfg
+    choice = choose_teacher_views(t.trainer, cfg.teacher_views, cfg.teacher_view_depth)
+    tqdm.write(choice.line(len(t.trainer.scene.train_ids)))
+    t.features = ensure_features(
+        t.trainer.scene, cfg.teachers, t.trainer.device, views=choice.views, teachers=t.teachers
+    )
+    t.teachers = None  # the models' memory back: the features are all the semantic stage reads
+    with open(t.run / "log.jsonl", "a") as log:
+        record = {"stage": "teacher_views", "views": choice.views, "coverage": round(choice.coverage, 4)}
+        log.write(json.dumps({**record, "covered_twice": round(choice.covered_twice, 4), "cells": choice.cells}) + "\n")
 
 
 def preview(trainer: Trainer, run: Path) -> str:
@@ -759,7 +787,7 @@ def preview(trainer: Trainer, run: Path) -> str:
     return f"; a held-out view in {paths[0]} (ovseg3d eval {run}: all of them, scored)" if paths else ""
 
 
-def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None, dict | None]:
+def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None, dict | None, tuple | None]:
     """Load the scene and the teacher features, build (or restore) the trainer, write the run's files. Returns
     the trainer, the teacher features (``None`` without a teacher) and, when a resumed run's geometry is done
     and its checkpoint has one, the semantic field's state to continue the distillation from."""
@@ -773,8 +801,13 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
         from ovseg3d.teachers.extract import resolve_kind
 
         cfg = dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, kind=resolve_kind(scene)))
-    features = None
-    if cfg.teachers.kind != "none":
+    features, teachers = None, None
+    if cfg.teachers.kind != "none" and cfg.teacher_views > 0:
+        from ovseg3d.teachers.extract import build_teachers
+
+        cfg.teachers.check()
+        teachers = build_teachers(scene, cfg.teachers, device)  # run after the geometry, on the views it picks
+    elif cfg.teachers.kind != "none":
         from ovseg3d.teachers.extract import ensure_features
 
         features = ensure_features(scene, cfg.teachers, device)
@@ -811,7 +844,7 @@ def _start(cfg: TrainConfig, run: Path) -> tuple[Trainer, TeacherFeatures | None
         tqdm.write(unbounded_line)
     if scene.masks:
         tqdm.write(masks_line(scene))
-    return trainer, features, semantic
+    return trainer, features, semantic, teachers
 
 
 def sampler_line(trainer: Trainer, chosen: bool) -> str:

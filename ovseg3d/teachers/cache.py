@@ -46,6 +46,16 @@ class TeacherFeatures:
     relevancy: np.ndarray
     dino: np.ndarray
     text: np.ndarray
+    views: list[int] | None = None
+    """The views whose maps the cache holds and the run uses (``--teacher-views``); ``None``: all of them."""
+
+    def has(self, view: int) -> bool:
+        """Whether the cache holds ``view``'s maps for this run."""
+        return self.views is None or view in self.views
+
+    def usable(self, views: list[int]) -> list[int]:
+        """Those of ``views`` the cache holds maps of, in their order."""
+        return [v for v in views if self.has(v)]
 
     @property
     def classes(self) -> list[str]:
@@ -119,17 +129,20 @@ def open_arrays(path: Path, mode: str = "r") -> dict[str, np.ndarray]:
         raise TeacherError(f"{path}: unreadable feature file ({' '.join(str(exc).split())[:200]})") from None
 
 
-def open_features(path: Path) -> TeacherFeatures:
-    """Open a complete cache folder (memory-mapped, read-only)."""
+def open_features(path: Path, views: list[int] | None = None) -> TeacherFeatures:
+    """Open a cache folder (memory-mapped, read-only): a complete one, or one that holds ``views`` (a run's
+    ``--teacher-views``)."""
     meta = read_meta(path)
-    if meta is None or not meta.get("complete"):
+    held = meta is not None and (meta.get("complete") or (views is not None and set(views) <= set(meta["done"])))
+    if not held:
         raise TeacherError(f"{path} holds no complete teacher features: run ovseg3d extract SCENE")
     arrays = open_arrays(path)
     try:
         text = np.load(path / "text.npy")
     except (OSError, ValueError) as exc:
         raise TeacherError(f"{path / 'text.npy'}: unreadable ({exc})") from None
-    return TeacherFeatures(path, meta, arrays["clip"], arrays["relevancy"], arrays["dino"], text)
+    chosen = sorted(views) if views is not None else None
+    return TeacherFeatures(path, meta, arrays["clip"], arrays["relevancy"], arrays["dino"], text, chosen)
 
 
 def clear(path: Path) -> None:

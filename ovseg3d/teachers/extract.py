@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,8 +210,12 @@ def ensure_features(
     force: bool = False,
     log: Log = tqdm.write,
     notice: Log | None = tqdm.write,
+    views: Sequence[int] | None = None,
+    teachers: tuple[CropEncoder, PatchEncoder] | None = None,
 ) -> cache.TeacherFeatures:
-    """A complete, matching feature cache for ``scene``: reused, continued or (re)built.
+    """A matching feature cache for ``scene``: reused, continued or (re)built. It holds every view, or with
+    ``views`` (``--teacher-views``) at least those, and the features returned are read on those alone;
+    ``teachers``: the models already loaded (:func:`build_teachers`), else they are loaded here when needed.
 
     ``log`` gets every line. The lines a user must see whichever stage asks, that the cache is missing,
     stale (and why) or unfinished and is being built, rebuilt or continued now (long, and it changes what the
@@ -225,6 +229,11 @@ def ensure_features(
             notice(line)
 
     cfg.check()
+    wanted = sorted(set(range(len(scene)) if views is None else views))
+    if any(not 0 <= v < len(scene) for v in wanted):
+        raise TeacherError(f"teacher views {wanted}: the scene has views 0 to {len(scene) - 1}")
+    chosen = None if views is None else wanted
+    of = f"{len(wanted)} of {len(scene)} views" if chosen is not None else f"{len(scene)} views"
     path = cache_path(scene, cfg)
     expected = expected_meta(scene, cfg)
     stored = cache.read_meta(path)
@@ -234,28 +243,31 @@ def ensure_features(
     elif stored is None and (path / "meta.json").exists():
         say(f"teacher features: {path / 'meta.json'} is unreadable: rebuilding {path} now")
     elif stored is None:
-        say(f"teacher features: none in {path} yet: extracting them now ({len(scene)} views)")
+        say(f"teacher features: none in {path} yet: extracting them now ({of})")
     else:
         reason = cache.stale_reason(stored, expected)
-        if reason is None and stored.get("complete"):
-            log(f"teacher features: reusing {path}")
-            return cache.open_features(path)
+        if reason is None and set(wanted) <= set(stored.get("done", [])):
+            log(f"teacher features: reusing {path}" + (f" ({of})" if chosen is not None else ""))
+            return cache.open_features(path, chosen)
         if reason is None:
-            say(f"teacher features: continuing {path} ({len(stored.get('done', []))}/{len(scene)} views done)")
+            done = stored.get("done", [])
+            left = f"; {len(set(wanted) - set(done))} of the {of} asked for to extract" if chosen is not None else ""
+            say(f"teacher features: continuing {path} ({len(done)}/{len(scene)} views done{left})")
             meta = stored
         else:
             say(f"teacher features: rebuilding {path}, which is stale ({reason})")
     start = time.perf_counter()
-    teachers = build_teachers(scene, cfg, device)  # before touching the folder: a failure loses nothing
+    if teachers is None:
+        teachers = build_teachers(scene, cfg, device)  # before touching the folder: a failure loses nothing
     dense = dense_encoder(cfg, teachers)  # so are bad window settings, which need the models' patch sizes
     loading = time.perf_counter() - start
     if meta is None:
         path.mkdir(parents=True, exist_ok=True)
         cache.clear(path)
         meta = cache.new_meta(expected)
-    clock = extract_into(path, scene, cfg, teachers, meta, dense)
+    clock = extract_into(path, scene, cfg, teachers, meta, dense, wanted)
     log(describe_seconds({"models": loading, **clock}, cfg.dense()))
-    features = cache.open_features(path)
+    features = cache.open_features(path, chosen)
     write_previews(features, scene)
     return features
 
@@ -276,9 +288,11 @@ def extract_into(
     teachers: tuple[CropEncoder, PatchEncoder],
     meta: dict[str, Any],
     dense: ProxyClip | None = None,
+    views: Sequence[int] | None = None,
 ) -> dict[str, float]:
-    """Run the teachers over the views not yet in ``meta["done"]``, writing each as it finishes (the CLIP maps from
-    ``dense`` when given, else from crops); the seconds of each part (:func:`describe_seconds`)."""
+    """Run the teachers over those of ``views`` (default: all) not yet in ``meta["done"]``, writing each as it
+    finishes (the CLIP maps from ``dense`` when given, else from crops); the seconds of each part
+    (:func:`describe_seconds`). ``meta["complete"]`` once every view of the scene is done."""
     clip, dino = teachers
     clock = dict.fromkeys(("images", "CLIP", "DINO", "writing"), 0.0)
     lap = 0.0  # set where the views start: each part then runs from the end of the one before
@@ -296,7 +310,7 @@ def extract_into(
     rel_w, rel_h = feature_size(src_w, src_h, cfg.relevancy_long_side)
     out_w, out_h = feature_size(src_w, src_h, min(cfg.feature_long_side, cfg.relevancy_long_side))
     done = set(meta["done"])
-    todo = [i for i in range(len(scene)) if i not in done]
+    todo = [i for i in (range(len(scene)) if views is None else sorted(views)) if i not in done]
     arrays = cache.open_arrays(path, "r+") if done else None
     text_on: dict[torch.device, Tensor] = {}  # the class texts on the crops' device, moved once per scene
     start = time.perf_counter()
@@ -341,7 +355,7 @@ def extract_into(
             meta["done"] = sorted([*meta["done"], i])
             cache.write_meta(path, meta)
             tick("writing")
-    meta["complete"] = True
+    meta["complete"] = len(meta["done"]) == len(scene)
     meta["seconds"] = round(meta.get("seconds", 0.0) + time.perf_counter() - start, 2)
     cache.write_meta(path, meta)
     return clock
@@ -402,7 +416,10 @@ def preview_views(scene: Scene, n: int = 4) -> list[int]:
 def write_previews(features: cache.TeacherFeatures, scene: Scene) -> list[Path]:
     """``preview/view_NNN.png``: image | CLIP features (PCA, middle scale) | teacher labels | DINO (PCA)."""
     paths = []
-    for v in preview_views(scene):
+    shown = features.usable(preview_views(scene))
+    if features.views is not None and not shown:  # --teacher-views left out the usual ones: the first chosen
+        shown = features.views[:1]
+    for v in shown:
         height = 2 * scene.height if scene.height < 200 else scene.height
         image = resize_rgb(scene.image_float(v).numpy(), height)
         clip = features.view_clip(v)[features.n_scales // 2]

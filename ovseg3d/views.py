@@ -1,0 +1,150 @@
+"""The teachers' views: the training views that cover the scene's surfaces, chosen once the field exists (issue 68).
+
+A video's frames are neighbours: most of what frame 31 shows, frames 30 and 32 show too, and the 2D teachers cost
+seconds a frame on a CPU. ``--teacher-views K`` runs them on K views only, chosen by greedy coverage:
+
+1. each training view's surfaces are read off the trained field: its rays at a coarse size (``long_side`` pixels on
+   the long side) marched as lifting marches them, each ray's surface the mean of its samples by their sharpened
+   weights, those of the rays whose opacity reaches ``min_opacity`` put into cells of a grid of
+   ``resolution`` cells a side over the field's space (:func:`~ovseg3d.field.space.to_unit`: the box, or its
+   contraction for an unbounded scene) — :func:`surface_cells`. The cells are coarser than the rays are dense on
+   a surface the view spans (32 cells a side against 64 rays): finer ones would be hit one in two, and a view a
+   few centimetres from another would hit the cells between its rays and count as new;
+2. the views are taken one at a time, each time the one that adds the most cells seen fewer than ``depth`` times by
+   the views taken so far (greedy maximum coverage, the usual ``1 - 1/e`` approximation of the best K;
+   ``depth`` 2 asks for a second look at each surface before a first look at nothing new, so that one view's
+   mistakes are not the only word on a cell) — :func:`choose_views`.
+
+The coverage of a choice is the share of the cells all the training views see that the chosen ones see
+(:func:`coverage`). Ties go to the view whose centre is furthest from the views already taken, so that a scene seen
+equally from everywhere gets views spread round it, not neighbours.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ovseg3d.data.cameras import image_rays
+from ovseg3d.field.space import to_unit
+from ovseg3d.render.volume import accumulate
+
+
+@dataclass
+class ViewChoice:
+    """The views chosen, in the order taken, and what they cover."""
+
+    views: list[int]
+    coverage: float
+    """Share of the cells seen by all the candidate views that the chosen views see."""
+    covered_twice: float
+    """Share of those cells that at least two chosen views see (1 view: 0)."""
+    cells: int
+    """Cells seen by all the candidate views."""
+    seconds: float = 0.0
+
+    def line(self, candidates: int) -> str:
+        return (
+            f"teacher views: {len(self.views)} of {candidates} training views, chosen by coverage of the field's "
+            f"surfaces ({self.cells} cells): {100 * self.coverage:.1f} % seen, {100 * self.covered_twice:.1f} % "
+            f"seen twice, in {self.seconds:.1f} s"
+        )
+
+
+@torch.no_grad()
+def surface_cells(
+    trainer,  # noqa: ANN001 - a train.Trainer (not imported: train imports this module's callers)
+    views: list[int],
+    long_side: int = 64,
+    resolution: int = 32,
+    min_opacity: float = 0.5,
+) -> list[Tensor]:
+    """For each of ``views``: the cells (``[k]`` long keys, unique, sorted) holding the surfaces its coarse depth
+    map sees (see the module docstring)."""
+    from ovseg3d.distill import semantic_samples  # the samples lifting and distillation read
+
+    scene = trainer.scene
+    factor = min(1.0, long_side / max(scene.width, scene.height))
+    device = trainer.device
+    cameras = scene.cameras.scaled(factor).to(device)
+    near_far = scene.near_far.to(device) if scene.near_far is not None else None
+    aabb, kind = trainer.field.aabb, trainer.field.contraction
+    out: list[Tensor] = []
+    for view in views:
+        origins, dirs = image_rays(cameras, view)
+        cam = torch.full((len(dirs),), view, dtype=torch.long, device=device)
+        points, share, ray, opacity = semantic_samples(trainer, cameras, cam, origins, dirs, near_far, True)
+        # each ray's surface: its samples' mean, by their sharpened weights (which sum to 1 a ray)
+        surface = accumulate(share, points, ray, len(dirs))
+        hit = opacity >= min_opacity
+        unit, inside = to_unit(surface[hit], aabb, kind)
+        cell = (unit[inside] * resolution).long().clamp(0, resolution - 1)
+        keys = (cell[:, 0] * resolution + cell[:, 1]) * resolution + cell[:, 2]
+        out.append(torch.unique(keys).cpu())
+    return out
+
+
+def _compact(cells: list[Tensor]) -> tuple[list[Tensor], int]:
+    """The cells renumbered 0..n-1 over all views; ``n``."""
+    if not cells or sum(len(c) for c in cells) == 0:
+        return [c.new_zeros(0) for c in cells], 0
+    every, inverse = torch.unique(torch.cat(cells), return_inverse=True)
+    return list(torch.split(inverse, [len(c) for c in cells])), len(every)
+
+
+def coverage(cells: list[Tensor], chosen: list[int], times: int = 1) -> float:
+    """Share of the cells seen by any of ``cells``' views that at least ``times`` of the ``chosen`` views see (1.0
+    when no view sees anything)."""
+    ids, n = _compact(cells)
+    if n == 0:
+        return 1.0
+    counts = torch.zeros(n, dtype=torch.long)
+    for v in chosen:
+        counts[ids[v]] += 1
+    return float((counts >= times).float().mean())
+
+
+def choose_views(cells: list[Tensor], k: int, depth: int = 2, centres: Tensor | None = None) -> list[int]:
+    """Greedy maximum coverage: ``k`` positions in ``cells`` (one entry a view), each time the one adding the most
+    cells seen fewer than ``depth`` times so far; ties to the centre (``[V, 3]``, optional) furthest from those
+    taken, then to the lower position. All the views when ``k`` is at least their number."""
+    n_views = len(cells)
+    if k >= n_views:
+        return list(range(n_views))
+    ids, n = _compact(cells)
+    counts = torch.zeros(max(n, 1), dtype=torch.long)
+    taken: list[int] = []
+    left = torch.ones(n_views, dtype=torch.bool)
+    for _ in range(k):
+        gains = torch.tensor([int((counts[i] < depth).sum()) if left[j] else -1 for j, i in enumerate(ids)])
+        best = gains == gains.max()
+        if centres is not None and taken and int(best.sum()) > 1:
+            far = torch.cdist(centres.float(), centres[taken].float()).min(1).values
+            far[~best] = -1.0
+            pick = int(torch.argmax(far))
+        else:
+            pick = int(torch.nonzero(best)[0])
+        taken.append(pick)
+        left[pick] = False
+        counts[ids[pick]] += 1
+    return taken
+
+
+def choose_teacher_views(trainer, k: int, depth: int = 2, long_side: int = 64) -> ViewChoice:  # noqa: ANN001
+    """``k`` of ``trainer``'s training views by coverage of its field's surfaces (:func:`surface_cells`,
+    :func:`choose_views`), sorted."""
+    start = time.perf_counter()
+    train = list(trainer.scene.train_ids)
+    cells = surface_cells(trainer, train, long_side=long_side)
+    centres = trainer.scene.cameras.centers[train]
+    picked = choose_views(cells, k, depth, centres)
+    return ViewChoice(
+        views=sorted(train[p] for p in picked),
+        coverage=coverage(cells, picked, 1),
+        covered_twice=coverage(cells, picked, 2),
+        cells=_compact(cells)[1],
+        seconds=time.perf_counter() - start,
+    )

@@ -8,6 +8,9 @@ training views' PSNR beside it, training steps and seconds, eval seconds) and wr
 
     python scripts/bench_real.py --scene /data/fox                         # instant-ngp's fox, as published
     python scripts/bench_real.py --scene /data/fox --variants default no_contraction no_appearance
+
+The variants are ``ovseg3d bench run field``'s (``ovseg3d/bench/field.py``), which measures the same into a result
+file; this script keeps its command line for ``scripts/gpu_session.sh``.
 """
 
 from __future__ import annotations
@@ -22,43 +25,10 @@ from pathlib import Path
 import torch
 import tyro
 
+from ovseg3d.bench.field import VARIANTS, variant_overrides
 from ovseg3d.config import apply_overrides, parse_overrides, resolve_base
 from ovseg3d.pipeline import evaluate as evaluate_run
 from ovseg3d.pipeline import train
-
-VARIANTS: dict[str, dict] = {
-    "default": {},
-    "grid": {"sampler": "grid"},
-    "proposal": {"sampler": "proposal"},
-    "no_contraction": {"contraction": "none"},
-    "cube": {"contraction": "cube"},
-    "appearance": {"appearance_dim": 16},
-    "no_learned_background": {"learned_background": False},
-    "random_background": {"learned_background": False, "background": "random"},
-    "lr_steps": {"lr_schedule": "steps", "lr_warmup_steps": 100},
-    "no_visibility": {"occ_visibility_eps": 0.0},
-    "visibility": {"occ_visibility_eps": 1e-3},  # the visibility record as it was the default before issue 48
-    # the bounded scenes' start as the unbounded ones': clear air, no visibility record (issue 48 item 2)
-    "clear": {"start": "clear", "occ_visibility_eps": 0.0},
-    "fog": {"start": "fog", "occ_visibility_eps": 1e-3},  # the bounded scenes' start before it
-    "cull": {"alpha_thre": 0.01, "train_early_stop": True},
-    "roi2": {"roi_scale": 2.0},
-    "no_depth": {"depth_weight": 0.0},  # the depth prior off, whatever the preset says
-    "depth": {"depth_weight": 0.02, "depth_rays": 256},
-    "depth_strong": {"depth_weight": 0.1, "depth_rays": 256},
-    "depth_light": {"depth_weight": 0.005, "depth_rays": 64},  # a quarter of the weight on a quarter of the rays
-    "depth_anneal": {"depth_weight": 0.005, "depth_rays": 64, "depth_sigma_start": 0.2},  # band 20 % -> own
-    "depth_until": {"depth_weight": 0.01, "depth_rays": 64, "depth_until": 0.5},  # falls to 0 by half (URF's)
-    # nerfacc's NGPRadianceField: 16 levels of 2 features up to 4096 (the gpu preset: 8 x 4 up to 2048)
-    "grid16": {"n_levels": 16, "n_features_per_level": 2, "max_resolution": 4096},
-    "no_weight_decay": {"weight_decay": 0.0},
-    "distortion": {"distortion_weight": 0.01},  # mip-NeRF 360's distortion loss at its own weight
-    "distortion_light": {"distortion_weight": 0.003},
-    "no_distortion": {"distortion_weight": 0.0},
-    "samples128k": {"target_samples": 131072},  # half the gpu preset's samples a step: more, cheaper steps
-    # nerfacc's proposal example's samples: 256 -> 96 -> 48 a ray, 4,096 rays a step (with the proposal sampler)
-    "prop_nerfacc": {"proposal_samples": (256, 96), "proposal_field_samples": 48, "target_samples": 196608},
-}
 
 
 @dataclass
@@ -81,14 +51,6 @@ class Args:
     eval_every: int = 1
     """Score every N-th held-out view only (1 = all): a sweep's quick comparison; the table's figures are then of
     that subset (the JSON says so)."""
-
-
-def variant_overrides(variant: str) -> dict:
-    """The overrides of a variant: a name of VARIANTS, or several joined by '+' (applied in order)."""
-    merged: dict = {}
-    for part in variant.split("+"):
-        merged.update(VARIANTS[part])
-    return merged
 
 
 def run_variant(args: Args, name: str, variant: str) -> dict:

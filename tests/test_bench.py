@@ -79,14 +79,16 @@ def test_a_bad_set_or_variant_fails_before_anything_runs(tmp_path):
     assert calls == [] and not (tmp_path / "r.json").exists()
 
 
-def test_a_run_writes_each_figure_over_seeds_with_the_machine_commit_and_teacher(tmp_path):
+def test_a_run_writes_each_figure_over_seeds_with_the_machine_commit_and_teacher(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "commit", lambda root=None: "abc1234")  # CI's checkout may not be a git one
     bench = harness.Benchmark(
         "toy", "a toy", _measure, ("score", "steps"), variants={"short": {"steps": 7}}, repeats=3,
         teacher={"kind": "synthetic", "errors": "persistent"},
     )  # fmt: skip
     data = harness.run(bench, tmp_path / "r.json", tmp_path, sets=["max_minutes=0"], command="toy")
     saved = results.load(tmp_path / "r.json")
-    assert saved == data and saved["command"] == "toy" and saved["commit"] and saved["machine"]["cores"] >= 1
+    assert saved == data and saved["command"] == "toy" and saved["commit"] == "abc1234"
+    assert saved["machine"]["cores"] >= 1 and saved["machine"]["description"]
     assert saved["figures"]["demo/short/score"] == {
         "runs": [10.0, 11.0, 12.0],
         "median": 11.0,
@@ -94,7 +96,12 @@ def test_a_run_writes_each_figure_over_seeds_with_the_machine_commit_and_teacher
         "max": 12.0,
     }
     assert saved["figures"]["demo/short/steps"]["median"] == 7.0
-    assert saved["settings"]["set"] == ["max_minutes=0"] and saved["teacher"]["kind"] == "synthetic"
+    assert saved["settings"]["set"] == ["max_minutes=0"] and saved["teacher"]["errors"] == "persistent"
+    joined = harness.run(bench, tmp_path / "j.json", tmp_path, variants=["short+short"], repeats=1, command="toy")
+    assert (
+        joined["settings"]["variants"] == {"short+short": {"steps": 7}}
+        and "demo/short+short/score" in joined["figures"]
+    )
 
 
 def test_the_declared_benchmarks_load():
@@ -142,3 +149,19 @@ def test_bench_distills_json_becomes_a_result_with_the_seeds_as_repeats(tmp_path
     assert data["figures"]["demo/negatives/miou"]["runs"] == [19.5]
     assert data["teacher"] == {"kind": "synthetic", "errors": "persistent", "weights": None}
     assert data["machine"]["description"] == "2 CPU cores" and data["seconds"] == 15.0
+
+
+def test_variants_join_with_a_plus_and_a_scene_may_be_a_folder(tmp_path):
+    bench = harness.Benchmark(
+        "toy", "a toy", _measure, ("score",), variants={"a": {"steps": 5}, "b": {"max_minutes": 0.0, "steps": 9}}
+    )
+    (case,) = harness.cases(bench, tmp_path, scenes=[str(tmp_path)], variants=["a+b"], sets=["seed=3"])
+    assert case.overrides == {"steps": 9, "max_minutes": 0.0, "seed": 3} and case.scene == str(tmp_path)
+    with pytest.raises(harness.BenchError, match="unknown variant"):
+        harness.cases(bench, tmp_path, variants=["a+c"])
+
+
+def test_a_generated_scene_with_an_unknown_synth_option_is_refused():
+    with pytest.raises(harness.BenchError, match="no_such_setting"):
+        harness.Scene("x", synth={"seed": 1, "no_such_setting": 2})
+    assert all(s.synth is None or s.synth.get("seed") is not None for s in harness.SCENES.values())

@@ -29,6 +29,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "external-scenes"
 
 
+class BenchError(UsageError):
+    """A benchmark declared or asked for with something the harness does not know: one line."""
+
+
 @dataclass(frozen=True)
 class Scene:
     """A scene a benchmark can name: a folder, or a generated scene made once under the work folder."""
@@ -39,6 +43,14 @@ class Scene:
     synth: dict[str, Any] | None = None
     """Else: ``SynthConfig`` fields of a scene the benchmark generates (``ovseg3d synth``)."""
     note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.synth is not None:
+            from ovseg3d.synth.config import SynthConfig
+
+            unknown = sorted(set(self.synth) - {f.name for f in dataclasses.fields(SynthConfig)})
+            if unknown:
+                raise BenchError(f"scene '{self.name}': unknown synth option(s) {', '.join(unknown)}")
 
     def folder(self, work: Path) -> Path:
         """The scene's folder, generating it under ``work/scenes`` the first time."""
@@ -78,11 +90,24 @@ SCENES: dict[str, Scene] = {
         ),
     )
 }
-"""Every scene a benchmark may name. A scene that is not here is refused when the benchmark is declared."""
+"""Every scene a benchmark may name (with the generated outdoor cases below). A scene that is not here is refused
+when the benchmark is declared; on the command line a scene folder may be given as well."""
 
-
-class BenchError(UsageError):
-    """A benchmark declared or asked for with something the harness does not know: one line."""
+OUTDOOR = {"outdoor": True, "cameras": "orbit", "format": "colmap", "lens": "opencv", "width": 320, "height": 240}
+"""The generated unbounded scenes' common settings (``ovseg3d synth --outdoor --cameras orbit --format colmap
+--lens opencv`` at 320x240); each case below changes a seed, the view count or one property of the capture."""
+for _name, _case in {
+    "seed5": {"seed": 5, "n_views": 30},
+    "seed6": {"seed": 6, "n_views": 30},
+    "views16": {"seed": 7, "n_views": 16},
+    "views40": {"seed": 8, "n_views": 40},
+    "far": {"seed": 9, "n_views": 30, "orbit_distance": 3.0},
+    "fine_texture": {"seed": 10, "n_views": 30, "texture_scale": 3.0},
+    "no_antialias": {"seed": 11, "n_views": 30, "supersample": 1},
+    "wide_lens": {"seed": 12, "n_views": 30, "fov_deg": 80.0},
+    **{f"seed7_views{n}": {"seed": 7, "n_views": n} for n in (16, 20, 24, 32, 40)},  # one world, more cameras
+}.items():
+    SCENES[f"outdoor_{_name}"] = Scene(f"outdoor_{_name}", synth={**OUTDOOR, **_case}, note="a generated outdoor scene")
 
 
 @dataclass(frozen=True)
@@ -100,8 +125,10 @@ class Case:
     preset: str = "cpu"
 
     def config(self) -> Any:
-        """The preset with this case's overrides and seed (``seed`` is the training config's)."""
-        return apply_overrides(resolve_base(self.preset, None), {**self.overrides, "seed": self.seed}, self.label)
+        """The preset with this case's overrides; the training config's seed is the repeat's index added to the
+        overrides' seed (``--set seed=10 --repeats 3``: 10, 11, 12)."""
+        seed = int(self.overrides.get("seed", 0)) + self.seed
+        return apply_overrides(resolve_base(self.preset, None), {**self.overrides, "seed": seed}, self.label)
 
     @property
     def label(self) -> str:
@@ -155,16 +182,24 @@ class Benchmark:
 def select(bench: Benchmark, scenes: Sequence[str] | None, variants: Sequence[str] | None) -> tuple[list, list]:
     """The scenes and variants asked for (all the benchmark's when None); an unknown name is one line."""
     scenes = list(scenes or bench.scenes)
-    unknown = [s for s in scenes if s not in SCENES]
+    unknown = [s for s in scenes if s not in SCENES and not Path(s).is_dir()]
     if unknown:
-        raise BenchError(f"bench {bench.name}: unknown scene(s) {', '.join(unknown)}; known: {', '.join(SCENES)}")
+        raise BenchError(
+            f"bench {bench.name}: unknown scene(s) {', '.join(unknown)} (neither a name nor a folder); "
+            f"known: {', '.join(SCENES)}"
+        )
     names = list(variants or bench.variants)
-    unknown = [v for v in names if v not in bench.variants]
+    unknown = [v for v in names if any(part not in bench.variants for part in v.split("+"))]
     if unknown:
         raise BenchError(
             f"bench {bench.name}: unknown variant(s) {', '.join(unknown)}; known: {', '.join(bench.variants)}"
         )
     return scenes, names
+
+
+def scene_folder(name: str, work: Path) -> Path:
+    """A scene's folder: a name of :data:`SCENES` (generated under ``work`` the first time), or a folder given."""
+    return SCENES[name].folder(work) if name in SCENES else Path(name)
 
 
 def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -195,14 +230,24 @@ def cases(
         raise BenchError(f"--set: {exc}") from None
     out = []
     for variant in variant_names:
-        overrides = merge(bench.variants[variant], extra)
+        overrides: dict[str, Any] = {}
+        for part in variant.split("+"):  # several variants joined by '+', applied in order
+            overrides = merge(overrides, bench.variants[part])
+        overrides = merge(overrides, extra)
         _check_overrides(overrides, f"bench {bench.name}, variant '{variant}' with --set", bench.preset)
         for scene in scene_names:
             for seed in range(repeats or bench.repeats):
-                folder = SCENES[scene].path
-                case = Case(bench.name, scene, folder or Path(), variant, overrides, seed, work, device, bench.preset)
-                out.append(case)
+                out.append(Case(bench.name, scene, Path(), variant, overrides, seed, work, device, bench.preset))
     return out
+
+
+def teacher_record(bench: Benchmark, case: Case) -> dict[str, Any]:
+    """The benchmark's teacher, with what the resolved config says of it (the simulated teacher's errors, which
+    ``--set teachers.syn_errors=...`` may change)."""
+    record = {"errors": None, "weights": None, **bench.teacher}
+    if record["kind"] == "synthetic":
+        record["errors"] = case.config().teachers.syn_errors
+    return record
 
 
 def run(
@@ -216,37 +261,38 @@ def run(
     device: str = "auto",
     command: str | None = None,
 ) -> dict:
-    """Measure every case, then write the result file ``out``: each figure's runs over the seeds, median, range."""
+    """Measure every case, then write the result file ``out``: each figure's runs over the seeds, median, range.
+    Everything but the figures (the cases, the commit, the machine, the teacher) is settled before the first run."""
     todo = cases(bench, work, scenes, variants, sets, repeats, device)
+    data: dict[str, Any] = {
+        "benchmark": bench.name,
+        "command": command or " ".join(["ovseg3d", *map(shlex.quote, sys.argv[1:])]),
+        "commit": results.commit(),
+        "measured": results.today(),
+        "machine": {},
+        "teacher": teacher_record(bench, todo[0]),
+        "settings": {
+            "preset": bench.preset,
+            "scenes": sorted({c.scene for c in todo}),
+            "variants": {c.variant: c.overrides for c in todo},  # with --set merged in
+            "set": list(sets),
+            "repeats": repeats or bench.repeats,
+            "device": device,
+        },
+    }
     runs: dict[str, list[float]] = {}
     start = time.perf_counter()
     for case in todo:
-        case = dataclasses.replace(case, folder=SCENES[case.scene].folder(work))
+        case = dataclasses.replace(case, folder=scene_folder(case.scene, work))
         print(f"== {case.label}", flush=True)
         figures = bench.measure(case)
         missing = sorted(set(bench.figures) - set(figures))
         if missing:
             raise BenchError(f"bench {bench.name}: {case.label} did not measure {', '.join(missing)}")
         for name, value in figures.items():
-            runs.setdefault(f"{case.scene}/{case.variant}/{name}", []).append(float(value))
-    seconds = round(time.perf_counter() - start, 1)
-    data = {
-        "benchmark": bench.name,
-        "command": command or " ".join(["ovseg3d", *map(shlex.quote, sys.argv[1:])]),
-        "commit": results.commit(),
-        "measured": results.today(),
-        "machine": results.machine("cuda" if str(device).startswith("cuda") else "cpu"),
-        "teacher": dict(bench.teacher),
-        "settings": {
-            "preset": bench.preset,
-            "scenes": sorted({c.scene for c in todo}),
-            "variants": {v: bench.variants[v] for v in sorted({c.variant for c in todo})},
-            "set": list(sets),
-            "repeats": repeats or bench.repeats,
-            "device": device,
-        },
-        "figures": {name: results.summary(values) for name, values in runs.items()},
-        "seconds": seconds,
-    }
+            runs.setdefault(f"{Path(case.scene).name}/{case.variant}/{name}", []).append(float(value))
+    data["machine"] = results.machine("cuda" if str(device).startswith("cuda") else "cpu")  # the load at the end
+    data["figures"] = {name: results.summary(values) for name, values in runs.items()}
+    data["seconds"] = round(time.perf_counter() - start, 1)
     results.write(data, out)
     return data

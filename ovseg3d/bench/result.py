@@ -99,7 +99,8 @@ def cpu_model() -> str | None:
 
 
 def machine(device: str = "cpu") -> dict[str, object]:
-    """Where a benchmark runs: CPU model and cores, the GPU's model when ``device`` is a GPU, torch's threads."""
+    """Where a benchmark runs: CPU model and cores, the GPU's model when ``device`` is a GPU, torch's threads, and
+    the load average when the result is written (a shared machine's seconds are upper bounds)."""
     import torch
 
     from ovseg3d import accel
@@ -108,7 +109,8 @@ def machine(device: str = "cpu") -> dict[str, object]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = accel.machine_info(torch.device(device))
     description = f"one {gpu}" if gpu else f"{cores} CPU cores"
-    return {"description": description, "cpu": cpu_model(), "cores": cores, "gpu": gpu, **info}
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None  # other jobs: seconds are upper bounds
+    return {"description": description, "cpu": cpu_model(), "cores": cores, "gpu": gpu, "load_1min": load, **info}
 
 
 def commit(root: Path | None = None) -> str:

@@ -109,10 +109,10 @@ ROWS: tuple[Row, ...] = (
         since="2026-11-28",
     ),
     Row(
-        "the quickstart in a new clone: the whole method on the bundled demo",
+        "the whole method on the bundled demo, every stage as the quickstart runs them",
         "quickstart.json",
         None,
-        'pip install torch==2.13.0 -e ".[dev]" && ovseg3d run scenes/demo --output runs/demo && ovseg3d eval runs/demo',
+        "ovseg3d bench run whole --scenes demo --repeats 3 --out results/quickstart.json",
         "distillation-and-the-whole-method",
         history="the-quickstart-from-a-fresh-clone-2026-11-28-stop-66",
     ),
@@ -136,8 +136,8 @@ ROWS: tuple[Row, ...] = (
         "radiance field, instant-ngp's fox, with and without the depth prior",
         "field_fox.json",
         None,
-        "python scripts/bench_real.py --scene FOX --name foxngp --variants depth_light no_depth "
-        "--set steps=1300 max_minutes=0 depth_model=PREPARED_FOX/sparse/0 --eval-max-samples 64",
+        "ovseg3d bench run field --scenes FOX --variants depth_light no_depth --repeats 3 "
+        "--set steps=1300 max_minutes=0 depth_model=PREPARED_FOX/sparse/0 --out results/field_fox.json",
         "real-captures",
         history="the-captures-own-points-as-a-depth-prior-measured-on-four-real-captures-issue-48-2026-11-27-later",
     ),
@@ -145,7 +145,8 @@ ROWS: tuple[Row, ...] = (
         "the whole method, the shared outdoor scene (unbounded)",
         "unbounded.json",
         None,
-        "python scripts/bench_unbounded.py --cases --scenes ../shared/external-scenes/outdoor-colmap-lens",
+        "ovseg3d bench run field --scenes outdoor-colmap-lens --variants default no_distortion --repeats 3 "
+        "--out results/unbounded.json",
         "real-captures",
         history="the-distortion-loss-on-by-default-for-unbounded-scenes-on-the-cpu-issue-48-2026-11-27-stop-61",
     ),
@@ -162,8 +163,8 @@ ROWS: tuple[Row, ...] = (
         "radiance field, two LLFF phone captures (cup, figurine)",
         "field_llff.json",
         None,
-        "python scripts/bench_real.py --scene CUP --name cup --variants default lr_steps "
-        "--set steps=1300 max_minutes=0 --eval-max-samples 64",
+        "ovseg3d bench run field --scenes CUP FIGURINE --variants default lr_steps --repeats 3 "
+        "--set steps=1300 max_minutes=0 --out results/field_llff.json",
         "real-captures",
         history="two-more-real-captures-and-the-schedule-on-all-five-scenes-issue-48-2026-11-26",
     ),

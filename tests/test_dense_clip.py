@@ -187,7 +187,9 @@ def test_the_image_wide_proxy_pass_is_fdas_dino_pass_when_the_sizes_agree(models
     assert dense.fda_patches(TeacherView(1, view.image)) is None  # another view: no reuse
     other = ProxyClip(clip, TransformersDino(str(models[1]), CPU, 48, half=False), SHORT, WINDOW, STRIDE, proxy="image")
     other.encode_view(view, (16, 12))
-    assert other.fda_patches(view) is None  # FDA's DINO sees another size
+    resampled = other.fda_patches(view)  # FDA's DINO sees another size: the pass's tokens resampled to its grid
+    assert resampled is not None and resampled.shape == other.dino.encode_patches(view).shape
+    assert not torch.equal(resampled, reused[:12, :16])
 
 
 def test_windows_cover_the_image_flush_with_its_border():

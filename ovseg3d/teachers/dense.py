@@ -14,8 +14,9 @@ feature for every patch from one CLIP and one DINO pass per sliding window:
    its finer patch grid): ``s_ij = cos(f_i, f_j)``, ``a_ij = (s_ij - beta mean(s)) gamma`` with the mean over the
    whole window's matrix, ``a_ij = -inf`` where negative, a softmax over ``j``. ``proxy="window"`` (ProxyCLIP's)
    runs DINO on each window; ``"image"`` cuts the window's tokens from one DINO pass over the whole resized photo,
-   which is FDA's own DINO pass when the sizes agree (FDA takes the same pass's tokens before the final norm), so
-   that dense costs one CLIP pass a window and no more.
+   which is FDA's own DINO pass when the sizes agree (FDA takes the same pass's tokens before the final norm) and
+   is resampled to FDA's grid when they do not (16:9 frames, :meth:`ProxyClip.fda_patches`), so that dense costs
+   one CLIP pass a window and no more.
 4. CLIP's values (patch tokens, per head) are resized bilinearly to DINO's grid; each head's output is
    ``softmax(a) v``; the heads are joined and go through the attention's output projection, CLIP's last layer
    norm and its visual projection, and are L2-normalised: one CLIP embedding per DINO patch.
@@ -191,9 +192,35 @@ class ProxyClip:
 
     def fda_patches(self, view: TeacherView) -> Tensor | None:
         """FDA's DINO features of ``view`` (:meth:`TransformersDino.encode_patches`: the last block's tokens, before
-        the norm the proxy is taken after) from the image-wide pass just made for it, when that pass saw the same
-        input (the same size), else ``None``."""
+        the norm the proxy is taken after, L2-normalised) from the image-wide pass just made for it, else ``None``.
+
+        When that pass saw FDA's own input size (4:3 photos) its tokens are FDA's exactly. Otherwise (16:9 frames:
+        592 x 336 here against FDA's 448 x 256) its token grid is resampled to FDA's (:func:`resample_tokens`), when
+        it is at least as fine on both axes; a coarser pass (square photos: 336 against FDA's 448) would blur FDA's
+        boundaries, and ``None`` leaves FDA to its own pass."""
         if self._tokens is None or self._tokens[0] != view.index:
             return None
-        size = dino_input_size(view.width, view.height, self.dino.long_side, int(self.dino.patch))
-        return F.normalize(self._tokens[2], dim=-1).cpu() if size == self._tokens[1] else None
+        p = int(self.dino.patch)
+        size = dino_input_size(view.width, view.height, self.dino.long_side, p)
+        tokens = self._tokens[2]
+        if size == self._tokens[1]:
+            return F.normalize(tokens, dim=-1).cpu()
+        grid = (size[1] // p, size[0] // p)
+        if grid[0] > tokens.shape[0] or grid[1] > tokens.shape[1]:
+            return None
+        return resample_tokens(tokens, grid).cpu()
+
+
+def resample_tokens(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+    """``[H, W, C]`` tokens of an image resampled to the token grid ``(h, w)`` of the same image at another size:
+    unit vectors, bilinear between the unit tokens (cell centres aligned, as the images' own resizes).
+
+    The pass's tokens are normalised first, so that a mean is one of directions, as FDA's cosines see them, and not
+    led by the pre-norm tokens' magnitudes; the mean is normalised again. Bilinear rather than an area mean: from
+    the proxy's 42 x 74 tokens of a 16:9 frame to FDA's 32 x 56 (a step of 1.3 tokens, so every token is read),
+    both are as close to FDA's own pass in the mean cosine (0.986 with real-size DINO ViT-B/8 of random weights, a
+    bound on the token field, not on semantics), and the pairwise cosines FDA takes of them are closer with
+    bilinear (mean error 0.016 against 0.020; issue 68; scripts/bench_fda_reuse.py measures this one)."""
+    unit = F.normalize(tokens.float(), dim=-1).permute(2, 0, 1)[None]
+    small = F.interpolate(unit, size=grid, mode="bilinear", align_corners=False)
+    return F.normalize(small[0].permute(1, 2, 0), dim=-1)

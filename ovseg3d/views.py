@@ -8,7 +8,7 @@ seconds a frame on a CPU. ``--teacher-views K`` runs them on K views only, chose
    weights, those of the rays whose opacity reaches ``min_opacity`` put into cells of a grid of
    ``resolution`` cells a side over the field's space (:func:`~ovseg3d.field.space.to_unit`: the box, or its
    contraction for an unbounded scene) — :func:`surface_cells`. The cells are coarser than the rays are dense on
-   a surface the view spans (32 cells a side against 64 rays): finer ones would be hit one in two, and a view a
+   a surface the view spans (20 cells a side against 40 rays): finer ones would be hit one in two, and a view a
    few centimetres from another would hit the cells between its rays and count as new;
 2. the views are taken one at a time, each time the one that adds the most cells seen fewer than ``depth`` times by
    the views taken so far (greedy maximum coverage, the usual ``1 - 1/e`` approximation of the best K;
@@ -58,8 +58,8 @@ class ViewChoice:
 def surface_cells(
     trainer,  # noqa: ANN001 - a train.Trainer (not imported: train imports this module's callers)
     views: list[int],
-    long_side: int = 64,
-    resolution: int = 32,
+    long_side: int = 40,
+    resolution: int = 20,
     min_opacity: float = 0.5,
 ) -> list[Tensor]:
     """For each of ``views``: the cells (``[k]`` long keys, unique, sorted) holding the surfaces its coarse depth
@@ -133,7 +133,7 @@ def choose_views(cells: list[Tensor], k: int, depth: int = 2, centres: Tensor | 
     return taken
 
 
-def choose_teacher_views(trainer, k: int, depth: int = 2, long_side: int = 64) -> ViewChoice:  # noqa: ANN001
+def choose_teacher_views(trainer, k: int, depth: int = 2, long_side: int = 40) -> ViewChoice:  # noqa: ANN001
     """``k`` of ``trainer``'s training views by coverage of its field's surfaces (:func:`surface_cells`,
     :func:`choose_views`), sorted."""
     start = time.perf_counter()

@@ -111,3 +111,24 @@ def test_a_run_with_teacher_views_runs_the_teachers_on_those_alone(tmp_path):
     assert main(["eval", str(run), "--device", "cpu"]) == 0
     meta = read_meta(Path(scene) / "features" / "synthetic")
     assert set(chosen["views"]) <= set(meta["done"])
+
+
+def test_the_distillation_draws_its_pixels_from_the_teacher_views_alone():
+    from test_lift import teacher
+
+    from ovseg3d.distill import Distiller
+    from ovseg3d.train import usable_pixels
+
+    trainer = plane_trainer([(-0.5, 0.0, 2.0), (0.0, 0.0, 2.0), (0.5, 0.0, 2.0)])
+    features = teacher([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    features.views = [0, 2]
+    views, _, _ = Distiller(trainer, features).sample_pixels()
+    assert set(views.tolist()) == {0, 2}
+    # with masks, the pixel table too: view 0's mask leaves its left half, the others every pixel
+    mask = torch.ones(trainer.scene.height, trainer.scene.width, dtype=torch.bool)
+    mask[:, mask.shape[1] // 2 :] = False
+    trainer.scene.masks = {0: mask}
+    trainer.pixels = usable_pixels(trainer.scene, trainer.device)
+    views, u, _ = Distiller(trainer, features).sample_pixels()
+    n = trainer.cfg.sem_rays  # the random pixels (the FDA patches after them may cover masked pixels)
+    assert set(views[:n].tolist()) == {0, 2} and bool((u[:n][views[:n] == 0] < mask.shape[1] // 2).all())

@@ -16,6 +16,7 @@ video (``ovseg3d bench run whole``), not here, where the simulated teacher's cac
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import time
@@ -30,12 +31,13 @@ def geometry(case: Case) -> Path:
     """The (scene, seed)'s geometry run, trained the first time (the geometry alone: its ``geometry.pt``)."""
     from ovseg3d.train import start_training, train_geometry
 
-    run = case.work / "teacher_views" / f"{Path(case.scene).name}-s{case.seed}-geometry"
+    base = {k: v for k, v in case.overrides.items() if k not in ("teacher_views", "semantic")}
+    key = hashlib.sha1(json.dumps(base, sort_keys=True, default=str).encode()).hexdigest()[:8]  # --set's geometry
+    run = case.work / "teacher_views" / f"{Path(case.scene).name}-s{case.seed}-geometry-{key}"
     if (run / "geometry.pt").exists():
         return run
     if run.exists():
         shutil.rmtree(run)
-    base = {k: v for k, v in case.overrides.items() if k not in ("teacher_views", "semantic")}
     cfg = dataclasses.replace(case, overrides=base).config()
     cfg = dataclasses.replace(cfg, scene=case.folder, output=run, device=case.device, teacher_views=1)
     cfg = dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, kind="synthetic"))

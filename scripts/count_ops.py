@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""How many kernels ``ovseg3d export`` and ``ovseg3d detect`` launch, and how often they wait for the device:
+"""How many kernels ``ovseg3d export``, ``ovseg3d detect`` and the lift stage launch, and how often they wait for the device:
 their cost on a GPU, counted on a CPU.
 
 On a GPU each aten op that is not a view launches about one kernel, and a render chunk that walks a hash grid in
@@ -12,6 +12,7 @@ CPU's cache-sized pieces, and renders take a GPU's chunk of rays (``--cpu-path``
 
     python scripts/count_ops.py export RUN [export options, e.g. --pixel-stride 4]
     python scripts/count_ops.py detect RUN [detect options]
+    python scripts/count_ops.py lift RUN          # a lifted run: its views chosen again (--teacher-views), lifted
 
 Prints the ops by ovseg3d function and the reads by line, and writes ``--json`` (default
 ``bench/ops_STAGE.json``). Counting runs each op through Python: use a run whose stage takes seconds.
@@ -19,16 +20,17 @@ Prints the ops by ovseg3d function and the reads by line, and writes ``--json`` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-STAGES = {"export": "cmd_export", "detect": "cmd_detect"}
+STAGES = {"export": "cmd_export", "detect": "cmd_detect", "lift": "lift_work"}
 
 
 @contextmanager
@@ -58,6 +60,29 @@ def gpu_path(on: bool = True) -> Iterator[None]:
         radiance.CPU_CHUNK, TorchHashGrid.__init__, TrainConfig.render_chunk = saved  # type: ignore[method-assign]
 
 
+def lift_work(run: Path) -> Callable[[], int]:
+    """The lift stage of ``run`` again (its outputs discarded): with ``--teacher-views``, the views chosen again,
+    then the teachers' maps lifted. The trainer and the teacher cache are loaded here, outside the count."""
+    from ovseg3d.lift import lift
+    from ovseg3d.teachers.extract import ensure_features
+    from ovseg3d.train import load_trainer
+    from ovseg3d.views import choose_teacher_views
+
+    trainer = load_trainer(run, "cpu")
+    cfg = trainer.cfg
+    every = ensure_features(trainer.scene, cfg.teachers, trainer.device, log=lambda s: None)
+
+    def work() -> int:
+        features = every
+        if cfg.teacher_views > 0:
+            choice = choose_teacher_views(trainer, cfg.teacher_views, cfg.teacher_view_depth)
+            features = dataclasses.replace(every, views=choice.views)
+        lift(trainer, features, log=print)
+        return 0
+
+    return work
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] not in STAGES:
         print(__doc__.split("\n\n")[3])
@@ -72,12 +97,20 @@ def main(argv: list[str]) -> int:
     from ovseg3d import cli
     from ovseg3d.syncs import OpCounter, SyncCounter
 
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / ("export" if stage == "export" else "detections.json")
-        start = time.perf_counter()
-        with gpu_path(not cpu_path), OpCounter() as ops, SyncCounter() as syncs:
-            code = getattr(cli, STAGES[stage])([*rest, "--output", str(target)])
-        seconds = time.perf_counter() - start
+    if stage == "lift":
+        with gpu_path(not cpu_path):
+            work = lift_work(Path(rest[0]))  # the run loaded and its features read before the count
+            start = time.perf_counter()
+            with OpCounter() as ops, SyncCounter() as syncs:
+                code = work()
+            seconds = time.perf_counter() - start
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / ("export" if stage == "export" else "detections.json")
+            start = time.perf_counter()
+            with gpu_path(not cpu_path), OpCounter() as ops, SyncCounter() as syncs:
+                code = getattr(cli, STAGES[stage])([*rest, "--output", str(target)])
+            seconds = time.perf_counter() - start
     n_ops, n_syncs = sum(ops.counts.values()), sum(syncs.counts.values())
     reads: Counter[str] = Counter()
     for (op, where), n in syncs.counts.items():

@@ -29,8 +29,9 @@ from ovseg3d import __version__
 from ovseg3d.atomic import write_json
 from ovseg3d.teachers.config import TeacherError
 
-CACHE_FORMAT = 4  # 2: DINO grid scaled up for small images; 3: positions as DINO's, FDA's DINO before its norm;
-# 4: the persistent simulated teacher reads labelled pixels without an instance as one region per class
+CACHE_FORMAT = 5  # 2: DINO grid scaled up for small images; 3: positions as DINO's, FDA's DINO before its norm;
+# 4: the persistent simulated teacher reads labelled pixels without an instance as one region per class;
+# 5: dense CLIP's image-wide DINO pass resampled for FDA on frames wider than 4:3 (one DINO pass a view)
 LATER_SETTINGS = {"clip_features": "crops", "class_relevancy": "minmax"}
 """Settings added to the sidecar after its format: a cache made before holds their value here."""
 ARRAYS = ("clip", "relevancy", "dino")

@@ -15,8 +15,8 @@ seconds a frame on a CPU. ``--teacher-views K`` runs them on K views only, chose
    ``depth`` 2 asks for a second look at each surface before a first look at nothing new, so that one view's
    mistakes are not the only word on a cell) — :func:`choose_views`.
 
-The coverage of a choice is the share of the cells all the training views see that the chosen ones see
-(:func:`coverage`). Ties go to the view whose centre is furthest from the views already taken, so that a scene seen
+The cells counted are those at least two training views see (:func:`seen_by`): one view's alone are mostly
+floaters. The coverage of a choice is the share of those cells that the chosen views see (:func:`coverage`). Ties go to the view whose centre is furthest from the views already taken, so that a scene seen
 equally from everywhere gets views spread round it, not neighbours.
 """
 
@@ -49,7 +49,7 @@ class ViewChoice:
     def line(self, candidates: int) -> str:
         return (
             f"teacher views: {len(self.views)} of {candidates} training views, chosen by coverage of the field's "
-            f"surfaces ({self.cells} cells): {100 * self.coverage:.1f} % seen, {100 * self.covered_twice:.1f} % "
+            f"surfaces ({self.cells} cells that two views or more see): {100 * self.coverage:.1f} % seen, {100 * self.covered_twice:.1f} % "
             f"seen twice, in {self.seconds:.1f} s"
         )
 
@@ -95,6 +95,19 @@ def _compact(cells: list[Tensor]) -> tuple[list[Tensor], int]:
     return list(torch.split(inverse, [len(c) for c in cells])), len(every)
 
 
+def seen_by(cells: list[Tensor], times: int) -> list[Tensor]:
+    """Each view's cells cut to those at least ``times`` of the views see: the surfaces several views agree on.
+    A cell one view alone sees is mostly a floater, or far background beyond the region of interest (on a phone
+    video of 52 frames, 38 % of the cells, where a surface there is seen by a median of 2 frames)."""
+    if times <= 1:
+        return cells
+    ids, n = _compact(cells)
+    counts = torch.zeros(max(n, 1), dtype=torch.long)
+    for i in ids:
+        counts[i] += 1
+    return [c[counts[i] >= times] for c, i in zip(cells, ids)]
+
+
 def coverage(cells: list[Tensor], chosen: list[int], times: int = 1) -> float:
     """Share of the cells seen by any of ``cells``' views that at least ``times`` of the ``chosen`` views see (1.0
     when no view sees anything)."""
@@ -138,7 +151,7 @@ def choose_teacher_views(trainer, k: int, depth: int = 2, long_side: int = 40) -
     :func:`choose_views`), sorted."""
     start = time.perf_counter()
     train = list(trainer.scene.train_ids)
-    cells = surface_cells(trainer, train, long_side=long_side)
+    cells = seen_by(surface_cells(trainer, train, long_side=long_side), 2)
     centres = trainer.scene.cameras.centers[train]
     picked = choose_views(cells, k, depth, centres)
     return ViewChoice(

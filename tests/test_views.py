@@ -14,7 +14,7 @@ from test_lift import FEW_CROPS, plane_trainer
 
 from ovseg3d.cli import main
 from ovseg3d.teachers.cache import read_meta
-from ovseg3d.views import choose_views, coverage, surface_cells
+from ovseg3d.views import choose_views, coverage, seen_by, surface_cells
 
 
 def arcs(n_views: int, n_cells: int, width: int) -> list[torch.Tensor]:
@@ -132,3 +132,9 @@ def test_the_distillation_draws_its_pixels_from_the_teacher_views_alone():
     views, u, _ = Distiller(trainer, features).sample_pixels()
     n = trainer.cfg.sem_rays  # the random pixels (the FDA patches after them may cover masked pixels)
     assert set(views[:n].tolist()) == {0, 2} and bool((u[:n][views[:n] == 0] < mask.shape[1] // 2).all())
+
+
+def test_cells_one_view_alone_sees_are_left_out():
+    cells = [torch.tensor([0, 1, 2, 9]), torch.tensor([1, 2, 3]), torch.tensor([2, 3, 7])]
+    assert [c.tolist() for c in seen_by(cells, 2)] == [[1, 2], [1, 2, 3], [2, 3]]
+    assert seen_by(cells, 1) is cells

@@ -101,6 +101,9 @@ class PrepareConfig:
     """Also write images_K/ for each K (the layout train reads pre-resized images from)."""
     threads: int = -1
     """CPU threads for pycolmap's features, matching and undistortion (-1: all)."""
+    sift_device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where SIFT extraction and matching run: 'auto' on the GPU when the installed pycolmap was built with CUDA
+    (pycolmap-cuda12; pycolmap.has_cuda), else on the CPU; 'cuda' insists (one line when it cannot)."""
     far_pair_check: bool = True
     """Before mapping, drop the matched pairs of far-apart photos (more than --overlap apart in name order) whose
     matches contradict the cameras of a first model built from the near pairs alone: repeated texture (tiles,
@@ -358,12 +361,28 @@ def _extract(pycolmap, db: Path, images: Path, names: list[str], cfg: PrepareCon
     return octave
 
 
+def sift_on_gpu(pycolmap, choice: str) -> bool:  # noqa: ANN001
+    """Whether SIFT extraction and matching run on the GPU (``--sift-device``): 'auto' when the installed
+    pycolmap has CUDA; 'cuda' without it is one line."""
+    has_cuda = bool(getattr(pycolmap, "has_cuda", False))
+    if choice == "cuda" and not has_cuda:
+        raise PrepareError(
+            "--sift-device cuda: this pycolmap was built without CUDA (pip install pycolmap-cuda12 for SIFT on the "
+            "GPU, or --sift-device cpu)"
+        )
+    return choice == "cuda" or (choice == "auto" and has_cuda)
+
+
+def _device(pycolmap, cfg: PrepareConfig):  # noqa: ANN001, ANN202 - a pycolmap.Device
+    return pycolmap.Device.cuda if sift_on_gpu(pycolmap, cfg.sift_device) else pycolmap.Device.cpu
+
+
 def _extract_octave(pycolmap, db: Path, images: Path, names: list[str], cfg: PrepareConfig, octave: int) -> None:  # noqa: ANN001
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = cfg.camera_model
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.num_threads = cfg.threads
-    extraction.use_gpu = False
+    extraction.use_gpu = sift_on_gpu(pycolmap, cfg.sift_device)
     extraction.sift.max_num_features = cfg.max_features
     extraction.sift.first_octave = octave
     mode = pycolmap.CameraMode.SINGLE if cfg.single_camera else pycolmap.CameraMode.PER_IMAGE
@@ -384,7 +403,7 @@ def _extract_octave(pycolmap, db: Path, images: Path, names: list[str], cfg: Pre
                 camera_mode=mode,
                 reader_options=reader,
                 extraction_options=extraction,
-                device=pycolmap.Device.cpu,
+                device=_device(pycolmap, cfg),
             )
             bar.update(len(part))
 
@@ -414,7 +433,7 @@ def _match(pycolmap, db: Path, work: Path, names: list[str], matcher: str, cfg: 
     write_text(work / PAIRS, "".join(f"{names[i]} {names[j]}\n" for i, j in pairs))
     options = pycolmap.FeatureMatchingOptions()
     options.num_threads = cfg.threads
-    options.use_gpu = False
+    options.use_gpu = sift_on_gpu(pycolmap, cfg.sift_device)
     chunk = 256
     with tqdm(total=len(pairs), desc=f"matches ({matcher})", unit="pair", leave=False) as bar:
         for start in range(0, len(pairs), chunk):
@@ -424,7 +443,7 @@ def _match(pycolmap, db: Path, work: Path, names: list[str], matcher: str, cfg: 
             pairing = pycolmap.ImportedPairingOptions()
             pairing.match_list_path = listing
             pycolmap.match_image_pairs(
-                db, matching_options=options, pairing_options=pairing, device=pycolmap.Device.cpu
+                db, matching_options=options, pairing_options=pairing, device=_device(pycolmap, cfg)
             )
             bar.update(len(part))
     with pycolmap.Database.open(db) as database:

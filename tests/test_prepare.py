@@ -389,3 +389,15 @@ def test_bench_reprojection_measures_the_models_errors_and_how_far_a_refilter_mo
     moved = centres.copy()
     moved[0] += 1.0
     assert bench.aligned_motion(centres, moved).max() > 0.01
+
+
+def test_sift_runs_on_the_gpu_only_where_pycolmap_has_cuda():
+    from types import SimpleNamespace
+
+    from ovseg3d.prepare import PrepareError, sift_on_gpu
+
+    with_cuda, without = SimpleNamespace(has_cuda=True), SimpleNamespace(has_cuda=False)
+    assert sift_on_gpu(with_cuda, "auto") and not sift_on_gpu(without, "auto")
+    assert not sift_on_gpu(with_cuda, "cpu") and sift_on_gpu(with_cuda, "cuda")
+    with pytest.raises(PrepareError, match="pycolmap-cuda12"):
+        sift_on_gpu(without, "cuda")

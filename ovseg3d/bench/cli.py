@@ -21,7 +21,13 @@ from pathlib import Path
 from ovseg3d.bench import harness, legacy, tables
 from ovseg3d.bench import result as results
 
-MODULES = ("ovseg3d.bench.field", "ovseg3d.bench.masks", "ovseg3d.bench.teacher_views", "ovseg3d.bench.video", "ovseg3d.bench.whole")
+MODULES = (
+    "ovseg3d.bench.field",
+    "ovseg3d.bench.masks",
+    "ovseg3d.bench.teacher_views",
+    "ovseg3d.bench.video",
+    "ovseg3d.bench.whole",
+)
 """The benchmark modules: each defines ``BENCHMARK`` (a :class:`ovseg3d.bench.harness.Benchmark`)."""
 
 

@@ -118,9 +118,9 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         "the whole method, a generated 360° room",
-        "distill_orbit.json",
+        "whole_orbit.json",
         None,
-        "python scripts/bench_distill.py --scenes orbit --ablations",
+        "ovseg3d bench run whole --scenes orbit --repeats 3 --out results/whole_orbit.json",
         "distillation-and-the-whole-method",
         history="distillation-segmentation-against-the-teacher",
     ),

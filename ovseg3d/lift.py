@@ -54,7 +54,8 @@ from ovseg3d.field.space import to_unit
 from ovseg3d.render.volume import accumulate
 from ovseg3d.run import RunError, new_checkpoint_path, save_checkpoint
 from ovseg3d.teachers.cache import TeacherFeatures
-from ovseg3d.train import Trainer, Training, teachers_after_geometry
+from ovseg3d.train import Trainer, Training
+from ovseg3d.views import teachers_after_geometry
 
 LIFT_FORMAT = 1
 """The layout of a checkpoint's ``lifted`` entry; another one is refused with one line."""

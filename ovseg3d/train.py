@@ -716,7 +716,8 @@ class Training:
     resume: bool
     teachers: tuple | None = None
     """With ``--teacher-views``: the teacher models, loaded before the geometry (a missing model fails then) and
-    run on the chosen views after it (:func:`teachers_after_geometry`); ``features`` is ``None`` until then."""
+    run on the chosen views after it (:func:`ovseg3d.views.teachers_after_geometry`); ``features`` is ``None`` until
+    then."""
 
     @property
     def has_teacher(self) -> bool:
@@ -758,27 +759,6 @@ def train_geometry(t: Training) -> bool:
     if t.has_teacher and (ran or not (t.run / GEOMETRY_CHECKPOINT).exists()):
         write_checkpoint(t.run / GEOMETRY_CHECKPOINT, t.trainer.state_dict())
     return ran
-
-
-def teachers_after_geometry(t: Training) -> None:
-    """``--teacher-views K``: choose the K training views that cover the trained field's surfaces
-    (:mod:`ovseg3d.views`) and run the teachers on those (the cache keeps them); ``t.features`` then reads them
-    alone. Nothing to do when the features are there already."""
-    if t.features is not None or t.teachers is None:
-        return
-    from ovseg3d.teachers.extract import ensure_features
-    from ovseg3d.views import choose_teacher_views
-
-    cfg = t.trainer.cfg
-    choice = choose_teacher_views(t.trainer, cfg.teacher_views, cfg.teacher_view_depth)
-    tqdm.write(choice.line(len(t.trainer.scene.train_ids)))
-    t.features = ensure_features(
-        t.trainer.scene, cfg.teachers, t.trainer.device, views=choice.views, teachers=t.teachers
-    )
-    t.teachers = None  # the models' memory back: the features are all the semantic stage reads
-    with open(t.run / "log.jsonl", "a") as log:
-        record = {"stage": "teacher_views", "views": choice.views, "coverage": round(choice.coverage, 4)}
-        log.write(json.dumps({**record, "covered_twice": round(choice.covered_twice, 4), "cells": choice.cells}) + "\n")
 
 
 def preview(trainer: Trainer, run: Path) -> str:

@@ -22,15 +22,20 @@ equally from everywhere gets views spread round it, not neighbours.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from ovseg3d.data.cameras import image_rays
+from ovseg3d.distill import semantic_samples
 from ovseg3d.field.space import to_unit
 from ovseg3d.render.volume import accumulate
+from ovseg3d.teachers.extract import ensure_features
+from ovseg3d.train import Trainer, Training
 
 
 @dataclass
@@ -56,7 +61,7 @@ class ViewChoice:
 
 @torch.no_grad()
 def surface_cells(
-    trainer,  # noqa: ANN001 - a train.Trainer (not imported: train imports this module's callers)
+    trainer: Trainer,
     views: list[int],
     long_side: int = 40,
     resolution: int = 20,
@@ -64,8 +69,6 @@ def surface_cells(
 ) -> list[Tensor]:
     """For each of ``views``: the cells (``[k]`` long keys, unique, sorted) holding the surfaces its coarse depth
     map sees (see the module docstring)."""
-    from ovseg3d.distill import semantic_samples  # the samples lifting and distillation read
-
     scene = trainer.scene
     factor = min(1.0, long_side / max(scene.width, scene.height))
     device = trainer.device
@@ -146,7 +149,7 @@ def choose_views(cells: list[Tensor], k: int, depth: int = 2, centres: Tensor | 
     return taken
 
 
-def choose_teacher_views(trainer, k: int, depth: int = 2, long_side: int = 40) -> ViewChoice:  # noqa: ANN001
+def choose_teacher_views(trainer: Trainer, k: int, depth: int = 2, long_side: int = 40) -> ViewChoice:
     """``k`` of ``trainer``'s training views by coverage of its field's surfaces (:func:`surface_cells`,
     :func:`choose_views`), sorted."""
     start = time.perf_counter()
@@ -161,3 +164,21 @@ def choose_teacher_views(trainer, k: int, depth: int = 2, long_side: int = 40) -
         cells=_compact(cells)[1],
         seconds=time.perf_counter() - start,
     )
+
+
+def teachers_after_geometry(t: Training) -> None:
+    """``--teacher-views K``: choose the K training views that cover the trained field's surfaces
+    (:mod:`ovseg3d.views`) and run the teachers on those (the cache keeps them); ``t.features`` then reads them
+    alone. Nothing to do when the features are there already."""
+    if t.features is not None or t.teachers is None:
+        return
+    cfg = t.trainer.cfg
+    choice = choose_teacher_views(t.trainer, cfg.teacher_views, cfg.teacher_view_depth)
+    tqdm.write(choice.line(len(t.trainer.scene.train_ids)))
+    t.features = ensure_features(
+        t.trainer.scene, cfg.teachers, t.trainer.device, views=choice.views, teachers=t.teachers
+    )
+    t.teachers = None  # the models' memory back: the features are all the semantic stage reads
+    with open(t.run / "log.jsonl", "a") as log:
+        record = {"stage": "teacher_views", "views": choice.views, "coverage": round(choice.coverage, 4)}
+        log.write(json.dumps({**record, "covered_twice": round(choice.covered_twice, 4), "cells": choice.cells}) + "\n")

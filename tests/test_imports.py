@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ovseg3d.depth_prior",),
     ("ovseg3d.config", "ovseg3d.run"),
     ("ovseg3d.train",),
-    ("ovseg3d.distill", "ovseg3d.lift"),
+    ("ovseg3d.distill", "ovseg3d.lift", "ovseg3d.views"),
     ("ovseg3d.evaluate", "ovseg3d.export", "ovseg3d.renders"),
     ("ovseg3d.detect",),
     ("ovseg3d.retrieval",),  # which photos prepare matches: numpy alone

@@ -16,6 +16,8 @@ import dataclasses
 import json
 import resource
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,7 +40,6 @@ def the_video(folder: Path) -> Path:
 
 
 def measure(case: Case) -> dict[str, float]:
-    from ovseg3d.cli import main
     from ovseg3d.config import write_toml
 
     video = the_video(case.folder)
@@ -52,19 +53,22 @@ def measure(case: Case) -> dict[str, float]:
     classes = ", ".join(cfg.classes) if cfg.classes else "figurine, table"
     settings = run.parent / f"{run.name}.toml"
     write_toml(dataclasses.replace(cfg, classes=()), settings)
-    args = ["run", str(video), "--output", str(run), "--preset", case.preset, "--config", str(settings)]
+    # the commands as a user runs them, in processes of their own (the harness sits below the command line)
+    command = [sys.executable, "-m", "ovseg3d.cli", "run", str(video), "--output", str(run), "--preset", case.preset]
+    command += ["--config", str(settings), "--classes", classes, "--device", case.device]
     start, cpu = time.perf_counter(), _cpu_seconds()
-    if main([*args, "--classes", classes, "--device", case.device]) != 0:
+    if subprocess.run(command).returncode != 0:
         raise RuntimeError(f"{case.label}: ovseg3d run failed")
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
-    if main(["eval", str(run), "--device", case.device]) != 0:
+    evaluate = [sys.executable, "-m", "ovseg3d.cli", "eval", str(run), "--device", case.device]
+    if subprocess.run(evaluate).returncode != 0:
         raise RuntimeError(f"{case.label}: ovseg3d eval failed")
     stages = json.loads((run / "stages.json").read_text())
     figures = {f"{s}_seconds": float(stages[s]["seconds"]) for s in STAGES if s in stages}
     figures["prepare_seconds"] = float(json.loads((run / "scene" / "prepare.json").read_text())["seconds"]["total"])
     figures["seconds"] = round(sum(figures.values()), 1)
     figures["wall_seconds"] = round(wall, 1)  # the command's own, from its start to its last line
-    figures["cpu_seconds"] = round(cpu, 1)  # this process's and its children's (COLMAP's): less swayed by other jobs
+    figures["cpu_seconds"] = round(cpu, 1)  # the command's process and its children's: less swayed by other jobs
     scores = json.loads((run / "eval.json").read_text())
     figures["psnr"] = float(scores["psnr"])
     return figures

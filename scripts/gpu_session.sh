@@ -34,6 +34,14 @@
 #   BENCH_SET="max_minutes=0.25" bash scripts/gpu_session.sh video VIDEO [SECONDS]  # there (carry .whl
 #                                            # .whl-prepare .video): `ovseg3d run` on a phone video, prepare included,
 #                                            # then the whole method on the forward scene (issue 49)
+#       Issue 68's call (not yet run; the video is issue 49's figurine, .video/figurine.mp4): the teachers on
+#       12 frames, lifted, SIFT on the GPU where the image's pycolmap has CUDA, then the forward scene lifted:
+#       run(command='RUN_ARGS="--semantic lift --teacher-views 12" BENCH_SET="semantic=lift|semantic=lift
+#           teacher_views=8" bash scripts/gpu_session.sh video .video/figurine.mp4 420',
+#           carry=[".whl", ".whl-prepare", ".video"], timeout_s=480)
+#       expected (not measured): ~60 s wheels and nerfacc's ops, the video ~60-80 s (131 s with distillation and
+#       every frame's teachers), the forward scene twice ~40-60 s each; targets: video <= 60 s, forward <= 20 s
+#       at >= 35 dB. The CPU's op counts of the lift stage: python scripts/count_ops.py lift RUN
 #   bash scripts/gpu_session.sh nerfacc-src [GIT_DIR]  # here: nerfacc v0.5.3's example modules (its NGP fields and
 #                                            # renderers) from a clone or bare mirror of nerfstudio-project/nerfacc
 #                                            # (default /work/.mirror/nerfstudio-project+nerfacc/repo) into

@@ -75,19 +75,20 @@ def surface_cells(
     cameras = scene.cameras.scaled(factor).to(device)
     near_far = scene.near_far.to(device) if scene.near_far is not None else None
     aabb, kind = trainer.field.aabb, trainer.field.contraction
-    out: list[Tensor] = []
-    for view in views:
-        origins, dirs = image_rays(cameras, view)
-        cam = torch.full((len(dirs),), view, dtype=torch.long, device=device)
-        points, share, ray, opacity = semantic_samples(trainer, cameras, cam, origins, dirs, near_far, True)
+    rays = [image_rays(cameras, view) for view in views]
+    origins, dirs = torch.cat([o for o, _ in rays]), torch.cat([d for _, d in rays])
+    cam = torch.cat([torch.full((len(d),), v, dtype=torch.long, device=device) for v, (_, d) in zip(views, rays)])
+    keys = torch.empty(len(dirs), dtype=torch.long, device=device)
+    chunk = trainer.cfg.render_chunk(device.type)
+    for s in range(0, len(dirs), chunk):  # every view's rays together: a march per chunk, not per view
+        o, d, c = origins[s : s + chunk], dirs[s : s + chunk], cam[s : s + chunk]
+        points, share, ray, opacity = semantic_samples(trainer, cameras, c, o, d, near_far, True)
         # each ray's surface: its samples' mean, by their sharpened weights (which sum to 1 a ray)
-        surface = accumulate(share, points, ray, len(dirs))
-        hit = opacity >= min_opacity
-        unit, inside = to_unit(surface[hit], aabb, kind)
-        cell = (unit[inside] * resolution).long().clamp(0, resolution - 1)
-        keys = (cell[:, 0] * resolution + cell[:, 1]) * resolution + cell[:, 2]
-        out.append(torch.unique(keys).cpu())
-    return out
+        unit, inside = to_unit(accumulate(share, points, ray, len(d)), aabb, kind)
+        cell = (unit * resolution).long().clamp(0, resolution - 1)
+        key = (cell[:, 0] * resolution + cell[:, 1]) * resolution + cell[:, 2]
+        keys[s : s + chunk] = torch.where((opacity >= min_opacity) & inside, key, -1)
+    return [torch.unique(k[k >= 0]).cpu() for k in torch.split(keys, [len(d) for _, d in rays])]
 
 
 def _compact(cells: list[Tensor]) -> tuple[list[Tensor], int]:

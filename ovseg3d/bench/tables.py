@@ -57,6 +57,32 @@ def distill_figure(data: dict) -> str:
     return text
 
 
+def teacher_views_figure(data: dict) -> str:
+    """Lifted 3D mIoU with the teachers on K views against all of them, per scene."""
+    parts = []
+    for scene in sorted({k.split("/")[0] for k in data["figures"] if k.endswith("/all/miou")}):
+        ks = sorted(
+            {int(k.split("/")[1][1:]) for k in data["figures"] if k.startswith(f"{scene}/k") and k.endswith("/miou")}
+        )
+        each = ", ".join(f"{k} views {median(data, f'{scene}/k{k}/miou'):.1f}" for k in ks)
+        parts.append(
+            f"{scene}: all {median(data, f'{scene}/all/views'):.0f} views **{median(data, f'{scene}/all/miou'):.1f}**, "
+            f"{each} (2D teacher {median(data, f'{scene}/all/teacher_miou'):.1f})"
+        )
+    return "lifted 3D mIoU, 1 run each: " + "; ".join(parts)
+
+
+def video_figure(data: dict) -> str:
+    """Each variant's seconds, prepare included, and its held-out PSNR."""
+    variants = sorted({k.split("/")[1] for k in data["figures"] if k.endswith("/wall_seconds")})
+    scene = next(iter(data["figures"])).split("/")[0]
+    return "; ".join(
+        f"`{v}`: **{spread(data, f'{scene}/{v}/wall_seconds', 0)} s** (stages {median(data, f'{scene}/{v}/seconds'):.0f} s), "
+        f"{median(data, f'{scene}/{v}/psnr'):.2f} dB held out"
+        for v in variants
+    )
+
+
 def prepare_figure(name: str, reference: str = "") -> Callable[[dict], str]:
     """One photo set through ``prepare``: registered of all, reprojection error, seconds (and the load they ran
     under), the cameras' distance to a reference when it has one."""
@@ -106,6 +132,15 @@ ROWS: tuple[Row, ...] = (
         "--ablations seed1 seed2 negatives --out bench/distill.json && ovseg3d bench import distill "
         "bench/distill.json --out results/distill.json --commit C --measured DAY --command CMD",
         "distillation-and-the-whole-method",
+        since="2026-11-28",
+    ),
+    Row(
+        "the teachers on K views chosen by coverage (`--teacher-views K`), lifted, persistent teacher errors",
+        "teacher_views.json",
+        teacher_views_figure,
+        "ovseg3d bench run teacher_views --scenes demo orbit --variants all k4 k6 k8 k12 k16 --set steps=1500 "
+        "max_minutes=0 --out results/teacher_views.json",
+        "training-free-lifting-issue-68-2026-11-28",
         since="2026-11-28",
     ),
     Row(
@@ -171,8 +206,9 @@ ROWS: tuple[Row, ...] = (
     Row(
         "a phone video to a labelled cloud and boxes, `ovseg3d run VIDEO` (184 frames, 544×960)",
         "video.json",
-        None,
-        'ovseg3d run figurine.mp4 --output runs/fig --classes "figurine, table" --clip-model CLIP --dino-model DINO',
+        video_figure,
+        "ovseg3d bench run video --scenes FOLDER_WITH_FIGURINE_MP4 --variants lift_k12 --set "
+        "teachers.clip_model=CLIP teachers.dino_model=DINO --out results/video.json",
         "distillation-and-the-whole-method",
         history="the-phone-video-on-2-cpu-cores-again-each-stage-saying-where-its-seconds-went-issue-49-2026-11-28-stop-65",
     ),

@@ -54,8 +54,8 @@ class ViewChoice:
     def line(self, candidates: int) -> str:
         return (
             f"teacher views: {len(self.views)} of {candidates} training views, chosen by coverage of the field's "
-            f"surfaces ({self.cells} cells that two views or more see): {100 * self.coverage:.1f} % seen, {100 * self.covered_twice:.1f} % "
-            f"seen twice, in {self.seconds:.1f} s"
+            f"surfaces ({self.cells} cells that two views or more see): {100 * self.coverage:.1f} % seen, "
+            f"{100 * self.covered_twice:.1f} % seen twice, in {self.seconds:.1f} s"
         )
 
 
@@ -99,6 +99,14 @@ def _compact(cells: list[Tensor]) -> tuple[list[Tensor], int]:
     return list(torch.split(inverse, [len(c) for c in cells])), len(every)
 
 
+def _view_counts(ids: list[Tensor], n: int, views: list[int] | range) -> Tensor:
+    """``[n]`` how many of ``views`` see each cell (``ids``: :func:`_compact`'s renumbered cells)."""
+    counts = torch.zeros(max(n, 1), dtype=torch.long)
+    for v in views:
+        counts[ids[v]] += 1  # a view's cells are unique: one count each
+    return counts
+
+
 def seen_by(cells: list[Tensor], times: int) -> list[Tensor]:
     """Each view's cells cut to those at least ``times`` of the views see: the surfaces several views agree on.
     A cell one view alone sees is mostly a floater, or far background beyond the region of interest (on a phone
@@ -106,9 +114,7 @@ def seen_by(cells: list[Tensor], times: int) -> list[Tensor]:
     if times <= 1:
         return cells
     ids, n = _compact(cells)
-    counts = torch.zeros(max(n, 1), dtype=torch.long)
-    for i in ids:
-        counts[i] += 1
+    counts = _view_counts(ids, n, range(len(cells)))
     return [c[counts[i] >= times] for c, i in zip(cells, ids)]
 
 
@@ -118,10 +124,7 @@ def coverage(cells: list[Tensor], chosen: list[int], times: int = 1) -> float:
     ids, n = _compact(cells)
     if n == 0:
         return 1.0
-    counts = torch.zeros(n, dtype=torch.long)
-    for v in chosen:
-        counts[ids[v]] += 1
-    return float((counts >= times).float().mean())
+    return float((_view_counts(ids, n, chosen) >= times).float().mean())
 
 
 def choose_views(cells: list[Tensor], k: int, depth: int = 2, centres: Tensor | None = None) -> list[int]:

@@ -21,20 +21,22 @@ from pathlib import Path
 from ovseg3d.bench import harness, legacy, tables
 from ovseg3d.bench import result as results
 
-MODULES = (
-    "ovseg3d.bench.field",
-    "ovseg3d.bench.masks",
-    "ovseg3d.bench.teacher_views",
-    "ovseg3d.bench.video",
-    "ovseg3d.bench.whole",
-)
-"""The benchmark modules: each defines ``BENCHMARK`` (a :class:`ovseg3d.bench.harness.Benchmark`)."""
+NOT_BENCHMARKS = frozenset({"cli", "harness", "legacy", "result", "tables"})
+"""The package's modules that hold the harness itself; every other module defines ``BENCHMARK``."""
+
+
+def modules() -> list[str]:
+    """The benchmark modules: every module of :mod:`ovseg3d.bench` but the harness's own, each defining
+    ``BENCHMARK`` (a :class:`ovseg3d.bench.harness.Benchmark`); a new benchmark is a new module."""
+    here = Path(__file__).parent
+    names = sorted(p.stem for p in here.glob("*.py") if not p.stem.startswith("_") and p.stem not in NOT_BENCHMARKS)
+    return [f"ovseg3d.bench.{name}" for name in names]
 
 
 def benchmarks() -> dict[str, harness.Benchmark]:
     """Every declared benchmark by name (importing a module checks its declaration)."""
     found = {}
-    for name in MODULES:
+    for name in modules():
         bench = importlib.import_module(name).BENCHMARK
         found[bench.name] = bench
     return found

@@ -194,34 +194,20 @@ def test_a_lifted_checkpoint_of_another_format_is_refused_in_one_line(runs, tmp_
     assert len(err.splitlines()) == 1 and "lifted semantics of format 0, this ovseg3d reads format 1" in err
 
 
-def test_bench_lift_reads_the_distillation_figures_and_tables_them(tmp_path, capsys) -> None:
-    """``bench_lift --lift-only``: the distillation's median and range from bench_distill's JSON beside the lifting."""
-    from bench_scripts import load_script
+def test_the_benchmarks_lift_and_distil_again_on_a_runs_geometry(runs, tmp_path) -> None:
+    """``ovseg3d bench run teacher_views`` / ``distill`` (bench_lift's runs): the semantic stage on a stored geometry,
+    in a run folder of its own, with the lifting's size and seconds or the distillation's steps."""
+    from ovseg3d.bench.harness import Case
+    from ovseg3d.bench.teacher_views import semantic_run
 
-    load_script("bench_distill")  # which bench_lift imports from scripts/
-    bench = load_script("bench_lift")
-    distilled = {
-        "scenes": {
-            "a": {
-                k: {"miou": m, "teacher_miou": 40.0, "distill_seconds_wall": s}
-                for k, m, s in (("full", 50.0, 100.0), ("seed1", 30.0, 120.0), ("seed2", 45.0, 90.0))
-            }
-            | {"negatives": {"miou": 1.0}}
-        }
-    }
-    path = tmp_path / "distill.json"
-    path.write_text(json.dumps(distilled))
-    figures = bench.distill_figures(path)
-    assert figures["a"]["miou"] == 45.0 and figures["a"]["miou_range"] == [30.0, 50.0]
-    assert figures["a"]["seconds"] == 100.0 and figures["a"]["teacher_miou"] == 40.0
-    lift = {"miou": 44.5, "teacher_miou": 40.0, "seconds": 10.0, "load": [1.0], "voxels": 100, "structure_mib": 1.0}
-    result = {
-        "device": "cpu",
-        "teacher": "t",
-        "lift_only": True,
-        "distill": figures,
-        "scenes": {"a": {"lift": {0: lift}}},
-    }
-    bench.print_scene_table(result)
-    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| a |")][0]
-    assert "| 45.0 (30.0-50.0) | 44.5 [1 run] |" in row and row.endswith("| -0.5 | yes |")
+    case = Case("teacher_views", "s", runs["distill"], "v", {"semantic": "lift"}, 0, tmp_path, "cpu", "tiny")
+    trainer, lifted = semantic_run(case, runs["distill"], tmp_path / "lift", {})
+    record = [json.loads(x) for x in (tmp_path / "lift" / "log.jsonl").read_text().splitlines()][-1]
+    assert record["stage"] == "lift" and lifted["voxels"] == record["voxels"] > 0
+    assert lifted["structure_mib"] == round(record["bytes"] / 2**20, 1) and lifted["rss_grew_mib"] >= 0
+    assert 0 <= lifted["propagate_seconds"] <= lifted["lift_seconds"] <= lifted["semantic_seconds"] + 0.1
+    assert lifted["views"] == len(trainer.scene.train_ids) and lifted["coverage"] == 1.0
+    case = dataclasses.replace(case, overrides={"semantic": "distill", "distill_steps": 3, "distill_minutes": 0.0})
+    _, distilled = semantic_run(case, runs["distill"], tmp_path / "distill", {})
+    assert distilled["steps"] == 3 and "voxels" not in distilled
+    assert (runs["distill"] / "geometry.pt").is_file()  # the source is left as it was

@@ -40,8 +40,9 @@ def _teacher(text: str) -> dict[str, Any]:
 
 
 def distill(old: dict[str, Any]) -> dict[str, Any]:
-    """``scripts/bench_distill.py``'s JSON: per scene, the method's seeds (full, seed1, seed2) as the repeats of
-    the ``default`` variant, each other ablation a variant of one run."""
+    """The JSON of ``scripts/bench_distill.py`` (folded since into ``ovseg3d bench run distill``, whose result has
+    the same keys): per scene, the method's seeds (full, seed1, seed2) as the repeats of the ``default`` variant,
+    each other ablation a variant of one run."""
     runs: dict[str, list[float]] = {}
     for scene, rows in old["scenes"].items():
         for ablation, row in rows.items():

@@ -582,11 +582,9 @@ def test_the_depth_weight_falls_to_zero_by_depth_until(tmp_path: Path, pycolmap)
 
 
 def test_bench_sfm_measures_weight_at_the_point_and_median_depth() -> None:
-    """scripts/bench_sfm.py's per-ray measures on packed samples: the weight within 1 and 3 sigma of the point, the
-    median depth (where the accumulated weight reaches a half; nan if never) and rays left without samples."""
-    from bench_scripts import load_script
-
-    bench = load_script("bench_sfm")
+    """ovseg3d bench prepare's sfm study, per ray on packed samples: the weight within 1 and 3 sigma of the point,
+    the median depth (where the accumulated weight reaches a half; nan if never) and rays left without samples."""
+    from ovseg3d.bench import prepare as bench
 
     n = len(T0)
     at_point = _spike(5.0)

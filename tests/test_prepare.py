@@ -360,14 +360,13 @@ def test_run_prepares_a_folder_of_photos_into_the_run_then_trains_on_it(rendered
     assert "is prepared already" in said.out + said.err
 
 
-def test_bench_reprojection_measures_the_models_errors_and_how_far_a_refilter_moves_its_cameras(prepared, tmp_path):
-    """scripts/bench_reprojection.py: its per-observation errors average per point to COLMAP's own; a refilter at a
-    tenth of the largest error leaves fewer observations, none above it, and gives a camera motion it measures
-    after a similarity alignment (a scaled, turned, moved copy of the cameras counts as not moved)."""
+def test_bench_prepare_refilter_measures_the_models_errors_and_how_far_a_refilter_moves_its_cameras(prepared):
+    """ovseg3d bench prepare's refilter study: its per-observation errors average per point to COLMAP's own; a
+    refilter at a tenth of the largest error leaves fewer observations, none above it, and gives a camera motion it
+    measures after a similarity alignment (a scaled, turned, moved copy of the cameras counts as not moved)."""
     import pycolmap
-    from bench_scripts import load_script
 
-    bench = load_script("bench_reprojection")
+    from ovseg3d.bench import prepare as bench
 
     model = prepared / "sparse" / "0"
     rec = pycolmap.Reconstruction(model)
@@ -376,11 +375,10 @@ def test_bench_reprojection_measures_the_models_errors_and_how_far_a_refilter_mo
     stored = np.array([rec.points3D[i].error for i in np.unique(ids)])
     np.testing.assert_allclose(per_point[np.unique(ids)], stored, rtol=1e-3, atol=1e-4)
     cut = float(np.percentile(errors, 90))
-    got = bench.main(bench.Args(model=model, refilter=cut, out=tmp_path / "r.json"))["rows"]
-    after = got[f"refiltered at {cut:g} px"]
-    assert got["model"]["colmap_mean_px"] == pytest.approx(rec.compute_mean_reprojection_error(), abs=1e-3)
-    assert after["observations"] < got["model"]["observations"] and after["p99_px"] <= cut + 1e-6
-    assert 0 <= after["cameras_moved_median"] <= after["cameras_moved_max"] < 0.05
+    got = bench.refilter(model, cut)
+    assert got["colmap_mean_px"] == pytest.approx(rec.compute_mean_reprojection_error(), abs=1e-3)
+    assert got["refiltered_observations"] < got["observations"] and got["refiltered_p99_px"] <= cut + 1e-6
+    assert 0 <= got["cameras_moved_median"] <= got["cameras_moved_max"] < 0.05
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(12, 3))
     turn = np.linalg.qr(rng.normal(size=(3, 3)))[0]

@@ -4,9 +4,9 @@
 #
 #   bash scripts/gpu_session.sh wheels   # here, with a network: the missing pure-Python wheels into .whl/
 #   bash scripts/gpu_session.sh check    # there (carry .whl): CUDA tests, tinycudann's test, step profile, teachers
-#   bash scripts/gpu_session.sh bench --fresh --scenes forward   # there (carry .whl): scripts/bench_gpu.py,
-#   bash scripts/gpu_session.sh bench --fresh --scenes orbit     # one scene a call (10 min each at most); the
-#                                                                # JSON under $OUT or bench/ keeps both rows
+#   bash scripts/gpu_session.sh bench --scenes gpu_forward --variants real_teachers   # there (carry .whl):
+#   bash scripts/gpu_session.sh bench --scenes gpu_orbit --out "$OUT/gpu_orbit.json"  # `ovseg3d bench run gpu`,
+#                                                                # one scene a call (10 min each at most)
 #
 #   bash scripts/gpu_session.sh tcnn-src DIR # here: tiny-cuda-nn's sources (a checkout with its submodules;
 #                                            # none given: cloned from GitHub) packed into .tcnn/ (about 2 MB)
@@ -131,15 +131,14 @@ check)
     python3 -c "import ovseg3d.accel as a; print('tinycudann test:', a.run_test(a.TCNN_TEST))" || true
     python3 scripts/profile_steps.py --preset gpu --device cuda --out "$OUT_DIR/profile_steps_gpu.json"
     # real-size CLIP / DINO throughput on the GPU (CLIP batches of 256, as the gpu preset)
-    python3 scripts/bench_teachers.py --device cuda --backends transformers --crops 1024 --batch 256 \
-        --skip-synthetic --out "$OUT_DIR/teachers_gpu.json" || true
+    python3 -P -m ovseg3d.cli bench run teachers --device cuda --scenes scenes/demo --work /tmp/bt \
+        --variants crops dense_window dense_image --set teachers.clip_batch=256 --out "$OUT_DIR/teachers_gpu.json" || true
     ;;
 bench)
     install_wheels
     mkdir -p "$OUT_DIR"
-    # bench/ stays on a warm machine between calls ($OUT is new each call): the rows of both calls add up there
-    python3 scripts/bench_gpu.py --out bench/gpu.json "${@:2}"
-    [ "$OUT_DIR" = bench ] || cp bench/gpu.json "$OUT_DIR/gpu.json"
+    # bench/gpu (the scenes, models and runs) stays on a warm machine between calls; a later --out wins
+    python3 -P -m ovseg3d.cli bench run gpu --device cuda --work bench/gpu --out "$OUT_DIR/gpu.json" "${@:2}"
     ;;
 family)
     # scripts/bench_family.py on the GPU (carry the members' scenes without features/, e.g. in .fam/scenes/):
@@ -181,7 +180,8 @@ session)
         build_pid=$!
     fi
     step "CUDA tests" 60 200 python3 -P -m pytest -q -m cuda tests -p no:cacheprovider
-    step "bench forward" 120 300 python3 scripts/bench_gpu.py --fresh --scenes forward --out /tmp/res/gpu.json
+    step "bench forward" 120 300 python3 -P -m ovseg3d.cli bench run gpu --device cuda --scenes gpu_forward \
+        --variants real_teachers --work /tmp/bg --out /tmp/res/gpu.json
     if [ -n "${build_pid:-}" ]; then
         left=$((deadline - SECONDS - 60))
         [ "$left" -gt 0 ] && timeout "$left" tail --pid="$build_pid" -f /dev/null || true
@@ -220,8 +220,9 @@ session)
         done
     done
     step "step profile" 60 100 python3 scripts/profile_steps.py --preset gpu --device cuda --out /tmp/res/profile_steps_gpu.json
-    step "teachers" 40 80 python3 scripts/bench_teachers.py --device cuda --backends transformers --crops 1024 \
-        --batch 256 --skip-synthetic --out /tmp/res/teachers_gpu.json
+    step "teachers" 40 80 python3 -P -m ovseg3d.cli bench run teachers --device cuda --scenes scenes/demo \
+        --work /tmp/bt --variants crops dense_window dense_image --set teachers.clip_batch=256 \
+        --out /tmp/res/teachers_gpu.json
     if [ -d .ext/outdoor ]; then
         for sampler in proposal grid; do
             step "outdoor $sampler" 60 100 sh -c "python3 -P -m ovseg3d.cli train .ext/outdoor --output /tmp/res/out_$sampler \
@@ -229,7 +230,8 @@ session)
         done
         rm -rf /tmp/res/out_*/checkpoints /tmp/res/out_*/*.pt 2>/dev/null || true
     fi
-    step "bench orbit" 150 300 python3 scripts/bench_gpu.py --fresh --scenes orbit --skip-real-teachers --out /tmp/res/gpu.json
+    step "bench orbit" 150 300 python3 -P -m ovseg3d.cli bench run gpu --device cuda --scenes gpu_orbit --work /tmp/bg \
+        --out /tmp/res/gpu_orbit.json
     pack
     echo "=== session done in $SECONDS s"
     ;;
@@ -395,20 +397,20 @@ field)
     ;;
 video)
     # issue 49 in one device call (carry .whl .whl-prepare .video): `ovseg3d run` on a phone video with the gpu
-    # preset, prepare included, then the whole method on the forward scene (scripts/bench_gpu.py). The machine's
+    # preset, prepare included, then the whole method on the forward scene (ovseg3d bench run gpu). The machine's
     # image has neither pycolmap nor imageio-ffmpeg: pycolmap's wheel travels in .whl-prepare (here: `bash
     # scripts/gpu_session.sh wheels-prepare`, 38 MB) and prepare reads the video with the image's OpenCV.
     # The teachers are real-size with random weights (tests/tiny_models.py; none can be downloaded there).
     #   bash scripts/gpu_session.sh video VIDEO [SECONDS]
-    #   RUN_ARGS="--frames 80": more `ovseg3d run` options; BENCH_SET="max_minutes=0.25 distill_steps=300|": bench_gpu's
+    #   RUN_ARGS="--frames 80": more `ovseg3d run` options; BENCH_SET="max_minutes=0.25 distill_steps=300|": bench gpu's
     #   --set for the forward scene, settings separated by |, an empty one the preset as it is (one JSON each)
     video="$2"
     open_session "${3:-300}"
     install_wheels
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl-prepare/*.whl
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    models=/tmp/bg/full/models
-    python3 -c "import sys; sys.path[:0] = ['scripts', 'tests']; from pathlib import Path; from bench_gpu import real_models; print(real_models(Path('/tmp/bg/full'), False))"
+    models=/tmp/bg/models
+    python3 -c "from pathlib import Path; from ovseg3d.bench.teachers import real_models; print(real_models(Path('$models')))"
     # nerfacc's CUDA ops compile on first use: before any clock starts
     step "nerfacc ops" 30 150 python3 -c "import nerfacc; from nerfacc.cuda._backend import _C; print('nerfacc', nerfacc.__version__, _C is not None)"
     start=$SECONDS
@@ -424,8 +426,9 @@ video)
     [ "${#settings[@]}" -gt 0 ] || settings=("")
     for setting in "${settings[@]}"; do
         # shellcheck disable=SC2086
-        step "forward $setting" 60 240 python3 scripts/bench_gpu.py --fresh --scenes forward --root /tmp/bg \
-            --out "/tmp/res/gpu_$(echo "${setting:-preset}" | sed 's/[ =.]/_/g').json" ${setting:+--set $setting}
+        step "forward $setting" 60 240 python3 -P -m ovseg3d.cli bench run gpu --device cuda --scenes gpu_forward \
+            --variants real_teachers --work /tmp/bg --out "/tmp/res/gpu_$(echo "${setting:-preset}" | sed 's/[ =.]/_/g').json" \
+            ${setting:+--set $setting}
     done
     pack
     echo "=== video done in $SECONDS s"
@@ -514,7 +517,7 @@ clock)
     echo "=== clock done in $SECONDS s"
     ;;
 *)
-    echo "usage: bash scripts/gpu_session.sh wheels|check|bench [bench_gpu.py options]|tcnn-src [DIR]|tcnn|session [SECONDS]|field SCENE [SECONDS]|nerfacc-src [GIT_DIR]|reference SCENE [ARGS]|clock SCENE [SECONDS]|video VIDEO [SECONDS]|wheels-prepare" >&2
+    echo "usage: bash scripts/gpu_session.sh wheels|check|bench [ovseg3d bench run gpu options]|tcnn-src [DIR]|tcnn|session [SECONDS]|field SCENE [SECONDS]|nerfacc-src [GIT_DIR]|reference SCENE [ARGS]|clock SCENE [SECONDS]|video VIDEO [SECONDS]|wheels-prepare" >&2
     exit 2
     ;;
 esac

@@ -35,14 +35,15 @@ from ovseg3d.bench.harness import SCENES, Benchmark, Case, Scene
 OVS_SECONDS = 1.5 * 3600
 """3D-OVS: about 1.5 h per scene after its TensoRF (its paper)."""
 
-for _name, _size, _views, _cameras in (
+for _name, (_w, _h), _views, _cameras in (
     ("gpu_forward", (1000, 750), 32, "forward"),
     ("gpu_orbit", (640, 480), 150, "orbit"),
 ):
-    # workers=0: one process a core (the views render independently)
+    # seed 0, as bench_gpu.py's; workers=0: one process a core (the views render independently)
     _synth = {
-        "width": _size[0],
-        "height": _size[1],
+        "seed": 0,
+        "width": _w,
+        "height": _h,
         "n_views": _views,
         "cameras": _cameras,
         "n_annotated": 4,

@@ -12,6 +12,7 @@ from ovseg3d.bench import harness, legacy, tables
 from ovseg3d.bench import result as results
 from ovseg3d.bench.cli import benchmarks
 from ovseg3d.cli import main
+from ovseg3d.config import resolve_base
 
 
 def _result(**changes: object) -> dict:
@@ -77,6 +78,34 @@ def test_a_bad_set_or_variant_fails_before_anything_runs(tmp_path):
         with pytest.raises(harness.BenchError, match=words):
             harness.run(bench, tmp_path / "r.json", tmp_path, **kwargs)
     assert calls == [] and not (tmp_path / "r.json").exists()
+    sceneless = harness.Benchmark("toy", "a toy", lambda c: calls.append(c) or {"score": 1.0}, ("score",), scenes=())
+    with pytest.raises(harness.BenchError, match="--scenes"):
+        harness.run(sceneless, tmp_path / "r.json", tmp_path)
+    with pytest.raises(harness.BenchError, match="default variant"):
+        harness.Benchmark("toy", "a toy", lambda c: {}, ("score",), default_variants=("nope",))
+
+
+def test_without_variants_the_default_ones_run(tmp_path):
+    bench = harness.Benchmark(
+        "toy",
+        "a toy",
+        lambda c: {"score": 1.0},
+        ("score",),
+        variants={"default": {}, "slow": {"steps": 5}},
+        default_variants=("default",),
+    )
+    assert [c.variant for c in harness.cases(bench, tmp_path)] == ["default"]
+    assert [c.variant for c in harness.cases(bench, tmp_path, variants=["slow"])] == ["slow"]
+    tiny = harness.cases(bench, tmp_path, preset="tiny")[0]
+    assert tiny.preset == "tiny" and tiny.config().steps == resolve_base("tiny", None).steps
+
+
+def test_the_teacher_recorded_is_the_one_the_runs_use(tmp_path):
+    bench = harness.Benchmark("toy", "a toy", lambda c: {"score": 1.0}, ("score",), teacher={"kind": "synthetic"})
+    plain = harness.cases(bench, tmp_path)[0]
+    assert harness.teacher_record(bench, plain)["kind"] == "synthetic"
+    clip = harness.cases(bench, tmp_path, sets=["teachers.kind=clip"])[0]
+    assert harness.teacher_record(bench, clip) == {"kind": "clip", "errors": None, "weights": None}
 
 
 def test_a_run_writes_each_figure_over_seeds_with_the_machine_commit_and_teacher(tmp_path, monkeypatch):

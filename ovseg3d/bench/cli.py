@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--repeats", type=int, help="seeded runs of each case (default: the benchmark's)")
     r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     r.add_argument("--device", default="auto")
+    r.add_argument("--preset", help="the config preset of every run: tiny, cpu, gpu (default: the benchmark's)")
     r.add_argument("--work", type=Path, default=Path("bench/runs"), help="runs and generated scenes go here")
     r.add_argument("--out", type=Path, help="the result file (default: results/NAME.json)")
     i = sub.add_parser("import", help="a result file from an older script's JSON (it records no commit)")
@@ -86,7 +87,9 @@ def main(argv: list[str]) -> int:
         bench = known[args.name]
         out = args.out or tables.RESULTS / f"{bench.name}.json"
         command = "ovseg3d bench " + " ".join(argv)
-        harness.run(bench, out, args.work, args.scenes, args.variants, args.set, args.repeats, args.device, command)
+        harness.run(
+            bench, out, args.work, args.scenes, args.variants, args.set, args.repeats, args.device, command, args.preset
+        )
         print(f"wrote {out}")
         return 0
     if args.action == "import":

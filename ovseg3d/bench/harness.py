@@ -158,6 +158,8 @@ class Benchmark:
     scenes: tuple[str, ...] = ("demo",)
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"default": {}})
     """Name -> config overrides (the form of ``--set``: nested tables as dicts)."""
+    default_variants: tuple[str, ...] = ()
+    """The variants run when ``--variants`` is not given (empty: every variant)."""
     repeats: int = 1
     """Seeded runs of each case (figures that vary from run to run want 3 or more: their median and range)."""
     teacher: Mapping[str, Any] = field(default_factory=lambda: {"kind": "none"})
@@ -173,6 +175,9 @@ class Benchmark:
             raise BenchError(f"benchmark '{self.name}': no variants (give at least {{'default': {{}}}})")
         for variant, values in self.variants.items():
             _check_overrides(dict(values), f"benchmark '{self.name}', variant '{variant}'", self.preset)
+        unknown = [v for v in self.default_variants if v not in self.variants]
+        if unknown:
+            raise BenchError(f"benchmark '{self.name}': unknown default variant(s) {', '.join(unknown)}")
         if self.repeats < 1:
             raise BenchError(f"benchmark '{self.name}': repeats must be 1 or more")
         if self.teacher.get("kind") not in results.TEACHER_KINDS:
@@ -182,13 +187,15 @@ class Benchmark:
 def select(bench: Benchmark, scenes: Sequence[str] | None, variants: Sequence[str] | None) -> tuple[list, list]:
     """The scenes and variants asked for (all the benchmark's when None); an unknown name is one line."""
     scenes = list(scenes or bench.scenes)
+    if not scenes:
+        raise BenchError(f"bench {bench.name}: it has no default scene: name one or more with --scenes")
     unknown = [s for s in scenes if s not in SCENES and not Path(s).is_dir()]
     if unknown:
         raise BenchError(
             f"bench {bench.name}: unknown scene(s) {', '.join(unknown)} (neither a name nor a folder); "
             f"known: {', '.join(SCENES)}"
         )
-    names = list(variants or bench.variants)
+    names = list(variants or bench.default_variants or bench.variants)
     unknown = [v for v in names if any(part not in bench.variants for part in v.split("+"))]
     if unknown:
         raise BenchError(
@@ -221,8 +228,11 @@ def cases(
     sets: Sequence[str] = (),
     repeats: int | None = None,
     device: str = "auto",
+    preset: str | None = None,
 ) -> list[Case]:
-    """Every (scene, variant, seed) the benchmark will measure, all checked before the first runs."""
+    """Every (scene, variant, seed) the benchmark will measure, all checked before the first runs; ``preset``: the
+    config preset of every case (default: the benchmark's)."""
+    preset = preset or bench.preset
     scene_names, variant_names = select(bench, scenes, variants)
     try:
         extra = parse_overrides(list(sets))
@@ -234,10 +244,10 @@ def cases(
         for part in variant.split("+"):  # several variants joined by '+', applied in order
             overrides = merge(overrides, bench.variants[part])
         overrides = merge(overrides, extra)
-        _check_overrides(overrides, f"bench {bench.name}, variant '{variant}' with --set", bench.preset)
+        _check_overrides(overrides, f"bench {bench.name}, variant '{variant}' with --set", preset)
         for scene in scene_names:
             for seed in range(repeats or bench.repeats):
-                out.append(Case(bench.name, scene, Path(), variant, overrides, seed, work, device, bench.preset))
+                out.append(Case(bench.name, scene, Path(), variant, overrides, seed, work, device, preset))
     return out
 
 
@@ -245,6 +255,9 @@ def teacher_record(bench: Benchmark, case: Case) -> dict[str, Any]:
     """The benchmark's teacher, with what the resolved config says of it (the simulated teacher's errors, which
     ``--set teachers.syn_errors=...`` may change)."""
     record = {"errors": None, "weights": None, **bench.teacher}
+    kind = case.config().teachers.kind  # --set teachers.kind=... stands against the benchmark's own
+    if kind in results.TEACHER_KINDS and kind != record["kind"] and record["kind"] != "none":
+        record = {"kind": kind, "errors": None, "weights": None}
     if record["kind"] == "synthetic":
         record["errors"] = case.config().teachers.syn_errors
     return record
@@ -260,10 +273,11 @@ def run(
     repeats: int | None = None,
     device: str = "auto",
     command: str | None = None,
+    preset: str | None = None,
 ) -> dict:
     """Measure every case, then write the result file ``out``: each figure's runs over the seeds, median, range.
     Everything but the figures (the cases, the commit, the machine, the teacher) is settled before the first run."""
-    todo = cases(bench, work, scenes, variants, sets, repeats, device)
+    todo = cases(bench, work, scenes, variants, sets, repeats, device, preset)
     data: dict[str, Any] = {
         "benchmark": bench.name,
         "command": command or " ".join(["ovseg3d", *map(shlex.quote, sys.argv[1:])]),
@@ -272,7 +286,7 @@ def run(
         "machine": {},
         "teacher": teacher_record(bench, todo[0]),
         "settings": {
-            "preset": bench.preset,
+            "preset": todo[0].preset,
             "scenes": sorted({c.scene for c in todo}),
             "variants": {c.variant: c.overrides for c in todo},  # with --set merged in
             "set": list(sets),

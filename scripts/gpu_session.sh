@@ -71,6 +71,9 @@
 # tinycudann is not on the image and cannot be fetched there: `tcnn` builds it from the carried sources.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the commit each result file records: a lent machine's copy of the tree has no .git, so the caller names it
+# (run(command="OVSEG3D_COMMIT=$(git rev-parse --short HEAD) bash scripts/gpu_session.sh ...") when it can
+export OVSEG3D_COMMIT="${OVSEG3D_COMMIT:-$(git describe --always --dirty 2>/dev/null || echo unrecorded)}"
 
 WHEELS=(nerfacc==0.5.3 tyro docstring-parser typeguard shtab plyfile)
 OUT_DIR="${OUT:-bench}"

@@ -194,3 +194,11 @@ def test_a_generated_scene_with_an_unknown_synth_option_is_refused():
     with pytest.raises(harness.BenchError, match="no_such_setting"):
         harness.Scene("x", synth={"seed": 1, "no_such_setting": 2})
     assert all(s.synth is None or s.synth.get("seed") is not None for s in harness.SCENES.values())
+
+
+def test_the_commit_comes_from_the_environment_where_there_is_no_git(tmp_path, monkeypatch):
+    monkeypatch.setenv("OVSEG3D_COMMIT", "1234abc")
+    assert results.commit(tmp_path) == "1234abc"
+    monkeypatch.delenv("OVSEG3D_COMMIT")
+    with pytest.raises(results.ResultError, match="OVSEG3D_COMMIT"):
+        results.commit(tmp_path)  # a folder outside any checkout

@@ -114,14 +114,20 @@ def machine(device: str = "cpu") -> dict[str, object]:
 
 
 def commit(root: Path | None = None) -> str:
-    """The checkout's commit (``git describe --always --dirty``: a ``-dirty`` suffix when files were changed)."""
+    """The checkout's commit (``git describe --always --dirty``: a ``-dirty`` suffix when files were changed), or
+    ``$OVSEG3D_COMMIT`` where it is set (a copy of the tree without ``.git``, such as a lent GPU machine's)."""
+    given = os.environ.get("OVSEG3D_COMMIT", "").strip()
+    if given:
+        return given
     root = root or Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True, check=True
         )
     except (OSError, subprocess.CalledProcessError) as exc:
-        raise ResultError(f"{root}: no commit to record (git describe failed: {exc})") from None
+        raise ResultError(
+            f"{root}: no commit to record (git describe failed: {exc}); set OVSEG3D_COMMIT where there is no .git"
+        ) from None
     return out.stdout.strip()
 
 

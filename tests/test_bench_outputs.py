@@ -17,6 +17,7 @@ def test_the_benchmarks_are_found_and_their_variants_combine(tmp_path):
     found = cli.benchmarks()
     assert {"export", "detect", "ceiling"} <= set(found)
     assert "forward2" in harness.SCENES and "forward2" in found["detect"].scenes
+    assert harness.select(found["export"], ["demo"], None) == (["demo"], ["default"])
     (case,) = harness.cases(found["export"], tmp_path, ["demo"], ["stride1+no_spread+force"])
     assert case.overrides == {}  # export options are no training options
     opts = export.export_options(case.variant)

@@ -67,7 +67,8 @@ QUERY_POINTS, TRUTH_STRIDE = 200_000, 2
 def trained_run(case: Case, last: str = "distill", export: Any = None) -> Path:
     """The case's run: its scene folder when that is a run (``run.json``), else the scene trained through stage
     ``last`` with the case's config (the simulated teacher unless it says otherwise) into ``WORK/trained``, a folder
-    per scene, seed and overrides that later cases and benchmarks reuse (``ovseg3d run`` skips current stages)."""
+    per scene, preset, seed and overrides that later cases and benchmarks reuse (``ovseg3d run`` skips current
+    stages)."""
     if (case.folder / "run.json").exists():
         return case.folder
     from ovseg3d.pipeline import run_scene, stage_range
@@ -78,7 +79,7 @@ def trained_run(case: Case, last: str = "distill", export: Any = None) -> Path:
     cfg = dataclasses.replace(cfg, device=case.device, chosen=tuple(case.overrides))
     key = json.dumps(case.overrides, sort_keys=True, default=str).encode()
     tag = f"-{hashlib.sha1(key).hexdigest()[:8]}" if case.overrides else ""
-    run = case.work / "trained" / f"{Path(case.scene).name}-s{case.seed}{tag}"
+    run = case.work / "trained" / f"{Path(case.scene).name}-{case.preset}-s{case.seed}{tag}"
     result = run_scene(case.folder, run, stage_range(last=last), config=cfg, export=export)
     if result.status != "done":
         raise RuntimeError(f"{case.label}: {result.failed_stage} failed: {result.error}")
@@ -307,5 +308,6 @@ BENCHMARK = Benchmark(
     figures=("points", "coverage", "consistent_coverage", "coverage_precision"),
     scenes=("demo",),
     variants=dict.fromkeys(EXPORTS, {}),
+    default_variants=("default",),
     teacher={"kind": "synthetic"},
 )

@@ -402,6 +402,7 @@ BENCHMARK = Benchmark(
     figures=("images", "seconds"),
     scenes=(),  # photo sets are folders of their own: --scenes
     variants={**{name: {} for name in OPTIONS}, **STUDIES},
+    default_variants=("default",),
     repeats=1,
 )
 

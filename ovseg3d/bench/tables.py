@@ -121,16 +121,23 @@ class Row:
     """docs/history.md's anchor where the figure measured before result files is written (a missing row links it)."""
 
 
+PREPARE_COMMAND = (
+    "python -m ovseg3d.bench.prepare bench/sets bonsai_auto_v2=BONSAI_PHOTOS:BONSAI/sparse/0 fox_auto_v2=FOX/images:FOX "
+    "&& echo 'max_long_side = 1440' > bench/sets/fox_auto_v2/prepare.toml && ovseg3d bench run prepare --scenes "
+    "bench/sets/bonsai_auto_v2 bench/sets/fox_auto_v2 --out results/prepare.json"
+)
+"""Both prepare rows' file: the two photo sets made into set folders, the fox's at 1440 px, then one run."""
+
+
 ROWS: tuple[Row, ...] = (
     Row(
         "the whole method under a simulated teacher that errs like CLIP (the demo, 3 scenes from another "
         "generator, 3 generated tilts)",
         "distill.json",
         distill_figure,
-        "python scripts/bench_distill.py --scenes scenes/demo ../shared/external-scenes/forward "
-        "../shared/external-scenes/orbit ../shared/external-scenes/outdoor-colmap-lens tilt10 tilt40 orbit_high "
-        "--ablations seed1 seed2 negatives --out bench/distill.json && ovseg3d bench import distill "
-        "bench/distill.json --out results/distill.json --commit C --measured DAY --command CMD",
+        "ovseg3d bench run distill --scenes demo ../shared/external-scenes/forward ../shared/external-scenes/orbit "
+        "../shared/external-scenes/outdoor-colmap-lens tilt10 tilt40 orbit_high --variants default negatives "
+        "--out results/distill.json",
         "distillation-and-the-whole-method",
         since="2026-11-28",
     ),
@@ -216,7 +223,7 @@ ROWS: tuple[Row, ...] = (
         "the whole method on a GPU, 32 views at 1000×750",
         "gpu.json",
         None,
-        "python scripts/bench_gpu.py --fresh --scenes forward",
+        "ovseg3d bench run gpu --device cuda --scenes gpu_forward --variants real_teachers --out results/gpu.json",
         "gpu",
         history="on-a-gpu-a-third-time-tiny-cuda-nn-on-an-h100-the-prepared-bonsai-2026-11-26-later",
     ),
@@ -224,7 +231,7 @@ ROWS: tuple[Row, ...] = (
         "exported cloud against the true surfaces, demo",
         "export.json",
         None,
-        "python scripts/bench_export.py",
+        "ovseg3d bench run export --scenes demo --out results/export.json",
         "point-clouds-export",
         history="point-clouds-exported-points-against-the-true-surfaces",
     ),
@@ -232,7 +239,7 @@ ROWS: tuple[Row, ...] = (
         "exported cloud, mip-NeRF 360's bonsai: the field's solid pixels in the cloud",
         "coverage_bonsai.json",
         None,
-        "python scripts/bench_coverage.py --run RUN --views 8",
+        "ovseg3d bench run export --scenes RUN --variants as_exported --out results/coverage_bonsai.json",
         "point-clouds-export",
         history="a-rooms-far-side-again-the-agreement-tolerance-beyond-the-roi-issue-48-2026-11-27-stop-62",
     ),
@@ -240,7 +247,7 @@ ROWS: tuple[Row, ...] = (
         "boxes, a forward room from another generator",
         "outputs_forward.json",
         None,
-        "python scripts/bench_outputs.py --scene ../shared/external-scenes/forward --run RUN",
+        "ovseg3d bench run detect --scenes RUN --variants full --out results/outputs_forward.json",
         "detection-and-pose",
         history="round-objects-seen-from-one-side-the-centre-fitted-at-the-widths-radius-issue-48-2026-11-27-later",
     ),
@@ -248,9 +255,7 @@ ROWS: tuple[Row, ...] = (
         "`prepare`, mip-NeRF 360's bonsai (252 photos, 800×533), `auto` matcher",
         "prepare.json",
         prepare_figure("bonsai_auto_v2"),
-        "python scripts/bench_prepare.py --fresh --sets bonsai_auto_v2=BONSAI_PHOTOS:BONSAI/sparse/0 "
-        "--out bench/prepare.json && ovseg3d bench import prepare bench/prepare.json --out results/prepare.json "
-        "--commit C --measured DAY --command CMD",
+        PREPARE_COMMAND,
         "prepare-from-photos",
         since="2026-11-28",
     ),
@@ -258,9 +263,7 @@ ROWS: tuple[Row, ...] = (
         "`prepare`, instant-ngp's fox (50 photos at 810×1440), `auto` matcher",
         "prepare.json",
         prepare_figure("fox_auto_v2", "instant-ngp"),
-        "python scripts/bench_prepare.py --fresh --max-long-side 1440 --sets fox_auto_v2=FOX/images:FOX "
-        "--out bench/prepare.json && ovseg3d bench import prepare bench/prepare.json --out results/prepare.json "
-        "--commit C --measured DAY --command CMD",
+        PREPARE_COMMAND,
         "prepare-from-photos",
         since="2026-11-28",
     ),

@@ -387,11 +387,6 @@ class TrainConfig:
     """Lifting: principal components of the CLIP features kept per voxel (0 = all, no reduction)."""
     lift_dino_dim: int = 32
     """Lifting: principal components of the DINO features kept per voxel (0 = all)."""
-    lift_refine: int = 0
-    """Lifting: iterations of back-projected residuals (SIRT): each renders the lifted voxels into every teacher
-    ray, and adds the weight-averaged difference from the teacher back onto the voxels, so that the voxels
-    reproduce the teacher maps as the distillation fits them (the plain mean blurs each map along its rays; 0 =
-    the mean)."""
     lift_propagate: int = 20
     """Lifting: iterations of propagation between neighbouring voxels by DINO affinity (FDA in 3D; 0 = off)."""
     lift_affinity: float = 0.7

@@ -311,13 +311,12 @@ def lift(geo: Trainer, features: TeacherFeatures, log=print) -> LiftedSemantics:
     gv, gu = torch.meshgrid(torch.arange(stride // 2, h, stride), torch.arange(stride // 2, w, stride), indexing="ij")
     gu, gv = gu.reshape(-1).to(dev), gv.reshape(-1).to(dev)
     chunk = cfg.render_chunk(dev.type)
-    kept: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # per view, for --lift-refine
     for view in tqdm(views, desc="lift", unit="view", leave=False):
         maps = ViewMaps(features, view, clip_basis, dino_basis, scales, cfg.rda_temperature)
         used = scene.used_pixels([view])
         keep = torch.ones_like(gu, dtype=torch.bool) if used is None else used[0].to(dev)[gv, gu]
         us, vs = gu[keep], gv[keep]
-        keys, values, teacher, rays, n_rays = [], [], [], [], 0
+        keys, values = [], []
         for s in range(0, len(us), chunk):
             u, v = us[s : s + chunk], vs[s : s + chunk]
             cam = torch.full_like(u, view)
@@ -331,19 +330,9 @@ def lift(geo: Trainer, features: TeacherFeatures, log=print) -> LiftedSemantics:
             weight = share * ray_weight[ray]
             unit, _ = to_unit(points, geo.field.aabb, geo.field.contraction)
             keys.append(table.cells(unit))
-            at = maps.at(u, v, w, h)
-            values.append(weight[:, None] * torch.cat([at[ray], torch.ones_like(weight)[:, None]], 1))
-            if cfg.lift_refine > 0:
-                teacher.append(at)
-                rays.append(ray + n_rays)
-                n_rays += len(u)
+            values.append(weight[:, None] * torch.cat([maps.at(u, v, w, h)[ray], torch.ones_like(weight)[:, None]], 1))
         table.add(torch.cat(keys), torch.cat(values))  # once a view: the table's keys are sorted once a view
-        if cfg.lift_refine > 0:
-            weights = torch.cat([v[:, -1] for v in values])
-            kept.append((torch.cat(keys), weights, torch.cat(rays), torch.cat(teacher)))
     sums = table.trim()
-    if cfg.lift_refine > 0:
-        sums = refine(sums, table, kept, cfg.lift_refine, layout)
     lifted = LiftedSemantics.build(geo, features.classes, features.text, layout, table, sums, clip_basis, dino_basis)
     propagating = time.perf_counter()
     if cfg.lift_propagate > 0:
@@ -356,33 +345,6 @@ def lift(geo: Trainer, features: TeacherFeatures, log=print) -> LiftedSemantics:
         f"propagating ({lifted.nbytes() / 2**20:.1f} MiB)"
     )
     return lifted
-
-
-def refine(sums: Tensor, table: VoxelTable, kept: list, iterations: int, layout: LiftLayout) -> Tensor:
-    """``iterations`` of SIRT on the lifted means: render each teacher ray from the voxels its samples lie in
-    (``sum_i s_i m(v_i)``, ``s_i`` the sample's share of the ray), and add to each voxel the weight-averaged
-    difference between the teacher and those renders over the samples that reach it. The mean is the first
-    step of this least-squares fit (the back-projection); the fit is what the distillation's loss asks of its
-    field. ``kept``: per view, the samples' keys, their weights, their rays and the rays' teacher values; the
-    class distributions are kept non-negative and summing to one a scale. The rows' sums, as :meth:`VoxelTable.trim`
-    gives them."""
-    if iterations <= 0:
-        return sums
-    weight = sums[:, -1]
-    mean = sums[:, :-1] / weight.clamp(min=1e-12)[:, None]
-    found = [(table.find(keys), w, ray, t) for keys, w, ray, t in kept]
-    for _ in range(iterations):
-        step = torch.zeros_like(mean)
-        for rows, w, ray, teacher in found:
-            share = w / accumulate(w, None, ray, len(teacher))[:, 0].clamp(min=1e-12)[ray]
-            render = torch.zeros_like(teacher).index_add_(0, ray, share[:, None] * mean[rows])
-            step.index_add_(0, rows, w[:, None] * (teacher - render)[ray])
-        mean = mean + step / weight.clamp(min=1e-12)[:, None]
-        rel = mean[:, layout.clip * layout.scales + layout.dino :].reshape(len(mean), layout.n_scales, -1)
-        rel = rel.clamp(min=0.0)
-        rel = rel / rel.sum(-1, keepdim=True).clamp(min=1e-12)
-        mean = torch.cat([mean[:, : layout.clip * layout.scales + layout.dino], rel.reshape(len(mean), -1)], 1)
-    return torch.cat([mean * weight[:, None], weight[:, None]], 1)
 
 
 # ------------------------------------------------------------------------------------------------ reading it

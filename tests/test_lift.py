@@ -18,7 +18,7 @@ from ovseg3d.cli import main
 from ovseg3d.config import resolve_base
 from ovseg3d.data.cameras import Cameras
 from ovseg3d.data.scene import Scene
-from ovseg3d.lift import LiftedSemantics, LiftLayout, VoxelTable, lift, propagate, refine
+from ovseg3d.lift import LiftedSemantics, VoxelTable, lift, propagate
 from ovseg3d.teachers.cache import TeacherFeatures
 from ovseg3d.train import Trainer
 
@@ -128,28 +128,6 @@ def test_propagation_flows_between_dino_alike_neighbours_only():
     assert out[2] == 5.0  # no affinity: nothing flows in or out
     assert 0.3 < out[1] < 1.0 and 0.3 < out[0] < 1.0  # the alike pair meets between 0 and 1
     assert torch.equal(propagate(values, neighbours, dino, iterations=0, threshold=0.7, alpha=0.9), values)
-
-
-def test_refining_fits_rays_that_straddle_two_voxels_better_than_the_mean():
-    # two voxels, four rays: two see one voxel each, two straddle both (70 / 30); the teacher renders the truth
-    # exactly (a CLIP value of 0 and 1, classes a and b), so the fit can find it where the mean blurs it
-    table = VoxelTable(4, 4, torch.device("cpu"))
-    keys = torch.tensor([0, 1, 0, 1, 0, 1])
-    ray = torch.tensor([0, 1, 2, 2, 3, 3])
-    share = torch.tensor([1.0, 1.0, 0.7, 0.3, 0.3, 0.7])
-    truth = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])  # per voxel: clip, p(a), p(b)
-    rendered = torch.zeros(4, 3).index_add_(0, ray, share[:, None] * truth[keys])
-    table.add(keys, share[:, None] * torch.cat([rendered[ray], torch.ones(6, 1)], 1))
-    sums = table.trim()
-    layout = LiftLayout(clip=1, scales=1, dino=0, n_scales=1, n_classes=2)
-    mean = sums[:, :-1] / sums[:, -1:]
-    refined = refine(sums, table, [(keys, share, ray, rendered)], 20, layout)
-    fitted = refined[:, :-1] / refined[:, -1:]
-    rows = table.find(torch.tensor([0, 1]))
-    assert (fitted[rows] - truth).abs().max() < 0.2 * (mean[rows] - truth).abs().max()
-    assert torch.equal(refined[:, -1], sums[:, -1])  # the weights stay
-    assert torch.allclose(fitted[:, 1:].sum(-1), torch.ones(2)) and (fitted[:, 1:] >= 0).all()
-    assert torch.equal(refine(sums, table, [(keys, share, ray, rendered)], 0, layout), sums)
 
 
 # ------------------------------------------------------------------------------------ a lifted run end to end

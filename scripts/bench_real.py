@@ -1,128 +1,60 @@
 #!/usr/bin/env python
-"""Real-capture benchmark: the radiance field alone (``--teacher none``) on a scene as users bring it.
+"""The command line of ``ovseg3d bench run field`` as ``scripts/gpu_session.sh`` calls it: a preset of its own
+(``--preset gpu``), the evaluation's options, and rows under ``--name`` in a JSON file it reads back (the best
+variant). The measuring is :func:`ovseg3d.bench.field.train_field`'s; each variant's first held-out panel (ground
+truth | render | depth) is copied to ``OUT_FOLDER/<name>_<variant>.png``.
 
-For each variant, ``ovseg3d train SCENE`` runs with the preset and the variant's overrides, then ``ovseg3d eval``
-renders the held-out views (every 8th) and three training views. Prints a table (held-out PSNR / SSIM, the
-training views' PSNR beside it, training steps and seconds, eval seconds) and writes JSON (default ``bench/real.json``); each variant's first held-out panel (ground truth | render
-| depth) is copied to ``bench/<name>_<variant>.png``.
-
-    python scripts/bench_real.py --scene /data/fox                         # instant-ngp's fox, as published
-    python scripts/bench_real.py --scene /data/fox --variants default no_contraction no_appearance
-
-The variants are ``ovseg3d bench run field``'s (``ovseg3d/bench/field.py``), which measures the same into a result
-file; this script keeps its command line for ``scripts/gpu_session.sh``.
+    python scripts/bench_real.py --scene .real/bonsai --preset gpu --name real_0.5 --variants default cull \\
+        --set max_minutes=0.5 steps=1000000 --eval-every 4 --out /tmp/res/real.json
 """
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import json
 import shutil
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-import tyro
-
-from ovseg3d.bench.field import VARIANTS, variant_overrides
-from ovseg3d.config import apply_overrides, parse_overrides, resolve_base
-from ovseg3d.pipeline import evaluate as evaluate_run
-from ovseg3d.pipeline import train
-
-
-@dataclass
-class Args:
-    scene: Path
-    """Scene folder (transforms.json, COLMAP images/ + sparse/0/, or LLFF)."""
-    name: str = ""
-    """Name in the table and file names (default: the scene folder's name)."""
-    preset: str = "cpu"
-    variants: list[str] = field(default_factory=lambda: ["default"])
-    """Variants to run: names of VARIANTS, or several joined by '+' (e.g. cull+lr_steps)."""
-    set: list[str] = field(default_factory=list)
-    """Config overrides as key=value for every variant (e.g. --set max_minutes=30)."""
-    work: Path = Path("bench/runs")
-    """Run folders go here (replaced)."""
-    out: Path = Path("bench/real.json")
-    device: str = "auto"
-    eval_max_samples: int = 0
-    """Evaluation: march at most about this many samples per ray (0: every step; 64 keeps a CPU's eval short)."""
-    eval_every: int = 1
-    """Score every N-th held-out view only (1 = all): a sweep's quick comparison; the table's figures are then of
-    that subset (the JSON says so)."""
-
-
-def run_variant(args: Args, name: str, variant: str) -> dict:
-    slug = f"{name}_{variant.replace('+', '-')}"  # folder and file names: no '+'
-    run = args.work / slug
-    if run.exists():
-        shutil.rmtree(run)
-    overrides = {**parse_overrides(args.set), **variant_overrides(variant)}
-    cfg = resolve_base(args.preset, None)
-    values = {**overrides, "scene": str(args.scene), "output": str(run), "device": args.device}
-    cfg = apply_overrides(cfg, {**values, "teachers": {"kind": "none"}}, "bench_real")
-    cfg = dataclasses.replace(cfg, chosen=tuple(overrides))  # a variant's values stand against [unbounded]
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    train(cfg)
-    seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    metrics = evaluate_run(run, args.device, True, args.eval_max_samples, every=args.eval_every)
-    eval_seconds = time.perf_counter() - start
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    panels = sorted((run / "renders").glob("view_*.png"))
-    picture = args.out.parent / f"{slug}.png"
-    if panels:
-        picture.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(panels[0], picture)
-    return {
-        "variant": variant,
-        "overrides": overrides,
-        "psnr": metrics["psnr"],
-        "ssim": metrics["ssim"],
-        "train_view_psnr": metrics.get("train_psnr"),
-        "train_view_ssim": metrics.get("train_ssim"),
-        "steps": log[-1]["step"] if log else 0,
-        "train_psnr_last": log[-1]["psnr"] if log else None,
-        "train_seconds": round(log[-1]["time"], 1) if log else None,
-        "wall_seconds": round(seconds, 1),
-        "eval_seconds": round(eval_seconds, 1),
-        "eval_views": len(metrics["per_view"]),
-        "eval_every": args.eval_every,
-        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
-        "picture": str(picture),
-    }
+from ovseg3d.bench.field import VARIANTS, train_field, variant_overrides
+from ovseg3d.bench.harness import Case
+from ovseg3d.config import parse_overrides
 
 
 def main() -> None:
-    args = tyro.cli(Args)
-    name = args.name or args.scene.name
-    unknown = [v for v in args.variants if any(p not in VARIANTS for p in v.split("+"))]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scene", type=Path, required=True)
+    p.add_argument("--name", default="", help="rows' name (default: the scene folder's)")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--variants", nargs="+", default=["default"], help=f"of: {', '.join(VARIANTS)} (joined by '+')")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument("--work", type=Path, default=Path("bench/runs"))
+    p.add_argument("--out", type=Path, default=Path("bench/real.json"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--eval-max-samples", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=1)
+    a = p.parse_args()
+    name = a.name or a.scene.name
+    unknown = [v for v in a.variants if any(part not in VARIANTS for part in v.split("+"))]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
+    results = json.loads(a.out.read_text()) if a.out.exists() else {}
     rows = []
-    for variant in args.variants:  # the JSON after each variant: a run stopped at its limit keeps what was done
-        rows.append(run_variant(args, name, variant))
-        write_rows(args, name, rows)
-    print(f"\n{name}, preset {args.preset}")
-    print(f"{'variant':<16} {'PSNR':>6} {'SSIM':>6} {'train-view PSNR':>15} {'steps':>6} {'train s':>8} {'eval s':>7}")
-    for r in rows:
-        seen = f"{r['train_view_psnr']:.2f}" if r["train_view_psnr"] is not None else "-"
-        print(
-            f"{r['variant']:<16} {r['psnr']:>6.2f} {r['ssim']:>6.3f} {seen:>15} {r['steps']:>6} {r['train_seconds']:>8} "
-            f"{r['eval_seconds']:>7}"
-        )
-    print(f"wrote {args.out}")
-
-
-def write_rows(args: Args, name: str, rows: list[dict]) -> None:
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    machine = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-    results[name] = {"preset": args.preset, "scene": str(args.scene), "machine": machine, "rows": rows}
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    for variant in a.variants:  # the JSON after each variant: a run stopped at its limit keeps what was done
+        slug = f"{name}_{variant.replace('+', '-')}"
+        overrides = {**parse_overrides(a.set), **variant_overrides(variant)}
+        case = Case("field", name, a.scene, variant, overrides, 0, a.work, a.device, a.preset)
+        row = train_field(case, a.work / slug, True, max_samples_per_ray=a.eval_max_samples, every=a.eval_every)
+        panels = sorted((a.work / slug / "renders").glob("view_*.png"))
+        picture = a.out.parent / f"{slug}.png"
+        if panels:
+            picture.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(panels[0], picture)
+        rows.append({"variant": variant, "overrides": overrides, **row, "picture": str(picture)})
+        results[name] = {"preset": a.preset, "scene": str(a.scene), "rows": rows}
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"{name} {variant}: {row['psnr']:.2f} dB held out, {row['steps']} steps", flush=True)
+    print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

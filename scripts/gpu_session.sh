@@ -196,10 +196,10 @@ session)
             echo "=== tinycudann test: $([ "$tcnn_ok" = 1 ] && echo passed || echo FAILED)"
             if [ "${tcnn_ok:-0}" = 1 ]; then
                 step "tcnn parity" 20 60 python3 -P -m pytest -q -m cuda tests/test_hashgrid.py tests/test_accel.py -p no:cacheprovider
-                step "tcnn grid speed" 20 60 python3 scripts/benchmark.py --preset gpu --device cuda --skip-train \
-                    --grid-points 1048576 --out /tmp/res/tcnn_grid.json
-                step "tcnn training" 60 90 python3 scripts/benchmark.py --preset gpu --device cuda --skip-grid \
-                    --marks 10 20 30 --set grid_impl=tcnn --out /tmp/res/tcnn_train.json
+                step "tcnn grid speed" 20 60 python3 -P -m ovseg3d.cli bench run hashgrid --device cuda --preset gpu \
+                    --work /tmp/bg --out /tmp/res/tcnn_grid.json
+                step "tcnn training" 60 90 python3 -P -m ovseg3d.cli bench run curve --device cuda --preset gpu \
+                    --set max_minutes=0.5 grid_impl=tcnn --work /tmp/bg --out /tmp/res/tcnn_train.json
             else
                 step "tcnn backtrace" 30 90 cuda-gdb -batch -ex "set pagination off" -ex run -ex bt \
                     -ex "info sharedlibrary" --args python3 -c "import ovseg3d.accel as a; exec(a.TCNN_TEST)" \
@@ -307,11 +307,11 @@ tcnn-fix)
         rm -f ~/.cache/ovseg3d/accelerators.json
         left() { echo $((deadline - SECONDS - 10)); }
         timeout "$(left)" python3 -P -m pytest -q -rs -m cuda tests/test_hashgrid.py tests/test_accel.py -p no:cacheprovider || true
-        timeout "$(left)" python3 scripts/benchmark.py --preset gpu --device cuda --skip-train --grid-points 1048576 \
+        timeout "$(left)" python3 -P -m ovseg3d.cli bench run hashgrid --device cuda --preset gpu --work /tmp/bg \
             --out /tmp/res/tcnn_grid.json || true
         pack
-        [ "$(left)" -gt 50 ] && timeout "$(left)" python3 scripts/benchmark.py --preset gpu --device cuda --skip-grid \
-            --marks 10 20 30 --set grid_impl=tcnn --out /tmp/res/tcnn_train.json || true
+        [ "$(left)" -gt 50 ] && timeout "$(left)" python3 -P -m ovseg3d.cli bench run curve --device cuda --preset gpu \
+            --set max_minutes=0.5 grid_impl=tcnn --work /tmp/bg --out /tmp/res/tcnn_train.json || true
         pack
     fi
     echo "=== tcnn-fix done in $SECONDS s (chosen build: ${chosen:-none})"
@@ -326,9 +326,9 @@ tcnn)
     echo "tinycudann test: $verdict" | tee -a "$log"
     if [ "$verdict" = passed ]; then
         python3 -P -m pytest -q -m cuda tests/test_hashgrid.py 2>&1 | tee -a "$log" || true
-        python3 scripts/benchmark.py --preset gpu --device cuda --skip-train --grid-points 1048576 \
+        python3 -P -m ovseg3d.cli bench run hashgrid --device cuda --preset gpu \
             --out "$OUT_DIR/tcnn_grid.json" 2>&1 | tee -a "$log" || true
-        python3 scripts/benchmark.py --preset gpu --device cuda --skip-grid --marks 10 20 30 --set grid_impl=tcnn \
+        python3 -P -m ovseg3d.cli bench run curve --device cuda --preset gpu --set max_minutes=0.5 grid_impl=tcnn \
             --out "$OUT_DIR/tcnn_train.json" 2>&1 | tee -a "$log" || true
     else
         # where it crashes: the native stack (the image has cuda-gdb, not gdb) and the libraries loaded

@@ -220,7 +220,8 @@ def resample_tokens(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
     the proxy's 42 x 74 tokens of a 16:9 frame to FDA's 32 x 56 (a step of 1.3 tokens, so every token is read),
     both are as close to FDA's own pass in the mean cosine (0.986 with real-size DINO ViT-B/8 of random weights, a
     bound on the token field, not on semantics), and the pairwise cosines FDA takes of them are closer with
-    bilinear (mean error 0.016 against 0.020; issue 68; scripts/bench_fda_reuse.py measures this one)."""
+    bilinear (mean error 0.016 against 0.020; issue 68; measured with scripts/bench_fda_reuse.py at the time, now
+    ``ovseg3d bench run teachers --variants fda``)."""
     unit = F.normalize(tokens.float(), dim=-1).permute(2, 0, 1)[None]
     small = F.interpolate(unit, size=grid, mode="bilinear", align_corners=False)
     return F.normalize(small[0].permute(1, 2, 0), dim=-1)

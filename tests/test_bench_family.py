@@ -35,6 +35,7 @@ def test_an_unknown_variant_or_option_fails_before_anything_runs(tmp_path, bench
 
 
 def test_a_spread_variant_trains_as_its_base_and_the_far_walls_combine():
+    assert harness.select(family.BENCHMARK, None, None) == (list(family.MEMBERS), ["default"])  # not every variant
     (case,) = harness.cases(family.BENCHMARK, harness.ROOT, ["orbit_s1"], ["random_background+spread0"])
     assert case.overrides == {**family.BUDGET, "background": "random"}
     (walls,) = harness.cases(

@@ -5,9 +5,10 @@ The members, registered in :data:`ovseg3d.bench.harness.SCENES` on import, are s
 seeds of their own: forward rooms ``forward_s1_tilt10`` ... ``forward_s5_tilt35`` (the camera patch tilted down
 10-35°; 10: the floor at a grazing angle), orbit rooms ``orbit_s1``, ``orbit_s2``, the outdoor ``outdoor_s1``; also
 ``outdoor_lens5``, bench_outdoor's phone lens and COLMAP model (``ovseg3d bench run whole --scenes outdoor_lens5``
-is that script's whole method). A folder of ``ovseg3d synth`` may be given too. Each runs every stage (simulated
-teachers, a step budget, no export time limit: no figure depends on the machine's pace) into a run later cases
-reuse (:func:`ovseg3d.bench.export.trained_run`; delete its ``detections.json`` to detect again). Figures:
+is that script's whole method). A folder of ``ovseg3d synth``, or a finished run of one, may be given too. Each
+runs every stage (simulated teachers, a step budget, no export time limit: no figure depends on the machine's pace)
+into a run later cases reuse (:func:`ovseg3d.bench.export.trained_run`; delete its ``detections.json`` to detect
+again). Figures:
 
 * ``psnr`` / ``train_psnr``, ``miou`` / ``teacher_miou``: held-out and training-view PSNR, the field's and the 2D
   teacher's mIoU;
@@ -240,25 +241,25 @@ def measure(case: Case) -> dict[str, float]:
     parts = case.variant.split("+")
     spreads = [float(p[len("spread") :]) for p in parts if p.startswith("spread")]
     extras = [p for p in parts if p in EXTRAS]
-    return figures_of(run, case.folder, spreads[-1] if spreads else None, case.device, extras)
+    return figures_of(run, spreads[-1] if spreads else None, case.device, extras)
 
 
 def figures_of(
-    run: Path, scene: Path, spread: float | None = None, device: str = "cpu", extras: Sequence[str] = ()
+    run: Path, spread: float | None = None, device: str = "cpu", extras: Sequence[str] = ()
 ) -> dict[str, float]:
-    """The figures of a finished run of a generated ``scene``; with ``spread``, of its field exported again with
-    that ``--max-spread`` (and ``detect`` on that cloud); ``extras``: names of :data:`EXTRAS` also measured."""
+    """The figures of a finished run of a generated scene; with ``spread``, of its field exported again with that
+    ``--max-spread`` (and ``detect`` on that cloud); ``extras``: names of :data:`EXTRAS` also measured."""
     from ovseg3d.bench.export import completeness, visible_truth
     from ovseg3d.detect.results import detection_metrics
     from ovseg3d.export import ExportOptions, extract_cloud, load_export
     from ovseg3d.pipeline import read_stages
     from ovseg3d.train import load_trainer
 
-    scores = json.loads((run / "eval.json").read_text())
+    trainer = load_trainer(run, "cpu")
+    scores, scene = json.loads((run / "eval.json").read_text()), Path(trainer.scene.root)
     scene_json = json.loads((scene / "scene.json").read_text())
     objects = json.loads((scene / "objects.json").read_text())["objects"]
     extent = float(np.linalg.norm(np.array(scene_json["room"]["max"]) - np.array(scene_json["room"]["min"])))
-    trainer = load_trainer(run, "cpu")
     figures = {k: float(scores[k]) for k in ("psnr", "train_psnr", "miou", "teacher_miou") if scores.get(k) is not None}
     if spread is not None:
         cloud = extract_cloud(run, ExportOptions(max_spread=spread, relax_below=0, max_seconds=0.0), device, log=print)
@@ -295,5 +296,6 @@ BENCHMARK = Benchmark(
     figures=("psnr", "points", "fscore_1pct", "recall_1pct", "gravity_worst_deg", "map25", "map50", "seconds"),
     scenes=tuple(MEMBERS),
     variants=VARIANTS,
+    default_variants=("default",),
     teacher={"kind": "synthetic"},
 )

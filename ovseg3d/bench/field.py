@@ -181,5 +181,6 @@ BENCHMARK = Benchmark(
     figures=("psnr", "ssim", "train_view_psnr", "gap", "steps", "seconds"),
     scenes=("outdoor_seed5", "outdoor_seed6", "outdoor_views16", "outdoor_fine_texture"),
     variants={**{name: variant_overrides(name) for name in VARIANTS}, **{name: {} for name in PROTOCOL}},
+    default_variants=("default",),
     repeats=1,
 )

@@ -196,8 +196,8 @@ ROWS: tuple[Row, ...] = (
         "a generated 360° room's far walls, random background: median depth error",
         "family_walls.json",
         None,
-        "python scripts/bench_family.py --forward-seeds --orbit-seeds 1 --outdoor-seeds --distill-steps 100 "
-        "--depth-errors --set \"background='random'\" occ_visibility_eps=0.0",
+        "ovseg3d bench run family --scenes orbit_s1 --variants random_background+no_visibility+depth_errors "
+        "random_background+visibility+depth_errors --set distill_steps=100 --out results/family_walls.json",
         "radiance-field-generated-scenes",
         history="the-orbit-rooms-walls-the-visibility-record-empties-them-and-more-steps-bring-them-within-3--issue-48-2026-11-28-stop-63",
     ),

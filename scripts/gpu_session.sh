@@ -19,7 +19,7 @@
 #                                            # for each of REAL_MINUTES (default 0.5) after the tcnn steps
 #
 #   SKIP_STEPS="step profile" bash scripts/gpu_session.sh session 300   # the same, without the named steps
-#   bash scripts/gpu_session.sh family ARGS  # there: scripts/bench_family.py ARGS on the GPU (see below)
+#   bash scripts/gpu_session.sh family ARGS  # there: ovseg3d bench run family ARGS on the GPU (see below)
 #
 #   bash scripts/gpu_session.sh tcnn-fix     # there (carry .whl .tcnn): two builds side by side (system gcc; /opt/gcc
 #                                            # with --exclude-libs), each tested; the one that passes is timed
@@ -144,11 +144,11 @@ bench)
     python3 -P -m ovseg3d.cli bench run gpu --device cuda --work bench/gpu --out "$OUT_DIR/gpu.json" "${@:2}"
     ;;
 family)
-    # scripts/bench_family.py on the GPU (carry the members' scenes without features/, e.g. in .fam/scenes/):
-    #   bash scripts/gpu_session.sh family --work .fam --forward-seeds 1 --max-tilt 10 --steps 8000
+    # ovseg3d bench run family on the GPU (carry the members' scenes without features/ in WORK/scenes/, e.g. .fam/scenes/):
+    #   bash scripts/gpu_session.sh family --work .fam --scenes forward_s1_tilt10 --set steps=8000
     install_wheels
     mkdir -p "$OUT_DIR"
-    python3 scripts/bench_family.py --device cuda --out "$OUT_DIR/family_gpu.json" "${@:2}"
+    python3 -P -m ovseg3d.cli bench run family --device cuda --out "$OUT_DIR/family_gpu.json" "${@:2}"
     ;;
 tcnn-src)
     # only what the PyTorch bindings compile: cutlass's headers, not its 400 MB of everything else

@@ -1,6 +1,6 @@
-"""The published benchmarks in one command each (scripts/bench_3dovs.py, scripts/bench_lerf_ovs.py) on generated
-scenes written in the datasets' layouts, their one-line refusals before any work, and LangSplat's LERF-OVS label
-reader and scores (ovseg3d.data.lerf_ovs) on hand-made cases."""
+"""The published benchmarks (ovseg3d.bench.published: the 3D-OVS dataset and LERF-OVS) on generated scenes written
+in the datasets' layouts, their one-line refusals before any work, and LangSplat's LERF-OVS label reader and scores
+(ovseg3d.data.lerf_ovs) on hand-made cases."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bench_scripts import load_script
 from PIL import Image
 
+from ovseg3d.bench import cli, harness, published
 from ovseg3d.data.lerf_ovs import (
     frame_scores,
     localisation_hit,
@@ -29,13 +29,26 @@ from ovseg3d.data.lerf_ovs import (
 from ovseg3d.synth import SynthConfig, synthesize
 
 SMALL = dict(n_views=8, width=80, height=60, supersample=1, n_annotated=2)
-# the tiny preset, and a sparser crop grid for the simulated teacher (a quarter of its crops: seconds, not ten)
-RUN = ["--preset", "tiny", "--teacher", "synthetic", "--device", "cpu", "--set", "teachers.clip_stride=0.5"]
+# the simulated teacher with a sparser crop grid (a quarter of its crops: seconds, not ten)
+SETS = ["teachers.kind=synthetic", "teachers.clip_stride=0.5"]
 
 
-@pytest.fixture(scope="module")
-def scripts():
-    return load_script("bench_3dovs"), load_script("bench_lerf_ovs")
+def bench(tmp_path: Path, scenes: list, variants: list[str] | None = None, sets: list[str] = SETS) -> dict:
+    """The benchmark on ``scenes`` with the tiny preset, as ``ovseg3d bench run published`` runs it."""
+    out = tmp_path / "published.json"
+    return harness.run(
+        published.BENCHMARK, out, tmp_path / "work", [str(s) for s in scenes], variants, sets, 1, "cpu", "test", "tiny"
+    )
+
+
+def refused(tmp_path: Path, scenes: list, sets: list[str] = SETS) -> str:
+    """The one line (a UsageError: ``ovseg3d bench`` exits 2 with it) the benchmark refuses ``scenes`` with, before
+    any work: no run folder, no result file."""
+    with pytest.raises(harness.BenchError) as info:
+        bench(tmp_path, scenes, sets=sets)
+    assert not (tmp_path / "work" / "published").exists() and not (tmp_path / "published.json").exists()
+    assert "\n" not in str(info.value)
+    return str(info.value)
 
 
 def lerf_dataset(root: Path, scene: str = "ramen", frames: tuple[int, ...] = (1, 4)) -> Path:
@@ -54,93 +67,75 @@ def lerf_dataset(root: Path, scene: str = "ramen", frames: tuple[int, ...] = (1,
         write_frame_label(labels / f"{image.stem}.json", image.name, inst.shape[1], inst.shape[0], objects)
         shutil.copyfile(image, labels / image.name)
     write_frame_label(labels / "frame_99999.json", "frame_99999.jpg", 80, 60, objects)
-    return root
+    return folder
 
 
-def test_3dovs_bench_runs_a_generated_scene_to_a_table(scripts, tmp_path, capsys):
-    bench, _ = scripts
-    synthesize(SynthConfig(format="llff", seed=1, **SMALL), tmp_path / "data" / "bed")  # type: ignore[arg-type]
-    out = tmp_path / "3dovs.json"
-    argv = [str(tmp_path / "data"), *RUN, "--output", str(tmp_path / "runs"), "--json", str(out)]
-    assert bench.main(argv) == 0
-    table = capsys.readouterr().out
-    assert "3D-OVS dataset, preset tiny, teacher: simulated" in table
-    row = next(line for line in table.splitlines() if line.startswith("bed "))
-    assert "89.5" in row and "92.5" in row  # the published 3D-OVS and LangSplat figures beside ours
-    result = json.loads(out.read_text())
-    bed = result["scenes"]["bed"]
-    assert (
-        bed["status"] == "done" and bed["teacher"]["kind"] == "synthetic" and bed["teacher"]["weights"] == "simulated"
-    )
-    assert 0 <= bed["miou"] <= 100 and 0 <= bed["accuracy"] <= 100 and 0 <= bed["teacher_miou"] <= 100
-    assert bed["published_miou"] == {"3D-OVS": 89.5, "LangSplat": 92.5}
-    assert bed["n_annotated_views"] == 2 and set(bed["stage_seconds"]) >= {"geometry", "distill", "eval"}
+def test_3dovs_scene_runs_to_figures_beside_the_published(tmp_path, capsys):
+    bed = synthesize(SynthConfig(format="llff", seed=1, **SMALL), tmp_path / "data" / "bed")  # type: ignore[arg-type]
+    data = bench(tmp_path, [bed])
+    assert "bed (3D-OVS): mIoU" in capsys.readouterr().out
+    fig = {k: v["median"] for k, v in data["figures"].items()}
+    assert data["teacher"]["kind"] == "synthetic" and data["teacher"]["errors"] == "persistent"
+    assert 0 <= fig["bed/default/miou"] <= 100 and 0 <= fig["bed/default/accuracy"] <= 100
+    assert 0 <= fig["bed/default/teacher_miou"] <= 100 and fig["bed/default/n_annotated_views"] == 2
+    assert {"bed/default/geometry_seconds", "bed/default/distill_seconds", "bed/default/eval_seconds"} <= set(fig)
+    assert any(k.startswith("bed/default/iou_") for k in fig) and not any("localisation" in k for k in fig)
+    table = published.markdown_tables(data)
+    assert table.startswith("3D-OVS, teacher synthetic, persistent") and "LERF-OVS" not in table
+    row = next(line for line in table.splitlines() if line.startswith("| bed |"))
+    assert "| 89.5 | 92.5 |" in row  # the published 3D-OVS and LangSplat figures beside ours
+    assert "3D-OVS 86.8, GOI 90.6, LangSplat 93.4, GVR 95.4" in table
 
 
-def test_lerf_ovs_bench_runs_a_generated_scene_to_a_table(scripts, tmp_path, capsys):
-    _, bench = scripts
-    data = lerf_dataset(tmp_path / "data")
-    out = tmp_path / "lerf.json"
-    argv = [str(data), *RUN, "--output", str(tmp_path / "runs"), "--json", str(out), "--smooth-px", "8"]
-    assert bench.main(argv) == 0
-    table = capsys.readouterr().out
-    assert "LERF-OVS (2D protocol), preset tiny, teacher: simulated" in table
-    row = next(line for line in table.splitlines() if line.startswith("ramen "))
-    assert "62.0" in row and "73.2" in row and "28.2" in row and "51.2" in row  # LERF's and LangSplat's figures
-    assert "label frames not in the scene (left out): frame_99999.jpg" in table
-    ramen = json.loads(out.read_text())["scenes"]["ramen"]
-    assert ramen["status"] == "done" and ramen["teacher"]["label"] == "simulated, persistent errors"
-    assert 0 <= ramen["localisation"] <= 100 and 0 <= ramen["miou"] <= 100
-    assert ramen["frames_not_in_scene"] == ["frame_99999.jpg"] and len(ramen["frames"]) == 2
-    pairs = sum(len(f["queries"]) for f in ramen["frames"].values())
-    assert ramen["n_queries"] == pairs > 0
+def test_lerf_ovs_scene_runs_once_and_each_variant_scores_it(tmp_path, capsys):
+    ramen = lerf_dataset(tmp_path / "data")
+    data = bench(tmp_path, [ramen], ["smooth8", "default"])
+    assert "ramen: label frames not in the scene (left out): frame_99999.jpg" in capsys.readouterr().out
+    fig = {k: v["median"] for k, v in data["figures"].items()}
+    assert fig["ramen/smooth8/geometry_seconds"] > 0 and fig["ramen/default/geometry_seconds"] == 0  # one training
+    for variant in ("smooth8", "default"):
+        assert 0 <= fig[f"ramen/{variant}/localisation"] <= 100 and 0 <= fig[f"ramen/{variant}/miou"] <= 100
+        assert fig[f"ramen/{variant}/frames"] == 2 and fig[f"ramen/{variant}/frames_not_in_scene"] == 1
+    scores = json.loads((tmp_path / "work" / "published" / "ramen-s0" / "lerf_ovs-smooth8.json").read_text())
+    assert scores["smooth_px"] == 8 and scores["mask_threshold"] == 0.4
+    assert scores["frames_not_in_scene"] == ["frame_99999.jpg"] and len(scores["frames"]) == 2
+    assert fig["ramen/smooth8/n_queries"] == sum(len(f["queries"]) for f in scores["frames"].values()) > 0
+    row = next(line for line in published.markdown_tables(data).splitlines() if line.startswith("| ramen (smooth8) |"))
+    queries = f"{fig['ramen/smooth8/n_queries']:.0f}"
+    assert f"| 62.0 | 73.2 | 28.2 | 51.2 | {queries} | 1 |" in row  # LERF's and LangSplat's figures, the frame left out
     # the label polygons themselves, given as the relevancy, find every object
-    labels = read_labels(data / "label" / "ramen")
+    labels = read_labels(tmp_path / "data" / "label" / "ramen")
     truth = {f.name: frame_scores({c: m.astype(float) for c, m in f.masks.items()}, f, smooth_px=8) for f in labels}
     assert summarise(truth)["localisation"] == 100.0
 
 
-@pytest.mark.parametrize("which", [0, 1])
-def test_a_folder_without_scenes_is_one_line_and_exit_2(scripts, tmp_path, capsys, which):
-    bench = scripts[which]
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "notes").mkdir()
-    assert bench.main([str(tmp_path / "empty"), "--output", str(tmp_path / "runs")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no scene folders found" in err
-    assert not (tmp_path / "runs").exists()
+def test_scenes_are_folders_given_or_one_line(tmp_path):
+    assert "ovseg3d.bench.published" in cli.modules()  # ovseg3d bench run published
+    assert "no default scene" in refused(tmp_path, [])
+    assert "neither a name nor a folder" in refused(tmp_path, [tmp_path / "nowhere"])
 
 
-def test_missing_scene_parts_are_one_line_before_any_work(scripts, tmp_path, capsys):
-    ovs, lerf = scripts
+def test_missing_scene_parts_are_one_line_before_any_work(tmp_path):
     (tmp_path / "a" / "bed" / "images").mkdir(parents=True)  # no photo, no poses, no labels
-    assert ovs.main([str(tmp_path / "a"), "--teacher", "synthetic", "--output", str(tmp_path / "runs")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
+    err = refused(tmp_path, [tmp_path / "a" / "bed"])
     assert "bed: no images" in err and "no poses_bounds.npy" in err and "bed: no labels" in err
+    assert "labels/ and instances/ of every image" in err
     (tmp_path / "b" / "ramen" / "sparse" / "0").mkdir(parents=True)
-    assert lerf.main([str(tmp_path / "b"), "--teacher", "synthetic", "--output", str(tmp_path / "runs")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no COLMAP model" in err and "ramen: no labels" in err
-    assert not (tmp_path / "runs").exists()
+    err = refused(tmp_path, [tmp_path / "b" / "ramen"])
+    assert "no COLMAP model" in err and "ramen: no labels" in err and "poses_bounds" not in err
 
 
-@pytest.mark.parametrize("which", [0, 1])
-def test_clip_weights_that_are_not_there_are_one_line_and_exit_2(scripts, tmp_path, capsys, which):
-    bench = scripts[which]
-    if which == 0:
-        synthesize(
-            SynthConfig(format="llff", seed=1, n_views=3, width=16, height=12, n_annotated=1), tmp_path / "d" / "bed"
-        )
+@pytest.mark.parametrize("lerf", [False, True])
+def test_clip_weights_that_are_not_there_are_one_line(tmp_path, lerf):
+    if lerf:
+        scene = lerf_dataset(tmp_path / "d", frames=(1,))
     else:
-        lerf_dataset(tmp_path / "d", frames=(1,))
+        config = SynthConfig(format="llff", seed=1, n_views=3, width=16, height=12, n_annotated=1)
+        scene = synthesize(config, tmp_path / "d" / "bed")
     clip, dino = tmp_path / "no_clip", tmp_path / "no_dino"  # local paths: no hub is asked
-    argv = [str(tmp_path / "d"), "--teacher", "clip", "--clip-model", str(clip), "--dino-model", str(dino)]
-    assert bench.main([*argv, "--output", str(tmp_path / "runs")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--clip-model" in err and "--dino-model" in err
+    err = refused(tmp_path, [scene], [f"teachers.clip_model={clip}", f"teachers.dino_model={dino}"])  # CLIP + DINO
+    assert "--set teachers.clip_model=/path" in err and "--set teachers.dino_model=/path" in err
     assert str(clip) in err and str(dino) in err
-    assert not (tmp_path / "runs").exists()  # nothing ran
     assert not any((tmp_path / "d").glob("*/features"))  # no teacher ran either
 
 

@@ -54,18 +54,20 @@
 #                                            # nerfacc's CUDA ops first. JSON and renders land in $OUT (or bench/)
 #   bash scripts/gpu_session.sh clock SCENE [SECONDS]  # there (carry .whl .tcnn .nerfacc .real): issue 67 item 6,
 #                                            # ovseg3d's field and nerfacc's examples on one clock
-#                                            # (scripts/bench_clock.py): seeds 0 1 2 at CLOCK_MARKS seconds (default
-#                                            # 30), all 37 held-out views of the bonsai scored; SECONDS (default 500)
+#                                            # (ovseg3d bench run clock, one call a method and seed): seeds 0 1 2 at
+#                                            # CLOCK_MARKS seconds (default 30; each of ovseg3d.bench.clock.MARKS),
+#                                            # all 37 held-out views of the bonsai scored; SECONDS (default 500)
 #                                            # the call's own deadline. The run tool's call:
 #       run(command="bash scripts/gpu_session.sh clock .real/bonsai 500", carry=[".whl", ".tcnn", ".nerfacc", ".real"],
 #           timeout_s=560)
 #                                            # expected ~500 device seconds (not yet measured): ~75 s wheels and
 #                                            # nerfacc's ops, ovseg3d's 3 seeds (~5 s warm-up and set-up + 30 s + ~40 s
 #                                            # scoring 40 views each) while tinycudann with its MLPs builds (173 s on
-#                                            # an H100), then nerfacc prop's 3 seeds (~5 + 30 + ~28 s each).
+#                                            # an H100), then nerfacc prop's 3 seeds (~5 + 30 + ~28 s each), and
+#                                            # some 10 s of loading a seed (not yet measured either).
 #                                            # CLOCK_MARKS=90: one call a seed (CLOCK_SEEDS=0, ~350 s);
 #                                            # CLOCK_NERFACC=occ: the occ example instead (a call of its own);
-#                                            # CLOCK_VAL_EVERY=1: the validation views scored too (settings sweeps)
+#                                            # CLOCK_VAL_EVERY=1 (or 3): the validation views scored too (settings sweeps)
 #
 # nerfacc compiles its CUDA ops with the machine's nvcc on first use (about a minute, inside `check`).
 # tinycudann is not on the image and cannot be fetched there: `tcnn` builds it from the carried sources.
@@ -470,11 +472,12 @@ reference)
     python3 -P scripts/nerfacc_reference.py --out "$OUT_DIR/nerfacc_reference.json" --save-render "$OUT_DIR" "${@:2}"
     ;;
 clock)
-    # issue 67 item 6 in one device call (carry .whl .tcnn .nerfacc and SCENE): scripts/bench_clock.py, each method
-    # and seed after 20 untimed warm-up steps of a throwaway model, one external clock (synchronised), the test views
-    # (every 8th photo by name, all of them) and 3 training views scored with one PSNR. ovseg3d runs first (the torch
-    # grid, as the README's rows) while tinycudann with its MLPs builds for nerfacc's examples; one JSON a step, merged
-    # at the end into $OUT/clock.json (also printed as a table: median and range over the seeds).
+    # issue 67 item 6 in one device call (carry .whl .tcnn .nerfacc and SCENE): `ovseg3d bench run clock`
+    # (ovseg3d/bench/clock.py), each method and seed after 20 untimed warm-up steps of a throwaway model, one external
+    # clock (synchronised), the test views (every 8th photo by name, all of them) and 3 training views scored with one
+    # PSNR. ovseg3d runs first (the gpu preset, the torch grid, as the README's rows) while tinycudann with its MLPs
+    # builds for nerfacc's examples; one call (one result file) a method and seed, merged at the end into
+    # $OUT/clock.json by `python3 -P -m ovseg3d.bench.clock` (also printed as a table: median and range over the seeds).
     #   bash scripts/gpu_session.sh clock SCENE [SECONDS]
     #   CLOCK_MARKS=90 CLOCK_SEEDS=0 bash scripts/gpu_session.sh clock SCENE 400   # the 90 s mark: one call a seed
     scene="$2"
@@ -496,26 +499,30 @@ clock)
     step "nerfacc ops" 30 150 python3 -c "import torch, nerfacc; from nerfacc.cuda._backend import _C; print('nerfacc', nerfacc.__version__, _C is not None)"
     marks="${CLOCK_MARKS:-30}"
     seeds="${CLOCK_SEEDS:-0 1 2}"
-    n_seeds=$(echo "$seeds" | wc -w)
     total=$(awk "BEGIN { print int($(echo "$marks" | tr ' ' '+')) }")
-    # shellcheck disable=SC2086
-    bench=("${pin_bench[@]}" python3 -P scripts/bench_clock.py "$scene" --device cuda --seconds $marks --seeds $seeds
-        --set grid_impl=torch --val-every "${CLOCK_VAL_EVERY:-0}")
+    budgets=() nerfacc=()
+    for mark in $marks; do budgets+=("${mark}s+val${CLOCK_VAL_EVERY:-0}"); done
+    for method in ${CLOCK_NERFACC:-prop}; do nerfacc+=("${budgets[@]/#/$method+}"); done
+    bench=("${pin_bench[@]}" python3 -P -m ovseg3d.cli bench run clock --scenes "$scene" --device cuda --preset gpu
+        --repeats 1)
     # a run: its budget, ~5 s of warm-up and set-up, and its scoring of 40 views (ovseg3d ~40 s, nerfacc's ~28 s);
-    # each step at least one run, at most all of its runs and 30 s of loading (a JSON after each run: a step stopped
-    # at its limit keeps the runs it finished)
-    step "clock ovseg3d" $((total + 60)) $((n_seeds * (total + 50) + 30)) "${bench[@]}" --methods ovseg3d \
-        --out /tmp/res/clock_ovseg3d.json
+    # one call a seed, each its runs and 30 s of loading (a result file after each call: a step stopped at its limit
+    # loses its own seed only)
+    for seed in $seeds; do
+        step "clock ovseg3d seed $seed" $((total + 60)) $((total + 80)) "${bench[@]}" --variants "${budgets[@]/#/ovseg3d+}" \
+            --set seed="$seed" grid_impl=torch --out "/tmp/res/clock_ovseg3d_s$seed.json"
+    done
     left=$((deadline - SECONDS - 60))
     [ "$left" -gt 0 ] && timeout "$left" tail --pid="$build_pid" -f /dev/null || true
     tail -n 3 /tmp/res/tcnn_build.log
     export PYTHONPATH="/tmp/tcnn_nets:$PYTHONPATH"
     if grep -q "build rc=0" /tmp/res/tcnn_build.log; then
-        # shellcheck disable=SC2086
-        step "clock nerfacc" $((total + 45)) $((n_seeds * (total + 35) + 30)) "${bench[@]}" \
-            --methods ${CLOCK_NERFACC:-prop} --out /tmp/res/clock_nerfacc.json
+        for seed in $seeds; do
+            step "clock nerfacc seed $seed" $((total + 45)) $((total + 65)) "${bench[@]}" --variants "${nerfacc[@]}" \
+                --set seed="$seed" grid_impl=torch --out "/tmp/res/clock_nerfacc_s$seed.json"
+        done
     fi
-    python3 -P scripts/bench_clock.py "$scene" --merge /tmp/res/clock_*.json --out "$out/clock.json" || true
+    python3 -P -m ovseg3d.bench.clock /tmp/res/clock_*.json --out "$out/clock.json" || true
     pack
     echo "=== clock done in $SECONDS s"
     ;;

@@ -202,3 +202,25 @@ def test_the_commit_comes_from_the_environment_where_there_is_no_git(tmp_path, m
     monkeypatch.delenv("OVSEG3D_COMMIT")
     with pytest.raises(results.ResultError, match="OVSEG3D_COMMIT"):
         results.commit(tmp_path)  # a folder outside any checkout
+
+
+def test_an_interrupted_run_measures_only_the_cases_left(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "commit", lambda root=None: "abc1234")
+    calls = []
+
+    def measure(case):
+        calls.append(case.seed)
+        if case.seed == 2 and len(calls) == 3:
+            raise KeyboardInterrupt  # the first run stops in its third case
+        return {"score": 10.0 + case.seed}
+
+    bench = harness.Benchmark("toy", "a toy", measure, ("score",), repeats=3)
+    with pytest.raises(KeyboardInterrupt):
+        harness.run(bench, tmp_path / "r.json", tmp_path, command="toy")
+    assert harness.partial_path(tmp_path / "r.json").exists() and not (tmp_path / "r.json").exists()
+    data = harness.run(bench, tmp_path / "r.json", tmp_path, command="toy")
+    assert calls == [0, 1, 2, 2]  # the two measured cases are not run again
+    assert data["figures"]["demo/default/score"]["runs"] == [10.0, 11.0, 12.0]
+    assert not harness.partial_path(tmp_path / "r.json").exists()
+    harness.run(bench, tmp_path / "r.json", tmp_path, sets=["steps=5"], command="toy")
+    assert calls[4:] == [0, 1, 2]  # other settings start again

@@ -11,6 +11,7 @@ before anything runs. :func:`run` then loops scenes x variants x seeds, and writ
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import sys
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ovseg3d import atomic
 from ovseg3d.bench import result as results
 from ovseg3d.config import ConfigError, apply_overrides, parse_overrides, resolve_base
 from ovseg3d.errors import UsageError
@@ -276,7 +278,11 @@ def run(
     preset: str | None = None,
 ) -> dict:
     """Measure every case, then write the result file ``out``: each figure's runs over the seeds, median, range.
-    Everything but the figures (the cases, the commit, the machine, the teacher) is settled before the first run."""
+    Everything but the figures (the cases, the commit, the machine, the teacher) is settled before the first run.
+
+    Each case's figures are kept in ``OUT.partial.json`` as it ends, so the same command after an interruption
+    measures only the cases left (with the same settings; other settings start again); the partial file goes when
+    the result is written."""
     todo = cases(bench, work, scenes, variants, sets, repeats, device, preset)
     data: dict[str, Any] = {
         "benchmark": bench.name,
@@ -296,17 +302,44 @@ def run(
     }
     runs: dict[str, list[float]] = {}
     start = time.perf_counter()
+    partial = partial_path(out)
+    done = measured_before(partial, bench.name, data["settings"])
+    if done:
+        print(f"continuing {partial}: {len(done)} of {len(todo)} cases measured before", flush=True)
     for case in todo:
-        case = dataclasses.replace(case, folder=scene_folder(case.scene, work))
-        print(f"== {case.label}", flush=True)
-        figures = bench.measure(case)
-        missing = sorted(set(bench.figures) - set(figures))
-        if missing:
-            raise BenchError(f"bench {bench.name}: {case.label} did not measure {', '.join(missing)}")
+        if case.label in done:
+            figures = done[case.label]
+        else:
+            case = dataclasses.replace(case, folder=scene_folder(case.scene, work))
+            print(f"== {case.label}", flush=True)
+            figures = {name: float(value) for name, value in bench.measure(case).items()}
+            missing = sorted(set(bench.figures) - set(figures))
+            if missing:
+                raise BenchError(f"bench {bench.name}: {case.label} did not measure {', '.join(missing)}")
+            done[case.label] = figures
+            atomic.write_json(partial, {"benchmark": bench.name, "settings": data["settings"], "done": done})
         for name, value in figures.items():
             runs.setdefault(f"{Path(case.scene).name}/{case.variant}/{name}", []).append(float(value))
     data["machine"] = results.machine("cuda" if str(device).startswith("cuda") else "cpu")  # the load at the end
     data["figures"] = {name: results.summary(values) for name, values in runs.items()}
     data["seconds"] = round(time.perf_counter() - start, 1)
     results.write(data, out)
+    partial.unlink(missing_ok=True)
     return data
+
+
+def partial_path(out: Path) -> Path:
+    """Where :func:`run` keeps the cases measured so far: ``results/x.json`` -> ``results/x.partial.json``."""
+    return Path(out).with_name(Path(out).stem + ".partial.json")
+
+
+def measured_before(partial: Path, name: str, settings: dict) -> dict[str, dict[str, float]]:
+    """The figures of each case a run with the same benchmark and settings measured before it stopped, by label."""
+    if not partial.exists():
+        return {}
+    try:
+        saved = json.loads(partial.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = saved.get("benchmark") == name and saved.get("settings") == json.loads(json.dumps(settings))
+    return dict(saved.get("done", {})) if same else {}

@@ -84,7 +84,7 @@ def whole_figure(data: dict) -> str:
     )
     if f"{k}/map25" in data["figures"]:
         text += f", boxes mAP@0.25 / @0.5 {spread(data, f'{k}/map25', 0)} / {spread(data, f'{k}/map50', 0)}"
-    return text + f"; every stage {spread(data, f'{k}/seconds', 0)} s"
+    return text + f"; every stage and eval {spread(data, f'{k}/seconds', 0)} s"
 
 
 def video_figure(data: dict) -> str:

@@ -32,6 +32,8 @@ def spread(data: dict, key: str, digits: int = 1) -> str:
     f = data["figures"][key]
     if len(f["runs"]) == 1:
         return f"{f['median']:.{digits}f}"
+    if f["min"] == f["max"]:
+        return f"{f['median']:.{digits}f} ({len(f['runs'])} runs alike)"
     return f"{f['median']:.{digits}f} ({f['min']:.{digits}f}-{f['max']:.{digits}f}, {len(f['runs'])} runs)"
 
 

@@ -95,7 +95,7 @@ def video_figure(data: dict) -> str:
     scene = next(iter(data["figures"])).split("/")[0]
     return "; ".join(
         f"`{v}`: **{spread(data, f'{scene}/{v}/wall_seconds', 0)} s** (stages {median(data, f'{scene}/{v}/seconds'):.0f} s), "
-        f"{median(data, f'{scene}/{v}/psnr'):.2f} dB held out"
+        f"{spread(data, f'{scene}/{v}/psnr', 2)} dB held out"
         for v in variants
     )
 
@@ -234,7 +234,7 @@ ROWS: tuple[Row, ...] = (
         "a phone video to a labelled cloud and boxes, `ovseg3d run VIDEO` (184 frames, 544×960)",
         "video.json",
         video_figure,
-        "ovseg3d bench run video --scenes FOLDER_WITH_FIGURINE_MP4 --variants lift_k12 --set "
+        "ovseg3d bench run video --scenes FOLDER_WITH_FIGURINE_MP4 --variants lift_k12 --repeats 3 --set "
         "teachers.clip_model=CLIP teachers.dino_model=DINO --out results/video.json",
         "distillation-and-the-whole-method",
         history="the-phone-video-on-2-cpu-cores-again-each-stage-saying-where-its-seconds-went-issue-49-2026-11-28-stop-65",

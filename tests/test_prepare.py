@@ -98,7 +98,7 @@ def test_a_killed_prepare_resumes_from_its_work_folder(rendered, tmp_path):
 
 
 MAP_TWICE = """
-import shutil, sys
+import json, shutil, sys
 from pathlib import Path
 import numpy as np, pycolmap
 from ovseg3d.prepare import PrepareConfig, _map
@@ -108,9 +108,8 @@ for k in range(2):
     db = work / f"run{k}.db"
     shutil.copy(scene / "database.db", db)
     rec = _map(pycolmap, db, scene / "images", work, 20, PrepareConfig())
-    centres.append({im.name: im.projection_center() for im in rec.images.values() if im.has_pose})
-assert len(centres[0]) == 20 and centres[0].keys() == centres[1].keys()
-print(max(float(np.abs(centres[0][n] - centres[1][n]).max()) for n in centres[0]))
+    centres.append({im.name: im.projection_center().tolist() for im in rec.images.values() if im.has_pose})
+print(json.dumps(centres))
 """
 
 
@@ -118,9 +117,14 @@ def test_mapping_the_same_matches_twice_gives_the_same_cameras(prepared, tmp_pat
     """The mapper's result depends on its thread count (COLMAP's bundle adjustment): with the default of one thread
     it is the same every time (run in a child process: pycolmap stays out of this one)."""
     said = subprocess.run(
-        [sys.executable, "-c", MAP_TWICE, str(prepared), str(tmp_path)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", MAP_TWICE, str(prepared), str(tmp_path)], capture_output=True, text=True
     )
-    assert float(said.stdout.strip().splitlines()[-1]) < 1e-9
+    assert said.returncode == 0, said.stderr[-2000:]
+    first, second = json.loads(said.stdout.strip().splitlines()[-1])
+    # from scratch (prepare itself starts from a chain of neighbours), so how many register depends on the matches
+    # the machine's SIFT found; the point is that the same matches give the same cameras
+    assert len(first) >= 10 and first.keys() == second.keys(), (sorted(first), sorted(second))
+    assert max(float(np.abs(np.subtract(first[n], second[n])).max()) for n in first) < 1e-9
 
 
 MAP_GLOBAL = """

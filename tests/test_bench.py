@@ -224,3 +224,16 @@ def test_an_interrupted_run_measures_only_the_cases_left(tmp_path, monkeypatch):
     assert not harness.partial_path(tmp_path / "r.json").exists()
     harness.run(bench, tmp_path / "r.json", tmp_path, sets=["steps=5"], command="toy")
     assert calls[4:] == [0, 1, 2]  # other settings start again
+
+
+def test_the_field_figure_gives_each_cases_median_and_range_and_the_training_views():
+    runs = {"psnr": [24.1, 24.6, 24.3], "ssim": [0.7, 0.72, 0.71], "train_view_psnr": [26.0, 26.4, 26.2]}
+    figures = {f"fox/{v}/{k}": results.summary(r) for v in ("no_depth", "depth_light") for k, r in runs.items()}
+    figures |= {
+        "fox/no_depth/steps": results.summary([1300.0] * 3),
+        "fox/depth_light/steps": results.summary([1300.0] * 3),
+    }
+    text = tables.field_figure(_result(figures=figures))
+    assert text.startswith("1300 steps: ")
+    assert "fox `depth_light` **24.30 (24.10-24.60, 3 runs) dB** / 0.710 held out (training views 26.20)" in text
+    assert text.index("depth_light") < text.index("no_depth")

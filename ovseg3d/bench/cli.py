@@ -49,12 +49,20 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="the benchmarks, their scenes, variants and figures")
     r = sub.add_parser("run", help="run one benchmark into a result file")
-    r.add_argument("name")
-    r.add_argument("--scenes", nargs="+", help=f"scene names (known: {', '.join(harness.SCENES)})")
-    r.add_argument("--variants", nargs="+")
+    r.add_argument("name", help="the benchmark (ovseg3d bench list)")
+    r.add_argument(
+        "--scenes",
+        nargs="+",
+        help=f"scene names or folders (default: the benchmark's; known: {', '.join(harness.SCENES)})",
+    )
+    r.add_argument(
+        "--variants",
+        nargs="+",
+        help="the benchmark's variants, several joined by '+' where it says so (default: its own)",
+    )
     r.add_argument("--repeats", type=int, help="seeded runs of each case (default: the benchmark's)")
     r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every run")
-    r.add_argument("--device", default="auto")
+    r.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda where there is one)")
     r.add_argument("--preset", help="the config preset of every run: tiny, cpu, gpu (default: the benchmark's)")
     r.add_argument("--work", type=Path, default=Path("bench/runs"), help="runs and generated scenes go here")
     r.add_argument("--out", type=Path, help="the result file (default: results/NAME.json)")

@@ -100,6 +100,31 @@ def video_figure(data: dict) -> str:
     )
 
 
+def field_figure(data: dict) -> str:
+    """Each scene's and variant's held-out PSNR / SSIM beside the training views' PSNR, at the steps it ran."""
+    cases = sorted({k.rsplit("/", 1)[0] for k in data["figures"] if k.endswith("/psnr")})
+    parts = []
+    for k in cases:
+        scene, variant = k.split("/", 1)
+        text = f"{scene} `{variant}` **{spread(data, f'{k}/psnr', 2)} dB** / {median(data, f'{k}/ssim'):.3f} held out"
+        if f"{k}/train_view_psnr" in data["figures"]:
+            text += f" (training views {median(data, f'{k}/train_view_psnr'):.2f})"
+        parts.append(text)
+    steps = median(data, f"{cases[0]}/steps")
+    return f"{steps:.0f} steps: " + "; ".join(parts)
+
+
+def export_figure(data: dict) -> str:
+    """The demo's cloud against its true surfaces: points near them, their labels, the surface completed."""
+    k = next(key for key in data["figures"] if key.endswith("/within_1pct")).rsplit("/", 1)[0]
+    return (
+        f"**{spread(data, f'{k}/within_1pct', 3)}** of the points within 1 % of the diagonal of a true surface "
+        f"(median {median(data, f'{k}/median_distance_mm'):.1f} mm), labels right on "
+        f"{spread(data, f'{k}/label_accuracy', 3)}, F-score at 1 % {spread(data, f'{k}/fscore_1pct', 3)}, "
+        f"{median(data, f'{k}/points') / 1e3:.0f} k points"
+    )
+
+
 def prepare_figure(name: str, reference: str = "") -> Callable[[dict], str]:
     """One photo set through ``prepare``: registered of all, reprojection error, seconds (and the load they ran
     under), the cameras' distance to a reference when it has one."""
@@ -195,20 +220,22 @@ ROWS: tuple[Row, ...] = (
         history="the-bonsai-on-an-h200-ahead-of-nerfaccs-example-at-30-and-90-s-issue-48-2026-11-27-on-a-gpu",
     ),
     Row(
-        "radiance field, instant-ngp's fox, with and without the depth prior",
+        "radiance field, instant-ngp's fox on `prepare`'s poses (50 photos, 360×640), with and without the depth "
+        "prior from its points",
         "field_fox.json",
-        None,
-        "ovseg3d bench run field --scenes FOX --variants depth_light no_depth --repeats 3 "
-        "--set steps=1300 max_minutes=0 depth_model=PREPARED_FOX/sparse/0 --out results/field_fox.json",
+        field_figure,
+        "ovseg3d prepare FOX/images PREPARED_FOX --max-long-side 1920 && ovseg3d bench run field --scenes PREPARED_FOX "
+        "--variants depth_light+eval64 no_depth+eval64 --repeats 3 --set steps=1300 max_minutes=0 max_long_side=640 "
+        "--out results/field_fox.json",
         "real-captures",
         history="the-captures-own-points-as-a-depth-prior-measured-on-four-real-captures-issue-48-2026-11-27-later",
     ),
     Row(
-        "the whole method, the shared outdoor scene (unbounded)",
+        "radiance field, the shared outdoor scene (unbounded), with and without the distortion loss",
         "unbounded.json",
-        None,
+        field_figure,
         "ovseg3d bench run field --scenes outdoor-colmap-lens --variants default no_distortion --repeats 3 "
-        "--out results/unbounded.json",
+        "--set steps=1100 max_minutes=0 --out results/unbounded.json",
         "real-captures",
         history="the-distortion-loss-on-by-default-for-unbounded-scenes-on-the-cpu-issue-48-2026-11-27-stop-61",
     ),
@@ -222,11 +249,11 @@ ROWS: tuple[Row, ...] = (
         history="the-orbit-rooms-walls-the-visibility-record-empties-them-and-more-steps-bring-them-within-3--issue-48-2026-11-28-stop-63",
     ),
     Row(
-        "radiance field, two LLFF phone captures (cup, figurine)",
+        "radiance field, two LLFF phone captures (cup 480×640, figurine 363×640)",
         "field_llff.json",
-        None,
-        "ovseg3d bench run field --scenes CUP FIGURINE --variants default lr_steps --repeats 3 "
-        "--set steps=1300 max_minutes=0 --out results/field_llff.json",
+        field_figure,
+        "ovseg3d bench run field --scenes CUP FIGURINE --variants default+eval64 --repeats 3 "
+        "--set steps=1300 max_minutes=0 max_long_side=640 --out results/field_llff.json",
         "real-captures",
         history="two-more-real-captures-and-the-schedule-on-all-five-scenes-issue-48-2026-11-26",
     ),
@@ -248,10 +275,11 @@ ROWS: tuple[Row, ...] = (
         history="on-a-gpu-a-third-time-tiny-cuda-nn-on-an-h100-the-prepared-bonsai-2026-11-26-later",
     ),
     Row(
-        "exported cloud against the true surfaces, demo",
+        "exported cloud against the true surfaces, demo (trained at 1,850 field steps, 600 distillation steps)",
         "export.json",
-        None,
-        "ovseg3d bench run export --scenes demo --out results/export.json",
+        export_figure,
+        "ovseg3d bench run export --scenes demo --repeats 3 --set steps=1850 max_minutes=0 distill_minutes=0 "
+        "--out results/export.json",
         "point-clouds-export",
         history="point-clouds-exported-points-against-the-true-surfaces",
     ),
@@ -264,10 +292,12 @@ ROWS: tuple[Row, ...] = (
         history="a-rooms-far-side-again-the-agreement-tolerance-beyond-the-roi-issue-48-2026-11-27-stop-62",
     ),
     Row(
-        "boxes, a forward room from another generator",
-        "outputs_forward.json",
-        None,
-        "ovseg3d bench run detect --scenes RUN --variants full --out results/outputs_forward.json",
+        "the whole method and its boxes, a forward room from another generator (1,850 field steps, 600 "
+        "distillation steps)",
+        "whole_forward.json",
+        whole_figure,
+        "ovseg3d bench run whole --scenes forward --repeats 3 --set steps=1850 max_minutes=0 distill_minutes=0 "
+        "--out results/whole_forward.json",
         "detection-and-pose",
         history="round-objects-seen-from-one-side-the-centre-fitted-at-the-widths-radius-issue-48-2026-11-27-later",
     ),

@@ -393,6 +393,14 @@ class TrainConfig:
     """Lifting: DINO cosine below which neighbours do not exchange features (FDA's 0.7)."""
     lift_propagate_weight: float = 0.9
     """Lifting: share of a voxel's value that comes from its neighbours at each propagation step."""
+    lift_view_filter: int = 0
+    """Lifting: iterations of FDA's pull and push in each teacher view before lifting (0 = off): mean-field steps
+    on the teacher's class distribution over a 7 x 7 window of its map, pulled toward the cells whose DINO features
+    agree (cosine above ``lift_affinity``) and pushed from those that differ, so that it follows DINO's edges
+    rather than the crops' blur."""
+    lift_view_strength: float = 5.0
+    """Lifting: the weight of the neighbours' pull and push against the teacher's own log-probability in
+    ``lift_view_filter``'s steps."""
     teacher_views: int = 0
     """The teachers on K training views only (0: all of them): the K that best cover the trained field's surfaces
     (greedy coverage of each view's coarse depth, ovseg3d/views.py), chosen after the geometry, which then comes

@@ -257,15 +257,24 @@ class ViewMaps:
     the distillation reads them)."""
 
     def __init__(
-        self, features: TeacherFeatures, view: int, clip: Basis, dino: Basis, scales: list[int], temperature: float
+        self,
+        features: TeacherFeatures,
+        view: int,
+        clip: Basis,
+        dino: Basis,
+        scales: list[int],
+        temperature: float,
+        view_filter: tuple[int, float, float] = (0, 0.7, 5.0),
     ):
+        """``view_filter``: :func:`filter_view`'s iterations, DINO threshold and strength (0 iterations: none)."""
         raw = torch.from_numpy(np.asarray(features.clip[view][:, :, scales], dtype=np.float32))
         self.clip = clip.project(raw.to(clip.mean.device))
-        self.dino = dino.project(
-            torch.from_numpy(np.asarray(features.dino[view], dtype=np.float32)).to(dino.mean.device)
-        )
+        raw_dino = torch.from_numpy(np.asarray(features.dino[view], dtype=np.float32)).to(dino.mean.device)
+        self.dino = dino.project(raw_dino)
         rel = torch.from_numpy(np.asarray(features.relevancy[view], dtype=np.float32)).to(clip.mean.device)
         self.relevancy = torch.softmax(rel / temperature, -1).reshape(*rel.shape[:2], -1)
+        if view_filter[0] > 0:
+            self.relevancy = filter_view(self.relevancy, raw_dino, rel.shape[-1], *view_filter)
 
     def at(self, u: Tensor, v: Tensor, width: int, height: int) -> Tensor:
         """``[R, scales * k + kd + S * C]`` the values under pixels ``(u, v)`` of a ``width x height`` image."""
@@ -275,6 +284,47 @@ class ViewMaps:
             return maps[nearest_cell(v, height, h), nearest_cell(u, width, w)].reshape(len(u), -1)
 
         return torch.cat([cell(self.clip), cell(self.dino), cell(self.relevancy)], 1)
+
+
+def filter_view(
+    distribution: Tensor,
+    dino: Tensor,
+    n_classes: int,
+    iterations: int,
+    threshold: float,
+    strength: float,
+    window: int = 7,
+) -> Tensor:
+    """FDA's pull and push within one view, training-free: ``iterations`` steps of mean-field inference on the
+    teacher's class distribution ``distribution [h, w, G * n_classes]`` (G groups, one per lifted scale, each summing
+    to 1), ``q_i <- softmax(log p_i + strength * (sum_j A_ij q_j - sum_j N_ij q_j))`` over the cells ``j`` of a
+    ``window`` x ``window`` neighbourhood of each cell ``i``. ``A_ij ~ max(0, cos(d_i, d_j) - threshold)`` (the pull,
+    normalised over ``j``, the cell itself included) and ``N_ij ~ [cos(d_i, d_j) < threshold]`` (the push, a mean),
+    of the DINO features ``dino [hd, wd, Dd]`` read at the map's cells (bilinear), as FDA pulls together and pushes
+    apart the distillation's class distributions by the same threshold. Where DINO says two cells are one thing
+    they come to agree, and a cell unlike its neighbours is drawn from their class: the crops' blur goes back to
+    DINO's edges."""
+    h, w, n = distribution.shape
+    d = F.interpolate(dino.permute(2, 0, 1)[None].float(), size=(h, w), mode="bilinear", align_corners=False)
+    d = F.normalize(d, dim=1)[0]  # [Dd, h, w]
+    pad, k2 = window // 2, window * window
+    padded = F.pad(d, (pad, pad, pad, pad))  # zeros outside the map: cos 0, neither pulled nor pushed
+    cos = torch.stack(  # [k2, h*w], in unfold's order of the window's cells
+        [(padded[:, dy : dy + h, dx : dx + w] * d).sum(0).reshape(-1) for dy in range(window) for dx in range(window)]
+    )
+    inside = F.unfold(F.pad(torch.ones(1, 1, h, w), (pad,) * 4), window).view(k2, h * w).to(cos.device) > 0
+    pull = ((cos - threshold) / (1.0 - threshold)).clamp(min=0.0)
+    pull = pull / pull.sum(0, keepdim=True).clamp(min=1e-12)  # the cell itself has cos 1: never an empty row
+    push = ((cos < threshold) & inside).float()
+    push = push / push.sum(0, keepdim=True).clamp(min=1.0)
+    start = distribution.permute(2, 0, 1)[None].float()  # [1, n, h, w]
+    prior = start.clamp(min=1e-6).log().view(n // n_classes, n_classes, h * w)
+    current = start
+    for _ in range(iterations):
+        near = F.unfold(current, window, padding=pad).view(n, k2, h * w)
+        message = ((near * pull[None]).sum(1) - (near * push[None]).sum(1)).view(n // n_classes, n_classes, h * w)
+        current = torch.softmax(prior + strength * message, 1).view(1, n, h, w)
+    return current[0].permute(1, 2, 0).to(distribution.dtype)
 
 
 def lift_scales(cfg: TrainConfig, n_scales: int) -> list[int]:
@@ -312,7 +362,15 @@ def lift(geo: Trainer, features: TeacherFeatures, log=print) -> LiftedSemantics:
     gu, gv = gu.reshape(-1).to(dev), gv.reshape(-1).to(dev)
     chunk = cfg.render_chunk(dev.type)
     for view in tqdm(views, desc="lift", unit="view", leave=False):
-        maps = ViewMaps(features, view, clip_basis, dino_basis, scales, cfg.rda_temperature)
+        maps = ViewMaps(
+            features,
+            view,
+            clip_basis,
+            dino_basis,
+            scales,
+            cfg.rda_temperature,
+            (cfg.lift_view_filter, cfg.lift_affinity, cfg.lift_view_strength),
+        )
         used = scene.used_pixels([view])
         keep = torch.ones_like(gu, dtype=torch.bool) if used is None else used[0].to(dev)[gv, gu]
         us, vs = gu[keep], gv[keep]

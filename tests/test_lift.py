@@ -211,3 +211,24 @@ def test_the_benchmarks_lift_and_distil_again_on_a_runs_geometry(runs, tmp_path)
     _, distilled = semantic_run(case, runs["distill"], tmp_path / "distill", {})
     assert distilled["steps"] == 3 and "voxels" not in distilled
     assert (runs["distill"] / "geometry.pt").is_file()  # the source is left as it was
+
+
+def test_the_view_filter_draws_a_blurred_teachers_edge_back_to_dinos():
+    """Two things side by side, DINO telling them apart at column 10 of a 20-column map; the teacher's distribution
+    blurs the edge 3 columns into the right one. FDA's pull and push in the view put the edge back where DINO has it,
+    and each scale's distribution still sums to 1."""
+    from ovseg3d.lift import filter_view
+
+    h, w = 12, 20
+    left, right = torch.zeros(8), torch.zeros(8)
+    left[0], right[1] = 1.0, 1.0
+    dino = torch.where(torch.arange(w)[None, :, None] < 10, left, right).expand(h, w, 8).clone()
+    truth = (torch.arange(w) >= 10).long().expand(h, w)
+    teacher = (torch.arange(w) >= 13).long().expand(h, w)  # the crops' blur: columns 10-12 read as the left thing
+    probability = torch.full((h, w, 2), 0.3).scatter(-1, teacher[..., None], 0.7)
+    two_scales = torch.cat([probability, probability], -1)
+    assert (probability.argmax(-1) == truth).float().mean() < 0.9
+    out = filter_view(two_scales, dino, 2, 5, 0.7, 5.0)
+    assert torch.equal(out[..., :2].argmax(-1), truth) and torch.equal(out[..., 2:].argmax(-1), truth)
+    assert torch.allclose(out.view(h, w, 2, 2).sum(-1), torch.ones(h, w, 2), atol=1e-5)
+    assert torch.equal(filter_view(two_scales, dino, 2, 0, 0.7, 5.0), two_scales)  # no steps: the teacher as it is

@@ -96,6 +96,13 @@ class Basis:
     def restore(self, z: Tensor) -> Tensor:
         return z @ self.components + self.mean
 
+    def frame(self) -> Tensor:
+        """``[D, k + 1]`` orthonormal columns spanning the mean and the components: uncentred features' cosines
+        within the directions the basis keeps (``[D, D]``, the identity, when nothing is reduced)."""
+        if self.dim >= self.mean.shape[0]:
+            return self.components.T
+        return torch.linalg.qr(torch.cat([self.mean[:, None], self.components.T], 1).float()).Q
+
 
 def fit_bases(
     features: TeacherFeatures, views: list[int], scale: int, clip_dim: int, dino_dim: int
@@ -265,8 +272,10 @@ class ViewMaps:
         scales: list[int],
         temperature: float,
         view_filter: tuple[int, float, float] = (0, 0.7, 5.0),
+        dino_frame: Tensor | None = None,
     ):
-        """``view_filter``: :func:`filter_view`'s iterations, DINO threshold and strength (0 iterations: none)."""
+        """``view_filter``: :func:`filter_view`'s iterations, DINO threshold and strength (0 iterations: none), on
+        the DINO features within ``dino_frame`` (:meth:`Basis.frame`; ``None``: all their dimensions)."""
         raw = torch.from_numpy(np.asarray(features.clip[view][:, :, scales], dtype=np.float32))
         self.clip = clip.project(raw.to(clip.mean.device))
         raw_dino = torch.from_numpy(np.asarray(features.dino[view], dtype=np.float32)).to(dino.mean.device)
@@ -274,7 +283,8 @@ class ViewMaps:
         rel = torch.from_numpy(np.asarray(features.relevancy[view], dtype=np.float32)).to(clip.mean.device)
         self.relevancy = torch.softmax(rel / temperature, -1).reshape(*rel.shape[:2], -1)
         if view_filter[0] > 0:
-            self.relevancy = filter_view(self.relevancy, raw_dino, rel.shape[-1], *view_filter)
+            framed = raw_dino if dino_frame is None else raw_dino @ dino_frame
+            self.relevancy = filter_view(self.relevancy, framed, rel.shape[-1], *view_filter)
 
     def at(self, u: Tensor, v: Tensor, width: int, height: int) -> Tensor:
         """``[R, scales * k + kd + S * C]`` the values under pixels ``(u, v)`` of a ``width x height`` image."""
@@ -352,6 +362,7 @@ def lift(geo: Trainer, features: TeacherFeatures, log=print) -> LiftedSemantics:
     views = features.usable(scene.train_ids)  # the teachers' views (--teacher-views), else every training view
     clip_basis, dino_basis = fit_bases(features, views, scales[-1], cfg.lift_clip_dim, cfg.lift_dino_dim)
     clip_basis, dino_basis = (Basis(b.mean.to(dev), b.components.to(dev)) for b in (clip_basis, dino_basis))
+    dino_frame = dino_basis.frame() if cfg.lift_view_filter > 0 else None  # the view filter's cosines, reduced
     layout = LiftLayout(clip_basis.dim, len(scales), dino_basis.dim, n_scales, n_classes)
     table = VoxelTable(cfg.lift_resolution, layout.width, dev)
     cameras = scene.cameras.to(dev)
@@ -370,6 +381,7 @@ def lift(geo: Trainer, features: TeacherFeatures, log=print) -> LiftedSemantics:
             scales,
             cfg.rda_temperature,
             (cfg.lift_view_filter, cfg.lift_affinity, cfg.lift_view_strength),
+            dino_frame,
         )
         used = scene.used_pixels([view])
         keep = torch.ones_like(gu, dtype=torch.bool) if used is None else used[0].to(dev)[gv, gu]

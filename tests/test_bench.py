@@ -228,10 +228,10 @@ def test_an_interrupted_run_measures_only_the_cases_left(tmp_path, monkeypatch):
 
 def test_the_field_figure_gives_each_cases_median_and_range_and_the_training_views():
     runs = {"psnr": [24.1, 24.6, 24.3], "ssim": [0.7, 0.72, 0.71], "train_view_psnr": [26.0, 26.4, 26.2]}
-    figures = {f"fox/{v}/{k}": results.summary(r) for v in ("no_depth", "depth_light") for k, r in runs.items()}
+    figures = {f"/data/fox/{v}/{k}": results.summary(r) for v in ("no_depth", "depth_light") for k, r in runs.items()}
     figures |= {
-        "fox/no_depth/steps": results.summary([1300.0] * 3),
-        "fox/depth_light/steps": results.summary([1300.0] * 3),
+        "/data/fox/no_depth/steps": results.summary([1300.0] * 3),
+        "/data/fox/depth_light/steps": results.summary([1300.0] * 3),
     }
     text = tables.field_figure(_result(figures=figures))
     assert text.startswith("1300 steps: ")

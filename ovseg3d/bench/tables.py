@@ -105,8 +105,8 @@ def field_figure(data: dict) -> str:
     cases = sorted({k.rsplit("/", 1)[0] for k in data["figures"] if k.endswith("/psnr")})
     parts = []
     for k in cases:
-        scene, variant = k.split("/", 1)
-        text = f"{scene} `{variant}` **{spread(data, f'{k}/psnr', 2)} dB** / {median(data, f'{k}/ssim'):.3f} held out"
+        scene, variant = k.rsplit("/", 1)  # a scene given as a folder keeps its path in the key: its name is said
+        text = f"{Path(scene).name} `{variant}` **{spread(data, f'{k}/psnr', 2)} dB** / {median(data, f'{k}/ssim'):.3f} held out"
         if f"{k}/train_view_psnr" in data["figures"]:
             text += f" (training views {median(data, f'{k}/train_view_psnr'):.2f})"
         parts.append(text)

@@ -43,6 +43,8 @@ LIFT = {
     "lift_stride4": {"lift_stride": 4},
     "lift_full_dims": {"lift_clip_dim": 0, "lift_dino_dim": 0},
     "lift_scale_selection": {"scale_selection": True},
+    "lift_view_filter": {"lift_view_filter": 5},  # FDA's pull and push in each view before lifting
+    "lift_no_view_filter": {"lift_view_filter": 0},
 }
 """The lifting's settings changed one at a time (``semantic = "lift"`` with them)."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -586,6 +587,31 @@ def test_a_failed_rebuild_keeps_the_existing_cache(scene_dir, tmp_path, monkeypa
     logs: list[str] = []
     ensure_features(scene, cfg, CPU, log=logs.append)
     assert "reusing" in _said(logs)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="flock is POSIX")
+def test_a_cache_another_run_reads_is_not_rewritten_and_one_it_writes_is_waited_for(scene_dir, tmp_path):
+    import fcntl
+    import threading
+
+    scene = load_scene(scene_dir)
+    cfg = TeacherConfig(kind="synthetic", cache_dir=tmp_path / "c")
+    before = np.array(ensure_features(scene, cfg, CPU, log=lambda s: None).clip)
+    other = os.open(cfg.cache_dir / ".lock", os.O_RDWR)  # another open file: flock sees another run
+    fcntl.flock(other, fcntl.LOCK_SH)
+    with pytest.raises(TeacherError, match="another run is reading .* --cache-dir"):
+        ensure_features(scene, dataclasses.replace(cfg, syn_noise=(0.1, 0.2, 0.3)), CPU, log=lambda s: None)
+    np.testing.assert_array_equal(np.array(cache.open_features(cfg.cache_dir).clip), before)
+    logs: list[str] = []
+    ensure_features(scene, cfg, CPU, log=logs.append)  # the same settings: both read
+    assert "reusing" in _said(logs)
+
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # that run writes now, and is done in a moment
+    threading.Timer(0.3, fcntl.flock, (other, fcntl.LOCK_UN)).start()
+    logs.clear()
+    ensure_features(scene, cfg, CPU, log=logs.append, notice=None)
+    assert any("waiting for another run" in line for line in logs) and "reusing" in _said(logs)
+    os.close(other)
 
 
 def test_persistent_teacher_reads_stuff_without_instances_as_its_class(scene_dir):

@@ -9,6 +9,7 @@ Layout of a cache folder (default ``SCENE/features/<teacher>/``)::
     dino.npy         [N, hd, wd, Dd]  float16  unit DINO features per view and patch
     text.npy         [C, D]           float32  class text embeddings
     preview/         PNGs: image | CLIP features (PCA) | teacher labels | DINO features (PCA)
+    .lock            held shared by each run that reads the folder, exclusively by the one that writes it
 
 Pixel-major layouts make a random batch of pixels a gather of contiguous rows.
 """
@@ -16,7 +17,11 @@ Pixel-major layouts make a random batch of pixels a gather of contiguous rows.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,79 @@ LATER_SETTINGS = {"clip_features": "crops", "class_relevancy": "minmax"}
 ARRAYS = ("clip", "relevancy", "dino")
 
 
+class FolderLock:
+    """An advisory ``flock`` on ``FOLDER/.lock``: shared while a run reads the cache, exclusive while one writes it,
+    so that a run with other teacher settings cannot rewrite the arrays another run has memory-mapped. Where the
+    lock file cannot be made (a read-only folder, which no run can write either) or ``flock`` does not exist, it
+    holds nothing. Released when closed or dropped, and by the system when the process ends.
+
+    A process holds one lock a folder (:meth:`of`), shared by all its readers and writers: the lock keeps other
+    processes out, as before it a process rewrote a cache it still read only when asked to."""
+
+    _held: weakref.WeakValueDictionary[str, FolderLock] = weakref.WeakValueDictionary()
+
+    @classmethod
+    def of(cls, folder: Path) -> FolderLock:
+        """This process's lock on ``folder``: the one its readers hold, or a new one."""
+        key = str(Path(folder).resolve())
+        lock = cls._held.get(key)
+        if lock is None:
+            lock = cls._held[key] = cls(folder)
+        return lock
+
+    def __init__(self, folder: Path) -> None:
+        self.fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            return
+        self._fcntl = fcntl
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            try:
+                self.fd = os.open(folder / ".lock", os.O_RDONLY)  # flock needs no write permission
+            except OSError:
+                self.fd = None
+
+    def _flock(self, op: int, wait: bool) -> bool:
+        if self.fd is None:
+            return True
+        try:
+            self._fcntl.flock(self.fd, op if wait else op | self._fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def shared(self, waiting: Callable[[], None] | None = None) -> None:
+        """Hold the folder shared, waiting for a writer to finish (``waiting`` is called once if it must)."""
+        if self.fd is not None and not self._flock(self._fcntl.LOCK_SH, wait=False):
+            if waiting is not None:
+                waiting()
+            self._flock(self._fcntl.LOCK_SH, wait=True)
+
+    def exclusive(self, attempts: int = 5) -> bool:
+        """Hold the folder alone if no other run holds it (a few tries over about a second); ``False`` if one does."""
+        for k in range(attempts):
+            if self.fd is None or self._flock(self._fcntl.LOCK_EX, wait=False):
+                return True
+            time.sleep(0.05 * 2**k)
+        return False
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self._flock(self._fcntl.LOCK_UN, wait=True)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
 @dataclass
 class TeacherFeatures:
     """A complete cache, arrays memory-mapped (see the module docstring for shapes)."""
@@ -49,6 +127,8 @@ class TeacherFeatures:
     text: np.ndarray
     views: list[int] | None = None
     """The views whose maps the cache holds and the run uses (``--teacher-views``); ``None``: all of them."""
+    lock: FolderLock | None = None
+    """The shared hold on the folder while these arrays are read (released when they are dropped)."""
 
     def has(self, view: int) -> bool:
         """Whether the cache holds ``view``'s maps for this run."""

@@ -236,7 +236,22 @@ def ensure_features(
     of = f"{len(wanted)} of {len(scene)} views" if chosen is not None else f"{len(scene)} views"
     path = cache_path(scene, cfg)
     expected = expected_meta(scene, cfg)
-    stored = cache.read_meta(path)
+    lock = cache.FolderLock.of(path)
+    lock.shared(lambda: say(f"teacher features: waiting for another run writing {path}"))
+    if not force and (features := _reuse(path, expected, wanted, chosen, of, log)) is not None:
+        features.lock = lock
+        return features
+    lock.release()
+    if not lock.exclusive():  # another run reads the folder, or writes it
+        lock.shared(lambda: say(f"teacher features: waiting for another run writing {path}"))
+        if not force and (features := _reuse(path, expected, wanted, chosen, of, log)) is not None:
+            features.lock = lock  # that run wrote what this one needs
+            return features
+        raise TeacherError(
+            f"teacher features: another run is reading {path}, made with other settings or views than this "
+            "run's; wait for it to end, or give this run its own --cache-dir DIR"
+        )
+    stored = cache.read_meta(path)  # again, now that no other run can change it
     meta = None
     if force:
         log(f"teacher features: rebuilding {path} (--force)")
@@ -244,18 +259,17 @@ def ensure_features(
         say(f"teacher features: {path / 'meta.json'} is unreadable: rebuilding {path} now")
     elif stored is None:
         say(f"teacher features: none in {path} yet: extracting them now ({of})")
+    elif (features := _reuse(path, expected, wanted, chosen, of, log)) is not None:
+        lock.shared()  # made by a run that held the folder between this one's two looks
+        features.lock = lock
+        return features
+    elif (reason := cache.stale_reason(stored, expected)) is None:
+        done = stored.get("done", [])
+        left = f"; {len(set(wanted) - set(done))} of the {of} asked for to extract" if chosen is not None else ""
+        say(f"teacher features: continuing {path} ({len(done)}/{len(scene)} views done{left})")
+        meta = stored
     else:
-        reason = cache.stale_reason(stored, expected)
-        if reason is None and set(wanted) <= set(stored.get("done", [])):
-            log(f"teacher features: reusing {path}" + (f" ({of})" if chosen is not None else ""))
-            return cache.open_features(path, chosen)
-        if reason is None:
-            done = stored.get("done", [])
-            left = f"; {len(set(wanted) - set(done))} of the {of} asked for to extract" if chosen is not None else ""
-            say(f"teacher features: continuing {path} ({len(done)}/{len(scene)} views done{left})")
-            meta = stored
-        else:
-            say(f"teacher features: rebuilding {path}, which is stale ({reason})")
+        say(f"teacher features: rebuilding {path}, which is stale ({reason})")
     start = time.perf_counter()
     if teachers is None:
         teachers = build_teachers(scene, cfg, device)  # before touching the folder: a failure loses nothing
@@ -269,7 +283,22 @@ def ensure_features(
     log(describe_seconds({"models": loading, **clock}, cfg.dense()))
     features = cache.open_features(path, chosen)
     write_previews(features, scene)
+    lock.shared()  # others may read it now
+    features.lock = lock
     return features
+
+
+def _reuse(
+    path: Path, expected: dict[str, Any], wanted: list[int], chosen: list[int] | None, of: str, log: Log
+) -> cache.TeacherFeatures | None:
+    """The cache at ``path`` if it holds what ``expected`` and ``wanted`` ask for, else ``None``."""
+    stored = cache.read_meta(path)
+    if stored is None or cache.stale_reason(stored, expected) is not None:
+        return None
+    if not set(wanted) <= set(stored.get("done", [])):
+        return None
+    log(f"teacher features: reusing {path}" + (f" ({of})" if chosen is not None else ""))
+    return cache.open_features(path, chosen)
 
 
 def dense_encoder(cfg: TeacherConfig, teachers: tuple[CropEncoder, PatchEncoder]) -> ProxyClip | None:

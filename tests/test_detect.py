@@ -398,7 +398,15 @@ def test_detect_and_eval_on_a_trained_run(exported_copy):
     assert main(["eval", str(run), "--device", "cpu", "--no-renders"]) == 0
     metrics = json.loads((run / "eval.json").read_text())
     assert metrics["n_detections"] == len(boxes) and {"map25", "map50", "pose_acc_pi6"} <= set(metrics)
-    assert metrics["ap25"]["tissue box"] == 100.0, metrics["ap25"]  # the toy's best segmented object
+    # which of the toy's objects detect finds varies with its training (threads order its sums: CI once found the
+    # tissue box, once no box within IoU 0.25), so eval's scores are held to the true boxes in the run's file
+    objects = json.loads((scene / "objects.json").read_text())["objects"]
+    truth = [{**o, "score": 1.0} for o in objects]
+    (run / "detections.json").write_text(json.dumps({"up": [0, 0, 1], "boxes": truth}))
+    assert main(["eval", str(run), "--device", "cpu", "--no-renders"]) == 0
+    metrics = json.loads((run / "eval.json").read_text())
+    assert metrics["n_detections"] == len(truth) and metrics["map25"] == metrics["map50"] == 100.0, metrics["ap25"]
+    assert metrics["pose_acc_pi6"] == 100.0
 
 
 def test_detect_seconds_line_names_loading_and_each_cue():

@@ -397,7 +397,7 @@ class TrainConfig:
     """Lifting: iterations of FDA's pull and push in each teacher view before lifting (0 = off): mean-field steps
     on the teacher's class distribution over a 7 x 7 window of its map, pulled toward the cells whose DINO features
     agree (cosine above ``lift_affinity``) and pushed from those that differ, so that it follows DINO's edges
-    rather than the crops' blur."""
+    rather than the crops' blur. On the lifted crop scale (all of them with ``scale_selection``)."""
     lift_view_strength: float = 5.0
     """Lifting: the weight of the neighbours' pull and push against the teacher's own log-probability in
     ``lift_view_filter``'s steps."""

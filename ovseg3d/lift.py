@@ -281,10 +281,12 @@ class ViewMaps:
         raw_dino = torch.from_numpy(np.asarray(features.dino[view], dtype=np.float32)).to(dino.mean.device)
         self.dino = dino.project(raw_dino)
         rel = torch.from_numpy(np.asarray(features.relevancy[view], dtype=np.float32)).to(clip.mean.device)
-        self.relevancy = torch.softmax(rel / temperature, -1).reshape(*rel.shape[:2], -1)
-        if view_filter[0] > 0:
+        rel = torch.softmax(rel / temperature, -1)  # [hr, wr, S, C]
+        if view_filter[0] > 0:  # on the lifted scales alone: the others' relevancy is kept as the teacher's
             framed = raw_dino if dino_frame is None else raw_dino @ dino_frame
-            self.relevancy = filter_view(self.relevancy, framed, rel.shape[-1], *view_filter)
+            chosen = rel[:, :, scales].reshape(*rel.shape[:2], -1)
+            rel[:, :, scales] = filter_view(chosen, framed, rel.shape[-1], *view_filter).view(rel[:, :, scales].shape)
+        self.relevancy = rel.reshape(*rel.shape[:2], -1)
 
     def at(self, u: Tensor, v: Tensor, width: int, height: int) -> Tensor:
         """``[R, scales * k + kd + S * C]`` the values under pixels ``(u, v)`` of a ``width x height`` image."""
@@ -327,13 +329,14 @@ def filter_view(
     pull = pull / pull.sum(0, keepdim=True).clamp(min=1e-12)  # the cell itself has cos 1: never an empty row
     push = ((cos < threshold) & inside).float()
     push = push / push.sum(0, keepdim=True).clamp(min=1.0)
+    weight = strength * (pull - push)  # [k2, h*w]: one product a step
     start = distribution.permute(2, 0, 1)[None].float()  # [1, n, h, w]
     prior = start.clamp(min=1e-6).log().view(n // n_classes, n_classes, h * w)
     current = start
     for _ in range(iterations):
         near = F.unfold(current, window, padding=pad).view(n, k2, h * w)
-        message = ((near * pull[None]).sum(1) - (near * push[None]).sum(1)).view(n // n_classes, n_classes, h * w)
-        current = torch.softmax(prior + strength * message, 1).view(1, n, h, w)
+        message = (near * weight).sum(1).view(n // n_classes, n_classes, h * w)
+        current = torch.softmax(prior + message, 1).view(1, n, h, w)
     return current[0].permute(1, 2, 0).to(distribution.dtype)
 
 

@@ -237,3 +237,21 @@ def test_the_field_figure_gives_each_cases_median_and_range_and_the_training_vie
     assert text.startswith("1300 steps: ")
     assert "fox `depth_light` **24.30 (24.10-24.60, 3 runs) dB** / 0.710 held out (training views 26.20)" in text
     assert text.index("depth_light") < text.index("no_depth")
+
+
+def test_the_lift_figure_sets_each_teachers_distillation_beside_its_liftings():
+    runs = {
+        "default": [60.0, 70.0, 65.0],
+        "lift": [72.0] * 3,
+        "lift_view_filter": [74.0] * 3,
+        "per_view_teacher": [90.0, 91.0, 92.0],
+        "per_view_teacher+lift": [85.0] * 3,
+    }
+    figures = {f"demo/{v}/miou": results.summary(r) for v, r in runs.items()}
+    figures |= {f"demo/{v}/teacher_miou": results.summary([47.6 if "per" not in v else 69.4] * 3) for v in runs}
+    figures |= {f"demo/{v}/semantic_seconds": results.summary([s] * 3) for v, s in (("default", 240.0), ("lift", 10.4))}
+    text = tables.lift_figure(_result(figures=figures))
+    assert text.startswith("demo, 3D mIoU: persistent errors: distillation 65.0 (60.0-70.0, 3 runs), lifting 72.0 (3")
+    assert "with the view filter 74.0" in text and "(2D teacher 47.6)" in text
+    assert "per-view errors: distillation 91.0 (90.0-92.0, 3 runs), lifting 85.0 (3 runs alike) (2D teacher 69.4)" in text
+    assert text.endswith("semantic stage distillation 240 s, lifting 10 s")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ovseg3d.cli import main
@@ -232,3 +233,22 @@ def test_the_view_filter_draws_a_blurred_teachers_edge_back_to_dinos():
     assert torch.equal(out[..., :2].argmax(-1), truth) and torch.equal(out[..., 2:].argmax(-1), truth)
     assert torch.allclose(out.view(h, w, 2, 2).sum(-1), torch.ones(h, w, 2), atol=1e-5)
     assert torch.equal(filter_view(two_scales, dino, 2, 0, 0.7, 5.0), two_scales)  # no steps: the teacher as it is
+
+
+def test_the_view_filter_changes_the_lifted_scale_alone():
+    """A view's maps as lifting reads them (``ViewMaps``): with the filter on the middle of three crop scales, that
+    scale's distribution is the filter's and the other two stay the teacher's softmax."""
+    from ovseg3d.lift import Basis, ViewMaps, filter_view
+
+    g = torch.Generator().manual_seed(0)
+    relevancy = torch.rand(2, 12, 16, 3, 4, generator=g).numpy().astype(np.float16)
+    dino = F.normalize(torch.randn(2, 6, 8, 5, generator=g), dim=-1).numpy().astype(np.float16)
+    clip = F.normalize(torch.randn(2, 6, 8, 3, 7, generator=g), dim=-1).numpy().astype(np.float16)
+    features = TeacherFeatures(Path("."), {"classes": list("abcd")}, clip, relevancy, dino, np.zeros((4, 7)))
+    bases = Basis.fit(torch.randn(10, 7), 0), Basis.fit(torch.randn(10, 5), 0)
+    plain = ViewMaps(features, 1, *bases, [1], 0.1).relevancy.view(12, 16, 3, 4)
+    filtered = ViewMaps(features, 1, *bases, [1], 0.1, (3, 0.7, 5.0)).relevancy.view(12, 16, 3, 4)
+    torch.testing.assert_close(filtered[:, :, [0, 2]], plain[:, :, [0, 2]])
+    expected = filter_view(plain[:, :, 1], torch.from_numpy(dino[1]).float(), 4, 3, 0.7, 5.0)
+    torch.testing.assert_close(filtered[:, :, 1], expected)
+    assert not torch.allclose(filtered[:, :, 1], plain[:, :, 1])

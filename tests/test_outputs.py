@@ -401,7 +401,7 @@ def test_a_stale_teacher_cache_is_said_even_where_the_log_is_silenced(tmp_path, 
     assert "continuing" in line and "1/3" in line
     (cfg.cache_dir / "meta.json").write_text('{"format": 2, "teach')  # truncated
     assert "unreadable" in said()
-    assert sorted(p.name for p in cfg.cache_dir.iterdir()) == ["meta.json"]
+    assert sorted(p.name for p in cfg.cache_dir.iterdir()) == [".lock", "meta.json"]  # .lock: who reads it
 
 
 # ------------------------------------------------------------------------------ render and eval pictures

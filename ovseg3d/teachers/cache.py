@@ -45,8 +45,8 @@ ARRAYS = ("clip", "relevancy", "dino")
 class FolderLock:
     """An advisory ``flock`` on ``FOLDER/.lock``: shared while a run reads the cache, exclusive while one writes it,
     so that a run with other teacher settings cannot rewrite the arrays another run has memory-mapped. Where the
-    lock file cannot be made (a read-only folder, which no run can write either) or ``flock`` does not exist, it
-    holds nothing. Released when closed or dropped, and by the system when the process ends.
+    lock file cannot be made (a read-only folder, which no run can write either), before the folder exists, or where
+    ``flock`` does not exist, it holds nothing. Released when closed or dropped, and by the system when the process ends.
 
     A process holds one lock a folder (:meth:`of`), shared by all its readers and writers: the lock keeps other
     processes out, as before it a process rewrote a cache it still read only when asked to."""
@@ -63,20 +63,24 @@ class FolderLock:
         return lock
 
     def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
         self.fd: int | None = None
         try:
             import fcntl
         except ImportError:  # not POSIX
-            return
+            fcntl = None  # type: ignore[assignment]
         self._fcntl = fcntl
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
+
+    def _open(self) -> None:
+        """The lock file, once the folder exists (a run that fails before writing leaves no folder behind)."""
+        if self.fd is not None or self._fcntl is None or not self.folder.is_dir():
+            return
+        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):  # flock needs no write permission
             try:
-                self.fd = os.open(folder / ".lock", os.O_RDONLY)  # flock needs no write permission
+                self.fd = os.open(self.folder / ".lock", flags, 0o644)
+                return
             except OSError:
-                self.fd = None
+                continue
 
     def _flock(self, op: int, wait: bool) -> bool:
         if self.fd is None:
@@ -89,6 +93,7 @@ class FolderLock:
 
     def shared(self, waiting: Callable[[], None] | None = None) -> None:
         """Hold the folder shared, waiting for a writer to finish (``waiting`` is called once if it must)."""
+        self._open()
         if self.fd is not None and not self._flock(self._fcntl.LOCK_SH, wait=False):
             if waiting is not None:
                 waiting()
@@ -96,6 +101,7 @@ class FolderLock:
 
     def exclusive(self, attempts: int = 5) -> bool:
         """Hold the folder alone if no other run holds it (a few tries over about a second); ``False`` if one does."""
+        self._open()
         for k in range(attempts):
             if self.fd is None or self._flock(self._fcntl.LOCK_EX, wait=False):
                 return True

@@ -236,21 +236,29 @@ def ensure_features(
     of = f"{len(wanted)} of {len(scene)} views" if chosen is not None else f"{len(scene)} views"
     path = cache_path(scene, cfg)
     expected = expected_meta(scene, cfg)
-    lock = cache.FolderLock.of(path)
-    lock.shared(lambda: say(f"teacher features: waiting for another run writing {path}"))
-    if not force and (features := _reuse(path, expected, wanted, chosen, of, log)) is not None:
-        features.lock = lock
-        return features
-    lock.release()
-    if not lock.exclusive():  # another run reads the folder, or writes it
-        lock.shared(lambda: say(f"teacher features: waiting for another run writing {path}"))
+    lock = cache.FolderLock.of(path)  # holds nothing while the folder does not exist
+
+    def waiting() -> None:
+        say(f"teacher features: waiting for another run writing {path}")
+
+    def after_another_run() -> cache.TeacherFeatures:
+        """Another run held the folder: what it wrote once it is done, if that is what this run needs."""
+        lock.shared(waiting)
         if not force and (features := _reuse(path, expected, wanted, chosen, of, log)) is not None:
-            features.lock = lock  # that run wrote what this one needs
+            features.lock = lock
             return features
         raise TeacherError(
             f"teacher features: another run is reading {path}, made with other settings or views than this "
             "run's; wait for it to end, or give this run its own --cache-dir DIR"
         )
+
+    lock.shared(waiting)
+    if not force and (features := _reuse(path, expected, wanted, chosen, of, log)) is not None:
+        features.lock = lock
+        return features
+    lock.release()
+    if not lock.exclusive():  # another run reads the folder, or writes it
+        return after_another_run()
     stored = cache.read_meta(path)  # again, now that no other run can change it
     meta = None
     if force:
@@ -277,6 +285,8 @@ def ensure_features(
     loading = time.perf_counter() - start
     if meta is None:
         path.mkdir(parents=True, exist_ok=True)
+        if not lock.exclusive():  # the folder is new: its lock file too
+            return after_another_run()
         cache.clear(path)
         meta = cache.new_meta(expected)
     clock = extract_into(path, scene, cfg, teachers, meta, dense, wanted)

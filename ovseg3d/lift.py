@@ -284,8 +284,8 @@ class ViewMaps:
         rel = torch.softmax(rel / temperature, -1)  # [hr, wr, S, C]
         if view_filter[0] > 0:  # on the lifted scales alone: the others' relevancy is kept as the teacher's
             framed = raw_dino if dino_frame is None else raw_dino @ dino_frame
-            chosen = rel[:, :, scales].reshape(*rel.shape[:2], -1)
-            rel[:, :, scales] = filter_view(chosen, framed, rel.shape[-1], *view_filter).view(rel[:, :, scales].shape)
+            chosen = rel[:, :, scales]
+            rel[:, :, scales] = filter_view(chosen.flatten(2), framed, rel.shape[-1], *view_filter).view(chosen.shape)
         self.relevancy = rel.reshape(*rel.shape[:2], -1)
 
     def at(self, u: Tensor, v: Tensor, width: int, height: int) -> Tensor:

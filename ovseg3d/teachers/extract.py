@@ -244,8 +244,7 @@ def ensure_features(
     def after_another_run() -> cache.TeacherFeatures:
         """Another run held the folder: what it wrote once it is done, if that is what this run needs."""
         lock.shared(waiting)
-        if not force and (features := _reuse(path, expected, wanted, chosen, of, log)) is not None:
-            features.lock = lock
+        if not force and (features := _reuse(path, expected, wanted, chosen, of, log, lock)) is not None:
             return features
         raise TeacherError(
             f"teacher features: another run is reading {path}, made with other settings or views than this "
@@ -253,8 +252,7 @@ def ensure_features(
         )
 
     lock.shared(waiting)
-    if not force and (features := _reuse(path, expected, wanted, chosen, of, log)) is not None:
-        features.lock = lock
+    if not force and (features := _reuse(path, expected, wanted, chosen, of, log, lock)) is not None:
         return features
     lock.release()
     if not lock.exclusive():  # another run reads the folder, or writes it
@@ -267,9 +265,8 @@ def ensure_features(
         say(f"teacher features: {path / 'meta.json'} is unreadable: rebuilding {path} now")
     elif stored is None:
         say(f"teacher features: none in {path} yet: extracting them now ({of})")
-    elif (features := _reuse(path, expected, wanted, chosen, of, log)) is not None:
+    elif (features := _reuse(path, expected, wanted, chosen, of, log, lock)) is not None:
         lock.shared()  # made by a run that held the folder between this one's two looks
-        features.lock = lock
         return features
     elif (reason := cache.stale_reason(stored, expected)) is None:
         done = stored.get("done", [])
@@ -299,16 +296,24 @@ def ensure_features(
 
 
 def _reuse(
-    path: Path, expected: dict[str, Any], wanted: list[int], chosen: list[int] | None, of: str, log: Log
+    path: Path,
+    expected: dict[str, Any],
+    wanted: list[int],
+    chosen: list[int] | None,
+    of: str,
+    log: Log,
+    lock: cache.FolderLock,
 ) -> cache.TeacherFeatures | None:
-    """The cache at ``path`` if it holds what ``expected`` and ``wanted`` ask for, else ``None``."""
+    """The cache at ``path``, held by ``lock``, if it holds what ``expected`` and ``wanted`` ask for, else ``None``."""
     stored = cache.read_meta(path)
     if stored is None or cache.stale_reason(stored, expected) is not None:
         return None
     if not set(wanted) <= set(stored.get("done", [])):
         return None
     log(f"teacher features: reusing {path}" + (f" ({of})" if chosen is not None else ""))
-    return cache.open_features(path, chosen)
+    features = cache.open_features(path, chosen)
+    features.lock = lock
+    return features
 
 
 def dense_encoder(cfg: TeacherConfig, teachers: tuple[CropEncoder, PatchEncoder]) -> ProxyClip | None:

@@ -253,5 +253,7 @@ def test_the_lift_figure_sets_each_teachers_distillation_beside_its_liftings():
     text = tables.lift_figure(_result(figures=figures))
     assert text.startswith("demo, 3D mIoU: persistent errors: distillation 65.0 (60.0-70.0, 3 runs), lifting 72.0 (3")
     assert "with the view filter 74.0" in text and "(2D teacher 47.6)" in text
-    assert "per-view errors: distillation 91.0 (90.0-92.0, 3 runs), lifting 85.0 (3 runs alike) (2D teacher 69.4)" in text
+    assert (
+        "per-view errors: distillation 91.0 (90.0-92.0, 3 runs), lifting 85.0 (3 runs alike) (2D teacher 69.4)" in text
+    )
     assert text.endswith("semantic stage distillation 240 s, lifting 10 s")

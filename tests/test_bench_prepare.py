@@ -83,3 +83,6 @@ def test_paths_and_the_ate_against_a_reference_that_turns_a_run_of_its_photos_ar
     assert got["ate_run0_share_pct"] < 1e-6 and got["ate_run1_share_pct"] < 1e-6  # each placement on its own
     monkeypatch.setattr(bench, "poses_by_name", lambda _: (names[:3], ref[:3]))
     assert "ate_run0_share_pct" not in bench.against(tmp_path, names, found)  # no turn among 00-02
+    monkeypatch.setattr(bench, "poses_by_name", lambda _: (["x0", "x1", "01", "02"], ref[:4]))  # two in common
+    with pytest.raises(harness.BenchError, match="places 2 of the 8 photos"):
+        bench.against(tmp_path, names, found)

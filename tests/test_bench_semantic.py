@@ -57,3 +57,41 @@ def test_the_hash_grid_is_timed_as_the_config_makes_it(tmp_path) -> None:
     figures = hashgrid.measure(dataclasses.replace(case, folder=Path("scenes/demo")))
     assert figures["mpoints_per_s"] > 0 and figures["ms"] > 0 and figures["tcnn"] == 0.0
     assert abs(figures["mpoints_per_s"] * figures["ms"] * 1e3 / 1e6 - hashgrid.POINTS["cpu"] / 1e6) < 1e-6
+
+
+def test_the_training_views_are_scored_against_their_own_label_maps(toy_run, monkeypatch) -> None:
+    """``train_miou``: 100 where the label maps of the training views are the run's own labels, less where one
+    view's classes are swapped, nothing for a scene without label maps."""
+    import torch
+
+    from ovseg3d.evaluate import training_views
+    from ovseg3d.lift import load_semantics
+    from ovseg3d.run import latest_checkpoint, load_checkpoint
+
+    _, run = toy_run
+    real = train.load_trainer
+    views: list[int] = []
+
+    def labelled(run_folder: Path, device: str, swap: bool):
+        trainer = real(run_folder, device)
+        scene = trainer.scene
+        semantics = load_semantics(trainer, load_checkpoint(latest_checkpoint(run_folder), "cpu"))
+        views[:] = training_views([v for v in scene.train_ids if v not in scene.eval_ids], distill.TRAIN_VIEWS)
+        for v in views:
+            scene.labels[v] = semantics.segment(scene.cameras, v, scene.near_far).to(torch.uint8)
+        if swap:
+            scene.labels[views[0]] = (scene.labels[views[0]] + 1) % len(scene.classes)
+        return trainer
+
+    monkeypatch.setattr(train, "load_trainer", lambda r, d: labelled(r, d, swap=False))
+    assert distill.train_miou(run, "cpu") == {"train_miou": 100.0}
+    assert len(views) == distill.TRAIN_VIEWS
+    monkeypatch.setattr(train, "load_trainer", lambda r, d: labelled(r, d, swap=True))
+    assert distill.train_miou(run, "cpu")["train_miou"] < 95.0
+    monkeypatch.setattr(train, "load_trainer", lambda r, d: _unlabelled(real(r, d)))
+    assert distill.train_miou(run, "cpu") == {}
+
+
+def _unlabelled(trainer):
+    trainer.scene.labels.clear()
+    return trainer

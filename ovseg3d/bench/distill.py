@@ -11,7 +11,8 @@ one part of the method changed (:data:`VARIANTS`); a repeat's seed seeds the dis
 
 Figures: ``miou`` and ``teacher_miou`` (the field's and the 2D teacher's mIoU on the annotated held-out views,
 3D-OVS protocol), ``accuracy``, ``miou_gt_classes`` (over the classes each view's ground truth has),
-``gt_shifted_1px_miou`` (the ground truth shifted one pixel: what a misregistration costs), ``psnr`` (held out, dB),
+``gt_shifted_1px_miou`` (the ground truth shifted one pixel: what a misregistration costs), ``train_miou`` (3D
+mIoU on 8 training views against a generated scene's label maps: what to choose settings on), ``psnr`` (held out, dB),
 ``geometry_seconds`` and ``geometry_steps`` (the shared geometry's training), ``semantic_seconds`` and, by stage,
 :func:`~ovseg3d.bench.teacher_views.semantic_run`'s (``steps``; a lifting's ``voxels``, ``structure_mib``,
 ``peak_rss_mib``). The ``default`` variant adds each class's ``iou_{CLASS}`` and ``teacher_iou_{CLASS}`` and, under
@@ -50,6 +51,7 @@ VARIANTS: dict[str, dict] = {
     **{name: {"semantic": "lift", **values} for name, values in LIFT.items()},
 }
 """Each a change of the method, distilled (or lifted) on the scene's one geometry."""
+TRAIN_VIEWS = 8
 
 
 def objects(run: Path, metrics: dict) -> dict[str, float]:
@@ -88,6 +90,30 @@ def objects(run: Path, metrics: dict) -> dict[str, float]:
     return out
 
 
+def train_miou(run: Path, device: str, n: int = TRAIN_VIEWS) -> dict[str, float]:
+    """The run's 3D mIoU on ``n`` training views spread through the sequence, against the scene's label maps (a
+    generated scene has them for every view; ``{}`` without): the figure to choose settings on, never the held-out
+    views that are reported."""
+    import torch
+
+    from ovseg3d.evaluate import training_views
+    from ovseg3d.lift import load_semantics
+    from ovseg3d.metrics import segmentation_metrics
+    from ovseg3d.run import latest_checkpoint, load_checkpoint
+    from ovseg3d.train import load_trainer
+
+    trainer = load_trainer(run, device)
+    scene = trainer.scene
+    views = training_views([v for v in scene.train_ids if v not in scene.eval_ids and v in scene.labels], n)
+    semantics = load_semantics(trainer, load_checkpoint(latest_checkpoint(run), "cpu"))
+    if semantics is None or not views or not scene.classes:
+        return {}
+    classes = torch.arange(len(scene.classes)).view(-1, 1, 1)
+    masks = {v: scene.labels[v].long().unsqueeze(0) == classes for v in views}
+    ours = {v: semantics.segment(scene.cameras, v, scene.near_far) for v in views}
+    return {"train_miou": segmentation_metrics(ours, masks, scene.classes)["miou"]}
+
+
 def measure(case: Case) -> dict[str, float]:
     """Distil (or lift) the case's variant on the scene's one geometry, then score it as ``ovseg3d eval``."""
     from ovseg3d.pipeline import evaluate
@@ -99,6 +125,7 @@ def measure(case: Case) -> dict[str, float]:
     metrics = evaluate(run, case.device, save_renders=False, train_views=0)
     keys = ("miou", "teacher_miou", "accuracy", "miou_gt_classes", "gt_shifted_1px_miou", "psnr")
     figures |= {k: metrics[k] for k in keys if metrics.get(k) is not None}
+    figures |= train_miou(run, case.device)
     log = [json.loads(line) for line in (source / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "stage" not in r and "time" in r]  # the geometry's log records
     figures["geometry_seconds"] = round(steps[-1]["time"], 1) if steps else 0.0

@@ -158,6 +158,10 @@ def against(reference: Path, names: list[str], c2w: np.ndarray) -> dict[str, flo
     ref_names, ref = poses_by_name(reference)
     found, truth = dict(zip(names, c2w[:, :, 3])), dict(zip(ref_names, ref[:, :, 3]))
     common = sorted(set(truth) & set(found))
+    if len(common) < 3:
+        raise BenchError(
+            f"bench prepare: {reference} places {len(common)} of the {len(found)} photos (3 or more to align)"
+        )
     err = trajectory_error(np.stack([found[n] for n in common]), np.stack([truth[n] for n in common]))
     out = {"ate_share_pct": 100 * err["rmse_share"], "ate_images": len(common), **path_jumps(ref, "reference_")}
     run = np.cumsum(np.concatenate([[0], turns(ref) > 150]))

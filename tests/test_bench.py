@@ -4,6 +4,7 @@ and docs/benchmarks.md's tables equal to what the result files give."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -106,6 +107,11 @@ def test_the_teacher_recorded_is_the_one_the_runs_use(tmp_path):
     assert harness.teacher_record(bench, plain)["kind"] == "synthetic"
     clip = harness.cases(bench, tmp_path, sets=["teachers.kind=clip"])[0]
     assert harness.teacher_record(bench, clip) == {"kind": "clip", "errors": None, "weights": None}
+    assert harness.teachers_record(bench, [plain, plain]) == harness.teacher_record(bench, plain)
+    bench = dataclasses.replace(bench, variants={"default": {}, "per_view": {"teachers": {"syn_errors": "per-view"}}})
+    both = harness.cases(bench, tmp_path, variants=["default", "per_view"])
+    record = harness.teachers_record(bench, both)
+    assert record["errors"] == "persistent / per-view" and record["by_variant"]["per_view"]["errors"] == "per-view"
 
 
 def test_a_run_writes_each_figure_over_seeds_with_the_machine_commit_and_teacher(tmp_path, monkeypatch):

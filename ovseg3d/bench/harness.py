@@ -265,6 +265,17 @@ def teacher_record(bench: Benchmark, case: Case) -> dict[str, Any]:
     return record
 
 
+def teachers_record(bench: Benchmark, todo: Sequence[Case]) -> dict[str, Any]:
+    """The cases' teacher (:func:`teacher_record`); where variants differ in it (the simulated teacher's errors),
+    the first case's, its ``errors`` naming all of them and ``by_variant`` saying whose is whose."""
+    records = {c.variant: teacher_record(bench, c) for c in todo}
+    first = records[todo[0].variant]
+    if all(r == first for r in records.values()):
+        return first
+    errors = list(dict.fromkeys(str(r["errors"]) for r in records.values()))
+    return {**first, "errors": " / ".join(errors), "by_variant": records}
+
+
 def run(
     bench: Benchmark,
     out: Path,
@@ -290,7 +301,7 @@ def run(
         "commit": results.commit(),
         "measured": results.today(),
         "machine": {},
-        "teacher": teacher_record(bench, todo[0]),
+        "teacher": teachers_record(bench, todo),
         "settings": {
             "preset": todo[0].preset,
             "scenes": sorted({c.scene for c in todo}),

@@ -37,6 +37,12 @@ def spread(data: dict, key: str, digits: int = 1) -> str:
     return f"{f['median']:.{digits}f} ({f['min']:.{digits}f}-{f['max']:.{digits}f}, {len(f['runs'])} runs)"
 
 
+def seconds_range(data: dict, key: str) -> str:
+    """`` (min-max s, N runs)`` after a median of seconds, nothing for one run."""
+    f = data["figures"][key]
+    return f" ({f['min']:.0f}-{f['max']:.0f} s, {len(f['runs'])} runs)" if len(f["runs"]) > 1 else ""
+
+
 def distill_figure(data: dict) -> str:
     """3D against 2D over every scene: how many medians reach the teacher, the gains, the demo's median and range."""
     scenes = sorted({k.split("/")[0] for k in data["figures"] if k.endswith("/default/miou")})
@@ -151,21 +157,25 @@ def lift_figure(data: dict) -> str:
     return f"{Path(scene).name}, 3D mIoU: " + "; ".join(parts) + "; semantic stage " + ", ".join(seconds)
 
 
-def prepare_figure(name: str, reference: str = "") -> Callable[[dict], str]:
-    """One photo set through ``prepare``: registered of all, reprojection error, seconds (and the load they ran
-    under), the cameras' distance to a reference when it has one."""
+def prepare_figure(*names: str, reference: str = "") -> Callable[[dict], str]:
+    """Photo sets through ``prepare``: registered of all, reprojection error, seconds (median and range; the load
+    they ran under where it was above the two cores), the cameras' distance to a reference when it has one."""
 
-    def figure(data: dict) -> str:
+    def one(data: dict, name: str) -> str:
         k = f"{name}/default"
         text = (
             f"{median(data, f'{k}/registered'):.0f} of {median(data, f'{k}/images'):.0f} photos registered at "
             f"{median(data, f'{k}/reprojection_px'):.2f} px in **{median(data, f'{k}/seconds'):.0f} s**"
+            + seconds_range(data, f"{k}/seconds")
         )
-        if f"{k}/load" in data["figures"]:
+        if f"{k}/load" in data["figures"] and median(data, f"{k}/load") > 2.5:
             text += f" (load {median(data, f'{k}/load'):.1f}: an upper bound)"
         if reference and f"{k}/ate_share_pct" in data["figures"]:
-            text += f"; cameras within {median(data, f'{k}/ate_share_pct'):.3f} % of {reference}'s"
+            text += f", cameras within {median(data, f'{k}/ate_share_pct'):.3f} % of {reference}'s"
         return text
+
+    def figure(data: dict) -> str:
+        return "; ".join(f"{name}: {one(data, name)}" if len(names) > 1 else one(data, name) for name in names)
 
     return figure
 
@@ -190,11 +200,12 @@ class Row:
 
 
 PREPARE_COMMAND = (
-    "python -m ovseg3d.bench.prepare bench/sets bonsai_auto_v2=BONSAI_PHOTOS:BONSAI/sparse/0 fox_auto_v2=FOX/images:FOX "
-    "&& echo 'max_long_side = 1440' > bench/sets/fox_auto_v2/prepare.toml && ovseg3d bench run prepare --scenes "
-    "bench/sets/bonsai_auto_v2 bench/sets/fox_auto_v2 --out results/prepare.json"
+    "python -m ovseg3d.bench.prepare bench/sets fox1440=FOX/images:FOX fox1920=FOX/images:FOX "
+    "bonsai126=BONSAI_EVERY_OTHER_PHOTO && echo 'max_long_side = 1440' > bench/sets/fox1440/prepare.toml && echo "
+    "'max_long_side = 1920' > bench/sets/fox1920/prepare.toml && ovseg3d bench run prepare --scenes bench/sets/fox1440 "
+    "bench/sets/bonsai126 bench/sets/fox1920 --variants default --repeats 3 --out results/prepare.json"
 )
-"""Both prepare rows' file: the two photo sets made into set folders, the fox's at 1440 px, then one run."""
+"""The fox's and 126 of the bonsai's photos: the sets made into folders, the fox's at 1440 and 1920 px, 3 runs."""
 
 
 ROWS: tuple[Row, ...] = (
@@ -339,20 +350,30 @@ ROWS: tuple[Row, ...] = (
         history="round-objects-seen-from-one-side-the-centre-fitted-at-the-widths-radius-issue-48-2026-11-27-later",
     ),
     Row(
-        "`prepare`, mip-NeRF 360's bonsai (252 photos, 800×533), `auto` matcher",
+        "`prepare`, instant-ngp's fox (50 photos at 810×1440, and at their full 1080×1920: an 82-photo phone set's "
+        "2.07 megapixels a photo), `auto` matcher",
         "prepare.json",
-        prepare_figure("bonsai_auto_v2"),
+        prepare_figure("fox1440", "fox1920", reference="instant-ngp"),
         PREPARE_COMMAND,
         "prepare-from-photos",
-        since="2026-11-28",
+        since="2026-11-29",
     ),
     Row(
-        "`prepare`, instant-ngp's fox (50 photos at 810×1440), `auto` matcher",
+        "`prepare`, mip-NeRF 360's bonsai (every other photo: 126 at 800×533), `auto` matcher",
         "prepare.json",
-        prepare_figure("fox_auto_v2", "instant-ngp"),
+        prepare_figure("bonsai126"),
         PREPARE_COMMAND,
         "prepare-from-photos",
-        since="2026-11-28",
+        since="2026-11-29",
+    ),
+    Row(
+        "`prepare`, mip-NeRF 360's bonsai (all 252 photos, 800×533), `auto` matcher",
+        "prepare_bonsai.json",
+        prepare_figure("bonsai252"),
+        "python -m ovseg3d.bench.prepare bench/sets bonsai252=BONSAI_PHOTOS && ovseg3d bench run prepare --scenes "
+        "bench/sets/bonsai252 --variants default --repeats 3 --out results/prepare_bonsai.json",
+        "prepare-from-photos",
+        since="2026-11-29",
     ),
 )
 """The headline rows, in the README's order. Issue 68's rows are added here, beside a result file."""

@@ -45,6 +45,12 @@ LIFT = {
     "lift_scale_selection": {"scale_selection": True},
     "lift_view_filter": {"lift_view_filter": 5},  # FDA's pull and push in each view before lifting
     "lift_no_view_filter": {"lift_view_filter": 0},
+    "lift_view_filter10": {"lift_view_filter": 10},
+    "lift_view_filter20": {"lift_view_filter": 20},
+    "lift_view_strength2.5": {
+        "lift_view_strength": 2.5
+    },  # joined after a filter: lift_view_filter+lift_view_strength10
+    "lift_view_strength10": {"lift_view_strength": 10.0},
 }
 """The lifting's settings changed one at a time (``semantic = "lift"`` with them)."""
 

@@ -393,8 +393,10 @@ class TrainConfig:
     """Lifting: DINO cosine below which neighbours do not exchange features (FDA's 0.7)."""
     lift_propagate_weight: float = 0.9
     """Lifting: share of a voxel's value that comes from its neighbours at each propagation step."""
-    lift_view_filter: int = 0
-    """Lifting: iterations of FDA's pull and push in each teacher view before lifting (0 = off): mean-field steps
+    lift_view_filter: int = 5
+    """Lifting: iterations of FDA's pull and push in each teacher view before lifting (0 = off; 5 and
+    ``lift_view_strength`` 5 chosen on training views of 3 scenes under both simulated teachers, +0.4 to +7.4 held-out
+    mIoU there, about 0.1-0.5 s a view; docs/benchmarks.md): mean-field steps
     on the teacher's class distribution over a 7 x 7 window of its map, pulled toward the cells whose DINO features
     agree (cosine above ``lift_affinity``) and pushed from those that differ, so that it follows DINO's edges
     rather than the crops' blur. On the lifted crop scale (all of them with ``scale_selection``)."""

@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 from ovseg3d.bench.harness import Benchmark, Case
-from ovseg3d.bench.teacher_views import LIFT, geometry, semantic_run
+from ovseg3d.bench.teacher_views import LIFT, UNFILTERED, geometry, semantic_run
 
 VARIANTS: dict[str, dict] = {
     "default": {},
@@ -47,7 +47,7 @@ VARIANTS: dict[str, dict] = {
     "learned_selection": {"scale_selection": True},  # 3D-OVS's learned selection over the teacher's crop scales
     "plain_weights": {"sem_weight_power": 1.0},  # the plain radiance weights along the rays
     "no_coverage_weights": {"coverage_weights": False},
-    "lift": {"semantic": "lift"},
+    "lift": UNFILTERED,  # without the view filter; the default lifting is lift_view_filter
     **{name: {"semantic": "lift", **values} for name, values in LIFT.items()},
 }
 """Each a change of the method, distilled (or lifted) on the scene's one geometry."""

@@ -221,7 +221,8 @@ ROWS: tuple[Row, ...] = (
         since="2026-11-28",
     ),
     Row(
-        "the teachers on K views chosen by coverage (`--teacher-views K`), lifted, persistent teacher errors",
+        "the teachers on K views chosen by coverage (`--teacher-views K`), lifted without the view filter, persistent "
+        "teacher errors",
         "teacher_views.json",
         teacher_views_figure,
         "ovseg3d bench run teacher_views --scenes demo orbit --variants all k4 k6 k8 k12 k16 --set steps=1500 "

@@ -27,20 +27,19 @@ def median(data: dict, key: str) -> float:
     return data["figures"][key]["median"]
 
 
-def spread(data: dict, key: str, digits: int = 1) -> str:
-    """``median (min-max)``, or the one value when there was one run."""
+def runs_range(data: dict, key: str, digits: int = 1, unit: str = "") -> str:
+    """What follows a median: `` (min-max UNIT, N runs)``, `` (N runs alike)``, or nothing for one run."""
     f = data["figures"][key]
     if len(f["runs"]) == 1:
-        return f"{f['median']:.{digits}f}"
+        return ""
     if f["min"] == f["max"]:
-        return f"{f['median']:.{digits}f} ({len(f['runs'])} runs alike)"
-    return f"{f['median']:.{digits}f} ({f['min']:.{digits}f}-{f['max']:.{digits}f}, {len(f['runs'])} runs)"
+        return f" ({len(f['runs'])} runs alike)"
+    return f" ({f['min']:.{digits}f}-{f['max']:.{digits}f}{unit}, {len(f['runs'])} runs)"
 
 
-def seconds_range(data: dict, key: str) -> str:
-    """`` (min-max s, N runs)`` after a median of seconds, nothing for one run."""
-    f = data["figures"][key]
-    return f" ({f['min']:.0f}-{f['max']:.0f} s, {len(f['runs'])} runs)" if len(f["runs"]) > 1 else ""
+def spread(data: dict, key: str, digits: int = 1) -> str:
+    """``median (min-max)``, or the one value when there was one run."""
+    return f"{median(data, key):.{digits}f}" + runs_range(data, key, digits)
 
 
 def distill_figure(data: dict) -> str:
@@ -166,7 +165,7 @@ def prepare_figure(*names: str, reference: str = "") -> Callable[[dict], str]:
         text = (
             f"{median(data, f'{k}/registered'):.0f} of {median(data, f'{k}/images'):.0f} photos registered at "
             f"{median(data, f'{k}/reprojection_px'):.2f} px in **{median(data, f'{k}/seconds'):.0f} s**"
-            + seconds_range(data, f"{k}/seconds")
+            + runs_range(data, f"{k}/seconds", 0, " s")
         )
         if f"{k}/load" in data["figures"] and median(data, f"{k}/load") > 2.5:
             text += f" (load {median(data, f'{k}/load'):.1f}: an upper bound)"

@@ -50,9 +50,8 @@ LIFT = {
     "lift_no_view_filter": {"lift_view_filter": 0},
     "lift_view_filter10": {"lift_view_filter": 10},
     "lift_view_filter20": {"lift_view_filter": 20},
-    "lift_view_strength2.5": {
-        "lift_view_strength": 2.5
-    },  # joined after a filter: lift_view_filter+lift_view_strength10
+    # the strengths are joined after a filter: lift_view_filter+lift_view_strength10
+    "lift_view_strength2.5": {"lift_view_strength": 2.5},
     "lift_view_strength10": {"lift_view_strength": 10.0},
 }
 """The lifting's settings changed one at a time (``semantic = "lift"`` with them)."""

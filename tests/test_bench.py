@@ -124,6 +124,7 @@ def test_a_run_writes_each_figure_over_seeds_with_the_machine_commit_and_teacher
     saved = results.load(tmp_path / "r.json")
     assert saved == data and saved["command"] == "toy" and saved["commit"] == "abc1234"
     assert saved["machine"]["cores"] >= 1 and saved["machine"]["description"]
+    assert saved["machine"]["cpu_capability"] and isinstance(saved["machine"]["cpu_bf16"], bool)
     assert saved["figures"]["demo/short/score"] == {
         "runs": [10.0, 11.0, 12.0],
         "median": 11.0,
@@ -153,6 +154,14 @@ def test_a_row_without_its_file_says_missing_and_names_the_command(tmp_path):
     assert "fig" in line and "2 CPU cores" in line and "simulated, persistent errors" in line
     stale = tables.Row("toy", "toy.json", lambda d: "fig", "c", "faults", since="2026-11-20")
     assert "**stale**" in tables.markdown((stale,), tmp_path)
+
+
+def test_a_cpu_rows_machine_names_its_vector_level_and_bfloat16_a_gpu_rows_does_not():
+    cpu = {"description": "2 CPU cores", "gpu": None, "cpu_capability": "AVX2", "cpu_bf16": False}
+    assert tables.machine_text(cpu) == "2 CPU cores, AVX2 without bfloat16"
+    assert tables.machine_text({**cpu, "cpu_bf16": True}) == "2 CPU cores, AVX2 with bfloat16"
+    assert tables.machine_text({**cpu, "gpu": "H200", "description": "one H200"}) == "one H200"
+    assert tables.machine_text({"description": "2 CPU cores"}) == "2 CPU cores"  # files written before the fields
 
 
 def test_an_import_without_a_commit_is_refused_in_one_line(tmp_path, capsys):

@@ -100,17 +100,32 @@ def cpu_model() -> str | None:
 
 def machine(device: str = "cpu") -> dict[str, object]:
     """Where a benchmark runs: CPU model and cores, the GPU's model when ``device`` is a GPU, torch's threads, and
-    the load average when the result is written (a shared machine's seconds are upper bounds)."""
+    the load average when the result is written (a shared machine's seconds are upper bounds).
+
+    ``cpu_capability`` (torch's vector level: ``AVX2``, ``AVX512``, ...) and ``cpu_bf16`` (whether the teachers run
+    in bfloat16 here): two hosts that both say "AMD EPYC, 2 cores" ran the same teacher frames 1.6x apart because one
+    had native bfloat16 and the other ran them in float32 (issue 68)."""
     import torch
 
     from ovseg3d import accel
+    from ovseg3d.teachers.base import half_dtype
 
     gpu = torch.cuda.get_device_name(0) if str(device).startswith("cuda") and torch.cuda.is_available() else None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = accel.machine_info(torch.device(device))
     description = f"one {gpu}" if gpu else f"{cores} CPU cores"
     load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None  # other jobs: seconds are upper bounds
-    return {"description": description, "cpu": cpu_model(), "cores": cores, "gpu": gpu, "load_1min": load, **info}
+    bf16 = half_dtype(torch.device("cpu"), True) is not None
+    cpu = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16": bf16}
+    return {
+        "description": description,
+        "cpu": cpu_model(),
+        "cores": cores,
+        **cpu,
+        "gpu": gpu,
+        "load_1min": load,
+        **info,
+    }
 
 
 def commit(root: Path | None = None) -> str:

@@ -391,6 +391,16 @@ def teacher_text(teacher: dict) -> str:
     return "none"
 
 
+def machine_text(machine: dict) -> str:
+    """The machine's description, with its CPU's vector level and bfloat16 support where the file records them and
+    no GPU ran it ("2 CPU cores, AVX2 without bfloat16"): the teachers' seconds differ 1.6x between those hosts."""
+    text = str(machine["description"])
+    if machine.get("gpu") or not machine.get("cpu_capability"):
+        return text
+    bf16 = "with" if machine.get("cpu_bf16") else "without"
+    return f"{text}, {machine['cpu_capability']} {bf16} bfloat16"
+
+
 def cells(row: Row, folder: Path = RESULTS, link: str = "docs/benchmarks.md") -> list[str]:
     """capability, figure, machine, teacher, command, details: from the row's result file, or why there is none."""
     path = folder / row.result
@@ -404,7 +414,7 @@ def cells(row: Row, folder: Path = RESULTS, link: str = "docs/benchmarks.md") ->
     figure = row.figure(data)
     if row.since and data.get("measured", "") < row.since:
         figure = f"**stale** (measured {data.get('measured')}, before {row.since}): {figure}"
-    machine = data["machine"]["description"]
+    machine = machine_text(data["machine"])
     when = f"{data.get('measured', '?')}, commit {data['commit']}"
     return [row.capability, figure, f"{machine} ({when})", teacher_text(data["teacher"]), f"`{row.command}`", details]
 

@@ -36,6 +36,31 @@ def test_a_run_given_as_a_folder_is_measured_as_it_is(tmp_path):
     assert export.case_folder(case, "detect") == tmp_path / "work" / "detect" / "myrun-default-s0"
 
 
+def test_field_only_trains_the_geometry_alone_for_a_capture_without_labels(tmp_path, monkeypatch):
+    import types
+
+    from ovseg3d import pipeline
+
+    stages = []
+
+    def fake_run_scene(scene, run, chosen, config=None, export=None):
+        stages.append(list(chosen))
+        return types.SimpleNamespace(status="done")
+
+    monkeypatch.setattr(pipeline, "run_scene", fake_run_scene)
+    monkeypatch.setattr(export, "coverage", lambda *a: {"coverage": 1.0})
+    monkeypatch.setattr("ovseg3d.export.extract_cloud", lambda *a: (_ for _ in ()).throw(RuntimeError("exported")))
+    scene = tmp_path / "capture"
+    scene.mkdir()
+    case = harness.Case("export", str(scene), scene, "field_only+stride4", {}, 0, tmp_path / "work")
+    with pytest.raises(RuntimeError, match="exported"):
+        export.measure(case)
+    assert stages == [["geometry"]]
+    with pytest.raises(RuntimeError, match="exported"):
+        export.measure(harness.Case("export", str(scene), scene, "stride4", {}, 0, tmp_path / "work"))
+    assert stages[1] == ["teachers", "geometry", "distill"]
+
+
 def camera(width: int = 8, height: int = 8) -> Cameras:
     """One pinhole camera at the origin looking down -z (OpenGL)."""
     c2w = torch.cat([torch.eye(3), torch.zeros(3, 1)], 1)[None]

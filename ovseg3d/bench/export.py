@@ -27,7 +27,9 @@ the work folder with the variant's :data:`EXPORTS` options (every option of ``ov
   painted differently per view is no surface); ``coverage_precision`` the agreeing share of agreeing and in-front
   points. Pictures of each view (confident dark grey, consistent light grey, covered green) go to the work folder.
 
-The variant ``force`` reads a run whose scene changed since training (``ovseg3d export --force``).
+The variant ``force`` reads a run whose scene changed since training (``ovseg3d export --force``); ``field_only``
+trains the geometry alone (a capture without labels, whose cloud has none): ``--scenes PREPARED_BONSAI --variants
+field_only+stride4``.
 
     ovseg3d bench run export                                    # the demo, trained here
     ovseg3d bench run export --variants stride1 no_spread
@@ -58,15 +60,16 @@ EXPORTS: dict[str, dict[str, Any]] = {
     "spacing2": {"spacing": 0.002},
     "as_exported": {},  # the run's own export, read as it is
     "force": {},  # a run whose scene changed since training
+    "field_only": {"features": False},  # the geometry stage alone: a capture without labels for a simulated teacher
 }
 """Variant -> ``ExportOptions`` fields (joined by '+': ``stride1+force``)."""
 COVERAGE_VIEWS, COVERAGE_STRIDE, OPACITY, TOL, RADIUS = 8, 4, 0.95, 0.02, 1
 QUERY_POINTS, TRUTH_STRIDE = 200_000, 2
 
 
-def trained_run(case: Case, last: str = "distill", export: Any = None) -> Path:
-    """The case's run: its scene folder when that is a run (``run.json``), else the scene trained through stage
-    ``last`` with the case's config (the simulated teacher unless it says otherwise) into ``WORK/trained``, a folder
+def trained_run(case: Case, last: str = "distill", export: Any = None, first: str = "teachers") -> Path:
+    """The case's run: its scene folder when that is a run (``run.json``), else the scene trained from stage
+    ``first`` through ``last`` with the case's config (the simulated teacher unless it says otherwise) into ``WORK/trained``, a folder
     per scene, preset, seed and overrides that later cases and benchmarks reuse (``ovseg3d run`` skips current
     stages)."""
     if (case.folder / "run.json").exists():
@@ -74,13 +77,14 @@ def trained_run(case: Case, last: str = "distill", export: Any = None) -> Path:
     from ovseg3d.pipeline import run_scene, stage_range
 
     cfg = case.config()
-    if cfg.teachers.kind == "auto":
-        cfg = dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, kind="synthetic"))
+    if cfg.teachers.kind == "auto":  # the geometry alone needs no teacher (a capture without labels)
+        kind = "none" if last == "geometry" else "synthetic"
+        cfg = dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, kind=kind))
     cfg = dataclasses.replace(cfg, device=case.device, chosen=tuple(case.overrides))
     key = json.dumps(case.overrides, sort_keys=True, default=str).encode()
     tag = f"-{hashlib.sha1(key).hexdigest()[:8]}" if case.overrides else ""
     run = case.work / "trained" / f"{Path(case.scene).name}-{case.preset}-s{case.seed}{tag}"
-    result = run_scene(case.folder, run, stage_range(last=last), config=cfg, export=export)
+    result = run_scene(case.folder, run, stage_range(first, last), config=cfg, export=export)
     if result.status != "done":
         raise RuntimeError(f"{case.label}: {result.failed_stage} failed: {result.error}")
     return run
@@ -280,7 +284,8 @@ def measure(case: Case) -> dict[str, float]:
     from ovseg3d.export import extract_cloud, load_export, write_export
     from ovseg3d.run import allow_changed_scene, load_run_config
 
-    parts, run, opts = case.variant.split("+"), trained_run(case), export_options(case.variant)
+    parts, opts = case.variant.split("+"), export_options(case.variant)
+    run = trained_run(case, "geometry", first="geometry") if "field_only" in parts else trained_run(case)
     out = case_folder(case, "export")
     with allow_changed_scene("force" in parts):
         start = time.perf_counter()

@@ -156,6 +156,47 @@ def test_a_row_without_its_file_says_missing_and_names_the_command(tmp_path):
     assert "**stale**" in tables.markdown((stale,), tmp_path)
 
 
+def _figures(values: dict[str, list[float]]) -> dict:
+    return {
+        "figures": {
+            k: {"runs": v, "median": sorted(v)[len(v) // 2], "min": min(v), "max": max(v)} for k, v in values.items()
+        }
+    }
+
+
+def test_the_coverage_and_walls_figures_say_their_medians_from_the_files_keys():
+    k = "/data/bonsai/field_only+stride4"
+    cover = {
+        f"{k}/{n}": [v, v + 0.01, v + 0.02]
+        for n, v in (
+            ("coverage", 0.9),
+            ("consistent_coverage", 0.8),
+            ("coverage_precision", 0.97),
+            ("coverage_near", 1.0),
+            ("coverage_middle", 0.9),
+            ("coverage_far", 0.7),
+        )
+    }
+    cover[f"{k}/points"] = [40_000.0] * 3
+    text = tables.coverage_figure(_figures(cover))
+    assert "covers **91.0 %** (0.900-0.920, 3 runs)" in text and "far third 100 / 91 / 71 %" in text
+    assert "precision against the field 98.0 %" in text and "40 k points" in text
+    walls = {}
+    for variant, err in (
+        ("random_background+no_visibility+depth_errors", 0.04),
+        ("random_background+visibility+depth_errors", 0.16),
+    ):
+        walls |= {
+            f"orbit_s1/{variant}/depth_wall_median_rel_error": [err, err + 0.01, err - 0.01],
+            f"orbit_s1/{variant}/depth_wall_within_2pct": [0.3] * 3,
+            f"orbit_s1/{variant}/depth_wall_grid_marched": [1.0] * 3,
+            f"orbit_s1/{variant}/psnr": [30.0, 31.0, 29.0],
+        }
+    off, on = tables.walls_figure(_figures(walls)).split("; ")
+    assert off.startswith("record off: wall depth error **4.0 %** (3.0-5.0 %, 3 runs)") and "30.00 (29.00-31.00" in off
+    assert on.startswith("record on: wall depth error **16.0 %**")
+
+
 def test_a_cpu_rows_machine_names_its_vector_level_and_bfloat16_a_gpu_rows_does_not():
     cpu = {"description": "2 CPU cores", "gpu": None, "cpu_capability": "AVX2", "cpu_bf16": False}
     assert tables.machine_text(cpu) == "2 CPU cores, AVX2 without bfloat16"

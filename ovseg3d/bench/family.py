@@ -34,7 +34,7 @@ The ``spread...`` variants export the field again with that ``--max-spread`` (0:
     ovseg3d bench run family --variants default spread0.15 spread0.3 spread0   # + other spread filters
     ovseg3d bench run family --variants default+box_oracle+depth_errors default+oracle
     ovseg3d bench run family --scenes orbit_s1 --variants random_background+no_visibility+depth_errors \\
-        random_background+visibility+depth_errors --set distill_steps=100 --out results/family_walls.json
+        random_background+visibility+depth_errors --repeats 3 --set distill_steps=100 --out results/family_walls.json
     ovseg3d bench run family --work bench/family_rbg --variants random_background random_background+spread0
 """
 

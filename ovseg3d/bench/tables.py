@@ -130,6 +130,38 @@ def export_figure(data: dict) -> str:
     )
 
 
+def coverage_figure(data: dict) -> str:
+    """A real capture's cloud against its own field: the covered share of the solid pixels (and by depth third), the
+    agreeing share of the points, at the steps the field ran."""
+    k = next(key for key in data["figures"] if key.endswith("/coverage")).rsplit("/", 1)[0]
+    thirds = " / ".join(f"{100 * median(data, f'{k}/coverage_{t}'):.0f}" for t in ("near", "middle", "far"))
+    return (
+        f"covers **{100 * median(data, f'{k}/coverage'):.1f} %**{runs_range(data, f'{k}/coverage', 3)} of the "
+        f"pixels its field renders solidly (near / middle / far third {thirds} %), "
+        f"{100 * median(data, f'{k}/consistent_coverage'):.1f} % of those another view agrees with; precision "
+        f"against the field {100 * median(data, f'{k}/coverage_precision'):.1f} %, "
+        f"{median(data, f'{k}/points') / 1e3:.0f} k points"
+    )
+
+
+def walls_figure(data: dict) -> str:
+    """The generated orbit room's walls with and without the occupancy grid's visibility record: median depth error,
+    the share within 2 %, the wall's cells the grid marches, and the held-out PSNR."""
+    cases = sorted({k.rsplit("/", 1)[0] for k in data["figures"] if k.endswith("/depth_wall_median_rel_error")})
+    parts = []
+    for k in cases:
+        record = "record off" if "no_visibility" in k else "record on"
+        parts.append(
+            f"{record}: wall depth error **{100 * median(data, f'{k}/depth_wall_median_rel_error'):.1f} %** "
+            f"({100 * data['figures'][f'{k}/depth_wall_median_rel_error']['min']:.1f}-"
+            f"{100 * data['figures'][f'{k}/depth_wall_median_rel_error']['max']:.1f} %, "
+            f"{len(data['figures'][f'{k}/depth_wall_median_rel_error']['runs'])} runs), "
+            f"{100 * median(data, f'{k}/depth_wall_within_2pct'):.0f} % within 2 %, wall cells marched "
+            f"{100 * median(data, f'{k}/depth_wall_grid_marched'):.0f} %; held out {spread(data, f'{k}/psnr', 2)} dB"
+        )
+    return "; ".join(parts)
+
+
 def lift_figure(data: dict) -> str:
     """Lifting beside the distillation on one geometry, under each simulated teacher: 3D mIoU (the distillation's
     median over its seeds), the 2D teacher's, and the semantic stage's seconds."""
@@ -288,11 +320,13 @@ ROWS: tuple[Row, ...] = (
         history="the-distortion-loss-on-by-default-for-unbounded-scenes-on-the-cpu-issue-48-2026-11-27-stop-61",
     ),
     Row(
-        "a generated 360° room's far walls, random background: median depth error",
+        "a generated 360° room's far walls, random background (1,500 field steps), with the occupancy grid's "
+        "visibility record off (`--occ-visibility-eps 0`, advised for such rooms) and on (the default): median depth "
+        "error",
         "family_walls.json",
-        None,
+        walls_figure,
         "ovseg3d bench run family --scenes orbit_s1 --variants random_background+no_visibility+depth_errors "
-        "random_background+visibility+depth_errors --set distill_steps=100 --out results/family_walls.json",
+        "random_background+visibility+depth_errors --repeats 3 --set distill_steps=100 --out results/family_walls.json",
         "radiance-field-generated-scenes",
         history="the-orbit-rooms-walls-the-visibility-record-empties-them-and-more-steps-bring-them-within-3--issue-48-2026-11-28-stop-63",
     ),
@@ -333,10 +367,12 @@ ROWS: tuple[Row, ...] = (
         history="point-clouds-exported-points-against-the-true-surfaces",
     ),
     Row(
-        "exported cloud, mip-NeRF 360's bonsai: the field's solid pixels in the cloud",
+        "exported cloud, mip-NeRF 360's bonsai (every other photo, 126 at 800×533 through `prepare`; its field at "
+        "400×266, 1,300 steps, no semantics): the pixels the field renders solidly that the cloud covers",
         "coverage_bonsai.json",
-        None,
-        "ovseg3d bench run export --scenes RUN --variants as_exported --out results/coverage_bonsai.json",
+        coverage_figure,
+        "ovseg3d prepare BONSAI_EVERY_OTHER_PHOTO PREPARED_BONSAI && ovseg3d bench run export --scenes PREPARED_BONSAI "
+        "--variants field_only+stride4 --repeats 3 --set steps=1300 max_minutes=0 --out results/coverage_bonsai.json",
         "point-clouds-export",
         history="a-rooms-far-side-again-the-agreement-tolerance-beyond-the-roi-issue-48-2026-11-27-stop-62",
     ),

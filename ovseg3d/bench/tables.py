@@ -27,14 +27,20 @@ def median(data: dict, key: str) -> float:
     return data["figures"][key]["median"]
 
 
-def runs_range(data: dict, key: str, digits: int = 1, unit: str = "") -> str:
-    """What follows a median: `` (min-max UNIT, N runs)``, `` (N runs alike)``, or nothing for one run."""
+def runs_range(data: dict, key: str, digits: int = 1, unit: str = "", scale: float = 1.0) -> str:
+    """What follows a median: `` (min-max UNIT, N runs)``, `` (N runs alike)``, or nothing for one run; the values
+    times ``scale`` (100: shares said in percent)."""
     f = data["figures"][key]
     if len(f["runs"]) == 1:
         return ""
     if f["min"] == f["max"]:
         return f" ({len(f['runs'])} runs alike)"
-    return f" ({f['min']:.{digits}f}-{f['max']:.{digits}f}{unit}, {len(f['runs'])} runs)"
+    return f" ({scale * f['min']:.{digits}f}-{scale * f['max']:.{digits}f}{unit}, {len(f['runs'])} runs)"
+
+
+def percent(data: dict, key: str) -> str:
+    """A share's median and range in percent: ``91.4 % (90.2-92.0 %, 3 runs)``."""
+    return f"{100 * median(data, key):.1f} %" + runs_range(data, key, 1, " %", 100.0)
 
 
 def spread(data: dict, key: str, digits: int = 1) -> str:
@@ -136,7 +142,7 @@ def coverage_figure(data: dict) -> str:
     k = next(key for key in data["figures"] if key.endswith("/coverage")).rsplit("/", 1)[0]
     thirds = " / ".join(f"{100 * median(data, f'{k}/coverage_{t}'):.0f}" for t in ("near", "middle", "far"))
     return (
-        f"covers **{100 * median(data, f'{k}/coverage'):.1f} %**{runs_range(data, f'{k}/coverage', 3)} of the "
+        f"covers **{percent(data, f'{k}/coverage')}** of the "
         f"pixels its field renders solidly (near / middle / far third {thirds} %), "
         f"{100 * median(data, f'{k}/consistent_coverage'):.1f} % of those another view agrees with; precision "
         f"against the field {100 * median(data, f'{k}/coverage_precision'):.1f} %, "
@@ -152,12 +158,9 @@ def walls_figure(data: dict) -> str:
     for k in cases:
         record = "record off" if "no_visibility" in k else "record on"
         parts.append(
-            f"{record}: wall depth error **{100 * median(data, f'{k}/depth_wall_median_rel_error'):.1f} %** "
-            f"({100 * data['figures'][f'{k}/depth_wall_median_rel_error']['min']:.1f}-"
-            f"{100 * data['figures'][f'{k}/depth_wall_median_rel_error']['max']:.1f} %, "
-            f"{len(data['figures'][f'{k}/depth_wall_median_rel_error']['runs'])} runs), "
+            f"{record}: wall depth error **{percent(data, f'{k}/depth_wall_median_rel_error')}**, "
             f"{100 * median(data, f'{k}/depth_wall_within_2pct'):.0f} % within 2 %, wall cells marched "
-            f"{100 * median(data, f'{k}/depth_wall_grid_marched'):.0f} %; held out {spread(data, f'{k}/psnr', 2)} dB"
+            f"{100 * median(data, f'{k}/depth_wall_grid_marched'):.0f} %, held out {spread(data, f'{k}/psnr', 2)} dB"
         )
     return "; ".join(parts)
 

@@ -233,6 +233,8 @@ def test_dense_teacher_cache_holds_one_scale_and_is_told_apart_from_crops(models
     # one line of where the seconds went, its parts adding up to its total
     (said,) = [line for line in lines if line.startswith("teachers' seconds: ")]
     body, total = said.removeprefix("teachers' seconds: ").split("; total ")
+    total, precision = total.split(" ", 1)  # and what the images ran in: "(bfloat16)", "(float32: this CPU ...)"
+    assert precision in ("(bfloat16)", "(float32)") or precision.startswith("(float32: this CPU"), said
     parts = {name: float(value) for name, value in (part.rsplit(" ", 1) for part in body.split(", "))}
     assert {"loading the models", "reading the images", "dense CLIP (DINO's pass within it)",
             "writing the cache"} <= set(parts), said  # fmt: skip

@@ -565,6 +565,17 @@ def test_bfloat16_on_the_cpu_stays_close_to_float32(models):
     assert (half.encode_crops(view, boxes) * full).sum(-1).min() > 0.98
 
 
+def test_the_log_says_float32_and_why_where_the_cpu_has_no_bfloat16(monkeypatch):
+    from ovseg3d.teachers import base
+
+    assert base.precision_text(CPU, False) == "float32"  # asked for
+    monkeypatch.setattr(base, "half_dtype", lambda device, half: None)
+    said = base.precision_text(CPU, True)
+    assert said.startswith("float32: this CPU (") and said.endswith("has no native bfloat16")
+    monkeypatch.setattr(base, "half_dtype", lambda device, half: torch.bfloat16)
+    assert base.precision_text(CPU, True) == "bfloat16"
+
+
 def test_train_without_teacher_weights_fails_in_one_line_and_leaves_no_run(scene_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

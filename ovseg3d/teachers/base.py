@@ -25,6 +25,18 @@ def half_dtype(device: torch.device, half: bool) -> torch.dtype | None:
     return None
 
 
+def precision_text(device: torch.device, half: bool) -> str:
+    """What the teacher images run in, for the log: ``bfloat16``, ``float16``, or ``float32`` and why, where half
+    precision was asked for and the CPU lacks native bfloat16 (its teachers take about 1.6x a frame's seconds: the
+    same ViT-B passes on two 2-core hosts, issue 68)."""
+    dtype = half_dtype(device, half)
+    if dtype is not None:
+        return str(dtype).removeprefix("torch.")
+    if half and device.type == "cpu":
+        return f"float32: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bfloat16"
+    return "float32"
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """``torch.autocast`` to ``dtype``, or nothing for float32."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

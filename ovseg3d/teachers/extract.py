@@ -27,7 +27,7 @@ from ovseg3d.data.scene import Scene
 from ovseg3d.images import colorize_labels, pca_rgb, resize_rgb, save_png, side_by_side
 from ovseg3d.metrics import segmentation_metrics
 from ovseg3d.teachers import cache
-from ovseg3d.teachers.base import CropEncoder, PatchEncoder, TeacherView
+from ovseg3d.teachers.base import CropEncoder, PatchEncoder, TeacherView, precision_text
 from ovseg3d.teachers.clip import build_clip, clip_backend, count_crops, feature_size, multiscale_features
 from ovseg3d.teachers.config import TeacherConfig, TeacherError
 from ovseg3d.teachers.dense import ProxyClip
@@ -287,7 +287,8 @@ def ensure_features(
         cache.clear(path)
         meta = cache.new_meta(expected)
     clock = extract_into(path, scene, cfg, teachers, meta, dense, wanted)
-    log(describe_seconds({"models": loading, **clock}, cfg.dense()))
+    precision = f" ({precision_text(device, cfg.half)})" if cfg.kind == "clip" else ""
+    log(describe_seconds({"models": loading, **clock}, cfg.dense()) + precision)
     features = cache.open_features(path, chosen)
     write_previews(features, scene)
     lock.shared()  # others may read it now

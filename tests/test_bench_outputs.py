@@ -3,6 +3,7 @@ a run given as a folder, and their measures on hand-made inputs (no training: se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -59,6 +60,8 @@ def test_field_only_trains_the_geometry_alone_for_a_capture_without_labels(tmp_p
     with pytest.raises(RuntimeError, match="exported"):
         export.measure(harness.Case("export", str(scene), scene, "stride4", {}, 0, tmp_path / "work"))
     assert stages[1] == ["teachers", "geometry", "distill"]
+    assert harness.teacher_record(export.BENCHMARK, case)["kind"] == "none"  # what the result file says of it
+    assert harness.teacher_record(export.BENCHMARK, dataclasses.replace(case, variant="stride4"))["kind"] == "synthetic"
 
 
 def camera(width: int = 8, height: int = 8) -> Cameras:

@@ -315,4 +315,5 @@ BENCHMARK = Benchmark(
     variants=dict.fromkeys(EXPORTS, {}),
     default_variants=("default",),
     teacher={"kind": "synthetic"},
+    teacherless=("field_only",),
 )

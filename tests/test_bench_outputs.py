@@ -3,7 +3,6 @@ a run given as a folder, and their measures on hand-made inputs (no training: se
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -53,15 +52,15 @@ def test_field_only_trains_the_geometry_alone_for_a_capture_without_labels(tmp_p
     monkeypatch.setattr("ovseg3d.export.extract_cloud", lambda *a: (_ for _ in ()).throw(RuntimeError("exported")))
     scene = tmp_path / "capture"
     scene.mkdir()
-    case = harness.Case("export", str(scene), scene, "field_only+stride4", {}, 0, tmp_path / "work")
+    case, plain = harness.cases(export.BENCHMARK, tmp_path / "work", [str(scene)], ["field_only+stride4", "stride4"])
     with pytest.raises(RuntimeError, match="exported"):
         export.measure(case)
     assert stages == [["geometry"]]
     with pytest.raises(RuntimeError, match="exported"):
-        export.measure(harness.Case("export", str(scene), scene, "stride4", {}, 0, tmp_path / "work"))
+        export.measure(plain)
     assert stages[1] == ["teachers", "geometry", "distill"]
     assert harness.teacher_record(export.BENCHMARK, case)["kind"] == "none"  # what the result file says of it
-    assert harness.teacher_record(export.BENCHMARK, dataclasses.replace(case, variant="stride4"))["kind"] == "synthetic"
+    assert harness.teacher_record(export.BENCHMARK, plain)["kind"] == "synthetic"
 
 
 def camera(width: int = 8, height: int = 8) -> Cameras:

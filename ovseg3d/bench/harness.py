@@ -165,9 +165,6 @@ class Benchmark:
     repeats: int = 1
     """Seeded runs of each case (figures that vary from run to run want 3 or more: their median and range)."""
     teacher: Mapping[str, Any] = field(default_factory=lambda: {"kind": "none"})
-    teacherless: tuple[str, ...] = ()
-    """Parts of a variant's name (joined by '+') whose cases run no teacher whatever ``teacher`` says (export's
-    ``field_only``): their result records ``kind: none``."""
     preset: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -259,8 +256,6 @@ def cases(
 def teacher_record(bench: Benchmark, case: Case) -> dict[str, Any]:
     """The benchmark's teacher, with what the resolved config says of it (the simulated teacher's errors, which
     ``--set teachers.syn_errors=...`` may change)."""
-    if set(case.variant.split("+")) & set(bench.teacherless):
-        return {"kind": "none", "errors": None, "weights": None}
     record = {"errors": None, "weights": None, **bench.teacher}
     kind = case.config().teachers.kind  # --set teachers.kind=... stands against the benchmark's own
     if kind in results.TEACHER_KINDS and kind != record["kind"] and record["kind"] != "none":

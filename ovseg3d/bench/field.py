@@ -36,6 +36,7 @@ VARIANTS: dict[str, dict] = {
     "no_learned_background": {"learned_background": False},
     "random_background": {"learned_background": False, "background": "random"},
     "lr_steps": {"lr_schedule": "steps", "lr_warmup_steps": 100},
+    "lr_exp": {"lr_schedule": "exp"},  # the exponential decay the presets had before the steps schedule
     "no_visibility": {"occ_visibility_eps": 0.0},
     "visibility": {"occ_visibility_eps": 1e-3},  # the visibility record as it was the default before issue 48
     # the bounded scenes' start as the unbounded ones': clear air, no visibility record (issue 48 item 2)

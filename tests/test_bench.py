@@ -197,6 +197,23 @@ def test_the_coverage_and_walls_figures_say_their_medians_from_the_files_keys():
     assert on.startswith("record on: wall depth error **16.0 % (15.0-17.0 %, 3 runs)**")
 
 
+def test_the_teacher_views_table_gives_each_ks_coverage_and_median_from_the_file(tmp_path):
+    values = {}
+    for scene, base in (("demo", 60.0), ("orbit", 40.0)):
+        for variant, cover in (("k4", 0.8), ("k12", 0.97), ("all", 1.0)):
+            values[f"{scene}/{variant}/coverage"] = [cover] * 3
+            values[f"{scene}/{variant}/miou"] = [base + cover, base + cover + 2, base + cover - 1]
+        values[f"{scene}/all/views"] = [32.0] * 3
+        values[f"{scene}/all/teacher_miou"] = [base - 10] * 3
+    lines = tables.teacher_views_table(_figures(values)).splitlines()
+    assert lines[0] == "| K | demo: coverage | demo: 3D mIoU | orbit: coverage | orbit: 3D mIoU |"
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| 4", "| 12", "| all 32", "| 2D teacher"]
+    assert lines[3] == "| 12 | 97.0 % | 61.0 (60.0-63.0, 3 runs) | 97.0 % | 41.0 (40.0-43.0, 3 runs) |"
+    assert lines[5] == "| 2D teacher |  | 50.0 |  | 30.0 |"
+    item = tables.Detail("toy", "toy.json", tables.teacher_views_table)
+    assert tables.detail(item, tmp_path) == "**missing**: no `results/toy.json` yet"
+
+
 def test_a_cpu_rows_machine_names_its_vector_level_and_bfloat16_a_gpu_rows_does_not():
     cpu = {"description": "2 CPU cores", "gpu": None, "cpu_capability": "AVX2", "cpu_bf16": False}
     assert tables.machine_text(cpu) == "2 CPU cores, AVX2 without bfloat16"

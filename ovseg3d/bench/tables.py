@@ -419,6 +419,49 @@ ROWS: tuple[Row, ...] = (
 """The headline rows, in the README's order. Issue 68's rows are added here, beside a result file."""
 
 
+def teacher_views_table(data: dict) -> str:
+    """Per K (then every view, then the 2D teacher): each scene's coverage and lifted 3D mIoU, medians over the runs
+    with their range."""
+    figures = data["figures"]
+    scenes = sorted({k.split("/")[0] for k in figures if k.endswith("/all/miou")})
+    ks = sorted({int(k.split("/")[1][1:]) for k in figures if k.split("/")[1][1:].isdigit()})
+    head = ["K"] + [f"{s}: {what}" for s in scenes for what in ("coverage", "3D mIoU")]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for variant, name in [(f"k{k}", str(k)) for k in ks] + [("all", "all")]:
+        cells = [name if variant != "all" else f"all {median(data, f'{scenes[0]}/all/views'):.0f}"]
+        for s in scenes:
+            cells += [f"{100 * median(data, f'{s}/{variant}/coverage'):.1f} %", spread(data, f"{s}/{variant}/miou")]
+        lines.append("| " + " | ".join(cells) + " |")
+    teacher = ["2D teacher"] + [c for s in scenes for c in ("", f"{median(data, f'{s}/all/teacher_miou'):.1f}")]
+    return "\n".join(lines + ["| " + " | ".join(teacher) + " |"])
+
+
+@dataclass(frozen=True)
+class Detail:
+    """A table inside a section of docs/benchmarks.md, made from one result file (the block ``name``)."""
+
+    name: str
+    result: str
+    table: Callable[[dict], str]
+
+
+DETAILS: tuple[Detail, ...] = (Detail("teacher-views-by-k", "teacher_views.json", teacher_views_table),)
+"""The sections' tables made from result files, beside the headline rows."""
+
+
+def detail(item: Detail, folder: Path = RESULTS) -> str:
+    """The detail table from its result file, the file's machine and commit under it; or why there is none."""
+    path = folder / item.result
+    if not path.is_file():
+        return f"**missing**: no `results/{item.result}` yet"
+    data = results.load(path)
+    when = f"{data.get('measured', '?')}, commit {data['commit']}"
+    return (
+        f"{item.table(data)}\n\n*From `results/{item.result}`: {machine_text(data['machine'])} ({when}), teacher "
+        f"{teacher_text(data['teacher'])}.*"
+    )
+
+
 def teacher_text(teacher: dict) -> str:
     kind = teacher.get("kind")
     if kind == "synthetic":
@@ -482,10 +525,12 @@ def sections() -> list[str]:
 
 def blocks(folder: Path = RESULTS) -> dict[Path, dict[str, str]]:
     """Each page with generated blocks: each block's name and its table today (the README's headline; atop
-    docs/benchmarks.md the same, then each section's rows at the head of the section)."""
+    docs/benchmarks.md the same, then each section's rows at the head of the section, and the :data:`DETAILS`)."""
     docs = {"headline": markdown(ROWS, folder, "benchmarks.md")}
     for section in sections():
         docs[section] = markdown(tuple(r for r in ROWS if r.section == section), folder, "benchmarks.md")
+    for item in DETAILS:
+        docs[item.name] = detail(item, folder)
     return {
         ROOT / "README.md": {"headline": markdown(ROWS, folder, "docs/benchmarks.md")},
         ROOT / "docs" / "benchmarks.md": docs,

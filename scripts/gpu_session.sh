@@ -341,7 +341,7 @@ tcnn)
     ;;
 field)
     # issue 48 in one device call (carry .whl .tcnn .nerfacc and SCENE): ovseg3d's field on a real capture at 30 s
-    # for each of FIELD_VARIANTS (scripts/bench_real.py variants, gpu preset, torch grid), the best of them at 90 s,
+    # for each of FIELD_VARIANTS (ovseg3d bench run field's variants, gpu preset, torch grid), the best of them at 90 s,
     # and nerfacc's own examples on the same photos and poses at 30 and 90 s (tinycudann with its MLPs builds in the
     # background meanwhile). Everything lands in $OUT (session.log, results.tgz, the JSON and the renders).
     #   bash scripts/gpu_session.sh field SCENE [SECONDS]
@@ -363,16 +363,22 @@ field)
     # the torch grid's CUDA path against its CPU path, and the proposal sampler's nerfacc kernels against torch
     step "CUDA tests" 20 60 python3 -P -m pytest -q -m cuda tests/test_hashgrid.py tests/test_proposal.py -p no:cacheprovider
     # (timeout runs commands, not shell functions: each run is spelled out)
-    # FIELD_EVAL_EVERY=4: every 4th held-out view scored (both methods), a sweep's quick comparison
+    # FIELD_EVAL_EVERY=4: every 4th held-out view scored (both methods; the field benchmark's `every4`), a sweep's
+    # quick comparison
     every="${FIELD_EVAL_EVERY:-1}"
-    bench_real=(python3 -P scripts/bench_real.py --scene "$scene" --preset gpu --work /tmp/runs --out /tmp/res/real.json
-        --eval-every "$every")
+    case "$every" in 1) proto="" ;; 4) proto="+every4" ;; *) echo "FIELD_EVAL_EVERY is 1 or 4, not $every" >&2; exit 2 ;; esac
+    field=(python3 -P -m ovseg3d.cli bench run field --device cuda --preset gpu --scenes "$scene" --work /tmp/runs)
+    variants=()
+    for v in ${FIELD_VARIANTS:-default}; do variants+=("$v$proto"); done
     # each variant costs about 110 s on an H100: 30 s of training, 76-81 s of evaluating 40 views at 799x532
-    # (about 30 s with FIELD_EVAL_EVERY=4)
-    # shellcheck disable=SC2086
-    step "ovseg3d 30 s" 100 330 "${bench_real[@]}" --name real_0.5 --variants ${FIELD_VARIANTS:-default} \
-        --set max_minutes=0.5 steps=1000000 grid_impl=torch
-    best=$(python3 -c "import json; rows = json.load(open('/tmp/res/real.json'))['real_0.5']['rows']; print(max(rows, key=lambda r: r['psnr'])['variant'])" 2>/dev/null || echo default)
+    # (about 30 s with FIELD_EVAL_EVERY=4); one result file a budget (ovseg3d bench run field, one run a variant)
+    step "ovseg3d 30 s" 100 330 "${field[@]}" --variants "${variants[@]}" \
+        --set max_minutes=0.5 steps=1000000 grid_impl=torch --out /tmp/res/field_30s.json
+    best=$(python3 -c "
+import json
+psnr = {k.rsplit('/', 2)[1]: f['median'] for k, f in json.load(open('/tmp/res/field_30s.json'))['figures'].items()
+        if k.endswith('/psnr')}
+print(max(psnr, key=psnr.get))" 2>/dev/null || echo "default$proto")
     echo "=== best at 30 s: $best"
     left=$((deadline - SECONDS - 260))
     [ "$left" -gt 0 ] && timeout "$left" tail --pid="$build_pid" -f /dev/null || true
@@ -383,18 +389,17 @@ field)
         step "nerfacc prop 30 s" 60 100 "${reference[@]}" --marks 30 --out /tmp/res/nerfacc_30.json
     fi
     long_need=$([ "$every" -gt 1 ] && echo 140 || echo 200)
-    step "ovseg3d 90 s" "$long_need" 230 "${bench_real[@]}" --name real_1.5 --variants "$best" \
-        --set max_minutes=1.5 steps=1000000 grid_impl=torch
+    step "ovseg3d 90 s" "$long_need" 230 "${field[@]}" --variants "$best" \
+        --set max_minutes=1.5 steps=1000000 grid_impl=torch --out /tmp/res/field_90s.json
     if grep -q "build rc=0" /tmp/res/tcnn_build.log; then
         step "nerfacc prop 90 s" 120 160 "${reference[@]}" --marks 90 --out /tmp/res/nerfacc_90.json
     fi
-    # FIELD_EXTRA="a b": more variants at 30 s, last, as the time left allows (rows under real_0.5_VARIANT);
+    # FIELD_EXTRA="a b": more variants at 30 s, last, as the time left allows (/tmp/res/field_30s_VARIANT.json);
     # FIELD_EXTRA_GRID=tcnn: those with tinycudann's grid (built by then, its MLPs too; its test must pass)
-    # FIELD_EXTRA_EVAL_EVERY: their held-out views (default FIELD_EVAL_EVERY's)
     for extra in ${FIELD_EXTRA:-}; do
-        step "ovseg3d 30 s $extra" 80 120 "${bench_real[@]}" --name "real_0.5_$extra" --variants "$extra" \
+        step "ovseg3d 30 s $extra" 80 120 "${field[@]}" --variants "$extra$proto" \
             --set max_minutes=0.5 steps=1000000 "grid_impl=${FIELD_EXTRA_GRID:-torch}" \
-            --eval-every "${FIELD_EXTRA_EVAL_EVERY:-$every}"
+            --out "/tmp/res/field_30s_$extra.json"
     done
     rm -rf /tmp/runs
     pack

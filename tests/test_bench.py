@@ -214,6 +214,24 @@ def test_the_teacher_views_table_gives_each_ks_coverage_and_median_from_the_file
     assert tables.detail(item, tmp_path) == "**missing**: no `results/toy.json` yet"
 
 
+def test_the_clock_figure_sets_each_methods_median_beside_the_others_at_each_budget():
+    values = {}
+    for variant, psnr, steps in (
+        ("prop+90s+val0", 29.0, 9000.0),
+        ("ovseg3d+30s+val0", 27.5, 2500.0),
+        ("prop+30s+val0", 27.0, 3000.0),
+        ("ovseg3d+90s+val0", 30.0, 7000.0),
+    ):
+        k = f".real/bonsai/{variant}"
+        values |= {f"{k}/test_psnr": [psnr, psnr + 0.2, psnr - 0.1], f"{k}/steps": [steps] * 3}
+        values |= {f"{k}/width": [799.0] * 3, f"{k}/height": [532.0] * 3, f"{k}/test_views": [37.0] * 3}
+    text = tables.clock_figure(_figures(values))
+    assert text.startswith("799×532, 37 held-out views: 30 s: ovseg3d **27.50 (27.40-27.70, 3 runs) dB** (2500 steps)")
+    thirty, ninety = text.split(": ", 1)[1].split("; ")
+    assert "nerfacc's prop example **27.00 (26.90-27.20, 3 runs) dB** (3000 steps)" in thirty
+    assert ninety.startswith("90 s: ovseg3d **30.00") and ninety.endswith("(9000 steps)")
+
+
 def test_a_cpu_rows_machine_names_its_vector_level_and_bfloat16_a_gpu_rows_does_not():
     cpu = {"description": "2 CPU cores", "gpu": None, "cpu_capability": "AVX2", "cpu_bf16": False}
     assert tables.machine_text(cpu) == "2 CPU cores, AVX2 without bfloat16"

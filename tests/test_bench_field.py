@@ -1,15 +1,13 @@
 """The field benchmark's variants (ovseg3d.bench.field): the scoring variants change the evaluation, not the
-training; an unknown variant fails before anything runs (in ``scripts/bench_real.py`` too); and the colour check
+training; an unknown variant fails before anything runs; and the colour check
 finds the fur and what a colour map gives back."""
 
 from __future__ import annotations
 
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
-from bench_scripts import load_script
 
 from ovseg3d.bench import field, harness
 
@@ -21,13 +19,9 @@ def test_scoring_variants_change_the_evaluation_not_the_training(tmp_path):
     assert case.overrides == {**field.VARIANTS["cull"], "steps": 30}
 
 
-def test_an_unknown_variant_fails_before_anything_runs(tmp_path, monkeypatch):
+def test_an_unknown_variant_fails_before_anything_runs(tmp_path):
     with pytest.raises(harness.BenchError, match="unknown variant"):
         harness.run(field.BENCHMARK, tmp_path / "r.json", tmp_path, ["demo"], ["default+nope"])
-    script = load_script("bench_real")
-    monkeypatch.setattr(sys, "argv", ["bench_real.py", "--scene", str(tmp_path), "--variants", "lr_steps+nope"])
-    with pytest.raises(SystemExit, match="unknown variant"):
-        script.main()
     assert list(tmp_path.iterdir()) == []
 
 

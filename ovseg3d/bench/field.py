@@ -1,7 +1,7 @@
 """The radiance field alone (``--teacher none``): held-out PSNR / SSIM beside the training views', the gap, steps
 and seconds, per scene and variant. Folds ``scripts/bench_unbounded.py`` (generated outdoor scenes),
-``scripts/bench_real.py`` (real captures; a thin script of that name keeps its command line for
-``scripts/gpu_session.sh``) and ``scripts/colour_check.py`` (the ``colour`` variant) into one benchmark.
+``scripts/bench_real.py`` (real captures; ``scripts/gpu_session.sh field`` runs this benchmark on a GPU) and
+``scripts/colour_check.py`` (the ``colour`` variant) into one benchmark.
 
 A variant is a name of :data:`VARIANTS` or several joined by '+' (applied in order: ``lr_steps+proposal``); a scene
 is a name of :data:`ovseg3d.bench.harness.SCENES` (the generated outdoor cases ``outdoor_seed5`` ... among them) or a
@@ -60,7 +60,7 @@ VARIANTS: dict[str, dict] = {
     # nerfacc's proposal example's samples: 256 -> 96 -> 48 a ray, 4,096 rays a step (with the proposal sampler)
     "prop_nerfacc": {"proposal_samples": (256, 96), "proposal_field_samples": 48, "target_samples": 196608},
 }
-"""Named config overrides of the field (``scripts/bench_real.py --variants`` reads them from here)."""
+"""Named config overrides of the field."""
 
 PROTOCOL: dict[str, dict] = {"eval64": {"max_samples_per_ray": 64}, "every4": {"every": 4}, "colour": {}}
 """Variants of the scoring, not of the training: :func:`ovseg3d.pipeline.evaluate`'s keyword arguments (``colour``

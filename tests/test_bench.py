@@ -210,8 +210,45 @@ def test_the_teacher_views_table_gives_each_ks_coverage_and_median_from_the_file
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| 4", "| 12", "| all 32", "| 2D teacher"]
     assert lines[3] == "| 12 | 97.0 % | 61.0 (60.0-63.0, 3 runs) | 97.0 % | 41.0 (40.0-43.0, 3 runs) |"
     assert lines[5] == "| 2D teacher |  | 50.0 |  | 30.0 |"
-    item = tables.Detail("toy", "toy.json", tables.teacher_views_table)
+    item = tables.Detail("toy", ("toy.json",), tables.teacher_views_table)
     assert tables.detail(item, tmp_path) == "**missing**: no `results/toy.json` yet"
+
+
+def test_the_lift_sweep_and_video_tables_take_their_cells_from_the_files_keys(tmp_path):
+    values = {"demo/default/teacher_miou": [47.6] * 3, "demo/default/miou": [66.0, 68.0, 75.0]}
+    for variant, miou in (("lift", 72.0), ("lift_view_filter", 74.0)):
+        values[f"demo/{variant}/miou"] = [miou] * 3
+    for variant in ("default", "lift", "lift_view_filter"):
+        values[f"demo/{variant}/semantic_seconds"] = [10.0, 12.0, 11.0]
+    (row,) = tables.lift_table(_figures(values)).splitlines()[2:]
+    assert row == (
+        "| demo, persistent (47.6) | 68.0 (66.0-75.0, 3 runs) | 72.0 (3 runs alike) | 74.0 (3 runs alike) | +6.0 "
+        "| 11.0 / 11.0 / 11.0 |"
+    )
+    sweep = {}
+    for prefix, base in (("", 70.0), ("per_view_teacher+", 90.0)):
+        for variant, gain in (("lift_view_filter", 1.0), ("lift_view_filter10+lift_view_strength2.5", 2.0)):
+            sweep[f"demo/{prefix}{variant}/train_miou"] = [base + gain]
+            sweep[f"demo/{prefix}{variant}/miou"] = [base]
+    lines = tables.filter_sweep_table(_figures(sweep)).splitlines()
+    assert lines[0] == "| N, strength | demo persistent | demo per-view | mean, training views |"
+    assert lines[2] == "| 10, 2.5 | 72.0 / 70.0 | 92.0 / 90.0 | 82.00 |"  # the best mean first
+    assert lines[3] == "| 5, 5 (the default) | 71.0 / 70.0 | 91.0 / 90.0 | 81.00 |"
+    video = {f"in/lift_k12/{stage}_seconds": [10.0, 30.0, 20.0] for stage in ("prepare", "geometry", "export")}
+    video |= {"in/lift_k12/seconds": [30.0, 90.0, 60.0], "in/lift_k12/psnr": [27.5, 28.0, 27.0]}
+    lines = tables.video_table(_figures(video)).splitlines()
+    assert lines[0] == "| stage, s | run 1 | run 2 | run 3 | median |"
+    assert [line.split(" | ")[0] for line in lines[2:]] == [
+        "| prepare",
+        "| geometry",
+        "| export",
+        "| **stages**",
+        "| held out, dB",
+    ]
+    assert lines[-1] == "| held out, dB | 27.50 | 28.00 | 27.00 | **27.50** |"
+    results.write(_result(), tmp_path / "a.json")
+    both = tables.Detail("toy", ("a.json", "b.json"), tables.video_table)
+    assert tables.detail(both, tmp_path) == "**missing**: no `results/b.json` yet"
 
 
 def test_the_clock_figure_sets_each_methods_median_beside_the_others_at_each_budget():

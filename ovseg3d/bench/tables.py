@@ -458,30 +458,123 @@ def teacher_views_table(data: dict) -> str:
     return "\n".join(lines + ["| " + " | ".join(teacher) + " |"])
 
 
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(
+        ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    )
+
+
+def _scenes(data: dict, suffix: str) -> list[str]:
+    """The scenes of the keys ending in ``suffix``, in the file's order."""
+    return list(dict.fromkeys(k.rsplit("/", 2)[0] for k in data["figures"] if k.endswith(suffix)))
+
+
+def lift_table(data: dict) -> str:
+    """Per scene and simulated teacher: the distillation (median and range over its seeds), lifting, lifting with the
+    view filter, the filter's median against the distillation's, and the semantic stage's seconds."""
+    rows = []
+    for scene in _scenes(data, "/default/miou"):
+        for errors, base in (("persistent", "default"), ("per-view", "per_view_teacher")):
+            distill, plus = f"{scene}/{base}", "" if base == "default" else f"{base}+"
+            if f"{distill}/miou" not in data["figures"]:
+                continue
+            lift, filtered = f"{scene}/{plus}lift", f"{scene}/{plus}lift_view_filter"
+            cases = [k for k in (distill, lift, filtered) if f"{k}/miou" in data["figures"]]
+            rows.append(
+                [f"{Path(scene).name}, {errors} ({median(data, f'{distill}/teacher_miou'):.1f})"]
+                + [spread(data, f"{k}/miou") if k in cases else "—" for k in (distill, lift, filtered)]
+                + [
+                    f"{median(data, f'{filtered}/miou') - median(data, f'{distill}/miou'):+.1f}"
+                    if filtered in cases
+                    else "—"
+                ]
+                + [" / ".join(f"{median(data, f'{k}/semantic_seconds'):.1f}" for k in cases)]
+            )
+    head = ["scene, teacher errors (2D mIoU)", "distillation", "lifting", "lifting + view filter"]
+    return _table(head + ["filter − distillation", "semantic stage, s (each column's median)"], rows)
+
+
+def filter_sweep_table(data: dict) -> str:
+    """The view filter's settings (steps N, strength) on each scene under each simulated teacher: 3D mIoU on training
+    views / on the annotated held-out views, and the mean over the training views (what the settings are chosen on),
+    best first."""
+    figures = data["figures"]
+    scenes = _scenes(data, "/lift_view_filter/train_miou")
+    settings = list(dict.fromkeys(k.rsplit("/", 2)[1] for k in figures if k.endswith("/train_miou")))
+    settings = [v for v in settings if not v.startswith("per_view_teacher+")]
+    head, rows = ["N, strength"], []
+    cases = [
+        (errors, prefix, scene)
+        for errors, prefix in (("persistent", ""), ("per-view", "per_view_teacher+"))
+        for scene in scenes
+    ]
+    head += [f"{Path(scene).name} {errors}" for errors, _, scene in cases] + ["mean, training views"]
+    for variant in settings:
+        parts = dict(re.fullmatch(r"lift_view_(filter|strength)([\d.]*)", p).groups() for p in variant.split("+"))
+        label = f"{parts.get('filter') or 5}, {parts.get('strength') or 5}"
+        keys = [f"{scene}/{prefix}{variant}" for _, prefix, scene in cases]
+        found = [k for k in keys if f"{k}/train_miou" in figures]
+        cells = [
+            f"{median(data, f'{k}/train_miou'):.1f} / {median(data, f'{k}/miou'):.1f}" if k in found else "—"
+            for k in keys
+        ]
+        mean = sum(median(data, f"{k}/train_miou") for k in found) / max(len(found), 1)
+        rows.append((mean, [label + (" (the default)" if label == "5, 5" else ""), *cells, f"{mean:.2f}"]))
+    return _table(head, [cells for _, cells in sorted(rows, key=lambda r: -r[0])])
+
+
+def video_table(data: dict) -> str:
+    """Each stage's seconds in each run of the video, their median, and the held-out PSNR."""
+    from ovseg3d.bench.video import STAGES
+
+    k = next(key for key in data["figures"] if key.endswith("/seconds")).rsplit("/", 1)[0]
+    n = len(data["figures"][f"{k}/seconds"]["runs"])
+    names = {"distill": "semantic (its teachers within)", "teachers": "teachers (the models loaded)"}
+    rows = []
+    for stage in ("prepare", *[s for s in STAGES if s != "prepare"], "", "psnr"):
+        key = f"{k}/{stage}_seconds" if stage else f"{k}/seconds"
+        key = f"{k}/psnr" if stage == "psnr" else key
+        if key not in data["figures"]:
+            continue
+        f, digits = data["figures"][key], 2 if stage == "psnr" else 1
+        label = "held out, dB" if stage == "psnr" else "**stages**" if not stage else names.get(stage, stage)
+        rows.append([label, *(f"{x:.{digits}f}" for x in f["runs"]), f"**{f['median']:.{digits}f}**"])
+    return _table(["stage, s", *(f"run {i + 1}" for i in range(n)), "median"], rows)
+
+
 @dataclass(frozen=True)
 class Detail:
-    """A table inside a section of docs/benchmarks.md, made from one result file (the block ``name``)."""
+    """A table inside a section of docs/benchmarks.md, made from result files (their figures together): the block
+    ``name``."""
 
     name: str
-    result: str
+    results: tuple[str, ...]
     table: Callable[[dict], str]
 
 
-DETAILS: tuple[Detail, ...] = (Detail("teacher-views-by-k", "teacher_views.json", teacher_views_table),)
+DETAILS: tuple[Detail, ...] = (
+    Detail("teacher-views-by-k", ("teacher_views.json",), teacher_views_table),
+    Detail("lift-demo", ("lift_distill.json",), lift_table),
+    Detail("lift-two-more-scenes", ("lift_distill_more.json",), lift_table),
+    Detail("lift-filter-settings", ("lift_filter_sweep.json", "lift_filter_sweep_per_view.json"), filter_sweep_table),
+    Detail("video-stages", ("video.json",), video_table),
+)
 """The sections' tables made from result files, beside the headline rows."""
 
 
 def detail(item: Detail, folder: Path = RESULTS) -> str:
-    """The detail table from its result file, the file's machine and commit under it; or why there is none."""
-    path = folder / item.result
-    if not path.is_file():
-        return f"**missing**: no `results/{item.result}` yet"
-    data = results.load(path)
-    when = f"{data.get('measured', '?')}, commit {data['commit']}"
-    return (
-        f"{item.table(data)}\n\n*From `results/{item.result}`: {machine_text(data['machine'])} ({when}), teacher "
-        f"{teacher_text(data['teacher'])}.*"
+    """The detail table from its result files, each file's machine and commit under it; or why there is none."""
+    missing = [name for name in item.results if not (folder / name).is_file()]
+    if missing:
+        return "**missing**: " + ", ".join(f"no `results/{name}` yet" for name in missing)
+    found = {name: results.load(folder / name) for name in item.results}
+    merged = {"figures": {k: v for data in found.values() for k, v in data["figures"].items()}}
+    sources = "; ".join(
+        f"`results/{name}`: {machine_text(d['machine'])} ({d.get('measured', '?')}, commit {d['commit']}), teacher "
+        f"{teacher_text(d['teacher'])}"
+        for name, d in found.items()
     )
+    return f"{item.table(merged)}\n\n*From {sources}.*"
 
 
 def teacher_text(teacher: dict) -> str:

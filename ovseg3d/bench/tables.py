@@ -524,21 +524,19 @@ def filter_sweep_table(data: dict) -> str:
 
 
 def video_table(data: dict) -> str:
-    """Each stage's seconds in each run of the video, their median, and the held-out PSNR."""
+    """Each stage's seconds in each run of the video (prepare first), their sum, the held-out PSNR; the medians."""
     from ovseg3d.bench.video import STAGES
 
     k = next(key for key in data["figures"] if key.endswith("/seconds")).rsplit("/", 1)[0]
-    n = len(data["figures"][f"{k}/seconds"]["runs"])
     names = {"distill": "semantic (its teachers within)", "teachers": "teachers (the models loaded)"}
-    rows = []
-    for stage in ("prepare", *[s for s in STAGES if s != "prepare"], "", "psnr"):
-        key = f"{k}/{stage}_seconds" if stage else f"{k}/seconds"
-        key = f"{k}/psnr" if stage == "psnr" else key
-        if key not in data["figures"]:
-            continue
-        f, digits = data["figures"][key], 2 if stage == "psnr" else 1
-        label = "held out, dB" if stage == "psnr" else "**stages**" if not stage else names.get(stage, stage)
-        rows.append([label, *(f"{x:.{digits}f}" for x in f["runs"]), f"**{f['median']:.{digits}f}**"])
+    lines = [(names.get(s, s), f"{k}/{s}_seconds", 1) for s in STAGES]
+    lines += [("**stages**", f"{k}/seconds", 1), ("held out, dB", f"{k}/psnr", 2)]
+    rows = [
+        [label, *(f"{x:.{digits}f}" for x in f["runs"]), f"**{f['median']:.{digits}f}**"]
+        for label, key, digits in lines
+        if (f := data["figures"].get(key))
+    ]
+    n = len(data["figures"][f"{k}/seconds"]["runs"])
     return _table(["stage, s", *(f"run {i + 1}" for i in range(n)), "median"], rows)
 
 

@@ -75,11 +75,6 @@ def real_model(folder: Path, name: str) -> Path:
     return path
 
 
-def real_models(folder: Path) -> tuple[Path, Path]:
-    """CLIP ViT-B/16 and DINO ViT-B/8 with random weights under ``folder`` (``ovseg3d run --clip-model ...``)."""
-    return real_model(folder, "clip-vit-b16"), real_model(folder, "dino-vit-b8")
-
-
 def teacher_config(case: Case) -> Any:
     """The case's teachers, with random real-size models wherever the config names no model folder (open_clip's
     ``ViT-B-16`` with random weights where ``teachers.clip_backend=open_clip`` names no weights file)."""

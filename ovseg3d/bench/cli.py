@@ -85,8 +85,9 @@ def main(argv: list[str]) -> int:
     if args.action == "list":
         for bench in benchmarks().values():
             print(f"{bench.name}: {bench.doc}")
-            print(f"  scenes {', '.join(bench.scenes)}; variants {', '.join(bench.variants)}; repeats {bench.repeats}")
-            print(f"  figures {', '.join(bench.figures)}")
+            scenes = ", ".join(bench.scenes) or "none by default (give --scenes)"
+            print(f"  scenes {scenes}; variants {', '.join(bench.variants)}; repeats {bench.repeats}")
+            print(f"  figures {', '.join(bench.figures) or 'as each case reports them'}")
         return 0
     if args.action == "run":
         known = benchmarks()

@@ -280,8 +280,8 @@ ROWS: tuple[Row, ...] = (
         "teacher errors",
         "teacher_views.json",
         teacher_views_figure,
-        "ovseg3d bench run teacher_views --scenes demo orbit --variants all k4 k6 k8 k12 k16 --set steps=1500 "
-        "max_minutes=0 --out results/teacher_views.json",
+        "ovseg3d bench run teacher_views --scenes demo orbit --variants all k4 k6 k8 k12 k16 --repeats 3 --set "
+        "steps=1500 max_minutes=0 distill_minutes=0 --out results/teacher_views.json",
         "training-free-lifting-issue-68-2026-11-28",
         since="2026-11-28",
     ),
@@ -334,6 +334,15 @@ ROWS: tuple[Row, ...] = (
         "--out results/field_fox.json",
         "real-captures",
         history="the-captures-own-points-as-a-depth-prior-measured-on-four-real-captures-issue-48-2026-11-27-later",
+    ),
+    Row(
+        "radiance field, NeRF-Database's can on `prepare`'s poses (71 photos, 360×640)",
+        "field_can.json",
+        field_figure,
+        "ovseg3d prepare CAN/images PREPARED_CAN && ovseg3d bench run field --scenes PREPARED_CAN --variants "
+        "default+eval64 --repeats 3 --set steps=1300 max_minutes=0 max_long_side=640 --out results/field_can.json",
+        "real-captures",
+        history="far-pairs-checked-against-the-near-pairs-model-2026-11-26-later",
     ),
     Row(
         "radiance field, the shared outdoor scene (unbounded), with and without the distortion loss",

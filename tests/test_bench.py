@@ -247,6 +247,10 @@ def test_the_lift_sweep_and_video_tables_take_their_cells_from_the_files_keys(tm
     ]
     assert lines[-1] == "| held out, dB | 27.50 | 28.00 | 27.00 | **27.50** |"
     results.write(_result(), tmp_path / "a.json")
+    one = tables.detail(tables.Detail("toy", ("a.json",), lambda data: "T"), tmp_path)
+    assert one == "T\n\n*From `results/a.json` (3 runs each): 2 CPU cores (2026-11-28, commit abc1234), teacher " + (
+        "simulated, persistent errors.*"
+    )
     both = tables.Detail("toy", ("a.json", "b.json"), tables.video_table)
     assert tables.detail(both, tmp_path) == "**missing**: no `results/b.json` yet"
 

@@ -569,6 +569,12 @@ DETAILS: tuple[Detail, ...] = (
 """The sections' tables made from result files, beside the headline rows."""
 
 
+def _runs(data: dict) -> str:
+    """How many runs the file's figures are of: ``3 runs each`` (a single run's figure is said as it is)."""
+    counts = sorted({len(f["runs"]) for f in data["figures"].values()})
+    return f"{'-'.join(map(str, counts))} run{'s' if counts != [1] else ''} each"
+
+
 def detail(item: Detail, folder: Path = RESULTS) -> str:
     """The detail table from its result files, each file's machine and commit under it; or why there is none."""
     missing = [name for name in item.results if not (folder / name).is_file()]
@@ -577,8 +583,8 @@ def detail(item: Detail, folder: Path = RESULTS) -> str:
     found = {name: results.load(folder / name) for name in item.results}
     merged = {"figures": {k: v for data in found.values() for k, v in data["figures"].items()}}
     sources = "; ".join(
-        f"`results/{name}`: {machine_text(d['machine'])} ({d.get('measured', '?')}, commit {d['commit']}), teacher "
-        f"{teacher_text(d['teacher'])}"
+        f"`results/{name}` ({_runs(d)}): {machine_text(d['machine'])} ({d.get('measured', '?')}, commit "
+        f"{d['commit']}), teacher {teacher_text(d['teacher'])}"
         for name, d in found.items()
     )
     return f"{item.table(merged)}\n\n*From {sources}.*"

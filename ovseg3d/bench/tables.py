@@ -549,6 +549,13 @@ def video_table(data: dict) -> str:
     return _table(["stage, s", *(f"run {i + 1}" for i in range(n)), "median"], rows)
 
 
+def distill_table(data: dict) -> str:
+    """The distill benchmark's per-scene table (:func:`ovseg3d.bench.distill.markdown_table`)."""
+    from ovseg3d.bench.distill import markdown_table
+
+    return markdown_table(data)
+
+
 @dataclass(frozen=True)
 class Detail:
     """A table inside a section of docs/benchmarks.md, made from result files (their figures together): the block
@@ -560,6 +567,7 @@ class Detail:
 
 
 DETAILS: tuple[Detail, ...] = (
+    Detail("distill-per-scene", ("distill.json",), distill_table),
     Detail("teacher-views-by-k", ("teacher_views.json",), teacher_views_table),
     Detail("lift-demo", ("lift_distill.json",), lift_table),
     Detail("lift-two-more-scenes", ("lift_distill_more.json",), lift_table),

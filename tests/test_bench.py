@@ -9,10 +9,9 @@ import json
 
 import pytest
 
-from ovseg3d.bench import harness, legacy, tables
+from ovseg3d.bench import harness, tables
 from ovseg3d.bench import result as results
 from ovseg3d.bench.cli import benchmarks
-from ovseg3d.cli import main
 from ovseg3d.config import resolve_base
 
 
@@ -279,37 +278,6 @@ def test_a_cpu_rows_machine_names_its_vector_level_and_bfloat16_a_gpu_rows_does_
     assert tables.machine_text({**cpu, "cpu_bf16": True}) == "2 CPU cores, AVX2 with bfloat16"
     assert tables.machine_text({**cpu, "gpu": "H200", "description": "one H200"}) == "one H200"
     assert tables.machine_text({"description": "2 CPU cores"}) == "2 CPU cores"  # files written before the fields
-
-
-def test_an_import_without_a_commit_is_refused_in_one_line(tmp_path, capsys):
-    (tmp_path / "d.json").write_text(json.dumps({"cpu_threads": 2, "scenes": {"demo": {"full": {"miou": 1.0}}}}))
-    out = tmp_path / "o.json"
-    args = ["bench", "import", "distill", str(tmp_path / "d.json"), "--commit", "", "--measured", "2026-11-28"]
-    assert main([*args, "--command", "c", "--out", str(out)]) == 2 and not out.exists()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "refused, no commit" in err[0], err
-
-
-def test_bench_distills_json_becomes_a_result_with_the_seeds_as_repeats(tmp_path):
-    old = {
-        "device": "device=cpu hash grid=torch sampler=torch",
-        "cpu_threads": 2,
-        "teacher": "synthetic (persistent errors)",
-        "scenes": {
-            "demo": {
-                "full": {"miou": 81.3, "teacher_miou": 47.6, "train_seconds_wall": 10.0},
-                "seed1": {"miou": 66.3, "teacher_miou": 47.6, "distill_seconds_wall": 5.0},
-                "seed2": {"miou": 68.5, "teacher_miou": 47.6},
-                "negatives": {"miou": 19.5, "teacher_miou": 20.1},
-            }
-        },
-    }
-    (tmp_path / "d.json").write_text(json.dumps(old))
-    data = legacy.import_file("distill", tmp_path / "d.json", "aff4454", "cmd", "2026-11-28")
-    assert data["figures"]["demo/default/miou"]["median"] == 68.5
-    assert data["figures"]["demo/negatives/miou"]["runs"] == [19.5]
-    assert data["teacher"] == {"kind": "synthetic", "errors": "persistent", "weights": None}
-    assert data["machine"]["description"] == "2 CPU cores" and data["seconds"] == 15.0
 
 
 def test_variants_join_with_a_plus_and_a_scene_may_be_a_folder(tmp_path):

@@ -1,11 +1,8 @@
-"""``ovseg3d bench``: list the benchmarks, run one into a result file, import an older script's JSON, make the
-tables.
+"""``ovseg3d bench``: list the benchmarks, run one into a result file, make the tables.
 
     ovseg3d bench list
     ovseg3d bench run masks --scenes demo --variants default --repeats 3 --set steps=1500 --device cpu \
         --work bench/runs --out results/masks.json
-    ovseg3d bench import distill bench/distill.json --out results/distill.json --commit aff4454 \
-        --measured 2026-11-28 --command "python scripts/bench_distill.py ..." --note "where the commit was read"
     ovseg3d bench table            # print the headline table from results/
     ovseg3d bench table --write    # rewrite the README's and docs/benchmarks.md's generated blocks
     ovseg3d bench table --check    # exit 1 when a block differs from the result files
@@ -18,10 +15,9 @@ import importlib
 import sys
 from pathlib import Path
 
-from ovseg3d.bench import harness, legacy, tables
-from ovseg3d.bench import result as results
+from ovseg3d.bench import harness, tables
 
-NOT_BENCHMARKS = frozenset({"cli", "harness", "legacy", "result", "tables"})
+NOT_BENCHMARKS = frozenset({"cli", "harness", "result", "tables"})
 """The package's modules that hold the harness itself; every other module defines ``BENCHMARK``."""
 
 
@@ -66,14 +62,6 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--preset", help="the config preset of every run: tiny, cpu, gpu (default: the benchmark's)")
     r.add_argument("--work", type=Path, default=Path("bench/runs"), help="runs and generated scenes go here")
     r.add_argument("--out", type=Path, help="the result file (default: results/NAME.json)")
-    i = sub.add_parser("import", help="a result file from an older script's JSON (it records no commit)")
-    i.add_argument("kind", choices=sorted(legacy.KINDS))
-    i.add_argument("file", type=Path)
-    i.add_argument("--commit", required=True, help="the commit the figures were measured at")
-    i.add_argument("--measured", required=True, help="the day they were measured (YYYY-MM-DD)")
-    i.add_argument("--command", required=True, help="the command that made the file")
-    i.add_argument("--note", default="", help="where the commit and command were read")
-    i.add_argument("--out", type=Path, required=True)
     t = sub.add_parser("table", help="the headline table from results/")
     t.add_argument("--write", action="store_true", help="rewrite the generated blocks of README.md and docs/")
     t.add_argument("--check", action="store_true", help="exit 1 when a generated block differs from the results")
@@ -100,11 +88,6 @@ def main(argv: list[str]) -> int:
             bench, out, args.work, args.scenes, args.variants, args.set, args.repeats, args.device, command, args.preset
         )
         print(f"wrote {out}")
-        return 0
-    if args.action == "import":
-        data = legacy.import_file(args.kind, args.file, args.commit, args.command, args.measured, args.note)
-        results.write(data, args.out)
-        print(f"wrote {args.out}")
         return 0
     if args.check:
         problems = tables.differences()

@@ -365,6 +365,16 @@ ROWS: tuple[Row, ...] = (
         history="the-orbit-rooms-walls-the-visibility-record-empties-them-and-more-steps-bring-them-within-3--issue-48-2026-11-28-stop-63",
     ),
     Row(
+        "radiance field, the bundled demo at 2,500 steps: the presets' learning-rate schedule (`default`: "
+        "`lr_schedule = steps`) against the exponential decay they had before (`lr_exp`)",
+        "field_schedule.json",
+        field_figure,
+        "ovseg3d bench run field --scenes demo --variants default+eval64 lr_exp+eval64 --repeats 3 --set steps=2500 "
+        "max_minutes=0 --out results/field_schedule.json",
+        "radiance-field-generated-scenes",
+        history="the-bonsai-beside-nerfaccs-own-example-same-h100-and-photos-issue-48-2026-11-26",
+    ),
+    Row(
         "radiance field, two LLFF phone captures (cup 480×640, figurine 363×640)",
         "field_llff.json",
         field_figure,
